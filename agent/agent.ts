@@ -1,0 +1,163 @@
+// Composition root: builds the pipeline (sources -> normaliser -> exporters) from a validated
+// config. Dependencies are injectable so tests can drive it without a process.
+
+import type { Server } from 'node:http';
+import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
+import type { AgentConfig } from './config/schema.js';
+import { ExpositionCache } from './export/cache.js';
+import { renderExposition, type ExpositionFormat } from './export/render.js';
+import { SelfMetrics } from './export/self-metrics.js';
+import { createApp, listen, type Readiness } from './export/server.js';
+import { buildSummary, type GpuSummary } from './export/summary.js';
+import { SeriesLimiter } from './guard/cardinality.js';
+import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
+import { PassthroughGuard } from './guard/passthrough.js';
+import type { Logger } from './logger.js';
+import { Normalizer, type CanonicalFamily } from './normalize/normalizer.js';
+import { startLoop, type Loop } from './schedule/loop.js';
+import { createEngineSource } from './sources/engine.js';
+import { startTracing, type Tracing } from './tracing/otel.js';
+import { Upstream } from './upstream.js';
+import { VERSION } from './version.js';
+
+/** Optional GPU half of the sidecar (see agent/gpu/). */
+export interface GpuTelemetry {
+  start(): void;
+  stop(): Promise<void>;
+  families(): CanonicalFamily[];
+  summary(): GpuSummary;
+}
+
+export interface AgentDeps {
+  log: Logger;
+  now?: () => number;
+  /** `onChange` is called after every poll that changed what families() returns. */
+  gpu?: (catalogue: Catalogue, metrics: SelfMetrics, onChange: () => void) => GpuTelemetry;
+}
+
+const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
+
+/** An upstream counts as fresh while its last success is younger than this many intervals. */
+const FRESH_INTERVALS = 3;
+
+export class Agent {
+  readonly catalogue: Catalogue;
+  readonly normalizer: Normalizer;
+  readonly metrics: SelfMetrics;
+  readonly upstreams: Upstream[];
+  readonly cache: ExpositionCache;
+  private readonly limiter: SeriesLimiter;
+  private readonly now: () => number;
+  private readonly tracing: Tracing;
+  private readonly gpu: GpuTelemetry | undefined;
+  private dataVersion = 0;
+  private rendered = new Map<ExpositionFormat, { version: number; body: string }>();
+  private loops: Loop[] = [];
+  private server: Server | undefined;
+  private lastRequests = 0;
+  private lastRequestAt: number | undefined;
+
+  constructor(readonly config: AgentConfig, deps: AgentDeps) {
+    this.now = deps.now ?? Date.now;
+    this.catalogue = buildCatalogue(config.units, config.buckets);
+    const guardCounts = newGuardCounts();
+    const policy = makeLabelPolicy(config.labels.forbidden, config.limits.labelValueLength, config.labels.unboundedAllowed);
+    this.limiter = new SeriesLimiter({ perMetric: config.limits.seriesPerMetric, total: config.limits.seriesTotal });
+    this.normalizer = new Normalizer(this.catalogue, {
+      histograms: config.histograms, staleAfterScrapes: config.limits.staleAfterScrapes, seriesPerMetric: config.limits.seriesPerMetric,
+      labelPolicy: policy, limiter: this.limiter, guardCounts,
+    });
+    this.metrics = new SelfMetrics(VERSION, () => this.limiter.overflowed, () => ({
+      truncated: guardCounts.truncated, redacted: guardCounts.redacted, forbidden_dropped: guardCounts.forbiddenDropped,
+    }));
+    this.tracing = startTracing(config.tracing.endpoint, config.tracing.serviceName, VERSION);
+    this.upstreams = config.upstreams.map((u) => new Upstream(u, createEngineSource(u), {
+      normalizer: this.normalizer, metrics: this.metrics, tracer: this.tracing.tracer, log: deps.log,
+      passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal },
+        (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts),
+      defaultModel: config.model, now: this.now,
+    }));
+    this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
+    this.cache = new ExpositionCache({
+      version: () => this.dataVersion,
+      renderData: (format) => this.renderData(format),
+      renderSelf: (format) => (format === 'openmetrics' ? this.metrics.openmetrics.metrics() : this.metrics.text.metrics()),
+    }, this.now);
+  }
+
+  private minInterval(): number {
+    return Math.min(...this.upstreams.map((u) => u.cfg.intervalMs), 60_000) / 1000;
+  }
+
+  canonical(): CanonicalFamily[] {
+    const data = this.normalizer.snapshot(this.now(), this.minInterval() * 0.9);
+    return this.gpu ? [...data, ...this.gpu.families()] : data;
+  }
+
+  /** Canonical and passthrough series in one exposition, rendered once per data version. */
+  renderData(format: ExpositionFormat): string {
+    const version = this.dataVersion;
+    const hit = this.rendered.get(format);
+    if (hit && hit.version === version) return hit.body;
+    const body = renderExposition(this.canonical(), this.upstreams.map((u) => ({ upstream: u.cfg.name, families: u.passthrough })), format);
+    this.rendered.set(format, { version, body });
+    return body;
+  }
+
+  summary(): unknown {
+    const toMs = this.config.units === 'ms' ? 1 : 1000;
+    return buildSummary(this.canonical(), toMs, this.lastRequestAt, this.gpu?.summary() ?? NO_GPU);
+  }
+
+  readiness(): Readiness {
+    const now = this.now();
+    const upstreams: Readiness['upstreams'] = {};
+    let ready = true;
+    for (const u of this.upstreams) {
+      const h = u.health;
+      let reason: string | undefined;
+      if (h.lastSuccessMs === undefined) reason = h.lastOutcome === 'pending' ? 'no scrape yet' : `never scraped successfully (last: ${h.lastOutcome}${h.lastDetail ? `: ${h.lastDetail}` : ''})`;
+      else if (now - h.lastSuccessMs > FRESH_INTERVALS * h.intervalMs) reason = `last success ${Math.round((now - h.lastSuccessMs) / 1000)}s ago (last: ${h.lastOutcome})`;
+      upstreams[u.cfg.name] = reason ? { ready: false, reason } : { ready: true };
+      if (reason) ready = false;
+    }
+    return { ready, upstreams };
+  }
+
+  /** After each cycle: new data version, render the text body now so scrapes only copy it. */
+  private afterCycle(): void {
+    this.dataVersion++;
+    const requests = this.normalizer.snapshot(this.now(), this.minInterval() * 0.9)
+      .find((f) => f.metric.name === 'inference_requests_total')?.series.reduce((a, s) => a + s.value, 0) ?? 0;
+    if (requests > this.lastRequests) this.lastRequestAt = this.now();
+    this.lastRequests = requests;
+    this.renderData('text');
+  }
+
+  async start(): Promise<void> {
+    this.server = await listen(createApp({ cache: this.cache, summary: () => this.summary(), readiness: () => this.readiness() }), this.config.listen);
+    this.gpu?.start();
+    this.loops = this.upstreams.map((u) => startLoop({
+      intervalMs: u.cfg.intervalMs,
+      run: async (signal) => {
+        const ok = await u.cycle(signal);
+        this.afterCycle();
+        return ok;
+      },
+    }));
+  }
+
+  address(): string {
+    const a = this.server?.address();
+    if (!a || typeof a === 'string') return String(a);
+    return `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
+    server?.closeAllConnections();
+    await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed]);
+    await this.tracing.shutdown();
+  }
+}

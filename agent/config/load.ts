@@ -1,0 +1,153 @@
+// Config loading: defaults < YAML file < environment < flags, validated in one pass so that every
+// problem is reported with its key path, then frozen.
+
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type AgentConfig, type ParsedConfig, type UpstreamConfig } from './schema.js';
+
+export class ConfigError extends Error {
+  readonly code = 'INFERTEL_CONFIG_INVALID';
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+/** Settings that flags and environment variables can give (all optional). */
+export interface Overrides {
+  listen?: string;
+  upstreams?: string[];
+  model?: string;
+  interval?: string;
+  units?: string;
+  histograms?: string;
+  nvmlLibrary?: string;
+  logLevel?: string;
+}
+
+export const ENV_VARS: Record<keyof Overrides, string> = {
+  listen: 'INFERTEL_LISTEN',
+  upstreams: 'INFERTEL_UPSTREAMS',
+  model: 'INFERTEL_MODEL',
+  interval: 'INFERTEL_INTERVAL',
+  units: 'INFERTEL_UNITS',
+  histograms: 'INFERTEL_HISTOGRAMS',
+  nvmlLibrary: 'INFERTEL_NVML_LIBRARY',
+  logLevel: 'INFERTEL_LOG_LEVEL',
+};
+
+export function overridesFromEnv(env: NodeJS.ProcessEnv): Overrides {
+  const out: Overrides = {};
+  for (const [key, name] of Object.entries(ENV_VARS) as Array<[keyof Overrides, string]>) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    if (key === 'upstreams') out.upstreams = v.split(',').map((s) => s.trim()).filter(Boolean);
+    else out[key] = v;
+  }
+  return out;
+}
+
+/** `[FLAVOR=]URL` as given to --upstream. */
+export function parseUpstreamSpec(spec: string): { flavor?: string; url: string } {
+  const m = /^([a-z]+)=(.*)$/.exec(spec);
+  if (m && !m[1]!.includes(':')) return { flavor: m[1], url: m[2]! };
+  return { url: spec };
+}
+
+function issuePath(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out || '(root)';
+}
+
+export function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+  return issues.map((i) => {
+    if (i.code === 'unrecognized_keys') return i.keys.map((k) => `${issuePath([...i.path, k])}: unknown key`).join('\n  - ');
+    return `${issuePath(i.path)}: ${i.message}`;
+  });
+}
+
+export function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError([`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError([`${path}: not valid YAML (${(err as Error).message.split('\n')[0]})`]);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError([`${path}: must be a YAML mapping`]);
+  return doc as Record<string, unknown>;
+}
+
+function applyOverrides(raw: Record<string, unknown>, o: Overrides): void {
+  if (o.listen !== undefined) raw.listen = o.listen;
+  if (o.model !== undefined) raw.model = o.model;
+  if (o.interval !== undefined) raw.interval = o.interval;
+  if (o.units !== undefined) raw.units = o.units;
+  if (o.histograms !== undefined) raw.histograms = o.histograms;
+  if (o.logLevel !== undefined) raw.logLevel = o.logLevel;
+  if (o.nvmlLibrary !== undefined) raw.gpu = { ...(raw.gpu as object | undefined), nvmlLibrary: o.nvmlLibrary };
+  if (o.upstreams !== undefined) raw.upstreams = o.upstreams.map((s) => parseUpstreamSpec(s));
+}
+
+function upstreamName(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
+/** Validate a raw config object; throws ConfigError listing every problem. */
+export function validateConfig(raw: unknown): AgentConfig {
+  const result = configSchema.safeParse(raw);
+  if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
+  const c: ParsedConfig = result.data;
+  const problems: string[] = [];
+  const names = new Set<string>();
+  const upstreams: UpstreamConfig[] = c.upstreams.map((u, i) => {
+    const intervalMs = u.interval ?? c.interval;
+    const timeoutMs = u.timeout ?? Math.min(c.timeout, intervalMs * 0.9);
+    if (timeoutMs >= intervalMs) problems.push(`upstreams[${i}].timeout: must be less than the interval (${timeoutMs} ms >= ${intervalMs} ms)`);
+    let name = u.name ?? upstreamName(u.url);
+    if (names.has(name)) {
+      if (u.name) problems.push(`upstreams[${i}].name: duplicate upstream name "${name}"`);
+      else name = `${name}#${i}`;
+    }
+    names.add(name);
+    if (u.auth?.bearerTokenFile && u.auth.basic) problems.push(`upstreams[${i}].auth: give bearerTokenFile or basic, not both`);
+    return { name, url: u.url, flavor: u.flavor, model: u.model, intervalMs, timeoutMs, maxBodyBytes: u.maxBodyBytes,
+      passthrough: u.passthrough, auth: u.auth, tls: u.tls };
+  });
+  if (c.gpu.timeout >= c.gpu.interval) problems.push(`gpu.timeout: must be less than gpu.interval`);
+  for (const [metric, bounds] of Object.entries(c.buckets)) {
+    if (bounds.some((b, i) => i > 0 && b <= bounds[i - 1]!)) problems.push(`buckets.${metric}: bounds must be strictly ascending`);
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return deepFreeze({ ...c, upstreams });
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+/** Defaults < file < environment < flags. */
+export function loadConfig(opts: { file?: string; env: NodeJS.ProcessEnv; flags: Overrides }): AgentConfig {
+  const file = opts.file ?? opts.env.INFERTEL_CONFIG;
+  const raw: Record<string, unknown> = file ? readConfigFile(file) : {};
+  const otel = opts.env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  if (otel) raw.tracing = { ...(raw.tracing as object | undefined), endpoint: otel };
+  applyOverrides(raw, overridesFromEnv(opts.env));
+  applyOverrides(raw, opts.flags);
+  return validateConfig(raw);
+}

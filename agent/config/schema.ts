@@ -1,0 +1,133 @@
+// The one config schema: TypeScript types, validation and defaults come from here.
+// Durations are strings like "10s"; sizes are bytes.
+
+import { z } from 'zod';
+import { parseDuration } from './duration.js';
+
+const duration = (dflt: string) =>
+  z.union([z.string(), z.number()]).default(dflt).transform((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === undefined || ms <= 0) {
+      ctx.addIssue({ code: 'custom', message: `must be a positive duration such as "10s" or "500ms", got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const optionalDuration = z.union([z.string(), z.number()]).optional().transform((v, ctx) => {
+  if (v === undefined) return undefined;
+  const ms = parseDuration(v);
+  if (ms === undefined || ms <= 0) {
+    ctx.addIssue({ code: 'custom', message: `must be a positive duration such as "10s" or "500ms", got ${JSON.stringify(v)}` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, 'must be HOST:PORT, e.g. 0.0.0.0:9400');
+const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, 'must be a Prometheus label name');
+
+const upstreamSchema = z.strictObject({
+  /** Value of the `upstream` label; defaults to the URL's host:port. */
+  name: z.string().min(1).optional(),
+  url: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }),
+  /** vllm | tgi | auto (detect from the metric families). */
+  flavor: z.enum(['vllm', 'tgi', 'auto']).default('auto'),
+  /** Model label for series that name none (TGI). */
+  model: z.string().min(1).optional(),
+  /** Scrape interval; defaults to the top-level interval. */
+  interval: optionalDuration,
+  /** Whole-scrape deadline; must be shorter than the interval. */
+  timeout: optionalDuration,
+  /** Largest body accepted, in bytes (32 MiB). */
+  maxBodyBytes: z.number().int().positive().default(32 * 1024 * 1024),
+  /** Re-export the engine's own families beside the canonical ones. */
+  passthrough: z.boolean().default(true),
+  auth: z.strictObject({
+    bearerTokenFile: z.string().min(1).optional(),
+    basic: z.strictObject({ username: z.string(), passwordFile: z.string().min(1) }).optional(),
+  }).optional(),
+  tls: z.strictObject({
+    caFile: z.string().optional(),
+    certFile: z.string().optional(),
+    keyFile: z.string().optional(),
+    insecureSkipVerify: z.boolean().default(false),
+  }).optional(),
+});
+
+export const configSchema = z.strictObject({
+  /** Address of the agent's own HTTP server (/metrics, /healthz, /readyz). */
+  listen: hostPort.default('0.0.0.0:9400'),
+  /** Engines to scrape. */
+  upstreams: z.array(upstreamSchema).default([]),
+  /** Model label for upstreams whose metrics name none, when the upstream sets none. */
+  model: z.string().min(1).optional(),
+  /** Default scrape interval. */
+  interval: duration('10s'),
+  /** Default scrape timeout (less than the interval). */
+  timeout: duration('5s'),
+  /** ms: the documented _ms names; seconds: _seconds names in base units. */
+  units: z.enum(['ms', 'seconds']).default('ms'),
+  /** rebucket: documented layouts; native: the engine's own bounds, scaled. */
+  histograms: z.enum(['rebucket', 'native']).default('rebucket'),
+  /** Per-metric bucket layouts (canonical name -> ascending bounds in the profile's unit). */
+  buckets: z.record(z.string(), z.array(z.number().positive()).min(1)).default({}),
+  limits: z.strictObject({
+    /** Series per metric before new ones fold into the overflow series. */
+    seriesPerMetric: z.number().int().positive().default(2000),
+    /** Series over all metrics. */
+    seriesTotal: z.number().int().positive().default(50_000),
+    /** Label values are cut to this many characters. */
+    labelValueLength: z.number().int().min(16).default(128),
+    /** Scrapes a series may be missing from before it is dropped. */
+    staleAfterScrapes: z.number().int().min(1).default(3),
+  }).prefault({}),
+  labels: z.strictObject({
+    /** Label names never exported, added to the built-in list (request_id, user_id, …). */
+    forbidden: z.array(labelName).default([]),
+    /** Labels whose values may look like ids, hashes or addresses. */
+    unboundedAllowed: z.array(labelName).default(['model', 'model_name']),
+  }).prefault({}),
+  tracing: z.strictObject({
+    /** OTLP/HTTP endpoint (base URL); OTEL_EXPORTER_OTLP_ENDPOINT also sets it. Unset: no tracing. */
+    endpoint: z.url().optional(),
+    serviceName: z.string().default('infertel'),
+  }).prefault({}),
+  gpu: z.strictObject({
+    /** Path of libnvidia-ml.so.1 (default: the dynamic loader's search). */
+    nvmlLibrary: z.string().min(1).optional(),
+    /** GPU poll interval. */
+    interval: duration('5s'),
+    /** A poll that takes longer is abandoned, counted, and the last values are marked stale. */
+    timeout: duration('2s'),
+    /** auto: NVML, then nvidia-smi through systeminformation, then none. */
+    source: z.enum(['auto', 'nvml', 'nvidia-smi', 'none']).default('auto'),
+    /** process name (as in /proc/PID/comm) -> role used in gpu_process_mem_bytes{process}. */
+    processRoles: z.record(z.string(), z.string()).default({}),
+    /** Engine log file tailed for CUDA out-of-memory lines (gpu_oom_events_total). */
+    oomLogPath: z.string().optional(),
+    /** Simulated GPUs instead of real ones (the demo uses this; 0 = off). */
+    simulate: z.number().int().min(0).max(16).default(0),
+  }).prefault({}),
+  /** debug | info | warn | error */
+  logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+});
+
+export type RawConfig = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+
+/** An upstream with every default resolved. */
+export interface UpstreamConfig {
+  name: string;
+  url: string;
+  flavor: 'vllm' | 'tgi' | 'auto';
+  model: string | undefined;
+  intervalMs: number;
+  timeoutMs: number;
+  maxBodyBytes: number;
+  passthrough: boolean;
+  auth: ParsedConfig['upstreams'][number]['auth'];
+  tls: ParsedConfig['upstreams'][number]['tls'];
+}
+
+export type AgentConfig = Readonly<Omit<ParsedConfig, 'upstreams'> & { upstreams: readonly UpstreamConfig[] }>;

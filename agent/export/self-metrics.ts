@@ -1,0 +1,76 @@
+// The agent's own metrics, kept with prom-client in private registries (one per exposition
+// format, since prom-client fixes the format per registry). Nothing uses the global registry.
+
+import client from 'prom-client';
+import type { ScrapeOutcome } from '../sources/source.js';
+
+export const SELF_PREFIX = 'infertel_';
+
+export class SelfMetrics {
+  readonly text = new client.Registry();
+  readonly openmetrics = new client.Registry();
+  readonly up: client.Gauge<'upstream'>;
+  readonly info: client.Gauge<'upstream' | 'flavor'>;
+  readonly scrapeDuration: client.Gauge<'upstream'>;
+  readonly scrapeErrors: client.Counter<'upstream' | 'reason'>;
+  readonly lastSuccess: client.Gauge<'upstream'>;
+  readonly parseErrors: client.Counter<'upstream'>;
+  readonly overflow: client.Counter<'metric'>;
+  readonly labelRewrites: client.Counter<'action'>;
+  readonly gpuPollDuration: client.Gauge;
+  private readonly overflowSeen = new Map<string, number>();
+
+  constructor(version: string, overflowSource: () => ReadonlyMap<string, number>, labelCounts: () => Record<string, number>) {
+    const registers = [this.text, this.openmetrics];
+    const self = this;
+    this.up = new client.Gauge({ name: 'infertel_upstream_up', help: '1 if the last scrape of the upstream succeeded, else 0.', labelNames: ['upstream'], registers });
+    this.info = new client.Gauge({ name: 'infertel_upstream_info', help: 'Engine flavor detected or configured for each upstream (value 1).', labelNames: ['upstream', 'flavor'], registers });
+    this.scrapeDuration = new client.Gauge({ name: 'infertel_scrape_duration_seconds', help: 'Duration of the last scrape cycle (fetch, parse, normalise).', labelNames: ['upstream'], registers });
+    this.scrapeErrors = new client.Counter({ name: 'infertel_scrape_errors_total', help: 'Failed scrapes by reason.', labelNames: ['upstream', 'reason'], registers });
+    this.lastSuccess = new client.Gauge({ name: 'infertel_last_scrape_success_timestamp_seconds', help: 'Unix time of the last successful scrape.', labelNames: ['upstream'], registers });
+    this.parseErrors = new client.Counter({ name: 'infertel_parse_errors_total', help: 'Exposition lines that could not be parsed and were skipped.', labelNames: ['upstream'], registers });
+    this.overflow = new client.Counter({
+      name: 'infertel_series_overflow_total',
+      help: 'Series folded into the otel_metric_overflow series because a cap was reached, once per series per scrape.',
+      labelNames: ['metric'], registers,
+      collect() {
+        for (const [metric, n] of overflowSource()) {
+          const seen = self.overflowSeen.get(metric) ?? 0;
+          if (n > seen) { this.inc({ metric }, n - seen); self.overflowSeen.set(metric, n); }
+        }
+      },
+    });
+    this.labelRewrites = new client.Counter({
+      name: 'infertel_label_rewrites_total',
+      help: 'Label values rewritten by the guards (truncated, redacted as unbounded, forbidden name dropped).',
+      labelNames: ['action'], registers,
+      collect() {
+        this.reset();
+        for (const [action, n] of Object.entries(labelCounts())) this.inc({ action }, n);
+      },
+    });
+    this.gpuPollDuration = new client.Gauge({ name: 'infertel_gpu_poll_duration_seconds', help: 'Duration of the last GPU poll.', registers });
+    this.openmetrics.setContentType(client.Registry.OPENMETRICS_CONTENT_TYPE as never);
+    const build = new client.Gauge({ name: 'infertel_build_info', help: 'infertel build information (value 1).', labelNames: ['version'], registers });
+    build.set({ version }, 1);
+    client.collectDefaultMetrics({ register: this.text, prefix: SELF_PREFIX });
+    client.collectDefaultMetrics({ register: this.openmetrics, prefix: SELF_PREFIX });
+  }
+
+  recordScrape(upstream: string, outcome: ScrapeOutcome, seconds: number, parseErrors: number, nowMs: number): void {
+    this.scrapeDuration.set({ upstream }, seconds);
+    if (parseErrors > 0) this.parseErrors.inc({ upstream }, parseErrors);
+    if (outcome === 'ok') {
+      this.up.set({ upstream }, 1);
+      this.lastSuccess.set({ upstream }, nowMs / 1000);
+    } else {
+      this.up.set({ upstream }, 0);
+      this.scrapeErrors.inc({ upstream, reason: outcome });
+    }
+  }
+
+  setFlavor(upstream: string, flavor: string): void {
+    this.info.remove({ upstream, flavor: 'unknown' });
+    this.info.set({ upstream, flavor }, 1);
+  }
+}

@@ -1,0 +1,90 @@
+// The JSON summary (spec 000 §2), computed from the canonical snapshot.
+
+import type { CanonicalFamily, HistData } from '../normalize/normalizer.js';
+import { quantileFromBuckets } from '../normalize/rebucket.js';
+
+export interface GpuDeviceSummary {
+  device: string;
+  index: number;
+  uuid: string | null;
+  name: string | null;
+  utilization_gpu_percent: number | null;
+  memory_total_bytes: number | null;
+  memory_used_bytes: number | null;
+  memory_free_bytes: number | null;
+  temperature_c: number | null;
+  power_w: number | null;
+  error: string | null;
+  stale: boolean;
+  nvml_unavailable?: true;
+}
+
+export interface GpuSummary {
+  source: 'nvml' | 'nvidia-smi' | 'none';
+  nvml_unavailable: boolean;
+  reason?: string;
+  devices: GpuDeviceSummary[];
+}
+
+export interface Summary {
+  requests_total: number;
+  errors_total: number;
+  tokens_generated_total: number;
+  prompt_tokens_total: number;
+  average_latency_ms: number | null;
+  p95_latency_ms: number | null;
+  average_tokens_per_second: number | null;
+  last_request_at: string | null;
+  models: string[];
+  gpu: GpuSummary;
+}
+
+function family(snapshot: readonly CanonicalFamily[], name: string): CanonicalFamily | undefined {
+  return snapshot.find((f) => f.metric.name === name);
+}
+
+function total(f: CanonicalFamily | undefined, filter?: (labels: Record<string, string>) => boolean): number {
+  let sum = 0;
+  for (const s of f?.series ?? []) if (!filter || filter(Object.fromEntries(s.labels))) sum += s.value;
+  return sum;
+}
+
+function mergedHist(f: CanonicalFamily | undefined): HistData | undefined {
+  let out: HistData | undefined;
+  for (const s of f?.series ?? []) {
+    if (!s.hist) continue;
+    if (!out) out = { bounds: s.hist.bounds, cum: [...s.hist.cum], count: s.hist.count, sum: s.hist.sum };
+    else if (out.bounds.length === s.hist.bounds.length) {
+      s.hist.cum.forEach((c, i) => (out!.cum[i] = out!.cum[i]! + c));
+      out.count += s.hist.count;
+      out.sum += s.hist.sum;
+    }
+  }
+  return out;
+}
+
+export function buildSummary(snapshot: readonly CanonicalFamily[], profileToMs: number, lastRequestAt: number | undefined, gpu: GpuSummary): Summary {
+  const requests = family(snapshot, 'inference_requests_total');
+  const duration = mergedHist(family(snapshot, 'inference_request_duration_ms'));
+  const tps = family(snapshot, 'tokens_per_second');
+  const decodeRates = (tps?.series ?? []).filter((s) => s.labels.some(([k, v]) => k === 'phase' && v === 'decode'));
+  const models = new Set<string>();
+  for (const f of snapshot) for (const s of f.series) for (const [k, v] of s.labels) if (k === 'model') models.add(v);
+  const p95 = duration ? quantileFromBuckets(0.95, duration.bounds, duration.cum, duration.count) : undefined;
+  return {
+    requests_total: total(requests),
+    errors_total: total(requests, (l) => l.code !== '2xx'),
+    tokens_generated_total: total(family(snapshot, 'tokens_generated_total')),
+    prompt_tokens_total: total(family(snapshot, 'tokens_input_total')),
+    average_latency_ms: duration && duration.count > 0 ? round((duration.sum / duration.count) * profileToMs) : null,
+    p95_latency_ms: p95 === undefined ? null : round(p95 * profileToMs),
+    average_tokens_per_second: decodeRates.length ? round(decodeRates.reduce((a, s) => a + s.value, 0)) : null,
+    last_request_at: lastRequestAt === undefined ? null : new Date(lastRequestAt).toISOString(),
+    models: [...models].sort(),
+    gpu,
+  };
+}
+
+function round(v: number): number {
+  return Math.round(v * 1000) / 1000;
+}

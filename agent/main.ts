@@ -1,0 +1,140 @@
+#!/usr/bin/env node
+// The only entry point: parses argv and the environment, loads config, starts the agent, and is
+// the only place that calls process.exit.
+
+import { Command, CommanderError, Option } from 'commander';
+import { Agent, type AgentDeps } from './agent.js';
+import { ConfigError, loadConfig, readConfigFile, validateConfig, type Overrides } from './config/load.js';
+import { createLogger } from './logger.js';
+import { runDemo } from './demo/demo.js';
+import { createGpuTelemetry } from './gpu/telemetry.js';
+import { VERSION } from './version.js';
+
+const EXIT_USAGE = 2;
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+interface RunFlags {
+  config?: string;
+  listen?: string;
+  upstream?: string[];
+  model?: string;
+  interval?: string;
+  units?: string;
+  histograms?: string;
+  nvmlLibrary?: string;
+  logLevel?: string;
+}
+
+function overrides(f: RunFlags): Overrides {
+  const o: Overrides = {};
+  if (f.listen !== undefined) o.listen = f.listen;
+  if (f.upstream !== undefined) o.upstreams = f.upstream;
+  if (f.model !== undefined) o.model = f.model;
+  if (f.interval !== undefined) o.interval = f.interval;
+  if (f.units !== undefined) o.units = f.units;
+  if (f.histograms !== undefined) o.histograms = f.histograms;
+  if (f.nvmlLibrary !== undefined) o.nvmlLibrary = f.nvmlLibrary;
+  if (f.logLevel !== undefined) o.logLevel = f.logLevel;
+  return o;
+}
+
+function addRunOptions(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'YAML config file (env INFERTEL_CONFIG)')
+    .option('--listen <host:port>', 'address of /metrics, /healthz, /readyz (env INFERTEL_LISTEN; default 0.0.0.0:9400)')
+    .option('--upstream <[flavor=]url>', 'engine /metrics URL; flavor vllm|tgi|auto; repeatable (env INFERTEL_UPSTREAMS, comma-separated)', collect)
+    .option('--model <name>', 'model label for upstreams whose metrics name none, e.g. TGI (env INFERTEL_MODEL)')
+    .option('--interval <duration>', 'scrape interval, e.g. 1s, 10s (env INFERTEL_INTERVAL; default 10s)')
+    .addOption(new Option('--units <profile>', 'ms: documented _ms names; seconds: _seconds names (env INFERTEL_UNITS)').choices(['ms', 'seconds']))
+    .addOption(new Option('--histograms <mode>', 'rebucket onto documented layouts, or keep native bounds (env INFERTEL_HISTOGRAMS)').choices(['rebucket', 'native']))
+    .option('--nvml-library <path>', 'path of libnvidia-ml.so.1 (env INFERTEL_NVML_LIBRARY)')
+    .addOption(new Option('--log-level <level>', 'log level (env INFERTEL_LOG_LEVEL)').choices(['debug', 'info', 'warn', 'error']));
+}
+
+export function agentDeps(logLevel: string): AgentDeps {
+  const log = createLogger(logLevel);
+  return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log }) };
+}
+
+/** Wait for SIGTERM/SIGINT, then stop within a second and exit 0. */
+export async function stopOnSignal(stop: () => Promise<void>): Promise<void> {
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  setTimeout(() => process.exit(0), 900).unref();
+  await stop();
+  process.exit(0);
+}
+
+function configFailure(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`infertel: ${err.message}\n`);
+    process.exit(EXIT_USAGE);
+  }
+  throw err;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const program = new Command('infertel')
+    .description('Telemetry sidecar for LLM inference servers: one Prometheus target for vLLM/TGI metrics and the GPUs under them.')
+    .version(VERSION)
+    .exitOverride()
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  addRunOptions(program.command('run').description('scrape the configured upstreams and serve /metrics'))
+    .action(async (flags: RunFlags) => {
+      let config;
+      try {
+        config = loadConfig({ file: flags.config, env: process.env, flags: overrides(flags) });
+      } catch (err) {
+        configFailure(err);
+      }
+      if (config.upstreams.length === 0) process.stderr.write('infertel: warning: no upstreams configured (--upstream or INFERTEL_UPSTREAMS)\n');
+      const deps = agentDeps(config.logLevel);
+      const agent = new Agent(config, deps);
+      deps.log.info({ listen: config.listen, upstreams: config.upstreams.map((u) => u.url), units: config.units }, 'infertel starting');
+      await agent.start();
+      await stopOnSignal(() => agent.stop());
+    });
+
+  program.command('check-config')
+    .description('validate a config file: exit 0 if valid, 2 listing every problem')
+    .argument('<file>')
+    .action((file: string) => {
+      try {
+        const cfg = validateConfig(readConfigFile(file));
+        process.stdout.write(`${file}: valid (${cfg.upstreams.length} upstream${cfg.upstreams.length === 1 ? '' : 's'})\n`);
+      } catch (err) {
+        configFailure(err);
+      }
+    });
+
+  program.command('demo')
+    .description('start simulated vLLM (2 data-parallel engines) and TGI servers on loopback and the agent scraping them')
+    .option('--listen <host:port>', 'agent address', '127.0.0.1:9400')
+    .option('--interval <duration>', 'scrape interval', '2s')
+    .option('--restart-every <duration>', 'how often the simulated TGI restarts (its counters reset)', '3m')
+    .addOption(new Option('--units <profile>', 'unit profile').choices(['ms', 'seconds']).default('ms'))
+    .option('--gpus <n>', 'simulated GPUs (0 for none)', '2')
+    .action(async (flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string }) => {
+      await runDemo(flags);
+    });
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') process.exit(0);
+      process.exit(EXIT_USAGE);
+    }
+    process.stderr.write(`infertel: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  }
+}
+
+void main(process.argv);

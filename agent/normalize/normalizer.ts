@@ -1,0 +1,465 @@
+// The normaliser: upstream families in, canonical series out. It owns the state that makes
+// exported counters monotonic (reset offsets, retired contributions), the aggregation over
+// dropped labels, the derived metrics and the canonical series caps.
+
+import type { CanonicalMetric, Catalogue, Flavor, SourceSpec } from '../catalogue/catalogue.js';
+import { roundBound } from '../catalogue/catalogue.js';
+import { labelValue, parseValue, type Family } from '../parse/exposition.js';
+import { guardValue, type GuardCounts, type LabelPolicy } from '../guard/labels.js';
+import { OVERFLOW_LABEL, type SeriesLimiter } from '../guard/cardinality.js';
+import { bucketizeCounts, rebucket } from './rebucket.js';
+
+export interface HistData {
+  /** Finite upper bounds, ascending. */
+  bounds: number[];
+  /** Cumulative count at each finite bound. */
+  cum: number[];
+  /** The +Inf bucket. */
+  count: number;
+  sum: number;
+}
+
+export interface CanonicalSeries {
+  /** Label pairs in the catalogue's label order. */
+  labels: Array<[string, string]>;
+  value: number;
+  hist: HistData | undefined;
+}
+
+export interface CanonicalFamily {
+  metric: CanonicalMetric;
+  series: CanonicalSeries[];
+}
+
+/** What the normaliser needs to know about the upstream a payload came from. */
+export interface UpstreamView {
+  name: string;
+  flavor: Flavor;
+  /** Maps an upstream family name to the catalogue's spelling (strips `vllm:` and the like). */
+  familyKey(name: string): string;
+  /** Upstream label names that carry the model, in order of preference. */
+  modelLabels: readonly string[];
+  /** Model for series whose labels name none. */
+  defaultModel: string;
+}
+
+export interface NormalizerOptions {
+  histograms: 'rebucket' | 'native';
+  staleAfterScrapes: number;
+  seriesPerMetric: number;
+  labelPolicy: LabelPolicy;
+  limiter: SeriesLimiter;
+  guardCounts: GuardCounts;
+}
+
+export interface IngestStats {
+  /** Canonical source series touched by this payload. */
+  series: number;
+  /** Histograms skipped because they had no +Inf bucket (truncated or malformed). */
+  incompleteHistograms: number;
+}
+
+type Contribution =
+  | { kind: 'counter'; value: number }
+  | { kind: 'gauge'; value: number }
+  | { kind: 'hist'; hist: HistData }
+  | { kind: 'buckets'; values: number[] };
+
+interface SourceState {
+  metric: CanonicalMetric;
+  exportKeys: string[];
+  lastRaw: number[];
+  offset: number[];
+  contribution: Contribution;
+  seenCycle: number;
+  missed: number;
+}
+
+interface ExportedState {
+  metric: CanonicalMetric;
+  labels: Array<[string, string]>;
+  live: number;
+  retiredValue: number;
+  retiredHist: HistData | undefined;
+  /** Histograms infertel fills itself (batch sizes sampled each scrape). */
+  observed: HistData | undefined;
+  layout: number[] | undefined;
+}
+
+interface RawHist {
+  labels: string[];
+  bounds: number[];
+  cum: number[];
+  count: number;
+  sum: number;
+}
+
+const SEP = '\u0000';
+
+function histogramsOf(fam: Family, match: Record<string, string> | undefined, stats: IngestStats): RawHist[] {
+  const groups = new Map<string, { labels: string[]; buckets: Array<[number, number]>; sum: number | undefined; count: number | undefined }>();
+  const base = fam.name;
+  for (const s of fam.samples) {
+    const suffix = s.name.slice(base.length);
+    if (suffix !== '_bucket' && suffix !== '_sum' && suffix !== '_count') continue;
+    const labels: string[] = [];
+    let le: string | undefined;
+    for (let i = 0; i < s.labels.length; i += 2) {
+      if (s.labels[i] === 'le') le = s.labels[i + 1];
+      else labels.push(s.labels[i] as string, s.labels[i + 1] as string);
+    }
+    if (match && !matches(labels, match)) continue;
+    const key = labels.join(SEP);
+    let g = groups.get(key);
+    if (!g) groups.set(key, (g = { labels, buckets: [], sum: undefined, count: undefined }));
+    if (suffix === '_bucket') { if (le !== undefined) g.buckets.push([parseValue(le), s.value]); }
+    else if (suffix === '_sum') g.sum = s.value;
+    else g.count = s.value;
+  }
+  const out: RawHist[] = [];
+  for (const g of groups.values()) {
+    g.buckets.sort((a, b) => a[0] - b[0]);
+    const inf = g.buckets.length > 0 && g.buckets[g.buckets.length - 1]![0] === Infinity ? g.buckets.pop()![1] : undefined;
+    if (inf === undefined || g.buckets.some((b) => Number.isNaN(b[0]))) { stats.incompleteHistograms++; continue; }
+    out.push({ labels: g.labels, bounds: g.buckets.map((b) => b[0]), cum: g.buckets.map((b) => b[1]), count: g.count ?? inf, sum: g.sum ?? 0 });
+  }
+  return out;
+}
+
+function matches(labels: readonly string[], match: Record<string, string>): boolean {
+  for (const [k, v] of Object.entries(match)) if (labelValue(labels, k) !== v) return false;
+  return true;
+}
+
+function emptyHist(bounds: number[]): HistData {
+  return { bounds, cum: bounds.map(() => 0), count: 0, sum: 0 };
+}
+
+function addHist(into: HistData, h: HistData): void {
+  for (let i = 0; i < into.cum.length; i++) into.cum[i] = (into.cum[i] as number) + (h.cum[i] ?? 0);
+  into.count += h.count;
+  into.sum += h.sum;
+}
+
+function cloneHist(h: HistData): HistData {
+  return { bounds: h.bounds, cum: [...h.cum], count: h.count, sum: h.sum };
+}
+
+export class Normalizer {
+  private cycle = 0;
+  private readonly sources = new Map<string, Map<string, SourceState>>();
+  private readonly exported = new Map<string, ExportedState>();
+  private readonly rateMemory = new Map<string, { v: number; t: number }>();
+  private readonly derivedValues = new Map<string, CanonicalSeries & { metric: CanonicalMetric }>();
+  private snapshotCache: CanonicalFamily[] | undefined;
+
+  constructor(private readonly catalogue: Catalogue, private readonly opts: NormalizerOptions) {}
+
+  /** Ingest one successful scrape of an upstream. */
+  ingest(up: UpstreamView, families: readonly Family[]): IngestStats {
+    const cycle = ++this.cycle;
+    const stats: IngestStats = { series: 0, incompleteHistograms: 0 };
+    const index = new Map<string, Family>();
+    for (const fam of families) {
+      const key = up.familyKey(fam.name);
+      if (!index.has(key)) index.set(key, fam);
+    }
+    let states = this.sources.get(up.name);
+    if (!states) this.sources.set(up.name, (states = new Map()));
+    for (const metric of this.catalogue.metrics) {
+      if (metric.needs || !metric.sources) continue;
+      metric.sources.forEach((spec, specIndex) => {
+        if (spec.flavor !== up.flavor) return;
+        const famName = spec.from.find((n) => index.has(n));
+        if (!famName) return;
+        const fam = index.get(famName)!;
+        this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats);
+      });
+    }
+    this.sweep(up.name, cycle);
+    this.snapshotCache = undefined;
+    return stats;
+  }
+
+  /** A scrape failed: the upstream's series age as if they were missing from a scrape. */
+  markFailed(upstream: string): void {
+    this.sweep(upstream, ++this.cycle);
+    this.snapshotCache = undefined;
+  }
+
+  private ingestSource(up: UpstreamView, states: Map<string, SourceState>, metric: CanonicalMetric, spec: SourceSpec,
+    specKey: string, fam: Family, cycle: number, stats: IngestStats): void {
+    const factor = spec.unit === 'seconds' ? metric.secondsFactor : 1;
+    const stateKeyBase = metric.name + SEP + specKey + SEP;
+    if (fam.type === 'histogram' && (metric.type === 'histogram' || spec.bucketize || spec.component)) {
+      if (spec.sample) return;
+      for (const h of histogramsOf(fam, spec.match, stats)) {
+        const labels = this.canonicalLabels(up, metric, spec, h.labels);
+        if (!labels) continue;
+        const layoutSig = h.bounds.join(',');
+        const stateKey = stateKeyBase + h.labels.join(SEP) + SEP + layoutSig;
+        if (metric.type === 'histogram') {
+          const bounds = h.bounds.map((b) => roundBound(b * factor));
+          const exportKey = this.exportKeyFor(metric, labels, bounds);
+          const raw = [...h.cum, h.count, h.sum * factor];
+          this.update(states, stateKey, metric, [exportKey], raw, cycle, stats, (corr) => {
+            const n = bounds.length;
+            const target = this.exported.get(exportKey)?.layout ?? bounds;
+            const cum = target === bounds ? corr.slice(0, n) : rebucket(bounds, corr.slice(0, n), target);
+            return { kind: 'hist', hist: { bounds: target, cum, count: corr[n] as number, sum: corr[n + 1] as number } };
+          });
+        } else if (spec.bucketize) {
+          const b = spec.bucketize;
+          const exportKeys = b.values.map((v) => this.exportKeyFor(metric, { ...labels, [b.label]: v }, undefined));
+          this.update(states, stateKey, metric, exportKeys, [...h.cum, h.count], cycle, stats, (corr) => ({
+            kind: 'buckets',
+            values: bucketizeCounts(h.bounds, corr.slice(0, h.bounds.length), corr[h.bounds.length] as number, b.bounds),
+          }));
+        } else {
+          const exportKey = this.exportKeyFor(metric, labels, undefined);
+          const raw = spec.component === 'sum' ? h.sum : h.count;
+          this.update(states, stateKey, metric, [exportKey], [raw], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
+        }
+      }
+      return;
+    }
+    for (const s of fam.samples) {
+      if (s.name.endsWith('_created')) continue;
+      if (spec.match && !matches(s.labels, spec.match)) continue;
+      if (spec.absentBelow !== undefined && !(s.value >= spec.absentBelow)) continue;
+      const labels = this.canonicalLabels(up, metric, spec, s.labels);
+      if (!labels) continue;
+      const exportKey = this.exportKeyFor(metric, labels, undefined);
+      if (spec.sample) {
+        this.observe(exportKey, s.value);
+        continue;
+      }
+      const stateKey = stateKeyBase + s.labels.join(SEP);
+      if (metric.type === 'counter') {
+        this.update(states, stateKey, metric, [exportKey], [s.value], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
+      } else {
+        this.update(states, stateKey, metric, [exportKey], [s.value * factor], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] as number }), false);
+      }
+    }
+  }
+
+  /** Record one scrape's raw values for a source series, correcting counter resets. */
+  private update(states: Map<string, SourceState>, key: string, metric: CanonicalMetric, exportKeys: string[], raw: number[],
+    cycle: number, stats: IngestStats, contribute: (corrected: number[]) => Contribution, monotonic = true): void {
+    let st = states.get(key);
+    if (!st) {
+      if (states.size >= this.opts.seriesPerMetric * 8) {
+        this.opts.limiter.overflowed.set(metric.exportName, (this.opts.limiter.overflowed.get(metric.exportName) ?? 0) + 1);
+        return;
+      }
+      st = { metric, exportKeys, lastRaw: raw.map(() => 0), offset: raw.map(() => 0), contribution: { kind: 'counter', value: 0 }, seenCycle: cycle, missed: 0 };
+      states.set(key, st);
+      for (const k of exportKeys) this.exported.get(k)!.live++;
+    }
+    // For cumulative values any decrease is a restart: the count and every bucket start again
+    // from zero together, so the whole vector is carried into the offset.
+    if (monotonic && raw.some((v, i) => v < (st!.lastRaw[i] as number))) {
+      for (let i = 0; i < raw.length; i++) st.offset[i] = (st.offset[i] as number) + (st.lastRaw[i] as number);
+    }
+    st.lastRaw = raw;
+    st.seenCycle = cycle;
+    st.missed = 0;
+    st.contribution = contribute(monotonic ? raw.map((v, i) => v + (st!.offset[i] as number)) : raw);
+    stats.series++;
+  }
+
+  private sweep(upstream: string, cycle: number): void {
+    const states = this.sources.get(upstream);
+    if (!states) return;
+    for (const [key, st] of states) {
+      if (st.seenCycle === cycle) continue;
+      if (++st.missed < this.opts.staleAfterScrapes) continue;
+      this.retire(st);
+      states.delete(key);
+    }
+  }
+
+  /** A source series went away: what it had counted stays in the exported totals. */
+  private retire(st: SourceState): void {
+    const c = st.contribution;
+    st.exportKeys.forEach((k, i) => {
+      const ex = this.exported.get(k);
+      if (!ex) return;
+      ex.live--;
+      if (c.kind === 'counter') ex.retiredValue += c.value;
+      else if (c.kind === 'buckets') ex.retiredValue += c.values[i] ?? 0;
+      else if (c.kind === 'hist') {
+        ex.retiredHist ??= emptyHist(c.hist.bounds);
+        addHist(ex.retiredHist, c.hist);
+      }
+      if (ex.live <= 0 && !ex.observed && (ex.metric.type === 'gauge' || (ex.retiredValue === 0 && !ex.retiredHist))) {
+        this.exported.delete(k);
+        this.opts.limiter.release(ex.metric.exportName, k);
+      }
+    });
+  }
+
+  private observe(exportKey: string, value: number): void {
+    const ex = this.exported.get(exportKey)!;
+    ex.observed ??= emptyHist(ex.layout ?? ex.metric.bounds ?? []);
+    const h = ex.observed;
+    for (let i = 0; i < h.bounds.length; i++) if (value <= (h.bounds[i] as number)) h.cum[i] = (h.cum[i] as number) + 1;
+    h.count++;
+    h.sum += value;
+  }
+
+  private canonicalLabels(up: UpstreamView, metric: CanonicalMetric, spec: SourceSpec, src: readonly string[]): Record<string, string> | undefined {
+    const out: Record<string, string> = {};
+    let model: string | undefined;
+    for (const ml of up.modelLabels) if ((model = labelValue(src, ml)) !== undefined) break;
+    out.model = model ?? up.defaultModel;
+    if (spec.labels) for (const [canon, from] of Object.entries(spec.labels)) out[canon] = labelValue(src, from) ?? 'unknown';
+    if (spec.map) {
+      for (const [canon, m] of Object.entries(spec.map)) {
+        const v = labelValue(src, m.from);
+        out[canon] = (v !== undefined ? m.values[v] : undefined) ?? m.default;
+      }
+    }
+    if (spec.set) Object.assign(out, spec.set);
+    const guarded: Record<string, string> = {};
+    for (const name of metric.labels) {
+      const v = out[name];
+      if (v !== undefined) guarded[name] = guardValue(this.opts.labelPolicy, name, v, this.opts.guardCounts);
+    }
+    return guarded;
+  }
+
+  /** The exported series a canonical label set lands in, created (or folded into overflow) on first use. */
+  private exportKeyFor(metric: CanonicalMetric, labels: Record<string, string>, sourceBounds: number[] | undefined): string {
+    const pairs: Array<[string, string]> = [];
+    for (const name of metric.labels) {
+      const v = labels[name];
+      if (v !== undefined) pairs.push([name, v]);
+    }
+    let key = metric.name + SEP + pairs.map((p) => p[1]).join(SEP);
+    if (this.exported.has(key)) return key;
+    if (!this.opts.limiter.admit(metric.exportName, key)) {
+      key = metric.name + SEP + OVERFLOW_LABEL;
+      if (this.exported.has(key)) return key;
+      pairs.length = 0;
+      pairs.push([OVERFLOW_LABEL, 'true']);
+    }
+    const layout = metric.type !== 'histogram' ? undefined
+      : this.opts.histograms === 'native' && sourceBounds ? sourceBounds : metric.bounds;
+    this.exported.set(key, { metric, labels: pairs, live: 0, retiredValue: 0, retiredHist: undefined, observed: undefined, layout });
+    return key;
+  }
+
+  /**
+   * Aggregated canonical families. `minRateInterval` (seconds) keeps derived rates from being
+   * recomputed over slivers of time when several upstreams finish close together.
+   */
+  snapshot(nowMs: number, minRateInterval: number): CanonicalFamily[] {
+    if (this.snapshotCache) return this.snapshotCache;
+    const acc = new Map<string, { value: number; n: number; hist: HistData | undefined }>();
+    const metricOf = (key: string) => this.exported.get(key)!.metric;
+    for (const states of this.sources.values()) {
+      for (const st of states.values()) {
+        const c = st.contribution;
+        st.exportKeys.forEach((key, i) => {
+          let a = acc.get(key);
+          if (!a) acc.set(key, (a = { value: 0, n: 0, hist: undefined }));
+          a.n++;
+          if (c.kind === 'counter') a.value += c.value;
+          else if (c.kind === 'buckets') a.value += c.values[i] ?? 0;
+          else if (c.kind === 'hist') {
+            a.hist ??= emptyHist(c.hist.bounds);
+            addHist(a.hist, c.hist);
+          } else {
+            const agg = metricOf(key).aggregate;
+            if (agg === 'max') a.value = a.n === 1 ? c.value : Math.max(a.value, c.value);
+            else a.value += c.value;
+          }
+        });
+      }
+    }
+    const byMetric = new Map<string, CanonicalFamily>();
+    const familyOf = (metric: CanonicalMetric) => {
+      let f = byMetric.get(metric.name);
+      if (!f) byMetric.set(metric.name, (f = { metric, series: [] }));
+      return f;
+    };
+    for (const [key, ex] of this.exported) {
+      const a = acc.get(key);
+      const m = ex.metric;
+      if (m.type === 'histogram') {
+        const hist = ex.retiredHist ? cloneHist(ex.retiredHist) : emptyHist(ex.layout ?? m.bounds ?? []);
+        if (a?.hist) addHist(hist, a.hist);
+        if (ex.observed) addHist(hist, ex.observed);
+        if (!a?.hist && !ex.retiredHist && !ex.observed) continue;
+        familyOf(m).series.push({ labels: ex.labels, value: hist.count, hist });
+      } else if (m.type === 'gauge') {
+        if (!a) continue;
+        familyOf(m).series.push({ labels: ex.labels, value: m.aggregate === 'avg' ? a.value / a.n : a.value, hist: undefined });
+      } else {
+        familyOf(m).series.push({ labels: ex.labels, value: ex.retiredValue + (a?.value ?? 0), hist: undefined });
+      }
+    }
+    this.derive(byMetric, familyOf, nowMs, minRateInterval);
+    const out: CanonicalFamily[] = [];
+    for (const m of this.catalogue.metrics) {
+      const f = byMetric.get(m.name);
+      if (f && f.series.length) out.push(f);
+    }
+    this.snapshotCache = out;
+    return out;
+  }
+
+  private derive(byMetric: Map<string, CanonicalFamily>, familyOf: (m: CanonicalMetric) => CanonicalFamily, nowMs: number, minRateInterval: number): void {
+    const live = new Set<string>();
+    for (const metric of this.catalogue.metrics) {
+      if (!metric.derive) continue;
+      const direct = new Set((byMetric.get(metric.name)?.series ?? []).map((s) => s.labels.map((p) => p[1]).join(SEP)));
+      for (const d of metric.derive) {
+        const inputs = 'rate' in d ? [d.rate] : d.ratio;
+        const first = byMetric.get(inputs[0]);
+        if (!first) continue;
+        const second = inputs[1] ? byMetric.get(inputs[1]) : undefined;
+        for (const s of first.series) {
+          const labelsRec: Record<string, string> = Object.fromEntries(s.labels);
+          Object.assign(labelsRec, d.set ?? {});
+          const pairs: Array<[string, string]> = metric.labels.filter((l) => labelsRec[l] !== undefined).map((l) => [l, labelsRec[l]!]);
+          const sig = pairs.map((p) => p[1]).join(SEP);
+          if (direct.has(sig)) continue;
+          const key = metric.name + SEP + sig;
+          const inputKey = key + SEP + inputs.join(SEP);
+          const denom = second?.series.find((x) => x.labels.map((p) => p[1]).join(SEP) === s.labels.map((p) => p[1]).join(SEP));
+          if (inputs[1] && !denom) continue;
+          live.add(key);
+          const num = s.value;
+          const den = denom ? denom.value : nowMs / 1000;
+          const prev = this.rateMemory.get(inputKey);
+          const nowS = nowMs / 1000;
+          if (!prev) {
+            this.rateMemory.set(inputKey, { v: num, t: denom ? den : nowS });
+            this.rateMemory.set(inputKey + SEP + 'time', { v: den, t: nowS });
+            continue;
+          }
+          const prevDen = this.rateMemory.get(inputKey + SEP + 'time')!;
+          if (nowS - prevDen.t < minRateInterval) continue;
+          const dNum = num - prev.v;
+          const dDen = den - prevDen.v;
+          this.rateMemory.set(inputKey, { v: num, t: nowS });
+          this.rateMemory.set(inputKey + SEP + 'time', { v: den, t: nowS });
+          if (dDen <= 0) continue;
+          const value = Math.max(0, dNum / dDen);
+          this.derivedValues.set(key, { metric, labels: pairs, value: denom ? Math.min(1, value) : value, hist: undefined });
+        }
+      }
+    }
+    for (const [key, dv] of this.derivedValues) {
+      if (!live.has(key)) { this.derivedValues.delete(key); continue; }
+      familyOf(dv.metric).series.push({ labels: dv.labels, value: dv.value, hist: undefined });
+    }
+  }
+
+  /** Number of exported canonical series (for memory accounting and tests). */
+  get exportedSeries(): number {
+    return this.exported.size;
+  }
+}

@@ -1,0 +1,67 @@
+// Histogram re-bucketing by linear interpolation of cumulative counts. Exact where bounds
+// coincide; monotonic in `le` and, for a fixed source layout, in time (every target count is a
+// non-negative combination of source counts). Mass beyond the source's last finite bound stays
+// in +Inf.
+
+const REL_EPS = 1e-9;
+
+function same(a: number, b: number): boolean {
+  return a === b || Math.abs(a - b) <= REL_EPS * Math.max(Math.abs(a), Math.abs(b));
+}
+
+/**
+ * Cumulative count at `t` given a source layout: `bounds` ascending finite upper bounds and
+ * `cum` their cumulative counts. Below the first bound the lower edge is taken as 0.
+ */
+export function cumulativeAt(bounds: readonly number[], cum: readonly number[], t: number): number {
+  const n = bounds.length;
+  if (n === 0) return 0;
+  const last = bounds[n - 1] as number;
+  if (t > last && !same(t, last)) return cum[n - 1] as number;
+  let lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((bounds[mid] as number) < t && !same(bounds[mid] as number, t)) lo = mid + 1;
+    else hi = mid;
+  }
+  const b = bounds[lo] as number;
+  const c = cum[lo] as number;
+  if (same(b, t)) return c;
+  const prevB = lo === 0 ? 0 : (bounds[lo - 1] as number);
+  const prevC = lo === 0 ? 0 : (cum[lo - 1] as number);
+  if (t <= prevB) return prevC;
+  return prevC + ((c - prevC) * (t - prevB)) / (b - prevB);
+}
+
+/** Cumulative counts of the source histogram at each target bound. */
+export function rebucket(bounds: readonly number[], cum: readonly number[], target: readonly number[]): number[] {
+  const out = new Array<number>(target.length);
+  for (let i = 0; i < target.length; i++) out[i] = cumulativeAt(bounds, cum, target[i] as number);
+  return out;
+}
+
+/** Counts per range: (-inf, b0], (b0, b1], …, (b_last, +Inf). */
+export function bucketizeCounts(bounds: readonly number[], cum: readonly number[], total: number, edges: readonly number[]): number[] {
+  const at = rebucket(bounds, cum, edges);
+  const out: number[] = [];
+  let prev = 0;
+  for (const c of at) { out.push(Math.max(0, c - prev)); prev = c; }
+  out.push(Math.max(0, total - prev));
+  return out;
+}
+
+/** Quantile from cumulative buckets, as Prometheus' histogram_quantile computes it. */
+export function quantileFromBuckets(q: number, bounds: readonly number[], cum: readonly number[], total: number): number | undefined {
+  if (total <= 0 || bounds.length === 0) return undefined;
+  const rank = q * total;
+  for (let i = 0; i < bounds.length; i++) {
+    if ((cum[i] as number) >= rank) {
+      const lower = i === 0 ? 0 : (bounds[i - 1] as number);
+      const below = i === 0 ? 0 : (cum[i - 1] as number);
+      const inBucket = (cum[i] as number) - below;
+      if (inBucket <= 0) return bounds[i] as number;
+      return lower + (((bounds[i] as number) - lower) * (rank - below)) / inBucket;
+    }
+  }
+  return bounds[bounds.length - 1] as number;
+}

@@ -1,0 +1,20 @@
+// The extension point: every telemetry source implements Source and is listed in sources/index.ts.
+
+import type { Family } from '../parse/exposition.js';
+
+export type ScrapeOutcome = 'ok' | 'refused' | 'timeout' | 'http_status' | 'body_too_large' | 'not_prometheus' | 'parse' | 'error';
+
+export interface ScrapeResult {
+  outcome: ScrapeOutcome;
+  families: Family[];
+  bytes: number;
+  parseErrors: number;
+  /** Human-readable detail for logs when the outcome is not ok. */
+  detail: string | undefined;
+}
+
+export interface Source {
+  readonly name: string;
+  /** One scrape. Never throws: failures are reported in the result. */
+  scrape(signal: AbortSignal): Promise<ScrapeResult>;
+}

@@ -1,0 +1,137 @@
+// One configured upstream: its source, its flavor (configured or detected), its model and its
+// health. Runs one scrape cycle: fetch, parse, normalise, record.
+
+import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import type { Flavor } from './catalogue/catalogue.js';
+import type { UpstreamConfig } from './config/schema.js';
+import type { SelfMetrics } from './export/self-metrics.js';
+import type { Family } from './parse/exposition.js';
+import type { Logger } from './logger.js';
+import type { Normalizer, UpstreamView } from './normalize/normalizer.js';
+import { PassthroughGuard } from './guard/passthrough.js';
+import { FLAVOR_TABLE, detectFlavor, type FlavorAdapter } from './sources/flavor.js';
+import type { ScrapeOutcome, Source } from './sources/source.js';
+import { ATTR, SPAN_SCRAPE } from './tracing/otel.js';
+
+export interface UpstreamHealth {
+  name: string;
+  url: string;
+  flavor: Flavor | 'unknown';
+  up: boolean;
+  lastOutcome: ScrapeOutcome | 'pending';
+  lastDetail: string | undefined;
+  lastSuccessMs: number | undefined;
+  intervalMs: number;
+}
+
+export interface UpstreamDeps {
+  normalizer: Normalizer;
+  metrics: SelfMetrics;
+  tracer: Tracer;
+  log: Logger;
+  passthroughGuard: PassthroughGuard;
+  defaultModel: string | undefined;
+  now: () => number;
+}
+
+/** How long a failed model lookup (TGI /info) waits before it is tried again. */
+const MODEL_LOOKUP_RETRY_MS = 60_000;
+
+export class Upstream {
+  readonly health: UpstreamHealth;
+  passthrough: Family[] = [];
+  private adapter: FlavorAdapter | undefined;
+  private model: string | undefined;
+  private modelLookupAt = 0;
+  private failedScrapes = 0;
+
+  constructor(readonly cfg: UpstreamConfig, private readonly source: Source, private readonly deps: UpstreamDeps) {
+    this.adapter = cfg.flavor === 'auto' ? undefined : FLAVOR_TABLE[cfg.flavor];
+    this.model = cfg.model ?? deps.defaultModel;
+    this.health = { name: cfg.name, url: cfg.url, flavor: this.adapter?.name ?? 'unknown', up: false, lastOutcome: 'pending',
+      lastDetail: undefined, lastSuccessMs: undefined, intervalMs: cfg.intervalMs };
+    deps.metrics.setFlavor(cfg.name, this.health.flavor);
+    deps.metrics.up.set({ upstream: cfg.name }, 0);
+  }
+
+  /** One scrape cycle; resolves true on success. Never throws. */
+  async cycle(signal: AbortSignal): Promise<boolean> {
+    const { tracer, metrics, normalizer } = this.deps;
+    return tracer.startActiveSpan(SPAN_SCRAPE, async (span) => {
+      const started = performance.now();
+      let outcome: ScrapeOutcome = 'error';
+      let detail: string | undefined;
+      let series = 0;
+      let bytes = 0;
+      let parseErrors = 0;
+      try {
+        const res = await this.source.scrape(signal);
+        outcome = res.outcome;
+        detail = res.detail;
+        bytes = res.bytes;
+        parseErrors = res.parseErrors;
+        if (outcome === 'ok') {
+          if (!this.adapter) {
+            this.adapter = detectFlavor(res.families);
+            if (this.adapter) {
+              this.health.flavor = this.adapter.name;
+              metrics.setFlavor(this.cfg.name, this.adapter.name);
+              this.deps.log.info({ upstream: this.cfg.name, flavor: this.adapter.name }, 'detected engine flavor');
+            }
+          }
+          if (this.adapter) {
+            await this.resolveModel(res.families, signal);
+            const view: UpstreamView = {
+              name: this.cfg.name, flavor: this.adapter.name, familyKey: this.adapter.familyKey,
+              modelLabels: this.adapter.modelLabels, defaultModel: this.model ?? this.adapter.payloadModel(res.families) ?? 'unknown',
+            };
+            const stats = normalizer.ingest(view, res.families);
+            series = stats.series;
+            parseErrors += stats.incompleteHistograms;
+          }
+          this.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(res.families) : [];
+          this.failedScrapes = 0;
+        } else {
+          normalizer.markFailed(this.cfg.name);
+          if (++this.failedScrapes >= 3) this.passthrough = [];
+        }
+      } catch (err) {
+        outcome = 'error';
+        detail = (err as Error).message;
+        normalizer.markFailed(this.cfg.name);
+      }
+      const nowMs = this.deps.now();
+      metrics.recordScrape(this.cfg.name, outcome, (performance.now() - started) / 1000, parseErrors, nowMs);
+      this.transition(outcome, detail, nowMs);
+      span.setAttributes({ [ATTR.upstream]: this.cfg.name, [ATTR.flavor]: this.health.flavor, [ATTR.series]: series, [ATTR.bytes]: bytes, [ATTR.outcome]: outcome });
+      if (outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: detail ?? outcome });
+      span.end();
+      return outcome === 'ok';
+    });
+  }
+
+  private async resolveModel(families: readonly Family[], signal: AbortSignal): Promise<void> {
+    if (this.model || !this.adapter || this.deps.now() < this.modelLookupAt) return;
+    if (this.adapter.payloadModel(families)) return;
+    this.modelLookupAt = this.deps.now() + MODEL_LOOKUP_RETRY_MS;
+    try {
+      this.model = await this.adapter.lookupModel(this.cfg.url, signal);
+      if (this.model) this.deps.log.info({ upstream: this.cfg.name, model: this.model }, 'model learned from the engine');
+    } catch (err) {
+      this.deps.log.debug({ upstream: this.cfg.name, err: (err as Error).message }, 'model lookup failed');
+    }
+  }
+
+  /** Log state changes once, not at every interval. */
+  private transition(outcome: ScrapeOutcome, detail: string | undefined, nowMs: number): void {
+    const wasUp = this.health.up;
+    const prevOutcome = this.health.lastOutcome;
+    this.health.up = outcome === 'ok';
+    this.health.lastOutcome = outcome;
+    this.health.lastDetail = detail;
+    if (outcome === 'ok') this.health.lastSuccessMs = nowMs;
+    const log = this.deps.log;
+    if (outcome === 'ok' && !wasUp) log.info({ upstream: this.cfg.name, url: this.cfg.url, flavor: this.health.flavor }, 'upstream up');
+    else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome)) log.warn({ upstream: this.cfg.name, url: this.cfg.url, reason: outcome, detail }, 'upstream down');
+  }
+}

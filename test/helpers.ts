@@ -1,0 +1,131 @@
+// Test helpers: loopback servers, the built CLI, promtool, the shared captures.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
+export const SHARED_FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/upstream/', import.meta.url));
+
+export function sharedFixturesPresent(): boolean {
+  return existsSync(SHARED_FIXTURES);
+}
+
+export interface TestServer {
+  url: string;
+  port: number;
+  server: http.Server;
+  close(): Promise<void>;
+}
+
+export async function startServer(handler: http.RequestListener): Promise<TestServer> {
+  const server = http.createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`, port, server,
+    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+export async function freePort(): Promise<number> {
+  const s = await startServer(() => {});
+  const port = s.port;
+  await s.close();
+  return port;
+}
+
+export interface AgentProcess {
+  child: ChildProcess;
+  base: string;
+  output(): string;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; ms: number }>;
+}
+
+/** Spawn the built CLI and wait until its /healthz answers. */
+export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<AgentProcess> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [CLI, 'run', '--listen', `127.0.0.1:${port}`, ...args], {
+    env: { ...process.env, INFERTEL_LOG_LEVEL: 'debug', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${out}`);
+    try {
+      const r = await fetch(`${base}/healthz`);
+      if (r.ok) break;
+    } catch { /* not listening yet */ }
+    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`agent did not start: ${out}`); }
+    await sleep(50);
+  }
+  return {
+    child, base, output: () => out,
+    stop(signal: NodeJS.Signals = 'SIGTERM') {
+      const t0 = Date.now();
+      return new Promise((resolve) => {
+        if (child.exitCode !== null) return resolve({ code: child.exitCode, ms: 0 });
+        child.once('exit', (code) => resolve({ code, ms: Date.now() - t0 }));
+        child.kill(signal);
+        setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+      });
+    },
+  };
+}
+
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Poll `fn` until it returns a truthy value or the time runs out. */
+export async function eventually<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) { last = err; }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await sleep(100);
+  }
+}
+
+export function promtoolPath(): string | undefined {
+  const r = spawnSync('sh', ['-c', 'command -v promtool'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+/** `promtool check metrics` on a body: exit code and its findings. */
+export function promtoolCheckMetrics(body: string): { code: number | null; findings: string[] } {
+  const r = spawnSync('promtool', ['check', 'metrics'], { input: body, encoding: 'utf8' });
+  const findings = (r.stderr + r.stdout).split('\n').map((l) => l.trim()).filter(Boolean);
+  return { code: r.status, findings };
+}
+
+export async function getText(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string; headers: Headers }> {
+  const r = await fetch(url, { headers });
+  return { status: r.status, body: await r.text(), headers: r.headers };
+}
+
+/** Value of one sample line `name{labels} value` in an exposition, matching labels by substring. */
+export function sampleValue(body: string, name: string, ...labelParts: string[]): number | undefined {
+  for (const line of body.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (rest[0] !== '{' && rest[0] !== ' ') continue;
+    if (labelParts.every((p) => line.includes(p))) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return undefined;
+}

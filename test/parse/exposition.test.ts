@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { parseExposition } from '../../agent/parse/exposition.js';
+import { SHARED_FIXTURES, sharedFixturesPresent } from '../helpers.js';
+
+describe('parseExposition', () => {
+  const cases: Array<{ name: string; text: string; families: number; samples: number; errors: number; check?: (r: ReturnType<typeof parseExposition>) => void }> = [
+    {
+      name: 'vLLM label order puts le between engine and model_name',
+      text: '# HELP vllm:e2e_request_latency_seconds h\n# TYPE vllm:e2e_request_latency_seconds histogram\n'
+        + 'vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="m"} 1.0\n'
+        + 'vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} 2.0\n'
+        + 'vllm:e2e_request_latency_seconds_count{engine="0",model_name="m"} 2.0\n'
+        + 'vllm:e2e_request_latency_seconds_sum{engine="0",model_name="m"} 1.5\n',
+      families: 1, samples: 4, errors: 0,
+      check: (r) => {
+        assert.equal(r.families[0]!.type, 'histogram');
+        assert.deepEqual(r.families[0]!.samples[0]!.labels, ['engine', '0', 'le', '0.3', 'model_name', 'm']);
+        assert.equal(r.families[0]!.samples[1]!.value, 2);
+      },
+    },
+    {
+      name: 'TGI counters without _total, blank lines, no HELP',
+      text: '# TYPE tgi_request_failure counter\ntgi_request_failure{err="validation"} 2\n\n# HELP tgi_request_count Total\n# TYPE tgi_request_count counter\ntgi_request_count 111\n\n',
+      families: 2, samples: 2, errors: 0,
+      check: (r) => {
+        assert.equal(r.families[0]!.help, undefined);
+        assert.equal(r.families[1]!.samples[0]!.value, 111);
+      },
+    },
+    {
+      name: 'histogram whose base name ends in _total keeps its buckets',
+      text: '# TYPE vllm:iteration_tokens_total histogram\nvllm:iteration_tokens_total_bucket{le="1.0"} 3.0\nvllm:iteration_tokens_total_bucket{le="+Inf"} 4.0\nvllm:iteration_tokens_total_count 4.0\nvllm:iteration_tokens_total_sum 9.0\n',
+      families: 1, samples: 4, errors: 0,
+      check: (r) => assert.equal(r.families[0]!.name, 'vllm:iteration_tokens_total'),
+    },
+    {
+      name: 'escapes, exponents, timestamps, Inf and NaN',
+      text: 'a{x="q\\"uote\\\\back\\nline"} 1.15891634176e+011 1700000000000\nb +Inf\nc NaN\nd -Inf\ne 8.128902e+06\n',
+      families: 5, samples: 5, errors: 0,
+      check: (r) => {
+        assert.equal(r.families[0]!.samples[0]!.labels[1], 'q"uote\\back\nline');
+        assert.equal(r.families[0]!.samples[0]!.value, 115891634176);
+        assert.equal(r.families[1]!.samples[0]!.value, Infinity);
+        assert.ok(Number.isNaN(r.families[2]!.samples[0]!.value));
+        assert.equal(r.families[4]!.samples[0]!.value, 8128902);
+      },
+    },
+    {
+      name: 'garbage lines are counted and skipped',
+      text: 'ok 1\nthis is not a sample\n{bad="x"} 2\nalso{broken 3\nok2 notanumber\nfine 4\n',
+      families: 2, samples: 2, errors: 4,
+    },
+    {
+      name: 'a body cut mid-line drops the partial last line',
+      text: 'x_total 10\ny_total 12',
+      families: 1, samples: 1, errors: 1,
+    },
+    {
+      name: 'prometheus_client _created families stay separate gauges',
+      text: '# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{model_name="m"} 5.0\n# TYPE vllm:prompt_tokens_created gauge\nvllm:prompt_tokens_created{model_name="m"} 1.7e9\n',
+      families: 2, samples: 2, errors: 0,
+      check: (r) => assert.deepEqual(r.families.map((f) => f.type), ['counter', 'gauge']),
+    },
+    {
+      name: 'samples without TYPE form untyped families; interleaving regroups',
+      text: '# TYPE h histogram\nh_bucket{le="1"} 1\nother 5\nh_bucket{le="+Inf"} 2\nh_count 2\nh_sum 1\n',
+      families: 2, samples: 5, errors: 0,
+      check: (r) => assert.equal(r.families.find((f) => f.name === 'h')!.samples.length, 4),
+    },
+  ];
+  for (const c of cases) {
+    it(c.name, () => {
+      const r = parseExposition(c.text);
+      assert.equal(r.families.length, c.families, 'families');
+      assert.equal(r.sampleCount, c.samples, 'samples');
+      assert.equal(r.errors, c.errors, 'errors');
+      c.check?.(r);
+    });
+  }
+
+  it('parses every real capture in ../shared/fixtures without errors', { skip: !sharedFixturesPresent() && 'no ../shared/fixtures' }, () => {
+    const files = readdirSync(SHARED_FIXTURES).filter((f) => f.endsWith('.prom'));
+    assert.ok(files.length >= 3);
+    for (const f of files) {
+      const text = readFileSync(SHARED_FIXTURES + f, 'utf8');
+      const r = parseExposition(text);
+      // Files without a trailing newline lose (and count) the last line, as a truncated body would.
+      const tolerated = text.endsWith('\n') ? 0 : 1;
+      assert.ok(r.errors <= tolerated, `${f}: ${r.errors} errors, first: ${r.firstError}`);
+      const sampleLines = text.split('\n').filter((l) => l.trim() && !l.startsWith('#')).length;
+      assert.equal(r.sampleCount, sampleLines - r.errors, f);
+    }
+  });
+});
