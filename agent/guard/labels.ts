@@ -12,10 +12,23 @@ const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
 const LONG_HEX = /(?:^|[^0-9a-z])(?:0x)?[0-9a-f]{16,}(?:$|[^0-9a-z])/i;
 const EMAIL = /[^\s@]+@[^\s@]+\.[a-z]{2,}/i;
 const IPV4 = /(?:^|[^0-9.])(?:\d{1,3}\.){3}\d{1,3}(?:$|[^0-9.])/;
-const IPV6 = /(?:^|[^0-9a-f:])(?:[0-9a-f]{1,4}:){2,7}[0-9a-f]{0,4}(?:$|[^0-9a-f:])/i;
+const IPV6 = /(?:^|[^0-9a-f:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:$|[^0-9a-f:])/i;
 
 export function looksUnbounded(value: string): boolean {
   return UUID.test(value) || LONG_HEX.test(value) || EMAIL.test(value) || IPV4.test(value) || IPV6.test(value);
+}
+
+/** Verdicts per distinct value: label values repeat on every scrape, the regexes need not. */
+const verdicts = new Map<string, boolean>();
+const VERDICT_CACHE_MAX = 20_000;
+
+function looksUnboundedCached(value: string): boolean {
+  let v = verdicts.get(value);
+  if (v === undefined) {
+    if (verdicts.size >= VERDICT_CACHE_MAX) verdicts.clear();
+    verdicts.set(value, (v = looksUnbounded(value)));
+  }
+  return v;
 }
 
 export interface LabelPolicy {
@@ -46,7 +59,7 @@ export function newGuardCounts(): GuardCounts {
 /** Apply the policy to one label value; counts what it changed. */
 export function guardValue(policy: LabelPolicy, name: string, value: string, counts: GuardCounts): string {
   let v = value;
-  if (v.length > 12 && !policy.unboundedAllowed.has(name) && looksUnbounded(v)) {
+  if (v.length >= 7 && !policy.unboundedAllowed.has(name) && looksUnboundedCached(v)) {
     counts.redacted++;
     return UNBOUNDED_VALUE;
   }

@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig, parseUpstreamSpec, validateConfig } from '../../agent/config/load.js';
+import { REPO_ROOT, runCli } from '../helpers.js';
+
+function tmpFile(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'infertel-cfg-'));
+  const f = join(dir, 'c.yaml');
+  writeFileSync(f, text);
+  return f;
+}
+
+describe('config', () => {
+  it('defaults', () => {
+    const c = validateConfig({});
+    assert.equal(c.listen, '0.0.0.0:9400');
+    assert.equal(c.interval, 10_000);
+    assert.equal(c.timeout, 5000);
+    assert.equal(c.units, 'ms');
+    assert.equal(c.limits.seriesPerMetric, 2000);
+    assert.equal(c.limits.labelValueLength, 128);
+    assert.equal(c.limits.staleAfterScrapes, 3);
+    assert.ok(Object.isFrozen(c) && Object.isFrozen(c.limits));
+  });
+
+  it('precedence is flag > env > file > default', () => {
+    const file = tmpFile('listen: 1.1.1.1:1\nmodel: from-file\ninterval: 30s\nunits: seconds\nupstreams:\n  - url: http://file:8000/metrics\n');
+    const env = { INFERTEL_LISTEN: '2.2.2.2:2', INFERTEL_MODEL: 'from-env', INFERTEL_UPSTREAMS: 'tgi=http://env:3000/metrics, http://env2:1/metrics' };
+    const c = loadConfig({ file, env, flags: { listen: '3.3.3.3:3' } });
+    assert.equal(c.listen, '3.3.3.3:3', 'flag beats env');
+    assert.equal(c.model, 'from-env', 'env beats file');
+    assert.equal(c.interval, 30_000, 'file beats default');
+    assert.equal(c.units, 'seconds');
+    assert.deepEqual(c.upstreams.map((u) => [u.flavor, u.url, u.name]), [['tgi', 'http://env:3000/metrics', 'env:3000'], ['auto', 'http://env2:1/metrics', 'env2:1']]);
+    const c2 = loadConfig({ file, env, flags: { upstreams: ['vllm=http://flag:8000/metrics'], interval: '2s' } });
+    assert.deepEqual(c2.upstreams.map((u) => [u.flavor, u.intervalMs]), [['vllm', 2000]]);
+    assert.equal(c2.upstreams[0]!.timeoutMs, 1800, 'timeout defaults below the interval');
+  });
+
+  it('OTEL_EXPORTER_OTLP_ENDPOINT sets the tracing endpoint', () => {
+    assert.equal(loadConfig({ env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }, flags: {} }).tracing.endpoint, 'http://collector:4318');
+  });
+
+  it('parses [FLAVOR=]URL', () => {
+    assert.deepEqual(parseUpstreamSpec('tgi=http://x/metrics'), { flavor: 'tgi', url: 'http://x/metrics' });
+    assert.deepEqual(parseUpstreamSpec('http://x/metrics?a=b'), { url: 'http://x/metrics?a=b' });
+  });
+
+  it('lists every problem with its key path', () => {
+    try {
+      validateConfig({
+        listen: 'nope', units: 'minutes', bogus: 1, interval: 'soon',
+        upstreams: [{ url: 'ftp://x' }, { url: 'http://a/metrics', interval: '5s', timeout: '6s', flavour: 'vllm' }],
+        limits: { seriesPerMetric: -1 },
+      });
+      assert.fail('should throw');
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      const text = err.problems.join('\n');
+      for (const path of ['listen:', 'units:', 'bogus: unknown key', 'interval:', 'upstreams[0].url:', 'upstreams[1].flavour: unknown key', 'limits.seriesPerMetric:']) {
+        assert.ok(text.includes(path), `missing ${path} in\n${text}`);
+      }
+    }
+  });
+
+  it('rejects a timeout not below the interval', () => {
+    assert.throws(() => validateConfig({ upstreams: [{ url: 'http://a/metrics', interval: '5s', timeout: '6s' }] }), /upstreams\[0\]\.timeout: must be less than the interval/);
+  });
+
+  it('the example config is valid', () => {
+    const r = runCli(['check-config', join(REPO_ROOT, 'config/agent.example.yaml')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /valid \(2 upstreams\)/);
+  });
+
+  it('check-config exits 0 on a valid file and 2 naming each bad key', () => {
+    const ok = runCli(['check-config', tmpFile('upstreams:\n  - url: http://127.0.0.1:8000/metrics\n    flavor: vllm\n')]);
+    assert.equal(ok.code, 0, ok.stderr);
+    const bad = runCli(['check-config', tmpFile('listen: 9400\nupstreams:\n  - url: http://x/metrics\n    flavor: sglang\n    interval: 0s\nextra: true\n')]);
+    assert.equal(bad.code, 2);
+    for (const p of ['listen:', 'upstreams[0].flavor:', 'upstreams[0].interval:', 'extra: unknown key']) assert.ok(bad.stderr.includes(p), `${p} in ${bad.stderr}`);
+    const missing = runCli(['check-config', '/nonexistent/infertel.yaml']);
+    assert.equal(missing.code, 2);
+  });
+
+  it('run with bad config exits 2 before listening', () => {
+    const r = runCli(['run', '--listen', 'not-an-address', '--upstream', 'http://127.0.0.1:1/metrics']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /listen:/);
+  });
+
+  it('unknown flags print usage and exit 2', () => {
+    const r = runCli(['run', '--no-such-flag']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /unknown option/);
+    assert.match(r.stderr, /Usage: infertel run/);
+  });
+});
