@@ -3,11 +3,10 @@
 // the only place that calls process.exit.
 
 import { Command, CommanderError, Option } from 'commander';
-import { Agent, type AgentDeps } from './agent.js';
+import { Agent } from './agent.js';
 import { ConfigError, loadConfig, readConfigFile, validateConfig, type Overrides } from './config/load.js';
-import { createLogger } from './logger.js';
 import { runDemo } from './demo/demo.js';
-import { createGpuTelemetry } from './gpu/telemetry.js';
+import { agentDeps, stopOnSignal } from './runtime.js';
 import { VERSION } from './version.js';
 
 const EXIT_USAGE = 2;
@@ -52,22 +51,6 @@ function addRunOptions(cmd: Command): Command {
     .addOption(new Option('--histograms <mode>', 'rebucket onto documented layouts, or keep native bounds (env INFERTEL_HISTOGRAMS)').choices(['rebucket', 'native']))
     .option('--nvml-library <path>', 'path of libnvidia-ml.so.1 (env INFERTEL_NVML_LIBRARY)')
     .addOption(new Option('--log-level <level>', 'log level (env INFERTEL_LOG_LEVEL)').choices(['debug', 'info', 'warn', 'error']));
-}
-
-export function agentDeps(logLevel: string): AgentDeps {
-  const log = createLogger(logLevel);
-  return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log }) };
-}
-
-/** Wait for SIGTERM/SIGINT, then stop within a second and exit 0. */
-export async function stopOnSignal(stop: () => Promise<void>): Promise<void> {
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
-  setTimeout(() => process.exit(0), 900).unref();
-  await stop();
-  process.exit(0);
 }
 
 function configFailure(err: unknown): never {

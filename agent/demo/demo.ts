@@ -4,7 +4,7 @@
 import { Agent } from '../agent.js';
 import { validateConfig } from '../config/load.js';
 import { parseDuration } from '../config/duration.js';
-import { agentDeps, stopOnSignal } from '../main.js';
+import { agentDeps, stopOnSignal } from '../runtime.js';
 import { serve, type SimServer } from './sim-common.js';
 import { TgiSim } from './sim-tgi.js';
 import { VllmSim } from './sim-vllm.js';

@@ -53,8 +53,13 @@ export class SelfMetrics {
     this.openmetrics.setContentType(client.Registry.OPENMETRICS_CONTENT_TYPE as never);
     const build = new client.Gauge({ name: 'infertel_build_info', help: 'infertel build information (value 1).', labelNames: ['version'], registers });
     build.set({ version }, 1);
-    client.collectDefaultMetrics({ register: this.text, prefix: SELF_PREFIX });
-    client.collectDefaultMetrics({ register: this.openmetrics, prefix: SELF_PREFIX });
+    for (const register of registers) {
+      client.collectDefaultMetrics({ register, prefix: SELF_PREFIX });
+      // prom-client exports these gauges with a _total suffix, which promtool rightly rejects.
+      for (const gaugeWithTotal of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+        register.removeSingleMetric(SELF_PREFIX + gaugeWithTotal);
+      }
+    }
   }
 
   recordScrape(upstream: string, outcome: ScrapeOutcome, seconds: number, parseErrors: number, nowMs: number): void {

@@ -1,0 +1,260 @@
+// End to end: the built CLI against real HTTP servers on loopback.
+
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { gunzipSync } from 'node:zlib';
+import { startSimulatedEngines, type DemoUpstreams } from '../../agent/demo/demo.js';
+import { TGI_DURATION_LE } from '../../agent/demo/sim-tgi.js';
+import { parseExposition } from '../../agent/parse/exposition.js';
+import { eventually, getText, promtoolCheckMetrics, promtoolPath, sampleValue, sleep, spawnAgent, startServer, type AgentProcess, type TestServer } from '../helpers.js';
+
+function writeConfig(obj: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'infertel-e2e-'));
+  const f = join(dir, 'config.yaml');
+  writeFileSync(f, JSON.stringify(obj));
+  return f;
+}
+
+describe('e2e: demo engines (vLLM V1 with 2 engines, TGI v3)', () => {
+  let engines: DemoUpstreams;
+  let agent: AgentProcess;
+  before(async () => {
+    engines = await startSimulatedEngines(0);
+    agent = await spawnAgent(['--upstream', `${engines.vllm.url}/metrics`, '--upstream', `auto=${engines.tgi.url}/metrics`, '--interval', '300ms']);
+    await eventually(async () => (await getText(`${agent.base}/readyz`)).status === 200, 10_000, 'readyz');
+    await sleep(800);
+  });
+  after(async () => {
+    await agent?.stop();
+    await engines?.close();
+  });
+
+  it('serves canonical series from both engines with the explicit text content type', async () => {
+    const r = await getText(`${agent.base}/metrics`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8');
+    assert.ok(sampleValue(r.body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
+    assert.ok(sampleValue(r.body, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"')! >= 0, 'TGI model learned from /info');
+    assert.match(r.body, /\ninfertel_upstream_info\{upstream="127\.0\.0\.1:\d+",flavor="vllm"\} 1\n/);
+    assert.match(r.body, /\ninfertel_upstream_info\{upstream="127\.0\.0\.1:\d+",flavor="tgi"\} 1\n/);
+    assert.match(r.body, /\nvllm:num_requests_running\{engine="0",model_name=/, 'passthrough keeps upstream names');
+    assert.match(r.body, new RegExp(`\\ntgi_request_duration_bucket\\{le="${TGI_DURATION_LE[0]}"\\}`), 'passthrough keeps le strings');
+    assert.match(r.body, /\ninfertel_build_info\{version="\d+\.\d+\.\d+"\} 1\n/);
+    assert.match(r.body, /\ninfertel_process_resident_memory_bytes /);
+    assert.equal(parseExposition(r.body).errors, 0);
+  });
+
+  it('canonical part passes promtool check metrics except the _ms unit note', { skip: !promtoolPath() && 'promtool not on PATH' }, async () => {
+    const body = (await getText(`${agent.base}/metrics`)).body;
+    const canonicalOnly = body.split(/(?=^# HELP )/m).filter((block) => !/^# HELP (vllm:|tgi_|http_)/.test(block)).join('');
+    const r = promtoolCheckMetrics(canonicalOnly);
+    for (const f of r.findings) assert.match(f, /abbreviated units$/, f);
+  });
+
+  it('gzip when accepted', async () => {
+    const res = await new Promise<http.IncomingMessage>((resolve) => http.get(`${agent.base}/metrics`, { headers: { 'Accept-Encoding': 'gzip' } }, resolve));
+    const chunks: Buffer[] = [];
+    for await (const c of res) chunks.push(c as Buffer);
+    assert.equal(res.headers['content-encoding'], 'gzip');
+    assert.match(gunzipSync(Buffer.concat(chunks)).toString(), /inference_active_streams/);
+  });
+
+  it('OpenMetrics when Accept asks for it, ending in one # EOF', async () => {
+    const r = await getText(`${agent.base}/metrics`, { Accept: 'application/openmetrics-text; version=1.0.0' });
+    assert.equal(r.headers.get('content-type'), 'application/openmetrics-text; version=1.0.0; charset=utf-8');
+    assert.ok(r.body.endsWith('# EOF\n'));
+    assert.equal(r.body.match(/# EOF/g)!.length, 1);
+    assert.match(r.body, /\n# TYPE tokens_generated counter\ntokens_generated_total\{/);
+    assert.ok(!/ untyped$/m.test(r.body));
+  });
+
+  it('JSON summary by Accept or ?format=json', async () => {
+    for (const r of [await getText(`${agent.base}/metrics?format=json`), await getText(`${agent.base}/metrics`, { Accept: 'application/json' })]) {
+      const s = JSON.parse(r.body);
+      for (const k of ['requests_total', 'errors_total', 'tokens_generated_total', 'prompt_tokens_total', 'average_latency_ms', 'p95_latency_ms', 'average_tokens_per_second', 'last_request_at']) assert.ok(k in s, k);
+      assert.ok(s.requests_total > 0);
+      assert.ok(s.p95_latency_ms > 0);
+      assert.deepEqual(s.gpu.devices, []);
+      assert.equal(s.gpu.nvml_unavailable, true);
+    }
+  });
+
+  it('healthz and readyz', async () => {
+    assert.equal((await getText(`${agent.base}/healthz`)).status, 200);
+    const r = await getText(`${agent.base}/readyz`);
+    assert.equal(r.status, 200);
+    assert.equal(Object.keys(JSON.parse(r.body).upstreams).length, 2);
+  });
+
+  it('counters stay monotonic across a TGI restart', async () => {
+    const read = async () => sampleValue((await getText(`${agent.base}/metrics`)).body, 'tokens_generated_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"')!;
+    const before = await read();
+    engines.tgiSim.reset();
+    await sleep(900);
+    const afterReset = await read();
+    assert.ok(afterReset >= before, `${afterReset} >= ${before}`);
+  });
+
+  it('logs state changes as JSON lines', () => {
+    const lines = agent.output().split('\n').filter((l) => l.startsWith('{'));
+    assert.ok(lines.length > 0);
+    const parsed = lines.map((l) => JSON.parse(l));
+    assert.ok(parsed.some((l) => l.msg === 'upstream up'));
+    assert.equal(parsed.filter((l) => l.msg === 'upstream up').length, 2, 'once per upstream, not every interval');
+  });
+
+  it('SIGTERM stops the agent within 1 s', async () => {
+    const r = await agent.stop('SIGTERM');
+    assert.equal(r.code, 0);
+    assert.ok(r.ms < 1000, `${r.ms} ms`);
+  });
+});
+
+describe('e2e: bad upstreams never take the agent down', () => {
+  type Mode = 'good' | 'bad';
+  const modes = new Map<string, Mode>();
+  const servers: TestServer[] = [];
+  let agent: AgentProcess;
+  let engines: DemoUpstreams;
+  const good = (n: number) => `# TYPE tgi_request_success counter\ntgi_request_success ${n}\n# TYPE tgi_queue_size gauge\ntgi_queue_size 1\n`;
+  let counter = 100;
+  const behaviours: Record<string, (res: http.ServerResponse) => void> = {
+    timeout: () => { /* never answers */ },
+    status5xx: (res) => res.writeHead(503).end('overloaded'),
+    html: (res) => res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!DOCTYPE html><html><body>login</body></html>'),
+    garbage: (res) => res.writeHead(200).end('\u0000\u0001 not metrics at all\n{{{{\n!!!\n'),
+    truncated: (res) => { res.writeHead(200, { 'Content-Length': '5000' }); res.write('# TYPE tgi_request_success counter\ntgi_request_success 5\ntgi_que'); setTimeout(() => res.socket?.destroy(), 20); },
+    oversized: (res) => res.writeHead(200).end('x_total 1\n'.repeat(20_000)),
+    slowloris: (res) => { res.writeHead(200); const t = setInterval(() => { if (res.destroyed) clearInterval(t); else res.write('#'); }, 100); },
+    bomb: (res) => { counter++; const lines: string[] = ['# TYPE tgi_request_success counter', `tgi_request_success ${counter}`, '# TYPE tgi_batch_concat counter'];
+      for (let i = 0; i < 50_000; i++) lines.push(`tgi_batch_concat{reason="r${counter}-${i}"} 1`); res.writeHead(200).end(lines.join('\n') + '\n'); },
+  };
+  const names = ['refused', ...Object.keys(behaviours)];
+  let refusedPort = 0;
+
+  before(async () => {
+    engines = await startSimulatedEngines(0);
+    for (const name of Object.keys(behaviours)) {
+      modes.set(name, 'bad');
+      servers.push(await startServer((req, res) => {
+        if (req.url === '/info') return void res.writeHead(404).end();
+        if (modes.get(name) === 'good' && name !== 'bomb') return void res.writeHead(200).end(good(counter));
+        behaviours[name]!(res);
+      }));
+    }
+    const refused = await startServer(() => {});
+    refusedPort = refused.port;
+    await refused.close();
+    const upstreams = [
+      { name: 'healthy', url: `${engines.vllm.url}/metrics` },
+      { name: 'refused', url: `http://127.0.0.1:${refusedPort}/metrics`, flavor: 'tgi', model: 'm' },
+      ...Object.keys(behaviours).map((name, i) => ({ name, url: `${servers[i]!.url}/metrics`, flavor: 'tgi', model: 'm', ...(name === 'oversized' ? { maxBodyBytes: 100_000 } : {}) })),
+    ];
+    const file = writeConfig({ interval: '500ms', upstreams, limits: { seriesPerMetric: 500 } });
+    agent = await spawnAgent(['--config', file]);
+    await sleep(2500);
+  });
+  after(async () => {
+    await agent?.stop();
+    for (const s of servers) await s.close();
+    await engines?.close();
+  });
+
+  it('the healthy upstream is served while the others fail', async () => {
+    const body = (await getText(`${agent.base}/metrics`)).body;
+    assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="healthy"'), 1);
+    assert.ok(sampleValue(body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
+    assert.equal((await getText(`${agent.base}/healthz`)).status, 200);
+  });
+
+  const expectations: Record<string, string> = {
+    refused: 'refused', timeout: 'timeout', status5xx: 'http_status', html: 'not_prometheus', garbage: 'parse',
+    truncated: 'error', oversized: 'body_too_large', slowloris: 'timeout',
+  };
+  for (const [name, reason] of Object.entries(expectations)) {
+    it(`${name}: up 0 and errors counted as reason="${reason}"`, async () => {
+      const body = (await getText(`${agent.base}/metrics`)).body;
+      assert.equal(sampleValue(body, 'infertel_upstream_up', `upstream="${name}"`), 0);
+      assert.ok(sampleValue(body, 'infertel_scrape_errors_total', `upstream="${name}"`, `reason="${reason}"`)! >= 1, `${name}: ${body.split('\n').filter((l) => l.includes(`upstream="${name}"`)).join('\n')}`);
+    });
+  }
+
+  it('garbage lines are counted as parse errors', async () => {
+    const body = (await getText(`${agent.base}/metrics`)).body;
+    assert.ok(sampleValue(body, 'infertel_parse_errors_total', 'upstream="garbage"')! >= 3);
+  });
+
+  it('readyz is 503 with a reason per failing upstream', async () => {
+    const r = await getText(`${agent.base}/readyz`);
+    assert.equal(r.status, 503);
+    const j = JSON.parse(r.body);
+    assert.equal(j.upstreams.healthy.ready, true);
+    assert.match(j.upstreams.refused.reason, /refused/);
+    assert.match(j.upstreams.slowloris.reason, /timeout/);
+  });
+
+  it('a label bomb is capped: overflow series, counted, RSS bounded', async () => {
+    await sleep(2000);
+    const body = (await getText(`${agent.base}/metrics`)).body;
+    const bombSeries = body.split('\n').filter((l) => l.startsWith('tgi_batch_concat{'));
+    assert.ok(bombSeries.length <= 501, `${bombSeries.length} series`);
+    assert.ok(sampleValue(body, 'tgi_batch_concat', 'otel_metric_overflow="true"')! >= 49_000);
+    assert.ok(sampleValue(body, 'infertel_series_overflow_total', 'metric="tgi_batch_concat"')! >= 49_500);
+    const rss = sampleValue(body, 'infertel_process_resident_memory_bytes')!;
+    assert.ok(rss < 300 * 1024 * 1024, `RSS ${Math.round(rss / 1048576)} MiB after ${counter - 100} bomb scrapes of 50k new label values`);
+    assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="bomb"'), 1);
+  });
+
+  it('failing upstreams recover within an interval once they are back', async () => {
+    for (const name of Object.keys(behaviours)) modes.set(name, 'good');
+    await eventually(async () => {
+      const body = (await getText(`${agent.base}/metrics`)).body;
+      return names.filter((n) => n !== 'refused').every((n) => sampleValue(body, 'infertel_upstream_up', `upstream="${n}"`) === 1);
+    }, 3000, 'all upstreams but the closed port back up');
+  });
+
+  it('logs each up->down change once, not every interval', () => {
+    const downs = agent.output().split('\n').filter((l) => l.includes('"upstream down"') && l.includes('"upstream":"refused"'));
+    assert.equal(downs.length, 1);
+  });
+});
+
+describe('e2e: tracing', () => {
+  it('exports an infertel.scrape span per cycle over OTLP/HTTP', async () => {
+    const bodies: string[] = [];
+    const collector = await startServer((req, res) => {
+      let b = '';
+      req.on('data', (d) => (b += d));
+      req.on('end', () => { bodies.push(`${req.url} ${b}`); res.writeHead(200, { 'Content-Type': 'application/json' }).end('{}'); });
+    });
+    const engine = await startServer((_req, res) => res.writeHead(200).end('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\n'));
+    const agent = await spawnAgent(['--upstream', `tgi=${engine.url}/metrics`, '--model', 'm', '--interval', '200ms'], { OTEL_EXPORTER_OTLP_ENDPOINT: collector.url });
+    try {
+      const got = await eventually(async () => bodies.find((b) => b.includes('infertel.scrape')), 8000, 'a span at the collector');
+      assert.match(got, /^\/v1\/traces /);
+      for (const attr of ['infertel.upstream', 'infertel.flavor', 'infertel.series', 'infertel.bytes', 'infertel.outcome']) assert.ok(got.includes(attr), attr);
+    } finally {
+      await agent.stop();
+      await engine.close();
+      await collector.close();
+    }
+  });
+});
+
+describe('e2e: environment', () => {
+  it('INFERTEL_UPSTREAMS and INFERTEL_MODEL configure the agent', async () => {
+    const engine = await startServer((_req, res) => res.writeHead(200).end('# TYPE tgi_request_success counter\ntgi_request_success 7\n'));
+    const agent = await spawnAgent([], { INFERTEL_UPSTREAMS: `tgi=${engine.url}/metrics`, INFERTEL_MODEL: 'env-model', INFERTEL_INTERVAL: '200ms' });
+    try {
+      const v = await eventually(async () => sampleValue((await getText(`${agent.base}/metrics`)).body, 'inference_requests_total', 'model="env-model"'), 5000, 'series');
+      assert.equal(v, 7);
+    } finally {
+      await agent.stop();
+      await engine.close();
+    }
+  });
+});
