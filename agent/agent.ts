@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
-import { renderExposition, type ExpositionFormat } from './export/render.js';
+import { canonicalNameSet, renderCanonical, renderPassthrough, renderShared, sharedFamilies, type ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
 import { createApp, listen, type Readiness } from './export/server.js';
 import { buildSummary, type GpuSummary } from './export/summary.js';
@@ -16,7 +16,7 @@ import type { Logger } from './logger.js';
 import { Normalizer, type CanonicalFamily } from './normalize/normalizer.js';
 import { startLoop, type Loop } from './schedule/loop.js';
 import { createEngineSource } from './sources/engine.js';
-import { startTracing, type Tracing } from './tracing/otel.js';
+import { agentTracer, startTracing, type Tracing } from './tracing/otel.js';
 import { Upstream } from './upstream.js';
 import { VERSION } from './version.js';
 
@@ -37,6 +37,10 @@ export interface AgentDeps {
 
 const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
 
+function yieldToLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
+}
+
 /** An upstream counts as fresh while its last success is younger than this many intervals. */
 const FRESH_INTERVALS = 3;
 
@@ -48,10 +52,12 @@ export class Agent {
   readonly cache: ExpositionCache;
   private readonly limiter: SeriesLimiter;
   private readonly now: () => number;
-  private readonly tracing: Tracing;
+  private tracing: Tracing | undefined;
   private readonly gpu: GpuTelemetry | undefined;
   private dataVersion = 0;
   private rendered = new Map<ExpositionFormat, { version: number; body: string }>();
+  /** Each upstream's passthrough block, re-rendered only when its data or the shared set changed. */
+  private blocks = new Map<string, { version: number; shared: string; text: string }>();
   private loops: Loop[] = [];
   private server: Server | undefined;
   private lastRequests = 0;
@@ -70,9 +76,8 @@ export class Agent {
     this.metrics = new SelfMetrics(VERSION, () => this.limiter.overflowed, () => ({
       truncated: guardCounts.truncated, redacted: guardCounts.redacted, forbidden_dropped: guardCounts.forbiddenDropped,
     }));
-    this.tracing = startTracing(config.tracing.endpoint, config.tracing.serviceName, VERSION);
     this.upstreams = config.upstreams.map((u) => new Upstream(u, createEngineSource(u), {
-      normalizer: this.normalizer, metrics: this.metrics, tracer: this.tracing.tracer, log: deps.log,
+      normalizer: this.normalizer, metrics: this.metrics, tracer: agentTracer(VERSION), log: deps.log,
       passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal },
         (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts),
       defaultModel: config.model, now: this.now,
@@ -99,7 +104,22 @@ export class Agent {
     const version = this.dataVersion;
     const hit = this.rendered.get(format);
     if (hit && hit.version === version) return hit.body;
-    const body = renderExposition(this.canonical(), this.upstreams.map((u) => ({ upstream: u.cfg.name, families: u.passthrough })), format);
+    const canonical = this.canonical();
+    const sets = this.upstreams.map((u) => ({ upstream: u.cfg.name, families: u.passthrough }));
+    const names = canonicalNameSet(canonical);
+    const shared = sharedFamilies(sets, names);
+    const sharedSig = [...shared].join(',');
+    let body = renderCanonical(canonical, format);
+    for (const u of this.upstreams) {
+      const key = `${u.cfg.name}\u0000${format}`;
+      let block = this.blocks.get(key);
+      if (!block || block.version !== u.passthroughVersion || block.shared !== sharedSig) {
+        block = { version: u.passthroughVersion, shared: sharedSig, text: renderPassthrough(u.passthrough, format, shared) };
+        this.blocks.set(key, block);
+      }
+      body += block.text;
+    }
+    body += renderShared(sets, shared, names, format);
     this.rendered.set(format, { version, body });
     return body;
   }
@@ -124,6 +144,14 @@ export class Agent {
     return { ready, upstreams };
   }
 
+  /** One collection cycle of one upstream: scrape, normalise, render. Resolves true on success. */
+  async collect(u: Upstream, signal: AbortSignal): Promise<boolean> {
+    const ok = await u.cycle(signal);
+    await yieldToLoop();
+    this.afterCycle();
+    return ok;
+  }
+
   /** After each cycle: new data version, render the text body now so scrapes only copy it. */
   private afterCycle(): void {
     this.dataVersion++;
@@ -135,15 +163,12 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    this.tracing = await startTracing(this.config.tracing.endpoint, this.config.tracing.serviceName, VERSION);
     this.server = await listen(createApp({ cache: this.cache, summary: () => this.summary(), readiness: () => this.readiness() }), this.config.listen);
     this.gpu?.start();
     this.loops = this.upstreams.map((u) => startLoop({
       intervalMs: u.cfg.intervalMs,
-      run: async (signal) => {
-        const ok = await u.cycle(signal);
-        this.afterCycle();
-        return ok;
-      },
+      run: (signal) => this.collect(u, signal),
     }));
   }
 
@@ -158,6 +183,6 @@ export class Agent {
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeAllConnections();
     await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed]);
-    await this.tracing.shutdown();
+    await this.tracing?.shutdown();
   }
 }

@@ -34,12 +34,18 @@ export interface UpstreamDeps {
   now: () => number;
 }
 
+function yieldToLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
+}
+
 /** How long a failed model lookup (TGI /info) waits before it is tried again. */
 const MODEL_LOOKUP_RETRY_MS = 60_000;
 
 export class Upstream {
   readonly health: UpstreamHealth;
   passthrough: Family[] = [];
+  /** Incremented whenever `passthrough` is replaced. */
+  passthroughVersion = 0;
   private adapter: FlavorAdapter | undefined;
   private model: string | undefined;
   private modelLookupAt = 0;
@@ -85,15 +91,17 @@ export class Upstream {
               name: this.cfg.name, flavor: this.adapter.name, familyKey: this.adapter.familyKey,
               modelLabels: this.adapter.modelLabels, defaultModel: this.model ?? this.adapter.payloadModel(res.families) ?? 'unknown',
             };
+            await yieldToLoop();
             const stats = normalizer.ingest(view, res.families);
             series = stats.series;
             parseErrors += stats.incompleteHistograms;
           }
-          this.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(res.families) : [];
+          await yieldToLoop();
+          this.setPassthrough(this.cfg.passthrough ? this.deps.passthroughGuard.apply(res.families) : []);
           this.failedScrapes = 0;
         } else {
           normalizer.markFailed(this.cfg.name);
-          if (++this.failedScrapes >= 3) this.passthrough = [];
+          if (++this.failedScrapes >= 3 && this.passthrough.length) this.setPassthrough([]);
         }
       } catch (err) {
         outcome = 'error';
@@ -108,6 +116,11 @@ export class Upstream {
       span.end();
       return outcome === 'ok';
     });
+  }
+
+  private setPassthrough(families: Family[]): void {
+    this.passthrough = families;
+    this.passthroughVersion++;
   }
 
   private async resolveModel(families: readonly Family[], signal: AbortSignal): Promise<void> {

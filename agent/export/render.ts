@@ -13,7 +13,7 @@ export interface PassthroughSet {
   families: readonly Family[];
 }
 
-function renderCanonical(fam: CanonicalFamily, format: ExpositionFormat, out: string[]): void {
+function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, out: string[]): void {
   const m = fam.metric;
   const name = m.exportName;
   const om = format === 'openmetrics';
@@ -40,7 +40,7 @@ function renderCanonical(fam: CanonicalFamily, format: ExpositionFormat, out: st
   }
 }
 
-function renderPassthrough(fam: Family, upstreamLabel: string | undefined, format: ExpositionFormat, out: string[]): void {
+function renderPassthroughFamily(fam: Family, format: ExpositionFormat, out: string[]): void {
   if (fam.samples.length === 0) return;
   const om = format === 'openmetrics';
   let typeName = fam.name;
@@ -54,38 +54,61 @@ function renderPassthrough(fam: Family, upstreamLabel: string | undefined, forma
   out.push(`# TYPE ${typeName} ${type}\n`);
   for (const s of fam.samples) {
     if (om && fam.type === 'counter' && s.name.endsWith('_created')) continue;
-    out.push(`${s.name}${flatLabelBlock(s.labels, upstreamLabel)} ${formatNumber(s.value)}\n`);
+    out.push(s.line !== undefined ? s.line + '\n' : `${s.name}${flatLabelBlock(s.labels)} ${formatNumber(s.value)}\n`);
   }
 }
 
-export function renderExposition(canonical: readonly CanonicalFamily[], passthrough: readonly PassthroughSet[], format: ExpositionFormat): string {
+/** prometheus_client's 0.0.4 `_created` gauges duplicate what OpenMetrics carries in-family. */
+function skipInFormat(f: Family, format: ExpositionFormat): boolean {
+  return format === 'openmetrics' && f.type === 'gauge' && f.name.endsWith('_created');
+}
+
+export function renderCanonical(canonical: readonly CanonicalFamily[], format: ExpositionFormat): string {
   const out: string[] = [];
-  for (const fam of canonical) if (fam.metric.export !== false) renderCanonical(fam, format, out);
-  const owners = new Map<string, number>();
-  for (const p of passthrough) for (const f of p.families) owners.set(f.name, (owners.get(f.name) ?? 0) + 1);
-  const canonicalNames = new Set(canonical.map((f) => f.metric.exportName));
-  const emitted = new Set<string>();
+  for (const fam of canonical) if (fam.metric.export !== false) renderCanonicalFamily(fam, format, out);
+  return out.join('');
+}
+
+/** One upstream's passthrough families, except those in `exclude` (shared with other upstreams). */
+export function renderPassthrough(families: readonly Family[], format: ExpositionFormat, exclude: ReadonlySet<string>): string {
+  const out: string[] = [];
+  for (const f of families) if (!exclude.has(f.name) && !skipInFormat(f, format)) renderPassthroughFamily(f, format, out);
+  return out.join('');
+}
+
+/** Family names emitted by more than one upstream, or clashing with a canonical name. */
+export function sharedFamilies(passthrough: readonly PassthroughSet[], canonicalNames: ReadonlySet<string>): Set<string> {
+  const seen = new Set<string>();
+  const shared = new Set<string>(canonicalNames);
+  for (const p of passthrough) for (const f of p.families) (seen.has(f.name) ? shared : seen).add(f.name);
+  return shared;
+}
+
+/** Families emitted by several upstreams, written once each with an `upstream` label per series. */
+export function renderShared(passthrough: readonly PassthroughSet[], shared: ReadonlySet<string>, canonicalNames: ReadonlySet<string>, format: ExpositionFormat): string {
+  const merged = new Map<string, Family>();
   for (const p of passthrough) {
     for (const f of p.families) {
-      // prometheus_client's 0.0.4 `_created` gauges duplicate what OpenMetrics carries in-family.
-      if (format === 'openmetrics' && f.type === 'gauge' && f.name.endsWith('_created')) continue;
-      if (canonicalNames.has(f.name)) continue;
-      const shared = (owners.get(f.name) ?? 0) > 1;
-      if (shared && emitted.has(f.name)) {
-        // A family emitted by several upstreams is written once, with an upstream label per series.
-        continue;
-      }
-      if (shared) {
-        const merged: Family = { name: f.name, type: f.type, help: f.help, samples: [] };
-        for (const q of passthrough) {
-          const g = q.families.find((x) => x.name === f.name);
-          if (!g) continue;
-          for (const s of g.samples) merged.samples.push({ name: s.name, labels: ['upstream', q.upstream, ...s.labels], value: s.value });
-        }
-        renderPassthrough(merged, undefined, format, out);
-        emitted.add(f.name);
-      } else renderPassthrough(f, undefined, format, out);
+      if (!shared.has(f.name) || canonicalNames.has(f.name) || skipInFormat(f, format)) continue;
+      let m = merged.get(f.name);
+      if (!m) merged.set(f.name, (m = { name: f.name, type: f.type, help: f.help, samples: [] }));
+      for (const s of f.samples) m.samples.push({ name: s.name, labels: ['upstream', p.upstream, ...s.labels], value: s.value });
     }
   }
+  const out: string[] = [];
+  for (const f of merged.values()) renderPassthroughFamily(f, format, out);
   return out.join('');
+}
+
+export function canonicalNameSet(canonical: readonly CanonicalFamily[]): Set<string> {
+  return new Set(canonical.map((f) => f.metric.exportName));
+}
+
+/** The whole data part of an exposition in one call (the agent caches the pieces instead). */
+export function renderExposition(canonical: readonly CanonicalFamily[], passthrough: readonly PassthroughSet[], format: ExpositionFormat): string {
+  const names = canonicalNameSet(canonical);
+  const shared = sharedFamilies(passthrough, names);
+  return renderCanonical(canonical, format)
+    + passthrough.map((p) => renderPassthrough(p.families, format, shared)).join('')
+    + renderShared(passthrough, shared, names, format);
 }

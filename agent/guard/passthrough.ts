@@ -25,44 +25,53 @@ function seriesKey(labels: readonly string[]): string {
 
 /** Keeps, per family, which series were admitted last time, so survivors keep their slots. */
 export class PassthroughGuard {
-  private admitted = new Map<string, Set<string>>();
+  /** Per family: the admitted series keys, or (fast path) last scrape's samples to derive them from. */
+  private admitted = new Map<string, Set<string> | Sample[]>();
 
   constructor(private readonly policy: LabelPolicy, private readonly limits: PassthroughLimits,
     private readonly onOverflow: (family: string, series: number) => void, private readonly counts: GuardCounts) {}
 
   apply(families: readonly Family[]): Family[] {
-    const next = new Map<string, Set<string>>();
+    const next = new Map<string, Set<string> | Sample[]>();
     const out: Family[] = [];
     let total = 0;
     for (const fam of families) {
-      const prev = this.admitted.get(fam.name);
+      const guarded = fam.samples.map((s) => this.guardSample(s));
+      // Fast path: a family with no more samples than the cap cannot have too many series.
+      if (guarded.length <= this.limits.seriesPerFamily && total + guarded.length <= this.limits.seriesTotal) {
+        total += guarded.length;
+        next.set(fam.name, guarded);
+        out.push({ name: fam.name, type: fam.type, help: fam.help, samples: guarded });
+        continue;
+      }
+      const last = this.admitted.get(fam.name);
+      const prev = Array.isArray(last) ? new Set(last.map((x) => seriesKey(x.labels))) : last;
       const keep = new Set<string>();
       const samples: Sample[] = [];
       const overflow = new Map<string, Sample>();
-      const guarded = fam.samples.map((s) => ({ s, labels: guardLabels(this.policy, s.labels, this.counts, 'le') }));
+      const keys = guarded.map((s) => seriesKey(s.labels));
       // Two passes: series admitted last time first, then new ones while there is room.
       for (const pass of [0, 1]) {
-        for (const g of guarded) {
-          const key = seriesKey(g.labels);
-          const wasAdmitted = prev?.has(key) ?? false;
-          if ((pass === 0) !== wasAdmitted) continue;
+        for (let i = 0; i < guarded.length; i++) {
+          const s = guarded[i]!;
+          const key = keys[i]!;
+          if ((pass === 0) !== (prev?.has(key) ?? false)) continue;
           if (keep.has(key) || (keep.size < this.limits.seriesPerFamily && total < this.limits.seriesTotal)) {
             if (!keep.has(key)) { keep.add(key); total++; }
-            samples.push(g.labels === g.s.labels ? g.s : { name: g.s.name, labels: g.labels as string[], value: g.s.value });
+            samples.push(s);
             continue;
           }
-          if (g.labels.includes('quantile')) continue;
-          const le = g.labels.indexOf('le');
-          const labels = le >= 0 && le % 2 === 0 ? [OVERFLOW_LABEL, 'true', 'le', g.labels[le + 1] as string] : [OVERFLOW_LABEL, 'true'];
-          const okey = g.s.name + SEP + labels.join(SEP);
+          if (s.labels.includes('quantile')) continue;
+          const le = s.labels.indexOf('le');
+          const labels = le >= 0 && le % 2 === 0 ? [OVERFLOW_LABEL, 'true', 'le', s.labels[le + 1] as string] : [OVERFLOW_LABEL, 'true'];
+          const okey = s.name + SEP + labels.join(SEP);
           const o = overflow.get(okey);
-          if (o) o.value += g.s.value;
-          else overflow.set(okey, { name: g.s.name, labels, value: g.s.value });
+          if (o) o.value += s.value;
+          else overflow.set(okey, { name: s.name, labels, value: s.value });
         }
       }
       if (overflow.size) {
-        const folded = new Set(guarded.map((g) => seriesKey(g.labels)).filter((k) => !keep.has(k))).size;
-        this.onOverflow(fam.name, folded);
+        this.onOverflow(fam.name, new Set(keys.filter((k) => !keep.has(k))).size);
         samples.push(...overflow.values());
       }
       next.set(fam.name, keep);
@@ -70,5 +79,11 @@ export class PassthroughGuard {
     }
     this.admitted = next;
     return out;
+  }
+
+  /** The sample itself when the guards change nothing (keeping its verbatim line), else a copy. */
+  private guardSample(s: Sample): Sample {
+    const labels = guardLabels(this.policy, s.labels, this.counts, 'le');
+    return labels === s.labels ? s : { name: s.name, labels: labels as string[], value: s.value };
   }
 }

@@ -199,7 +199,7 @@ export class Normalizer {
         const layoutSig = h.bounds.join(',');
         const stateKey = stateKeyBase + h.labels.join(SEP) + SEP + layoutSig;
         if (metric.type === 'histogram') {
-          const bounds = h.bounds.map((b) => roundBound(b * factor));
+          const bounds = this.scaledBounds(layoutSig, h.bounds, factor);
           const exportKey = this.exportKeyFor(metric, labels, bounds);
           const raw = [...h.cum, h.count, h.sum * factor];
           this.update(states, stateKey, metric, [exportKey], raw, cycle, stats, (corr) => {
@@ -241,6 +241,19 @@ export class Normalizer {
         this.update(states, stateKey, metric, [exportKey], [s.value * factor], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] as number }), false);
       }
     }
+  }
+
+  private readonly boundsCache = new Map<string, number[]>();
+
+  /** Upstream bounds in the profile's unit; layouts repeat every scrape, so they are cached. */
+  private scaledBounds(sig: string, bounds: number[], factor: number): number[] {
+    const key = `${factor}|${sig}`;
+    let b = this.boundsCache.get(key);
+    if (!b) {
+      if (this.boundsCache.size > 1000) this.boundsCache.clear();
+      this.boundsCache.set(key, (b = bounds.map((x) => roundBound(x * factor))));
+    }
+    return b;
   }
 
   /** Record one scrape's raw values for a source series, correcting counter resets. */

@@ -10,6 +10,11 @@ export interface Sample {
   /** Flat label pairs `[name0, value0, name1, value1, …]` in exposition order. */
   labels: string[];
   value: number;
+  /**
+   * The sample's line exactly as the upstream wrote it, so passthrough can re-emit it verbatim
+   * when the guards change nothing. Undefined for samples built by the agent.
+   */
+  line?: string | undefined;
 }
 
 export interface Family {
@@ -46,6 +51,7 @@ function isNameChar(c: number): boolean {
 }
 
 export function parseValue(text: string): number {
+  if (text.length === 0) return Number.NaN;
   const v = +text;
   if (!Number.isNaN(v)) return v;
   switch (text) {
@@ -56,9 +62,15 @@ export function parseValue(text: string): number {
   }
 }
 
-function isParsableValue(text: string): boolean {
-  if (text.length === 0) return false;
-  return !Number.isNaN(+text) || text === 'NaN' || text === 'nan' || /^[+-]?[Ii]nf$/.test(text);
+/** Whether `text` spells `word` at `pos` (a plain loop beats startsWith for short words). */
+function sameAt(text: string, pos: number, word: string): boolean {
+  for (let k = word.length - 1; k >= 0; k--) if (text.charCodeAt(pos + k) !== word.charCodeAt(k)) return false;
+  return true;
+}
+
+function isNaNLiteral(text: string, start: number, end: number): boolean {
+  const len = end - start;
+  return len === 3 && (text.startsWith('NaN', start) || text.startsWith('nan', start));
 }
 
 function unescapeLabel(raw: string): string {
@@ -187,11 +199,34 @@ export class ParserState {
     }
   }
 
+  /** The previous sample's strings: consecutive samples mostly repeat them, so they are reused. */
+  private prevName = '';
+  private prevLabels: string[] = [];
+
+  /** `candidate` if text[pos, pos+len) spells it and `terminator` follows; else undefined. */
+  private static reuse(text: string, pos: number, candidate: string | undefined, terminator: number): string | undefined {
+    if (candidate === undefined || text.charCodeAt(pos + candidate.length) !== terminator) return undefined;
+    return sameAt(text, pos, candidate) ? candidate : undefined;
+  }
+
+  private bsText: string | undefined;
+  private bsPos = -1;
+
+  /** Position of the next backslash at or after `from` (-1: none), found once per stretch of text. */
+  private nextBackslash(text: string, from: number): number {
+    if (text !== this.bsText || (this.bsPos >= 0 && this.bsPos < from)) {
+      this.bsText = text;
+      this.bsPos = text.indexOf('\\', from);
+    }
+    return this.bsPos;
+  }
+
   private sample(text: string, start: number, end: number): void {
     let i = start;
     if (!isNameStart(text.charCodeAt(i))) { this.fail(text.slice(start, end)); return; }
     while (i < end && isNameChar(text.charCodeAt(i))) i++;
-    const name = text.slice(start, i);
+    const name = i - start === this.prevName.length && sameAt(text, start, this.prevName) ? this.prevName : text.slice(start, i);
+    const prev = this.prevLabels;
     const labels: string[] = [];
     if (i < end && text.charCodeAt(i) === LBRACE) {
       i++;
@@ -202,7 +237,8 @@ export class ParserState {
         const ls = i;
         while (i < end && isNameChar(text.charCodeAt(i))) i++;
         if (i === ls || i >= end) { this.fail(text.slice(start, end)); return; }
-        const lname = text.slice(ls, i);
+        const k = labels.length;
+        const lname = ParserState.reuse(text, ls, prev[k], text.charCodeAt(i)) ?? text.slice(ls, i);
         while (i < end && text.charCodeAt(i) === SPACE) i++;
         if (text.charCodeAt(i) !== EQUALS) { this.fail(text.slice(start, end)); return; }
         i++;
@@ -210,31 +246,45 @@ export class ParserState {
         if (text.charCodeAt(i) !== QUOTE) { this.fail(text.slice(start, end)); return; }
         i++;
         const vs = i;
+        // indexOf is native and much faster than a char loop; escapes are rare and take the slow path.
+        i = text.indexOf('"', vs);
         let escaped = false;
-        while (i < end) {
-          const c = text.charCodeAt(i);
-          if (c === BACKSLASH) { escaped = true; i += 2; continue; }
-          if (c === QUOTE) break;
-          i++;
+        const bs = this.nextBackslash(text, vs);
+        if (bs >= 0 && bs < i) {
+          escaped = true;
+          i = vs;
+          while (i < end) {
+            const c = text.charCodeAt(i);
+            if (c === BACKSLASH) { i += 2; continue; }
+            if (c === QUOTE) break;
+            i++;
+          }
         }
-        if (i >= end) { this.fail(text.slice(start, end)); return; }
-        const raw = text.slice(vs, i);
-        labels.push(lname, escaped ? unescapeLabel(raw) : raw);
+        if (i < 0 || i >= end) { this.fail(text.slice(start, end)); return; }
+        let value: string;
+        if (escaped) value = unescapeLabel(text.slice(vs, i));
+        else {
+          const p = prev[k + 1];
+          value = p !== undefined && p.length === i - vs && sameAt(text, vs, p) ? p : text.slice(vs, i);
+        }
+        labels.push(lname, value);
         i++;
       }
     }
     while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
     let ve = i;
     while (ve < end && text.charCodeAt(ve) !== SPACE && text.charCodeAt(ve) !== TAB) ve++;
-    const valueText = text.slice(i, ve);
-    if (!isParsableValue(valueText)) { this.fail(text.slice(start, end)); return; }
+    const value = parseValue(text.slice(i, ve));
+    if (Number.isNaN(value) && !isNaNLiteral(text, i, ve)) { this.fail(text.slice(start, end)); return; }
     // A timestamp may follow; it is ignored (the agent stamps samples with its own scrape time).
     let fam = this.current;
     if (!fam || !belongsTo(fam, name)) {
       fam = this.familyOfSample(name);
       this.current = fam;
     }
-    fam.samples.push({ name, labels, value: parseValue(valueText) });
+    fam.samples.push({ name, labels, value, line: text.slice(start, end) });
+    this.prevName = name;
+    this.prevLabels = labels;
     this.sampleCount++;
   }
 

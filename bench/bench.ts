@@ -1,0 +1,194 @@
+// `npm run bench`: parser throughput, cycle CPU, /metrics latency and RSS, each next to an anchor
+// measured in the same run. Prints a Markdown report (the README quotes it).
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import axios from 'axios';
+import { Agent } from '../agent/agent.js';
+import { validateConfig } from '../agent/config/load.js';
+import { createLogger } from '../agent/logger.js';
+import { parseExposition } from '../agent/parse/exposition.js';
+import { payload, type Payload } from './payloads.js';
+import { benchGpu } from './gpu.js';
+
+const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const lines: string[] = [];
+const say = (s = '') => { lines.push(s); process.stdout.write(s + '\n'); };
+
+function pct(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+const f1 = (v: number) => v.toFixed(1);
+const f2 = (v: number) => v.toFixed(2);
+
+/** The casual approach, as an anchor: split lines, one regex per sample, split labels. */
+function regexParse(text: string): number {
+  const re = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
+  let n = 0;
+  for (const line of text.split('\n')) {
+    if (!line || line[0] === '#') continue;
+    const m = re.exec(line);
+    if (!m) continue;
+    const labels: Record<string, string> = {};
+    if (m[2]) for (const kv of m[2].split('",')) { const i = kv.indexOf('='); labels[kv.slice(0, i)] = kv.slice(i + 2).replace(/"$/, ''); }
+    if (Number.isFinite(Number(m[3]))) n++;
+  }
+  return n;
+}
+
+function throughput(buf: Buffer, fn: (b: Buffer) => unknown, ms = 2000): number {
+  for (let i = 0; i < 5; i++) fn(buf);
+  let iters = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < ms) { fn(buf); iters++; }
+  return (buf.length * iters) / ((performance.now() - t0) / 1000) / 1e6;
+}
+
+async function spawnLine(args: string[]): Promise<{ child: ChildProcess; line: string }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d) => { buf += d; const i = buf.indexOf('\n'); if (i >= 0) resolve(buf.slice(0, i)); });
+    child.once('exit', (c) => reject(new Error(`child exited ${c}`)));
+  });
+  return { child, line };
+}
+
+async function servePayload(p: Payload): Promise<{ url: string; child: ChildProcess }> {
+  const dir = mkdtempSync(join(tmpdir(), 'infertel-bench-'));
+  const file = join(dir, 'payload.prom');
+  writeFileSync(file, p.text);
+  const { child, line } = await spawnLine([join(HERE, 'serve-payload.js'), file]);
+  return { url: `http://127.0.0.1:${line}/metrics`, child };
+}
+
+async function benchParse(): Promise<void> {
+  const medium = payload('medium', 5, 6);
+  const buf = Buffer.from(medium.text);
+  const samples = parseExposition(medium.text).sampleCount;
+  say(`### Parser (medium preset: ${(buf.length / 1e6).toFixed(2)} MB, ${samples} samples; ${medium.source})`);
+  say();
+  const ours = throughput(buf, (b) => parseExposition(b.toString('utf8')));
+  const decode = throughput(buf, (b) => b.toString('utf8'));
+  const regex = throughput(buf, (b) => regexParse(b.toString('utf8')));
+  say('| parser (UTF-8 decode included) | MB/s | ratio to ours |');
+  say('|---|---|---|');
+  say(`| infertel parseExposition | ${f1(ours)} | 1.00 |`);
+  say(`| anchor: decode only (ceiling) | ${f1(decode)} | ${f2(decode / ours)} |`);
+  say(`| anchor: split + regex per line | ${f1(regex)} | ${f2(regex / ours)} |`);
+  say();
+}
+
+async function benchCycle(): Promise<void> {
+  say('### One collection cycle (fetch over loopback, parse, normalise, render), CPU per cycle');
+  say();
+  say('| payload | samples | cycle CPU p50 | cycle CPU p99 | anchor: bare fetch CPU p50 | cycle / fetch | max event-loop delay |');
+  say('|---|---|---|---|---|---|---|');
+  for (const [name, models, engines, n] of [['single', 1, 1, 300], ['medium', 5, 6, 40]] as const) {
+    const p = payload(name, models, engines);
+    const { url, child } = await servePayload(p);
+    const agent = new Agent(validateConfig({ listen: '127.0.0.1:0', upstreams: [{ url, flavor: 'vllm', interval: '1h', timeout: '10s' }] }), { log: createLogger('error') });
+    const u = agent.upstreams[0]!;
+    const ac = new AbortController();
+    const cpu: number[] = [];
+    const fetchCpu: number[] = [];
+    const loop = monitorEventLoopDelay({ resolution: 1 });
+    for (let i = 0; i < 5; i++) await agent.collect(u, ac.signal);
+    loop.enable();
+    for (let i = 0; i < n; i++) {
+      const c0 = process.cpuUsage();
+      await agent.collect(u, ac.signal);
+      const c = process.cpuUsage(c0);
+      cpu.push((c.user + c.system) / 1000);
+    }
+    loop.disable();
+    const httpAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    for (let i = 0; i < n; i++) {
+      const c0 = process.cpuUsage();
+      await axios.get(url, { responseType: 'arraybuffer', httpAgent, headers: { 'Accept-Encoding': 'identity' } });
+      const c = process.cpuUsage(c0);
+      fetchCpu.push((c.user + c.system) / 1000);
+    }
+    const samples = parseExposition(p.text).sampleCount;
+    say(`| ${name} | ${samples} | ${f2(pct(cpu, 50))} ms | ${f2(pct(cpu, 99))} ms | ${f2(pct(fetchCpu, 50))} ms | ${f1(pct(cpu, 50) / pct(fetchCpu, 50))}x | ${f1(loop.max / 1e6)} ms |`);
+    child.kill();
+    httpAgent.destroy();
+  }
+  say();
+}
+
+async function load(url: string, concurrency: number, ms: number): Promise<number[]> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const lat: number[] = [];
+  const end = performance.now() + ms;
+  const worker = async () => {
+    while (performance.now() < end) {
+      const t0 = performance.now();
+      await new Promise<void>((resolve, reject) => {
+        http.get(url, { agent }, (res) => { res.on('data', () => {}); res.on('end', () => resolve()); }).on('error', reject);
+      });
+      lat.push(performance.now() - t0);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  agent.destroy();
+  return lat;
+}
+
+async function startAgentProcess(upstream: string): Promise<{ base: string; child: ChildProcess }> {
+  const port = 19000 + Math.floor(Math.random() * 5000);
+  const child = spawn(process.execPath, [CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `vllm=${upstream}`, '--interval', '2s', '--log-level', 'error'], { stdio: 'ignore' });
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    try { if ((await fetch(`${base}/readyz`)).ok) break; } catch { /* starting */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 2500));
+  return { base, child };
+}
+
+async function benchServe(): Promise<void> {
+  say('### `/metrics` latency under concurrent scrapers (agent in its own process; 3 s per row)');
+  say();
+  say('| output series | scrapers | infertel p50 | infertel p99 | anchor: prom-client per request p50 | anchor p99 | anchor p99 / infertel p99 | agent RSS |');
+  say('|---|---|---|---|---|---|---|---|');
+  for (const [models, engines, concurrencies] of [[1, 5, [4, 16]], [5, 5, [4]]] as const) {
+    const p = payload('serve', models, engines);
+    const { url, child } = await servePayload(p);
+    const agent = await startAgentProcess(url);
+    const body = await (await fetch(`${agent.base}/metrics`)).text();
+    const series = body.split('\n').filter((l) => l && !l.startsWith('#')).length;
+    const anchor = await spawnLine([join(HERE, 'anchor-promclient.js'), String(series)]);
+    const anchorUrl = `http://127.0.0.1:${anchor.line}/metrics`;
+    for (const c of concurrencies) {
+      const ours = await load(`${agent.base}/metrics`, c, 3000);
+      const theirs = await load(anchorUrl, c, 3000);
+      const after = await (await fetch(`${agent.base}/metrics`)).text();
+      const rss = Number(/\ninfertel_process_resident_memory_bytes (\S+)/.exec(after)?.[1] ?? NaN) / 1048576;
+      say(`| ${series} | ${c} | ${f2(pct(ours, 50))} ms | ${f2(pct(ours, 99))} ms | ${f2(pct(theirs, 50))} ms | ${f2(pct(theirs, 99))} ms | ${f1(pct(theirs, 99) / pct(ours, 99))}x | ${f1(rss)} MiB |`);
+    }
+    agent.child.kill();
+    anchor.child.kill();
+    child.kill();
+  }
+  say();
+}
+
+async function main(): Promise<void> {
+  const only = process.argv[2];
+  say(`## Benchmark (${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${(await import('node:os')).cpus().length} CPUs: ${(await import('node:os')).cpus()[0]?.model ?? '?'})`);
+  say();
+  if (!only || only === 'parse') await benchParse();
+  if (!only || only === 'cycle') await benchCycle();
+  if (!only || only === 'serve') await benchServe();
+  if (!only || only === 'gpu') await benchGpu(say);
+}
+
+await main();
