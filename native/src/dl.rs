@@ -1,0 +1,382 @@
+//! NVML loaded at run time with dlopen, so the addon builds and loads on machines without a GPU
+//! driver. Symbols the driver lacks are treated as NOT_SUPPORTED for the fields they serve.
+
+use crate::nvml::{self, Api, Handle, Memory, ProcessInfo, Ret, Utilization};
+use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr, CString};
+
+#[link(name = "dl")]
+extern "C" {
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn dlerror() -> *const c_char;
+    fn dlclose(handle: *mut c_void) -> c_int;
+}
+const RTLD_NOW: c_int = 2;
+
+type Dev = *mut c_void;
+
+#[repr(C)]
+struct NvmlUtilization {
+    gpu: c_uint,
+    memory: c_uint,
+}
+#[repr(C)]
+struct NvmlMemory {
+    total: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+#[repr(C)]
+struct NvmlPciInfo {
+    bus_id_legacy: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_sub_system_id: c_uint,
+    bus_id: [c_char; 32],
+}
+/// nvmlProcessInfo_v2_t, the layout nvmlDeviceGetComputeRunningProcesses_v3 fills.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NvmlProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: c_ulonglong,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+#[repr(C)]
+struct NvmlEventData {
+    device: Dev,
+    event_type: c_ulonglong,
+    event_data: c_ulonglong,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// nvmlEventTypeXidCriticalError
+const EVENT_XID_CRITICAL: c_ulonglong = 0x8;
+/// NVML_VALUE_NOT_AVAILABLE for unsigned long long fields.
+const VALUE_NOT_AVAILABLE: c_ulonglong = u64::MAX;
+
+type FnVoid = unsafe extern "C" fn() -> Ret;
+type FnU32Out = unsafe extern "C" fn(*mut c_uint) -> Ret;
+type FnHandle = unsafe extern "C" fn(c_uint, *mut Dev) -> Ret;
+type FnStr = unsafe extern "C" fn(Dev, *mut c_char, c_uint) -> Ret;
+type FnDevU32 = unsafe extern "C" fn(Dev, *mut c_uint) -> Ret;
+type FnDevU64 = unsafe extern "C" fn(Dev, *mut c_ulonglong) -> Ret;
+type FnUtil = unsafe extern "C" fn(Dev, *mut NvmlUtilization) -> Ret;
+type FnMem = unsafe extern "C" fn(Dev, *mut NvmlMemory) -> Ret;
+type FnPci = unsafe extern "C" fn(Dev, *mut NvmlPciInfo) -> Ret;
+type FnTemp = unsafe extern "C" fn(Dev, c_uint, *mut c_uint) -> Ret;
+type FnClock = unsafe extern "C" fn(Dev, c_uint, *mut c_uint) -> Ret;
+type FnEcc = unsafe extern "C" fn(Dev, c_uint, c_uint, *mut c_ulonglong) -> Ret;
+type FnProcs = unsafe extern "C" fn(Dev, *mut c_uint, *mut NvmlProcessInfo) -> Ret;
+type FnErrStr = unsafe extern "C" fn(Ret) -> *const c_char;
+type FnSysStr = unsafe extern "C" fn(*mut c_char, c_uint) -> Ret;
+type FnEventSetCreate = unsafe extern "C" fn(*mut *mut c_void) -> Ret;
+type FnRegister = unsafe extern "C" fn(Dev, c_ulonglong, *mut c_void) -> Ret;
+type FnEventWait = unsafe extern "C" fn(*mut c_void, *mut NvmlEventData, c_uint) -> Ret;
+type FnEventFree = unsafe extern "C" fn(*mut c_void) -> Ret;
+
+pub struct Library {
+    lib: *mut c_void,
+    pub path: String,
+    init: FnVoid,
+    shutdown: FnVoid,
+    count: FnU32Out,
+    handle: FnHandle,
+    error_string: FnErrStr,
+    name: Option<FnStr>,
+    uuid: Option<FnStr>,
+    minor: Option<FnDevU32>,
+    pci: Option<FnPci>,
+    util: Option<FnUtil>,
+    mem: Option<FnMem>,
+    temp: Option<FnTemp>,
+    power: Option<FnDevU32>,
+    power_limit: Option<FnDevU32>,
+    clock: Option<FnClock>,
+    ecc: Option<FnEcc>,
+    throttle: Option<FnDevU64>,
+    procs: Option<FnProcs>,
+    driver_version: Option<FnSysStr>,
+    nvml_version: Option<FnSysStr>,
+    event_set_create: Option<FnEventSetCreate>,
+    register_events: Option<FnRegister>,
+    event_wait: Option<FnEventWait>,
+    event_free: Option<FnEventFree>,
+    event_set: *mut c_void,
+}
+
+// The handles are process-global NVML objects; NVML is thread-safe, and the binding serialises
+// every call behind one mutex anyway.
+unsafe impl Send for Library {}
+
+unsafe fn sym(lib: *mut c_void, name: &str) -> *mut c_void {
+    match CString::new(name) {
+        Ok(c) => dlsym(lib, c.as_ptr()),
+        Err(_) => std::ptr::null_mut(),
+    }
+}
+
+macro_rules! required {
+    ($lib:expr, $name:literal) => {{
+        let p = sym($lib, $name);
+        if p.is_null() {
+            dlclose($lib);
+            return Err(LoadError::Unavailable(format!("{} has no symbol {}", "NVML library", $name)));
+        }
+        std::mem::transmute::<*mut c_void, _>(p)
+    }};
+}
+
+unsafe fn optional<T: Copy>(lib: *mut c_void, names: &[&str]) -> Option<T> {
+    for n in names {
+        let p = sym(lib, n);
+        if !p.is_null() {
+            return Some(std::mem::transmute_copy::<*mut c_void, T>(&p));
+        }
+    }
+    None
+}
+
+pub enum LoadError {
+    /// dlopen failed or a required symbol is missing.
+    Unavailable(String),
+    /// nvmlInit_v2 returned an error.
+    InitFailed(Ret, String),
+}
+
+fn c_buf_to_string(buf: &[c_char]) -> String {
+    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl Library {
+    /// dlopen + dlsym + nvmlInit_v2.
+    pub fn open(path: &str) -> Result<Library, LoadError> {
+        unsafe {
+            let c = CString::new(path).map_err(|_| LoadError::Unavailable("NUL byte in library path".into()))?;
+            let lib = dlopen(c.as_ptr(), RTLD_NOW);
+            if lib.is_null() {
+                let e = dlerror();
+                let msg = if e.is_null() { "dlopen failed".to_string() } else { CStr::from_ptr(e).to_string_lossy().into_owned() };
+                return Err(LoadError::Unavailable(format!("cannot load NVML from {path}: {msg}")));
+            }
+            let l = Library {
+                lib,
+                path: path.to_string(),
+                init: required!(lib, "nvmlInit_v2"),
+                shutdown: required!(lib, "nvmlShutdown"),
+                count: required!(lib, "nvmlDeviceGetCount_v2"),
+                handle: required!(lib, "nvmlDeviceGetHandleByIndex_v2"),
+                error_string: required!(lib, "nvmlErrorString"),
+                name: optional(lib, &["nvmlDeviceGetName"]),
+                uuid: optional(lib, &["nvmlDeviceGetUUID"]),
+                minor: optional(lib, &["nvmlDeviceGetMinorNumber"]),
+                pci: optional(lib, &["nvmlDeviceGetPciInfo_v3"]),
+                util: optional(lib, &["nvmlDeviceGetUtilizationRates"]),
+                mem: optional(lib, &["nvmlDeviceGetMemoryInfo"]),
+                temp: optional(lib, &["nvmlDeviceGetTemperature"]),
+                power: optional(lib, &["nvmlDeviceGetPowerUsage"]),
+                power_limit: optional(lib, &["nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetPowerManagementLimit"]),
+                clock: optional(lib, &["nvmlDeviceGetClockInfo"]),
+                ecc: optional(lib, &["nvmlDeviceGetTotalEccErrors"]),
+                throttle: optional(lib, &["nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"]),
+                procs: optional(lib, &["nvmlDeviceGetComputeRunningProcesses_v3"]),
+                driver_version: optional(lib, &["nvmlSystemGetDriverVersion"]),
+                nvml_version: optional(lib, &["nvmlSystemGetNVMLVersion"]),
+                event_set_create: optional(lib, &["nvmlEventSetCreate"]),
+                register_events: optional(lib, &["nvmlDeviceRegisterEvents"]),
+                event_wait: optional(lib, &["nvmlEventSetWait_v2"]),
+                event_free: optional(lib, &["nvmlEventSetFree"]),
+                event_set: std::ptr::null_mut(),
+            };
+            let r = (l.init)();
+            if r != nvml::SUCCESS {
+                let msg = l.error_text(r);
+                dlclose(lib);
+                return Err(LoadError::InitFailed(r, msg));
+            }
+            Ok(l)
+        }
+    }
+
+    pub fn error_text(&self, r: Ret) -> String {
+        unsafe {
+            let p = (self.error_string)(r);
+            if p.is_null() { nvml::error_name(r).to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+        }
+    }
+
+    fn system_string(&self, f: Option<FnSysStr>) -> Option<String> {
+        let f = f?;
+        let mut buf = [0 as c_char; 96];
+        let r = unsafe { f(buf.as_mut_ptr(), buf.len() as c_uint) };
+        if r == nvml::SUCCESS { Some(c_buf_to_string(&buf)) } else { None }
+    }
+
+    pub fn driver_version(&self) -> Option<String> {
+        self.system_string(self.driver_version)
+    }
+
+    pub fn nvml_version(&self) -> Option<String> {
+        self.system_string(self.nvml_version)
+    }
+
+    /// Create the event set and register every device for critical XID events. Returns an error
+    /// text when XIDs cannot be watched (the rest of the telemetry works regardless).
+    pub fn watch_xids(&mut self, devices: &[nvml::Device]) -> Result<(), String> {
+        let (Some(create), Some(register), Some(_)) = (self.event_set_create, self.register_events, self.event_wait) else {
+            return Err("this NVML has no event API".into());
+        };
+        unsafe {
+            let mut set: *mut c_void = std::ptr::null_mut();
+            let r = create(&mut set);
+            if r != nvml::SUCCESS {
+                return Err(format!("nvmlEventSetCreate: {}", self.error_text(r)));
+            }
+            self.event_set = set;
+            let mut registered = 0;
+            let mut last_error = String::new();
+            for d in devices {
+                let r = register(d.handle.0 as Dev, EVENT_XID_CRITICAL, set);
+                if r == nvml::SUCCESS { registered += 1 } else { last_error = format!("nvmlDeviceRegisterEvents(device {}): {}", d.index, self.error_text(r)) }
+            }
+            if registered == 0 && !devices.is_empty() { Err(last_error) } else { Ok(()) }
+        }
+    }
+
+    pub fn close(&mut self) {
+        unsafe {
+            if !self.event_set.is_null() {
+                if let Some(free) = self.event_free { free(self.event_set); }
+                self.event_set = std::ptr::null_mut();
+            }
+            (self.shutdown)();
+            if !self.lib.is_null() {
+                dlclose(self.lib);
+                self.lib = std::ptr::null_mut();
+            }
+        }
+    }
+}
+
+fn call<T>(f: Option<T>) -> Result<T, Ret> {
+    f.ok_or(nvml::ERROR_FUNCTION_NOT_FOUND)
+}
+
+fn ok(r: Ret) -> Result<(), Ret> {
+    if r == nvml::SUCCESS { Ok(()) } else { Err(r) }
+}
+
+impl Api for Library {
+    fn device_count(&self) -> Result<u32, Ret> {
+        let mut n: c_uint = 0;
+        ok(unsafe { (self.count)(&mut n) })?;
+        Ok(n)
+    }
+    fn handle(&self, index: u32) -> Result<Handle, Ret> {
+        let mut d: Dev = std::ptr::null_mut();
+        ok(unsafe { (self.handle)(index, &mut d) })?;
+        Ok(Handle(d as usize))
+    }
+    fn name(&self, h: Handle) -> Result<String, Ret> {
+        let f = call(self.name)?;
+        let mut buf = [0 as c_char; 96];
+        ok(unsafe { f(h.0 as Dev, buf.as_mut_ptr(), buf.len() as c_uint) })?;
+        Ok(c_buf_to_string(&buf))
+    }
+    fn uuid(&self, h: Handle) -> Result<String, Ret> {
+        let f = call(self.uuid)?;
+        let mut buf = [0 as c_char; 96];
+        ok(unsafe { f(h.0 as Dev, buf.as_mut_ptr(), buf.len() as c_uint) })?;
+        Ok(c_buf_to_string(&buf))
+    }
+    fn minor(&self, h: Handle) -> Result<u32, Ret> {
+        let f = call(self.minor)?;
+        let mut v: c_uint = 0;
+        ok(unsafe { f(h.0 as Dev, &mut v) })?;
+        Ok(v)
+    }
+    fn pci_bus_id(&self, h: Handle) -> Result<String, Ret> {
+        let f = call(self.pci)?;
+        let mut p = NvmlPciInfo { bus_id_legacy: [0; 16], domain: 0, bus: 0, device: 0, pci_device_id: 0, pci_sub_system_id: 0, bus_id: [0; 32] };
+        ok(unsafe { f(h.0 as Dev, &mut p) })?;
+        Ok(c_buf_to_string(&p.bus_id))
+    }
+    fn utilization(&self, h: Handle) -> Result<Utilization, Ret> {
+        let f = call(self.util)?;
+        let mut u = NvmlUtilization { gpu: 0, memory: 0 };
+        ok(unsafe { f(h.0 as Dev, &mut u) })?;
+        Ok(Utilization { gpu: u.gpu, memory: u.memory })
+    }
+    fn memory(&self, h: Handle) -> Result<Memory, Ret> {
+        let f = call(self.mem)?;
+        let mut m = NvmlMemory { total: 0, free: 0, used: 0 };
+        ok(unsafe { f(h.0 as Dev, &mut m) })?;
+        Ok(Memory { total: m.total, free: m.free, used: m.used })
+    }
+    fn temperature(&self, h: Handle) -> Result<u32, Ret> {
+        let f = call(self.temp)?;
+        let mut t: c_uint = 0;
+        ok(unsafe { f(h.0 as Dev, 0, &mut t) })?;
+        Ok(t)
+    }
+    fn power_mw(&self, h: Handle) -> Result<u32, Ret> {
+        let f = call(self.power)?;
+        let mut v: c_uint = 0;
+        ok(unsafe { f(h.0 as Dev, &mut v) })?;
+        Ok(v)
+    }
+    fn power_limit_mw(&self, h: Handle) -> Result<u32, Ret> {
+        let f = call(self.power_limit)?;
+        let mut v: c_uint = 0;
+        ok(unsafe { f(h.0 as Dev, &mut v) })?;
+        Ok(v)
+    }
+    fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Ret> {
+        let f = call(self.clock)?;
+        let mut v: c_uint = 0;
+        ok(unsafe { f(h.0 as Dev, clock, &mut v) })?;
+        Ok(v)
+    }
+    fn ecc_volatile(&self, h: Handle, error_type: u32) -> Result<u64, Ret> {
+        let f = call(self.ecc)?;
+        let mut v: c_ulonglong = 0;
+        // counterType 0 = NVML_VOLATILE_ECC: since the last driver reload.
+        ok(unsafe { f(h.0 as Dev, error_type, 0, &mut v) })?;
+        Ok(v)
+    }
+    fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret> {
+        let f = call(self.throttle)?;
+        let mut v: c_ulonglong = 0;
+        ok(unsafe { f(h.0 as Dev, &mut v) })?;
+        Ok(v)
+    }
+    fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret> {
+        let f = call(self.procs)?;
+        let mut infos = [NvmlProcessInfo { pid: 0, used_gpu_memory: 0, gpu_instance_id: 0, compute_instance_id: 0 }; 64];
+        let mut count: c_uint = infos.len() as c_uint;
+        ok(unsafe { f(h.0 as Dev, &mut count, infos.as_mut_ptr()) })?;
+        let n = (count as usize).min(infos.len());
+        Ok(infos[..n].iter().map(|p| ProcessInfo {
+            pid: p.pid,
+            used_memory: if p.used_gpu_memory == VALUE_NOT_AVAILABLE { None } else { Some(p.used_gpu_memory) },
+        }).collect())
+    }
+    fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> {
+        let f = call(self.event_wait)?;
+        if self.event_set.is_null() {
+            return Ok(None);
+        }
+        let mut e = NvmlEventData { device: std::ptr::null_mut(), event_type: 0, event_data: 0, gpu_instance_id: 0, compute_instance_id: 0 };
+        // Timeout 0: only what is already pending; the poll must never wait here.
+        match unsafe { f(self.event_set, &mut e, 0) } {
+            nvml::SUCCESS => Ok(Some((Handle(e.device as usize), e.event_data))),
+            nvml::ERROR_TIMEOUT => Ok(None),
+            r => Err(r),
+        }
+    }
+}

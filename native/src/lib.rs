@@ -1,0 +1,254 @@
+//! N-API binding: exported functions only, converting values; the logic is in nvml.rs and the
+//! NVML loading in dl.rs. No panic crosses the FFI boundary: every entry point runs inside
+//! catch_unwind, and nothing unwraps data that came from NVML or JS.
+
+mod dl;
+mod napi;
+pub mod nvml;
+
+use napi::*;
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+struct State {
+    lib: dl::Library,
+    devices: Vec<nvml::Device>,
+    xids: bool,
+    xid_error: Option<String>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// A poisoned lock only means an earlier call panicked; the NVML state itself is still valid.
+fn state() -> MutexGuard<'static, Option<State>> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+
+unsafe fn string_arg(env: napi_env, info: napi_callback_info) -> Option<String> {
+    let mut argc: usize = 1;
+    let mut argv = [std::ptr::null_mut(); 1];
+    if napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut()) != 0 || argc == 0 {
+        return None;
+    }
+    let mut t: c_int = 0;
+    if napi_typeof(env, argv[0], &mut t) != 0 || t != NAPI_STRING {
+        return None;
+    }
+    let mut len: usize = 0;
+    napi_get_value_string_utf8(env, argv[0], std::ptr::null_mut(), 0, &mut len);
+    let mut buf = vec![0u8; len + 1];
+    napi_get_value_string_utf8(env, argv[0], buf.as_mut_ptr() as *mut c_char, buf.len(), &mut len);
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
+}
+
+fn init_info(js: &Js, s: &State) -> napi_value {
+    let o = js.object();
+    js.set(o, "libPath\0", js.str(&s.lib.path));
+    js.set(o, "deviceCount\0", js.num(s.devices.len() as f64));
+    js.set(o, "driverVersion\0", js.opt_str(s.lib.driver_version().as_deref()));
+    js.set(o, "nvmlVersion\0", js.opt_str(s.lib.nvml_version().as_deref()));
+    js.set(o, "xidEvents\0", js.bool(s.xids));
+    js.set(o, "xidError\0", js.opt_str(s.xid_error.as_deref()));
+    o
+}
+
+unsafe extern "C" fn js_init(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let path = string_arg(env, info).unwrap_or_else(|| DEFAULT_LIBRARY.to_string());
+        let mut guard = state();
+        if let Some(s) = guard.as_ref() {
+            return Ok(init_info(&js, s));
+        }
+        match dl::Library::open(&path) {
+            Ok(mut lib) => {
+                let devices = match nvml::discover(&lib) {
+                    Ok(d) => d,
+                    Err(r) => {
+                        let text = lib.error_text(r);
+                        lib.close();
+                        return Err(("nvml_init_failed", format!("nvmlDeviceGetCount_v2 failed: {text}"), Some(r)));
+                    }
+                };
+                let (xids, xid_error) = match lib.watch_xids(&devices) {
+                    Ok(()) => (true, None),
+                    Err(e) => (false, Some(e)),
+                };
+                let s = State { lib, devices, xids, xid_error };
+                let v = init_info(&js, &s);
+                *guard = Some(s);
+                Ok(v)
+            }
+            Err(dl::LoadError::Unavailable(msg)) => Err(("nvml_unavailable", msg, None)),
+            Err(dl::LoadError::InitFailed(r, text)) => Err(("nvml_init_failed", format!("nvmlInit_v2 failed: {text}"), Some(r))),
+        }
+    }));
+    match outcome {
+        Ok(Ok(v)) => v,
+        Ok(Err((code, msg, ret))) => {
+            let e = js.error(code, &msg);
+            if let Some(r) = ret {
+                js.set(e, "nvmlReturn\0", js.num(r as f64));
+                js.set(e, "nvmlError\0", js.str(nvml::error_name(r)));
+            }
+            napi_throw(env, e);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            napi_throw(env, js.error("nvml_internal", "internal error in init"));
+            std::ptr::null_mut()
+        }
+    }
+}
+
+struct PollWork {
+    deferred: napi_deferred,
+    work: napi_async_work,
+    result: Option<Result<(nvml::PollResult, u128), &'static str>>,
+}
+
+unsafe extern "C" fn poll_execute(_env: napi_env, data: *mut c_void) {
+    let work = &mut *(data as *mut PollWork);
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let guard = state();
+        let Some(s) = guard.as_ref() else { return Err("nvml_not_initialized") };
+        let t0 = Instant::now();
+        let r = nvml::poll(&s.lib, &s.devices, s.xids);
+        Ok((r, t0.elapsed().as_micros()))
+    }));
+    work.result = Some(r.unwrap_or(Err("nvml_internal")));
+}
+
+fn device_js(js: &Js, d: &nvml::DeviceSample) -> napi_value {
+    let o = js.object();
+    js.set(o, "index\0", js.num(d.index as f64));
+    js.set(o, "minor\0", js.opt_num(d.minor));
+    js.set(o, "uuid\0", js.opt_str(d.uuid.as_deref()));
+    js.set(o, "name\0", js.opt_str(d.name.as_deref()));
+    js.set(o, "pciBusId\0", js.opt_str(d.pci_bus_id.as_deref()));
+    js.set(o, "utilizationGpu\0", js.opt_num(d.utilization_gpu));
+    js.set(o, "utilizationMemory\0", js.opt_num(d.utilization_memory));
+    js.set(o, "memoryTotalBytes\0", js.opt_num(d.memory_total.map(|v| v as f64)));
+    js.set(o, "memoryUsedBytes\0", js.opt_num(d.memory_used.map(|v| v as f64)));
+    js.set(o, "memoryFreeBytes\0", js.opt_num(d.memory_free.map(|v| v as f64)));
+    js.set(o, "temperatureC\0", js.opt_num(d.temperature_c));
+    js.set(o, "powerW\0", js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)));
+    js.set(o, "powerLimitW\0", js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)));
+    js.set(o, "smClockMhz\0", js.opt_num(d.sm_clock_mhz));
+    js.set(o, "memClockMhz\0", js.opt_num(d.mem_clock_mhz));
+    js.set(o, "eccCorrected\0", js.opt_num(d.ecc_corrected.map(|v| v as f64)));
+    js.set(o, "eccUncorrected\0", js.opt_num(d.ecc_uncorrected.map(|v| v as f64)));
+    js.set(o, "throttleReasons\0", js.opt_num(d.throttle_reasons.map(|v| v as f64)));
+    let procs = match &d.processes {
+        Some(p) => js.array(p.iter().map(|p| {
+            let po = js.object();
+            js.set(po, "pid\0", js.num(p.pid as f64));
+            js.set(po, "usedMemoryBytes\0", js.opt_num(p.used_memory.map(|v| v as f64)));
+            po
+        }).collect()),
+        None => js.null(),
+    };
+    js.set(o, "processes\0", procs);
+    let err = |e: &nvml::NvmlError| {
+        let eo = js.object();
+        js.set(eo, "code\0", js.str(nvml::error_name(e.ret)));
+        js.set(eo, "nvmlReturn\0", js.num(e.ret as f64));
+        js.set(eo, "message\0", js.str(e.field));
+        eo
+    };
+    js.set(o, "error\0", d.error.as_ref().map(err).unwrap_or_else(|| js.null()));
+    js.set(o, "fieldErrors\0", js.array(d.field_errors.iter().map(err).collect()));
+    o
+}
+
+unsafe extern "C" fn poll_complete(env: napi_env, _status: napi_status, data: *mut c_void) {
+    let work = Box::from_raw(data as *mut PollWork);
+    let js = Js { env };
+    let _ = catch_unwind(AssertUnwindSafe(|| match &work.result {
+        Some(Ok((r, us))) => {
+            let o = js.object();
+            js.set(o, "devices\0", js.array(r.devices.iter().map(|d| device_js(&js, d)).collect()));
+            js.set(o, "xids\0", js.array(r.xids.iter().map(|&(index, xid)| {
+                let x = js.object();
+                js.set(x, "index\0", js.num(index as f64));
+                js.set(x, "xid\0", js.num(xid as f64));
+                x
+            }).collect()));
+            js.set(o, "elapsedUs\0", js.num(*us as f64));
+            napi_resolve_deferred(env, work.deferred, o);
+        }
+        Some(Err(code)) => {
+            napi_reject_deferred(env, work.deferred, js.error(code, code));
+        }
+        None => {
+            napi_reject_deferred(env, work.deferred, js.error("nvml_internal", "poll did not run"));
+        }
+    }));
+    napi_delete_async_work(env, work.work);
+}
+
+unsafe extern "C" fn js_poll(env: napi_env, _info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let mut deferred = std::ptr::null_mut();
+    let mut promise = std::ptr::null_mut();
+    if napi_create_promise(env, &mut deferred, &mut promise) != 0 {
+        return std::ptr::null_mut();
+    }
+    let data = Box::into_raw(Box::new(PollWork { deferred, work: std::ptr::null_mut(), result: None }));
+    let mut work = std::ptr::null_mut();
+    let name = js.str("infertel.nvml.poll");
+    if napi_create_async_work(env, std::ptr::null_mut(), name, Some(poll_execute), Some(poll_complete), data as *mut c_void, &mut work) != 0 {
+        let d = Box::from_raw(data);
+        napi_reject_deferred(env, d.deferred, js.error("nvml_internal", "cannot create async work"));
+        return promise;
+    }
+    (*data).work = work;
+    if napi_queue_async_work(env, work) != 0 {
+        napi_delete_async_work(env, work);
+        let d = Box::from_raw(data);
+        napi_reject_deferred(env, d.deferred, js.error("nvml_internal", "cannot queue async work"));
+    }
+    promise
+}
+
+unsafe extern "C" fn js_shutdown(env: napi_env, _info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let closed = catch_unwind(AssertUnwindSafe(|| {
+        let mut guard = state();
+        match guard.take() {
+            Some(mut s) => {
+                s.lib.close();
+                true
+            }
+            None => false,
+        }
+    }))
+    .unwrap_or(false);
+    js.bool(closed)
+}
+
+unsafe fn export(env: napi_env, exports: napi_value, name: &'static str, cb: unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value) {
+    let mut f = std::ptr::null_mut();
+    napi_create_function(env, name.as_ptr() as *const c_char, name.len() - 1, Some(cb), std::ptr::null_mut(), &mut f);
+    napi_set_named_property(env, exports, name.as_ptr() as *const c_char, f);
+}
+
+/// Node looks this symbol up after dlopen (what NAPI_MODULE_INIT emits in C).
+#[no_mangle]
+pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
+    export(env, exports, "init\0", js_init);
+    export(env, exports, "poll\0", js_poll);
+    export(env, exports, "shutdown\0", js_shutdown);
+    exports
+}
+
+/// The Node-API version the addon targets (promises and async work are in 1+).
+#[no_mangle]
+pub extern "C" fn node_api_module_get_api_version_v1() -> i32 {
+    8
+}
