@@ -78,7 +78,7 @@ async function main(argv: string[]): Promise<void> {
         configFailure(err);
       }
       if (config.upstreams.length === 0) process.stderr.write('infertel: warning: no upstreams configured (--upstream or INFERTEL_UPSTREAMS)\n');
-      const deps = agentDeps(config.logLevel);
+      const deps = agentDeps(config);
       const agent = new Agent(config, deps);
       deps.log.info({ listen: config.listen, upstreams: config.upstreams.map((u) => u.url), units: config.units }, 'infertel starting');
       await agent.start();

@@ -1,12 +1,15 @@
 // Process-level wiring shared by `infertel run` and `infertel demo`.
 
 import type { AgentDeps } from './agent.js';
-import { createGpuTelemetry } from './gpu/telemetry.js';
+import type { AgentConfig } from './config/schema.js';
+import { createGpuTelemetry, type GpuConfig } from './gpu/telemetry.js';
 import { createLogger } from './logger.js';
 
-export function agentDeps(logLevel: string): AgentDeps {
-  const log = createLogger(logLevel);
-  return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log }) };
+export function agentDeps(config: AgentConfig): AgentDeps {
+  const log = createLogger(config.logLevel);
+  const g = config.gpu;
+  const gpu: GpuConfig = { nvmlLibrary: g.nvmlLibrary, intervalMs: g.interval, timeoutMs: g.timeout, source: g.source, processRoles: g.processRoles, oomLogPath: g.oomLogPath, simulate: g.simulate };
+  return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log, config: gpu }) };
 }
 
 /** Wait for SIGTERM/SIGINT, then stop within a second and exit 0. */

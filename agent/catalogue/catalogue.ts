@@ -8,13 +8,18 @@ import { z } from 'zod';
 
 export const FLAVORS = ['vllm', 'tgi'] as const;
 export type Flavor = (typeof FLAVORS)[number];
+/** Engine flavors plus the GPU source. */
+export const SOURCE_KINDS = [...FLAVORS, 'nvml'] as const;
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());
 
 const sourceSchema = z.strictObject({
-  flavor: z.enum(FLAVORS),
-  from: z.array(z.string().min(1)).min(1),
+  flavor: z.enum(SOURCE_KINDS),
+  from: z.array(z.string().min(1)).min(1).optional(),
+  field: z.string().optional(),
+  scale: z.number().optional(),
+  bits: z.record(z.string(), z.number().int().positive()).optional(),
   unit: z.enum(['seconds']).optional(),
   labels: labelMap.optional(),
   set: labelMap.optional(),
@@ -92,6 +97,9 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
   for (const m of data.metrics) {
     if (m.type === 'histogram' && (!m.layout || !data.layouts[m.layout])) problems.push(`${m.name}: histogram needs a known layout`);
     if (m.type === 'gauge' && !m.aggregate) problems.push(`${m.name}: gauge needs an aggregate`);
+    for (const src of m.sources ?? []) {
+      if (src.flavor === 'nvml' ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${src.flavor === 'nvml' ? 'field' : 'from'}`);
+    }
     for (const d of m.derive ?? []) {
       const inputs = 'rate' in d ? [d.rate] : d.ratio;
       for (const input of inputs) if (!names.has(input)) problems.push(`${m.name}: derive input ${input} is not in the catalogue`);

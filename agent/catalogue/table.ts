@@ -7,7 +7,7 @@ export const TABLE_END = '<!-- metric-table:end -->';
 
 function sources(m: MetricSpec, flavor: string): string {
   const parts = (m.sources ?? []).filter((s) => s.flavor === flavor).map((s) => {
-    let t = s.from.map((n) => `\`${n}\``).join(' / ');
+    let t = s.from ? s.from.map((n) => `\`${n}\``).join(' / ') : `\`${s.field}\`${s.scale ? ` ×${s.scale}` : ''}`;
     if (s.component) t += ` \`_${s.component}\``;
     if (s.match) t += ` {${Object.entries(s.match).map(([k, v]) => `${k}="${v}"`).join(',')}}`;
     if (s.sample) t += ' (sampled each scrape)';

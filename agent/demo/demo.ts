@@ -60,7 +60,7 @@ export async function runDemo(flags: { listen: string; interval: string; restart
     upstreams: [{ url: `${engines.vllm.url}/metrics`, flavor: 'auto' }, { url: `${engines.tgi.url}/metrics`, flavor: 'auto' }],
     gpu: { simulate: Number(flags.gpus) },
   });
-  const deps = agentDeps(config.logLevel);
+  const deps = agentDeps(config);
   const agent = new Agent(config, deps);
   await agent.start().catch(async (err: Error) => {
     await engines.close();

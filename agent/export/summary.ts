@@ -23,6 +23,8 @@ export interface GpuSummary {
   source: 'nvml' | 'nvidia-smi' | 'none';
   nvml_unavailable: boolean;
   reason?: string;
+  /** The demo's simulated GPUs. */
+  simulated?: true;
   devices: GpuDeviceSummary[];
 }
 

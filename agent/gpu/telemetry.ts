@@ -1,22 +1,240 @@
-// GPU telemetry: placeholder until the NVML addon lands; reports that no source is available.
+// GPU telemetry: picks a probe along the fallback chain (NVML addon, nvidia-smi, none), polls it
+// off the event loop with a deadline, keeps the last good values (marked stale) when a poll
+// fails or hangs, and turns samples into the catalogue's GPU families and the JSON summary.
 
 import type { GpuTelemetry } from '../agent.js';
-import type { Catalogue } from '../catalogue/catalogue.js';
+import type { Catalogue, CanonicalMetric } from '../catalogue/catalogue.js';
+import type { GpuDeviceSummary, GpuSummary } from '../export/summary.js';
 import type { SelfMetrics } from '../export/self-metrics.js';
 import type { Logger } from '../logger.js';
+import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.js';
+import { NvmlProbe } from './nvml-probe.js';
+import { OomTail } from './oom.js';
+import { attribute } from './processes.js';
+import type { GpuDevice, GpuPoll, GpuProbe } from './probe.js';
+import { SimulatedProbe } from './sim-probe.js';
+import { nvidiaSmiOnPath, SmiProbe } from './smi-probe.js';
+import { visibleDevices } from './visible.js';
+
+export interface GpuConfig {
+  nvmlLibrary?: string | undefined;
+  intervalMs: number;
+  timeoutMs: number;
+  source: 'auto' | 'nvml' | 'nvidia-smi' | 'none';
+  processRoles: Readonly<Record<string, string>>;
+  oomLogPath?: string | undefined;
+  simulate: number;
+}
 
 export interface GpuTelemetryDeps {
   catalogue: Catalogue;
   metrics: SelfMetrics;
   onChange: () => void;
   log: Logger;
+  config: GpuConfig;
+  env?: NodeJS.ProcessEnv;
+  /** Override the probe choice (tests). */
+  probe?: GpuProbe | null;
 }
 
-export function createGpuTelemetry(_deps: GpuTelemetryDeps): GpuTelemetry {
-  return {
-    start() {},
-    async stop() {},
-    families: () => [],
-    summary: () => ({ source: 'none', nvml_unavailable: true, reason: 'no GPU source built yet', devices: [] }),
-  };
+export interface ProbeChoice {
+  probe: GpuProbe | null;
+  /** Why the better sources were not used. */
+  reasons: string[];
+}
+
+/** NVML through the addon, then nvidia-smi through systeminformation, then none. */
+export function chooseProbe(cfg: GpuConfig): ProbeChoice {
+  const reasons: string[] = [];
+  if (cfg.simulate > 0) return { probe: new SimulatedProbe(cfg.simulate), reasons };
+  if (cfg.source === 'none') return { probe: null, reasons: ['gpu.source is none'] };
+  if (cfg.source === 'auto' || cfg.source === 'nvml') {
+    try {
+      return { probe: NvmlProbe.open(cfg.nvmlLibrary), reasons };
+    } catch (err) {
+      const e = err as Error & { code?: string; nvmlReturn?: number; nvmlError?: string };
+      reasons.push(`NVML: ${e.message}${e.nvmlError ? ` (${e.nvmlError}, return ${e.nvmlReturn})` : ''}`);
+      if (cfg.source === 'nvml') return { probe: null, reasons };
+    }
+  }
+  if (nvidiaSmiOnPath()) return { probe: new SmiProbe(), reasons };
+  reasons.push('nvidia-smi: not on PATH');
+  return { probe: null, reasons };
+}
+
+interface Counters {
+  xids: Map<string, number>;
+  pollErrors: Map<string, number>;
+  oom: Map<string, number>;
+}
+
+const SEP = '\u0000';
+
+function bump(m: Map<string, number>, key: string, by = 1): void {
+  m.set(key, (m.get(key) ?? 0) + by);
+}
+
+export function deviceLabel(d: Pick<GpuDevice, 'minor' | 'index'>): string {
+  return `nvidia${d.minor ?? d.index}`;
+}
+
+class Telemetry implements GpuTelemetry {
+  private probe: GpuProbe | null = null;
+  private reasons: string[] = [];
+  private devices: GpuDevice[] = [];
+  private readonly minors = new Map<number, number>();
+  private stale = false;
+  private inflight: Promise<GpuPoll> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private readonly counters: Counters = { xids: new Map(), pollErrors: new Map(), oom: new Map() };
+  private readonly oom: OomTail | undefined;
+  private readonly gpuMetrics: CanonicalMetric[];
+
+  constructor(private readonly deps: GpuTelemetryDeps) {
+    this.oom = deps.config.oomLogPath ? new OomTail(deps.config.oomLogPath) : undefined;
+    this.gpuMetrics = deps.catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'nvml'));
+  }
+
+  start(): void {
+    const { log, config } = this.deps;
+    if (this.deps.probe !== undefined) this.probe = this.deps.probe;
+    else ({ probe: this.probe, reasons: this.reasons } = chooseProbe(config));
+    const source = this.probe?.source ?? 'none';
+    if (source === 'nvml') log.info({ component: 'gpu', source }, 'GPU telemetry from NVML');
+    else if (source === 'nvidia-smi') log.warn({ component: 'gpu', source, why: this.reasons }, 'GPU telemetry from nvidia-smi: lower precision, polled at most every 30 s');
+    else if (source === 'simulated') log.info({ component: 'gpu', source, devices: config.simulate }, 'GPU telemetry simulated');
+    else log.warn({ component: 'gpu', source, why: this.reasons }, 'no GPU telemetry');
+    if (this.probe) this.schedule(0);
+    this.deps.onChange();
+  }
+
+  private schedule(delay: number): void {
+    if (this.stopped || !this.probe) return;
+    this.timer = setTimeout(() => void this.pollOnce().finally(() => this.schedule(Math.max(this.deps.config.intervalMs, this.probe?.minIntervalMs ?? 0))), delay);
+  }
+
+  /** One poll with a deadline. A hung poll is left to finish on its worker thread, never awaited twice. */
+  async pollOnce(): Promise<void> {
+    const probe = this.probe;
+    if (!probe) return;
+    if (this.inflight) {
+      bump(this.counters.pollErrors, `all${SEP}in_flight`);
+      this.markStale();
+      return;
+    }
+    const started = performance.now();
+    const p = probe.poll();
+    this.inflight = p;
+    void p.then(() => undefined, () => undefined).finally(() => { if (this.inflight === p) this.inflight = undefined; });
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'timeout'>((r) => { timer = setTimeout(() => r('timeout'), this.deps.config.timeoutMs); });
+    try {
+      const r = await Promise.race([p, deadline]);
+      if (r === 'timeout') {
+        bump(this.counters.pollErrors, `all${SEP}timeout`);
+        this.deps.log.warn({ component: 'gpu', timeoutMs: this.deps.config.timeoutMs }, 'GPU poll timed out; keeping the last values, marked stale');
+        this.markStale();
+        return;
+      }
+      this.accept(r);
+      this.deps.metrics.gpuPollDuration.set((performance.now() - started) / 1000);
+    } catch (err) {
+      bump(this.counters.pollErrors, `all${SEP}${(err as { code?: string }).code ?? 'error'}`);
+      this.markStale();
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private markStale(): void {
+    if (!this.stale) {
+      this.stale = true;
+      this.deps.onChange();
+    }
+  }
+
+  private accept(r: GpuPoll): void {
+    const devices = visibleDevices(r.devices, this.deps.env ?? process.env);
+    const visible = new Set(devices.map((d) => d.index));
+    for (const d of devices) {
+      if (d.minor !== null) this.minors.set(d.index, d.minor);
+      else d.minor = this.minors.get(d.index) ?? null;
+      if (d.error) bump(this.counters.pollErrors, `${deviceLabel(d)}${SEP}${d.error.code}`);
+      for (const e of d.fieldErrors) bump(this.counters.pollErrors, `${deviceLabel(d)}${SEP}${e.code}`);
+    }
+    for (const x of r.xids) {
+      if (!visible.has(x.index)) continue;
+      bump(this.counters.xids, `${deviceLabel({ index: x.index, minor: this.minors.get(x.index) ?? null })}${SEP}${x.xid}`);
+    }
+    for (const idx of this.oom?.read() ?? []) {
+      const label = idx === undefined ? 'unknown' : deviceLabel({ index: idx, minor: this.minors.get(idx) ?? null });
+      bump(this.counters.oom, label);
+    }
+    this.devices = devices;
+    this.stale = false;
+    this.deps.onChange();
+  }
+
+  families(): CanonicalFamily[] {
+    const out: CanonicalFamily[] = [];
+    const source = this.probe?.source ?? 'none';
+    for (const m of this.gpuMetrics) {
+      const series: CanonicalSeries[] = [];
+      const add = (labels: Array<[string, string]>, value: number) => series.push({ labels, value, hist: undefined });
+      for (const spec of m.sources ?? []) {
+        const field = spec.field!;
+        const set = Object.entries(spec.set ?? {});
+        if (field === 'source') add([['source', source]], 1);
+        else if (field === 'stale') { if (this.probe) add([], this.stale ? 1 : 0); }
+        else if (field === 'xids') for (const [k, v] of this.counters.xids) { const [device, xid] = k.split(SEP); add([['device', device!], ['xid', xid!]], v); }
+        else if (field === 'pollErrors') for (const [k, v] of this.counters.pollErrors) { const [device, code] = k.split(SEP); add([['device', device!], ['code', code!]], v); }
+        else if (field === 'oom') { if (this.oom) for (const [device, v] of this.counters.oom) add([['device', device]], v); }
+        else {
+          for (const d of this.devices) {
+            if (d.error) continue;
+            const device = deviceLabel(d);
+            if (field === 'info') add([['device', device], ['uuid', d.uuid ?? ''], ['name', d.name ?? ''], ['pci_bus_id', d.pciBusId ?? ''], ['driver', this.probe?.driverVersion ?? '']], 1);
+            else if (field === 'processes') {
+              for (const [process, bytes] of attribute(d.processes ?? [], this.deps.config.processRoles)) add([['device', device], ['process', process]], bytes);
+            } else if (spec.bits) {
+              const mask = d.throttleReasons;
+              if (mask === null) continue;
+              for (const [reason, bit] of Object.entries(spec.bits)) add([['device', device], ['reason', reason]], (mask & bit) !== 0 ? 1 : 0);
+            } else {
+              const v = (d as unknown as Record<string, number | null>)[field];
+              if (typeof v === 'number') add([['device', device], ...set], v * (spec.scale ?? 1));
+            }
+          }
+        }
+      }
+      if (series.length) out.push({ metric: m, series });
+    }
+    return out;
+  }
+
+  summary(): GpuSummary {
+    const source = this.probe?.source ?? 'none';
+    const nvml = source === 'nvml';
+    const devices: GpuDeviceSummary[] = this.devices.map((d) => ({
+      device: deviceLabel(d), index: d.index, uuid: d.uuid, name: d.name,
+      utilization_gpu_percent: d.utilizationGpu, memory_total_bytes: d.memoryTotalBytes, memory_used_bytes: d.memoryUsedBytes,
+      memory_free_bytes: d.memoryFreeBytes, temperature_c: d.temperatureC, power_w: d.powerW,
+      error: d.error ? d.error.code : null, stale: this.stale, ...(nvml ? {} : { nvml_unavailable: true as const }),
+    }));
+    return { source: source === 'simulated' ? 'none' : source, nvml_unavailable: !nvml, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}),
+      ...(source === 'simulated' ? { simulated: true } : {}), devices };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    // A hung poll holds the NVML lock on its worker thread: shut down only when it has finished.
+    const done = await Promise.race([this.inflight?.then(() => true, () => true) ?? Promise.resolve(true), new Promise<boolean>((r) => setTimeout(() => r(false), 200).unref())]);
+    if (done) await this.probe?.close();
+  }
+}
+
+export function createGpuTelemetry(deps: GpuTelemetryDeps): GpuTelemetry {
+  return new Telemetry(deps);
 }

@@ -170,7 +170,7 @@ export class Normalizer {
       if (metric.needs || !metric.sources) continue;
       metric.sources.forEach((spec, specIndex) => {
         if (spec.flavor !== up.flavor) return;
-        const famName = spec.from.find((n) => index.has(n));
+        const famName = spec.from?.find((n) => index.has(n));
         if (!famName) return;
         const fam = index.get(famName)!;
         this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats);

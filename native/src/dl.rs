@@ -380,3 +380,38 @@ impl Api for Library {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against the library named by INFERTEL_TEST_NVML_LIBRARY: the fake one in `npm test`,
+    /// the driver's on a GPU machine. Skipped when the variable is unset.
+    #[test]
+    fn polls_the_library_named_by_the_environment() {
+        let Ok(path) = std::env::var("INFERTEL_TEST_NVML_LIBRARY") else {
+            eprintln!("INFERTEL_TEST_NVML_LIBRARY unset: skipped");
+            return;
+        };
+        let mut lib = match Library::open(&path) {
+            Ok(l) => l,
+            Err(LoadError::Unavailable(m)) => panic!("unavailable: {m}"),
+            Err(LoadError::InitFailed(r, m)) => panic!("init failed {r}: {m}"),
+        };
+        let devices = nvml::discover(&lib).expect("device count");
+        assert!(!devices.is_empty(), "no devices");
+        let xids = lib.watch_xids(&devices);
+        let t0 = std::time::Instant::now();
+        let r = nvml::poll(&lib, &devices, xids.is_ok());
+        let us = t0.elapsed().as_micros();
+        eprintln!("driver {:?}, nvml {:?}, xid events: {:?}", lib.driver_version(), lib.nvml_version(), xids);
+        for d in &r.devices {
+            eprintln!("{d:?}");
+            assert!(d.error.is_none());
+            assert!(d.memory_total.unwrap_or(0) > 0);
+            assert!(d.uuid.as_deref().unwrap_or("").starts_with("GPU-"));
+        }
+        eprintln!("one poll of {} device(s): {us} us", devices.len());
+        lib.close();
+    }
+}

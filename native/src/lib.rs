@@ -124,46 +124,40 @@ unsafe extern "C" fn poll_execute(_env: napi_env, data: *mut c_void) {
     work.result = Some(r.unwrap_or(Err("nvml_internal")));
 }
 
-fn device_js(js: &Js, d: &nvml::DeviceSample) -> napi_value {
-    let o = js.object();
-    js.set(o, "index\0", js.num(d.index as f64));
-    js.set(o, "minor\0", js.opt_num(d.minor));
-    js.set(o, "uuid\0", js.opt_str(d.uuid.as_deref()));
-    js.set(o, "name\0", js.opt_str(d.name.as_deref()));
-    js.set(o, "pciBusId\0", js.opt_str(d.pci_bus_id.as_deref()));
-    js.set(o, "utilizationGpu\0", js.opt_num(d.utilization_gpu));
-    js.set(o, "utilizationMemory\0", js.opt_num(d.utilization_memory));
-    js.set(o, "memoryTotalBytes\0", js.opt_num(d.memory_total.map(|v| v as f64)));
-    js.set(o, "memoryUsedBytes\0", js.opt_num(d.memory_used.map(|v| v as f64)));
-    js.set(o, "memoryFreeBytes\0", js.opt_num(d.memory_free.map(|v| v as f64)));
-    js.set(o, "temperatureC\0", js.opt_num(d.temperature_c));
-    js.set(o, "powerW\0", js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)));
-    js.set(o, "powerLimitW\0", js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)));
-    js.set(o, "smClockMhz\0", js.opt_num(d.sm_clock_mhz));
-    js.set(o, "memClockMhz\0", js.opt_num(d.mem_clock_mhz));
-    js.set(o, "eccCorrected\0", js.opt_num(d.ecc_corrected.map(|v| v as f64)));
-    js.set(o, "eccUncorrected\0", js.opt_num(d.ecc_uncorrected.map(|v| v as f64)));
-    js.set(o, "throttleReasons\0", js.opt_num(d.throttle_reasons.map(|v| v as f64)));
-    let procs = match &d.processes {
-        Some(p) => js.array(p.iter().map(|p| {
-            let po = js.object();
-            js.set(po, "pid\0", js.num(p.pid as f64));
-            js.set(po, "usedMemoryBytes\0", js.opt_num(p.used_memory.map(|v| v as f64)));
-            po
-        }).collect()),
-        None => js.null(),
-    };
-    js.set(o, "processes\0", procs);
-    let err = |e: &nvml::NvmlError| {
-        let eo = js.object();
-        js.set(eo, "code\0", js.str(nvml::error_name(e.ret)));
-        js.set(eo, "nvmlReturn\0", js.num(e.ret as f64));
-        js.set(eo, "message\0", js.str(e.field));
-        eo
-    };
-    js.set(o, "error\0", d.error.as_ref().map(err).unwrap_or_else(|| js.null()));
-    js.set(o, "fieldErrors\0", js.array(d.field_errors.iter().map(err).collect()));
-    o
+const DEVICE_KEYS: [&str; 21] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
+    "memoryUsedBytes", "memoryFreeBytes", "temperatureC", "powerW", "powerLimitW", "smClockMhz", "memClockMhz", "eccCorrected",
+    "eccUncorrected", "throttleReasons", "processes", "error", "fieldErrors"];
+
+fn device_js(js: &Js, k: &[napi_value; 21], d: &nvml::DeviceSample) -> napi_value {
+    let f = |x: Option<u64>| x.map(|v| v as f64);
+    let values = [
+        js.num(d.index as f64), js.opt_num(d.minor), js.opt_str(d.uuid.as_deref()), js.opt_str(d.name.as_deref()),
+        js.opt_str(d.pci_bus_id.as_deref()), js.opt_num(d.utilization_gpu), js.opt_num(d.utilization_memory),
+        js.opt_num(f(d.memory_total)), js.opt_num(f(d.memory_used)), js.opt_num(f(d.memory_free)), js.opt_num(d.temperature_c),
+        js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)), js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)),
+        js.opt_num(d.sm_clock_mhz), js.opt_num(d.mem_clock_mhz), js.opt_num(f(d.ecc_corrected)), js.opt_num(f(d.ecc_uncorrected)),
+        js.opt_num(f(d.throttle_reasons)),
+        match &d.processes {
+            Some(p) => js.array(p.iter().map(|p| {
+                let po = js.object();
+                js.set(po, "pid\0", js.num(p.pid as f64));
+                js.set(po, "usedMemoryBytes\0", js.opt_num(p.used_memory.map(|v| v as f64)));
+                po
+            }).collect()),
+            None => js.null(),
+        },
+        d.error.as_ref().map(|e| error_js(js, e)).unwrap_or_else(|| js.null()),
+        js.array(d.field_errors.iter().map(|e| error_js(js, e)).collect()),
+    ];
+    js.object_with(k, values)
+}
+
+fn error_js(js: &Js, e: &nvml::NvmlError) -> napi_value {
+    let eo = js.object();
+    js.set(eo, "code\0", js.str(nvml::error_name(e.ret)));
+    js.set(eo, "nvmlReturn\0", js.num(e.ret as f64));
+    js.set(eo, "message\0", js.str(e.field));
+    eo
 }
 
 unsafe extern "C" fn poll_complete(env: napi_env, _status: napi_status, data: *mut c_void) {
@@ -172,7 +166,8 @@ unsafe extern "C" fn poll_complete(env: napi_env, _status: napi_status, data: *m
     let _ = catch_unwind(AssertUnwindSafe(|| match &work.result {
         Some(Ok((r, us))) => {
             let o = js.object();
-            js.set(o, "devices\0", js.array(r.devices.iter().map(|d| device_js(&js, d)).collect()));
+            let keys = js.keys(DEVICE_KEYS);
+            js.set(o, "devices\0", js.array(r.devices.iter().map(|d| device_js(&js, &keys, d)).collect()));
             js.set(o, "xids\0", js.array(r.xids.iter().map(|&(index, xid)| {
                 let x = js.object();
                 js.set(x, "index\0", js.num(index as f64));

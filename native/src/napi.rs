@@ -37,7 +37,23 @@ pub type napi_async_complete_callback = Option<unsafe extern "C" fn(napi_env, na
 /// napi_valuetype values used here.
 pub const NAPI_STRING: c_int = 4;
 
+/// napi_property_descriptor
+#[repr(C)]
+pub struct napi_property_descriptor {
+    pub utf8name: *const c_char,
+    pub name: napi_value,
+    pub method: napi_callback,
+    pub getter: napi_callback,
+    pub setter: napi_callback,
+    pub value: napi_value,
+    pub attributes: c_int,
+    pub data: *mut c_void,
+}
+/// napi_writable | napi_enumerable | napi_configurable: a plain data property.
+pub const NAPI_DEFAULT_JSPROPERTY: c_int = 1 | 2 | 4;
+
 extern "C" {
+    pub fn napi_define_properties(env: napi_env, object: napi_value, count: usize, properties: *const napi_property_descriptor) -> napi_status;
     pub fn napi_create_object(env: napi_env, result: *mut napi_value) -> napi_status;
     pub fn napi_set_named_property(env: napi_env, object: napi_value, name: *const c_char, value: napi_value) -> napi_status;
     pub fn napi_create_double(env: napi_env, value: f64, result: *mut napi_value) -> napi_status;
@@ -119,6 +135,20 @@ impl Js {
             }
         }
         arr
+    }
+    /// Property keys made once and reused for every object of a batch: setting a property by a
+    /// ready key skips the UTF-8 decoding and internalising that napi_set_named_property repeats.
+    pub fn keys<const N: usize>(&self, names: [&str; N]) -> [napi_value; N] {
+        names.map(|n| self.str(n))
+    }
+    /// A new object with all `keys` set to `values` in one N-API call.
+    pub fn object_with<const N: usize>(&self, keys: &[napi_value; N], values: [napi_value; N]) -> napi_value {
+        let o = self.object();
+        let props: Vec<napi_property_descriptor> = keys.iter().zip(values).map(|(&name, value)| napi_property_descriptor {
+            utf8name: std::ptr::null(), name, method: None, getter: None, setter: None, value, attributes: NAPI_DEFAULT_JSPROPERTY, data: std::ptr::null_mut(),
+        }).collect();
+        unsafe { napi_define_properties(self.env, o, props.len(), props.as_ptr()) };
+        o
     }
     pub fn error(&self, code: &str, message: &str) -> napi_value {
         let mut e = std::ptr::null_mut();

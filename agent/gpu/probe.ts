@@ -1,0 +1,60 @@
+// The GPU probe interface: the native NVML addon, nvidia-smi through systeminformation, or a
+// simulation, all produce the same samples.
+
+export interface GpuError {
+  code: string;
+  nvmlReturn: number;
+  message: string;
+}
+
+/** One device; a field the source cannot read is null, never 0. */
+export interface GpuDevice {
+  index: number;
+  minor: number | null;
+  uuid: string | null;
+  name: string | null;
+  pciBusId: string | null;
+  utilizationGpu: number | null;
+  utilizationMemory: number | null;
+  memoryTotalBytes: number | null;
+  memoryUsedBytes: number | null;
+  memoryFreeBytes: number | null;
+  temperatureC: number | null;
+  powerW: number | null;
+  powerLimitW: number | null;
+  smClockMhz: number | null;
+  memClockMhz: number | null;
+  eccCorrected: number | null;
+  eccUncorrected: number | null;
+  throttleReasons: number | null;
+  processes: Array<{ pid: number; usedMemoryBytes: number | null }> | null;
+  /** The device as a whole failed (GPU lost); the other fields are null. */
+  error: GpuError | null;
+  fieldErrors: GpuError[];
+}
+
+export interface GpuPoll {
+  devices: GpuDevice[];
+  xids: Array<{ index: number; xid: number }>;
+  elapsedUs: number;
+}
+
+export type GpuSourceName = 'nvml' | 'nvidia-smi' | 'simulated';
+
+export interface GpuProbe {
+  readonly source: GpuSourceName;
+  readonly driverVersion: string | null;
+  /** Shortest sensible interval between polls (nvidia-smi is slow). */
+  readonly minIntervalMs: number;
+  poll(): Promise<GpuPoll>;
+  close(): Promise<void>;
+}
+
+export function emptyDevice(index: number): GpuDevice {
+  return {
+    index, minor: null, uuid: null, name: null, pciBusId: null, utilizationGpu: null, utilizationMemory: null,
+    memoryTotalBytes: null, memoryUsedBytes: null, memoryFreeBytes: null, temperatureC: null, powerW: null, powerLimitW: null,
+    smClockMhz: null, memClockMhz: null, eccCorrected: null, eccUncorrected: null, throttleReasons: null, processes: null,
+    error: null, fieldErrors: [],
+  };
+}
