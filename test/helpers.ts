@@ -1,7 +1,9 @@
 // Test helpers: loopback servers, the built CLI, promtool, the shared captures.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -128,4 +130,25 @@ export function sampleValue(body: string, name: string, ...labelParts: string[])
     if (labelParts.every((p) => line.includes(p))) return Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return undefined;
+}
+
+let fakeNvml: string | undefined;
+
+/** Compile test/fixtures/fake-nvml/fake_nvml.c into a libnvidia-ml.so.1 (once per process). */
+export function buildFakeNvmlLibrary(): string {
+  if (fakeNvml) return fakeNvml;
+  const dir = mkdtempSync(join(tmpdir(), 'infertel-fakenvml-'));
+  const out = join(dir, 'libnvidia-ml.so.1');
+  const r = spawnSync('gcc', ['-O2', '-Wall', '-shared', '-fPIC', '-Wl,-soname,libnvidia-ml.so.1', '-o', out, join(REPO_ROOT, 'test/fixtures/fake-nvml/fake_nvml.c')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`gcc failed: ${r.stderr}`);
+  fakeNvml = out;
+  return out;
+}
+
+export function addonBuilt(): boolean {
+  return existsSync(join(REPO_ROOT, 'native/index.js'));
+}
+
+export function cargoAvailable(): boolean {
+  return spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status === 0;
 }

@@ -20,11 +20,10 @@ export interface GpuDeviceSummary {
 }
 
 export interface GpuSummary {
-  source: 'nvml' | 'nvidia-smi' | 'none';
+  /** simulated: the demo's GPUs. */
+  source: 'nvml' | 'nvidia-smi' | 'simulated' | 'none';
   nvml_unavailable: boolean;
   reason?: string;
-  /** The demo's simulated GPUs. */
-  simulated?: true;
   devices: GpuDeviceSummary[];
 }
 

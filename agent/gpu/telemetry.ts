@@ -94,12 +94,12 @@ class Telemetry implements GpuTelemetry {
   constructor(private readonly deps: GpuTelemetryDeps) {
     this.oom = deps.config.oomLogPath ? new OomTail(deps.config.oomLogPath) : undefined;
     this.gpuMetrics = deps.catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'nvml'));
+    if (deps.probe !== undefined) this.probe = deps.probe;
   }
 
   start(): void {
     const { log, config } = this.deps;
-    if (this.deps.probe !== undefined) this.probe = this.deps.probe;
-    else ({ probe: this.probe, reasons: this.reasons } = chooseProbe(config));
+    if (this.deps.probe === undefined) ({ probe: this.probe, reasons: this.reasons } = chooseProbe(config));
     const source = this.probe?.source ?? 'none';
     if (source === 'nvml') log.info({ component: 'gpu', source }, 'GPU telemetry from NVML');
     else if (source === 'nvidia-smi') log.warn({ component: 'gpu', source, why: this.reasons }, 'GPU telemetry from nvidia-smi: lower precision, polled at most every 30 s');
@@ -203,7 +203,7 @@ class Telemetry implements GpuTelemetry {
               for (const [reason, bit] of Object.entries(spec.bits)) add([['device', device], ['reason', reason]], (mask & bit) !== 0 ? 1 : 0);
             } else {
               const v = (d as unknown as Record<string, number | null>)[field];
-              if (typeof v === 'number') add([['device', device], ...set], v * (spec.scale ?? 1));
+              if (typeof v === 'number') add([['device', device], ...set], spec.scale ? +(v * spec.scale).toPrecision(12) : v);
             }
           }
         }
@@ -222,8 +222,7 @@ class Telemetry implements GpuTelemetry {
       memory_free_bytes: d.memoryFreeBytes, temperature_c: d.temperatureC, power_w: d.powerW,
       error: d.error ? d.error.code : null, stale: this.stale, ...(nvml ? {} : { nvml_unavailable: true as const }),
     }));
-    return { source: source === 'simulated' ? 'none' : source, nvml_unavailable: !nvml, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}),
-      ...(source === 'simulated' ? { simulated: true } : {}), devices };
+    return { source, nvml_unavailable: !nvml, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}), devices };
   }
 
   async stop(): Promise<void> {

@@ -1,0 +1,115 @@
+import assert from 'node:assert/strict';
+import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
+import { SelfMetrics } from '../../agent/export/self-metrics.js';
+import { OomTail } from '../../agent/gpu/oom.js';
+import { attribute, MAX_PROCESS_LABELS } from '../../agent/gpu/processes.js';
+import { emptyDevice, type GpuPoll, type GpuProbe } from '../../agent/gpu/probe.js';
+import { controllersToDevices } from '../../agent/gpu/smi-probe.js';
+import { createGpuTelemetry } from '../../agent/gpu/telemetry.js';
+import { visibleDevices } from '../../agent/gpu/visible.js';
+import { createLogger } from '../../agent/logger.js';
+
+const dev = (index: number, uuid: string) => ({ ...emptyDevice(index), uuid });
+const four = [dev(0, 'GPU-aaaa'), dev(1, 'GPU-bbbb'), dev(2, 'GPU-cccc'), dev(3, 'GPU-dddd')];
+
+describe('visible devices', () => {
+  const cases: Array<[string, NodeJS.ProcessEnv, number[]]> = [
+    ['nothing set: all', {}, [0, 1, 2, 3]],
+    ['NVIDIA_VISIBLE_DEVICES=all', { NVIDIA_VISIBLE_DEVICES: 'all' }, [0, 1, 2, 3]],
+    ['NVIDIA_VISIBLE_DEVICES=none', { NVIDIA_VISIBLE_DEVICES: 'none' }, []],
+    ['NVIDIA_VISIBLE_DEVICES=void', { NVIDIA_VISIBLE_DEVICES: 'void' }, []],
+    ['NVIDIA indexes', { NVIDIA_VISIBLE_DEVICES: '1,3' }, [1, 3]],
+    ['NVIDIA UUIDs', { NVIDIA_VISIBLE_DEVICES: 'GPU-cccc,GPU-aaaa' }, [0, 2]],
+    ['CUDA indexes count within what NVIDIA left', { NVIDIA_VISIBLE_DEVICES: '1,2,3', CUDA_VISIBLE_DEVICES: '0,2' }, [1, 3]],
+    ['CUDA UUID', { CUDA_VISIBLE_DEVICES: 'GPU-dddd' }, [3]],
+    ['CUDA empty string hides all? no: empty means all here', { CUDA_VISIBLE_DEVICES: '' }, [0, 1, 2, 3]],
+  ];
+  for (const [name, env, want] of cases) it(name, () => assert.deepEqual(visibleDevices(four, env).map((d) => d.index), want));
+});
+
+describe('process attribution', () => {
+  it('labels memory by process name or configured role, never by PID', () => {
+    const names: Record<number, string> = { 10: 'python3', 11: 'python3', 12: 'tritonserver' };
+    const got = attribute([{ pid: 10, usedMemoryBytes: 100 }, { pid: 11, usedMemoryBytes: 50 }, { pid: 12, usedMemoryBytes: 7 }, { pid: 13, usedMemoryBytes: null }],
+      { python3: 'engine' }, (pid) => names[pid] ?? 'unknown');
+    assert.deepEqual([...got], [['engine', 150], ['tritonserver', 7]]);
+  });
+  it('caps distinct labels', () => {
+    const procs = Array.from({ length: 40 }, (_, i) => ({ pid: i, usedMemoryBytes: 1 }));
+    const got = attribute(procs, {}, (pid) => `p${pid}`);
+    assert.equal(got.size, MAX_PROCESS_LABELS + 1);
+    assert.equal(got.get('other'), 40 - MAX_PROCESS_LABELS);
+  });
+});
+
+describe('OOM log tail', () => {
+  it('counts new CUDA OOM lines only, with the device when the line names it, across truncation', () => {
+    const f = join(mkdtempSync(join(tmpdir(), 'infertel-oom-')), 'engine.log');
+    writeFileSync(f, 'old: torch.OutOfMemoryError: CUDA out of memory. GPU 0\n');
+    const t = new OomTail(f);
+    assert.deepEqual(t.read(), [], 'history before start is not counted');
+    appendFileSync(f, 'INFO fine\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 79 GiB\nRuntimeError: CUDA error: out of memory\npartial line with CUDA out of mem');
+    assert.deepEqual(t.read(), [1, undefined]);
+    appendFileSync(f, 'ory\n');
+    assert.deepEqual(t.read(), [undefined], 'a line split across reads counts once');
+    writeFileSync(f, 'cudaErrorMemoryAllocation on GPU 2\n');
+    assert.deepEqual(t.read(), [2], 'a rotated (smaller) file is read from the start');
+  });
+});
+
+describe('nvidia-smi fallback mapping', () => {
+  it('maps systeminformation controllers to devices, MiB to bytes, and skips other vendors', () => {
+    const d = controllersToDevices([
+      { vendor: 'Intel Corporation', model: 'UHD' },
+      { vendor: 'NVIDIA Corporation', model: 'GH100', name: 'NVIDIA H100 80GB HBM3', memoryTotal: 81559, memoryUsed: 1024, utilizationGpu: 30, temperatureGpu: 40, powerDraw: 70.35, pciBus: '00000000:18:00.0' },
+    ]);
+    assert.equal(d.length, 1);
+    assert.equal(d[0]!.memoryTotalBytes, 81559 * 1024 * 1024);
+    assert.equal(d[0]!.powerW, 70.35);
+    assert.equal(d[0]!.eccCorrected, null, 'what nvidia-smi does not give stays null');
+  });
+});
+
+describe('GPU telemetry with an injected probe', () => {
+  function setup(probe: GpuProbe, timeoutMs = 50) {
+    const catalogue = buildCatalogue('ms');
+    const metrics = new SelfMetrics('test', () => new Map(), () => ({}));
+    let changes = 0;
+    const t = createGpuTelemetry({ catalogue, metrics, onChange: () => changes++, log: createLogger('silent'), probe, env: {},
+      config: { intervalMs: 1_000_000, timeoutMs, source: 'auto', processRoles: {}, simulate: 0 } });
+    return { t, changes: () => changes };
+  }
+  const sample = (util: number): GpuPoll => ({ devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-x', utilizationGpu: util, memoryTotalBytes: 10, memoryUsedBytes: 4 }], xids: [{ index: 0, xid: 79 }], elapsedUs: 1 });
+  const value = (t: ReturnType<typeof setup>['t'], metric: string, ...labels: string[]) =>
+    t.families().find((f) => f.metric.name === metric)?.series.find((s) => labels.every((l) => s.labels.some(([k, v]) => `${k}=${v}` === l)))?.value;
+
+  it('a hung poll times out, is counted, keeps the last values marked stale, and is not started twice', async () => {
+    let hang = false;
+    let calls = 0;
+    const probe: GpuProbe = { source: 'nvml', driverVersion: 'd', minIntervalMs: 0, close: async () => {},
+      poll: () => { calls++; return hang ? new Promise(() => {}) : Promise.resolve(sample(42)); } };
+    const { t } = setup(probe);
+    await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
+    assert.equal(value(t, 'gpu_utilization_ratio', 'device=nvidia0'), 0.42);
+    hang = true;
+    await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
+    await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
+    assert.equal(calls, 2, 'no second call while one hangs');
+    assert.equal(value(t, 'gpu_utilization_ratio', 'device=nvidia0'), 0.42, 'last good value kept');
+    assert.equal(value(t, 'gpu_telemetry_stale'), 1);
+    assert.equal(value(t, 'gpu_poll_errors_total', 'device=all', 'code=timeout'), 1);
+    assert.equal(value(t, 'gpu_poll_errors_total', 'device=all', 'code=in_flight'), 1);
+    assert.equal(t.summary().devices[0]!.stale, true);
+  });
+
+  it('XIDs accumulate as a counter per device and code', async () => {
+    const probe: GpuProbe = { source: 'nvml', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
+    const { t } = setup(probe);
+    for (let i = 0; i < 3; i++) await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
+    assert.equal(value(t, 'gpu_xid_errors_total', 'device=nvidia0', 'xid=79'), 3);
+  });
+});
