@@ -7,6 +7,9 @@ import { Agent } from './agent.js';
 import { ConfigError, loadConfig, readConfigFile, validateConfig, type Overrides } from './config/load.js';
 import { runDemo } from './demo/demo.js';
 import { agentDeps, stopOnSignal } from './runtime.js';
+import { createLogger } from './logger.js';
+import { loadWebhookConfig } from './webhook/config.js';
+import { startWebhook } from './webhook/server.js';
 import { VERSION } from './version.js';
 
 const EXIT_USAGE = 2;
@@ -95,6 +98,26 @@ async function main(argv: string[]): Promise<void> {
       } catch (err) {
         configFailure(err);
       }
+    });
+
+  program.command('inject-webhook')
+    .description('serve the sidecar-injection MutatingWebhook (admission.k8s.io/v1) over HTTPS')
+    .option('--listen <host:port>', 'address of /mutate and /healthz', '0.0.0.0:8443')
+    .option('--tls-cert <file>', 'serving certificate (reloaded when it changes)', '/etc/infertel-webhook/tls/tls.crt')
+    .option('--tls-key <file>', 'serving key', '/etc/infertel-webhook/tls/tls.key')
+    .option('--config <file>', 'injection config (image, port, resources, native sidecar default, …)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
+    .action(async (flags: { listen: string; tlsCert: string; tlsKey: string; config?: string; logLevel: string }) => {
+      let config;
+      try {
+        config = loadWebhookConfig(flags.config);
+      } catch (err) {
+        configFailure(err);
+      }
+      const log = createLogger(flags.logLevel);
+      const webhook = await startWebhook({ listen: flags.listen, certFile: flags.tlsCert, keyFile: flags.tlsKey, config, log });
+      log.info({ component: 'webhook', listen: flags.listen, port: webhook.port, image: config.image }, 'injection webhook listening');
+      await stopOnSignal(() => webhook.close());
     });
 
   program.command('demo')

@@ -1,0 +1,198 @@
+// The sidecar injection as a pure function: pod + config -> JSONPatch. No I/O here.
+
+export const ANNOTATION = {
+  inject: 'infertel.io/inject',
+  status: 'infertel.io/status',
+  upstream: 'infertel.io/upstream',
+  flavor: 'infertel.io/flavor',
+  model: 'infertel.io/model',
+  port: 'infertel.io/port',
+  resources: 'infertel.io/resources',
+  nativeSidecar: 'infertel.io/native-sidecar',
+} as const;
+export const INJECTED_LABEL = 'infertel.io/injected';
+export const CONTAINER_NAME = 'infertel';
+export const REFUSED_NAMESPACES = ['kube-system', 'kube-public'];
+
+export interface InjectionConfig {
+  image: string;
+  imagePullPolicy: string;
+  /** Default agent port. */
+  port: number;
+  /** Default upstream when the pod names none. */
+  upstream: string;
+  /** Put the agent in initContainers with restartPolicy Always (Kubernetes >= 1.29). */
+  nativeSidecar: boolean;
+  resources: Record<string, unknown>;
+  /** Extra environment for the agent (e.g. INFERTEL_CONFIG from the chart's ConfigMap). */
+  env: Array<{ name: string; value: string }>;
+  /** ConfigMap with the agent's default config, mounted at /etc/infertel. */
+  configMap: string | undefined;
+}
+
+export interface PatchOp {
+  op: 'add' | 'replace';
+  path: string;
+  value: unknown;
+}
+
+export interface MutationResult {
+  patch: PatchOp[];
+  /** Why nothing was injected (undefined when injected). */
+  skipped: string | undefined;
+  warnings: string[];
+}
+
+type Json = Record<string, unknown>;
+interface Container { name?: string; env?: Array<{ name: string; value?: string }>; [k: string]: unknown }
+interface Pod {
+  metadata?: { name?: string; generateName?: string; namespace?: string; annotations?: Record<string, string>; labels?: Record<string, string> };
+  spec?: { containers?: Container[]; initContainers?: Container[]; volumes?: Json[]; hostNetwork?: boolean };
+}
+
+/** JSON pointer escaping (RFC 6901): "~" -> "~0", "/" -> "~1". */
+export function pointer(key: string): string {
+  return key.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+function skip(reason: string, warnings: string[] = []): MutationResult {
+  return { patch: [], skipped: reason, warnings };
+}
+
+/** `infertel.io/upstream` may be a URL or a bare port of the engine in the same pod. */
+export function upstreamUrl(value: string | undefined, fallback: string): string | undefined {
+  if (value === undefined || value === '') return fallback;
+  if (/^\d{1,5}$/.test(value)) return `http://127.0.0.1:${value}/metrics`;
+  try {
+    const u = new URL(value);
+    return u.protocol === 'http:' || u.protocol === 'https:' ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): MutationResult {
+  const annotations = pod.metadata?.annotations ?? {};
+  const warnings: string[] = [];
+  if (annotations[ANNOTATION.inject] !== 'true') return skip(`annotation ${ANNOTATION.inject} is not "true"`);
+  if (REFUSED_NAMESPACES.includes(namespace)) return skip(`namespace ${namespace} is never injected`);
+  if (annotations[ANNOTATION.status] === 'injected') return skip('already injected');
+  if (pod.spec?.hostNetwork) return skip('hostNetwork pods are not injected (the agent port would be the node\'s)');
+  const containers = pod.spec?.containers ?? [];
+  const inits = pod.spec?.initContainers ?? [];
+  if ([...containers, ...inits].some((c) => c.name === CONTAINER_NAME)) return skip(`the pod already has a container named ${CONTAINER_NAME}`);
+  if (containers.length === 0) return skip('the pod has no containers', ['infertel: pod has no containers; not injected']);
+
+  let port = cfg.port;
+  const portAnn = annotations[ANNOTATION.port];
+  if (portAnn !== undefined) {
+    const n = Number(portAnn);
+    if (Number.isInteger(n) && n > 0 && n < 65536) port = n;
+    else warnings.push(`infertel: ${ANNOTATION.port}="${portAnn}" is not a port; using ${cfg.port}`);
+  }
+  let upstream = upstreamUrl(annotations[ANNOTATION.upstream], cfg.upstream);
+  if (!upstream) {
+    warnings.push(`infertel: ${ANNOTATION.upstream}="${annotations[ANNOTATION.upstream]}" is not a URL or port; using ${cfg.upstream}`);
+    upstream = cfg.upstream;
+  }
+  const flavor = annotations[ANNOTATION.flavor];
+  if (flavor !== undefined && !['vllm', 'tgi', 'auto'].includes(flavor)) warnings.push(`infertel: ${ANNOTATION.flavor}="${flavor}" is unknown; using auto`);
+  const spec = flavor && ['vllm', 'tgi'].includes(flavor) ? `${flavor}=${upstream}` : upstream;
+  let resources = cfg.resources;
+  if (annotations[ANNOTATION.resources] !== undefined) {
+    try {
+      const r = JSON.parse(annotations[ANNOTATION.resources]!) as unknown;
+      if (r && typeof r === 'object' && !Array.isArray(r)) resources = r as Record<string, unknown>;
+      else throw new Error('not an object');
+    } catch {
+      warnings.push(`infertel: ${ANNOTATION.resources} is not a JSON object; using the defaults`);
+    }
+  }
+  const nativeAnn = annotations[ANNOTATION.nativeSidecar];
+  const native = nativeAnn === undefined ? cfg.nativeSidecar : nativeAnn === 'true';
+
+  const env: Array<{ name: string; value: string }> = [
+    { name: 'INFERTEL_LISTEN', value: `0.0.0.0:${port}` },
+    { name: 'INFERTEL_UPSTREAMS', value: spec },
+  ];
+  if (annotations[ANNOTATION.model]) env.push({ name: 'INFERTEL_MODEL', value: annotations[ANNOTATION.model]! });
+  // The sidecar must see the engine's GPUs, not all of the node's.
+  const gpuEnv = containers.flatMap((c) => c.env ?? []).find((e) => e.name === 'NVIDIA_VISIBLE_DEVICES' && e.value !== undefined);
+  if (gpuEnv) env.push({ name: 'NVIDIA_VISIBLE_DEVICES', value: gpuEnv.value! });
+  if (cfg.configMap) env.push({ name: 'INFERTEL_CONFIG', value: '/etc/infertel/config.yaml' });
+  env.push(...cfg.env);
+
+  const probe = (path: string, period: number) => ({ httpGet: { path, port: 'infertel-metrics' }, periodSeconds: period, timeoutSeconds: 2, failureThreshold: 3 });
+  const volumeMounts: Json[] = [{ name: 'infertel-tmp', mountPath: '/tmp' }];
+  if (cfg.configMap) volumeMounts.push({ name: 'infertel-config', mountPath: '/etc/infertel', readOnly: true });
+  const container: Json = {
+    name: CONTAINER_NAME,
+    image: cfg.image,
+    imagePullPolicy: cfg.imagePullPolicy,
+    args: ['run'],
+    env,
+    ports: [{ name: 'infertel-metrics', containerPort: port, protocol: 'TCP' }],
+    readinessProbe: probe('/readyz', 10),
+    livenessProbe: probe('/healthz', 20),
+    resources,
+    securityContext: {
+      runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] }, seccompProfile: { type: 'RuntimeDefault' },
+    },
+    volumeMounts,
+    ...(native ? { restartPolicy: 'Always' } : {}),
+  };
+
+  const patch: PatchOp[] = [];
+  if (native) {
+    if (pod.spec?.initContainers) patch.push({ op: 'add', path: '/spec/initContainers/0', value: container });
+    else patch.push({ op: 'add', path: '/spec/initContainers', value: [container] });
+  } else patch.push({ op: 'add', path: '/spec/containers/-', value: container });
+  const volumes: Json[] = [{ name: 'infertel-tmp', emptyDir: { sizeLimit: '16Mi' } }];
+  if (cfg.configMap) volumes.push({ name: 'infertel-config', configMap: { name: cfg.configMap } });
+  if (pod.spec?.volumes) for (const v of volumes) patch.push({ op: 'add', path: '/spec/volumes/-', value: v });
+  else patch.push({ op: 'add', path: '/spec/volumes', value: volumes });
+
+  const newAnnotations: Record<string, string> = {
+    [ANNOTATION.status]: 'injected',
+    'prometheus.io/scrape': 'true',
+    'prometheus.io/port': String(port),
+    'prometheus.io/path': '/metrics',
+  };
+  if (pod.metadata?.annotations) {
+    for (const [k, v] of Object.entries(newAnnotations)) patch.push({ op: annotations[k] === undefined ? 'add' : 'replace', path: `/metadata/annotations/${pointer(k)}`, value: v });
+  } else patch.push({ op: 'add', path: '/metadata/annotations', value: newAnnotations });
+  if (pod.metadata?.labels) patch.push({ op: pod.metadata.labels[INJECTED_LABEL] === undefined ? 'add' : 'replace', path: `/metadata/labels/${pointer(INJECTED_LABEL)}`, value: 'true' });
+  else patch.push({ op: 'add', path: '/metadata/labels', value: { [INJECTED_LABEL]: 'true' } });
+  return { patch, skipped: undefined, warnings };
+}
+
+export interface AdmissionReviewResponse {
+  apiVersion: 'admission.k8s.io/v1';
+  kind: 'AdmissionReview';
+  response: { uid: string; allowed: true; patchType?: 'JSONPatch'; patch?: string; warnings?: string[] };
+}
+
+/**
+ * Answer an AdmissionReview. Never blocks pod creation: anything malformed is allowed with a
+ * warning (the chart also sets failurePolicy: Ignore).
+ */
+export function review(body: unknown, cfg: InjectionConfig): { response: AdmissionReviewResponse; result: MutationResult } {
+  const req = (body as { request?: { uid?: unknown; namespace?: unknown; object?: unknown; kind?: { kind?: unknown } } } | null)?.request;
+  const uid = typeof req?.uid === 'string' ? req.uid : '';
+  const answer = (result: MutationResult): { response: AdmissionReviewResponse; result: MutationResult } => {
+    const response: AdmissionReviewResponse['response'] = { uid, allowed: true };
+    if (result.patch.length) {
+      response.patchType = 'JSONPatch';
+      response.patch = Buffer.from(JSON.stringify(result.patch)).toString('base64');
+    }
+    if (result.warnings.length) response.warnings = result.warnings;
+    return { response: { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response }, result };
+  };
+  if (!req || !uid) return answer(skip('malformed AdmissionReview', ['infertel: malformed AdmissionReview; pod admitted without the sidecar']));
+  if (req.kind?.kind !== undefined && req.kind.kind !== 'Pod') return answer(skip(`not a Pod (${String(req.kind.kind)})`));
+  const pod = req.object as Pod | undefined;
+  if (!pod || typeof pod !== 'object') return answer(skip('no pod in the review', ['infertel: AdmissionReview without a pod; not injected']));
+  const namespace = typeof req.namespace === 'string' ? req.namespace : pod.metadata?.namespace ?? 'default';
+  return answer(mutatePod(pod, namespace, cfg));
+}

@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { mutatePod, review, upstreamUrl, type InjectionConfig, type PatchOp } from '../../agent/webhook/mutate.js';
+
+const CFG: InjectionConfig = {
+  image: 'ghcr.io/infertel/infertel:0.1.0', imagePullPolicy: 'IfNotPresent', port: 9400, upstream: 'http://127.0.0.1:8000/metrics',
+  nativeSidecar: true, resources: { requests: { cpu: '50m' } }, env: [], configMap: 'infertel-agent',
+};
+
+/** Minimal RFC 6902 add/replace, enough to check what the API server would make of the patch. */
+export function applyPatch<T>(doc: T, patch: PatchOp[]): T {
+  const out = structuredClone(doc) as Record<string, unknown>;
+  for (const op of patch) {
+    const parts = op.path.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const last = parts.pop()!;
+    let target: Record<string, unknown> | unknown[] = out;
+    for (const p of parts) target = (target as Record<string, unknown>)[p] as Record<string, unknown>;
+    if (Array.isArray(target)) {
+      if (last === '-') target.push(op.value);
+      else target.splice(Number(last), op.op === 'add' ? 0 : 1, op.value);
+    } else {
+      if (op.op === 'replace' && !(last in target)) throw new Error(`replace of missing ${op.path}`);
+      if (op.op === 'add' && parts.length && !(last in target) && target === undefined) throw new Error(`no parent for ${op.path}`);
+      target[last] = op.value;
+    }
+  }
+  return out as T;
+}
+
+const pod = (annotations: Record<string, string> | undefined, spec: Record<string, unknown> = {}) => ({
+  metadata: { name: 'vllm-0', ...(annotations ? { annotations } : {}) },
+  spec: { containers: [{ name: 'vllm', image: 'vllm/vllm-openai', env: [{ name: 'NVIDIA_VISIBLE_DEVICES', value: 'GPU-abc' }] }], ...spec },
+});
+
+interface Out { spec: { containers: Array<Record<string, any>>; initContainers?: Array<Record<string, any>>; volumes: Array<Record<string, any>> }; metadata: { annotations: Record<string, string>; labels: Record<string, string> } }
+const sidecarOf = (o: Out) => [...(o.spec.initContainers ?? []), ...o.spec.containers].find((c) => c.name === 'infertel')!;
+const envOf = (c: Record<string, any>) => Object.fromEntries((c.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
+
+describe('mutatePod: when to inject', () => {
+  const cases: Array<[string, ReturnType<typeof pod>, string, RegExp | undefined]> = [
+    ['no annotation: skipped', pod(undefined), 'default', /is not "true"/],
+    ['annotation false: skipped', pod({ 'infertel.io/inject': 'false' }), 'default', /is not "true"/],
+    ['kube-system is refused', pod({ 'infertel.io/inject': 'true' }), 'kube-system', /never injected/],
+    ['kube-public is refused', pod({ 'infertel.io/inject': 'true' }), 'kube-public', /never injected/],
+    ['already injected: idempotent', pod({ 'infertel.io/inject': 'true', 'infertel.io/status': 'injected' }), 'default', /already injected/],
+    ['hostNetwork: skipped', pod({ 'infertel.io/inject': 'true' }, { hostNetwork: true }), 'default', /hostNetwork/],
+    ['existing infertel container: skipped', { ...pod({ 'infertel.io/inject': 'true' }), spec: { containers: [{ name: 'infertel' }] } } as ReturnType<typeof pod>, 'default', /already has a container/],
+    ['opted in: injected', pod({ 'infertel.io/inject': 'true' }), 'ml', undefined],
+  ];
+  for (const [name, p, ns, skipped] of cases) {
+    it(name, () => {
+      const r = mutatePod(p, ns, CFG);
+      if (skipped) { assert.match(r.skipped!, skipped); assert.deepEqual(r.patch, []); }
+      else { assert.equal(r.skipped, undefined); assert.ok(r.patch.length > 0); }
+    });
+  }
+
+  it('a second pass over the patched pod changes nothing', () => {
+    const first = applyPatch(pod({ 'infertel.io/inject': 'true' }), mutatePod(pod({ 'infertel.io/inject': 'true' }), 'ml', CFG).patch);
+    const second = mutatePod(first, 'ml', CFG);
+    assert.deepEqual(second.patch, []);
+    assert.equal(second.skipped, 'already injected');
+  });
+});
+
+describe('mutatePod: the injected container', () => {
+  it('native sidecar: first init container with restartPolicy Always, probes, hardened security context', () => {
+    const out = applyPatch(pod({ 'infertel.io/inject': 'true' }), mutatePod(pod({ 'infertel.io/inject': 'true' }), 'ml', CFG).patch) as unknown as Out;
+    const c = out.spec.initContainers![0]!;
+    assert.equal(c.name, 'infertel');
+    assert.equal(c.restartPolicy, 'Always');
+    assert.deepEqual(c.readinessProbe.httpGet, { path: '/readyz', port: 'infertel-metrics' });
+    assert.deepEqual(c.livenessProbe.httpGet, { path: '/healthz', port: 'infertel-metrics' });
+    assert.equal(c.securityContext.runAsNonRoot, true);
+    assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+    assert.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
+    assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+    assert.equal(out.spec.containers.length, 1);
+    assert.deepEqual(out.spec.volumes.map((v) => v.name), ['infertel-tmp', 'infertel-config']);
+    assert.equal(out.metadata.annotations['infertel.io/status'], 'injected');
+    assert.equal(out.metadata.annotations['prometheus.io/port'], '9400');
+    assert.equal(out.metadata.labels['infertel.io/injected'], 'true');
+  });
+
+  it('native-sidecar "false" makes it a regular container; existing init containers and volumes are kept', () => {
+    const p = pod({ 'infertel.io/inject': 'true', 'infertel.io/native-sidecar': 'false' }, { initContainers: [{ name: 'download' }], volumes: [{ name: 'models' }] });
+    const out = applyPatch(p, mutatePod(p, 'ml', CFG).patch) as unknown as Out;
+    assert.equal(out.spec.containers[1]!.name, 'infertel');
+    assert.equal(out.spec.containers[1]!.restartPolicy, undefined);
+    assert.deepEqual(out.spec.initContainers!.map((c) => c.name), ['download']);
+    assert.deepEqual(out.spec.volumes.map((v) => v.name), ['models', 'infertel-tmp', 'infertel-config']);
+  });
+
+  const envCases: Array<[string, Record<string, string>, Record<string, string>]> = [
+    ['defaults', {}, { INFERTEL_LISTEN: '0.0.0.0:9400', INFERTEL_UPSTREAMS: 'http://127.0.0.1:8000/metrics', NVIDIA_VISIBLE_DEVICES: 'GPU-abc' }],
+    ['upstream as a port, flavor, model, port', { 'infertel.io/upstream': '3000', 'infertel.io/flavor': 'tgi', 'infertel.io/model': 'mistral', 'infertel.io/port': '9500' },
+      { INFERTEL_LISTEN: '0.0.0.0:9500', INFERTEL_UPSTREAMS: 'tgi=http://127.0.0.1:3000/metrics', INFERTEL_MODEL: 'mistral' }],
+    ['upstream as a URL', { 'infertel.io/upstream': 'http://127.0.0.1:8080/metrics', 'infertel.io/flavor': 'vllm' }, { INFERTEL_UPSTREAMS: 'vllm=http://127.0.0.1:8080/metrics' }],
+    ['bad values fall back with warnings', { 'infertel.io/upstream': 'not a url', 'infertel.io/port': '99999' }, { INFERTEL_LISTEN: '0.0.0.0:9400', INFERTEL_UPSTREAMS: 'http://127.0.0.1:8000/metrics' }],
+  ];
+  for (const [name, ann, want] of envCases) {
+    it(`environment from annotations: ${name}`, () => {
+      const p = pod({ 'infertel.io/inject': 'true', ...ann });
+      const r = mutatePod(p, 'ml', CFG);
+      const env = envOf(sidecarOf(applyPatch(p, r.patch) as unknown as Out));
+      for (const [k, v] of Object.entries(want)) assert.equal(env[k], v, k);
+      if (name.startsWith('bad')) assert.equal(r.warnings.length, 2);
+    });
+  }
+
+  it('resources from the annotation (JSON), else the defaults', () => {
+    const p = pod({ 'infertel.io/inject': 'true', 'infertel.io/resources': '{"limits":{"memory":"128Mi"}}' });
+    assert.deepEqual(sidecarOf(applyPatch(p, mutatePod(p, 'ml', CFG).patch) as unknown as Out).resources, { limits: { memory: '128Mi' } });
+  });
+
+  it('escapes "/" in annotation keys as ~1 when annotations already exist', () => {
+    const r = mutatePod(pod({ 'infertel.io/inject': 'true' }), 'ml', CFG);
+    assert.ok(r.patch.some((o) => o.path === '/metadata/annotations/infertel.io~1status'));
+  });
+
+  it('upstreamUrl', () => {
+    assert.equal(upstreamUrl(undefined, 'd'), 'd');
+    assert.equal(upstreamUrl('8000', 'd'), 'http://127.0.0.1:8000/metrics');
+    assert.equal(upstreamUrl('ftp://x', 'd'), undefined);
+  });
+});
+
+describe('review: AdmissionReview in, AdmissionReview out', () => {
+  it('answers the uid with a base64 JSONPatch', () => {
+    const { response } = review({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'u1', kind: { kind: 'Pod' }, namespace: 'ml', object: pod({ 'infertel.io/inject': 'true' }) } }, CFG);
+    assert.equal(response.response.uid, 'u1');
+    assert.equal(response.response.allowed, true);
+    assert.equal(response.response.patchType, 'JSONPatch');
+    assert.ok(Array.isArray(JSON.parse(Buffer.from(response.response.patch!, 'base64').toString())));
+  });
+  const malformed: Array<[string, unknown]> = [['null', null], ['no request', { kind: 'AdmissionReview' }], ['no uid', { request: { object: {} } }], ['a string', 'x']];
+  for (const [name, body] of malformed) {
+    it(`malformed (${name}): allowed with a warning, never an error`, () => {
+      const { response } = review(body, CFG);
+      assert.equal(response.response.allowed, true);
+      assert.equal(response.response.patch, undefined);
+      assert.ok(response.response.warnings?.length);
+    });
+  }
+});
