@@ -16,6 +16,8 @@ export const webhookConfigSchema = z.strictObject({
   /** Native sidecar (initContainers, restartPolicy Always; Kubernetes >= 1.29). */
   nativeSidecar: z.boolean().default(true),
   resources: z.record(z.string(), z.unknown()).default({ requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } }),
+  /** Add prometheus.io/scrape, /port and /path annotations to injected pods. */
+  scrapeAnnotations: z.boolean().default(true),
   env: z.array(z.strictObject({ name: z.string().min(1), value: z.string() })).default([]),
   /** ConfigMap holding the agent's default config.yaml, mounted at /etc/infertel. */
   configMap: z.string().min(1).optional(),

@@ -28,6 +28,8 @@ export interface InjectionConfig {
   env: Array<{ name: string; value: string }>;
   /** ConfigMap with the agent's default config, mounted at /etc/infertel. */
   configMap: string | undefined;
+  /** Add prometheus.io/* annotations for annotation-based scrape configs. */
+  scrapeAnnotations: boolean;
 }
 
 export interface PatchOp {
@@ -153,12 +155,8 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   if (pod.spec?.volumes) for (const v of volumes) patch.push({ op: 'add', path: '/spec/volumes/-', value: v });
   else patch.push({ op: 'add', path: '/spec/volumes', value: volumes });
 
-  const newAnnotations: Record<string, string> = {
-    [ANNOTATION.status]: 'injected',
-    'prometheus.io/scrape': 'true',
-    'prometheus.io/port': String(port),
-    'prometheus.io/path': '/metrics',
-  };
+  const newAnnotations: Record<string, string> = { [ANNOTATION.status]: 'injected' };
+  if (cfg.scrapeAnnotations) Object.assign(newAnnotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' });
   if (pod.metadata?.annotations) {
     for (const [k, v] of Object.entries(newAnnotations)) patch.push({ op: annotations[k] === undefined ? 'add' : 'replace', path: `/metadata/annotations/${pointer(k)}`, value: v });
   } else patch.push({ op: 'add', path: '/metadata/annotations', value: newAnnotations });

@@ -4,7 +4,7 @@ import { mutatePod, review, upstreamUrl, type InjectionConfig, type PatchOp } fr
 
 const CFG: InjectionConfig = {
   image: 'ghcr.io/infertel/infertel:0.1.0', imagePullPolicy: 'IfNotPresent', port: 9400, upstream: 'http://127.0.0.1:8000/metrics',
-  nativeSidecar: true, resources: { requests: { cpu: '50m' } }, env: [], configMap: 'infertel-agent',
+  nativeSidecar: true, resources: { requests: { cpu: '50m' } }, env: [], configMap: 'infertel-agent', scrapeAnnotations: true,
 };
 
 /** Minimal RFC 6902 add/replace, enough to check what the API server would make of the patch. */
