@@ -258,3 +258,28 @@ describe('e2e: environment', () => {
     }
   });
 });
+
+describe('e2e: scraping manners', () => {
+  it('sends Accept-Encoding: identity to loopback upstreams and a bearer token read from a file', async () => {
+    const seen: Array<{ enc: string | undefined; auth: string | undefined }> = [];
+    const engine = await startServer((req, res) => {
+      seen.push({ enc: req.headers['accept-encoding'], auth: req.headers.authorization });
+      if (req.headers.authorization !== 'Bearer s3cret') return void res.writeHead(401).end('no');
+      res.writeHead(200).end('# TYPE tgi_queue_size gauge\ntgi_queue_size 4\n');
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'infertel-auth-'));
+    writeFileSync(join(dir, 'token'), 's3cret\n');
+    const file = writeConfig({ interval: '200ms', upstreams: [{ name: 'tgi', url: `${engine.url}/metrics`, flavor: 'tgi', model: 'm', auth: { bearerTokenFile: join(dir, 'token') } }] });
+    const agent = await spawnAgent(['--config', file]);
+    try {
+      await eventually(async () => sampleValue((await getText(`${agent.base}/metrics`)).body, 'inference_queue_depth', 'model="m"') === 4, 5000, 'authorised scrape');
+      assert.equal(seen[0]!.enc, 'identity');
+      assert.equal(seen[0]!.auth, 'Bearer s3cret');
+      writeFileSync(join(dir, 'token'), 'rotated');
+      await eventually(async () => sampleValue((await getText(`${agent.base}/metrics`)).body, 'infertel_scrape_errors_total', 'upstream="tgi"', 'reason="http_status"')! >= 1, 5000, 'a rotated token is read again');
+    } finally {
+      await agent.stop();
+      await engine.close();
+    }
+  });
+});
