@@ -80,7 +80,7 @@ export class Agent {
       normalizer: this.normalizer, metrics: this.metrics, tracer: agentTracer(VERSION), log: deps.log,
       passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal },
         (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts),
-      defaultModel: config.model, now: this.now,
+      defaultModel: config.model, staleAfterScrapes: config.limits.staleAfterScrapes, now: this.now,
     }));
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
     this.cache = new ExpositionCache({

@@ -18,29 +18,11 @@ function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
 }
 
-interface RunFlags {
-  config?: string;
-  listen?: string;
-  upstream?: string[];
-  model?: string;
-  interval?: string;
-  units?: string;
-  histograms?: string;
-  nvmlLibrary?: string;
-  logLevel?: string;
-}
+/** What commander hands `run`: the overrides, plus --config and the repeatable --upstream. */
+type RunFlags = Omit<Overrides, 'upstreams'> & { config?: string; upstream?: string[] };
 
-function overrides(f: RunFlags): Overrides {
-  const o: Overrides = {};
-  if (f.listen !== undefined) o.listen = f.listen;
-  if (f.upstream !== undefined) o.upstreams = f.upstream;
-  if (f.model !== undefined) o.model = f.model;
-  if (f.interval !== undefined) o.interval = f.interval;
-  if (f.units !== undefined) o.units = f.units;
-  if (f.histograms !== undefined) o.histograms = f.histograms;
-  if (f.nvmlLibrary !== undefined) o.nvmlLibrary = f.nvmlLibrary;
-  if (f.logLevel !== undefined) o.logLevel = f.logLevel;
-  return o;
+function overrides({ config: _config, upstream, ...rest }: RunFlags): Overrides {
+  return upstream ? { ...rest, upstreams: upstream } : rest;
 }
 
 function addRunOptions(cmd: Command): Command {

@@ -31,6 +31,8 @@ export interface UpstreamDeps {
   log: Logger;
   passthroughGuard: PassthroughGuard;
   defaultModel: string | undefined;
+  /** Failed scrapes after which the upstream's passthrough series are dropped. */
+  staleAfterScrapes: number;
   now: () => number;
 }
 
@@ -101,7 +103,7 @@ export class Upstream {
           this.failedScrapes = 0;
         } else {
           normalizer.markFailed(this.cfg.name);
-          if (++this.failedScrapes >= 3 && this.passthrough.length) this.setPassthrough([]);
+          if (++this.failedScrapes >= this.deps.staleAfterScrapes && this.passthrough.length) this.setPassthrough([]);
         }
       } catch (err) {
         outcome = 'error';

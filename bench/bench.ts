@@ -144,7 +144,8 @@ async function load(url: string, concurrency: number, ms: number): Promise<numbe
 
 async function startAgentProcess(upstream: string): Promise<{ base: string; child: ChildProcess }> {
   const port = 19000 + Math.floor(Math.random() * 5000);
-  const child = spawn(process.execPath, [CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `vllm=${upstream}`, '--interval', '2s', '--log-level', 'error'], { stdio: 'ignore' });
+  // As the Dockerfile runs it: a small young generation keeps RSS down under scrape load.
+  const child = spawn(process.execPath, ['--max-semi-space-size=2', CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `vllm=${upstream}`, '--interval', '2s', '--log-level', 'error'], { stdio: 'ignore' });
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try { if ((await fetch(`${base}/readyz`)).ok) break; } catch { /* starting */ }
@@ -154,10 +155,21 @@ async function startAgentProcess(upstream: string): Promise<{ base: string; chil
   return { base, child };
 }
 
+/** RSS of a process that loads the same libraries as the agent and does nothing else. */
+async function libraryFloorRss(): Promise<number> {
+  const code = "for (const m of ['express','prom-client','axios','pino','zod','yaml','commander','@opentelemetry/api']) await import(m); setTimeout(() => { process.stdout.write(String(process.memoryUsage().rss) + '\\n'); }, 500);";
+  const { child, line } = await spawnLine(['--max-semi-space-size=2', '--input-type=module', '-e', code]);
+  child.kill();
+  return Number(line) / 1048576;
+}
+
 async function benchServe(): Promise<void> {
   say('### `/metrics` latency under concurrent scrapers (agent in its own process; 3 s per row)');
   say();
-  say('| output series | scrapers | infertel p50 | infertel p99 | anchor: prom-client per request p50 | anchor p99 | anchor p99 / infertel p99 | agent RSS |');
+  const floor = await libraryFloorRss();
+  say(`RSS floor: a Node process that only imports the agent's runtime libraries (express, prom-client, axios, pino, zod, yaml, commander, OTel API) uses ${f1(floor)} MiB.`);
+  say();
+  say('| output series | scrapers | infertel p50 | infertel p99 | anchor: prom-client per request p50 | anchor p99 | anchor p99 / infertel p99 | agent RSS after the load |');
   say('|---|---|---|---|---|---|---|---|');
   for (const [models, engines, concurrencies] of [[1, 5, [4, 16]], [5, 5, [4]]] as const) {
     const p = payload('serve', models, engines);

@@ -261,6 +261,7 @@ export class Normalizer {
     cycle: number, stats: IngestStats, contribute: (corrected: number[]) => Contribution, monotonic = true): void {
     let st = states.get(key);
     if (!st) {
+      // Bounds the reset-correction state kept for one upstream (all metrics together).
       if (states.size >= this.opts.seriesPerMetric * 8) {
         this.opts.limiter.overflowed.set(metric.exportName, (this.opts.limiter.overflowed.get(metric.exportName) ?? 0) + 1);
         return;
