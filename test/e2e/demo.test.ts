@@ -1,0 +1,61 @@
+// The README's main job: `infertel demo` as a newcomer runs it.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { CLI, eventually, freePort, getText, SHARED_FIXTURES, sampleValue, sharedFixturesPresent, spawnAgent, startServer } from '../helpers.js';
+
+describe('infertel demo', () => {
+  it('serves canonical series of both simulated engines and simulated GPUs, and stops on SIGTERM', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--interval', '300ms'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
+    try {
+      const body = await eventually(async () => {
+        const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+        return b.includes('flavor="tgi"') && b.includes('flavor="vllm"') && b.includes('tokens_per_second{') && b;
+      }, 15_000, 'demo metrics');
+      assert.ok(sampleValue(body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
+      assert.ok(sampleValue(body, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"') !== undefined);
+      assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="simulated"'), 1);
+      assert.match(out, /infertel demo is running/);
+      assert.match(out, /JSON summary: +http:\/\/127\.0\.0\.1:\d+\/metrics\?format=json/);
+    } finally {
+      const t0 = Date.now();
+      const code = await new Promise<number | null>((r) => { child.once('exit', r); child.kill('SIGTERM'); });
+      assert.equal(code, 0);
+      assert.ok(Date.now() - t0 < 1500);
+    }
+  });
+});
+
+describe('real captures served as upstreams (../shared/fixtures)', { skip: !sharedFixturesPresent() && 'no ../shared/fixtures' }, () => {
+  it('each capture is scraped without errors; vLLM and TGI are detected, the others pass through', async () => {
+    const files = readdirSync(SHARED_FIXTURES).filter((f) => f.endsWith('.prom')).sort();
+    const servers = await Promise.all(files.map((f) => {
+      const body = readFileSync(SHARED_FIXTURES + f);
+      return startServer((_req, res) => res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' }).end(body));
+    }));
+    const agent = await spawnAgent([...servers.flatMap((s) => ['--upstream', `${s.url}/metrics`]), '--interval', '300ms', '--model', 'captured']);
+    try {
+      const body = await eventually(async () => {
+        const b = (await getText(`${agent.base}/metrics`)).body;
+        return servers.every((s) => sampleValue(b, 'infertel_upstream_up', `upstream="127.0.0.1:${s.port}"`) === 1) && b;
+      }, 10_000, 'all captures up');
+      const flavorOf = (f: string) => /flavor="(\w+)"/.exec(body.split('\n').find((l) => l.startsWith('infertel_upstream_info') && l.includes(`:${servers[files.indexOf(f)]!.port}"`))!)![1];
+      assert.equal(flavorOf('vllm-v0-2024-06-datadog-opt125m.prom'), 'vllm');
+      assert.equal(flavorOf('tgi-3.x-datadog.prom'), 'tgi');
+      assert.equal(flavorOf('sglang-docs-example-2024.prom'), 'unknown', 'SGLang is not normalised yet: passthrough only');
+      assert.match(body, /\nsglang:num_running_reqs/);
+      assert.match(body, /\nnv_trt_llm_request_metrics\{/);
+      assert.ok(sampleValue(body, 'inference_ttft_ms_count', 'model="facebook/opt-125m"')! > 0);
+      assert.ok(sampleValue(body, 'inference_requests_total', 'model="captured"', 'code="2xx"')! > 0);
+    } finally {
+      await agent.stop();
+      for (const s of servers) await s.close();
+    }
+  });
+});
