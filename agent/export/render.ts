@@ -52,10 +52,25 @@ function renderPassthroughFamily(fam: Family, format: ExpositionFormat, out: str
   }
   if (fam.help !== undefined) out.push(`# HELP ${typeName} ${escapeHelp(fam.help)}\n`);
   out.push(`# TYPE ${typeName} ${type}\n`);
+  // Lines the guards left alone are copied from the body, a contiguous run at a time.
+  const text = fam.text;
+  let runStart = -1;
+  let runEnd = -1;
+  const flush = () => {
+    if (runStart >= 0 && text !== undefined) out.push(text.slice(runStart, runEnd) + '\n');
+    runStart = -1;
+  };
   for (const s of fam.samples) {
-    if (om && fam.type === 'counter' && s.name.endsWith('_created')) continue;
-    out.push(s.line !== undefined ? s.line + '\n' : `${s.name}${flatLabelBlock(s.labels)} ${formatNumber(s.value)}\n`);
+    if (om && fam.type === 'counter' && s.name.endsWith('_created')) { flush(); continue; }
+    if (text !== undefined && s.start !== undefined && s.end !== undefined && s.start >= 0) {
+      if (runStart >= 0 && s.start === runEnd + 1) runEnd = s.end;
+      else { flush(); runStart = s.start; runEnd = s.end; }
+      continue;
+    }
+    flush();
+    out.push(`${s.name}${flatLabelBlock(s.labels)} ${formatNumber(s.value)}\n`);
   }
+  flush();
 }
 
 /** prometheus_client's 0.0.4 `_created` gauges duplicate what OpenMetrics carries in-family. */

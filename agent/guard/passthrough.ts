@@ -41,7 +41,7 @@ export class PassthroughGuard {
       if (guarded.length <= this.limits.seriesPerFamily && total + guarded.length <= this.limits.seriesTotal) {
         total += guarded.length;
         next.set(fam.name, guarded);
-        out.push({ name: fam.name, type: fam.type, help: fam.help, samples: guarded });
+        out.push({ name: fam.name, type: fam.type, help: fam.help, samples: guarded, text: fam.text });
         continue;
       }
       const last = this.admitted.get(fam.name);
@@ -75,7 +75,7 @@ export class PassthroughGuard {
         samples.push(...overflow.values());
       }
       next.set(fam.name, keep);
-      out.push({ name: fam.name, type: fam.type, help: fam.help, samples });
+      out.push({ name: fam.name, type: fam.type, help: fam.help, samples, text: fam.text });
     }
     this.admitted = next;
     return out;

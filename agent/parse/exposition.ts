@@ -11,10 +11,12 @@ export interface Sample {
   labels: string[];
   value: number;
   /**
-   * The sample's line exactly as the upstream wrote it, so passthrough can re-emit it verbatim
-   * when the guards change nothing. Undefined for samples built by the agent.
+   * Where the sample's line sits in the parsed body (`Family.text`), so passthrough can re-emit
+   * it verbatim when the guards change nothing, without keeping a string per sample. -1 for
+   * samples built by the agent.
    */
-  line?: string | undefined;
+  start?: number;
+  end?: number;
 }
 
 export interface Family {
@@ -22,6 +24,8 @@ export interface Family {
   type: FamilyType;
   help: string | undefined;
   samples: Sample[];
+  /** The body the samples' offsets point into. */
+  text?: string;
 }
 
 export interface ParseResult {
@@ -60,6 +64,57 @@ export function parseValue(text: string): number {
     case 'NaN': case 'nan': return NaN;
     default: return Number.NaN;
   }
+}
+
+const POW10 = [1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22];
+
+/**
+ * The number in text[start, end) without slicing a string: decimal mantissas of up to 15 digits
+ * with a power of ten up to 22 are exact in doubles, so one multiplication or division rounds
+ * correctly (Clinger's fast path). Anything else goes through the engine's own parser.
+ */
+export function parseNumberAt(text: string, start: number, end: number): number {
+  let i = start;
+  let neg = false;
+  const c0 = text.charCodeAt(i);
+  if (c0 === 45 || c0 === 43) { neg = c0 === 45; i++; }
+  let mantissa = 0;
+  let significant = 0;
+  let scale = 0;
+  let seenDigit = false;
+  let fraction = false;
+  for (; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46 && !fraction) { fraction = true; continue; }
+    if (c < 48 || c > 57) break;
+    seenDigit = true;
+    if (mantissa !== 0 || c !== 48) significant++;
+    mantissa = mantissa * 10 + (c - 48);
+    if (fraction) scale--;
+  }
+  let exp = 0;
+  if (i < end && (text.charCodeAt(i) === 101 || text.charCodeAt(i) === 69)) {
+    i++;
+    let eneg = false;
+    const e0 = text.charCodeAt(i);
+    if (e0 === 45 || e0 === 43) { eneg = e0 === 45; i++; }
+    const es = i;
+    for (; i < end; i++) {
+      const c = text.charCodeAt(i);
+      if (c < 48 || c > 57) break;
+      exp = exp * 10 + (c - 48);
+    }
+    if (i === es) return parseValue(text.slice(start, end));
+    if (eneg) exp = -exp;
+  }
+  if (i !== end || !seenDigit || significant > 15) return parseValue(text.slice(start, end));
+  const p = scale + exp;
+  let v: number;
+  if (p === 0) v = mantissa;
+  else if (p > 0 && p <= 22) v = mantissa * POW10[p]!;
+  else if (p < 0 && p >= -22) v = mantissa / POW10[-p]!;
+  else return parseValue(text.slice(start, end));
+  return neg ? -v : v;
 }
 
 /** Whether `text` spells `word` at `pos` (a plain loop beats startsWith for short words). */
@@ -120,7 +175,7 @@ export class ParserState {
   private familyFor(name: string, type: FamilyType | undefined): Family {
     let fam = this.byName.get(name);
     if (!fam) {
-      fam = { name, type: type ?? 'untyped', help: undefined, samples: [] };
+      fam = { name, type: type ?? 'untyped', help: undefined, samples: [], text: this.text };
       this.byName.set(name, fam);
       this.families.push(fam);
     } else if (type && fam.type === 'untyped' && fam.samples.length === 0) {
@@ -134,8 +189,11 @@ export class ParserState {
     if (this.firstError === undefined) this.firstError = line.length > 120 ? line.slice(0, 120) + '…' : line;
   }
 
+  private text: string | undefined;
+
   /** Parse lines in text[start, end); `end` must sit just after a newline or at the end of text. */
   feed(text: string, start: number, end: number): void {
+    this.text = text;
     let pos = start;
     while (pos < end) {
       let eol = text.indexOf('\n', pos);
@@ -203,12 +261,6 @@ export class ParserState {
   private prevName = '';
   private prevLabels: string[] = [];
 
-  /** `candidate` if text[pos, pos+len) spells it and `terminator` follows; else undefined. */
-  private static reuse(text: string, pos: number, candidate: string | undefined, terminator: number): string | undefined {
-    if (candidate === undefined || text.charCodeAt(pos + candidate.length) !== terminator) return undefined;
-    return sameAt(text, pos, candidate) ? candidate : undefined;
-  }
-
   private bsText: string | undefined;
   private bsPos = -1;
 
@@ -223,9 +275,18 @@ export class ParserState {
 
   private sample(text: string, start: number, end: number): void {
     let i = start;
-    if (!isNameStart(text.charCodeAt(i))) { this.fail(text.slice(start, end)); return; }
-    while (i < end && isNameChar(text.charCodeAt(i))) i++;
-    const name = i - start === this.prevName.length && sameAt(text, start, this.prevName) ? this.prevName : text.slice(start, i);
+    // Consecutive samples mostly repeat the previous name, already validated: compare first.
+    let name: string;
+    const prevName = this.prevName;
+    const after = text.charCodeAt(start + prevName.length);
+    if (prevName.length > 0 && (after === LBRACE || after === SPACE) && sameAt(text, start, prevName)) {
+      name = prevName;
+      i = start + prevName.length;
+    } else {
+      if (!isNameStart(text.charCodeAt(i))) { this.fail(text.slice(start, end)); return; }
+      while (i < end && isNameChar(text.charCodeAt(i))) i++;
+      name = text.slice(start, i);
+    }
     const prev = this.prevLabels;
     const labels: string[] = [];
     if (i < end && text.charCodeAt(i) === LBRACE) {
@@ -235,10 +296,17 @@ export class ParserState {
         if (i >= end) { this.fail(text.slice(start, end)); return; }
         if (text.charCodeAt(i) === RBRACE) { i++; break; }
         const ls = i;
-        while (i < end && isNameChar(text.charCodeAt(i))) i++;
-        if (i === ls || i >= end) { this.fail(text.slice(start, end)); return; }
         const k = labels.length;
-        const lname = ParserState.reuse(text, ls, prev[k], text.charCodeAt(i)) ?? text.slice(ls, i);
+        let lname: string;
+        const prevLabel = prev[k];
+        if (prevLabel !== undefined && text.charCodeAt(ls + prevLabel.length) === EQUALS && sameAt(text, ls, prevLabel)) {
+          lname = prevLabel;
+          i = ls + prevLabel.length;
+        } else {
+          while (i < end && isNameChar(text.charCodeAt(i))) i++;
+          if (i === ls || i >= end) { this.fail(text.slice(start, end)); return; }
+          lname = text.slice(ls, i);
+        }
         while (i < end && text.charCodeAt(i) === SPACE) i++;
         if (text.charCodeAt(i) !== EQUALS) { this.fail(text.slice(start, end)); return; }
         i++;
@@ -274,7 +342,7 @@ export class ParserState {
     while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
     let ve = i;
     while (ve < end && text.charCodeAt(ve) !== SPACE && text.charCodeAt(ve) !== TAB) ve++;
-    const value = parseValue(text.slice(i, ve));
+    const value = parseNumberAt(text, i, ve);
     if (Number.isNaN(value) && !isNaNLiteral(text, i, ve)) { this.fail(text.slice(start, end)); return; }
     // A timestamp may follow; it is ignored (the agent stamps samples with its own scrape time).
     let fam = this.current;
@@ -282,7 +350,7 @@ export class ParserState {
       fam = this.familyOfSample(name);
       this.current = fam;
     }
-    fam.samples.push({ name, labels, value, line: text.slice(start, end) });
+    fam.samples.push({ name, labels, value, start, end });
     this.prevName = name;
     this.prevLabels = labels;
     this.sampleCount++;

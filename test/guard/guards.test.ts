@@ -60,7 +60,7 @@ describe('passthrough guard', () => {
     const g = new PassthroughGuard(makeLabelPolicy([], 128, []), { seriesPerFamily: 5, seriesTotal: 100 }, (f, n) => folded.set(f, n), newGuardCounts());
     const bomb = Array.from({ length: 50 }, (_, i) => `tgi_bomb{user="u${i}"} 1`).join('\n');
     const fams = g.apply(parseExposition(`# TYPE tgi_queue_size gauge\ntgi_queue_size{session_id="abc"} 3\n# TYPE tgi_bomb counter\n${bomb}\n`).families);
-    assert.deepEqual(fams[0], { name: 'tgi_queue_size', type: 'gauge', help: undefined, samples: [{ name: 'tgi_queue_size', labels: [], value: 3 }] });
+    assert.deepEqual({ ...fams[0], text: undefined }, { name: 'tgi_queue_size', type: 'gauge', help: undefined, samples: [{ name: 'tgi_queue_size', labels: [], value: 3 }], text: undefined });
     assert.equal(fams[1]!.samples.length, 6);
     assert.deepEqual(fams[1]!.samples[5], { name: 'tgi_bomb', labels: ['otel_metric_overflow', 'true'], value: 45 });
     assert.equal(folded.get('tgi_bomb'), 45);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { parseExposition } from '../../agent/parse/exposition.js';
+import { parseExposition, parseNumberAt } from '../../agent/parse/exposition.js';
 import { SHARED_FIXTURES, sharedFixturesPresent } from '../helpers.js';
 
 describe('parseExposition', () => {
@@ -92,5 +92,34 @@ describe('parseExposition', () => {
       const sampleLines = text.split('\n').filter((l) => l.trim() && !l.startsWith('#')).length;
       assert.equal(r.sampleCount, sampleLines - r.errors, f);
     }
+  });
+});
+
+describe('parseNumberAt (the allocation-free value parser)', () => {
+  it('agrees with Number() on every form prometheus_client, Rust and Go print', () => {
+    const forms = ['0', '0.0', '1', '1.0', '-1.5', '+3', '0.3', '0.1', '1e-05', '1.7181405583e+09', '1.15891634176e+011', '8.128902e+06',
+      '15.330000000000002', '0.00015000000000000001', '145.61096060497135', '295648.0', '4.4481e+07', '123456789012345678901', '1e308', '5e-324',
+      '0.000001', '000123', '1E3', '2.5e0', '.5', '5.', '-0', '1e400'];
+    for (const f of forms) assert.equal(parseNumberAt(f, 0, f.length), Number(f), f);
+  });
+
+  it('agrees with Number() on 20,000 random doubles in several notations', () => {
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+    for (let i = 0; i < 20_000; i++) {
+      const v = (rand() - 0.5) * 10 ** Math.floor(rand() * 40 - 20);
+      for (const f of [String(v), v.toExponential(), v.toFixed(6), v.toPrecision(12)]) {
+        assert.equal(parseNumberAt(f, 0, f.length), Number(f), f);
+      }
+    }
+  });
+
+  it('falls back for specials and rejects garbage', () => {
+    assert.equal(parseNumberAt('+Inf', 0, 4), Infinity);
+    assert.equal(parseNumberAt('-Inf', 0, 4), -Infinity);
+    assert.ok(Number.isNaN(parseNumberAt('NaN', 0, 3)));
+    assert.ok(Number.isNaN(parseNumberAt('1.2.3', 0, 5)));
+    assert.ok(Number.isNaN(parseNumberAt('12abc', 0, 5)));
+    assert.equal(parseNumberAt('x 42 y', 2, 4), 42, 'reads only its range');
   });
 });
