@@ -9,6 +9,7 @@ import type { Family } from './parse/exposition.js';
 import type { Logger } from './logger.js';
 import type { Normalizer, UpstreamView } from './normalize/normalizer.js';
 import { PassthroughGuard } from './guard/passthrough.js';
+import { toPassthroughFamilies, type PassthroughFamily } from './export/render.js';
 import { FLAVOR_TABLE, detectFlavor, type FlavorAdapter } from './sources/flavor.js';
 import type { ScrapeOutcome, Source } from './sources/source.js';
 import { ATTR, SPAN_SCRAPE } from './tracing/otel.js';
@@ -45,7 +46,7 @@ const MODEL_LOOKUP_RETRY_MS = 60_000;
 
 export class Upstream {
   readonly health: UpstreamHealth;
-  passthrough: Family[] = [];
+  passthrough: PassthroughFamily[] = [];
   /** Incremented whenever `passthrough` is replaced. */
   passthroughVersion = 0;
   private adapter: FlavorAdapter | undefined;
@@ -99,7 +100,7 @@ export class Upstream {
             parseErrors += stats.incompleteHistograms;
           }
           await yieldToLoop();
-          this.setPassthrough(this.cfg.passthrough ? this.deps.passthroughGuard.apply(res.families) : []);
+          this.setPassthrough(this.cfg.passthrough ? toPassthroughFamilies(this.deps.passthroughGuard.apply(res.families)) : []);
           this.failedScrapes = 0;
         } else {
           normalizer.markFailed(this.cfg.name);
@@ -120,7 +121,7 @@ export class Upstream {
     });
   }
 
-  private setPassthrough(families: Family[]): void {
+  private setPassthrough(families: PassthroughFamily[]): void {
     this.passthrough = families;
     this.passthroughVersion++;
   }

@@ -2,15 +2,27 @@
 // Prometheus text 0.0.4 or OpenMetrics 1.0 (without the closing `# EOF`, which the server adds
 // after the agent's own metrics).
 
-import type { Family } from '../parse/exposition.js';
+import type { Family, FamilyType } from '../parse/exposition.js';
 import type { CanonicalFamily } from '../normalize/normalizer.js';
-import { escapeHelp, flatLabelBlock, formatNumber, labelBlock } from './format.js';
+import { escapeHelp, escapeLabelValue, flatLabelBlock, formatNumber, labelBlock } from './format.js';
 
 export type ExpositionFormat = 'text' | 'openmetrics';
 
+/**
+ * A passthrough family kept between scrapes as text: its sample lines (text format, each ending
+ * in a newline) rather than thousands of sample objects that would survive into the old
+ * generation and be copied by every scavenge until the next scrape replaces them.
+ */
+export interface PassthroughFamily {
+  name: string;
+  type: FamilyType;
+  help: string | undefined;
+  body: string;
+}
+
 export interface PassthroughSet {
   upstream: string;
-  families: readonly Family[];
+  families: readonly PassthroughFamily[];
 }
 
 function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, out: string[]): void {
@@ -40,19 +52,9 @@ function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, o
   }
 }
 
-function renderPassthroughFamily(fam: Family, format: ExpositionFormat, out: string[]): void {
-  if (fam.samples.length === 0) return;
-  const om = format === 'openmetrics';
-  let typeName = fam.name;
-  let type: string = fam.type === 'untyped' ? (om ? 'unknown' : 'untyped') : fam.type;
-  if (om && fam.type === 'counter') {
-    // OpenMetrics counters must end in _total; TGI's and Triton's do not, so they go out as unknown.
-    if (fam.name.endsWith('_total')) typeName = fam.name.slice(0, -6);
-    else type = 'unknown';
-  }
-  if (fam.help !== undefined) out.push(`# HELP ${typeName} ${escapeHelp(fam.help)}\n`);
-  out.push(`# TYPE ${typeName} ${type}\n`);
-  // Lines the guards left alone are copied from the body, a contiguous run at a time.
+/** Sample lines of a parsed family; lines the guards left alone are copied from the body, a contiguous run at a time. */
+function familyBody(fam: Family): string {
+  const out: string[] = [];
   const text = fam.text;
   let runStart = -1;
   let runEnd = -1;
@@ -61,7 +63,6 @@ function renderPassthroughFamily(fam: Family, format: ExpositionFormat, out: str
     runStart = -1;
   };
   for (const s of fam.samples) {
-    if (om && fam.type === 'counter' && s.name.endsWith('_created')) { flush(); continue; }
     if (text !== undefined && s.start !== undefined && s.end !== undefined && s.start >= 0) {
       if (runStart >= 0 && s.start === runEnd + 1) runEnd = s.end;
       else { flush(); runStart = s.start; runEnd = s.end; }
@@ -71,11 +72,42 @@ function renderPassthroughFamily(fam: Family, format: ExpositionFormat, out: str
     out.push(`${s.name}${flatLabelBlock(s.labels)} ${formatNumber(s.value)}\n`);
   }
   flush();
+  return out.join('');
+}
+
+/** Guarded parsed families as the text the agent keeps between scrapes. */
+export function toPassthroughFamilies(families: readonly Family[]): PassthroughFamily[] {
+  return families.filter((f) => f.samples.length > 0).map((f) => ({ name: f.name, type: f.type, help: f.help, body: familyBody(f) }));
+}
+
+function header(f: PassthroughFamily, format: ExpositionFormat): string {
+  const om = format === 'openmetrics';
+  let typeName = f.name;
+  let type: string = f.type === 'untyped' ? (om ? 'unknown' : 'untyped') : f.type;
+  if (om && f.type === 'counter') {
+    // OpenMetrics counters must end in _total; TGI's and Triton's do not, so they go out as unknown.
+    if (f.name.endsWith('_total')) typeName = f.name.slice(0, -6);
+    else type = 'unknown';
+  }
+  return (f.help !== undefined ? `# HELP ${typeName} ${escapeHelp(f.help)}\n` : '') + `# TYPE ${typeName} ${type}\n`;
+}
+
+/** The body in a format: OpenMetrics carries a counter's _created inside the family, so the 0.0.4 lines go. */
+function bodyIn(f: PassthroughFamily, format: ExpositionFormat): string {
+  if (format !== 'openmetrics' || f.type !== 'counter' || !f.body.includes('_created')) return f.body;
+  return f.body.split('\n').filter((l) => !/^[^{\s]+_created[{\s]/.test(l)).join('\n');
 }
 
 /** prometheus_client's 0.0.4 `_created` gauges duplicate what OpenMetrics carries in-family. */
-function skipInFormat(f: Family, format: ExpositionFormat): boolean {
+function skipInFormat(f: PassthroughFamily, format: ExpositionFormat): boolean {
   return format === 'openmetrics' && f.type === 'gauge' && f.name.endsWith('_created');
+}
+
+/** Sample lines with an `upstream` label added first. */
+function withUpstream(body: string, upstream: string): string {
+  const label = `upstream="${escapeLabelValue(upstream)}"`;
+  return body.replace(/^([^{\s]+)(\{\}?)?/gm, (_m, name: string, brace: string | undefined) =>
+    brace === '{' ? `${name}{${label},` : `${name}{${label}}`);
 }
 
 export function renderCanonical(canonical: readonly CanonicalFamily[], format: ExpositionFormat): string {
@@ -85,9 +117,9 @@ export function renderCanonical(canonical: readonly CanonicalFamily[], format: E
 }
 
 /** One upstream's passthrough families, except those in `exclude` (shared with other upstreams). */
-export function renderPassthrough(families: readonly Family[], format: ExpositionFormat, exclude: ReadonlySet<string>): string {
+export function renderPassthrough(families: readonly PassthroughFamily[], format: ExpositionFormat, exclude: ReadonlySet<string>): string {
   const out: string[] = [];
-  for (const f of families) if (!exclude.has(f.name) && !skipInFormat(f, format)) renderPassthroughFamily(f, format, out);
+  for (const f of families) if (!exclude.has(f.name) && !skipInFormat(f, format)) out.push(header(f, format), bodyIn(f, format));
   return out.join('');
 }
 
@@ -101,18 +133,16 @@ export function sharedFamilies(passthrough: readonly PassthroughSet[], canonical
 
 /** Families emitted by several upstreams, written once each with an `upstream` label per series. */
 export function renderShared(passthrough: readonly PassthroughSet[], shared: ReadonlySet<string>, canonicalNames: ReadonlySet<string>, format: ExpositionFormat): string {
-  const merged = new Map<string, Family>();
+  const merged = new Map<string, string[]>();
   for (const p of passthrough) {
     for (const f of p.families) {
       if (!shared.has(f.name) || canonicalNames.has(f.name) || skipInFormat(f, format)) continue;
-      let m = merged.get(f.name);
-      if (!m) merged.set(f.name, (m = { name: f.name, type: f.type, help: f.help, samples: [] }));
-      for (const s of f.samples) m.samples.push({ name: s.name, labels: ['upstream', p.upstream, ...s.labels], value: s.value });
+      let parts = merged.get(f.name);
+      if (!parts) merged.set(f.name, (parts = [header(f, format)]));
+      parts.push(withUpstream(bodyIn(f, format), p.upstream));
     }
   }
-  const out: string[] = [];
-  for (const f of merged.values()) renderPassthroughFamily(f, format, out);
-  return out.join('');
+  return [...merged.values()].map((parts) => parts.join('')).join('');
 }
 
 export function canonicalNameSet(canonical: readonly CanonicalFamily[]): Set<string> {
@@ -120,7 +150,8 @@ export function canonicalNameSet(canonical: readonly CanonicalFamily[]): Set<str
 }
 
 /** The whole data part of an exposition in one call (the agent caches the pieces instead). */
-export function renderExposition(canonical: readonly CanonicalFamily[], passthrough: readonly PassthroughSet[], format: ExpositionFormat): string {
+export function renderExposition(canonical: readonly CanonicalFamily[], parsed: ReadonlyArray<{ upstream: string; families: readonly Family[] }>, format: ExpositionFormat): string {
+  const passthrough = parsed.map((p) => ({ upstream: p.upstream, families: toPassthroughFamilies(p.families) }));
   const names = canonicalNameSet(canonical);
   const shared = sharedFamilies(passthrough, names);
   return renderCanonical(canonical, format)

@@ -60,6 +60,9 @@ describe('render', () => {
     const fam = (v: number) => parseExposition(`# TYPE process_open_fds gauge\nprocess_open_fds ${v}\n`).families;
     const body = renderExposition([], [{ upstream: 'a', families: fam(1) }, { upstream: 'b', families: fam(2) }], 'text');
     assert.equal(body, '# TYPE process_open_fds gauge\nprocess_open_fds{upstream="a"} 1\nprocess_open_fds{upstream="b"} 2\n');
+    const labelled = (v: number) => parseExposition(`# TYPE x_total counter\nx_total{a="1",b="q\\"uote"} ${v}\nx_total{} ${v}\n`).families;
+    assert.equal(renderExposition([], [{ upstream: 'a', families: labelled(1) }, { upstream: 'b', families: labelled(2) }], 'text'),
+      '# TYPE x_total counter\nx_total{upstream="a",a="1",b="q\\"uote"} 1\nx_total{upstream="a"} 1\nx_total{upstream="b",a="1",b="q\\"uote"} 2\nx_total{upstream="b"} 2\n');
   });
 
   const negotiation: Array<[string | undefined, unknown, string]> = [
