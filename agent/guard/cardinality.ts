@@ -34,8 +34,4 @@ export class SeriesLimiter {
     const set = this.admitted.get(metric);
     if (set?.delete(key)) this.totalAdmitted--;
   }
-
-  size(metric: string): number {
-    return this.admitted.get(metric)?.size ?? 0;
-  }
 }

@@ -471,9 +471,4 @@ export class Normalizer {
       familyOf(dv.metric).series.push({ labels: dv.labels, value: dv.value, hist: undefined });
     }
   }
-
-  /** Number of exported canonical series (for memory accounting and tests). */
-  get exportedSeries(): number {
-    return this.exported.size;
-  }
 }

@@ -170,7 +170,6 @@ export class ParserState {
   errors = 0;
   firstError: string | undefined;
   sampleCount = 0;
-  private pendingTruncated = false;
 
   private familyFor(name: string, type: FamilyType | undefined): Family {
     let fam = this.byName.get(name);
@@ -202,7 +201,6 @@ export class ParserState {
       if (lineEnd > pos && text.charCodeAt(lineEnd - 1) === CR) lineEnd--;
       if (lineEnd > pos) {
         if (eol === text.length && text.charCodeAt(text.length - 1) !== NL) {
-          this.pendingTruncated = true;
           this.fail(text.slice(pos, lineEnd));
         } else this.line(text, pos, lineEnd);
       }
@@ -212,10 +210,6 @@ export class ParserState {
 
   finish(): ParseResult {
     return { families: this.families, errors: this.errors, firstError: this.firstError, sampleCount: this.sampleCount };
-  }
-
-  get truncated(): boolean {
-    return this.pendingTruncated;
   }
 
   private line(text: string, start: number, end: number): void {
