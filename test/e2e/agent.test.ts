@@ -1,7 +1,9 @@
 // End to end: the built CLI against real HTTP servers on loopback.
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -280,6 +282,33 @@ describe('e2e: scraping manners', () => {
     } finally {
       await agent.stop();
       await engine.close();
+    }
+  });
+});
+
+describe('e2e: TLS and basic auth toward the upstream', { skip: spawnSync('openssl', ['version']).status !== 0 && 'openssl not on PATH' }, () => {
+  it('scrapes an HTTPS upstream with a CA file and basic auth read from a file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'infertel-tls-'));
+    const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    writeFileSync(join(dir, 'password'), 'hunter2\n');
+    const server = https.createServer({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) }, (req, res) => {
+      if (req.headers.authorization !== `Basic ${Buffer.from('infertel:hunter2').toString('base64')}`) return void res.writeHead(401).end();
+      res.writeHead(200).end('# TYPE tgi_request_success counter\ntgi_request_success 9\n');
+    });
+    await new Promise<void>((res) => server.listen(0, '127.0.0.1', () => res()));
+    const port = (server.address() as { port: number }).port;
+    const file = writeConfig({ interval: '200ms', upstreams: [{ name: 'secure', url: `https://127.0.0.1:${port}/metrics`, flavor: 'tgi', model: 'm',
+      auth: { basic: { username: 'infertel', passwordFile: join(dir, 'password') } }, tls: { caFile: join(dir, 'cert.pem') } }] });
+    const agent = await spawnAgent(['--config', file]);
+    try {
+      const v = await eventually(async () => sampleValue((await getText(`${agent.base}/metrics`)).body, 'inference_requests_total', 'model="m"', 'code="2xx"'), 5000, 'TLS scrape');
+      assert.equal(v, 9);
+    } finally {
+      await agent.stop();
+      server.closeAllConnections();
+      server.close();
     }
   });
 });

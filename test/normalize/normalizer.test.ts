@@ -38,6 +38,13 @@ describe('normaliser: names, units, aliases', () => {
     assert.deepEqual(s!.bounds!.slice(0, 3), [0.005, 0.01, 0.02]);
   });
 
+  it('per-metric layouts from config replace the documented ones', async () => {
+    const { buildCatalogue } = await import('../../agent/catalogue/catalogue.js');
+    assert.deepEqual(buildCatalogue('ms', { inference_request_duration_ms: [100, 1000, 10000] }).byName.get('inference_request_duration_ms')!.bounds, [100, 1000, 10000]);
+    assert.deepEqual(buildCatalogue('seconds').byName.get('prefill_latency_ms')!.bounds!.slice(0, 2), [0.0002, 0.0005], 'ms layouts in seconds');
+    assert.deepEqual(buildCatalogue('seconds').byName.get('batch_size_observed')!.bounds!.slice(0, 2), [1, 2], 'non-time layouts are not scaled');
+  });
+
   it('native histograms keep the upstream bounds, scaled', () => {
     const h = harness({ histograms: 'native' });
     h.ingest('vllm', vllmV1({ e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 0, 0, 0, 0, 1], sum: 9 }] }));
