@@ -47,8 +47,19 @@ export function controllersToDevices(controllers: Controller[]): GpuDevice[] {
     }));
 }
 
-export function nvidiaSmiOnPath(): boolean {
-  return spawnSync('sh', ['-c', 'command -v nvidia-smi'], { stdio: 'ignore' }).status === 0;
+function onPath(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * Why the nvidia-smi path cannot work here, or undefined when it can. systeminformation asks
+ * nvidia-smi only about controllers lspci lists (seen on a real H100 image without pciutils:
+ * no GPUs at all), so both must be on PATH.
+ */
+export function smiUnavailable(): string | undefined {
+  if (!onPath('nvidia-smi')) return 'nvidia-smi: not on PATH';
+  if (!onPath('lspci')) return 'nvidia-smi: lspci (pciutils) is not on PATH, and systeminformation reads GPUs only through it';
+  return undefined;
 }
 
 export class SmiProbe implements GpuProbe {

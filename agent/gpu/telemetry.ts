@@ -13,7 +13,7 @@ import { OomTail } from './oom.js';
 import { attribute } from './processes.js';
 import type { GpuDevice, GpuPoll, GpuProbe } from './probe.js';
 import { SimulatedProbe } from './sim-probe.js';
-import { nvidiaSmiOnPath, SmiProbe } from './smi-probe.js';
+import { SmiProbe, smiUnavailable } from './smi-probe.js';
 import { visibleDevices } from './visible.js';
 
 export interface GpuConfig {
@@ -57,8 +57,9 @@ export function chooseProbe(cfg: GpuConfig): ProbeChoice {
       if (cfg.source === 'nvml') return { probe: null, reasons };
     }
   }
-  if (nvidiaSmiOnPath()) return { probe: new SmiProbe(), reasons };
-  reasons.push('nvidia-smi: not on PATH');
+  const smiProblem = smiUnavailable();
+  if (!smiProblem) return { probe: new SmiProbe(), reasons };
+  reasons.push(smiProblem);
   return { probe: null, reasons };
 }
 

@@ -74,6 +74,27 @@ describe('nvidia-smi fallback mapping', () => {
   });
 });
 
+describe('nvidia-smi fallback prerequisites', () => {
+  it('needs lspci as well as nvidia-smi (systeminformation reads GPUs only through lspci)', async () => {
+    const { smiUnavailable } = await import('../../agent/gpu/smi-probe.js');
+    const { mkdtempSync, symlinkSync } = await import('node:fs');
+    const { REPO_ROOT } = await import('../helpers.js');
+    const onlySmi = mkdtempSync(join(tmpdir(), 'infertel-smi-'));
+    symlinkSync(join(REPO_ROOT, 'test/fixtures/fake-smi/nvidia-smi'), join(onlySmi, 'nvidia-smi'));
+    const saved = process.env.PATH;
+    try {
+      process.env.PATH = `${onlySmi}:/usr/bin:/bin`;
+      assert.match(smiUnavailable() ?? '', /lspci/);
+      process.env.PATH = `${join(REPO_ROOT, 'test/fixtures/fake-smi')}:/usr/bin:/bin`;
+      assert.equal(smiUnavailable(), undefined);
+      process.env.PATH = '/nonexistent';
+      assert.match(smiUnavailable() ?? '', /nvidia-smi: not on PATH/);
+    } finally {
+      process.env.PATH = saved;
+    }
+  });
+});
+
 describe('GPU telemetry with an injected probe', () => {
   function setup(probe: GpuProbe, timeoutMs = 50) {
     const catalogue = buildCatalogue('ms');
