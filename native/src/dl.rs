@@ -271,6 +271,14 @@ fn ok(r: Ret) -> Result<(), Ret> {
     if r == nvml::SUCCESS { Ok(()) } else { Err(r) }
 }
 
+/// One `unsigned int` out-parameter getter (minor number, power, power limit).
+fn read_u32(f: Option<FnDevU32>, h: Handle) -> Result<u32, Ret> {
+    let f = call(f)?;
+    let mut v: c_uint = 0;
+    ok(unsafe { f(h.0 as Dev, &mut v) })?;
+    Ok(v)
+}
+
 impl Api for Library {
     fn device_count(&self) -> Result<u32, Ret> {
         let mut n: c_uint = 0;
@@ -295,10 +303,7 @@ impl Api for Library {
         Ok(c_buf_to_string(&buf))
     }
     fn minor(&self, h: Handle) -> Result<u32, Ret> {
-        let f = call(self.minor)?;
-        let mut v: c_uint = 0;
-        ok(unsafe { f(h.0 as Dev, &mut v) })?;
-        Ok(v)
+        read_u32(self.minor, h)
     }
     fn pci_bus_id(&self, h: Handle) -> Result<String, Ret> {
         let f = call(self.pci)?;
@@ -325,16 +330,10 @@ impl Api for Library {
         Ok(t)
     }
     fn power_mw(&self, h: Handle) -> Result<u32, Ret> {
-        let f = call(self.power)?;
-        let mut v: c_uint = 0;
-        ok(unsafe { f(h.0 as Dev, &mut v) })?;
-        Ok(v)
+        read_u32(self.power, h)
     }
     fn power_limit_mw(&self, h: Handle) -> Result<u32, Ret> {
-        let f = call(self.power_limit)?;
-        let mut v: c_uint = 0;
-        ok(unsafe { f(h.0 as Dev, &mut v) })?;
-        Ok(v)
+        read_u32(self.power_limit, h)
     }
     fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Ret> {
         let f = call(self.clock)?;
