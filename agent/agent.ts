@@ -5,13 +5,13 @@ import type { Server } from 'node:http';
 import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
-import { canonicalNameSet, renderCanonical, renderPassthrough, renderShared, sharedFamilies, type ExpositionFormat } from './export/render.js';
+import { canonicalClaims, renderCanonical, renderPassthrough, renderShared, sharedFamilies, type ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
 import { createApp, listen, type Readiness } from './export/server.js';
 import { buildSummary, type GpuSummary } from './export/summary.js';
 import { SeriesLimiter } from './guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
-import { PassthroughGuard } from './guard/passthrough.js';
+import { newPassthroughCounts, PassthroughGuard } from './guard/passthrough.js';
 import type { Logger } from './logger.js';
 import { Normalizer, type CanonicalFamily } from './normalize/normalizer.js';
 import { startLoop, type Loop } from './schedule/loop.js';
@@ -51,13 +51,12 @@ export class Agent {
   readonly upstreams: Upstream[];
   readonly cache: ExpositionCache;
   private readonly limiter: SeriesLimiter;
+  private readonly passthroughCounts = newPassthroughCounts();
   private readonly now: () => number;
   private tracing: Tracing | undefined;
   private readonly gpu: GpuTelemetry | undefined;
   private dataVersion = 0;
   private rendered = new Map<ExpositionFormat, { version: number; body: string }>();
-  /** Each upstream's passthrough block, re-rendered only when its data or the shared set changed. */
-  private blocks = new Map<string, { version: number; shared: string; text: string }>();
   private loops: Loop[] = [];
   private server: Server | undefined;
   private lastRequests = 0;
@@ -75,11 +74,15 @@ export class Agent {
     });
     this.metrics = new SelfMetrics(VERSION, () => this.limiter.overflowed, () => ({
       truncated: guardCounts.truncated, redacted: guardCounts.redacted, forbidden_dropped: guardCounts.forbiddenDropped,
+    }), () => ({
+      duplicate: this.passthroughCounts.duplicateSamples, merged: this.passthroughCounts.mergedSamples,
+      over_bucket_cap: this.passthroughCounts.seriesOverBucketCap,
     }));
     this.upstreams = config.upstreams.map((u) => new Upstream(u, createEngineSource(u), {
       normalizer: this.normalizer, metrics: this.metrics, tracer: agentTracer(VERSION), log: deps.log,
-      passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal },
-        (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts),
+      passthroughGuard: new PassthroughGuard(policy,
+        { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal, bucketsPerSeries: config.limits.bucketsPerSeries },
+        (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts, this.passthroughCounts),
       defaultModel: config.model, staleAfterScrapes: config.limits.staleAfterScrapes, now: this.now,
     }));
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
@@ -106,20 +109,14 @@ export class Agent {
     if (hit && hit.version === version) return hit.body;
     const canonical = this.canonical();
     const sets = this.upstreams.map((u) => ({ upstream: u.cfg.name, families: u.passthrough }));
-    const names = canonicalNameSet(canonical);
-    const shared = sharedFamilies(sets, names);
-    const sharedSig = [...shared].join(',');
+    // Passthrough families are kept pre-rendered per format, so assembly only concatenates; the
+    // claims leave out any family whose sample names another family already took.
+    const claims = canonicalClaims(canonical, format);
+    const shared = sharedFamilies(sets);
     let body = renderCanonical(canonical, format);
-    for (const u of this.upstreams) {
-      const key = `${u.cfg.name}\u0000${format}`;
-      let block = this.blocks.get(key);
-      if (!block || block.version !== u.passthroughVersion || block.shared !== sharedSig) {
-        block = { version: u.passthroughVersion, shared: sharedSig, text: renderPassthrough(u.passthrough, format, shared) };
-        this.blocks.set(key, block);
-      }
-      body += block.text;
-    }
-    body += renderShared(sets, shared, names, format);
+    for (const u of this.upstreams) body += renderPassthrough(u.passthrough, format, shared, claims);
+    body += renderShared(sets, shared, format, claims);
+    this.metrics.setFamilyClashes(format, claims.clashes);
     this.rendered.set(format, { version, body });
     return body;
   }

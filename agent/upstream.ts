@@ -79,6 +79,7 @@ export class Upstream {
         detail = res.detail;
         bytes = res.bytes;
         parseErrors = res.parseErrors;
+        metrics.recordRejected(this.cfg.name, res.rejected);
         if (outcome === 'ok') {
           if (!this.adapter) {
             this.adapter = detectFlavor(res.families);
@@ -101,6 +102,9 @@ export class Upstream {
           }
           await yieldToLoop();
           this.setPassthrough(this.cfg.passthrough ? toPassthroughFamilies(this.deps.passthroughGuard.apply(res.families)) : []);
+          for (const format of ['text', 'openmetrics'] as const) {
+            metrics.unexpressed.set({ upstream: this.cfg.name, format }, this.passthrough.reduce((a, f) => a + f.droppedIn[format], 0));
+          }
           this.failedScrapes = 0;
         } else {
           normalizer.markFailed(this.cfg.name);

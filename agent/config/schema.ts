@@ -79,6 +79,8 @@ export const configSchema = z.strictObject({
     seriesTotal: z.number().int().positive().default(50_000),
     /** Label values are cut to this many characters. */
     labelValueLength: z.number().int().min(16).default(128),
+    /** Buckets (histograms) or quantiles (summaries) one passthrough series may have; more drops the series. */
+    bucketsPerSeries: z.number().int().min(2).max(10_000).default(128),
     /** Scrapes a series may be missing from before it is dropped. */
     staleAfterScrapes: z.number().int().min(1).default(3),
   }).prefault({}),

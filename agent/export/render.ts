@@ -2,28 +2,11 @@
 // Prometheus text 0.0.4 or OpenMetrics 1.0 (without the closing `# EOF`, which the server adds
 // after the agent's own metrics).
 
-import type { Family, FamilyType } from '../parse/exposition.js';
+import { parseValue, type Family, type FamilyType, type Sample } from '../parse/exposition.js';
 import type { CanonicalFamily } from '../normalize/normalizer.js';
 import { escapeHelp, escapeLabelValue, flatLabelBlock, formatNumber, labelBlock } from './format.js';
 
 export type ExpositionFormat = 'text' | 'openmetrics';
-
-/**
- * A passthrough family kept between scrapes as text: its sample lines (text format, each ending
- * in a newline) rather than thousands of sample objects that would survive into the old
- * generation and be copied by every scavenge until the next scrape replaces them.
- */
-export interface PassthroughFamily {
-  name: string;
-  type: FamilyType;
-  help: string | undefined;
-  body: string;
-}
-
-export interface PassthroughSet {
-  upstream: string;
-  families: readonly PassthroughFamily[];
-}
 
 function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, out: string[]): void {
   const m = fam.metric;
@@ -52,62 +35,306 @@ function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, o
   }
 }
 
-/** Sample lines of a parsed family; lines the guards left alone are copied from the body, a contiguous run at a time. */
-function familyBody(fam: Family): string {
-  const out: string[] = [];
-  const text = fam.text;
-  let runStart = -1;
-  let runEnd = -1;
-  const flush = () => {
-    if (runStart >= 0 && text !== undefined) out.push(text.slice(runStart, runEnd) + '\n');
-    runStart = -1;
-  };
-  for (const s of fam.samples) {
-    if (text !== undefined && s.start !== undefined && s.end !== undefined && s.start >= 0) {
-      if (runStart >= 0 && s.start === runEnd + 1) runEnd = s.end;
-      else { flush(); runStart = s.start; runEnd = s.end; }
-      continue;
-    }
-    flush();
-    out.push(`${s.name}${flatLabelBlock(s.labels)} ${formatNumber(s.value)}\n`);
+/**
+ * One family as one output format writes it: the header, the sample lines and every sample name
+ * it takes (a later family wanting one of them is left out, so no two families clash).
+ */
+export interface FormatBlock {
+  header: string;
+  body: string;
+  names: readonly string[];
+}
+
+/**
+ * A passthrough family kept between scrapes as text, one block per output format (undefined
+ * when the format cannot express any of it), rather than thousands of sample objects that would
+ * survive into the old generation until the next scrape replaces them.
+ */
+export interface PassthroughFamily {
+  name: string;
+  type: FamilyType;
+  text: FormatBlock | undefined;
+  openmetrics: FormatBlock | undefined;
+  /** Samples one format could not carry (e.g. a fractional bucket count in OpenMetrics). */
+  droppedIn: Record<ExpositionFormat, number>;
+}
+
+export interface PassthroughSet {
+  upstream: string;
+  families: readonly PassthroughFamily[];
+}
+
+/** Families under this prefix are the agent's own: an upstream's are never re-exported under it. */
+export const RESERVED_PREFIX = 'infertel_';
+
+function sampleLine(s: Sample, text: string | undefined, name: string, labels: readonly string[]): string {
+  if (text !== undefined && s.start !== undefined && s.end !== undefined && name === s.name && labels === s.labels) {
+    return text.slice(s.start, s.end) + '\n';
   }
-  flush();
-  return out.join('');
+  return `${name}${flatLabelBlock(labels)} ${formatNumber(s.value)}\n`;
+}
+
+function metaLines(typeName: string, type: string, help: string | undefined): string {
+  return (help !== undefined ? `# HELP ${typeName} ${escapeHelp(help)}\n` : '') + `# TYPE ${typeName} ${type}\n`;
+}
+
+/** Samples grouped into series the way the guard ordered them (consecutive runs share a key). */
+function seriesRuns(fam: Family, coord: string): Sample[][] {
+  const runs: Sample[][] = [];
+  let key: string | undefined;
+  for (const s of fam.samples) {
+    let k = '';
+    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] !== coord) k += s.labels[i] + '\u0000' + s.labels[i + 1] + '\u0000';
+    if (k !== key || runs.length === 0) { runs.push([]); key = k; }
+    runs[runs.length - 1]!.push(s);
+  }
+  return runs;
+}
+
+function coordOf(s: Sample, coord: string): { raw: string; value: number } | undefined {
+  for (let i = 0; i < s.labels.length; i += 2) {
+    if (s.labels[i] === coord) {
+      const raw = s.labels[i + 1]!;
+      return { raw, value: parseValue(raw) };
+    }
+  }
+  return undefined;
+}
+
+const isCount = (v: number) => Number.isInteger(v) && v >= 0;
+
+/** A histogram series as strict OpenMetrics wants it, or undefined when it cannot be one. */
+function omHistogramSeries(fam: Family, series: Sample[]): Array<{ s: Sample; labels: readonly string[] }> | undefined {
+  const out: Array<{ s: Sample; labels: readonly string[] }> = [];
+  let lastBound = -Infinity;
+  let lastValue = 0;
+  let inf: number | undefined;
+  let count: number | undefined;
+  let sum: number | undefined;
+  let negativeBucket = false;
+  for (const s of series) {
+    const suffix = s.name.slice(fam.name.length);
+    if (suffix === '_bucket') {
+      const c = coordOf(s, 'le');
+      if (!c || !(c.value > lastBound) || !isCount(s.value) || s.value < lastValue) return undefined;
+      if (c.value < 0) negativeBucket = true;
+      lastBound = c.value;
+      lastValue = s.value;
+      let labels: readonly string[] = s.labels;
+      if (c.value === Infinity) {
+        inf = s.value;
+        if (c.raw !== '+Inf') labels = s.labels.map((x, i) => (i % 2 === 1 && s.labels[i - 1] === 'le' ? '+Inf' : x));
+      }
+      out.push({ s, labels });
+    } else if (suffix === '_count') {
+      if (!isCount(s.value)) return undefined;
+      count = s.value;
+      out.push({ s, labels: s.labels });
+    } else if (suffix === '_sum') {
+      if (!(s.value >= 0)) return undefined;
+      sum = s.value;
+      out.push({ s, labels: s.labels });
+    }
+  }
+  if (inf === undefined || (count !== undefined && count !== inf) || (count === undefined) !== (sum === undefined)) return undefined;
+  if (negativeBucket && sum !== undefined) return out.filter((x) => !x.s.name.endsWith('_sum') && !x.s.name.endsWith('_count'));
+  return out;
+}
+
+/** A summary series as strict OpenMetrics wants it, or undefined. */
+function omSummarySeries(fam: Family, series: Sample[]): Array<{ s: Sample; labels: readonly string[] }> | undefined {
+  const out: Array<{ s: Sample; labels: readonly string[] }> = [];
+  let count: number | undefined;
+  let sum: number | undefined;
+  for (const s of series) {
+    const suffix = s.name.slice(fam.name.length);
+    if (suffix === '') {
+      const q = coordOf(s, 'quantile');
+      if (!q || !(q.value >= 0 && q.value <= 1) || s.value < 0) return undefined;
+    } else if (suffix === '_count') {
+      if (!isCount(s.value)) return undefined;
+      count = s.value;
+    } else if (suffix === '_sum') {
+      if (!(s.value >= 0)) return undefined;
+      sum = s.value;
+    } else continue;
+    out.push({ s, labels: s.labels });
+  }
+  return (count === undefined) !== (sum === undefined) ? undefined : out;
+}
+
+function textBlock(fam: Family): { block: FormatBlock | undefined; dropped: number } {
+  let typeName = fam.name;
+  let names: string[] = [fam.name];
+  let keep: (s: Sample) => boolean = () => true;
+  if (fam.type === 'histogram') {
+    names = [fam.name, `${fam.name}_bucket`, `${fam.name}_count`, `${fam.name}_sum`];
+    keep = (s) => !s.name.endsWith('_created');
+  } else if (fam.type === 'summary') {
+    names = [fam.name, `${fam.name}_count`, `${fam.name}_sum`];
+    keep = (s) => !s.name.endsWith('_created');
+  } else if (fam.type === 'counter' && !fam.samples.some((s) => s.name === fam.name)) {
+    // An OpenMetrics counter family (`foo` with `foo_total` samples) is `foo_total` in 0.0.4.
+    typeName = `${fam.name}_total`;
+    names = [typeName];
+    keep = (s) => s.name === typeName;
+  } else keep = (s) => s.name === fam.name;
+  let body = '';
+  let dropped = 0;
+  for (const s of fam.samples) {
+    if (keep(s)) body += sampleLine(s, fam.text, s.name, s.labels);
+    else dropped++;
+  }
+  if (!body) return { block: undefined, dropped };
+  return { block: { header: metaLines(typeName, fam.type, fam.help), body, names }, dropped };
+}
+
+function openMetricsBlock(fam: Family): { block: FormatBlock | undefined; dropped: number } {
+  let body = '';
+  let dropped = 0;
+  let typeName = fam.name;
+  let type: string = fam.type === 'untyped' ? 'unknown' : fam.type;
+  let names: string[] = [fam.name];
+  if (fam.type === 'histogram' || fam.type === 'summary') {
+    names = [fam.name, `${fam.name}_count`, `${fam.name}_sum`, `${fam.name}_created`, ...(fam.type === 'histogram' ? [`${fam.name}_bucket`] : [])];
+    for (const series of seriesRuns(fam, fam.type === 'histogram' ? 'le' : 'quantile')) {
+      const ok = fam.type === 'histogram' ? omHistogramSeries(fam, series) : omSummarySeries(fam, series);
+      if (!ok) { dropped += series.length; continue; }
+      dropped += series.length - ok.length;
+      for (const x of ok) body += sampleLine(x.s, fam.text, x.s.name, x.labels);
+    }
+  } else if (fam.type === 'counter') {
+    const exact = fam.samples.some((s) => s.name === fam.name);
+    const total = exact ? fam.name : `${fam.name}_total`;
+    if (total.endsWith('_total')) {
+      // OpenMetrics counters: TYPE without _total, samples with it, never NaN or negative.
+      typeName = total.slice(0, -6);
+      names = [typeName, total, `${typeName}_created`];
+      for (const s of fam.samples) {
+        if (s.name === total && s.value >= 0) body += sampleLine(s, fam.text, s.name, s.labels);
+        else dropped++;
+      }
+    } else {
+      // TGI's and Triton's counters do not end in _total, which OpenMetrics requires: unknown.
+      type = 'unknown';
+      for (const s of fam.samples) {
+        if (s.name === fam.name) body += sampleLine(s, fam.text, s.name, s.labels);
+        else dropped++;
+      }
+    }
+  } else {
+    for (const s of fam.samples) body += sampleLine(s, fam.text, s.name, s.labels);
+  }
+  if (!body) return { block: undefined, dropped };
+  return { block: { header: metaLines(typeName, type, fam.help), body, names }, dropped };
+}
+
+/** prometheus_client's 0.0.4 `_created` gauges duplicate what OpenMetrics carries in-family. */
+function isCreatedGauge(f: Family): boolean {
+  return f.type === 'gauge' && f.name.endsWith('_created');
 }
 
 /** Guarded parsed families as the text the agent keeps between scrapes. */
 export function toPassthroughFamilies(families: readonly Family[]): PassthroughFamily[] {
-  return families.filter((f) => f.samples.length > 0).map((f) => ({ name: f.name, type: f.type, help: f.help, body: familyBody(f) }));
-}
-
-function header(f: PassthroughFamily, format: ExpositionFormat): string {
-  const om = format === 'openmetrics';
-  let typeName = f.name;
-  let type: string = f.type === 'untyped' ? (om ? 'unknown' : 'untyped') : f.type;
-  if (om && f.type === 'counter') {
-    // OpenMetrics counters must end in _total; TGI's and Triton's do not, so they go out as unknown.
-    if (f.name.endsWith('_total')) typeName = f.name.slice(0, -6);
-    else type = 'unknown';
+  const out: PassthroughFamily[] = [];
+  for (const f of families) {
+    if (f.samples.length === 0 || f.name.startsWith(RESERVED_PREFIX)) continue;
+    const text = textBlock(f);
+    const om = isCreatedGauge(f) ? { block: undefined, dropped: 0 } : openMetricsBlock(f);
+    out.push({ name: f.name, type: f.type, text: text.block, openmetrics: om.block, droppedIn: { text: text.dropped, openmetrics: om.dropped } });
   }
-  return (f.help !== undefined ? `# HELP ${typeName} ${escapeHelp(f.help)}\n` : '') + `# TYPE ${typeName} ${type}\n`;
+  return out;
 }
 
-/** The body in a format: OpenMetrics carries a counter's _created inside the family, so the 0.0.4 lines go. */
-function bodyIn(f: PassthroughFamily, format: ExpositionFormat): string {
-  if (format !== 'openmetrics' || f.type !== 'counter' || !f.body.includes('_created')) return f.body;
-  return f.body.split('\n').filter((l) => !/^[^{\s]+_created[{\s]/.test(l)).join('\n');
+/** Sample names already written; a family whose names overlap them is left out. */
+export class NameClaims {
+  private readonly taken = new Set<string>();
+  /** Families left out because a name was taken. */
+  clashes = 0;
+
+  claim(names: readonly string[]): boolean {
+    for (const n of names) if (this.taken.has(n)) { this.clashes++; return false; }
+    for (const n of names) this.taken.add(n);
+    return true;
+  }
+
+  has(name: string): boolean {
+    return this.taken.has(name);
+  }
 }
 
-/** prometheus_client's 0.0.4 `_created` gauges duplicate what OpenMetrics carries in-family. */
-function skipInFormat(f: PassthroughFamily, format: ExpositionFormat): boolean {
-  return format === 'openmetrics' && f.type === 'gauge' && f.name.endsWith('_created');
+/** The names the canonical families take in a format. */
+export function canonicalClaims(canonical: readonly CanonicalFamily[], format: ExpositionFormat): NameClaims {
+  const claims = new NameClaims();
+  for (const fam of canonical) {
+    const n = fam.metric.exportName;
+    const base = format === 'openmetrics' && fam.metric.type === 'counter' && n.endsWith('_total') ? n.slice(0, -6) : n;
+    claims.claim([n, base, `${base}_bucket`, `${base}_count`, `${base}_sum`, `${base}_created`, `${base}_info`]);
+  }
+  return claims;
 }
 
-/** Sample lines with an `upstream` label added first. */
+/** One upstream's passthrough families, except those in `exclude` (shared with other upstreams). */
+export function renderPassthrough(families: readonly PassthroughFamily[], format: ExpositionFormat, exclude: ReadonlySet<string>, claims: NameClaims): string {
+  const out: string[] = [];
+  for (const f of families) {
+    const b = f[format];
+    if (!b || exclude.has(f.name) || !claims.claim(b.names)) continue;
+    out.push(b.header, b.body);
+  }
+  return out.join('');
+}
+
+/** Family names emitted by more than one upstream. */
+export function sharedFamilies(passthrough: readonly PassthroughSet[]): Set<string> {
+  const seen = new Set<string>();
+  const shared = new Set<string>();
+  for (const p of passthrough) for (const f of p.families) (seen.has(f.name) ? shared : seen).add(f.name);
+  return shared;
+}
+
+/** Sample lines with an `upstream` label added first; lines end only at \n (never at \r or U+2028). */
 function withUpstream(body: string, upstream: string): string {
   const label = `upstream="${escapeLabelValue(upstream)}"`;
-  return body.replace(/^([^{\s]+)(\{\}?)?/gm, (_m, name: string, brace: string | undefined) =>
-    brace === '{' ? `${name}{${label},` : `${name}{${label}}`);
+  let out = '';
+  let pos = 0;
+  while (pos < body.length) {
+    let eol = body.indexOf('\n', pos);
+    if (eol < 0) eol = body.length;
+    let nameEnd = pos;
+    while (nameEnd < eol) {
+      const c = body.charCodeAt(nameEnd);
+      if (c === 123 || c === 32) break;
+      nameEnd++;
+    }
+    const name = body.slice(pos, nameEnd);
+    if (body.charCodeAt(nameEnd) === 123) {
+      out += body.charCodeAt(nameEnd + 1) === 125 ? `${name}{${label}` + body.slice(nameEnd + 1, eol + 1) : `${name}{${label},` + body.slice(nameEnd + 1, eol + 1);
+    } else out += `${name}{${label}}` + body.slice(nameEnd, eol + 1);
+    pos = eol + 1;
+  }
+  return out;
+}
+
+/**
+ * Families emitted by several upstreams, written once each with an `upstream` label per series.
+ * Only blocks with the same header merge; a family that differs in type keeps the first.
+ */
+export function renderShared(passthrough: readonly PassthroughSet[], shared: ReadonlySet<string>, format: ExpositionFormat, claims: NameClaims): string {
+  const merged = new Map<string, { header: string; names: readonly string[]; parts: string[] }>();
+  for (const p of passthrough) {
+    for (const f of p.families) {
+      const b = f[format];
+      if (!b || !shared.has(f.name)) continue;
+      const m = merged.get(f.name);
+      if (!m) merged.set(f.name, { header: b.header, names: b.names, parts: [withUpstream(b.body, p.upstream)] });
+      else if (m.header === b.header) m.parts.push(withUpstream(b.body, p.upstream));
+      else claims.clashes++;
+    }
+  }
+  const out: string[] = [];
+  for (const m of merged.values()) if (claims.claim(m.names)) out.push(m.header, ...m.parts);
+  return out.join('');
 }
 
 export function renderCanonical(canonical: readonly CanonicalFamily[], format: ExpositionFormat): string {
@@ -116,45 +343,12 @@ export function renderCanonical(canonical: readonly CanonicalFamily[], format: E
   return out.join('');
 }
 
-/** One upstream's passthrough families, except those in `exclude` (shared with other upstreams). */
-export function renderPassthrough(families: readonly PassthroughFamily[], format: ExpositionFormat, exclude: ReadonlySet<string>): string {
-  const out: string[] = [];
-  for (const f of families) if (!exclude.has(f.name) && !skipInFormat(f, format)) out.push(header(f, format), bodyIn(f, format));
-  return out.join('');
-}
-
-/** Family names emitted by more than one upstream, or clashing with a canonical name. */
-export function sharedFamilies(passthrough: readonly PassthroughSet[], canonicalNames: ReadonlySet<string>): Set<string> {
-  const seen = new Set<string>();
-  const shared = new Set<string>(canonicalNames);
-  for (const p of passthrough) for (const f of p.families) (seen.has(f.name) ? shared : seen).add(f.name);
-  return shared;
-}
-
-/** Families emitted by several upstreams, written once each with an `upstream` label per series. */
-export function renderShared(passthrough: readonly PassthroughSet[], shared: ReadonlySet<string>, canonicalNames: ReadonlySet<string>, format: ExpositionFormat): string {
-  const merged = new Map<string, string[]>();
-  for (const p of passthrough) {
-    for (const f of p.families) {
-      if (!shared.has(f.name) || canonicalNames.has(f.name) || skipInFormat(f, format)) continue;
-      let parts = merged.get(f.name);
-      if (!parts) merged.set(f.name, (parts = [header(f, format)]));
-      parts.push(withUpstream(bodyIn(f, format), p.upstream));
-    }
-  }
-  return [...merged.values()].map((parts) => parts.join('')).join('');
-}
-
-export function canonicalNameSet(canonical: readonly CanonicalFamily[]): Set<string> {
-  return new Set(canonical.map((f) => f.metric.exportName));
-}
-
 /** The whole data part of an exposition in one call (the agent caches the pieces instead). */
 export function renderExposition(canonical: readonly CanonicalFamily[], parsed: ReadonlyArray<{ upstream: string; families: readonly Family[] }>, format: ExpositionFormat): string {
   const passthrough = parsed.map((p) => ({ upstream: p.upstream, families: toPassthroughFamilies(p.families) }));
-  const names = canonicalNameSet(canonical);
-  const shared = sharedFamilies(passthrough, names);
+  const claims = canonicalClaims(canonical, format);
+  const shared = sharedFamilies(passthrough);
   return renderCanonical(canonical, format)
-    + passthrough.map((p) => renderPassthrough(p.families, format, shared)).join('')
-    + renderShared(passthrough, shared, names, format);
+    + passthrough.map((p) => renderPassthrough(p.families, format, shared, claims)).join('')
+    + renderShared(passthrough, shared, format, claims);
 }

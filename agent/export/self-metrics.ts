@@ -2,7 +2,11 @@
 // format, since prom-client fixes the format per registry). Nothing uses the global registry.
 
 import client from 'prom-client';
+import type { RejectReason } from '../parse/exposition.js';
 import type { ScrapeOutcome } from '../sources/source.js';
+
+/** Distinct `metric` values infertel_series_overflow_total carries; the rest count under "other". */
+export const OVERFLOW_METRIC_LABELS_MAX = 100;
 
 export const SELF_PREFIX = 'infertel_';
 
@@ -18,9 +22,14 @@ export class SelfMetrics {
   readonly overflow: client.Counter<'metric'>;
   readonly labelRewrites: client.Counter<'action'>;
   readonly gpuPollDuration: client.Gauge;
+  readonly rejectedLines: client.Counter<'upstream' | 'reason'>;
+  readonly familyClashes: client.Gauge<'format'>;
+  readonly unexpressed: client.Gauge<'upstream' | 'format'>;
   private readonly overflowSeen = new Map<string, number>();
+  private readonly overflowLabels = new Set<string>();
 
-  constructor(version: string, overflowSource: () => ReadonlyMap<string, number>, labelCounts: () => Record<string, number>) {
+  constructor(version: string, overflowSource: () => ReadonlyMap<string, number>, labelCounts: () => Record<string, number>,
+    droppedCounts: () => Record<string, number> = () => ({})) {
     const registers = [this.text, this.openmetrics];
     const self = this;
     this.up = new client.Gauge({ name: 'infertel_upstream_up', help: '1 if the last scrape of the upstream succeeded, else 0.', labelNames: ['upstream'], registers });
@@ -36,7 +45,11 @@ export class SelfMetrics {
       collect() {
         for (const [metric, n] of overflowSource()) {
           const seen = self.overflowSeen.get(metric) ?? 0;
-          if (n > seen) { this.inc({ metric }, n - seen); self.overflowSeen.set(metric, n); }
+          if (n <= seen) continue;
+          // Family names can churn without end: the label takes the first hundred, then "other".
+          if (!self.overflowLabels.has(metric) && self.overflowLabels.size < OVERFLOW_METRIC_LABELS_MAX) self.overflowLabels.add(metric);
+          this.inc({ metric: self.overflowLabels.has(metric) ? metric : 'other' }, n - seen);
+          self.overflowSeen.set(metric, n);
         }
       },
     });
@@ -47,6 +60,18 @@ export class SelfMetrics {
       collect() {
         this.reset();
         for (const [action, n] of Object.entries(labelCounts())) this.inc({ action }, n);
+      },
+    });
+    this.rejectedLines = new client.Counter({ name: 'infertel_rejected_lines_total', help: 'Exposition lines rejected by the parser, by reason (never copied to the output).', labelNames: ['upstream', 'reason'], registers });
+    this.familyClashes = new client.Gauge({ name: 'infertel_family_clashes', help: 'Passthrough families left out of the last render because another family already took one of their sample names.', labelNames: ['format'], registers });
+    this.unexpressed = new client.Gauge({ name: 'infertel_passthrough_unexpressed_samples', help: 'Passthrough samples of the last scrape that an output format cannot carry (e.g. fractional bucket counts in OpenMetrics) and so leaves out.', labelNames: ['upstream', 'format'], registers });
+    new client.Counter({
+      name: 'infertel_passthrough_dropped_samples_total',
+      help: 'Passthrough samples dropped by the guard: duplicate (repeated in the payload), merged (made identical by a label guard, summed), over_bucket_cap (series with too many buckets or quantiles).',
+      labelNames: ['reason'], registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(droppedCounts())) this.inc({ reason }, n);
       },
     });
     this.gpuPollDuration = new client.Gauge({ name: 'infertel_gpu_poll_duration_seconds', help: 'Duration of the last GPU poll.', registers });
@@ -72,6 +97,14 @@ export class SelfMetrics {
       this.up.set({ upstream }, 0);
       this.scrapeErrors.inc({ upstream, reason: outcome });
     }
+  }
+
+  recordRejected(upstream: string, rejected: Partial<Record<RejectReason, number>>): void {
+    for (const [reason, n] of Object.entries(rejected)) if (n) this.rejectedLines.inc({ upstream, reason }, n);
+  }
+
+  setFamilyClashes(format: string, n: number): void {
+    this.familyClashes.set({ format }, n);
   }
 
   setFlavor(upstream: string, flavor: string): void {

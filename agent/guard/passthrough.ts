@@ -1,89 +1,210 @@
 // Passthrough guard: the engine's own families, re-exported as they are minus forbidden labels,
-// with values capped and series per family bounded. Series beyond the cap fold into one
-// otel_metric_overflow="true" series per family (values summed).
+// with values capped, buckets per series and series per family bounded, and never two samples
+// with the same name and labels. Rules (README, "Passthrough rules"):
+// - a series made identical to another by the guards (a forbidden label dropped, a value
+//   redacted as unbounded) is merged: counters, gauges and histogram/summary _sum, _count and
+//   buckets are summed; summary quantiles of merged series are dropped (they cannot be summed);
+// - an identical series repeated in the payload itself keeps its first sample;
+// - a histogram or summary series with more than `bucketsPerSeries` buckets or quantiles is
+//   dropped whole (le and quantile values are numbers the parser checked, but unbounded in count);
+// - series beyond the per-family cap fold into one otel_metric_overflow="true" series per
+//   family; histograms fold into their +Inf bucket, _count and _sum only, summaries into _count
+//   and _sum, so the fold is always a valid family. Every series admitted last scrape has its
+//   slot reserved (per family and in the total), so new series, in any family, only get what
+//   is left.
 
-import type { Family, Sample } from '../parse/exposition.js';
+import { parseValue, type Family, type FamilyType, type Sample } from '../parse/exposition.js';
 import { guardLabels, type GuardCounts, type LabelPolicy } from './labels.js';
 import { OVERFLOW_LABEL } from './cardinality.js';
 
 export interface PassthroughLimits {
   seriesPerFamily: number;
   seriesTotal: number;
+  /** Buckets (histograms) or quantiles (summaries) one series may have. */
+  bucketsPerSeries: number;
+}
+
+/** What the guard dropped or merged, by reason (self-metrics read these). */
+export interface PassthroughCounts {
+  duplicateSamples: number;
+  mergedSamples: number;
+  seriesOverBucketCap: number;
+}
+
+export function newPassthroughCounts(): PassthroughCounts {
+  return { duplicateSamples: 0, mergedSamples: 0, seriesOverBucketCap: 0 };
 }
 
 const SEP = '\u0000';
 
-function seriesKey(labels: readonly string[]): string {
+/** The label name an upstream's own `upstream` label is moved to (Prometheus' exported_ rule). */
+export const EXPORTED_UPSTREAM = 'exported_upstream';
+
+/** Which label of a sample is its bucket or quantile coordinate, given its family, if any. */
+function coordinateLabel(type: FamilyType, family: string, sampleName: string): 'le' | 'quantile' | undefined {
+  if (type === 'histogram' && sampleName.length === family.length + 7) return 'le';
+  if (type === 'summary' && sampleName === family) return 'quantile';
+  return undefined;
+}
+
+/** Label pairs in name order as one string, skipping `skip` (order-insensitive, as Prometheus sees series). */
+function labelKey(labels: readonly string[], skip: string | undefined): string {
+  let sorted = true;
+  for (let i = 2; i < labels.length; i += 2) if ((labels[i] as string) < (labels[i - 2] as string)) { sorted = false; break; }
+  let idx: number[] | undefined;
+  if (!sorted) {
+    idx = [];
+    for (let i = 0; i < labels.length; i += 2) idx.push(i);
+    idx.sort((a, b) => ((labels[a] as string) < (labels[b] as string) ? -1 : 1));
+  }
   let key = '';
-  for (let i = 0; i < labels.length; i += 2) {
-    const n = labels[i];
-    if (n === 'le' || n === 'quantile') continue;
-    key += n + SEP + labels[i + 1] + SEP;
+  const n = labels.length / 2;
+  for (let k = 0; k < n; k++) {
+    const i = idx ? idx[k]! : k * 2;
+    if (labels[i] === skip) continue;
+    key += labels[i] + SEP + labels[i + 1] + SEP;
   }
   return key;
 }
 
+interface SeriesGroup {
+  key: string;
+  samples: Sample[];
+  /** Distinct coordinates (le or quantile values) seen. */
+  coords: number;
+  /** Some sample's labels were changed by the guards, so collisions merge rather than repeat. */
+  merged: boolean;
+}
+
+/** A series' samples in the order both formats want: buckets by bound, then _count, _sum, _created. */
+function orderSeries(type: FamilyType, family: string, samples: Sample[]): Sample[] {
+  if (type !== 'histogram' && type !== 'summary') return samples;
+  const rank = (s: Sample): number => {
+    const suffix = s.name.slice(family.length);
+    return suffix === '_bucket' || suffix === '' ? 0 : suffix === '_count' ? 1 : suffix === '_sum' ? 2 : 3;
+  };
+  const coord = type === 'histogram' ? 'le' : 'quantile';
+  const bound = (s: Sample): number => {
+    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] === coord) return Number(s.labels[i + 1] === '+Inf' ? Infinity : s.labels[i + 1]);
+    return 0;
+  };
+  return [...samples].sort((a, b) => rank(a) - rank(b) || bound(a) - bound(b));
+}
+
 /** Keeps, per family, which series were admitted last time, so survivors keep their slots. */
 export class PassthroughGuard {
-  /** Per family: the admitted series keys, or (fast path) last scrape's samples to derive them from. */
-  private admitted = new Map<string, Set<string> | Sample[]>();
+  private admitted = new Map<string, Set<string>>();
 
   constructor(private readonly policy: LabelPolicy, private readonly limits: PassthroughLimits,
-    private readonly onOverflow: (family: string, series: number) => void, private readonly counts: GuardCounts) {}
+    private readonly onOverflow: (family: string, series: number) => void, private readonly counts: GuardCounts,
+    readonly dropped: PassthroughCounts = newPassthroughCounts()) {}
 
   apply(families: readonly Family[]): Family[] {
-    const next = new Map<string, Set<string> | Sample[]>();
+    // Slots are reserved for every series admitted last time, so a bomb in one family (or a new
+    // family) never takes the place of another's known series; new series get what is left.
+    let reserved = 0;
+    for (const fam of families) reserved += this.admitted.get(fam.name)?.size ?? 0;
+    const room = { total: Math.max(0, this.limits.seriesTotal - reserved) };
+    const next = new Map<string, Set<string>>();
     const out: Family[] = [];
-    let total = 0;
     for (const fam of families) {
-      const guarded = fam.samples.map((s) => this.guardSample(s));
-      // Fast path: a family with no more samples than the cap cannot have too many series.
-      if (guarded.length <= this.limits.seriesPerFamily && total + guarded.length <= this.limits.seriesTotal) {
-        total += guarded.length;
-        next.set(fam.name, guarded);
-        out.push({ name: fam.name, type: fam.type, help: fam.help, samples: guarded, text: fam.text });
-        continue;
-      }
-      const last = this.admitted.get(fam.name);
-      const prev = Array.isArray(last) ? new Set(last.map((x) => seriesKey(x.labels))) : last;
-      const keep = new Set<string>();
+      const { groups, overflow, folded } = this.group(fam, this.admitted.get(fam.name), room);
       const samples: Sample[] = [];
-      const overflow = new Map<string, Sample>();
-      const keys = guarded.map((s) => seriesKey(s.labels));
-      // Two passes: series admitted last time first, then new ones while there is room.
-      for (const pass of [0, 1]) {
-        for (let i = 0; i < guarded.length; i++) {
-          const s = guarded[i]!;
-          const key = keys[i]!;
-          if ((pass === 0) !== (prev?.has(key) ?? false)) continue;
-          if (keep.has(key) || (keep.size < this.limits.seriesPerFamily && total < this.limits.seriesTotal)) {
-            if (!keep.has(key)) { keep.add(key); total++; }
-            samples.push(s);
-            continue;
-          }
-          if (s.labels.includes('quantile')) continue;
-          const le = s.labels.indexOf('le');
-          const labels = le >= 0 && le % 2 === 0 ? [OVERFLOW_LABEL, 'true', 'le', s.labels[le + 1] as string] : [OVERFLOW_LABEL, 'true'];
-          const okey = s.name + SEP + labels.join(SEP);
-          const o = overflow.get(okey);
-          if (o) o.value += s.value;
-          else overflow.set(okey, { name: s.name, labels, value: s.value });
-        }
+      for (const g of groups.values()) for (const s of orderSeries(fam.type, fam.name, g.samples)) samples.push(s);
+      if (folded > 0) {
+        this.onOverflow(fam.name, folded);
+        for (const s of orderSeries(fam.type, fam.name, [...overflow.values()])) samples.push(s);
       }
-      if (overflow.size) {
-        this.onOverflow(fam.name, new Set(keys.filter((k) => !keep.has(k))).size);
-        samples.push(...overflow.values());
-      }
-      next.set(fam.name, keep);
+      next.set(fam.name, new Set(groups.keys()));
       out.push({ name: fam.name, type: fam.type, help: fam.help, samples, text: fam.text });
     }
     this.admitted = next;
     return out;
   }
 
+  /** Adds one sample of a series beyond the cap into the family's overflow series; true when it stands for one series. */
+  private fold(fam: Family, s: Sample, coord: 'le' | 'quantile' | undefined, overflow: Map<string, Sample>): boolean {
+    if (coord === 'quantile') return false;
+    let labels: string[] = [OVERFLOW_LABEL, 'true'];
+    if (coord === 'le') {
+      let le: string | undefined;
+      for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] === 'le') le = s.labels[i + 1];
+      if (le === undefined || parseValue(le) !== Infinity) return false;
+      labels = [OVERFLOW_LABEL, 'true', 'le', '+Inf'];
+    }
+    const o = overflow.get(s.name);
+    if (o) o.value += s.value;
+    else overflow.set(s.name, { name: s.name, labels, value: s.value });
+    // Each folded series has exactly one of these samples: its +Inf bucket, its summary count, or itself.
+    return coord === 'le' || fam.type !== 'summary' || s.name === `${fam.name}_count`;
+  }
+
+  /**
+   * Guards each sample's labels and groups samples into series, merging or dropping collisions;
+   * series beyond the family's room fold into overflow at once (no state is kept for them).
+   */
+  private group(fam: Family, prev: ReadonlySet<string> | undefined, room: { total: number }): { groups: Map<string, SeriesGroup>; overflow: Map<string, Sample>; folded: number } {
+    const groups = new Map<string, SeriesGroup>();
+    const overflow = new Map<string, Sample>();
+    const seen = new Map<string, Sample>();
+    let newRoom = Math.max(0, this.limits.seriesPerFamily - (prev?.size ?? 0));
+    let folded = 0;
+    for (const raw of fam.samples) {
+      const coord = coordinateLabel(fam.type, fam.name, raw.name);
+      const s = this.guardSample(raw, coord);
+      const changed = s !== raw;
+      const seriesKey = labelKey(s.labels, coord);
+      let g = groups.get(seriesKey);
+      if (!g) {
+        if (!prev?.has(seriesKey)) {
+          if (newRoom <= 0 || room.total <= 0) {
+            if (this.fold(fam, s, coord, overflow)) folded++;
+            continue;
+          }
+          newRoom--;
+          room.total--;
+        }
+        groups.set(seriesKey, (g = { key: seriesKey, samples: [], coords: 0, merged: false }));
+      }
+      const sampleKey = raw.name + SEP + (coord ? labelKey(s.labels, undefined) : seriesKey);
+      const twin = seen.get(sampleKey);
+      if (twin) {
+        if (changed || g.merged) {
+          if (coord === 'quantile') g.samples = g.samples.filter((x) => x.name !== fam.name);
+          else {
+            const sum: Sample = { name: twin.name, labels: twin.labels, value: twin.value + s.value };
+            g.samples[g.samples.indexOf(twin)] = sum;
+            seen.set(sampleKey, sum);
+          }
+          this.dropped.mergedSamples++;
+        } else this.dropped.duplicateSamples++;
+        continue;
+      }
+      if (changed) g.merged = true;
+      if (coord && ++g.coords > this.limits.bucketsPerSeries) {
+        if (g.coords === this.limits.bucketsPerSeries + 1) this.dropped.seriesOverBucketCap++;
+        continue;
+      }
+      g.samples.push(s);
+      seen.set(sampleKey, s);
+    }
+    for (const [key, g] of groups) if (g.coords > this.limits.bucketsPerSeries) groups.delete(key);
+    return { groups, overflow, folded };
+  }
+
   /** The sample itself when the guards change nothing (keeping its verbatim line), else a copy. */
-  private guardSample(s: Sample): Sample {
-    const labels = guardLabels(this.policy, s.labels, this.counts, 'le');
+  private guardSample(s: Sample, coord: 'le' | 'quantile' | undefined): Sample {
+    let labels = guardLabels(this.policy, s.labels, this.counts, coord);
+    for (let i = 0; i < labels.length; i += 2) {
+      if (labels[i] !== 'upstream') continue;
+      const copy = labels.slice();
+      let taken = false;
+      for (let j = 0; j < copy.length; j += 2) if (copy[j] === EXPORTED_UPSTREAM) taken = true;
+      if (taken) copy.splice(i, 2);
+      else copy[i] = EXPORTED_UPSTREAM;
+      labels = copy;
+      break;
+    }
     return labels === s.labels ? s : { name: s.name, labels: labels as string[], value: s.value };
   }
 }

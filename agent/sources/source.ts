@@ -1,6 +1,6 @@
 // The extension point: every telemetry source implements Source and is listed in sources/index.ts.
 
-import type { Family } from '../parse/exposition.js';
+import type { Family, RejectReason } from '../parse/exposition.js';
 
 export type ScrapeOutcome = 'ok' | 'refused' | 'timeout' | 'http_status' | 'body_too_large' | 'not_prometheus' | 'parse' | 'error';
 
@@ -9,6 +9,8 @@ export interface ScrapeResult {
   families: Family[];
   bytes: number;
   parseErrors: number;
+  /** Rejected lines by reason. */
+  rejected: Partial<Record<RejectReason, number>>;
   /** Human-readable detail for logs when the outcome is not ok. */
   detail: string | undefined;
 }
@@ -17,4 +19,6 @@ export interface Source {
   readonly name: string;
   /** One scrape. Never throws: failures are reported in the result. */
   scrape(signal: AbortSignal): Promise<ScrapeResult>;
+  /** Releases sockets and handles, so the process can exit by itself. */
+  close?(): void;
 }

@@ -1,7 +1,7 @@
 // Hugging Face TGI flavor. TGI serves one model per process and names it in no label, so the
 // model comes from config or from the router's GET /info (`model_id`).
 
-import axios from 'axios';
+import { lookupJson } from '../net/http-client.js';
 import type { Family } from '../parse/exposition.js';
 import type { FlavorAdapter } from './flavor.js';
 
@@ -14,9 +14,8 @@ export const tgiFlavor: FlavorAdapter = {
   },
   payloadModel: () => undefined,
   async lookupModel(metricsUrl: string, signal: AbortSignal): Promise<string | undefined> {
-    const url = new URL('/info', metricsUrl).toString();
-    const res = await axios.get(url, { signal, timeout: 2000, validateStatus: () => true, responseType: 'json' });
-    const id = res.status === 200 && res.data && typeof res.data === 'object' ? (res.data as { model_id?: unknown }).model_id : undefined;
-    return typeof id === 'string' && id.length > 0 ? id : undefined;
+    const info = await lookupJson(new URL('/info', metricsUrl).toString(), signal);
+    const id = info?.model_id;
+    return typeof id === 'string' && id.length > 0 && id.length <= 256 ? id : undefined;
   },
 };
