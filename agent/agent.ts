@@ -13,9 +13,11 @@ import { SeriesLimiter } from './guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
 import { newPassthroughCounts, PassthroughGuard } from './guard/passthrough.js';
 import type { Logger } from './logger.js';
-import { Normalizer, type CanonicalFamily } from './normalize/normalizer.js';
+import { Normalizer, type CanonicalFamily, type SampleRejection } from './normalize/normalizer.js';
 import { startLoop, type Loop } from './schedule/loop.js';
 import { createEngineSource } from './sources/engine.js';
+import type { Source } from './sources/source.js';
+import { ConfigError } from './config/load.js';
 import { agentTracer, startTracing, type Tracing } from './tracing/otel.js';
 import { Upstream } from './upstream.js';
 import { VERSION } from './version.js';
@@ -52,6 +54,7 @@ export class Agent {
   readonly cache: ExpositionCache;
   private readonly limiter: SeriesLimiter;
   private readonly passthroughCounts = newPassthroughCounts();
+  private readonly invalidSamples: Partial<Record<SampleRejection, number>> = {};
   private readonly now: () => number;
   private tracing: Tracing | undefined;
   private readonly gpu: GpuTelemetry | undefined;
@@ -70,15 +73,15 @@ export class Agent {
     this.limiter = new SeriesLimiter({ perMetric: config.limits.seriesPerMetric, total: config.limits.seriesTotal });
     this.normalizer = new Normalizer(this.catalogue, {
       histograms: config.histograms, staleAfterScrapes: config.limits.staleAfterScrapes, seriesPerMetric: config.limits.seriesPerMetric,
-      labelPolicy: policy, limiter: this.limiter, guardCounts,
+      labelPolicy: policy, limiter: this.limiter, guardCounts, invalid: this.invalidSamples,
     });
     this.metrics = new SelfMetrics(VERSION, () => this.limiter.overflowed, () => ({
       truncated: guardCounts.truncated, redacted: guardCounts.redacted, forbidden_dropped: guardCounts.forbiddenDropped,
     }), () => ({
       duplicate: this.passthroughCounts.duplicateSamples, merged: this.passthroughCounts.mergedSamples,
       over_bucket_cap: this.passthroughCounts.seriesOverBucketCap,
-    }));
-    this.upstreams = config.upstreams.map((u) => new Upstream(u, createEngineSource(u), {
+    }), () => this.invalidSamples);
+    this.upstreams = config.upstreams.map((u) => new Upstream(u, this.addSource(createEngineSource(u)), {
       normalizer: this.normalizer, metrics: this.metrics, tracer: agentTracer(VERSION), log: deps.log,
       passthroughGuard: new PassthroughGuard(policy,
         { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal, bucketsPerSeries: config.limits.bucketsPerSeries },
@@ -95,6 +98,13 @@ export class Agent {
 
   private minInterval(): number {
     return Math.min(...this.upstreams.map((u) => u.cfg.intervalMs), 60_000) / 1000;
+  }
+
+  private readonly sources: Source[] = [];
+
+  private addSource(s: Source): Source {
+    this.sources.push(s);
+    return s;
   }
 
   canonical(): CanonicalFamily[] {
@@ -161,7 +171,12 @@ export class Agent {
 
   async start(): Promise<void> {
     this.tracing = await startTracing(this.config.tracing.endpoint, this.config.tracing.serviceName, VERSION);
-    this.server = await listen(createApp({ cache: this.cache, summary: () => this.summary(), readiness: () => this.readiness() }), this.config.listen);
+    try {
+      this.server = await listen(createApp({ cache: this.cache, summary: () => this.summary(), readiness: () => this.readiness() }), this.config.listen);
+    } catch (err) {
+      // A port in use or an address this machine does not have is a configuration problem.
+      throw new ConfigError([`listen: cannot listen on ${this.config.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
+    }
     this.gpu?.start();
     this.loops = this.upstreams.map((u) => startLoop({
       intervalMs: u.cfg.intervalMs,
@@ -180,6 +195,7 @@ export class Agent {
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeAllConnections();
     await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed]);
+    for (const s of this.sources) s.close?.();
     await this.tracing?.shutdown();
   }
 }

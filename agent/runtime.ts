@@ -12,14 +12,3 @@ export function agentDeps(config: AgentConfig): AgentDeps {
   return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log, config: gpu }) };
 }
 
-/** Wait for SIGTERM/SIGINT, then stop within a second and exit 0. */
-export async function stopOnSignal(stop: () => Promise<void>): Promise<void> {
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
-  setTimeout(() => process.exit(0), 900).unref();
-  await stop();
-  process.exit(0);
-}
-

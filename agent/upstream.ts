@@ -13,6 +13,7 @@ import { toPassthroughFamilies, type PassthroughFamily } from './export/render.j
 import { FLAVOR_TABLE, detectFlavor, type FlavorAdapter } from './sources/flavor.js';
 import type { ScrapeOutcome, Source } from './sources/source.js';
 import { ATTR, SPAN_SCRAPE } from './tracing/otel.js';
+import { redactUrl } from './net/http-client.js';
 
 export interface UpstreamHealth {
   name: string;
@@ -57,7 +58,7 @@ export class Upstream {
   constructor(readonly cfg: UpstreamConfig, private readonly source: Source, private readonly deps: UpstreamDeps) {
     this.adapter = cfg.flavor === 'auto' ? undefined : FLAVOR_TABLE[cfg.flavor];
     this.model = cfg.model ?? deps.defaultModel;
-    this.health = { name: cfg.name, url: cfg.url, flavor: this.adapter?.name ?? 'unknown', up: false, lastOutcome: 'pending',
+    this.health = { name: cfg.name, url: redactUrl(cfg.url), flavor: this.adapter?.name ?? 'unknown', up: false, lastOutcome: 'pending',
       lastDetail: undefined, lastSuccessMs: undefined, intervalMs: cfg.intervalMs };
     deps.metrics.setFlavor(cfg.name, this.health.flavor);
     deps.metrics.up.set({ upstream: cfg.name }, 0);
@@ -112,14 +113,19 @@ export class Upstream {
         }
       } catch (err) {
         outcome = 'error';
-        detail = (err as Error).message;
+        detail = redactUrl((err as Error).message);
         normalizer.markFailed(this.cfg.name);
+      }
+      if (signal.aborted) {
+        // Stopping: a scrape cut short by shutdown says nothing about the upstream.
+        span.end();
+        return false;
       }
       const nowMs = this.deps.now();
       metrics.recordScrape(this.cfg.name, outcome, (performance.now() - started) / 1000, parseErrors, nowMs);
       this.transition(outcome, detail, nowMs);
       span.setAttributes({ [ATTR.upstream]: this.cfg.name, [ATTR.flavor]: this.health.flavor, [ATTR.series]: series, [ATTR.bytes]: bytes, [ATTR.outcome]: outcome });
-      if (outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: detail ?? outcome });
+      if (outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: detail ? redactUrl(detail) : outcome });
       span.end();
       return outcome === 'ok';
     });
@@ -151,7 +157,8 @@ export class Upstream {
     this.health.lastDetail = detail;
     if (outcome === 'ok') this.health.lastSuccessMs = nowMs;
     const log = this.deps.log;
-    if (outcome === 'ok' && !wasUp) log.info({ upstream: this.cfg.name, url: this.cfg.url, flavor: this.health.flavor }, 'upstream up');
-    else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome)) log.warn({ upstream: this.cfg.name, url: this.cfg.url, reason: outcome, detail }, 'upstream down');
+    const url = redactUrl(this.cfg.url);
+    if (outcome === 'ok' && !wasUp) log.info({ upstream: this.cfg.name, url, flavor: this.health.flavor }, 'upstream up');
+    else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome)) log.warn({ upstream: this.cfg.name, url, reason: outcome, detail: detail && redactUrl(detail) }, 'upstream down');
   }
 }

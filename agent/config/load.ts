@@ -1,10 +1,11 @@
 // Config loading: defaults < YAML file < environment < flags, validated in one pass so that every
 // problem is reported with its key path, then frozen.
 
-import { readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type AgentConfig, type ParsedConfig, type UpstreamConfig } from './schema.js';
+import { loadCatalogueData, profileName } from '../catalogue/catalogue.js';
+import { checkDuration, configSchema, INTERVAL_BOUNDS, TIMEOUT_BOUNDS, type AgentConfig, type DurationBounds, type ParsedConfig, type UpstreamConfig } from './schema.js';
 
 export class ConfigError extends Error {
   readonly code = 'INFERTEL_CONFIG_INVALID';
@@ -98,37 +99,94 @@ function applyOverrides(raw: Record<string, unknown>, o: Overrides): void {
 
 function upstreamName(url: string): string {
   try {
+    // host only: never the URL's user:password@.
     return new URL(url).host;
   } catch {
     return url;
   }
 }
 
+type Raw = Record<string, unknown>;
+const asObject = (v: unknown): Raw | undefined => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Raw) : undefined);
+
+function rawMs(v: unknown, dflt: string, b: DurationBounds): number | undefined {
+  const r = checkDuration(typeof v === 'string' || typeof v === 'number' ? v : dflt, b);
+  return typeof r === 'number' ? r : undefined;
+}
+
+function fileProblem(path: unknown, key: string): string | undefined {
+  if (typeof path !== 'string' || path === '') return undefined;
+  try {
+    accessSync(path, fsConstants.R_OK);
+    return undefined;
+  } catch (err) {
+    return `${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`;
+  }
+}
+
+/**
+ * Checks that span several keys or need the machine (files), run on the raw document whatever
+ * the schema found, so one run lists every problem.
+ */
+function crossCheck(raw: unknown): string[] {
+  const doc = asObject(raw) ?? {};
+  const problems: string[] = [];
+  const topInterval = rawMs(doc.interval, '10s', INTERVAL_BOUNDS);
+  const ups = Array.isArray(doc.upstreams) ? doc.upstreams : [];
+  ups.forEach((item, i) => {
+    const u = asObject(item);
+    if (!u) return;
+    const interval = u.interval !== undefined ? rawMs(u.interval, '10s', INTERVAL_BOUNDS) : topInterval;
+    const timeout = u.timeout !== undefined ? rawMs(u.timeout, '5s', TIMEOUT_BOUNDS) : undefined;
+    if (interval !== undefined && timeout !== undefined && timeout >= interval) problems.push(`upstreams[${i}].timeout: must be less than the interval (${timeout} ms >= ${interval} ms)`);
+    const auth = asObject(u.auth);
+    const tls = asObject(u.tls);
+    for (const [key, path] of [
+      ['auth.bearerTokenFile', auth?.bearerTokenFile], ['auth.basic.passwordFile', asObject(auth?.basic)?.passwordFile],
+      ['tls.caFile', tls?.caFile], ['tls.certFile', tls?.certFile], ['tls.keyFile', tls?.keyFile],
+    ] as const) {
+      const p = fileProblem(path, `upstreams[${i}].${key}`);
+      if (p) problems.push(p);
+    }
+    if (auth?.bearerTokenFile && auth.basic) problems.push(`upstreams[${i}].auth: give bearerTokenFile or basic, not both`);
+  });
+  const gpu = asObject(doc.gpu) ?? {};
+  const gi = rawMs(gpu.interval, '5s', INTERVAL_BOUNDS);
+  const gt = rawMs(gpu.timeout, '2s', TIMEOUT_BOUNDS);
+  if (gi !== undefined && gt !== undefined && gt >= gi) problems.push('gpu.timeout: must be less than gpu.interval');
+  const buckets = asObject(doc.buckets) ?? {};
+  const catalogue = loadCatalogueData();
+  const histograms = new Set<string>();
+  for (const m of catalogue.metrics) if (m.type === 'histogram') for (const p of ['ms', 'seconds'] as const) histograms.add(profileName(m.name, p));
+  for (const [metric, bounds] of Object.entries(buckets)) {
+    if (!histograms.has(metric)) problems.push(`buckets.${metric}: not a canonical histogram (see the metric table in the README)`);
+    if (Array.isArray(bounds) && bounds.some((b, i) => i > 0 && typeof b === 'number' && typeof bounds[i - 1] === 'number' && b <= (bounds[i - 1] as number))) {
+      problems.push(`buckets.${metric}: bounds must be strictly ascending`);
+    }
+  }
+  return problems;
+}
+
 /** Validate a raw config object; throws ConfigError listing every problem. */
 export function validateConfig(raw: unknown): AgentConfig {
   const result = configSchema.safeParse(raw);
-  if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
+  const problems = result.success ? [] : formatIssues(result.error.issues);
+  for (const p of crossCheck(raw)) if (!problems.includes(p)) problems.push(p);
+  if (!result.success || problems.length) throw new ConfigError(problems);
   const c: ParsedConfig = result.data;
-  const problems: string[] = [];
   const names = new Set<string>();
   const upstreams: UpstreamConfig[] = c.upstreams.map((u, i) => {
     const intervalMs = u.interval ?? c.interval;
     const timeoutMs = u.timeout ?? Math.min(c.timeout, intervalMs * 0.9);
-    if (timeoutMs >= intervalMs) problems.push(`upstreams[${i}].timeout: must be less than the interval (${timeoutMs} ms >= ${intervalMs} ms)`);
     let name = u.name ?? upstreamName(u.url);
     if (names.has(name)) {
       if (u.name) problems.push(`upstreams[${i}].name: duplicate upstream name "${name}"`);
       else name = `${name}#${i}`;
     }
     names.add(name);
-    if (u.auth?.bearerTokenFile && u.auth.basic) problems.push(`upstreams[${i}].auth: give bearerTokenFile or basic, not both`);
     return { name, url: u.url, flavor: u.flavor, model: u.model, intervalMs, timeoutMs, maxBodyBytes: u.maxBodyBytes,
       passthrough: u.passthrough, auth: u.auth, tls: u.tls };
   });
-  if (c.gpu.timeout >= c.gpu.interval) problems.push(`gpu.timeout: must be less than gpu.interval`);
-  for (const [metric, bounds] of Object.entries(c.buckets)) {
-    if (bounds.some((b, i) => i > 0 && b <= bounds[i - 1]!)) problems.push(`buckets.${metric}: bounds must be strictly ascending`);
-  }
   if (problems.length) throw new ConfigError(problems);
   return deepFreeze({ ...c, upstreams });
 }

@@ -2,29 +2,59 @@
 // Durations are strings like "10s"; sizes are bytes.
 
 import { z } from 'zod';
+import { isIP } from 'node:net';
 import { parseDuration } from './duration.js';
 
-const duration = (dflt: string) =>
-  z.union([z.string(), z.number()]).default(dflt).transform((v, ctx) => {
-    const ms = parseDuration(v);
-    if (ms === undefined || ms <= 0) {
-      ctx.addIssue({ code: 'custom', message: `must be a positive duration such as "10s" or "500ms", got ${JSON.stringify(v)}` });
+/** Every duration has bounds: a timer past 2^31 ms would fire at once, and 0 would spin. */
+export interface DurationBounds { minMs: number; maxMs: number }
+
+function formatMs(ms: number): string {
+  return ms % 3_600_000 === 0 ? `${ms / 3_600_000}h` : ms % 60_000 === 0 ? `${ms / 60_000}m` : ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
+/** Milliseconds within bounds, or the problem with the value. */
+export function checkDuration(v: string | number, b: DurationBounds): number | string {
+  const ms = parseDuration(v);
+  if (ms === undefined) return `must be a duration such as "10s" or "500ms", got ${JSON.stringify(v).slice(0, 40)}`;
+  if (ms < b.minMs || ms > b.maxMs) return `must be between ${formatMs(b.minMs)} and ${formatMs(b.maxMs)}, got ${JSON.stringify(v).slice(0, 40)}`;
+  return ms;
+}
+
+function toBoundedMs(b: DurationBounds) {
+  return (v: string | number, ctx: z.RefinementCtx): number => {
+    const r = checkDuration(v, b);
+    if (typeof r === 'string') {
+      ctx.addIssue({ code: 'custom', message: r });
       return z.NEVER;
     }
-    return ms;
-  });
+    return r;
+  };
+}
 
-const optionalDuration = z.union([z.string(), z.number()]).optional().transform((v, ctx) => {
-  if (v === undefined) return undefined;
-  const ms = parseDuration(v);
-  if (ms === undefined || ms <= 0) {
-    ctx.addIssue({ code: 'custom', message: `must be a positive duration such as "10s" or "500ms", got ${JSON.stringify(v)}` });
-    return z.NEVER;
-  }
-  return ms;
+export const INTERVAL_BOUNDS: DurationBounds = { minMs: 100, maxMs: 3_600_000 };
+export const TIMEOUT_BOUNDS: DurationBounds = { minMs: 10, maxMs: 600_000 };
+
+const duration = (dflt: string, b: DurationBounds) => z.union([z.string(), z.number()]).default(dflt).transform(toBoundedMs(b));
+const optionalDuration = (b: DurationBounds) => z.union([z.string(), z.number()]).optional()
+  .transform((v, ctx) => (v === undefined ? undefined : toBoundedMs(b)(v, ctx)));
+
+/** A listen or bind host: empty (all interfaces), an IPv4 address, a bracketed IPv6 address, or a DNS name. */
+export function hostProblem(host: string): string | undefined {
+  if (host === '') return undefined;
+  if (host.startsWith('[') && host.endsWith(']')) return isIP(host.slice(1, -1)) === 6 ? undefined : `"${host}" is not an IPv6 address`;
+  if (/^[0-9.]+$/.test(host)) return isIP(host) === 4 ? undefined : `"${host}" is not an IPv4 address`;
+  if (host.length > 253 || !host.split('.').every((l) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l))) return `"${host.slice(0, 64)}" is not a host name`;
+  return undefined;
+}
+
+const hostPort = z.string().superRefine((v, ctx) => {
+  const idx = v.lastIndexOf(':');
+  const port = idx < 0 ? NaN : Number(v.slice(idx + 1));
+  if (idx < 0 || !/^\d{1,5}$/.test(v.slice(idx + 1))) ctx.addIssue({ code: 'custom', message: 'must be HOST:PORT, e.g. 0.0.0.0:9400' });
+  else if (port < 1 || port > 65535) ctx.addIssue({ code: 'custom', message: `port must be 1-65535, got ${v.slice(idx + 1)}` });
+  const hp = idx < 0 ? undefined : hostProblem(v.slice(0, idx));
+  if (hp) ctx.addIssue({ code: 'custom', message: hp });
 });
-
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, 'must be HOST:PORT, e.g. 0.0.0.0:9400');
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, 'must be a Prometheus label name');
 
 const upstreamSchema = z.strictObject({
@@ -35,10 +65,10 @@ const upstreamSchema = z.strictObject({
   flavor: z.enum(['vllm', 'tgi', 'auto']).default('auto'),
   /** Model label for series that name none (TGI). */
   model: z.string().min(1).optional(),
-  /** Scrape interval; defaults to the top-level interval. */
-  interval: optionalDuration,
-  /** Whole-scrape deadline; must be shorter than the interval. */
-  timeout: optionalDuration,
+  /** Scrape interval (100ms-1h); defaults to the top-level interval. */
+  interval: optionalDuration(INTERVAL_BOUNDS),
+  /** Whole-scrape deadline (10ms-10m); must be shorter than the interval. */
+  timeout: optionalDuration(TIMEOUT_BOUNDS),
   /** Largest body accepted, in bytes (32 MiB). */
   maxBodyBytes: z.number().int().positive().default(32 * 1024 * 1024),
   /** Re-export the engine's own families beside the canonical ones. */
@@ -62,16 +92,16 @@ export const configSchema = z.strictObject({
   upstreams: z.array(upstreamSchema).default([]),
   /** Model label for upstreams whose metrics name none, when the upstream sets none. */
   model: z.string().min(1).optional(),
-  /** Default scrape interval. */
-  interval: duration('10s'),
-  /** Default scrape timeout (less than the interval). */
-  timeout: duration('5s'),
+  /** Default scrape interval (100ms-1h). */
+  interval: duration('10s', INTERVAL_BOUNDS),
+  /** Default scrape timeout (10ms-10m, less than the interval). */
+  timeout: duration('5s', TIMEOUT_BOUNDS),
   /** ms: the documented _ms names; seconds: _seconds names in base units. */
   units: z.enum(['ms', 'seconds']).default('ms'),
   /** rebucket: documented layouts; native: the engine's own bounds, scaled. */
   histograms: z.enum(['rebucket', 'native']).default('rebucket'),
   /** Per-metric bucket layouts (canonical name -> ascending bounds in the profile's unit). */
-  buckets: z.record(z.string(), z.array(z.number().positive()).min(1)).default({}),
+  buckets: z.record(z.string(), z.array(z.number().positive().finite()).min(1).max(1000)).default({}),
   limits: z.strictObject({
     /** Series per metric before new ones fold into the overflow series. */
     seriesPerMetric: z.number().int().positive().default(2000),
@@ -99,9 +129,9 @@ export const configSchema = z.strictObject({
     /** Path of libnvidia-ml.so.1 (default: the dynamic loader's search). */
     nvmlLibrary: z.string().min(1).optional(),
     /** GPU poll interval. */
-    interval: duration('5s'),
+    interval: duration('5s', INTERVAL_BOUNDS),
     /** A poll that takes longer is abandoned, counted, and the last values are marked stale. */
-    timeout: duration('2s'),
+    timeout: duration('2s', TIMEOUT_BOUNDS),
     /** auto: NVML, then nvidia-smi through systeminformation, then none. */
     source: z.enum(['auto', 'nvml', 'nvidia-smi', 'none']).default('auto'),
     /** process name (as in /proc/PID/comm) -> role used in gpu_process_mem_bytes{process}. */

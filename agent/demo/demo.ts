@@ -4,7 +4,8 @@
 import { Agent } from '../agent.js';
 import { validateConfig } from '../config/load.js';
 import { parseDuration } from '../config/duration.js';
-import { agentDeps, stopOnSignal } from '../runtime.js';
+import { agentDeps } from '../runtime.js';
+import { stopOnSignal, type Signals } from '../signals.js';
 import { serve, type SimServer } from './sim-common.js';
 import { TgiSim } from './sim-tgi.js';
 import { VllmSim } from './sim-vllm.js';
@@ -49,7 +50,7 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
   };
 }
 
-export async function runDemo(flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string }): Promise<void> {
+export async function runDemo(flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string }, signals: Signals): Promise<void> {
   const restartMs = parseDuration(flags.restartEvery);
   if (restartMs === undefined) throw new Error(`--restart-every: not a duration: ${flags.restartEvery}`);
   const engines = await startSimulatedEngines(restartMs);
@@ -78,7 +79,7 @@ export async function runDemo(flags: { listen: string; interval: string; restart
     '  Ctrl-C stops it.',
     '',
   ].join('\n') + '\n');
-  await stopOnSignal(async () => {
+  await stopOnSignal(signals, async () => {
     await agent.stop();
     await engines.close();
   });

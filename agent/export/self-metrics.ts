@@ -29,7 +29,7 @@ export class SelfMetrics {
   private readonly overflowLabels = new Set<string>();
 
   constructor(version: string, overflowSource: () => ReadonlyMap<string, number>, labelCounts: () => Record<string, number>,
-    droppedCounts: () => Record<string, number> = () => ({})) {
+    droppedCounts: () => Record<string, number> = () => ({}), invalidCounts: () => Record<string, number | undefined> = () => ({})) {
     const registers = [this.text, this.openmetrics];
     const self = this;
     this.up = new client.Gauge({ name: 'infertel_upstream_up', help: '1 if the last scrape of the upstream succeeded, else 0.', labelNames: ['upstream'], registers });
@@ -72,6 +72,15 @@ export class SelfMetrics {
       collect() {
         this.reset();
         for (const [reason, n] of Object.entries(droppedCounts())) this.inc({ reason }, n);
+      },
+    });
+    new client.Counter({
+      name: 'infertel_invalid_samples_total',
+      help: 'Upstream samples the counter rules ignored or held: non_finite, negative, too_large (counter-like over 1e300), jitter (decrease within 1e-9 relative, held), type_mismatch (family TYPE no longer fits).',
+      labelNames: ['reason'], registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(invalidCounts())) if (n) this.inc({ reason }, n);
       },
     });
     this.gpuPollDuration = new client.Gauge({ name: 'infertel_gpu_poll_duration_seconds', help: 'Duration of the last GPU poll.', registers });

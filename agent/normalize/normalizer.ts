@@ -50,6 +50,35 @@ export interface NormalizerOptions {
   labelPolicy: LabelPolicy;
   limiter: SeriesLimiter;
   guardCounts: GuardCounts;
+  /** Samples ignored or held by the counter rules, by reason (see SampleRejection). */
+  invalid?: Partial<Record<SampleRejection, number>>;
+}
+
+/**
+ * Why an upstream sample did not move a canonical series (README, "Counter rules"):
+ * non_finite (NaN or ±Inf), negative and too_large (over 1e300) counter-like values are ignored
+ * and the last value is kept; jitter is a decrease within a relative 1e-9, held at the last
+ * value rather than read as a restart; type_mismatch is a family whose TYPE no longer fits the
+ * canonical metric (a gauge source that turned into a histogram), skipped.
+ */
+export type SampleRejection = 'non_finite' | 'negative' | 'too_large' | 'jitter' | 'type_mismatch';
+
+/** Counter-like values above this are ignored: sums of a few of them stay finite. */
+export const MAX_COUNTER_VALUE = 1e300;
+/** A decrease smaller than this, relative to the last value, is jitter, not a restart. */
+export const JITTER_REL_EPS = 1e-9;
+
+/** Rounded cumulative counts that only rise with `le` and never pass the total (OpenMetrics wants whole counts). */
+export function wholeCumulative(cum: readonly number[], count: number): { cum: number[]; count: number } {
+  const total = Math.round(count);
+  const out = new Array<number>(cum.length);
+  let prev = 0;
+  for (let i = 0; i < cum.length; i++) {
+    const v = Math.min(total, Math.max(prev, Math.round(cum[i] as number)));
+    out[i] = v;
+    prev = v;
+  }
+  return { cum: out, count: total };
 }
 
 export interface IngestStats {
@@ -148,6 +177,8 @@ function cloneHist(h: HistData): HistData {
 export class Normalizer {
   private cycle = 0;
   private readonly sources = new Map<string, Map<string, SourceState>>();
+  /** Reset-correction states per metric, for each upstream's state map. */
+  private readonly stateCounts = new WeakMap<Map<string, SourceState>, Map<string, number>>();
   private readonly exported = new Map<string, ExportedState>();
   private readonly rateMemory = new Map<string, { v: number; t: number }>();
   private readonly derivedValues = new Map<string, CanonicalSeries & { metric: CanonicalMetric }>();
@@ -205,8 +236,8 @@ export class Normalizer {
           this.update(states, stateKey, metric, [exportKey], raw, cycle, stats, (corr) => {
             const n = bounds.length;
             const target = this.exported.get(exportKey)?.layout ?? bounds;
-            const cum = target === bounds ? corr.slice(0, n) : rebucket(bounds, corr.slice(0, n), target);
-            return { kind: 'hist', hist: { bounds: target, cum, count: corr[n] as number, sum: corr[n + 1] as number } };
+            const whole = wholeCumulative(target === bounds ? corr.slice(0, n) : rebucket(bounds, corr.slice(0, n), target), corr[n] as number);
+            return { kind: 'hist', hist: { bounds: target, cum: whole.cum, count: whole.count, sum: corr[n + 1] as number } };
           });
         } else if (spec.bucketize) {
           const b = spec.bucketize;
@@ -223,8 +254,11 @@ export class Normalizer {
       }
       return;
     }
+    // A family whose TYPE no longer fits (a gauge source that became a histogram or summary)
+    // would feed its buckets or quantiles in as values.
+    if (fam.type === 'histogram' || fam.type === 'summary' || (metric.type === 'histogram' && !spec.sample)) { this.reject('type_mismatch'); return; }
     for (const s of fam.samples) {
-      if (s.name.endsWith('_created')) continue;
+      if (s.name !== fam.name && s.name !== `${fam.name}_total`) continue;
       if (spec.match && !matches(s.labels, spec.match)) continue;
       if (spec.absentBelow !== undefined && !(s.value >= spec.absentBelow)) continue;
       const labels = this.canonicalLabels(up, metric, spec, s.labels);
@@ -259,21 +293,43 @@ export class Normalizer {
   /** Record one scrape's raw values for a source series, correcting counter resets. */
   private update(states: Map<string, SourceState>, key: string, metric: CanonicalMetric, exportKeys: string[], raw: number[],
     cycle: number, stats: IngestStats, contribute: (corrected: number[]) => Contribution, monotonic = true): void {
+    const bad = this.invalidValues(raw, monotonic);
+    if (bad) { this.reject(bad); return; }
     let st = states.get(key);
     if (!st) {
-      // Bounds the reset-correction state kept for one upstream (all metrics together).
-      if (states.size >= this.opts.seriesPerMetric * 8) {
+      // Bounds the reset-correction state per metric and upstream, so a bomb on one family
+      // cannot evict another's series (those admitted earlier keep their place).
+      const perMetric = this.stateCounts.get(states) ?? new Map<string, number>();
+      this.stateCounts.set(states, perMetric);
+      const n = perMetric.get(metric.name) ?? 0;
+      if (n >= this.opts.seriesPerMetric * 8) {
         this.opts.limiter.overflowed.set(metric.exportName, (this.opts.limiter.overflowed.get(metric.exportName) ?? 0) + 1);
         return;
       }
+      perMetric.set(metric.name, n + 1);
       st = { metric, exportKeys, lastRaw: raw.map(() => 0), offset: raw.map(() => 0), contribution: { kind: 'counter', value: 0 }, seenCycle: cycle, missed: 0 };
       states.set(key, st);
       for (const k of exportKeys) this.exported.get(k)!.live++;
     }
-    // For cumulative values any decrease is a restart: the count and every bucket start again
-    // from zero together, so the whole vector is carried into the offset.
-    if (monotonic && raw.some((v, i) => v < (st!.lastRaw[i] as number))) {
-      for (let i = 0; i < raw.length; i++) st.offset[i] = (st.offset[i] as number) + (st.lastRaw[i] as number);
+    if (monotonic) {
+      // A decrease within a relative 1e-9 is float jitter (held at the last value); a larger one
+      // is a restart: the count and every bucket start again from zero together, so the whole
+      // vector is carried into the offset.
+      let restart = false;
+      let jitter = false;
+      for (let i = 0; i < raw.length; i++) {
+        const last = st.lastRaw[i] as number;
+        const v = raw[i] as number;
+        if (v >= last) continue;
+        if (last - v <= JITTER_REL_EPS * Math.max(1, last)) jitter = true;
+        else restart = true;
+      }
+      if (restart) {
+        for (let i = 0; i < raw.length; i++) st.offset[i] = (st.offset[i] as number) + (st.lastRaw[i] as number);
+      } else if (jitter) {
+        this.reject('jitter');
+        raw = raw.map((v, i) => Math.max(v, st!.lastRaw[i] as number));
+      }
     }
     st.lastRaw = raw;
     st.seenCycle = cycle;
@@ -290,6 +346,8 @@ export class Normalizer {
       if (++st.missed < this.opts.staleAfterScrapes) continue;
       this.retire(st);
       states.delete(key);
+      const perMetric = this.stateCounts.get(states);
+      perMetric?.set(st.metric.name, (perMetric.get(st.metric.name) ?? 1) - 1);
     }
   }
 
@@ -313,7 +371,26 @@ export class Normalizer {
     });
   }
 
+  private reject(reason: SampleRejection): void {
+    const inv = this.opts.invalid;
+    if (inv) inv[reason] = (inv[reason] ?? 0) + 1;
+  }
+
+  /** Why raw values cannot be taken, if they cannot (counter-like vectors must be finite, >= 0, not absurd). */
+  private invalidValues(raw: readonly number[], monotonic: boolean): SampleRejection | undefined {
+    for (const v of raw) {
+      if (!Number.isFinite(v)) return 'non_finite';
+      if (!monotonic) continue;
+      if (v < 0) return 'negative';
+      if (v > MAX_COUNTER_VALUE) return 'too_large';
+    }
+    return undefined;
+  }
+
   private observe(exportKey: string, value: number): void {
+    // Observed values are sizes (running requests): never NaN, infinite or negative.
+    if (!Number.isFinite(value)) { this.reject('non_finite'); return; }
+    if (value < 0) { this.reject('negative'); return; }
     const ex = this.exported.get(exportKey)!;
     ex.observed ??= emptyHist(ex.layout ?? ex.metric.bounds ?? []);
     const h = ex.observed;

@@ -563,14 +563,19 @@ export class ParserState {
       if (!fam) { this.reject('sample_outside_family', text, start); return; }
       this.current = fam;
     }
-    // le and quantile are what Prometheus reads as numbers; anything else is rejected here.
-    if (fam.type === 'histogram' && name.length === fam.name.length + 7) {
+    // le and quantile are what Prometheus reads as numbers, on bucket and quantile samples
+    // only; anything else (a missing one, a word, one on _count or _sum) is rejected here.
+    if (fam.type === 'histogram') {
       const le = labelValue(labels, 'le');
-      const bound = le === undefined ? undefined : parseFloatStrict(le);
-      if (bound === undefined || Number.isNaN(bound)) { this.reject('bad_le', text, start); return; }
-    } else if (fam.type === 'summary' && name === fam.name) {
+      if (name.length === fam.name.length + 7) {
+        const bound = le === undefined ? undefined : parseFloatStrict(le);
+        if (bound === undefined || Number.isNaN(bound)) { this.reject('bad_le', text, start); return; }
+      } else if (le !== undefined) { this.reject('bad_le', text, start); return; }
+    } else if (fam.type === 'summary') {
       const q = labelValue(labels, 'quantile');
-      if (q === undefined || parseFloatStrict(q) === undefined) { this.reject('bad_quantile', text, start); return; }
+      if (name === fam.name) {
+        if (q === undefined || parseFloatStrict(q) === undefined) { this.reject('bad_quantile', text, start); return; }
+      } else if (q !== undefined) { this.reject('bad_quantile', text, start); return; }
     }
     const sample: Sample = { name, labels, value };
     if (tidy) { sample.start = start; sample.end = ve; }

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig, parseUpstreamSpec, validateConfig } from '../../agent/config/load.js';
-import { REPO_ROOT, runCli } from '../helpers.js';
+import { REPO_ROOT, runCli, startServer } from '../helpers.js';
 
 function tmpFile(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'infertel-cfg-'));
@@ -90,6 +90,57 @@ describe('config', () => {
     const r = runCli(['run', '--listen', 'not-an-address', '--upstream', 'http://127.0.0.1:1/metrics']);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /listen:/);
+  });
+
+  it('bounds every duration: 1e308, "99999999h", 0 and 1ms intervals are refused with their key paths', () => {
+    try {
+      validateConfig({ interval: 1e308, timeout: '99999999h', gpu: { interval: '0s', timeout: '1ms' }, upstreams: [{ url: 'http://a/metrics', interval: '1ms' }] });
+      assert.fail('should throw');
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      const text = err.problems.join('\n');
+      for (const p of ['interval: must be between 100ms and 1h', 'timeout: must be between 10ms and 10m', 'gpu.interval: must be between', 'upstreams[0].interval: must be between']) {
+        assert.ok(text.includes(p), `${p} in\n${text}`);
+      }
+    }
+  });
+
+  it('lists run-time problems too, all at once and with key paths, even beside schema errors', () => {
+    const err = (() => {
+      try {
+        validateConfig({
+          listen: '0.0.0.0:99999', units: 'minutes',
+          upstreams: [
+            { url: 'http://a/metrics', interval: '5s', timeout: '6s', auth: { bearerTokenFile: '/nonexistent/token' }, tls: { caFile: '/nonexistent/ca.pem' } },
+            { url: 'http://b/metrics', auth: { basic: { username: 'u', passwordFile: '/nonexistent/pw' } } },
+          ],
+          buckets: { inference_ttft_ms: [10, 5], no_such_metric: [1] },
+        });
+      } catch (e) { return e; }
+      return undefined;
+    })();
+    assert.ok(err instanceof ConfigError);
+    const text = err.problems.join('\n');
+    for (const p of ['listen: port must be 1-65535', 'units:', 'upstreams[0].timeout: must be less than the interval', 'upstreams[0].auth.bearerTokenFile: cannot read /nonexistent/token (ENOENT)',
+      'upstreams[0].tls.caFile: cannot read', 'upstreams[1].auth.basic.passwordFile: cannot read', 'buckets.inference_ttft_ms: bounds must be strictly ascending',
+      'buckets.no_such_metric: not a canonical histogram']) {
+      assert.ok(text.includes(p), `missing ${p} in\n${text}`);
+    }
+  });
+
+  const hosts: Array<[string, boolean]> = [['0.0.0.0:9400', true], ['[::1]:9400', true], [':9400', true], ['localhost:1', true], ['999.1.1.1:80', false], ['-bad-:80', false], ['a..b:80', false], ['[zz]:80', false], ['host:0', false]];
+  for (const [listen, ok] of hosts) it(`listen ${listen} is ${ok ? 'valid' : 'refused'}`, () => (ok ? assert.doesNotThrow : assert.throws)(() => validateConfig({ listen })));
+
+  it('start-up reports a port in use as a configuration problem (exit 2, key path), not a stack trace', async () => {
+    const busy = await startServer(() => {});
+    try {
+      const r = runCli(['run', '--listen', `127.0.0.1:${busy.port}`]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`listen: cannot listen on 127\\.0\\.0\\.1:${busy.port} \\(EADDRINUSE\\)`));
+      assert.ok(!/\n\s+at /.test(r.stderr), 'no stack trace');
+    } finally {
+      await busy.close();
+    }
   });
 
   it('unknown flags print usage and exit 2', () => {

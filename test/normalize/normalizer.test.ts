@@ -24,8 +24,9 @@ describe('normaliser: names, units, aliases', () => {
     assert.deepEqual(s!.bounds, [5, 10, 20, 50, 100, 200, 400, 800, 1600, 3200, 6400, 12800]);
     assert.equal(s!.sum, 4000, '_sum scaled to ms');
     assert.equal(s!.value, 9, '_count exact');
-    // 300 ms (0.3 s) holds 1 + 0; interpolated 400 ms = halfway between 300 (1) and 500 (2): 1.5.
-    assert.equal(s!.cum![6], 1.5);
+    // 300 ms (0.3 s) holds 1 + 0; interpolated 400 ms = halfway between 300 (1) and 500 (2): 1.5,
+    // rounded to a whole count (OpenMetrics): 2.
+    assert.equal(s!.cum![6], 2);
     assert.equal(s!.cum![7], 4, 'exact at 800 where bounds coincide: 3 + 1');
     assert.equal(s!.labels.route, 'all');
   });

@@ -52,7 +52,14 @@ async function growth(make: (bytes: number) => string, fn: (s: string) => unknow
   return [t[1]! / t[0]!, t[2]! / t[1]!];
 }
 
-function assertLinear([g1, g2]: number[], what = ''): void {
+/** Up to three measurements; one under the bound passes (noise only ever slows a run down, and a quadratic path fails all three). */
+async function assertLinear(measure: () => Promise<number[]>, what = ''): Promise<void> {
+  let g: number[] = [];
+  for (let attempt = 0; attempt < 3; attempt++) {
+    g = await measure();
+    if (g[0]! * g[1]! < 36) return;
+  }
+  const [g1, g2] = g;
   assert.ok(g1! * g2! < 36, `${what}growth per 4x: ${g1!.toFixed(1)}x, ${g2!.toFixed(1)}x`);
 }
 
@@ -77,7 +84,7 @@ describe('parser: every path is linear', () => {
   ];
   for (const [what, make] of shapes) {
     it(what, async () => {
-      assertLinear(await growth(make, (s) => parseExposition(s), 128 * 1024));
+      await assertLinear(() => growth(make, (s) => parseExposition(s), 128 * 1024));
     });
   }
 });
@@ -99,7 +106,7 @@ describe('label guards: every pattern is linear on 64 KB adversarial values', ()
   for (const [what, make] of inputs) {
     it(what, async () => {
       for (const fn of [hasEmail, hasIpv4, hasIpv6, hasLongHex, hasUuid, looksUnbounded]) {
-        assertLinear(await growth(make, fn, 4 * 1024), `${fn.name}: `);
+        await assertLinear(() => growth(make, fn, 4 * 1024), `${fn.name}: `);
         const input = make(64 * 1024);
         const t = await bestOf(3, () => fn(input));
         assert.ok(t < 50, `${fn.name} took ${t.toFixed(1)} ms on 64 KB`);

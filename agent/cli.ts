@@ -1,0 +1,134 @@
+// The command line: parses argv and the environment, loads config, starts the agent, and is the
+// only place that calls process.exit (main.ts only watches signals first and loads this).
+
+import { Command, CommanderError, Option } from 'commander';
+import { Agent } from './agent.js';
+import { ConfigError, loadConfig, readConfigFile, validateConfig, type Overrides } from './config/load.js';
+import { runDemo } from './demo/demo.js';
+import { agentDeps } from './runtime.js';
+import { stopOnSignal, type Signals } from './signals.js';
+import { redactUrl } from './net/http-client.js';
+import { createLogger } from './logger.js';
+import { loadWebhookConfig } from './webhook/config.js';
+import { startWebhook } from './webhook/server.js';
+import { VERSION } from './version.js';
+
+const EXIT_USAGE = 2;
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+/** What commander hands `run`: the overrides, plus --config and the repeatable --upstream. */
+type RunFlags = Omit<Overrides, 'upstreams'> & { config?: string; upstream?: string[] };
+
+function overrides({ config: _config, upstream, ...rest }: RunFlags): Overrides {
+  return upstream ? { ...rest, upstreams: upstream } : rest;
+}
+
+function addRunOptions(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'YAML config file (env INFERTEL_CONFIG)')
+    .option('--listen <host:port>', 'address of /metrics, /healthz, /readyz (env INFERTEL_LISTEN; default 0.0.0.0:9400)')
+    .option('--upstream <[flavor=]url>', 'engine /metrics URL; flavor vllm|tgi|auto; repeatable (env INFERTEL_UPSTREAMS, comma-separated)', collect)
+    .option('--model <name>', 'model label for upstreams whose metrics name none, e.g. TGI (env INFERTEL_MODEL)')
+    .option('--interval <duration>', 'scrape interval, e.g. 1s, 10s (env INFERTEL_INTERVAL; default 10s)')
+    .addOption(new Option('--units <profile>', 'ms: documented _ms names; seconds: _seconds names (env INFERTEL_UNITS)').choices(['ms', 'seconds']))
+    .addOption(new Option('--histograms <mode>', 'rebucket onto documented layouts, or keep native bounds (env INFERTEL_HISTOGRAMS)').choices(['rebucket', 'native']))
+    .option('--nvml-library <path>', 'path of libnvidia-ml.so.1 (env INFERTEL_NVML_LIBRARY)')
+    .addOption(new Option('--log-level <level>', 'log level (env INFERTEL_LOG_LEVEL)').choices(['debug', 'info', 'warn', 'error']));
+}
+
+function configFailure(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`infertel: ${err.message}\n`);
+    process.exit(EXIT_USAGE);
+  }
+  throw err;
+}
+
+export async function main(argv: string[], signals: Signals): Promise<void> {
+  const program = new Command('infertel')
+    .description('Telemetry sidecar for LLM inference servers: one Prometheus target for vLLM/TGI metrics and the GPUs under them.')
+    .version(VERSION)
+    .exitOverride()
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  addRunOptions(program.command('run').description('scrape the configured upstreams and serve /metrics'))
+    .action(async (flags: RunFlags) => {
+      let config;
+      try {
+        config = loadConfig({ file: flags.config, env: process.env, flags: overrides(flags) });
+      } catch (err) {
+        configFailure(err);
+      }
+      if (config.upstreams.length === 0) process.stderr.write('infertel: warning: no upstreams configured (--upstream or INFERTEL_UPSTREAMS)\n');
+      const deps = agentDeps(config);
+      const agent = new Agent(config, deps);
+      deps.log.info({ listen: config.listen, upstreams: config.upstreams.map((u) => redactUrl(u.url)), units: config.units }, 'infertel starting');
+      if (signals.arrived()) return;
+      try {
+        await agent.start();
+      } catch (err) {
+        await agent.stop();
+        configFailure(err);
+      }
+      await stopOnSignal(signals, () => agent.stop());
+    });
+
+  program.command('check-config')
+    .description('validate a config file: exit 0 if valid, 2 listing every problem')
+    .argument('<file>')
+    .action((file: string) => {
+      try {
+        const cfg = validateConfig(readConfigFile(file));
+        process.stdout.write(`${file}: valid (${cfg.upstreams.length} upstream${cfg.upstreams.length === 1 ? '' : 's'})\n`);
+      } catch (err) {
+        configFailure(err);
+      }
+    });
+
+  program.command('inject-webhook')
+    .description('serve the sidecar-injection MutatingWebhook (admission.k8s.io/v1) over HTTPS')
+    .option('--listen <host:port>', 'address of /mutate and /healthz', '0.0.0.0:8443')
+    .option('--tls-cert <file>', 'serving certificate (reloaded when it changes)', '/etc/infertel-webhook/tls/tls.crt')
+    .option('--tls-key <file>', 'serving key', '/etc/infertel-webhook/tls/tls.key')
+    .option('--config <file>', 'injection config (image, port, resources, native sidecar default, …)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
+    .action(async (flags: { listen: string; tlsCert: string; tlsKey: string; config?: string; logLevel: string }) => {
+      let config;
+      try {
+        config = loadWebhookConfig(flags.config);
+      } catch (err) {
+        configFailure(err);
+      }
+      const log = createLogger(flags.logLevel);
+      const webhook = await startWebhook({ listen: flags.listen, certFile: flags.tlsCert, keyFile: flags.tlsKey, config, log });
+      log.info({ component: 'webhook', listen: flags.listen, port: webhook.port, image: config.image }, 'injection webhook listening');
+      await stopOnSignal(signals, () => webhook.close());
+    });
+
+  program.command('demo')
+    .description('start simulated vLLM (2 data-parallel engines) and TGI servers on loopback and the agent scraping them')
+    .option('--listen <host:port>', 'agent address', '127.0.0.1:9400')
+    .option('--interval <duration>', 'scrape interval', '2s')
+    .option('--restart-every <duration>', 'how often the simulated TGI restarts (its counters reset)', '3m')
+    .addOption(new Option('--units <profile>', 'unit profile').choices(['ms', 'seconds']).default('ms'))
+    .option('--gpus <n>', 'simulated GPUs (0 for none)', '2')
+    .action(async (flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string }) => {
+      await runDemo(flags, signals);
+    });
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') process.exit(0);
+      process.exit(EXIT_USAGE);
+    }
+    process.stderr.write(`infertel: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  }
+}
+
