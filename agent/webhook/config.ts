@@ -18,7 +18,11 @@ export const webhookConfigSchema = z.strictObject({
   resources: z.record(z.string(), z.unknown()).default({ requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } }),
   /** Add prometheus.io/scrape, /port and /path annotations to injected pods. */
   scrapeAnnotations: z.boolean().default(true),
-  env: z.array(z.strictObject({ name: z.string().min(1), value: z.string() })).default([]),
+  /** Literal values, or references to Secrets and ConfigMaps (which then never land in a ConfigMap themselves). */
+  env: z.array(z.union([
+    z.strictObject({ name: z.string().min(1), value: z.string() }),
+    z.strictObject({ name: z.string().min(1), valueFrom: z.record(z.string(), z.unknown()) }),
+  ])).default([]),
   /** ConfigMap holding the agent's default config.yaml, mounted at /etc/infertel. */
   configMap: z.string().min(1).optional(),
 });

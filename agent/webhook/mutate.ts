@@ -24,8 +24,8 @@ export interface InjectionConfig {
   /** Put the agent in initContainers with restartPolicy Always (Kubernetes >= 1.29). */
   nativeSidecar: boolean;
   resources: Record<string, unknown>;
-  /** Extra environment for the agent (e.g. INFERTEL_CONFIG from the chart's ConfigMap). */
-  env: Array<{ name: string; value: string }>;
+  /** Extra environment for the agent: literal values, or references (valueFrom: secretKeyRef, …). */
+  env: Array<{ name: string; value: string } | { name: string; valueFrom: Record<string, unknown> }>;
   /** ConfigMap with the agent's default config, mounted at /etc/infertel. */
   configMap: string | undefined;
   /** Add prometheus.io/* annotations for annotation-based scrape configs. */
@@ -73,6 +73,38 @@ export function upstreamUrl(value: string | undefined, fallback: string): string
   }
 }
 
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isStringMap = (v: unknown) => isObject(v) && Object.values(v).every((x) => typeof x === 'string');
+const optional = (v: unknown, check: (x: unknown) => boolean) => v === undefined || check(v);
+const isContainerList = (v: unknown) => Array.isArray(v) && v.every((c) => isObject(c)
+  && optional(c.name, (n) => typeof n === 'string')
+  && optional(c.env, (e) => Array.isArray(e) && e.every((x) => isObject(x) && typeof x.name === 'string' && optional(x.value, (y) => typeof y === 'string'))));
+
+/**
+ * Where a pod object differs from the shape mutatePod reads (the parts it reads only), or
+ * undefined when it fits. The API server never sends such a pod, but anything that reaches the
+ * Service can; it must get an answer, never a crash.
+ */
+export function podShapeProblem(pod: unknown): string | undefined {
+  if (!isObject(pod)) return 'object';
+  const m = pod.metadata;
+  if (!optional(m, isObject)) return 'metadata';
+  if (isObject(m)) {
+    for (const k of ['name', 'generateName', 'namespace'] as const) if (!optional(m[k], (x) => typeof x === 'string')) return `metadata.${k}`;
+    if (!optional(m.annotations, isStringMap)) return 'metadata.annotations';
+    if (!optional(m.labels, isStringMap)) return 'metadata.labels';
+  }
+  const spec = pod.spec;
+  if (!optional(spec, isObject)) return 'spec';
+  if (isObject(spec)) {
+    if (!optional(spec.containers, isContainerList)) return 'spec.containers';
+    if (!optional(spec.initContainers, isContainerList)) return 'spec.initContainers';
+    if (!optional(spec.volumes, (v) => Array.isArray(v) && v.every(isObject))) return 'spec.volumes';
+    if (!optional(spec.hostNetwork, (v) => typeof v === 'boolean')) return 'spec.hostNetwork';
+  }
+  return undefined;
+}
+
 export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): MutationResult {
   const annotations = pod.metadata?.annotations ?? {};
   const warnings: string[] = [];
@@ -113,7 +145,7 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   const nativeAnn = annotations[ANNOTATION.nativeSidecar];
   const native = nativeAnn === undefined ? cfg.nativeSidecar : nativeAnn === 'true';
 
-  const env: Array<{ name: string; value: string }> = [
+  const env: InjectionConfig['env'] = [
     { name: 'INFERTEL_LISTEN', value: `0.0.0.0:${port}` },
     { name: 'INFERTEL_UPSTREAMS', value: spec },
   ];
@@ -189,8 +221,22 @@ export function review(body: unknown, cfg: InjectionConfig): { response: Admissi
   };
   if (!req || !uid) return answer(skip('malformed AdmissionReview', ['infertel: malformed AdmissionReview; pod admitted without the sidecar']));
   if (req.kind?.kind !== undefined && req.kind.kind !== 'Pod') return answer(skip(`not a Pod (${String(req.kind.kind)})`));
-  const pod = req.object as Pod | undefined;
-  if (!pod || typeof pod !== 'object') return answer(skip('no pod in the review', ['infertel: AdmissionReview without a pod; not injected']));
+  if (!req.object || typeof req.object !== 'object') return answer(skip('no pod in the review', ['infertel: AdmissionReview without a pod; not injected']));
+  const problem = podShapeProblem(req.object);
+  if (problem) return answer(skip(`malformed pod (${problem})`, [`infertel: pod ${problem} is malformed; admitted without the sidecar`]));
+  const pod = req.object as Pod;
   const namespace = typeof req.namespace === 'string' ? req.namespace : pod.metadata?.namespace ?? 'default';
   return answer(mutatePod(pod, namespace, cfg));
+}
+
+/** review(), with any failure of its own turned into an allowed answer (belt and braces for the server). */
+export function safeReview(body: unknown, cfg: InjectionConfig): { response: AdmissionReviewResponse; result: MutationResult; error?: string } {
+  try {
+    return review(body, cfg);
+  } catch (err) {
+    const req = (body as { request?: { uid?: unknown } } | null)?.request;
+    const uid = typeof req?.uid === 'string' ? req.uid : '';
+    const result = skip('internal error', ['infertel: the webhook failed on this pod; admitted without the sidecar']);
+    return { response: { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid, allowed: true, warnings: result.warnings } }, result, error: (err as Error).message };
+  }
 }

@@ -7,6 +7,7 @@ import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { MAX_REVIEW_BYTES } from '../../agent/webhook/server.js';
 import { CLI, eventually, freePort } from '../helpers.js';
 
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
@@ -29,6 +30,21 @@ function post(port: number, body: string): Promise<{ status: number; json: any; 
     });
     req.on('error', reject);
     req.end(body);
+  });
+}
+
+/** Declares a body over the cap and sends only its first bytes: the answer must come anyway. */
+function postOversized(port: number, declared: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port, path: '/mutate', method: 'POST', rejectUnauthorized: false, agent: false,
+      headers: { 'Content-Type': 'application/json', 'Content-Length': String(declared) } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+      req.destroy();
+    });
+    req.on('error', () => {});
+    req.write('{"request":');
+    setTimeout(() => reject(new Error('no answer to an oversized review')), 5000).unref();
   });
 }
 
@@ -78,6 +94,20 @@ describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PAT
       assert.equal(bad.status, 200);
       assert.equal(bad.json.response.allowed, true);
       assert.ok(bad.json.response.warnings.length);
+
+      // Shapes that once killed the process: each answered, and the process stays up.
+      for (const containers of [{}, 5, 'abc', [null]]) {
+        const hostile = structuredClone(review) as any;
+        hostile.request.object.spec.containers = containers;
+        const h = await post(port, JSON.stringify(hostile));
+        assert.equal(h.status, 200);
+        assert.equal(h.json.response.allowed, true);
+      }
+      assert.equal(child.exitCode, null, 'still running');
+
+      // Over the body cap: refused before it is read whole.
+      const huge = await postOversized(port, MAX_REVIEW_BYTES + 1);
+      assert.equal(huge, 413);
 
       copyFileSync(second.key, keyFile);
       copyFileSync(second.cert, certFile);

@@ -1,31 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { mutatePod, review, upstreamUrl, type InjectionConfig, type PatchOp } from '../../agent/webhook/mutate.js';
+import { mutatePod, review, safeReview, upstreamUrl, type InjectionConfig, type PatchOp } from '../../agent/webhook/mutate.js';
+import { rng } from '../fuzz/corpus.js';
+import { applyPatch } from './patch.js';
 
 const CFG: InjectionConfig = {
   image: 'ghcr.io/infertel/infertel:0.1.0', imagePullPolicy: 'IfNotPresent', port: 9400, upstream: 'http://127.0.0.1:8000/metrics',
   nativeSidecar: true, resources: { requests: { cpu: '50m' } }, env: [], configMap: 'infertel-agent', scrapeAnnotations: true,
 };
-
-/** Minimal RFC 6902 add/replace, enough to check what the API server would make of the patch. */
-export function applyPatch<T>(doc: T, patch: PatchOp[]): T {
-  const out = structuredClone(doc) as Record<string, unknown>;
-  for (const op of patch) {
-    const parts = op.path.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-    const last = parts.pop()!;
-    let target: Record<string, unknown> | unknown[] = out;
-    for (const p of parts) target = (target as Record<string, unknown>)[p] as Record<string, unknown>;
-    if (Array.isArray(target)) {
-      if (last === '-') target.push(op.value);
-      else target.splice(Number(last), op.op === 'add' ? 0 : 1, op.value);
-    } else {
-      if (op.op === 'replace' && !(last in target)) throw new Error(`replace of missing ${op.path}`);
-      if (op.op === 'add' && parts.length && !(last in target) && target === undefined) throw new Error(`no parent for ${op.path}`);
-      target[last] = op.value;
-    }
-  }
-  return out as T;
-}
 
 const pod = (annotations: Record<string, string> | undefined, spec: Record<string, unknown> = {}) => ({
   metadata: { name: 'vllm-0', ...(annotations ? { annotations } : {}) },
@@ -142,4 +124,69 @@ describe('review: AdmissionReview in, AdmissionReview out', () => {
       assert.ok(response.response.warnings?.length);
     });
   }
+});
+
+describe('review: hostile shapes never crash it', () => {
+  const base = () => ({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'u1', kind: { kind: 'Pod' }, namespace: 'ml', object: pod({ 'infertel.io/inject': 'true' }) } });
+  // The shapes that used to throw a TypeError (and kill the replica).
+  const known: Array<[string, (r: any) => void]> = [
+    ['spec.containers = {}', (r) => (r.request.object.spec.containers = {})],
+    ['spec.containers = 5', (r) => (r.request.object.spec.containers = 5)],
+    ['spec.containers = "abc"', (r) => (r.request.object.spec.containers = 'abc')],
+    ['spec.containers = [null]', (r) => (r.request.object.spec.containers = [null])],
+    ['spec.initContainers = {}', (r) => (r.request.object.spec.initContainers = {})],
+    ['env = [null]', (r) => (r.request.object.spec.containers[0].env = [null])],
+    ['annotations = 5', (r) => (r.request.object.metadata.annotations = 5)],
+    ['annotations with an object value', (r) => (r.request.object.metadata.annotations['infertel.io/port'] = { x: 1 })],
+    ['labels = []', (r) => (r.request.object.metadata.labels = [])],
+    ['spec = "x"', (r) => (r.request.object.spec = 'x')],
+  ];
+  for (const [what, mutate] of known) {
+    it(`${what}: allowed, with a warning, no patch`, () => {
+      const body = base();
+      mutate(body);
+      const { response } = review(body, CFG);
+      assert.equal(response.response.allowed, true);
+      assert.equal(response.response.uid, 'u1');
+      assert.equal(response.response.patch, undefined);
+      assert.ok(response.response.warnings?.some((w) => w.includes('malformed')), JSON.stringify(response.response.warnings));
+    });
+  }
+
+  it('20,000 random JSON shapes grafted anywhere into a review: always an allowed answer, patches that apply', () => {
+    const r = rng(42);
+    const leaves = [null, 0, 5, -1, 1e308, '', 'abc', 'true', true, false, [], [null], [5], {}, { name: 5 }, { name: 'x', env: {} }, [{}], [{ name: null }], [[]]];
+    const randomValue = (depth: number): unknown => {
+      const k = r();
+      if (depth > 2 || k < 0.6) return structuredClone(leaves[Math.floor(r() * leaves.length)]);
+      if (k < 0.8) return Array.from({ length: Math.floor(r() * 3) }, () => randomValue(depth + 1));
+      return Object.fromEntries(Array.from({ length: Math.floor(r() * 3) }, (_, i) => [['name', 'env', 'value', 'containers', 'annotations', String(i)][Math.floor(r() * 6)]!, randomValue(depth + 1)]));
+    };
+    /** Every path to an object property or array element in a document. */
+    const paths = (v: unknown, at: Array<string | number> = []): Array<Array<string | number>> => {
+      if (!v || typeof v !== 'object') return [];
+      const keys: Array<string | number> = Array.isArray(v) ? v.map((_, i) => i) : Object.keys(v);
+      return keys.flatMap((k) => [[...at, k], ...paths((v as any)[k], [...at, k])]);
+    };
+    let injected = 0;
+    for (let n = 0; n < 20_000; n++) {
+      const body: any = base();
+      for (let g = 1 + Math.floor(r() * 3); g > 0; g--) {
+        const all = paths(body);
+        const path = all[Math.floor(r() * all.length)]!;
+        let target = body;
+        for (const p of path.slice(0, -1)) target = target[p];
+        if (target && typeof target === 'object') target[path[path.length - 1]!] = randomValue(0);
+      }
+      const out = safeReview(body, CFG);
+      assert.equal(out.error, undefined, `review threw on ${JSON.stringify(body)}: ${out.error}`);
+      assert.equal(out.response.response.allowed, true);
+      if (out.response.response.patch) {
+        injected++;
+        const patch = JSON.parse(Buffer.from(out.response.response.patch, 'base64').toString()) as PatchOp[];
+        assert.doesNotThrow(() => applyPatch(body.request.object, patch), JSON.stringify(body));
+      }
+    }
+    assert.ok(injected > 1000, `some grafts leave the pod injectable (${injected})`);
+  });
 });
