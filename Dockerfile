@@ -35,6 +35,6 @@ COPY --from=build /src/native/*.node native/
 USER 65532:65532
 EXPOSE 9400 8443
 # A smaller young generation keeps RSS down (research: 118 MB -> 63 MB peak under scrape load).
-ENV NODE_ENV=production NODE_OPTIONS=--max-semi-space-size=2
+ENV NODE_ENV=production NODE_OPTIONS="--max-semi-space-size=2 --max-old-space-size=160"
 ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/dist/agent/main.js"]
 CMD ["run"]

@@ -2,7 +2,7 @@
 // measured in the same run. Prints a Markdown report (the README quotes it).
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +16,8 @@ import { parseExposition } from '../agent/parse/exposition.js';
 import { payload, type Payload } from './payloads.js';
 import { benchGpu } from './gpu.js';
 
+/** The Node flags the image runs the agent with (Dockerfile NODE_OPTIONS); INFERTEL_BENCH_NODE_FLAGS overrides them. */
+const IMAGE_NODE_FLAGS = (process.env.INFERTEL_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --max-old-space-size=160').split(' ').filter(Boolean);
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const lines: string[] = [];
@@ -193,6 +195,46 @@ async function benchServe(): Promise<void> {
   say();
 }
 
+/**
+ * The worst cases the memory budget is set from: an engine that brings 100,000 label values
+ * never seen before every second, and one that exports 200 families of 2,000 series (400,000,
+ * eight times the total cap). The agent runs as the image runs it; RSS is sampled every 500 ms.
+ */
+async function benchWorst(): Promise<void> {
+  say(`### Worst case (agent in its own process with the image's Node flags \`${IMAGE_NODE_FLAGS.join(' ')}\`, 4 scrapers on /metrics, 20 s per row)`);
+  say();
+  say('| upstream | body per scrape | peak RSS | RSS at the end | /metrics p50 | /metrics p99 | upstream up at the end |');
+  say('|---|---|---|---|---|---|---|');
+  const rows = [
+    ['bomb: 100k new label values per second', ['bomb', '100000'], '1s'],
+    ['wide: 125 families x 2,000 series (just under the 8 MiB body cap), 5 s interval', ['wide', '125', '2000'], '5s'],
+  ] as const;
+  for (const [label, args, interval] of rows) {
+    const server = await spawnLine([join(HERE, 'serve-bomb.js'), ...args]);
+    const url = `http://127.0.0.1:${server.line}/metrics`;
+    const size = (await (await fetch(url)).arrayBuffer()).byteLength;
+    const port = 19000 + Math.floor(Math.random() * 5000);
+    const child = spawn(process.execPath, [...IMAGE_NODE_FLAGS, CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `tgi=${url}`, '--model', 'm', '--interval', interval, '--log-level', 'error'], { stdio: 'ignore' });
+    const base = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 100; i++) {
+      try { if ((await fetch(`${base}/healthz`)).ok) break; } catch { /* starting */ }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const rss: number[] = [];
+    const sampler = setInterval(() => {
+      try { rss.push(Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024); } catch { /* exited */ }
+    }, 500);
+    const lat = await load(`${base}/metrics`, 4, 20_000);
+    clearInterval(sampler);
+    const last = await (await fetch(`${base}/metrics`)).text();
+    const up = /\ninfertel_upstream_up\{[^}]*\} (\S+)/.exec(last)?.[1] ?? '?';
+    say(`| ${label} | ${f1(size / 1048576)} MiB | ${f1(Math.max(...rss))} MiB | ${f1(rss[rss.length - 1] ?? NaN)} MiB | ${f2(pct(lat, 50))} ms | ${f2(pct(lat, 99))} ms | ${up} |`);
+    child.kill();
+    server.child.kill();
+  }
+  say();
+}
+
 async function main(): Promise<void> {
   const only = process.argv[2];
   say(`## Benchmark (${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${(await import('node:os')).cpus().length} CPUs: ${(await import('node:os')).cpus()[0]?.model ?? '?'})`);
@@ -200,6 +242,7 @@ async function main(): Promise<void> {
   if (!only || only === 'parse') await benchParse();
   if (!only || only === 'cycle') await benchCycle();
   if (!only || only === 'serve') await benchServe();
+  if (!only || only === 'worst') await benchWorst();
   if (!only || only === 'gpu') await benchGpu(say);
 }
 
