@@ -5,5 +5,7 @@
 import { watchSignals } from './signals.js';
 
 const signals = watchSignals();
+// `ps` shows the agent by name; it also marks, for the shutdown test, the moment signals are caught.
+process.title = 'infertel';
 const { main } = await import('./cli.js');
 await main(process.argv, signals);

@@ -192,7 +192,10 @@ export class Normalizer {
     const stats: IngestStats = { series: 0, incompleteHistograms: 0 };
     const index = new Map<string, Family>();
     for (const fam of families) {
-      const key = up.familyKey(fam.name);
+      let key = up.familyKey(fam.name);
+      // An OpenMetrics counter family is named without _total (its samples carry it); the
+      // catalogue names counters as their samples are named.
+      if (fam.type === 'counter' && !key.endsWith('_total') && fam.samples.some((x) => x.name === `${fam.name}_total`)) key += '_total';
       if (!index.has(key)) index.set(key, fam);
     }
     let states = this.sources.get(up.name);

@@ -4,13 +4,13 @@ import { buildCatalogue, type UnitProfile } from '../../agent/catalogue/catalogu
 import { SeriesLimiter } from '../../agent/guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from '../../agent/guard/labels.js';
 import { Normalizer, type CanonicalFamily } from '../../agent/normalize/normalizer.js';
-import { parseExposition } from '../../agent/parse/exposition.js';
+import { parseExposition, type InputFormat } from '../../agent/parse/exposition.js';
 import { FLAVOR_TABLE } from '../../agent/sources/flavor.js';
 
 export interface Harness {
   n: Normalizer;
   limiter: SeriesLimiter;
-  ingest(flavor: 'vllm' | 'tgi', text: string, upstream?: string, model?: string): void;
+  ingest(flavor: 'vllm' | 'tgi', text: string, upstream?: string, model?: string, format?: InputFormat): void;
   fail(upstream: string): void;
   snapshot(nowMs?: number): CanonicalFamily[];
   /** Value of the one series of `metric` whose labels include `labels`; undefined if none. */
@@ -28,8 +28,8 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
   let clock = 1_000_000;
   const h: Harness = {
     n, limiter,
-    ingest(flavor, text, upstream = 'u1', model) {
-      const fam = parseExposition(text).families;
+    ingest(flavor, text, upstream = 'u1', model, format = 'text') {
+      const fam = parseExposition(text, format).families;
       const a = FLAVOR_TABLE[flavor];
       n.ingest({ name: upstream, flavor, familyKey: a.familyKey, modelLabels: a.modelLabels, defaultModel: model ?? a.payloadModel(fam) ?? 'unknown' }, fam);
     },
@@ -75,4 +75,13 @@ export function vllmV1(v: { running?: number[]; waiting?: number[]; kv?: number[
     });
   }
   return lines.join('\n') + '\n' + (v.extra ?? '');
+}
+
+/** The same payload as OpenMetrics writes it: counter families without _total, and a closing # EOF. */
+export function asOpenMetrics(text: string): string {
+  const counters = new Set([...text.matchAll(/^# TYPE (\S+)_total counter$/gm)].map((m) => m[1]!));
+  return text.split('\n').map((line) => {
+    const m = /^# (TYPE|HELP) (\S+)_total( .*)?$/.exec(line);
+    return m && counters.has(m[2]!) ? `# ${m[1]} ${m[2]}${m[3] ?? ''}` : line;
+  }).join('\n').replace(/\n*$/, '\n') + '# EOF\n';
 }

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { TgiSim } from '../../agent/demo/sim-tgi.js';
 import { VllmSim } from '../../agent/demo/sim-vllm.js';
 import { SHARED_FIXTURES, sharedFixturesPresent } from '../helpers.js';
-import { harness, vllmV1 } from './harness.js';
+import { asOpenMetrics, harness, vllmV1 } from './harness.js';
 
 describe('normaliser: names, units, aliases', () => {
   it('maps vLLM V1 gauges per engine and aggregates them by the catalogue aggregator', () => {
@@ -110,6 +110,20 @@ describe('normaliser: names, units, aliases', () => {
     assert.equal(h.value('inference_ttft_ms'), undefined, 'TGI has no TTFT: none is invented');
     const ctx = h.series('inference_requests_by_context_total');
     assert.equal(ctx.reduce((a, s) => a + s.value, 0), Number(text.split('\n').find((l) => l.startsWith('tgi_request_input_length_count '))!.split(' ')[1]));
+  });
+});
+
+describe('normaliser: OpenMetrics input', () => {
+  it('the same vLLM payload as text 0.0.4 and as OpenMetrics gives identical canonical output (counters named without _total)', () => {
+    const payload = vllmV1({ prompt: [10, 20], gen: [1, 2], waiting: [1, 1], e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 }] });
+    const om = asOpenMetrics(payload);
+    assert.match(om, /^# TYPE vllm:prompt_tokens counter$/m, 'the OpenMetrics spelling is used');
+    const text = harness();
+    const open = harness();
+    text.ingest('vllm', payload);
+    open.ingest('vllm', om, 'u1', undefined, 'openmetrics');
+    assert.equal(open.value('tokens_input_total', { model: 'llama' }), 30);
+    assert.deepEqual(open.snapshot(50_000), text.snapshot(50_000));
   });
 });
 
