@@ -57,7 +57,6 @@ export class Upstream {
 
   constructor(readonly cfg: UpstreamConfig, private readonly source: Source, private readonly deps: UpstreamDeps) {
     this.adapter = cfg.flavor === 'auto' ? undefined : FLAVOR_TABLE[cfg.flavor];
-    this.model = cfg.model ?? deps.defaultModel;
     this.health = { name: cfg.name, url: redactUrl(cfg.url), flavor: this.adapter?.name ?? 'unknown', up: false, lastOutcome: 'pending',
       lastDetail: undefined, lastSuccessMs: undefined, intervalMs: cfg.intervalMs };
     deps.metrics.setFlavor(cfg.name, this.health.flavor);
@@ -94,13 +93,14 @@ export class Upstream {
             await this.resolveModel(res.families, signal);
             const view: UpstreamView = {
               name: this.cfg.name, flavor: this.adapter.name, familyKey: this.adapter.familyKey,
-              modelLabels: this.adapter.modelLabels, defaultModel: this.model ?? this.adapter.payloadModel(res.families) ?? 'unknown',
+              modelLabels: this.adapter.modelLabels, defaultModel: this.defaultModel(res.families),
             };
             await yieldToLoop();
             const stats = normalizer.ingest(view, res.families);
             series = stats.series;
             parseErrors += stats.incompleteHistograms;
           }
+          this.noteCanonical(series);
           await yieldToLoop();
           this.setPassthrough(this.cfg.passthrough ? toPassthroughFamilies(this.deps.passthroughGuard.apply(res.families)) : []);
           for (const format of ['text', 'openmetrics'] as const) {
@@ -131,13 +131,34 @@ export class Upstream {
     });
   }
 
+  private unmappedLogged = false;
+
+  /** Counts what the scrape mapped; a payload that maps to nothing is said once, not hidden. */
+  private noteCanonical(series: number): void {
+    this.deps.metrics.canonicalSeries.set({ upstream: this.cfg.name }, series);
+    if (series > 0) { this.unmappedLogged = false; return; }
+    if (this.unmappedLogged) return;
+    this.unmappedLogged = true;
+    this.deps.log.warn({ upstream: this.cfg.name, flavor: this.health.flavor },
+      this.adapter ? 'no canonical series from this upstream (its payload has none of the families the catalogue maps)' : 'no adapter recognises this engine: passthrough only, no canonical series');
+  }
+
   private setPassthrough(families: PassthroughFamily[]): void {
     this.passthrough = families;
     this.passthroughVersion++;
   }
 
+  /**
+   * The model of series whose labels name none, in this order: the one model the payload's other
+   * families name, this upstream's configured model, what the engine's info endpoint said, the
+   * global --model, unknown. A global model never overrides an engine that names its own.
+   */
+  private defaultModel(families: readonly Family[]): string {
+    return this.adapter?.payloadModel(families) ?? this.cfg.model ?? this.model ?? this.deps.defaultModel ?? 'unknown';
+  }
+
   private async resolveModel(families: readonly Family[], signal: AbortSignal): Promise<void> {
-    if (this.model || !this.adapter || this.deps.now() < this.modelLookupAt) return;
+    if (this.model || this.cfg.model || !this.adapter || this.deps.now() < this.modelLookupAt) return;
     if (this.adapter.payloadModel(families)) return;
     this.modelLookupAt = this.deps.now() + MODEL_LOOKUP_RETRY_MS;
     try {

@@ -23,6 +23,7 @@ export class SelfMetrics {
   readonly labelRewrites: client.Counter<'action'>;
   readonly gpuPollDuration: client.Gauge;
   readonly rejectedLines: client.Counter<'upstream' | 'reason'>;
+  readonly canonicalSeries: client.Gauge<'upstream'>;
   readonly familyClashes: client.Gauge<'format'>;
   readonly unexpressed: client.Gauge<'upstream' | 'format'>;
   private readonly overflowSeen = new Map<string, number>();
@@ -63,6 +64,7 @@ export class SelfMetrics {
       },
     });
     this.rejectedLines = new client.Counter({ name: 'infertel_rejected_lines_total', help: 'Exposition lines rejected by the parser, by reason (never copied to the output).', labelNames: ['upstream', 'reason'], registers });
+    this.canonicalSeries = new client.Gauge({ name: 'infertel_upstream_canonical_series', help: 'Canonical source series the last successful scrape of the upstream mapped (0: nothing maps, passthrough only).', labelNames: ['upstream'], registers });
     this.familyClashes = new client.Gauge({ name: 'infertel_family_clashes', help: 'Passthrough families left out of the last render because another family already took one of their sample names.', labelNames: ['format'], registers });
     this.unexpressed = new client.Gauge({ name: 'infertel_passthrough_unexpressed_samples', help: 'Passthrough samples of the last scrape that an output format cannot carry (e.g. fractional bucket counts in OpenMetrics) and so leaves out.', labelNames: ['upstream', 'format'], registers });
     new client.Counter({

@@ -27,11 +27,12 @@ export interface GpuSummary {
   devices: GpuDeviceSummary[];
 }
 
+/** Counts are null, not 0, when no upstream gives the metric at all (an unsupported engine says nothing). */
 export interface Summary {
-  requests_total: number;
-  errors_total: number;
-  tokens_generated_total: number;
-  prompt_tokens_total: number;
+  requests_total: number | null;
+  errors_total: number | null;
+  tokens_generated_total: number | null;
+  prompt_tokens_total: number | null;
   average_latency_ms: number | null;
   p95_latency_ms: number | null;
   average_tokens_per_second: number | null;
@@ -44,7 +45,8 @@ function family(snapshot: readonly CanonicalFamily[], name: string): CanonicalFa
   return snapshot.find((f) => f.metric.name === name);
 }
 
-function total(f: CanonicalFamily | undefined, filter?: (labels: Record<string, string>) => boolean): number {
+function total(f: CanonicalFamily | undefined, filter?: (labels: Record<string, string>) => boolean): number | null {
+  if (!f) return null;
   let sum = 0;
   for (const s of f?.series ?? []) if (!filter || filter(Object.fromEntries(s.labels))) sum += s.value;
   return sum;

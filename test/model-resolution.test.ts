@@ -1,0 +1,68 @@
+// The model of series that name none: payload, then upstream config, then the engine's info
+// endpoint, then the global --model, then unknown. A global model never splits one engine in two.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { trace } from '@opentelemetry/api';
+import { buildCatalogue } from '../agent/catalogue/catalogue.js';
+import { SelfMetrics } from '../agent/export/self-metrics.js';
+import { SeriesLimiter } from '../agent/guard/cardinality.js';
+import { makeLabelPolicy, newGuardCounts } from '../agent/guard/labels.js';
+import { PassthroughGuard } from '../agent/guard/passthrough.js';
+import { createLogger } from '../agent/logger.js';
+import { Normalizer } from '../agent/normalize/normalizer.js';
+import { parseExposition } from '../agent/parse/exposition.js';
+import type { Source } from '../agent/sources/source.js';
+import { Upstream } from '../agent/upstream.js';
+import type { UpstreamConfig } from '../agent/config/schema.js';
+import { Writable } from 'node:stream';
+
+const VLLM = '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0",model_name="llama"} 1.0\n'
+  + '# TYPE http_requests_total counter\nhttp_requests_total{handler="/v1/completions",method="POST",status="2xx"} 7.0\n';
+
+function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel: string | undefined, globalModel: string | undefined) {
+  const catalogue = buildCatalogue('ms');
+  const policy = makeLabelPolicy([], 128, ['model', 'model_name']);
+  const normalizer = new Normalizer(catalogue, { histograms: 'rebucket', staleAfterScrapes: 3, seriesPerMetric: 100, labelPolicy: policy, limiter: new SeriesLimiter({ perMetric: 100, total: 1000 }), guardCounts: newGuardCounts() });
+  const source: Source = { name: 'u', scrape: async () => ({ outcome: 'ok', families: parseExposition(body).families, bytes: body.length, parseErrors: 0, rejected: {}, detail: undefined }) };
+  const cfg: UpstreamConfig = { name: 'u', url: 'http://127.0.0.1:1/metrics', flavor, model: upstreamModel, intervalMs: 1000, timeoutMs: 500, maxBodyBytes: 1 << 20, passthrough: false, auth: undefined, tls: undefined };
+  const logs: string[] = [];
+  const log = createLogger('info', new Writable({ write: (c, _e, cb) => { logs.push(String(c)); cb(); } }));
+  const metrics = new SelfMetrics('t', () => new Map(), () => ({}));
+  const up = new Upstream(cfg, source, {
+    normalizer, metrics, tracer: trace.getTracer('t'), log,
+    passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: 10, seriesTotal: 100, bucketsPerSeries: 10 }, () => {}, newGuardCounts()),
+    defaultModel: globalModel, staleAfterScrapes: 3, now: () => 0,
+  });
+  return { up, normalizer, logs, metrics };
+}
+
+async function modelsOf(body: string, flavor: 'vllm' | 'tgi', upstreamModel: string | undefined, globalModel: string | undefined): Promise<string[]> {
+  const { up, normalizer } = upstreamOf(body, flavor, upstreamModel, globalModel);
+  assert.equal(await up.cycle(new AbortController().signal), true);
+  const models = new Set<string>();
+  for (const f of normalizer.snapshot(0, 1)) for (const s of f.series) for (const [k, v] of s.labels) if (k === 'model') models.add(v);
+  return [...models].sort();
+}
+
+describe('model resolution per upstream', () => {
+  it('a global --model does not override the model a vLLM payload names (no second model from http_requests_total)', async () => {
+    assert.deepEqual(await modelsOf(VLLM, 'vllm', undefined, 'global-model'), ['llama']);
+  });
+  it('an engine that names no model takes the upstream model before the global one', async () => {
+    assert.deepEqual(await modelsOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\n', 'tgi', 'per-upstream', 'global-model'), ['per-upstream']);
+  });
+  it('then the global model (the info endpoint is down here), then unknown', async () => {
+    assert.deepEqual(await modelsOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\n', 'tgi', undefined, 'global-model'), ['global-model']);
+    assert.deepEqual(await modelsOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\n', 'tgi', undefined, undefined), ['unknown']);
+  });
+});
+
+describe('an engine no adapter maps', () => {
+  it('is said once in the log and shows 0 canonical series (not a silent "up")', async () => {
+    const { up, logs, metrics } = upstreamOf('# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{model_name="m"} 3\n', 'auto', undefined, undefined);
+    for (let i = 0; i < 3; i++) assert.equal(await up.cycle(new AbortController().signal), true);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(logs.filter((l) => l.includes('no adapter recognises this engine')).length, 1, logs.join(''));
+    assert.match(await metrics.text.metrics(), /infertel_upstream_canonical_series\{upstream="u"\} 0/);
+  });
+});
