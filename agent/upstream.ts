@@ -102,7 +102,11 @@ export class Upstream {
           }
           this.noteCanonical(series);
           await yieldToLoop();
-          this.setPassthrough(this.cfg.passthrough ? toPassthroughFamilies(this.deps.passthroughGuard.apply(res.families)) : []);
+          if (this.cfg.passthrough) {
+            const guarded = this.deps.passthroughGuard.apply(res.families);
+            await yieldToLoop();
+            this.setPassthrough(toPassthroughFamilies(guarded));
+          } else this.setPassthrough([]);
           for (const format of ['text', 'openmetrics'] as const) {
             metrics.unexpressed.set({ upstream: this.cfg.name, format }, this.passthrough.reduce((a, f) => a + f.droppedIn[format], 0));
           }

@@ -51,7 +51,7 @@ const hostPort = z.string().superRefine((v, ctx) => {
   const idx = v.lastIndexOf(':');
   const port = idx < 0 ? NaN : Number(v.slice(idx + 1));
   if (idx < 0 || !/^\d{1,5}$/.test(v.slice(idx + 1))) ctx.addIssue({ code: 'custom', message: 'must be HOST:PORT, e.g. 0.0.0.0:9400' });
-  else if (port < 1 || port > 65535) ctx.addIssue({ code: 'custom', message: `port must be 1-65535, got ${v.slice(idx + 1)}` });
+  else if (port > 65535) ctx.addIssue({ code: 'custom', message: `port must be 0-65535 (0: any free port), got ${v.slice(idx + 1)}` });
   const hp = idx < 0 ? undefined : hostProblem(v.slice(0, idx));
   if (hp) ctx.addIssue({ code: 'custom', message: hp });
 });

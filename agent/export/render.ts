@@ -2,7 +2,8 @@
 // Prometheus text 0.0.4 or OpenMetrics 1.0 (without the closing `# EOF`, which the server adds
 // after the agent's own metrics).
 
-import { parseValue, type Family, type FamilyType, type Sample } from '../parse/exposition.js';
+import type { Family, FamilyType, Sample } from '../parse/exposition.js';
+import { coordinateValue } from '../guard/passthrough.js';
 import type { CanonicalFamily } from '../normalize/normalizer.js';
 import { escapeHelp, escapeLabelValue, flatLabelBlock, formatNumber, labelBlock } from './format.js';
 
@@ -95,7 +96,7 @@ function coordOf(s: Sample, coord: string): { raw: string; value: number } | und
   for (let i = 0; i < s.labels.length; i += 2) {
     if (s.labels[i] === coord) {
       const raw = s.labels[i + 1]!;
-      return { raw, value: parseValue(raw) };
+      return { raw, value: coordinateValue(raw) };
     }
   }
   return undefined;
@@ -181,15 +182,28 @@ function textBlock(fam: Family): { block: FormatBlock | undefined; dropped: numb
   } else keep = (s) => s.name === fam.name;
   let body = '';
   let dropped = 0;
+  const text = fam.text;
+  // Contiguous verbatim lines are copied as one slice.
+  let runStart = -1;
+  let runEnd = -1;
   for (const s of fam.samples) {
-    if (keep(s)) body += sampleLine(s, fam.text, s.name, s.labels);
-    else dropped++;
+    if (!keep(s)) { dropped++; continue; }
+    if (text !== undefined && s.start !== undefined && s.end !== undefined && text.charCodeAt(s.end) === 10) {
+      if (runStart >= 0 && s.start === runEnd + 1) { runEnd = s.end; continue; }
+      if (runStart >= 0) body += text.slice(runStart, runEnd + 1);
+      runStart = s.start;
+      runEnd = s.end;
+      continue;
+    }
+    if (runStart >= 0) { body += text!.slice(runStart, runEnd + 1); runStart = -1; }
+    body += sampleLine(s, text, s.name, s.labels);
   }
+  if (runStart >= 0) body += text!.slice(runStart, runEnd + 1);
   if (!body) return { block: undefined, dropped };
   return { block: { header: metaLines(typeName, fam.type, fam.help), body, names }, dropped };
 }
 
-function openMetricsBlock(fam: Family): { block: FormatBlock | undefined; dropped: number } {
+function openMetricsBlock(fam: Family, textBody: string | undefined): { block: FormatBlock | undefined; dropped: number } {
   let body = '';
   let dropped = 0;
   let typeName = fam.name;
@@ -222,6 +236,9 @@ function openMetricsBlock(fam: Family): { block: FormatBlock | undefined; droppe
         else dropped++;
       }
     }
+  } else if (textBody !== undefined) {
+    // Gauges and unknowns: every sample line is the same in both formats.
+    body = textBody;
   } else {
     for (const s of fam.samples) body += sampleLine(s, fam.text, s.name, s.labels);
   }
@@ -240,7 +257,7 @@ export function toPassthroughFamilies(families: readonly Family[]): PassthroughF
   for (const f of families) {
     if (f.samples.length === 0 || f.name.startsWith(RESERVED_PREFIX)) continue;
     const text = textBlock(f);
-    const om = isCreatedGauge(f) ? { block: undefined, dropped: 0 } : openMetricsBlock(f);
+    const om = isCreatedGauge(f) ? { block: undefined, dropped: 0 } : openMetricsBlock(f, (f.type === 'gauge' || f.type === 'untyped') ? text.block?.body : undefined);
     out.push({ name: f.name, type: f.type, text: text.block, openmetrics: om.block, droppedIn: { text: text.dropped, openmetrics: om.dropped } });
   }
   return out;

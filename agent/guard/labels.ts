@@ -182,9 +182,20 @@ export function guardValue(policy: LabelPolicy, name: string, value: string, cou
   return v;
 }
 
+/** Verdicts per label name: names repeat on every sample, lower-casing them need not. */
+const forbiddenVerdicts = new WeakMap<LabelPolicy, Map<string, boolean>>();
+
 /** Whether a label name is on the forbidden list (exact, case-insensitive). */
 export function isForbidden(policy: LabelPolicy, name: string): boolean {
-  return policy.forbidden.has(name) || policy.forbidden.has(name.toLowerCase());
+  let cache = forbiddenVerdicts.get(policy);
+  if (!cache) forbiddenVerdicts.set(policy, (cache = new Map()));
+  let v = cache.get(name);
+  if (v === undefined) {
+    v = policy.forbidden.has(name) || policy.forbidden.has(name.toLowerCase());
+    if (cache.size >= VERDICT_CACHE_MAX) cache.clear();
+    cache.set(name, v);
+  }
+  return v;
 }
 
 /**

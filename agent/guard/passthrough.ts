@@ -67,6 +67,22 @@ function labelKey(labels: readonly string[], skip: string | undefined): string {
   return key;
 }
 
+/** Whether two label arrays hold the same strings except for the coordinate label (a cheap identity test, no key built). */
+function sameSeries(a: readonly string[], b: readonly string[], coord: string | undefined): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i += 2) {
+    if (a[i] !== b[i]) return false;
+    if (a[i] !== coord && a[i + 1] !== b[i + 1]) return false;
+  }
+  return true;
+}
+
+function coordOf(labels: readonly string[], coord: string): string {
+  for (let i = 0; i < labels.length; i += 2) if (labels[i] === coord) return labels[i + 1]!;
+  return '';
+}
+
 interface SeriesGroup {
   key: string;
   samples: Sample[];
@@ -76,19 +92,44 @@ interface SeriesGroup {
   merged: boolean;
 }
 
+const boundCache = new Map<string, number>();
+
+/** A bucket bound or quantile as a number (the parser checked it); the same few strings repeat. */
+export function coordinateValue(raw: string): number {
+  let v = boundCache.get(raw);
+  if (v === undefined) {
+    v = parseValue(raw);
+    if (boundCache.size > 4096) boundCache.clear();
+    boundCache.set(raw, v);
+  }
+  return v;
+}
+
 /** A series' samples in the order both formats want: buckets by bound, then _count, _sum, _created. */
 function orderSeries(type: FamilyType, family: string, samples: Sample[]): Sample[] {
   if (type !== 'histogram' && type !== 'summary') return samples;
-  const rank = (s: Sample): number => {
-    const suffix = s.name.slice(family.length);
-    return suffix === '_bucket' || suffix === '' ? 0 : suffix === '_count' ? 1 : suffix === '_sum' ? 2 : 3;
-  };
   const coord = type === 'histogram' ? 'le' : 'quantile';
+  const rank = (s: Sample): number => {
+    const n = s.name.length - family.length;
+    // '', _bucket: 0; _count: 1; _sum: 2; _created: 3.
+    return n === 0 || n === 7 ? 0 : n === 6 ? 1 : n === 4 ? 2 : 3;
+  };
   const bound = (s: Sample): number => {
-    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] === coord) return Number(s.labels[i + 1] === '+Inf' ? Infinity : s.labels[i + 1]);
+    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] === coord) return coordinateValue(s.labels[i + 1]!);
     return 0;
   };
-  return [...samples].sort((a, b) => rank(a) - rank(b) || bound(a) - bound(b));
+  // Engines already write series in this order; check before sorting.
+  let sorted = true;
+  for (let i = 1; i < samples.length && sorted; i++) {
+    const a = samples[i - 1]!;
+    const b = samples[i]!;
+    const d = rank(a) - rank(b);
+    if (d > 0 || (d === 0 && bound(a) > bound(b))) sorted = false;
+  }
+  if (sorted) return samples;
+  const keyed = samples.map((s) => ({ s, r: rank(s), b: bound(s) }));
+  keyed.sort((x, y) => x.r - y.r || x.b - y.b);
+  return keyed.map((k) => k.s);
 }
 
 /** Keeps, per family, which series were admitted last time, so survivors keep their slots. */
@@ -149,11 +190,16 @@ export class PassthroughGuard {
     const seen = new Map<string, Sample>();
     let newRoom = Math.max(0, this.limits.seriesPerFamily - (prev?.size ?? 0));
     let folded = 0;
+    let prevLabels: readonly string[] | undefined;
+    let prevKey = '';
     for (const raw of fam.samples) {
       const coord = coordinateLabel(fam.type, fam.name, raw.name);
       const s = this.guardSample(raw, coord);
       const changed = s !== raw;
-      const seriesKey = labelKey(s.labels, coord);
+      // Consecutive samples of one series share their label strings (the parser reuses them).
+      const seriesKey = prevLabels !== undefined && sameSeries(prevLabels, s.labels, coord) ? prevKey : labelKey(s.labels, coord);
+      prevLabels = s.labels;
+      prevKey = seriesKey;
       let g = groups.get(seriesKey);
       if (!g) {
         if (!prev?.has(seriesKey)) {
@@ -166,7 +212,7 @@ export class PassthroughGuard {
         }
         groups.set(seriesKey, (g = { key: seriesKey, samples: [], coords: 0, merged: false }));
       }
-      const sampleKey = raw.name + SEP + (coord ? labelKey(s.labels, undefined) : seriesKey);
+      const sampleKey = coord ? raw.name + SEP + seriesKey + coordOf(s.labels, coord) : raw.name + SEP + seriesKey;
       const twin = seen.get(sampleKey);
       if (twin) {
         if (changed || g.merged) {

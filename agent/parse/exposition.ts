@@ -552,9 +552,10 @@ export class ParserState {
     const vs = i;
     while (i < end && text.charCodeAt(i) !== SPACE && text.charCodeAt(i) !== TAB) i++;
     const ve = i;
-    if (!isGoFloat(text, vs, ve)) { this.reject('bad_value', text, start); return; }
-    const value = goFloatValue(text, vs, ve);
-    if (!Number.isFinite(value) && !isSpecialLiteral(text, vs, ve)) { this.reject('bad_value', text, start); return; }
+    // The fast path of parseNumberAt only takes valid decimals; anything else it hands to the
+    // strict check, so one scan both validates and reads the common value.
+    const value = parseNumberAt(text, vs, ve);
+    if (Number.isNaN(value) ? !isGoFloat(text, vs, ve) : !Number.isFinite(value) && !isSpecialLiteral(text, vs, ve)) { this.reject('bad_value', text, start); return; }
     if (tidy && !isPlainNumber(text, vs, ve)) tidy = false;
     if (!this.rest(text, start, i, end)) return;
     let fam = this.current;
@@ -568,8 +569,7 @@ export class ParserState {
     if (fam.type === 'histogram') {
       const le = labelValue(labels, 'le');
       if (name.length === fam.name.length + 7) {
-        const bound = le === undefined ? undefined : parseFloatStrict(le);
-        if (bound === undefined || Number.isNaN(bound)) { this.reject('bad_le', text, start); return; }
+        if (le === undefined || !this.validBound(le)) { this.reject('bad_le', text, start); return; }
       } else if (le !== undefined) { this.reject('bad_le', text, start); return; }
     } else if (fam.type === 'summary') {
       const q = labelValue(labels, 'quantile');
@@ -583,6 +583,19 @@ export class ParserState {
     this.prevName = name;
     this.prevLabels = labels;
     this.sampleCount++;
+  }
+
+  /** `le` values already checked: a payload repeats the same few bounds on every series. */
+  private readonly bounds = new Map<string, boolean>();
+
+  private validBound(le: string): boolean {
+    let ok = this.bounds.get(le);
+    if (ok === undefined) {
+      const v = parseFloatStrict(le);
+      ok = v !== undefined && !Number.isNaN(v);
+      if (this.bounds.size < 4096) this.bounds.set(le, ok);
+    }
+    return ok;
   }
 
   /** What may follow a value: a timestamp, and in OpenMetrics an exemplar; nothing else. */

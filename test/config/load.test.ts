@@ -121,14 +121,14 @@ describe('config', () => {
     })();
     assert.ok(err instanceof ConfigError);
     const text = err.problems.join('\n');
-    for (const p of ['listen: port must be 1-65535', 'units:', 'upstreams[0].timeout: must be less than the interval', 'upstreams[0].auth.bearerTokenFile: cannot read /nonexistent/token (ENOENT)',
+    for (const p of ['listen: port must be 0-65535', 'units:', 'upstreams[0].timeout: must be less than the interval', 'upstreams[0].auth.bearerTokenFile: cannot read /nonexistent/token (ENOENT)',
       'upstreams[0].tls.caFile: cannot read', 'upstreams[1].auth.basic.passwordFile: cannot read', 'buckets.inference_ttft_ms: bounds must be strictly ascending',
       'buckets.no_such_metric: not a canonical histogram']) {
       assert.ok(text.includes(p), `missing ${p} in\n${text}`);
     }
   });
 
-  const hosts: Array<[string, boolean]> = [['0.0.0.0:9400', true], ['[::1]:9400', true], [':9400', true], ['localhost:1', true], ['999.1.1.1:80', false], ['-bad-:80', false], ['a..b:80', false], ['[zz]:80', false], ['host:0', false]];
+  const hosts: Array<[string, boolean]> = [['0.0.0.0:9400', true], ['[::1]:9400', true], [':9400', true], ['localhost:1', true], ['999.1.1.1:80', false], ['-bad-:80', false], ['a..b:80', false], ['[zz]:80', false], ['host:0', true], ['host:65536', false]];
   for (const [listen, ok] of hosts) it(`listen ${listen} is ${ok ? 'valid' : 'refused'}`, () => (ok ? assert.doesNotThrow : assert.throws)(() => validateConfig({ listen })));
 
   it('start-up reports a port in use as a configuration problem (exit 2, key path), not a stack trace', async () => {
