@@ -136,6 +136,7 @@ export class Upstream {
   }
 
   private unmappedLogged = false;
+  private lastRejected: string | undefined;
 
   /** Counts what the scrape mapped; a payload that maps to nothing is said once, not hidden. */
   private noteCanonical(series: number): void {
@@ -185,5 +186,9 @@ export class Upstream {
     const url = redactUrl(this.cfg.url);
     if (outcome === 'ok' && !wasUp) log.info({ upstream: this.cfg.name, url, flavor: this.health.flavor }, 'upstream up');
     else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome)) log.warn({ upstream: this.cfg.name, url, reason: outcome, detail: detail && redactUrl(detail) }, 'upstream down');
+    // A scrape that succeeds with some lines rejected says so once per change, not every interval.
+    const rejected = outcome === 'ok' ? detail : undefined;
+    if (rejected && rejected !== this.lastRejected) log.warn({ upstream: this.cfg.name, detail: rejected }, 'upstream lines rejected');
+    if (outcome === 'ok') this.lastRejected = rejected;
   }
 }

@@ -12,6 +12,7 @@ import { createLogger } from '../agent/logger.js';
 import { Normalizer } from '../agent/normalize/normalizer.js';
 import { parseExposition } from '../agent/parse/exposition.js';
 import type { Source } from '../agent/sources/source.js';
+import { resultOfParse } from '../agent/sources/engine.js';
 import { Upstream } from '../agent/upstream.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
 import { Writable } from 'node:stream';
@@ -23,7 +24,7 @@ function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel
   const catalogue = buildCatalogue('ms');
   const policy = makeLabelPolicy([], 128, ['model', 'model_name']);
   const normalizer = new Normalizer(catalogue, { histograms: 'rebucket', staleAfterScrapes: 3, seriesPerMetric: 100, labelPolicy: policy, limiter: new SeriesLimiter({ perMetric: 100, total: 1000 }), guardCounts: newGuardCounts() });
-  const source: Source = { name: 'u', scrape: async () => ({ outcome: 'ok', families: parseExposition(body).families, bytes: body.length, parseErrors: 0, rejected: {}, detail: undefined }) };
+  const source: Source = { name: 'u', scrape: async () => resultOfParse(parseExposition(body), body.length) };
   const cfg: UpstreamConfig = { name: 'u', url: 'http://127.0.0.1:1/metrics', flavor, model: upstreamModel, intervalMs: 1000, timeoutMs: 500, maxBodyBytes: 1 << 20, passthrough: false, auth: undefined, tls: undefined };
   const logs: string[] = [];
   const log = createLogger('info', new Writable({ write: (c, _e, cb) => { logs.push(String(c)); cb(); } }));
@@ -64,5 +65,17 @@ describe('an engine no adapter maps', () => {
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(logs.filter((l) => l.includes('no adapter recognises this engine')).length, 1, logs.join(''));
     assert.match(await metrics.text.metrics(), /infertel_upstream_canonical_series\{upstream="u"\} 0/);
+  });
+});
+
+describe('rejected lines in a successful scrape', () => {
+  it('are logged once (position and reason), not at every interval', async () => {
+    const { up, logs } = upstreamOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\ntgi_x{k="sk-secret"} 0x10\ntgi_batch_current_size 3\n', 'tgi', 'm', undefined);
+    for (let i = 0; i < 3; i++) assert.equal(await up.cycle(new AbortController().signal), true);
+    await new Promise((r) => setTimeout(r, 50));
+    const lines = logs.filter((l) => l.includes('upstream lines rejected'));
+    assert.equal(lines.length, 1, logs.join(''));
+    assert.match(lines[0]!, /first at line 3: bad_value/);
+    assert.ok(!logs.join('').includes('sk-secret'));
   });
 });

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { isIP } from 'node:net';
-import { detectFormat, ParserState, type InputFormat } from '../parse/exposition.js';
+import { detectFormat, ParserState, type InputFormat, type ParseResult } from '../parse/exposition.js';
 import type { UpstreamConfig } from '../config/schema.js';
 import { boundedGet, FetchError } from '../net/http-client.js';
 import type { ScrapeResult, Source } from './source.js';
@@ -46,6 +46,15 @@ export async function parseChunked(text: string, format: InputFormat = 'text', s
     }
   }
   return state;
+}
+
+/** A parsed body as a scrape result: mostly rejected lines make it a failed scrape (`parse`). */
+export function resultOfParse(parsed: ParseResult, bytes: number): ScrapeResult {
+  return {
+    outcome: parsed.errors > 0 && parsed.errors >= parsed.sampleCount ? 'parse' : 'ok',
+    families: parsed.families, bytes, parseErrors: parsed.errors, rejected: parsed.rejected,
+    detail: parsed.firstError ? `rejected ${parsed.errors} line(s), first at ${parsed.firstError}` : undefined,
+  };
 }
 
 function fail(outcome: ScrapeResult['outcome'], detail: string, bytes = 0): ScrapeResult {
@@ -119,12 +128,7 @@ export function createEngineSource(cfg: UpstreamConfig): Source {
       }
       const parsed = await parseChunked(text, detectFormat(contentType, text), AbortSignal.any([signal, deadline]));
       if (!parsed) return fail('timeout', `parse not finished within ${cfg.timeoutMs} ms`, body.length);
-      const result: ScrapeResult = {
-        outcome: 'ok', families: parsed.families, bytes: body.length, parseErrors: parsed.errors, rejected: parsed.rejected,
-        detail: parsed.firstError ? `rejected ${parsed.errors} line(s), first at ${parsed.firstError}` : undefined,
-      };
-      if (parsed.errors > 0 && parsed.errors >= parsed.sampleCount) result.outcome = 'parse';
-      return result;
+      return resultOfParse(parsed.finish(), body.length);
     },
   };
 }
