@@ -81,6 +81,12 @@ describe('hardening: guards never create duplicates', () => {
     assert.equal(counts.duplicateSamples, 1);
   });
 
+  it('label values holding the key separator never make two series one', () => {
+    const { g } = guard();
+    const out = g.apply(parseExposition('# TYPE n gauge\nn{a="x\u0000b\u0000y"} 1\nn{a="x",b="y"} 2\n').families);
+    assert.deepEqual(out[0]!.samples.map((s) => s.value), [1, 2]);
+  });
+
   it('an upstream label of the engine is moved to exported_upstream (no duplicate label when shared)', () => {
     const p = pipeline();
     const body = '# TYPE shared_g gauge\nshared_g{upstream="engine-a"} 1\n';

@@ -1,6 +1,6 @@
 // Passthrough guard: the engine's own families, re-exported as they are minus forbidden labels,
 // with values capped, buckets per series and series per family bounded, and never two samples
-// with the same name and labels. Rules (README, "Passthrough rules"):
+// with the same name and labels. Rules (README, "Passthrough"):
 // - a series made identical to another by the guards (a forbidden label dropped, a value
 //   redacted as unbounded) is merged: counters, gauges and histogram/summary _sum, _count and
 //   buckets are summed; summary quantiles of merged series are dropped (they cannot be summed);
@@ -62,7 +62,10 @@ function labelKey(labels: readonly string[], skip: string | undefined): string {
   for (let k = 0; k < n; k++) {
     const i = idx ? idx[k]! : k * 2;
     if (labels[i] === skip) continue;
-    key += labels[i] + SEP + labels[i + 1] + SEP;
+    // Names are [a-zA-Z0-9_]; a value's length before it keeps any character in it (a NUL
+    // included) from running into the next pair.
+    const value = labels[i + 1] as string;
+    key += labels[i] + '=' + value.length + ':' + value;
   }
   return key;
 }
