@@ -20,8 +20,8 @@ export const vllmFlavor: FlavorAdapter = {
   },
   payloadModel(families: readonly Family[]): string | undefined {
     const models = new Set<string>();
+    // Every family with a model_name: NIM names vLLM's families without a prefix.
     for (const f of families) {
-      if (!PREFIXES.some((p) => f.name.startsWith(p))) continue;
       for (const s of f.samples) {
         const m = labelValue(s.labels, 'model_name');
         if (m !== undefined) models.add(m);

@@ -113,6 +113,20 @@ describe('normaliser: names, units, aliases', () => {
   });
 });
 
+describe('normaliser: NVIDIA NIM (vLLM names without a prefix)', () => {
+  it('label-less series take the one model the payload names, and finish reasons come from request_finish_total', () => {
+    const h = harness();
+    h.ingest('vllm', '# TYPE num_requests_running gauge\nnum_requests_running 2.0\n'
+      + '# TYPE prompt_tokens_total counter\nprompt_tokens_total{model_name="llama"} 5.0\n'
+      + '# TYPE request_finish_total counter\nrequest_finish_total{finished_reason="stop",model_name="llama"} 3.0\nrequest_finish_total{finished_reason="length",model_name="llama"} 1.0\n'
+      + '# TYPE request_success_total counter\nrequest_success_total{model_name="llama"} 4.0\n');
+    assert.equal(h.value('inference_active_streams', { model: 'llama' }), 2);
+    assert.equal(h.value('inference_requests_finished_total', { model: 'llama', reason: 'stop' }), 3);
+    assert.equal(h.value('inference_requests_finished_total', { model: 'llama', reason: 'length' }), 1);
+    assert.equal(h.series('inference_requests_finished_total').length, 2, 'no reason="unknown" series');
+  });
+});
+
 describe('normaliser: OpenMetrics input', () => {
   it('the same vLLM payload as text 0.0.4 and as OpenMetrics gives identical canonical output (counters named without _total)', () => {
     const payload = vllmV1({ prompt: [10, 20], gen: [1, 2], waiting: [1, 1], e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 }] });
