@@ -204,10 +204,14 @@ export class Normalizer {
       if (metric.needs || !metric.sources) continue;
       metric.sources.forEach((spec, specIndex) => {
         if (spec.flavor !== up.flavor) return;
-        const famName = spec.from?.find((n) => index.has(n));
-        if (!famName) return;
-        const fam = index.get(famName)!;
-        this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats);
+        // Names are listed newest first; the choice is made per model, so a model still on an
+        // older name keeps its series beside one already on the newer name (never both for one).
+        const served = new Set<string>();
+        for (const famName of spec.from ?? []) {
+          const fam = index.get(famName);
+          if (!fam) continue;
+          for (const m of this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats, served)) served.add(m);
+        }
       });
     }
     this.sweep(up.name, cycle);
@@ -221,13 +225,27 @@ export class Normalizer {
     this.snapshotCache = undefined;
   }
 
+  /** The model a source series belongs to (its label, else the upstream's default). */
+  private modelOf(up: UpstreamView, labels: readonly string[]): string {
+    for (const ml of up.modelLabels) {
+      const v = labelValue(labels, ml);
+      if (v !== undefined) return v;
+    }
+    return up.defaultModel;
+  }
+
+  /** Ingests one upstream family for one source spec, skipping models in `skip`; returns the models it fed. */
   private ingestSource(up: UpstreamView, states: Map<string, SourceState>, metric: CanonicalMetric, spec: SourceSpec,
-    specKey: string, fam: Family, cycle: number, stats: IngestStats): void {
+    specKey: string, fam: Family, cycle: number, stats: IngestStats, skip: ReadonlySet<string>): Set<string> {
+    const fed = new Set<string>();
     const factor = spec.unit === 'seconds' ? metric.secondsFactor : 1;
     const stateKeyBase = metric.name + SEP + specKey + SEP;
     if (fam.type === 'histogram' && (metric.type === 'histogram' || spec.bucketize || spec.component)) {
-      if (spec.sample) return;
+      if (spec.sample) return fed;
       for (const h of histogramsOf(fam, spec.match, stats)) {
+        const model = this.modelOf(up, h.labels);
+        if (skip.has(model)) continue;
+        fed.add(model);
         const labels = this.canonicalLabels(up, metric, spec, h.labels);
         if (!labels) continue;
         const layoutSig = h.bounds.join(',');
@@ -255,15 +273,18 @@ export class Normalizer {
           this.update(states, stateKey, metric, [exportKey], [raw], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
         }
       }
-      return;
+      return fed;
     }
     // A family whose TYPE no longer fits (a gauge source that became a histogram or summary)
     // would feed its buckets or quantiles in as values.
-    if (fam.type === 'histogram' || fam.type === 'summary' || (metric.type === 'histogram' && !spec.sample)) { this.reject('type_mismatch'); return; }
+    if (fam.type === 'histogram' || fam.type === 'summary' || (metric.type === 'histogram' && !spec.sample)) { this.reject('type_mismatch'); return fed; }
     for (const s of fam.samples) {
       if (s.name !== fam.name && s.name !== `${fam.name}_total`) continue;
       if (spec.match && !matches(s.labels, spec.match)) continue;
       if (spec.absentBelow !== undefined && !(s.value >= spec.absentBelow)) continue;
+      const model = this.modelOf(up, s.labels);
+      if (skip.has(model)) continue;
+      fed.add(model);
       const labels = this.canonicalLabels(up, metric, spec, s.labels);
       if (!labels) continue;
       const exportKey = this.exportKeyFor(metric, labels, undefined);
@@ -278,6 +299,7 @@ export class Normalizer {
         this.update(states, stateKey, metric, [exportKey], [s.value * factor], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] as number }), false);
       }
     }
+    return fed;
   }
 
   private readonly boundsCache = new Map<string, number[]>();

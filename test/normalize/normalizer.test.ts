@@ -127,6 +127,17 @@ describe('normaliser: NVIDIA NIM (vLLM names without a prefix)', () => {
   });
 });
 
+describe('normaliser: old and new names are chosen per model', () => {
+  it('a model still on the old KV name keeps its series beside one on the new name; a model with both counts once', () => {
+    const h = harness();
+    h.ingest('vllm', '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine="0",model_name="new"} 0.5\nvllm:kv_cache_usage_perc{engine="0",model_name="both"} 0.25\n'
+      + '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{engine="0",model_name="old"} 0.75\nvllm:gpu_cache_usage_perc{engine="0",model_name="both"} 0.9\n');
+    assert.equal(h.value('kv_cache_usage_ratio', { model: 'new' }), 0.5);
+    assert.equal(h.value('kv_cache_usage_ratio', { model: 'old' }), 0.75, 'the old name is not lost for this model');
+    assert.equal(h.value('kv_cache_usage_ratio', { model: 'both' }), 0.25, 'the newest name wins, no double count');
+  });
+});
+
 describe('normaliser: OpenMetrics input', () => {
   it('the same vLLM payload as text 0.0.4 and as OpenMetrics gives identical canonical output (counters named without _total)', () => {
     const payload = vllmV1({ prompt: [10, 20], gen: [1, 2], waiting: [1, 1], e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 }] });
