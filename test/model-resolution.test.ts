@@ -79,3 +79,14 @@ describe('rejected lines in a successful scrape', () => {
     assert.ok(!logs.join('').includes('sk-secret'));
   });
 });
+
+describe('JSON summary when no source gives a count', () => {
+  it('reports null, not 0, for counts that nothing maps (an unsupported engine says nothing)', async () => {
+    const { buildSummary } = await import('../agent/export/summary.js');
+    const s = buildSummary([], 1, undefined, { source: 'none', nvml_unavailable: true, devices: [] });
+    assert.equal(s.requests_total, null);
+    assert.equal(s.errors_total, null);
+    assert.equal(s.tokens_generated_total, null);
+    assert.equal(s.prompt_tokens_total, null);
+  });
+});
