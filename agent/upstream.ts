@@ -48,8 +48,6 @@ const MODEL_LOOKUP_RETRY_MS = 60_000;
 export class Upstream {
   readonly health: UpstreamHealth;
   passthrough: PassthroughFamily[] = [];
-  /** Incremented whenever `passthrough` is replaced. */
-  passthroughVersion = 0;
   private adapter: FlavorAdapter | undefined;
   private model: string | undefined;
   private modelLookupAt = 0;
@@ -150,7 +148,6 @@ export class Upstream {
 
   private setPassthrough(families: PassthroughFamily[]): void {
     this.passthrough = families;
-    this.passthroughVersion++;
   }
 
   /**
