@@ -10,6 +10,17 @@ export const OVERFLOW_METRIC_LABELS_MAX = 100;
 
 export const SELF_PREFIX = 'infertel_';
 
+/** A counter whose value is read, at each collection, from running totals kept elsewhere (one series per key). */
+function countsCounter<L extends string>(name: string, help: string, label: L, counts: () => Record<string, number | undefined>, registers: client.Registry[]): client.Counter<L> {
+  return new client.Counter({
+    name, help, labelNames: [label], registers,
+    collect() {
+      this.reset();
+      for (const [key, n] of Object.entries(counts())) if (n !== undefined) this.inc({ [label]: key } as Record<L, string>, n);
+    },
+  });
+}
+
 export class SelfMetrics {
   readonly text = new client.Registry();
   readonly openmetrics = new client.Registry();
@@ -54,37 +65,18 @@ export class SelfMetrics {
         }
       },
     });
-    this.labelRewrites = new client.Counter({
-      name: 'infertel_label_rewrites_total',
-      help: 'Label values rewritten by the guards (truncated, redacted as unbounded, forbidden name dropped).',
-      labelNames: ['action'], registers,
-      collect() {
-        this.reset();
-        for (const [action, n] of Object.entries(labelCounts())) this.inc({ action }, n);
-      },
-    });
+    this.labelRewrites = countsCounter('infertel_label_rewrites_total',
+      'Label values rewritten by the guards (truncated, redacted as unbounded, forbidden name dropped).', 'action', labelCounts, registers);
     this.rejectedLines = new client.Counter({ name: 'infertel_rejected_lines_total', help: 'Exposition lines rejected by the parser, by reason (never copied to the output).', labelNames: ['upstream', 'reason'], registers });
     this.canonicalSeries = new client.Gauge({ name: 'infertel_upstream_canonical_series', help: 'Canonical source series the last successful scrape of the upstream mapped (0: nothing maps, passthrough only).', labelNames: ['upstream'], registers });
     this.familyClashes = new client.Gauge({ name: 'infertel_family_clashes', help: 'Passthrough families left out of the last render because another family already took one of their sample names.', labelNames: ['format'], registers });
     this.unexpressed = new client.Gauge({ name: 'infertel_passthrough_unexpressed_samples', help: 'Passthrough samples of the last scrape that an output format cannot carry (e.g. fractional bucket counts in OpenMetrics) and so leaves out.', labelNames: ['upstream', 'format'], registers });
-    new client.Counter({
-      name: 'infertel_passthrough_dropped_samples_total',
-      help: 'Passthrough samples dropped by the guard: duplicate (repeated in the payload), merged (made identical by a label guard, summed), over_bucket_cap (series with too many buckets or quantiles).',
-      labelNames: ['reason'], registers,
-      collect() {
-        this.reset();
-        for (const [reason, n] of Object.entries(droppedCounts())) this.inc({ reason }, n);
-      },
-    });
-    new client.Counter({
-      name: 'infertel_invalid_samples_total',
-      help: 'Upstream samples the counter rules ignored or held: non_finite, negative, too_large (counter-like over 1e300), jitter (decrease within 1e-9 relative, held), type_mismatch (family TYPE no longer fits).',
-      labelNames: ['reason'], registers,
-      collect() {
-        this.reset();
-        for (const [reason, n] of Object.entries(invalidCounts())) if (n) this.inc({ reason }, n);
-      },
-    });
+    countsCounter('infertel_passthrough_dropped_samples_total',
+      'Passthrough samples dropped by the guard: duplicate (repeated in the payload), merged (made identical by a label guard, summed), over_bucket_cap (series with too many buckets or quantiles).',
+      'reason', droppedCounts, registers);
+    countsCounter('infertel_invalid_samples_total',
+      'Upstream samples the counter rules ignored or held: non_finite, negative, too_large (counter-like over 1e300), jitter (decrease within 1e-9 relative, held), type_mismatch (family TYPE no longer fits).',
+      'reason', invalidCounts, registers);
     this.gpuPollDuration = new client.Gauge({ name: 'infertel_gpu_poll_duration_seconds', help: 'Duration of the last GPU poll.', registers });
     this.openmetrics.setContentType(client.Registry.OPENMETRICS_CONTENT_TYPE as never);
     const build = new client.Gauge({ name: 'infertel_build_info', help: 'infertel build information (value 1).', labelNames: ['version'], registers });

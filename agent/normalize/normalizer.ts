@@ -246,7 +246,7 @@ export class Normalizer {
         const model = this.modelOf(up, h.labels);
         if (skip.has(model)) continue;
         fed.add(model);
-        const labels = this.canonicalLabels(up, metric, spec, h.labels);
+        const labels = this.canonicalLabels(metric, spec, h.labels, model);
         if (!labels) continue;
         const layoutSig = h.bounds.join(',');
         const stateKey = stateKeyBase + h.labels.join(SEP) + SEP + layoutSig;
@@ -285,7 +285,7 @@ export class Normalizer {
       const model = this.modelOf(up, s.labels);
       if (skip.has(model)) continue;
       fed.add(model);
-      const labels = this.canonicalLabels(up, metric, spec, s.labels);
+      const labels = this.canonicalLabels(metric, spec, s.labels, model);
       if (!labels) continue;
       const exportKey = this.exportKeyFor(metric, labels, undefined);
       if (spec.sample) {
@@ -424,11 +424,9 @@ export class Normalizer {
     h.sum += value;
   }
 
-  private canonicalLabels(up: UpstreamView, metric: CanonicalMetric, spec: SourceSpec, src: readonly string[]): Record<string, string> | undefined {
+  private canonicalLabels(metric: CanonicalMetric, spec: SourceSpec, src: readonly string[], model: string): Record<string, string> | undefined {
     const out: Record<string, string> = {};
-    let model: string | undefined;
-    for (const ml of up.modelLabels) if ((model = labelValue(src, ml)) !== undefined) break;
-    out.model = model ?? up.defaultModel;
+    out.model = model;
     if (spec.labels) for (const [canon, from] of Object.entries(spec.labels)) out[canon] = labelValue(src, from) ?? 'unknown';
     if (spec.map) {
       for (const [canon, m] of Object.entries(spec.map)) {

@@ -36,12 +36,6 @@ export type RejectReason =
   | 'bad_value' | 'bad_timestamp' | 'trailing_tokens' | 'exemplar_in_text' | 'bad_exemplar' | 'bad_le' | 'bad_quantile'
   | 'bad_metadata' | 'bad_type' | 'duplicate_metadata' | 'metadata_after_samples' | 'sample_outside_family' | 'after_eof';
 
-export const REJECT_REASONS: readonly RejectReason[] = [
-  'bad_metric_name', 'bad_label_set', 'bad_label_name', 'reserved_label_name', 'duplicate_label_name', 'bad_escape',
-  'bad_value', 'bad_timestamp', 'trailing_tokens', 'exemplar_in_text', 'bad_exemplar', 'bad_le', 'bad_quantile',
-  'bad_metadata', 'bad_type', 'duplicate_metadata', 'metadata_after_samples', 'sample_outside_family', 'after_eof',
-];
-
 export interface ParseResult {
   families: Family[];
   /** Lines rejected (they are skipped, the rest is kept). */
@@ -91,18 +85,6 @@ function isDigit(c: number): boolean {
   return c >= 48 && c <= 57;
 }
 
-export function isMetricName(s: string): boolean {
-  if (s.length === 0 || !isMetricNameStart(s.charCodeAt(0))) return false;
-  for (let i = 1; i < s.length; i++) if (!isMetricNameChar(s.charCodeAt(i))) return false;
-  return true;
-}
-
-export function isLabelName(s: string): boolean {
-  if (s.length === 0 || !isLabelNameStart(s.charCodeAt(0))) return false;
-  for (let i = 1; i < s.length; i++) if (!isLabelNameChar(s.charCodeAt(i))) return false;
-  return true;
-}
-
 /** Case-insensitive `word` at text[pos, pos + word.length) (word in lower case). */
 function wordAt(text: string, pos: number, end: number, word: string): boolean {
   if (end - pos !== word.length) return false;
@@ -132,14 +114,17 @@ export function isGoFloat(text: string, start: number, end: number): boolean {
     while (i < end && isDigit(text.charCodeAt(i))) { i++; digits++; }
   }
   if (digits === 0) return false;
-  if (i < end && (text.charCodeAt(i) | 0x20) === 101) {
-    i++;
-    if (i < end && (text.charCodeAt(i) === 43 || text.charCodeAt(i) === 45)) i++;
-    const es = i;
-    while (i < end && isDigit(text.charCodeAt(i))) i++;
-    if (i === es) return false;
-  }
-  return i === end;
+  return afterExponent(text, i, end) === end;
+}
+
+/** Where an optional exponent (`e`, optional sign, digits) starting at `i` ends; -1 when it has no digits. */
+function afterExponent(text: string, i: number, end: number): number {
+  if (i >= end || (text.charCodeAt(i) | 0x20) !== 101) return i;
+  i++;
+  if (i < end && (text.charCodeAt(i) === 43 || text.charCodeAt(i) === 45)) i++;
+  const es = i;
+  while (i < end && isDigit(text.charCodeAt(i))) i++;
+  return i === es ? -1 : i;
 }
 
 /** The value of a Go float literal already checked by isGoFloat (specials included). */
@@ -250,14 +235,7 @@ function isPlainNumber(text: string, start: number, end: number): boolean {
     while (i < end && isDigit(text.charCodeAt(i))) { i++; frac++; }
     if (frac === 0) return false;
   }
-  if (i < end && (text.charCodeAt(i) === 101 || text.charCodeAt(i) === 69)) {
-    i++;
-    if (i < end && (text.charCodeAt(i) === 43 || text.charCodeAt(i) === 45)) i++;
-    const es = i;
-    while (i < end && isDigit(text.charCodeAt(i))) i++;
-    if (i === es) return false;
-  }
-  return i === end;
+  return afterExponent(text, i, end) === end;
 }
 
 function belongsTo(family: Family, sampleName: string): boolean {
