@@ -97,10 +97,17 @@ export async function startWebhook(opts: WebhookOptions): Promise<Webhook> {
     }
     if (queue.length >= MAX_QUEUED) return void res.writeHead(429, { 'Content-Type': 'text/plain', 'Retry-After': '1' }).end('busy\n');
     req.pause();
-    queue.push(() => {
+    const start = () => {
       inFlight++;
       req.resume();
       handle(req, res);
+    };
+    queue.push(start);
+    // A client that leaves while waiting gives its place back (it would otherwise take a slot
+    // later and never release it).
+    req.once('close', () => {
+      const at = queue.indexOf(start);
+      if (at >= 0) queue.splice(at, 1);
     });
   });
   const idx = opts.listen.lastIndexOf(':');

@@ -7,7 +7,7 @@ import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { MAX_REVIEW_BYTES } from '../../agent/webhook/server.js';
+import { MAX_IN_FLIGHT, MAX_QUEUED, MAX_REVIEW_BYTES } from '../../agent/webhook/server.js';
 import { CLI, eventually, freePort } from '../helpers.js';
 
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
@@ -48,8 +48,19 @@ function postOversized(port: number, declared: number): Promise<number> {
   });
 }
 
+/** Starts a review whose body never finishes: it holds a parsing slot (or a queue place) until destroyed. */
+function holdOpen(port: number): { req: import('node:http').ClientRequest; status: Promise<number> } {
+  let settle: (n: number) => void = () => {};
+  const status = new Promise<number>((r) => (settle = r));
+  const req = https.request({ host: '127.0.0.1', port, path: '/mutate', method: 'POST', rejectUnauthorized: false, agent: false,
+    headers: { 'Content-Type': 'application/json', 'Content-Length': '1000' } }, (res) => { res.resume(); settle(res.statusCode ?? 0); });
+  req.on('error', () => settle(-1));
+  req.write('{"request":');
+  return { req, status };
+}
+
 describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PATH' }, () => {
-  it('answers a real AdmissionReview with a JSONPatch, and reloads a rotated certificate', async () => {
+  it('answers a real AdmissionReview with a JSONPatch, and reloads a rotated certificate', { timeout: 60_000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'infertel-wh-'));
     const first = makeCert(dir, 'first');
     const second = makeCert(dir, 'second');
@@ -108,6 +119,15 @@ describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PAT
       // Over the body cap: refused before it is read whole.
       const huge = await postOversized(port, MAX_REVIEW_BYTES + 1);
       assert.equal(huge, 413);
+
+      // Two reviews parse at once and 32 wait; the next one is refused with 429 at once. Clients
+      // that go away free their places, and the webhook answers normally again.
+      const held = Array.from({ length: MAX_IN_FLIGHT + MAX_QUEUED }, () => holdOpen(port));
+      await new Promise((r) => setTimeout(r, 1500));
+      const extra = holdOpen(port);
+      assert.equal(await extra.status, 429);
+      for (const h of [...held, extra]) h.req.destroy();
+      await eventually(async () => (await post(port, JSON.stringify(review))).status === 200, 5000, 'slots freed');
 
       copyFileSync(second.key, keyFile);
       copyFileSync(second.cert, certFile);
