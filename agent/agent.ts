@@ -87,6 +87,7 @@ export class Agent {
         { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal, bucketsPerSeries: config.limits.bucketsPerSeries },
         (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts, this.passthroughCounts),
       defaultModel: config.model, staleAfterScrapes: config.limits.staleAfterScrapes, now: this.now,
+      gpuTelemetry: () => (this.gpu?.summary().source ?? 'none') !== 'none',
     }));
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
     this.cache = new ExpositionCache({

@@ -1,10 +1,11 @@
 // The command line: parses argv and the environment, loads config, starts the agent, and is the
 // only place that calls process.exit (main.ts only watches signals first and loads this).
 
+import { FLAVORS } from './sources/flavor.js';
 import { Command, CommanderError, Option } from 'commander';
 import { Agent } from './agent.js';
 import { ConfigError, loadConfig, readConfigFile, validateConfig, type Overrides } from './config/load.js';
-import { runDemo } from './demo/demo.js';
+import { DEMO_ENGINES, runDemo } from './demo/demo.js';
 import { agentDeps } from './runtime.js';
 import { stopOnSignal, type Signals } from './signals.js';
 import { redactUrl } from './net/http-client.js';
@@ -30,7 +31,7 @@ function addRunOptions(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'YAML config file (env INFERTEL_CONFIG)')
     .option('--listen <host:port>', 'address of /metrics, /healthz, /readyz (env INFERTEL_LISTEN; default 0.0.0.0:9400)')
-    .option('--upstream <[flavor=]url>', 'engine /metrics URL; flavor vllm|tgi|auto; repeatable (env INFERTEL_UPSTREAMS, comma-separated)', collect)
+    .option('--upstream <[flavor=]url>', `engine /metrics URL; flavor ${[...FLAVORS, 'auto'].join('|')}; repeatable (env INFERTEL_UPSTREAMS, comma-separated)`, collect)
     .option('--model <name>', 'model label for upstreams whose metrics name none, e.g. TGI (env INFERTEL_MODEL)')
     .option('--interval <duration>', 'scrape interval, e.g. 1s, 10s (env INFERTEL_INTERVAL; default 10s)')
     .addOption(new Option('--units <profile>', 'ms: documented _ms names; seconds: _seconds names (env INFERTEL_UNITS)').choices(['ms', 'seconds']))
@@ -110,13 +111,14 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     });
 
   program.command('demo')
-    .description('start simulated vLLM (2 data-parallel engines) and TGI servers on loopback and the agent scraping them')
+    .description('start simulated engines on loopback (vLLM with 2 data-parallel engines and TGI by default) and the agent scraping them')
+    .option('--engines <list>', `simulated engines, comma-separated: ${DEMO_ENGINES.join(', ')}`, 'vllm,tgi')
     .option('--listen <host:port>', 'agent address', '127.0.0.1:9400')
     .option('--interval <duration>', 'scrape interval', '2s')
     .option('--restart-every <duration>', 'how often the simulated TGI restarts (its counters reset)', '3m')
     .addOption(new Option('--units <profile>', 'unit profile').choices(['ms', 'seconds']).default('ms'))
     .option('--gpus <n>', 'simulated GPUs (0 for none)', '2')
-    .action(async (flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string }) => {
+    .action(async (flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string }) => {
       await runDemo(flags, signals);
     });
 

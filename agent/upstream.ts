@@ -2,15 +2,15 @@
 // health. Runs one scrape cycle: fetch, parse, normalise, record.
 
 import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
-import type { Flavor } from './catalogue/catalogue.js';
 import type { UpstreamConfig } from './config/schema.js';
 import type { SelfMetrics } from './export/self-metrics.js';
 import type { Family } from './parse/exposition.js';
 import type { Logger } from './logger.js';
-import type { Normalizer, UpstreamView } from './normalize/normalizer.js';
+import type { Normalizer } from './normalize/normalizer.js';
 import { PassthroughGuard } from './guard/passthrough.js';
 import { toPassthroughFamilies, type PassthroughFamily } from './export/render.js';
-import { FLAVOR_TABLE, detectFlavor, type FlavorAdapter } from './sources/flavor.js';
+import { FLAVOR_TABLE, detectFlavor, normaliserView, type Flavor, type FlavorAdapter } from './sources/flavor.js';
+import { canonicalInput, passthroughInput } from './sources/adapter.js';
 import type { ScrapeOutcome, Source } from './sources/source.js';
 import { ATTR, SPAN_SCRAPE } from './tracing/otel.js';
 import { redactUrl } from './net/http-client.js';
@@ -33,6 +33,8 @@ export interface UpstreamDeps {
   log: Logger;
   passthroughGuard: PassthroughGuard;
   defaultModel: string | undefined;
+  /** Whether infertel reads the GPUs itself (an engine's own GPU families are then not re-exported). */
+  gpuTelemetry: () => boolean;
   /** Failed scrapes after which the upstream's passthrough series are dropped. */
   staleAfterScrapes: number;
   now: () => number;
@@ -42,22 +44,24 @@ function yieldToLoop(): Promise<void> {
   return new Promise((r) => setImmediate(r));
 }
 
-/** How long a failed model lookup (TGI /info) waits before it is tried again. */
-const MODEL_LOOKUP_RETRY_MS = 60_000;
+/** How long a failed info lookup (model, version) waits before it is tried again. */
+const INFO_LOOKUP_RETRY_MS = 60_000;
 
 export class Upstream {
   readonly health: UpstreamHealth;
   passthrough: PassthroughFamily[] = [];
   private adapter: FlavorAdapter | undefined;
   private model: string | undefined;
-  private modelLookupAt = 0;
+  private version: string | undefined;
+  private infoLookupAt = 0;
+  private infoLookups = 0;
   private failedScrapes = 0;
 
   constructor(readonly cfg: UpstreamConfig, private readonly source: Source, private readonly deps: UpstreamDeps) {
     this.adapter = cfg.flavor === 'auto' ? undefined : FLAVOR_TABLE[cfg.flavor];
     this.health = { name: cfg.name, url: redactUrl(cfg.url), flavor: this.adapter?.name ?? 'unknown', up: false, lastOutcome: 'pending',
       lastDetail: undefined, lastSuccessMs: undefined, intervalMs: cfg.intervalMs };
-    deps.metrics.setFlavor(cfg.name, this.health.flavor);
+    deps.metrics.setFlavor(cfg.name, this.health.flavor, undefined);
     deps.metrics.up.set({ upstream: cfg.name }, 0);
   }
 
@@ -83,25 +87,23 @@ export class Upstream {
             this.adapter = detectFlavor(res.families);
             if (this.adapter) {
               this.health.flavor = this.adapter.name;
-              metrics.setFlavor(this.cfg.name, this.adapter.name);
+              metrics.setFlavor(this.cfg.name, this.adapter.name, this.version);
               this.deps.log.info({ upstream: this.cfg.name, flavor: this.adapter.name }, 'detected engine flavor');
             }
           }
           if (this.adapter) {
-            await this.resolveModel(res.families, signal);
-            const view: UpstreamView = {
-              name: this.cfg.name, flavor: this.adapter.name, familyKey: this.adapter.familyKey,
-              modelLabels: this.adapter.modelLabels, defaultModel: this.defaultModel(res.families),
-            };
+            const adapter = this.adapter;
+            await this.resolveInfo(adapter, res.families, signal);
+            const view = normaliserView(adapter, this.cfg.name, this.defaultModel(res.families));
             await yieldToLoop();
-            const stats = normalizer.ingest(view, res.families);
+            const stats = normalizer.ingest(view, canonicalInput(adapter, res.families));
             series = stats.series;
             parseErrors += stats.incompleteHistograms;
           }
           this.noteCanonical(series);
           await yieldToLoop();
           if (this.cfg.passthrough) {
-            const guarded = this.deps.passthroughGuard.apply(res.families);
+            const guarded = this.deps.passthroughGuard.apply(passthroughInput(this.adapter, res.families, this.deps.gpuTelemetry()));
             await yieldToLoop();
             this.setPassthrough(toPassthroughFamilies(guarded));
           } else this.setPassthrough([]);
@@ -159,16 +161,32 @@ export class Upstream {
     return this.adapter?.payloadModel(families) ?? this.cfg.model ?? this.model ?? this.deps.defaultModel ?? 'unknown';
   }
 
-  private async resolveModel(families: readonly Family[], signal: AbortSignal): Promise<void> {
-    if (this.model || this.cfg.model || !this.adapter || this.deps.now() < this.modelLookupAt) return;
-    if (this.adapter.payloadModel(families)) return;
-    this.modelLookupAt = this.deps.now() + MODEL_LOOKUP_RETRY_MS;
+  /**
+   * Asks the engine's info endpoints for its version and (when nothing else names it) its model:
+   * until both are known or three tries have failed, at most once a minute.
+   */
+  private async resolveInfo(adapter: FlavorAdapter, families: readonly Family[], signal: AbortSignal): Promise<void> {
+    const payloadVersion = adapter.payloadVersion?.(families);
+    if (payloadVersion && payloadVersion !== this.version) this.setVersion(adapter, payloadVersion);
+    const needModel = !this.model && !this.cfg.model && !adapter.payloadModel(families);
+    if ((!needModel && this.version) || this.infoLookups >= 3 || this.deps.now() < this.infoLookupAt) return;
+    this.infoLookupAt = this.deps.now() + INFO_LOOKUP_RETRY_MS;
+    this.infoLookups++;
     try {
-      this.model = await this.adapter.lookupModel(this.cfg.url, signal);
-      if (this.model) this.deps.log.info({ upstream: this.cfg.name, model: this.model }, 'model learned from the engine');
+      const info = await adapter.info(this.cfg.url, signal);
+      if (info.version && !this.version) this.setVersion(adapter, info.version);
+      if (needModel && info.model) {
+        this.model = info.model;
+        this.deps.log.info({ upstream: this.cfg.name, model: this.model }, 'model learned from the engine');
+      }
     } catch (err) {
-      this.deps.log.debug({ upstream: this.cfg.name, err: (err as Error).message }, 'model lookup failed');
+      this.deps.log.debug({ upstream: this.cfg.name, err: (err as Error).message }, 'engine info lookup failed');
     }
+  }
+
+  private setVersion(adapter: FlavorAdapter, version: string): void {
+    this.version = version;
+    this.deps.metrics.setFlavor(this.cfg.name, adapter.name, version);
   }
 
   /** Log state changes once, not at every interval. */

@@ -32,7 +32,7 @@ function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel
   const up = new Upstream(cfg, source, {
     normalizer, metrics, tracer: trace.getTracer('t'), log,
     passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: 10, seriesTotal: 100, bucketsPerSeries: 10 }, () => {}, newGuardCounts()),
-    defaultModel: globalModel, staleAfterScrapes: 3, now: () => 0,
+    defaultModel: globalModel, gpuTelemetry: () => false, staleAfterScrapes: 3, now: () => 0,
   });
   return { up, normalizer, logs, metrics };
 }
@@ -60,7 +60,7 @@ describe('model resolution per upstream', () => {
 
 describe('an engine no adapter maps', () => {
   it('is said once in the log and shows 0 canonical series (not a silent "up")', async () => {
-    const { up, logs, metrics } = upstreamOf('# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{model_name="m"} 3\n', 'auto', undefined, undefined);
+    const { up, logs, metrics } = upstreamOf('# TYPE mistralrs_running_requests gauge\nmistralrs_running_requests{model="m"} 3\n', 'auto', undefined, undefined);
     for (let i = 0; i < 3; i++) assert.equal(await up.cycle(new AbortController().signal), true);
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(logs.filter((l) => l.includes('no adapter recognises this engine')).length, 1, logs.join(''));

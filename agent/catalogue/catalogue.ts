@@ -6,10 +6,11 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
-export const FLAVORS = ['vllm', 'tgi'] as const;
-export type Flavor = (typeof FLAVORS)[number];
+import { FLAVORS } from '../sources/flavor.js';
+
+export type { Flavor } from '../sources/flavor.js';
 /** Engine flavors plus the GPU source. */
-export const SOURCE_KINDS = [...FLAVORS, 'nvml'] as const;
+export const SOURCE_KINDS = [...FLAVORS, 'nvml'] as [string, ...string[]];
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());
@@ -20,7 +21,7 @@ const sourceSchema = z.strictObject({
   field: z.string().optional(),
   scale: z.number().optional(),
   bits: z.record(z.string(), z.number().int().positive()).optional(),
-  unit: z.enum(['seconds']).optional(),
+  unit: z.enum(['seconds', 'ms', 'us']).optional(),
   labels: labelMap.optional(),
   set: labelMap.optional(),
   map: z.record(z.string(), z.strictObject({ from: z.string(), values: labelMap, default: z.string() })).optional(),
@@ -33,17 +34,24 @@ const sourceSchema = z.strictObject({
     values: z.array(z.string()),
   }).refine((b) => b.values.length === b.bounds.length + 1, 'bucketize.values needs one more entry than bounds').optional(),
   sample: z.boolean().optional(),
+  statusClass: z.string().optional(),
 });
 
 const deriveSchema = z.union([
   z.strictObject({ rate: z.string(), set: labelMap.optional() }),
   z.strictObject({ ratio: z.tuple([z.string(), z.string()]), set: labelMap.optional() }),
+  z.strictObject({ mean: z.tuple([z.string(), z.string()]), set: labelMap.optional() }),
 ]);
+
+/** The catalogue metrics a derivation reads. */
+export function deriveInputs(d: DeriveSpec): string[] {
+  return 'rate' in d ? [d.rate] : 'ratio' in d ? d.ratio : d.mean;
+}
 
 const metricSchema = z.strictObject({
   name: z.string().regex(/^[a-z_][a-z0-9_]*$/),
   type: z.enum(['counter', 'gauge', 'histogram', 'info']),
-  unit: z.enum(['ms', 'ratio', 'requests', 'tokens', 'tokens_per_second', 'events', 'bytes', 'celsius', 'watts', 'hertz', 'info']),
+  unit: z.enum(['ms', 'ratio', 'requests', 'tokens', 'tokens_per_second', 'events', 'bytes', 'flops', 'celsius', 'watts', 'hertz', 'info']),
   help: z.string().min(1),
   labels: z.array(z.string()),
   aggregate: z.enum(['sum', 'max', 'avg']).optional(),
@@ -101,7 +109,7 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
       if (src.flavor === 'nvml' ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${src.flavor === 'nvml' ? 'field' : 'from'}`);
     }
     for (const d of m.derive ?? []) {
-      const inputs = 'rate' in d ? [d.rate] : d.ratio;
+      const inputs = deriveInputs(d);
       for (const input of inputs) if (!names.has(input)) problems.push(`${m.name}: derive input ${input} is not in the catalogue`);
     }
   }
@@ -111,7 +119,10 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
 }
 
 export function profileName(name: string, profile: UnitProfile): string {
-  return profile === 'seconds' && name.endsWith('_ms') ? name.slice(0, -3) + '_seconds' : name;
+  if (profile !== 'seconds') return name;
+  if (name.endsWith('_ms')) return name.slice(0, -3) + '_seconds';
+  if (name.endsWith('_ms_total')) return name.slice(0, -9) + '_seconds_total';
+  return name;
 }
 
 /** Build the catalogue for one unit profile, with optional per-metric bucket layouts from config. */

@@ -1,6 +1,7 @@
 // The one config schema: TypeScript types, validation and defaults come from here.
 // Durations are strings like "10s"; sizes are bytes.
 
+import { FLAVORS, type Flavor } from '../sources/flavor.js';
 import { z } from 'zod';
 import { isIP } from 'node:net';
 import { parseDuration } from './duration.js';
@@ -61,8 +62,8 @@ const upstreamSchema = z.strictObject({
   /** Value of the `upstream` label; defaults to the URL's host:port. */
   name: z.string().min(1).optional(),
   url: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }),
-  /** vllm | tgi | auto (detect from the metric families). */
-  flavor: z.enum(['vllm', 'tgi', 'auto']).default('auto'),
+  /** An engine of the engine table (sources/flavor.ts), or auto: detect from the metric families. */
+  flavor: z.enum([...FLAVORS, 'auto']).default('auto'),
   /** Model label for series that name none (TGI). */
   model: z.string().min(1).optional(),
   /** Scrape interval (100ms-1h); defaults to the top-level interval. */
@@ -156,7 +157,7 @@ export type ParsedConfig = z.output<typeof configSchema>;
 export interface UpstreamConfig {
   name: string;
   url: string;
-  flavor: 'vllm' | 'tgi' | 'auto';
+  flavor: Flavor | 'auto';
   model: string | undefined;
   intervalMs: number;
   timeoutMs: number;

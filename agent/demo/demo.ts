@@ -1,5 +1,6 @@
-// `infertel demo`: simulated vLLM V1 (two data-parallel engines) and TGI v3 on loopback, and the
-// agent scraping both. TGI restarts every few minutes, so its counters reset.
+// `infertel demo`: simulated engines on loopback (by default vLLM V1 with two data-parallel
+// engines and TGI v3; `--engines` adds SGLang and llama.cpp) and the agent scraping them. TGI
+// restarts every few minutes, so its counters reset.
 
 import { Agent } from '../agent.js';
 import { validateConfig } from '../config/load.js';
@@ -7,11 +8,52 @@ import { parseDuration } from '../config/duration.js';
 import { agentDeps } from '../runtime.js';
 import { stopOnSignal, type Signals } from '../signals.js';
 import { serve, type SimServer } from './sim-common.js';
+import { LlamacppSim } from './sim-llamacpp.js';
+import { SglangSim } from './sim-sglang.js';
 import { TgiSim } from './sim-tgi.js';
 import { VllmSim } from './sim-vllm.js';
 
 export const DEMO_VLLM_MODEL = 'meta-llama/Llama-3.1-8B-Instruct';
 export const DEMO_TGI_MODEL = 'mistralai/Mistral-7B-Instruct-v0.3';
+export const DEMO_SGLANG_MODEL = 'Qwen/Qwen2.5-7B-Instruct';
+export const DEMO_LLAMACPP_MODEL = 'qwen2.5-1.5b-instruct-q4_k_m.gguf';
+
+/** Engines the demo can simulate. */
+export const DEMO_ENGINES = ['vllm', 'tgi', 'sglang', 'llamacpp'] as const;
+type DemoEngine = (typeof DEMO_ENGINES)[number];
+
+const TEXT = 'text/plain; version=0.0.4; charset=utf-8';
+const json = (res: import('node:http').ServerResponse, doc: unknown) => res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(doc));
+
+/** The simulated SGLang (tensor-parallel over 4 ranks) and llama.cpp servers. */
+async function startExtraEngine(name: 'sglang' | 'llamacpp'): Promise<{ server: SimServer; title: string }> {
+  if (name === 'sglang') {
+    const sim = new SglangSim({ model: DEMO_SGLANG_MODEL, tpSize: 4, rate: 3, seed: 13 });
+    const server = await serve((req, res) => {
+      if (req.url?.startsWith('/metrics')) { sim.advance(); res.writeHead(200, { 'Content-Type': TEXT }).end(sim.render()); }
+      else if (req.url === '/v1/models') json(res, { object: 'list', data: [{ id: DEMO_SGLANG_MODEL, object: 'model' }] });
+      else if (req.url === '/get_server_info') json(res, { version: '0.5.4' });
+      else res.writeHead(404).end();
+    });
+    return { server, title: 'simulated SGLang (TP=4)' };
+  }
+  const sim = new LlamacppSim({ rate: 1, seed: 17, slots: 4 });
+  const server = await serve((req, res) => {
+    if (req.url?.startsWith('/metrics')) { sim.advance(); res.writeHead(200, { 'Content-Type': TEXT }).end(sim.render()); }
+    else if (req.url === '/props') json(res, { model_path: `/models/${DEMO_LLAMACPP_MODEL}`, build_info: 'b7000-demo' });
+    else if (req.url === '/v1/models') json(res, { object: 'list', data: [{ id: DEMO_LLAMACPP_MODEL, object: 'model' }] });
+    else res.writeHead(404).end();
+  });
+  return { server, title: 'simulated llama.cpp llama-server' };
+}
+
+/** `--engines vllm,sglang`: the names, checked against what the demo can simulate. */
+export function parseDemoEngines(list: string): DemoEngine[] {
+  const names = list.split(',').map((s) => s.trim()).filter(Boolean);
+  const bad = names.filter((n) => !(DEMO_ENGINES as readonly string[]).includes(n));
+  if (bad.length || !names.length) throw new Error(`--engines: ${bad.length ? `unknown ${bad.join(', ')}` : 'none given'}; choose from ${DEMO_ENGINES.join(', ')}`);
+  return [...new Set(names)] as DemoEngine[];
+}
 
 export interface DemoUpstreams {
   vllm: SimServer;
@@ -29,7 +71,8 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
     if (req.url?.startsWith('/metrics')) {
       vllmSim.advance();
       res.writeHead(200, { 'Content-Type': text }).end(vllmSim.render());
-    } else res.writeHead(404).end();
+    } else if (req.url === '/version') json(res, { version: '0.11.0' });
+    else res.writeHead(404).end();
   }, ports.vllm);
   const tgi = await serve((req, res) => {
     if (req.url?.startsWith('/metrics')) {
@@ -50,29 +93,36 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
   };
 }
 
-export async function runDemo(flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string }, signals: Signals): Promise<void> {
+export async function runDemo(flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string }, signals: Signals): Promise<void> {
   const restartMs = parseDuration(flags.restartEvery);
   if (restartMs === undefined) throw new Error(`--restart-every: not a duration: ${flags.restartEvery}`);
+  const wanted = parseDemoEngines(flags.engines);
   const engines = await startSimulatedEngines(restartMs);
+  const extras = await Promise.all(wanted.filter((n): n is 'sglang' | 'llamacpp' => n === 'sglang' || n === 'llamacpp').map(startExtraEngine));
+  const shown: Array<{ title: string; url: string }> = [
+    ...(wanted.includes('vllm') ? [{ title: 'simulated vLLM V1 (2 engines)', url: engines.vllm.url }] : []),
+    ...(wanted.includes('tgi') ? [{ title: `simulated TGI v3 (restarts every ${flags.restartEvery})`, url: engines.tgi.url }] : []),
+    ...extras.map((e) => ({ title: e.title, url: e.server.url })),
+  ];
+  const closeAll = async () => { await engines.close(); await Promise.all(extras.map((e) => e.server.close())); };
   const config = validateConfig({
     listen: flags.listen,
     interval: flags.interval,
     units: flags.units,
-    upstreams: [{ url: `${engines.vllm.url}/metrics`, flavor: 'auto' }, { url: `${engines.tgi.url}/metrics`, flavor: 'auto' }],
+    upstreams: shown.map((e) => ({ url: `${e.url}/metrics`, flavor: 'auto' })),
     gpu: { simulate: Number(flags.gpus) },
   });
   const deps = agentDeps(config);
   const agent = new Agent(config, deps);
   await agent.start().catch(async (err: Error) => {
-    await engines.close();
+    await closeAll();
     throw err;
   });
   const base = `http://${flags.listen}`;
   process.stderr.write([
     '',
     'infertel demo is running.',
-    `  simulated vLLM V1 (2 engines): ${engines.vllm.url}/metrics`,
-    `  simulated TGI v3 (restarts every ${flags.restartEvery}): ${engines.tgi.url}/metrics`,
+    ...shown.map((e) => `  ${e.title}: ${e.url}/metrics`),
     `  agent, Prometheus text:  ${base}/metrics`,
     `  agent, JSON summary:     ${base}/metrics?format=json`,
     `  agent, readiness:        ${base}/readyz`,
@@ -81,6 +131,6 @@ export async function runDemo(flags: { listen: string; interval: string; restart
   ].join('\n') + '\n');
   await stopOnSignal(signals, async () => {
     await agent.stop();
-    await engines.close();
+    await closeAll();
   });
 }

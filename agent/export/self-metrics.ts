@@ -38,6 +38,7 @@ export class SelfMetrics {
   readonly familyClashes: client.Gauge<'format'>;
   readonly unexpressed: client.Gauge<'upstream' | 'format'>;
   private readonly overflowSeen = new Map<string, number>();
+  private readonly infoLabels = new Map<string, { upstream: string; flavor: string; version: string }>();
   private readonly overflowLabels = new Set<string>();
 
   constructor(version: string, overflowSource: () => ReadonlyMap<string, number>, labelCounts: () => Record<string, number>,
@@ -45,7 +46,7 @@ export class SelfMetrics {
     const registers = [this.text, this.openmetrics];
     const self = this;
     this.up = new client.Gauge({ name: 'infertel_upstream_up', help: '1 if the last scrape of the upstream succeeded, else 0.', labelNames: ['upstream'], registers });
-    this.info = new client.Gauge({ name: 'infertel_upstream_info', help: 'Engine flavor detected or configured for each upstream (value 1).', labelNames: ['upstream', 'flavor'], registers });
+    this.info = new client.Gauge({ name: 'infertel_upstream_info', help: 'Engine flavor detected or configured for each upstream, and its version where the engine says (value 1).', labelNames: ['upstream', 'flavor', 'version'], registers });
     this.scrapeDuration = new client.Gauge({ name: 'infertel_scrape_duration_seconds', help: 'Duration of the last scrape cycle (fetch, parse, normalise).', labelNames: ['upstream'], registers });
     this.scrapeErrors = new client.Counter({ name: 'infertel_scrape_errors_total', help: 'Failed scrapes by reason.', labelNames: ['upstream', 'reason'], registers });
     this.lastSuccess = new client.Gauge({ name: 'infertel_last_scrape_success_timestamp_seconds', help: 'Unix time of the last successful scrape.', labelNames: ['upstream'], registers });
@@ -110,8 +111,12 @@ export class SelfMetrics {
     this.familyClashes.set({ format }, n);
   }
 
-  setFlavor(upstream: string, flavor: string): void {
-    this.info.remove({ upstream, flavor: 'unknown' });
-    this.info.set({ upstream, flavor }, 1);
+  /** One info series per upstream: the previous one (flavor unknown, version not yet known) goes. */
+  setFlavor(upstream: string, flavor: string, version: string | undefined): void {
+    const prev = this.infoLabels.get(upstream);
+    if (prev) this.info.remove(prev);
+    const labels = { upstream, flavor, version: version ?? '' };
+    this.infoLabels.set(upstream, labels);
+    this.info.set(labels, 1);
   }
 }

@@ -76,7 +76,7 @@ export function buildSummary(snapshot: readonly CanonicalFamily[], profileToMs: 
   const p95 = duration ? quantileFromBuckets(0.95, duration.bounds, duration.cum, duration.count) : undefined;
   return {
     requests_total: total(requests),
-    errors_total: total(requests, (l) => l.code !== '2xx'),
+    errors_total: total(requests, (l) => l.code === '4xx' || l.code === '5xx'),
     tokens_generated_total: total(family(snapshot, 'tokens_generated_total')),
     prompt_tokens_total: total(family(snapshot, 'tokens_input_total')),
     average_latency_ms: duration && duration.count > 0 ? round((duration.sum / duration.count) * profileToMs) : null,

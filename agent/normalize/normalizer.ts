@@ -2,8 +2,8 @@
 // exported counters monotonic (reset offsets, retired contributions), the aggregation over
 // dropped labels, the derived metrics and the canonical series caps.
 
-import type { CanonicalMetric, Catalogue, Flavor, SourceSpec } from '../catalogue/catalogue.js';
-import { roundBound } from '../catalogue/catalogue.js';
+import type { CanonicalMetric, Catalogue, SourceSpec } from '../catalogue/catalogue.js';
+import { deriveInputs, roundBound } from '../catalogue/catalogue.js';
 import { labelValue, parseValue, type Family } from '../parse/exposition.js';
 import { guardValue, type GuardCounts, type LabelPolicy } from '../guard/labels.js';
 import { OVERFLOW_LABEL, type SeriesLimiter } from '../guard/cardinality.js';
@@ -34,7 +34,8 @@ export interface CanonicalFamily {
 /** What the normaliser needs to know about the upstream a payload came from. */
 export interface UpstreamView {
   name: string;
-  flavor: Flavor;
+  /** Catalogue source flavors that apply (the engine's own, then one it inherits). */
+  flavors: readonly string[];
   /** Maps an upstream family name to the catalogue's spelling (strips `vllm:` and the like). */
   familyKey(name: string): string;
   /** Upstream label names that carry the model, in order of preference. */
@@ -155,6 +156,24 @@ function histogramsOf(fam: Family, match: Record<string, string> | undefined, st
   return out;
 }
 
+const PER_SECOND: Record<NonNullable<SourceSpec['unit']>, number> = { seconds: 1, ms: 1e3, us: 1e6 };
+
+/**
+ * Converts a source's unit to the metric's (time units to the profile's): multiply, then divide,
+ * so microseconds to milliseconds is one correctly rounded division, not a product with 0.001.
+ */
+function unitScaler(spec: SourceSpec, metric: CanonicalMetric): (v: number) => number {
+  const mul = (spec.unit ? metric.secondsFactor : 1) * (spec.scale ?? 1);
+  const div = spec.unit ? PER_SECOND[spec.unit] : 1;
+  if (mul === 1 && div === 1) return (v) => v;
+  return div === 1 ? (v) => v * mul : (v) => (v * mul) / div;
+}
+
+/** `4xx` for "404"; `unknown` for anything that is not a three-digit status code. */
+export function statusClass(code: string | undefined): string {
+  return code !== undefined && /^[1-5]\d\d$/.test(code) ? `${code[0]}xx` : 'unknown';
+}
+
 function matches(labels: readonly string[], match: Record<string, string>): boolean {
   for (const [k, v] of Object.entries(match)) if (labelValue(labels, k) !== v) return false;
   return true;
@@ -192,18 +211,19 @@ export class Normalizer {
     const stats: IngestStats = { series: 0, incompleteHistograms: 0 };
     const index = new Map<string, Family>();
     for (const fam of families) {
-      let key = up.familyKey(fam.name);
-      // An OpenMetrics counter family is named without _total (its samples carry it); the
-      // catalogue names counters as their samples are named.
-      if (fam.type === 'counter' && !key.endsWith('_total') && fam.samples.some((x) => x.name === `${fam.name}_total`)) key += '_total';
+      const key = up.familyKey(fam.name);
       if (!index.has(key)) index.set(key, fam);
+      // An OpenMetrics counter family is named without _total (its samples carry it). The
+      // catalogue names counters as their text samples are named: with _total (vLLM), or
+      // without it where the engine's text output has none (TGI, Triton), so both are indexed.
+      if (fam.type === 'counter' && !key.endsWith('_total') && fam.samples.some((x) => x.name === `${fam.name}_total`) && !index.has(`${key}_total`)) index.set(`${key}_total`, fam);
     }
     let states = this.sources.get(up.name);
     if (!states) this.sources.set(up.name, (states = new Map()));
     for (const metric of this.catalogue.metrics) {
       if (metric.needs || !metric.sources) continue;
       metric.sources.forEach((spec, specIndex) => {
-        if (spec.flavor !== up.flavor) return;
+        if (!up.flavors.includes(spec.flavor)) return;
         // Names are listed newest first; the choice is made per model, so a model still on an
         // older name keeps its series beside one already on the newer name (never both for one).
         const served = new Set<string>();
@@ -238,7 +258,7 @@ export class Normalizer {
   private ingestSource(up: UpstreamView, states: Map<string, SourceState>, metric: CanonicalMetric, spec: SourceSpec,
     specKey: string, fam: Family, cycle: number, stats: IngestStats, skip: ReadonlySet<string>): Set<string> {
     const fed = new Set<string>();
-    const factor = spec.unit === 'seconds' ? metric.secondsFactor : 1;
+    const scale = unitScaler(spec, metric);
     const stateKeyBase = metric.name + SEP + specKey + SEP;
     if (fam.type === 'histogram' && (metric.type === 'histogram' || spec.bucketize || spec.component)) {
       if (spec.sample) return fed;
@@ -251,9 +271,9 @@ export class Normalizer {
         const layoutSig = h.bounds.join(',');
         const stateKey = stateKeyBase + h.labels.join(SEP) + SEP + layoutSig;
         if (metric.type === 'histogram') {
-          const bounds = this.scaledBounds(layoutSig, h.bounds, factor);
+          const bounds = this.scaledBounds(layoutSig, h.bounds, scale);
           const exportKey = this.exportKeyFor(metric, labels, bounds);
-          const raw = [...h.cum, h.count, h.sum * factor];
+          const raw = [...h.cum, h.count, scale(h.sum)];
           this.update(states, stateKey, metric, [exportKey], raw, cycle, stats, (corr) => {
             const n = bounds.length;
             const target = this.exported.get(exportKey)?.layout ?? bounds;
@@ -269,7 +289,7 @@ export class Normalizer {
           }));
         } else {
           const exportKey = this.exportKeyFor(metric, labels, undefined);
-          const raw = spec.component === 'sum' ? h.sum : h.count;
+          const raw = spec.component === 'sum' ? scale(h.sum) : h.count;
           this.update(states, stateKey, metric, [exportKey], [raw], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
         }
       }
@@ -294,9 +314,9 @@ export class Normalizer {
       }
       const stateKey = stateKeyBase + s.labels.join(SEP);
       if (metric.type === 'counter') {
-        this.update(states, stateKey, metric, [exportKey], [s.value], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
+        this.update(states, stateKey, metric, [exportKey], [scale(s.value)], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
       } else {
-        this.update(states, stateKey, metric, [exportKey], [s.value * factor], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] as number }), false);
+        this.update(states, stateKey, metric, [exportKey], [scale(s.value)], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] as number }), false);
       }
     }
     return fed;
@@ -305,12 +325,12 @@ export class Normalizer {
   private readonly boundsCache = new Map<string, number[]>();
 
   /** Upstream bounds in the profile's unit; layouts repeat every scrape, so they are cached. */
-  private scaledBounds(sig: string, bounds: number[], factor: number): number[] {
-    const key = `${factor}|${sig}`;
+  private scaledBounds(sig: string, bounds: number[], scale: (v: number) => number): number[] {
+    const key = `${scale(1)}|${sig}`;
     let b = this.boundsCache.get(key);
     if (!b) {
       if (this.boundsCache.size > 1000) this.boundsCache.clear();
-      this.boundsCache.set(key, (b = bounds.map((x) => roundBound(x * factor))));
+      this.boundsCache.set(key, (b = bounds.map((x) => roundBound(scale(x)))));
     }
     return b;
   }
@@ -435,6 +455,7 @@ export class Normalizer {
       }
     }
     if (spec.set) Object.assign(out, spec.set);
+    if (spec.statusClass) out.code = statusClass(labelValue(src, spec.statusClass));
     const guarded: Record<string, string> = {};
     for (const name of metric.labels) {
       const v = out[name];
@@ -530,7 +551,7 @@ export class Normalizer {
       if (!metric.derive) continue;
       const direct = new Set((byMetric.get(metric.name)?.series ?? []).map((s) => s.labels.map((p) => p[1]).join(SEP)));
       for (const d of metric.derive) {
-        const inputs = 'rate' in d ? [d.rate] : d.ratio;
+        const inputs = deriveInputs(d);
         const first = byMetric.get(inputs[0]);
         if (!first) continue;
         const second = inputs[1] ? byMetric.get(inputs[1]) : undefined;
@@ -562,7 +583,7 @@ export class Normalizer {
           this.rateMemory.set(inputKey + SEP + 'time', { v: den, t: nowS });
           if (dDen <= 0) continue;
           const value = Math.max(0, dNum / dDen);
-          this.derivedValues.set(key, { metric, labels: pairs, value: denom ? Math.min(1, value) : value, hist: undefined });
+          this.derivedValues.set(key, { metric, labels: pairs, value: 'ratio' in d ? Math.min(1, value) : value, hist: undefined });
         }
       }
     }

@@ -1,26 +1,42 @@
-// What the agent knows about each engine's exposition habits, and the explicit flavor table.
+// The one table of engines. Every list of engines (config enum, CLI help, webhook annotation
+// values, README support matrix and metric-table columns, detection, fixture checks) is derived
+// from it. Order is detection order: the most specific payloads first (a TRT-LLM backend payload
+// also carries Triton's core families; a Dynamo frontend may sit beside an engine's).
 
-import type { Flavor } from '../catalogue/catalogue.js';
 import type { Family } from '../parse/exposition.js';
-import { tgiFlavor } from './tgi.js';
-import { vllmFlavor } from './vllm.js';
+import type { UpstreamView } from '../normalize/normalizer.js';
+import { familyKeyOf, type EngineAdapter } from './adapter.js';
+import { dynamo } from './engines/dynamo.js';
+import { llamacpp } from './engines/llamacpp.js';
+import { sglang } from './engines/sglang.js';
+import { tgi } from './engines/tgi.js';
+import { triton } from './engines/triton.js';
+import { trtllm } from './engines/trtllm.js';
+import { vllm } from './engines/vllm.js';
 
-export interface FlavorAdapter {
-  name: Flavor;
-  /** Upstream label names that carry the model, in order of preference. */
-  modelLabels: readonly string[];
-  /** Catalogue spelling of an upstream family name. */
-  familyKey(name: string): string;
-  /** Whether a payload looks like this engine's. */
-  detect(families: readonly Family[]): boolean;
-  /** The one model a payload names, if it names exactly one. */
-  payloadModel(families: readonly Family[]): string | undefined;
-  /** Ask the engine which model it serves (TGI's /info); undefined when it cannot say. */
-  lookupModel(metricsUrl: string, signal: AbortSignal): Promise<string | undefined>;
+export const ENGINES = [dynamo, trtllm, triton, sglang, llamacpp, vllm, tgi] as const;
+
+export type Flavor = (typeof ENGINES)[number]['name'];
+export type FlavorAdapter = EngineAdapter<Flavor>;
+
+export const FLAVORS = ENGINES.map((e) => e.name) as [Flavor, ...Flavor[]];
+
+export const FLAVOR_TABLE = Object.fromEntries(ENGINES.map((e) => [e.name, e])) as unknown as Record<Flavor, FlavorAdapter>;
+
+export function isFlavor(name: string): name is Flavor {
+  return Object.hasOwn(FLAVOR_TABLE, name);
 }
 
-export const FLAVOR_TABLE = { vllm: vllmFlavor, tgi: tgiFlavor } satisfies Record<Flavor, FlavorAdapter>;
-
 export function detectFlavor(families: readonly Family[]): FlavorAdapter | undefined {
-  return Object.values(FLAVOR_TABLE).find((f) => f.detect(families));
+  return ENGINES.find((f) => f.detect(families));
+}
+
+/** The flavors whose catalogue sources apply to an engine's payloads (its own, then what it inherits). */
+export function sourceFlavors(adapter: FlavorAdapter): string[] {
+  return adapter.inherits ? [adapter.name, adapter.inherits] : [adapter.name];
+}
+
+/** How the normaliser sees one upstream of this engine. */
+export function normaliserView(adapter: FlavorAdapter, upstream: string, defaultModel: string): UpstreamView {
+  return { name: upstream, flavors: sourceFlavors(adapter), familyKey: (n) => familyKeyOf(adapter, n), modelLabels: adapter.modelLabels, defaultModel };
 }

@@ -1,5 +1,7 @@
 // The sidecar injection as a pure function: pod + config -> JSONPatch. No I/O here.
 
+import { FLAVORS, FLAVOR_TABLE, isFlavor } from '../sources/flavor.js';
+
 export const ANNOTATION = {
   inject: 'infertel.io/inject',
   status: 'infertel.io/status',
@@ -62,9 +64,9 @@ function skip(reason: string, warnings: string[] = []): MutationResult {
 }
 
 /** `infertel.io/upstream` may be a URL or a bare port of the engine in the same pod. */
-export function upstreamUrl(value: string | undefined, fallback: string): string | undefined {
+export function upstreamUrl(value: string | undefined, fallback: string, metricsPath = '/metrics'): string | undefined {
   if (value === undefined || value === '') return fallback;
-  if (/^\d{1,5}$/.test(value)) return `http://127.0.0.1:${value}/metrics`;
+  if (/^\d{1,5}$/.test(value)) return `http://127.0.0.1:${value}${metricsPath}`;
   try {
     const u = new URL(value);
     return u.protocol === 'http:' || u.protocol === 'https:' ? value : undefined;
@@ -124,14 +126,16 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
     if (Number.isInteger(n) && n > 0 && n < 65536) port = n;
     else warnings.push(`infertel: ${ANNOTATION.port}="${portAnn}" is not a port; using ${cfg.port}`);
   }
-  let upstream = upstreamUrl(annotations[ANNOTATION.upstream], cfg.upstream);
+  const flavorAnn = annotations[ANNOTATION.flavor];
+  const flavor = flavorAnn !== undefined && isFlavor(flavorAnn) ? flavorAnn : undefined;
+  if (flavorAnn !== undefined && !flavor && flavorAnn !== 'auto') warnings.push(`infertel: ${ANNOTATION.flavor}="${flavorAnn}" is unknown (${[...FLAVORS, 'auto'].join(', ')}); using auto`);
+  // A bare port means the engine's own metrics path (trtllm-serve serves /prometheus/metrics).
+  let upstream = upstreamUrl(annotations[ANNOTATION.upstream], cfg.upstream, flavor ? FLAVOR_TABLE[flavor].metricsPath : '/metrics');
   if (!upstream) {
     warnings.push(`infertel: ${ANNOTATION.upstream}="${annotations[ANNOTATION.upstream]}" is not a URL or port; using ${cfg.upstream}`);
     upstream = cfg.upstream;
   }
-  const flavor = annotations[ANNOTATION.flavor];
-  if (flavor !== undefined && !['vllm', 'tgi', 'auto'].includes(flavor)) warnings.push(`infertel: ${ANNOTATION.flavor}="${flavor}" is unknown; using auto`);
-  const spec = flavor && ['vllm', 'tgi'].includes(flavor) ? `${flavor}=${upstream}` : upstream;
+  const spec = flavor ? `${flavor}=${upstream}` : upstream;
   let resources = cfg.resources;
   if (annotations[ANNOTATION.resources] !== undefined) {
     try {

@@ -79,7 +79,7 @@ describe('config', () => {
   it('check-config exits 0 on a valid file and 2 naming each bad key', () => {
     const ok = runCli(['check-config', tmpFile('upstreams:\n  - url: http://127.0.0.1:8000/metrics\n    flavor: vllm\n')]);
     assert.equal(ok.code, 0, ok.stderr);
-    const bad = runCli(['check-config', tmpFile('listen: 9400\nupstreams:\n  - url: http://x/metrics\n    flavor: sglang\n    interval: 0s\nextra: true\n')]);
+    const bad = runCli(['check-config', tmpFile('listen: 9400\nupstreams:\n  - url: http://x/metrics\n    flavor: mistralrs\n    interval: 0s\nextra: true\n')]);
     assert.equal(bad.code, 2);
     for (const p of ['listen:', 'upstreams[0].flavor:', 'upstreams[0].interval:', 'extra: unknown key']) assert.ok(bad.stderr.includes(p), `${p} in ${bad.stderr}`);
     const missing = runCli(['check-config', '/nonexistent/infertel.yaml']);

@@ -41,8 +41,8 @@ describe('e2e: demo engines (vLLM V1 with 2 engines, TGI v3)', () => {
     assert.equal(r.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8');
     assert.ok(sampleValue(r.body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
     assert.ok(sampleValue(r.body, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"')! >= 0, 'TGI model learned from /info');
-    assert.match(r.body, /\ninfertel_upstream_info\{upstream="127\.0\.0\.1:\d+",flavor="vllm"\} 1\n/);
-    assert.match(r.body, /\ninfertel_upstream_info\{upstream="127\.0\.0\.1:\d+",flavor="tgi"\} 1\n/);
+    assert.match(r.body, /\ninfertel_upstream_info\{upstream="127\.0\.0\.1:\d+",flavor="vllm",version="0\.11\.0"\} 1\n/);
+    assert.match(r.body, /\ninfertel_upstream_info\{upstream="127\.0\.0\.1:\d+",flavor="tgi",version="3\.3\.6"\} 1\n/);
     assert.match(r.body, /\nvllm:num_requests_running\{engine="0",model_name=/, 'passthrough keeps upstream names');
     assert.match(r.body, new RegExp(`\\ntgi_request_duration_bucket\\{le="${TGI_DURATION_LE[0]}"\\}`), 'passthrough keeps le strings');
     assert.match(r.body, /\ninfertel_build_info\{version="\d+\.\d+\.\d+"\} 1\n/);

@@ -32,8 +32,42 @@ describe('infertel demo', () => {
   });
 });
 
+describe('infertel demo --engines', () => {
+  it('adds simulated SGLang (tensor-parallel) and llama.cpp, each detected, with its model learned', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm,sglang,llamacpp', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--gpus', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const body = await eventually(async () => {
+        const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+        return ['vllm', 'sglang', 'llamacpp'].every((f) => b.includes(`flavor="${f}"`)) && b.includes('model="qwen2.5-1.5b-instruct-q4_k_m.gguf"') && b;
+      }, 15_000, 'three engines');
+      assert.ok(!body.includes('flavor="tgi"'));
+      assert.match(body, /\ninfertel_upstream_info\{upstream="[^"]+",flavor="sglang",version="0\.5\.4"\} 1\n/);
+      // Four TP ranks report the same running requests: the canonical gauge is one rank's value.
+      const ranks = [...body.matchAll(/\nsglang:num_running_reqs\{[^}]*tp_rank="(\d)"\} (\S+)/g)];
+      assert.equal(ranks.length, 4);
+      assert.equal(sampleValue(body, 'inference_active_streams', 'model="Qwen/Qwen2.5-7B-Instruct"'), Number(ranks[0]![2]));
+      assert.ok(sampleValue(body, 'tokens_input_total', 'model="qwen2.5-1.5b-instruct-q4_k_m.gguf"') !== undefined);
+      // llama-server's per-scrape throughput gauges are not re-exported; its mistyped counter is a gauge.
+      assert.ok(!body.includes('llamacpp:predicted_tokens_seconds'));
+      assert.match(body, /# TYPE llamacpp:n_tokens_max gauge\n/);
+    } finally {
+      await new Promise<void>((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); });
+    }
+  });
+
+  it('refuses an engine it cannot simulate, naming the choices', async () => {
+    const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm,mistralrs', '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const code = await new Promise<number | null>((r) => child.once('exit', r));
+    assert.notEqual(code, 0);
+    assert.match(err, /--engines: unknown mistralrs; choose from vllm, tgi, sglang, llamacpp/);
+  });
+});
+
 describe('real captures served as upstreams (../shared/fixtures)', { skip: !sharedFixturesPresent() && 'no ../shared/fixtures' }, () => {
-  it('each capture is scraped without errors; vLLM and TGI are detected, the others pass through', async () => {
+  it('each capture is scraped without errors, detected as its engine and mapped', async () => {
     const files = readdirSync(SHARED_FIXTURES).filter((f) => f.endsWith('.prom')).sort();
     const servers = await Promise.all(files.map((f) => {
       const body = readFileSync(SHARED_FIXTURES + f);
@@ -48,8 +82,16 @@ describe('real captures served as upstreams (../shared/fixtures)', { skip: !shar
       const flavorOf = (f: string) => /flavor="(\w+)"/.exec(body.split('\n').find((l) => l.startsWith('infertel_upstream_info') && l.includes(`:${servers[files.indexOf(f)]!.port}"`))!)![1];
       assert.equal(flavorOf('vllm-v0-2024-06-datadog-opt125m.prom'), 'vllm');
       assert.equal(flavorOf('tgi-3.x-datadog.prom'), 'tgi');
-      assert.equal(flavorOf('sglang-docs-example-2024.prom'), 'unknown', 'SGLang is not normalised yet: passthrough only');
+      assert.equal(flavorOf('sglang-docs-example-2024.prom'), 'sglang');
+      assert.equal(flavorOf('triton-trtllm-backend-readme-inflight-batcher.prom'), 'trtllm');
+      assert.equal(flavorOf('triton-trtllm-backend-readme-core-nv_inference.prom'), 'triton');
       assert.match(body, /\nsglang:num_running_reqs/);
+      // Read off the capture itself: its prompt-token counter and TTFT count.
+      const sglangModel = 'model="meta-llama/Llama-3.1-8B-Instruct"';
+      assert.equal(sampleValue(body, 'tokens_input_total', sglangModel), 8.128902e6);
+      assert.equal(sampleValue(body, 'inference_ttft_ms_count', sglangModel), 11008);
+      // The backend capture: scheduled requests 1, KV fraction 0.4875.
+      assert.equal(sampleValue(body, 'kv_cache_usage_ratio', 'model="tensorrt_llm"'), 0.4875);
       assert.match(body, /\nnv_trt_llm_request_metrics\{/);
       assert.ok(sampleValue(body, 'inference_ttft_ms_count', 'model="facebook/opt-125m"')! > 0);
       assert.ok(sampleValue(body, 'inference_requests_total', 'model="captured"', 'code="2xx"')! > 0);

@@ -6,7 +6,7 @@ import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FetchError } from '../../agent/net/http-client.js';
-import { tgiFlavor } from '../../agent/sources/tgi.js';
+import { tgi } from '../../agent/sources/engines/tgi.js';
 import { eventually, getText, sampleValue, spawnAgent, startServer } from '../helpers.js';
 
 async function lookupFails(handler: Parameters<typeof startServer>[0]): Promise<{ err: unknown; ms: number; rssGrowth: number }> {
@@ -14,7 +14,7 @@ async function lookupFails(handler: Parameters<typeof startServer>[0]): Promise<
   const rss0 = process.memoryUsage().rss;
   const t0 = Date.now();
   try {
-    await tgiFlavor.lookupModel(`${server.url}/metrics`, new AbortController().signal);
+    await tgi.info(`${server.url}/metrics`, new AbortController().signal);
     return { err: undefined, ms: Date.now() - t0, rssGrowth: process.memoryUsage().rss - rss0 };
   } catch (err) {
     return { err, ms: Date.now() - t0, rssGrowth: process.memoryUsage().rss - rss0 };

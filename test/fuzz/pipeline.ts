@@ -9,7 +9,8 @@ import { PassthroughGuard } from '../../agent/guard/passthrough.js';
 import { Normalizer } from '../../agent/normalize/normalizer.js';
 import { parseExposition, type InputFormat } from '../../agent/parse/exposition.js';
 import { canonicalClaims, renderCanonical, renderPassthrough, renderShared, sharedFamilies, toPassthroughFamilies, type ExpositionFormat, type PassthroughSet } from '../../agent/export/render.js';
-import { FLAVOR_TABLE } from '../../agent/sources/flavor.js';
+import { FLAVOR_TABLE, normaliserView } from '../../agent/sources/flavor.js';
+import { canonicalInput } from '../../agent/sources/adapter.js';
 
 const catalogue = buildCatalogue('ms');
 
@@ -28,7 +29,7 @@ export function pipeline(): { scrape(a: string, b: string, format?: InputFormat)
         const parsed = parseExposition(body, format);
         const flavor = i === 0 ? 'vllm' : 'tgi';
         const ad = FLAVOR_TABLE[flavor];
-        normalizer.ingest({ name: `u${i}`, flavor, familyKey: ad.familyKey, modelLabels: ad.modelLabels, defaultModel: ad.payloadModel(parsed.families) ?? 'm' }, parsed.families);
+        normalizer.ingest(normaliserView(ad, `u${i}`, ad.payloadModel(parsed.families) ?? 'm'), canonicalInput(ad, parsed.families));
         return { upstream: `u${i}`, families: toPassthroughFamilies(guards[i]!.apply(parsed.families)) };
       });
       const canonical = normalizer.snapshot(now, 1);

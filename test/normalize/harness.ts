@@ -5,12 +5,13 @@ import { SeriesLimiter } from '../../agent/guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from '../../agent/guard/labels.js';
 import { Normalizer, type CanonicalFamily } from '../../agent/normalize/normalizer.js';
 import { parseExposition, type InputFormat } from '../../agent/parse/exposition.js';
-import { FLAVOR_TABLE } from '../../agent/sources/flavor.js';
+import { FLAVOR_TABLE, normaliserView, type Flavor } from '../../agent/sources/flavor.js';
+import { canonicalInput } from '../../agent/sources/adapter.js';
 
 export interface Harness {
   n: Normalizer;
   limiter: SeriesLimiter;
-  ingest(flavor: 'vllm' | 'tgi', text: string, upstream?: string, model?: string, format?: InputFormat): void;
+  ingest(flavor: Flavor, text: string, upstream?: string, model?: string, format?: InputFormat): void;
   fail(upstream: string): void;
   snapshot(nowMs?: number): CanonicalFamily[];
   /** Value of the one series of `metric` whose labels include `labels`; undefined if none. */
@@ -31,7 +32,7 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
     ingest(flavor, text, upstream = 'u1', model, format = 'text') {
       const fam = parseExposition(text, format).families;
       const a = FLAVOR_TABLE[flavor];
-      n.ingest({ name: upstream, flavor, familyKey: a.familyKey, modelLabels: a.modelLabels, defaultModel: model ?? a.payloadModel(fam) ?? 'unknown' }, fam);
+      n.ingest(normaliserView(a, upstream, model ?? a.payloadModel(fam) ?? 'unknown'), canonicalInput(a, fam));
     },
     fail: (u) => n.markFailed(u),
     snapshot: (nowMs) => n.snapshot(nowMs ?? (clock += 10_000), 1),
