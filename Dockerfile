@@ -1,9 +1,9 @@
 # infertel image: the agent (`infertel run`) and the injection webhook (`infertel inject-webhook`).
 # Not built in this project's CI (no container engine there); see the README.
 
-# Build stage: Node 20 on Debian bookworm (glibc 2.36; the addon needs glibc >= 2.34) with Rust for
+# Build stage: Node 24 LTS on Debian bookworm (glibc 2.36; the addon needs glibc >= 2.34) with Rust for
 # the NVML addon.
-FROM node:20-bookworm AS build
+FROM node:24-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cargo rustc \
  && rm -rf /var/lib/apt/lists/*
@@ -21,7 +21,7 @@ RUN npm install --no-audit --no-fund \
  && test -f native/infertel-nvml.linux-x64-gnu.node -o -f native/infertel-nvml.linux-arm64-gnu.node
 
 # Runtime stage: the same Node on a slim base, non-root, no shell needed at run time; tini for signals.
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*

@@ -1,6 +1,7 @@
 // Composition root: builds the pipeline (sources -> normaliser -> exporters) from a validated
 // config. Dependencies are injectable so tests can drive it without a process.
 
+import { ErrorReporter } from './errors.js';
 import type { Server } from 'node:http';
 import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig } from './config/schema.js';
@@ -65,36 +66,69 @@ export class Agent {
   private lastRequests = 0;
   private lastRequestAt: number | undefined;
 
-  constructor(readonly config: AgentConfig, deps: AgentDeps) {
+  constructor(
+    readonly config: AgentConfig,
+    deps: AgentDeps,
+  ) {
     this.now = deps.now ?? Date.now;
     this.catalogue = buildCatalogue(config.units, config.buckets);
     const guardCounts = newGuardCounts();
     const policy = makeLabelPolicy(config.labels.forbidden, config.limits.labelValueLength, config.labels.unboundedAllowed);
     this.limiter = new SeriesLimiter({ perMetric: config.limits.seriesPerMetric, total: config.limits.seriesTotal });
     this.normalizer = new Normalizer(this.catalogue, {
-      histograms: config.histograms, staleAfterScrapes: config.limits.staleAfterScrapes, seriesPerMetric: config.limits.seriesPerMetric,
-      labelPolicy: policy, limiter: this.limiter, guardCounts, invalid: this.invalidSamples,
+      histograms: config.histograms,
+      staleAfterScrapes: config.limits.staleAfterScrapes,
+      seriesPerMetric: config.limits.seriesPerMetric,
+      labelPolicy: policy,
+      limiter: this.limiter,
+      guardCounts,
+      invalid: this.invalidSamples,
     });
-    this.metrics = new SelfMetrics(VERSION, () => this.limiter.overflowed, () => ({
-      truncated: guardCounts.truncated, redacted: guardCounts.redacted, forbidden_dropped: guardCounts.forbiddenDropped,
-    }), () => ({
-      duplicate: this.passthroughCounts.duplicateSamples, merged: this.passthroughCounts.mergedSamples,
-      over_bucket_cap: this.passthroughCounts.seriesOverBucketCap,
-    }), () => this.invalidSamples);
-    this.upstreams = config.upstreams.map((u) => new Upstream(u, this.addSource(createEngineSource(u)), {
-      normalizer: this.normalizer, metrics: this.metrics, tracer: agentTracer(VERSION), log: deps.log,
-      passthroughGuard: new PassthroughGuard(policy,
-        { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal, bucketsPerSeries: config.limits.bucketsPerSeries },
-        (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n), guardCounts, this.passthroughCounts),
-      defaultModel: config.model, staleAfterScrapes: config.limits.staleAfterScrapes, now: this.now,
-      gpuTelemetry: () => (this.gpu?.summary().source ?? 'none') !== 'none',
-    }));
+    this.metrics = new SelfMetrics(
+      VERSION,
+      () => this.limiter.overflowed,
+      () => ({
+        truncated: guardCounts.truncated,
+        redacted: guardCounts.redacted,
+        forbidden_dropped: guardCounts.forbiddenDropped,
+      }),
+      () => ({
+        duplicate: this.passthroughCounts.duplicateSamples,
+        merged: this.passthroughCounts.mergedSamples,
+        over_bucket_cap: this.passthroughCounts.seriesOverBucketCap,
+      }),
+      () => this.invalidSamples,
+      new ErrorReporter(deps.log),
+    );
+    this.upstreams = config.upstreams.map(
+      (u) =>
+        new Upstream(u, this.addSource(createEngineSource(u)), {
+          normalizer: this.normalizer,
+          metrics: this.metrics,
+          tracer: agentTracer(VERSION),
+          log: deps.log,
+          passthroughGuard: new PassthroughGuard(
+            policy,
+            { seriesPerFamily: config.limits.seriesPerMetric, seriesTotal: config.limits.seriesTotal, bucketsPerSeries: config.limits.bucketsPerSeries },
+            (family, n) => this.limiter.overflowed.set(family, (this.limiter.overflowed.get(family) ?? 0) + n),
+            guardCounts,
+            this.passthroughCounts,
+          ),
+          defaultModel: config.model,
+          staleAfterScrapes: config.limits.staleAfterScrapes,
+          now: this.now,
+          gpuTelemetry: () => (this.gpu?.summary().source ?? 'none') !== 'none',
+        }),
+    );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
-    this.cache = new ExpositionCache({
-      version: () => this.dataVersion,
-      renderData: (format) => this.renderData(format),
-      renderSelf: (format) => (format === 'openmetrics' ? this.metrics.openmetrics.metrics() : this.metrics.text.metrics()),
-    }, this.now);
+    this.cache = new ExpositionCache(
+      {
+        version: () => this.dataVersion,
+        renderData: (format) => this.renderData(format),
+        renderSelf: (format) => (format === 'openmetrics' ? this.metrics.openmetrics.metrics() : this.metrics.text.metrics()),
+      },
+      this.now,
+    );
   }
 
   private minInterval(): number {
@@ -134,7 +168,13 @@ export class Agent {
 
   summary(): unknown {
     const toMs = this.config.units === 'ms' ? 1 : 1000;
-    return buildSummary(this.canonical(), toMs, this.lastRequestAt, this.gpu?.summary() ?? NO_GPU);
+    return buildSummary(
+      this.canonical(),
+      toMs,
+      this.lastRequestAt,
+      this.gpu?.summary() ?? NO_GPU,
+      this.normalizer.nativeHistograms('inference_request_duration_ms'),
+    );
   }
 
   readiness(): Readiness {
@@ -144,8 +184,11 @@ export class Agent {
     for (const u of this.upstreams) {
       const h = u.health;
       let reason: string | undefined;
-      if (h.lastSuccessMs === undefined) reason = h.lastOutcome === 'pending' ? 'no scrape yet' : `never scraped successfully (last: ${h.lastOutcome}${h.lastDetail ? `: ${h.lastDetail}` : ''})`;
-      else if (now - h.lastSuccessMs > FRESH_INTERVALS * h.intervalMs) reason = `last success ${Math.round((now - h.lastSuccessMs) / 1000)}s ago (last: ${h.lastOutcome})`;
+      if (h.lastSuccessMs === undefined)
+        reason =
+          h.lastOutcome === 'pending' ? 'no scrape yet' : `never scraped successfully (last: ${h.lastOutcome}${h.lastDetail ? `: ${h.lastDetail}` : ''})`;
+      else if (now - h.lastSuccessMs > FRESH_INTERVALS * h.intervalMs)
+        reason = `last success ${Math.round((now - h.lastSuccessMs) / 1000)}s ago (last: ${h.lastOutcome})`;
       upstreams[u.cfg.name] = reason ? { ready: false, reason } : { ready: true };
       if (reason) ready = false;
     }
@@ -163,8 +206,11 @@ export class Agent {
   /** After each cycle: new data version, render the text body now so scrapes only copy it. */
   private afterCycle(): void {
     this.dataVersion++;
-    const requests = this.normalizer.snapshot(this.now(), this.minInterval() * 0.9)
-      .find((f) => f.metric.name === 'inference_requests_total')?.series.reduce((a, s) => a + s.value, 0) ?? 0;
+    const requests =
+      this.normalizer
+        .snapshot(this.now(), this.minInterval() * 0.9)
+        .find((f) => f.metric.name === 'inference_requests_total')
+        ?.series.reduce((a, s) => a + s.value, 0) ?? 0;
     if (requests > this.lastRequests) this.lastRequestAt = this.now();
     this.lastRequests = requests;
     this.renderData('text');
@@ -179,10 +225,13 @@ export class Agent {
       throw new ConfigError([`listen: cannot listen on ${this.config.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
     }
     this.gpu?.start();
-    this.loops = this.upstreams.map((u) => startLoop({
-      intervalMs: u.cfg.intervalMs,
-      run: (signal) => this.collect(u, signal),
-    }));
+    this.loops = this.upstreams.map((u) =>
+      startLoop({
+        intervalMs: u.cfg.intervalMs,
+        run: (signal) => this.collect(u, signal),
+        onError: (err) => this.metrics.errors.report('loop_run_threw', err, { upstream: u.cfg.name }),
+      }),
+    );
   }
 
   address(): string {

@@ -11,6 +11,8 @@ import { stopOnSignal, type Signals } from './signals.js';
 import { redactUrl } from './net/http-client.js';
 import { createLogger } from './logger.js';
 import { loadWebhookConfig } from './webhook/config.js';
+import type { InjectionConfig } from './webhook/mutate.js';
+import type { AgentConfig } from './config/schema.js';
 import { startWebhook } from './webhook/server.js';
 import { VERSION } from './version.js';
 
@@ -31,11 +33,17 @@ function addRunOptions(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'YAML config file (env INFERTEL_CONFIG)')
     .option('--listen <host:port>', 'address of /metrics, /healthz, /readyz (env INFERTEL_LISTEN; default 0.0.0.0:9400)')
-    .option('--upstream <[flavor=]url>', `engine /metrics URL; flavor ${[...FLAVORS, 'auto'].join('|')}; repeatable (env INFERTEL_UPSTREAMS, comma-separated)`, collect)
+    .option(
+      '--upstream <[flavor=]url>',
+      `engine /metrics URL; flavor ${[...FLAVORS, 'auto'].join('|')}; repeatable (env INFERTEL_UPSTREAMS, comma-separated)`,
+      collect,
+    )
     .option('--model <name>', 'model label for upstreams whose metrics name none, e.g. TGI (env INFERTEL_MODEL)')
     .option('--interval <duration>', 'scrape interval, e.g. 1s, 10s (env INFERTEL_INTERVAL; default 10s)')
     .addOption(new Option('--units <profile>', 'ms: documented _ms names; seconds: _seconds names (env INFERTEL_UNITS)').choices(['ms', 'seconds']))
-    .addOption(new Option('--histograms <mode>', 'rebucket onto documented layouts, or keep native bounds (env INFERTEL_HISTOGRAMS)').choices(['rebucket', 'native']))
+    .addOption(
+      new Option('--histograms <mode>', 'rebucket onto documented layouts, or keep native bounds (env INFERTEL_HISTOGRAMS)').choices(['rebucket', 'native']),
+    )
     .option('--nvml-library <path>', 'path of libnvidia-ml.so.1 (env INFERTEL_NVML_LIBRARY)')
     .addOption(new Option('--log-level <level>', 'log level (env INFERTEL_LOG_LEVEL)').choices(['debug', 'info', 'warn', 'error']));
 }
@@ -56,29 +64,29 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     .showHelpAfterError()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
-  addRunOptions(program.command('run').description('scrape the configured upstreams and serve /metrics'))
-    .action(async (flags: RunFlags) => {
-      let config;
-      try {
-        config = loadConfig({ file: flags.config, env: process.env, flags: overrides(flags) });
-      } catch (err) {
-        configFailure(err);
-      }
-      if (config.upstreams.length === 0) process.stderr.write('infertel: warning: no upstreams configured (--upstream or INFERTEL_UPSTREAMS)\n');
-      const deps = agentDeps(config);
-      const agent = new Agent(config, deps);
-      deps.log.info({ listen: config.listen, upstreams: config.upstreams.map((u) => redactUrl(u.url)), units: config.units }, 'infertel starting');
-      if (signals.arrived()) return;
-      try {
-        await agent.start();
-      } catch (err) {
-        await agent.stop();
-        configFailure(err);
-      }
-      await stopOnSignal(signals, () => agent.stop());
-    });
+  addRunOptions(program.command('run').description('scrape the configured upstreams and serve /metrics')).action(async (flags: RunFlags) => {
+    let config: AgentConfig;
+    try {
+      config = loadConfig({ file: flags.config, env: process.env, flags: overrides(flags) });
+    } catch (err) {
+      configFailure(err);
+    }
+    if (config.upstreams.length === 0) process.stderr.write('infertel: warning: no upstreams configured (--upstream or INFERTEL_UPSTREAMS)\n');
+    const deps = agentDeps(config);
+    const agent = new Agent(config, deps);
+    deps.log.info({ listen: config.listen, upstreams: config.upstreams.map((u) => redactUrl(u.url)), units: config.units }, 'infertel starting');
+    if (signals.arrived()) return;
+    try {
+      await agent.start();
+    } catch (err) {
+      await agent.stop();
+      configFailure(err);
+    }
+    await stopOnSignal(signals, () => agent.stop());
+  });
 
-  program.command('check-config')
+  program
+    .command('check-config')
     .description('validate a config file: exit 0 if valid, 2 listing every problem')
     .argument('<file>')
     .action((file: string) => {
@@ -90,7 +98,8 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
       }
     });
 
-  program.command('inject-webhook')
+  program
+    .command('inject-webhook')
     .description('serve the sidecar-injection MutatingWebhook (admission.k8s.io/v1) over HTTPS')
     .option('--listen <host:port>', 'address of /mutate and /healthz', '0.0.0.0:8443')
     .option('--tls-cert <file>', 'serving certificate (reloaded when it changes)', '/etc/infertel-webhook/tls/tls.crt')
@@ -98,7 +107,7 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     .option('--config <file>', 'injection config (image, port, resources, native sidecar default, …)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']).default('info'))
     .action(async (flags: { listen: string; tlsCert: string; tlsKey: string; config?: string; logLevel: string }) => {
-      let config;
+      let config: InjectionConfig;
       try {
         config = loadWebhookConfig(flags.config);
       } catch (err) {
@@ -110,7 +119,8 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
       await stopOnSignal(signals, () => webhook.close());
     });
 
-  program.command('demo')
+  program
+    .command('demo')
     .description('start simulated engines on loopback (vLLM with 2 data-parallel engines and TGI by default) and the agent scraping them')
     .option('--engines <list>', `simulated engines, comma-separated: ${DEMO_ENGINES.join(', ')}`, 'vllm,tgi')
     .option('--listen <host:port>', 'agent address', '127.0.0.1:9400')
@@ -133,4 +143,3 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     process.exit(1);
   }
 }
-

@@ -8,7 +8,14 @@ import { createLogger } from './logger.js';
 export function agentDeps(config: AgentConfig): AgentDeps {
   const log = createLogger(config.logLevel);
   const g = config.gpu;
-  const gpu: GpuConfig = { nvmlLibrary: g.nvmlLibrary, intervalMs: g.interval, timeoutMs: g.timeout, source: g.source, processRoles: g.processRoles, oomLogPath: g.oomLogPath, simulate: g.simulate };
+  const gpu: GpuConfig = {
+    nvmlLibrary: g.nvmlLibrary,
+    intervalMs: g.interval,
+    timeoutMs: g.timeout,
+    source: g.source,
+    processRoles: g.processRoles,
+    oomLogPath: g.oomLogPath,
+    simulate: g.simulate,
+  };
   return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log, config: gpu }) };
 }
-

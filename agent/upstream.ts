@@ -7,7 +7,7 @@ import type { SelfMetrics } from './export/self-metrics.js';
 import type { Family } from './parse/exposition.js';
 import type { Logger } from './logger.js';
 import type { Normalizer } from './normalize/normalizer.js';
-import { PassthroughGuard } from './guard/passthrough.js';
+import type { PassthroughGuard } from './guard/passthrough.js';
 import { toPassthroughFamilies, type PassthroughFamily } from './export/render.js';
 import { FLAVOR_TABLE, detectFlavor, normaliserView, type Flavor, type FlavorAdapter } from './sources/flavor.js';
 import { canonicalInput, passthroughInput } from './sources/adapter.js';
@@ -57,10 +57,22 @@ export class Upstream {
   private infoLookups = 0;
   private failedScrapes = 0;
 
-  constructor(readonly cfg: UpstreamConfig, private readonly source: Source, private readonly deps: UpstreamDeps) {
+  constructor(
+    readonly cfg: UpstreamConfig,
+    private readonly source: Source,
+    private readonly deps: UpstreamDeps,
+  ) {
     this.adapter = cfg.flavor === 'auto' ? undefined : FLAVOR_TABLE[cfg.flavor];
-    this.health = { name: cfg.name, url: redactUrl(cfg.url), flavor: this.adapter?.name ?? 'unknown', up: false, lastOutcome: 'pending',
-      lastDetail: undefined, lastSuccessMs: undefined, intervalMs: cfg.intervalMs };
+    this.health = {
+      name: cfg.name,
+      url: redactUrl(cfg.url),
+      flavor: this.adapter?.name ?? 'unknown',
+      up: false,
+      lastOutcome: 'pending',
+      lastDetail: undefined,
+      lastSuccessMs: undefined,
+      intervalMs: cfg.intervalMs,
+    };
     deps.metrics.setFlavor(cfg.name, this.health.flavor, undefined);
     deps.metrics.up.set({ upstream: cfg.name }, 0);
   }
@@ -108,7 +120,10 @@ export class Upstream {
             this.setPassthrough(toPassthroughFamilies(guarded));
           } else this.setPassthrough([]);
           for (const format of ['text', 'openmetrics'] as const) {
-            metrics.unexpressed.set({ upstream: this.cfg.name, format }, this.passthrough.reduce((a, f) => a + f.droppedIn[format], 0));
+            metrics.unexpressed.set(
+              { upstream: this.cfg.name, format },
+              this.passthrough.reduce((a, f) => a + f.droppedIn[format], 0),
+            );
           }
           this.failedScrapes = 0;
         } else {
@@ -128,7 +143,13 @@ export class Upstream {
       const nowMs = this.deps.now();
       metrics.recordScrape(this.cfg.name, outcome, (performance.now() - started) / 1000, parseErrors, nowMs);
       this.transition(outcome, detail, nowMs);
-      span.setAttributes({ [ATTR.upstream]: this.cfg.name, [ATTR.flavor]: this.health.flavor, [ATTR.series]: series, [ATTR.bytes]: bytes, [ATTR.outcome]: outcome });
+      span.setAttributes({
+        [ATTR.upstream]: this.cfg.name,
+        [ATTR.flavor]: this.health.flavor,
+        [ATTR.series]: series,
+        [ATTR.bytes]: bytes,
+        [ATTR.outcome]: outcome,
+      });
       if (outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: detail ? redactUrl(detail) : outcome });
       span.end();
       return outcome === 'ok';
@@ -141,11 +162,18 @@ export class Upstream {
   /** Counts what the scrape mapped; a payload that maps to nothing is said once, not hidden. */
   private noteCanonical(series: number): void {
     this.deps.metrics.canonicalSeries.set({ upstream: this.cfg.name }, series);
-    if (series > 0) { this.unmappedLogged = false; return; }
+    if (series > 0) {
+      this.unmappedLogged = false;
+      return;
+    }
     if (this.unmappedLogged) return;
     this.unmappedLogged = true;
-    this.deps.log.warn({ upstream: this.cfg.name, flavor: this.health.flavor },
-      this.adapter ? 'no canonical series from this upstream (its payload has none of the families the catalogue maps)' : 'no adapter recognises this engine: passthrough only, no canonical series');
+    this.deps.log.warn(
+      { upstream: this.cfg.name, flavor: this.health.flavor },
+      this.adapter
+        ? 'no canonical series from this upstream (its payload has none of the families the catalogue maps)'
+        : 'no adapter recognises this engine: passthrough only, no canonical series',
+    );
   }
 
   private setPassthrough(families: PassthroughFamily[]): void {
@@ -180,7 +208,7 @@ export class Upstream {
         this.deps.log.info({ upstream: this.cfg.name, model: this.model }, 'model learned from the engine');
       }
     } catch (err) {
-      this.deps.log.debug({ upstream: this.cfg.name, err: (err as Error).message }, 'engine info lookup failed');
+      this.deps.metrics.errors.report('engine_info_failed', err, { upstream: this.cfg.name });
     }
   }
 
@@ -200,7 +228,8 @@ export class Upstream {
     const log = this.deps.log;
     const url = redactUrl(this.cfg.url);
     if (outcome === 'ok' && !wasUp) log.info({ upstream: this.cfg.name, url, flavor: this.health.flavor }, 'upstream up');
-    else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome)) log.warn({ upstream: this.cfg.name, url, reason: outcome, detail: detail && redactUrl(detail) }, 'upstream down');
+    else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome))
+      log.warn({ upstream: this.cfg.name, url, reason: outcome, detail: detail && redactUrl(detail) }, 'upstream down');
     // A scrape that succeeds with some lines rejected says so once per change, not every interval.
     const rejected = outcome === 'ok' ? detail : undefined;
     if (rejected && rejected !== this.lastRejected) log.warn({ upstream: this.cfg.name, detail: rejected }, 'upstream lines rejected');

@@ -7,7 +7,10 @@ import client from 'prom-client';
 const series = Number(process.argv[2] ?? 2000);
 const registry = new client.Registry();
 const families = 20;
-const gauges = Array.from({ length: families }, (_, i) => new client.Gauge({ name: `anchor_metric_${i}`, help: 'Anchor series.', labelNames: ['model', 'engine', 'le'], registers: [registry] }));
+const gauges = Array.from(
+  { length: families },
+  (_, i) => new client.Gauge({ name: `anchor_metric_${i}`, help: 'Anchor series.', labelNames: ['model', 'engine', 'le'], registers: [registry] }),
+);
 for (let i = 0; i < series; i++) gauges[i % families]!.set({ model: `model-${i % 5}`, engine: String(i % 7), le: String(i) }, i * 1.5);
 const app = express();
 app.get('/metrics', async (_req, res) => {

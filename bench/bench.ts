@@ -13,7 +13,7 @@ import { Agent } from '../agent/agent.js';
 import { validateConfig } from '../agent/config/load.js';
 import { createLogger } from '../agent/logger.js';
 import { parseExposition } from '../agent/parse/exposition.js';
-import { payload, type Payload } from './payloads.js';
+import { asOpenMetrics, payload, sglangPayload, type Payload } from './payloads.js';
 import { benchGpu } from './gpu.js';
 
 /** The Node flags the image runs the agent with (Dockerfile NODE_OPTIONS); INFERTEL_BENCH_NODE_FLAGS overrides them. */
@@ -21,7 +21,10 @@ const IMAGE_NODE_FLAGS = (process.env.INFERTEL_BENCH_NODE_FLAGS ?? '--max-semi-s
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const lines: string[] = [];
-const say = (s = '') => { lines.push(s); process.stdout.write(s + '\n'); };
+const say = (s = '') => {
+  lines.push(s);
+  process.stdout.write(`${s}\n`);
+};
 
 function pct(values: number[], p: number): number {
   const s = [...values].sort((a, b) => a - b);
@@ -39,7 +42,11 @@ function regexParse(text: string): number {
     const m = re.exec(line);
     if (!m) continue;
     const labels: Record<string, string> = {};
-    if (m[2]) for (const kv of m[2].split('",')) { const i = kv.indexOf('='); labels[kv.slice(0, i)] = kv.slice(i + 2).replace(/"$/, ''); }
+    if (m[2])
+      for (const kv of m[2].split('",')) {
+        const i = kv.indexOf('=');
+        labels[kv.slice(0, i)] = kv.slice(i + 2).replace(/"$/, '');
+      }
     if (Number.isFinite(Number(m[3]))) n++;
   }
   return n;
@@ -49,7 +56,10 @@ function throughput(buf: Buffer, fn: (b: Buffer) => unknown, ms = 2000): number 
   for (let i = 0; i < 5; i++) fn(buf);
   let iters = 0;
   const t0 = performance.now();
-  while (performance.now() - t0 < ms) { fn(buf); iters++; }
+  while (performance.now() - t0 < ms) {
+    fn(buf);
+    iters++;
+  }
   return (buf.length * iters) / ((performance.now() - t0) / 1000) / 1e6;
 }
 
@@ -57,7 +67,11 @@ async function spawnLine(args: string[]): Promise<{ child: ChildProcess; line: s
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
     let buf = '';
-    child.stdout!.on('data', (d) => { buf += d; const i = buf.indexOf('\n'); if (i >= 0) resolve(buf.slice(0, i)); });
+    child.stdout!.on('data', (d) => {
+      buf += d;
+      const i = buf.indexOf('\n');
+      if (i >= 0) resolve(buf.slice(0, i));
+    });
     child.once('exit', (c) => reject(new Error(`child exited ${c}`)));
   });
   return { child, line };
@@ -80,9 +94,15 @@ async function benchParse(): Promise<void> {
   const ours = throughput(buf, (b) => parseExposition(b.toString('utf8')));
   const decode = throughput(buf, (b) => b.toString('utf8'));
   const regex = throughput(buf, (b) => regexParse(b.toString('utf8')));
-  say('| parser (UTF-8 decode included) | MB/s | ratio to ours |');
+  const omBuf = Buffer.from(asOpenMetrics(medium.text));
+  const om = throughput(omBuf, (b) => parseExposition(b.toString('utf8'), 'openmetrics'));
+  const sglang = Buffer.from(sglangPayload(8).text);
+  const sg = throughput(sglang, (b) => parseExposition(b.toString('utf8')));
+  say('| parser (UTF-8 decode included) | MB/s | ratio to ours (text) |');
   say('|---|---|---|');
-  say(`| infertel parseExposition | ${f1(ours)} | 1.00 |`);
+  say(`| infertel parseExposition, text 0.0.4 | ${f1(ours)} | 1.00 |`);
+  say(`| infertel parseExposition, the same payload as OpenMetrics | ${f1(om)} | ${f2(om / ours)} |`);
+  say(`| infertel parseExposition, SGLang with 8 TP ranks (${(sglang.length / 1e3).toFixed(0)} kB) | ${f1(sg)} | ${f2(sg / ours)} |`);
   say(`| anchor: decode only (ceiling) | ${f1(decode)} | ${f2(decode / ours)} |`);
   say(`| anchor: split + regex per line | ${f1(regex)} | ${f2(regex / ours)} |`);
   say();
@@ -93,10 +113,19 @@ async function benchCycle(): Promise<void> {
   say();
   say('| payload | samples | cycle CPU p50 | cycle CPU p99 | anchor: bare fetch CPU p50 | cycle / fetch | max event-loop delay |');
   say('|---|---|---|---|---|---|---|');
-  for (const [name, models, engines, n] of [['single', 1, 1, 300], ['medium', 5, 6, 40]] as const) {
-    const p = payload(name, models, engines);
+  const medium = payload('medium', 5, 6);
+  const rows: Array<[string, Payload, 'vllm' | 'sglang', number]> = [
+    ['single', payload('single', 1, 1), 'vllm', 300],
+    ['medium', medium, 'vllm', 40],
+    // Served with a text content type: the body's closing # EOF is what tells the format.
+    ['medium as OpenMetrics', { ...medium, text: asOpenMetrics(medium.text) }, 'vllm', 40],
+    ['SGLang, 8 TP ranks', sglangPayload(8), 'sglang', 300],
+  ];
+  for (const [name, p, flavor, n] of rows) {
     const { url, child } = await servePayload(p);
-    const agent = new Agent(validateConfig({ listen: '127.0.0.1:0', upstreams: [{ url, flavor: 'vllm', interval: '1h', timeout: '10s' }] }), { log: createLogger('error') });
+    const agent = new Agent(validateConfig({ listen: '127.0.0.1:0', upstreams: [{ url, flavor, interval: '1h', timeout: '10s' }] }), {
+      log: createLogger('error'),
+    });
     const u = agent.upstreams[0]!;
     const ac = new AbortController();
     const cpu: number[] = [];
@@ -118,8 +147,10 @@ async function benchCycle(): Promise<void> {
       const c = process.cpuUsage(c0);
       fetchCpu.push((c.user + c.system) / 1000);
     }
-    const samples = parseExposition(p.text).sampleCount;
-    say(`| ${name} | ${samples} | ${f2(pct(cpu, 50))} ms | ${f2(pct(cpu, 99))} ms | ${f2(pct(fetchCpu, 50))} ms | ${f1(pct(cpu, 50) / pct(fetchCpu, 50))}x | ${f1(loop.max / 1e6)} ms |`);
+    const samples = parseExposition(p.text, name.includes('OpenMetrics') ? 'openmetrics' : 'text').sampleCount;
+    say(
+      `| ${name} | ${samples} | ${f2(pct(cpu, 50))} ms | ${f2(pct(cpu, 99))} ms | ${f2(pct(fetchCpu, 50))} ms | ${f1(pct(cpu, 50) / pct(fetchCpu, 50))}x | ${f1(loop.max / 1e6)} ms |`,
+    );
     child.kill();
     httpAgent.destroy();
   }
@@ -134,7 +165,12 @@ async function load(url: string, concurrency: number, ms: number): Promise<numbe
     while (performance.now() < end) {
       const t0 = performance.now();
       await new Promise<void>((resolve, reject) => {
-        http.get(url, { agent }, (res) => { res.on('data', () => {}); res.on('end', () => resolve()); }).on('error', reject);
+        http
+          .get(url, { agent }, (res) => {
+            res.on('data', () => {});
+            res.on('end', () => resolve());
+          })
+          .on('error', reject);
       });
       lat.push(performance.now() - t0);
     }
@@ -147,10 +183,18 @@ async function load(url: string, concurrency: number, ms: number): Promise<numbe
 async function startAgentProcess(upstream: string): Promise<{ base: string; child: ChildProcess }> {
   const port = 19000 + Math.floor(Math.random() * 5000);
   // As the Dockerfile runs it: a small young generation keeps RSS down under scrape load.
-  const child = spawn(process.execPath, ['--max-semi-space-size=2', CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `vllm=${upstream}`, '--interval', '2s', '--log-level', 'error'], { stdio: 'ignore' });
+  const child = spawn(
+    process.execPath,
+    ['--max-semi-space-size=2', CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `vllm=${upstream}`, '--interval', '2s', '--log-level', 'error'],
+    { stdio: 'ignore' },
+  );
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
-    try { if ((await fetch(`${base}/readyz`)).ok) break; } catch { /* starting */ }
+    try {
+      if ((await fetch(`${base}/readyz`)).ok) break;
+    } catch {
+      /* starting */
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
   await new Promise((r) => setTimeout(r, 2500));
@@ -159,7 +203,8 @@ async function startAgentProcess(upstream: string): Promise<{ base: string; chil
 
 /** RSS of a process that loads the same libraries as the agent and does nothing else. */
 async function libraryFloorRss(): Promise<number> {
-  const code = "for (const m of ['express','prom-client','axios','pino','zod','yaml','commander','@opentelemetry/api']) await import(m); setTimeout(() => { process.stdout.write(String(process.memoryUsage().rss) + '\\n'); }, 500);";
+  const code =
+    "for (const m of ['express','prom-client','axios','pino','zod','yaml','commander','@opentelemetry/api']) await import(m); setTimeout(() => { process.stdout.write(String(process.memoryUsage().rss) + '\\n'); }, 500);";
   const { child, line } = await spawnLine(['--max-semi-space-size=2', '--input-type=module', '-e', code]);
   child.kill();
   return Number(line) / 1048576;
@@ -169,11 +214,18 @@ async function benchServe(): Promise<void> {
   say('### `/metrics` latency under concurrent scrapers (agent in its own process; 3 s per row)');
   say();
   const floor = await libraryFloorRss();
-  say(`RSS floor: a Node process that only imports the agent's runtime libraries (express, prom-client, axios, pino, zod, yaml, commander, OTel API) uses ${f1(floor)} MiB.`);
+  say(
+    `RSS floor: a Node process that only imports the agent's runtime libraries (express, prom-client, axios, pino, zod, yaml, commander, OTel API) uses ${f1(floor)} MiB.`,
+  );
   say();
-  say('| output series | scrapers | infertel p50 | infertel p99 | anchor: prom-client per request p50 | anchor p99 | anchor p99 / infertel p99 | agent RSS after the load |');
+  say(
+    '| output series | scrapers | infertel p50 | infertel p99 | anchor: prom-client per request p50 | anchor p99 | anchor p99 / infertel p99 | agent RSS after the load |',
+  );
   say('|---|---|---|---|---|---|---|---|');
-  for (const [models, engines, concurrencies] of [[1, 5, [4, 16]], [5, 5, [4]]] as const) {
+  for (const [models, engines, concurrencies] of [
+    [1, 5, [4, 16]],
+    [5, 5, [4]],
+  ] as const) {
     const p = payload('serve', models, engines);
     const { url, child } = await servePayload(p);
     const agent = await startAgentProcess(url);
@@ -186,7 +238,9 @@ async function benchServe(): Promise<void> {
       const theirs = await load(anchorUrl, c, 3000);
       const after = await (await fetch(`${agent.base}/metrics`)).text();
       const rss = Number(/\ninfertel_process_resident_memory_bytes (\S+)/.exec(after)?.[1] ?? NaN) / 1048576;
-      say(`| ${series} | ${c} | ${f2(pct(ours, 50))} ms | ${f2(pct(ours, 99))} ms | ${f2(pct(theirs, 50))} ms | ${f2(pct(theirs, 99))} ms | ${f1(pct(theirs, 99) / pct(ours, 99))}x | ${f1(rss)} MiB |`);
+      say(
+        `| ${series} | ${c} | ${f2(pct(ours, 50))} ms | ${f2(pct(ours, 99))} ms | ${f2(pct(theirs, 50))} ms | ${f2(pct(theirs, 99))} ms | ${f1(pct(theirs, 99) / pct(ours, 99))}x | ${f1(rss)} MiB |`,
+      );
     }
     agent.child.kill();
     anchor.child.kill();
@@ -214,21 +268,49 @@ async function benchWorst(): Promise<void> {
     const url = `http://127.0.0.1:${server.line}/metrics`;
     const size = (await (await fetch(url)).arrayBuffer()).byteLength;
     const port = 19000 + Math.floor(Math.random() * 5000);
-    const child = spawn(process.execPath, [...IMAGE_NODE_FLAGS, CLI, 'run', '--listen', `127.0.0.1:${port}`, '--upstream', `tgi=${url}`, '--model', 'm', '--interval', interval, '--log-level', 'error'], { stdio: 'ignore' });
+    const child = spawn(
+      process.execPath,
+      [
+        ...IMAGE_NODE_FLAGS,
+        CLI,
+        'run',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--upstream',
+        `tgi=${url}`,
+        '--model',
+        'm',
+        '--interval',
+        interval,
+        '--log-level',
+        'error',
+      ],
+      { stdio: 'ignore' },
+    );
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; i < 100; i++) {
-      try { if ((await fetch(`${base}/healthz`)).ok) break; } catch { /* starting */ }
+      try {
+        if ((await fetch(`${base}/healthz`)).ok) break;
+      } catch {
+        /* starting */
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
     const rss: number[] = [];
     const sampler = setInterval(() => {
-      try { rss.push(Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024); } catch { /* exited */ }
+      try {
+        rss.push(Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024);
+      } catch {
+        /* exited */
+      }
     }, 500);
     const lat = await load(`${base}/metrics`, 4, 20_000);
     clearInterval(sampler);
     const last = await (await fetch(`${base}/metrics`)).text();
     const up = /\ninfertel_upstream_up\{[^}]*\} (\S+)/.exec(last)?.[1] ?? '?';
-    say(`| ${label} | ${f1(size / 1048576)} MiB | ${f1(Math.max(...rss))} MiB | ${f1(rss[rss.length - 1] ?? NaN)} MiB | ${f2(pct(lat, 50))} ms | ${f2(pct(lat, 99))} ms | ${up} |`);
+    say(
+      `| ${label} | ${f1(size / 1048576)} MiB | ${f1(Math.max(...rss))} MiB | ${f1(rss[rss.length - 1] ?? NaN)} MiB | ${f2(pct(lat, 50))} ms | ${f2(pct(lat, 99))} ms | ${up} |`,
+    );
     child.kill();
     server.child.kill();
   }
@@ -237,7 +319,9 @@ async function benchWorst(): Promise<void> {
 
 async function main(): Promise<void> {
   const only = process.argv[2];
-  say(`## Benchmark (${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${(await import('node:os')).cpus().length} CPUs: ${(await import('node:os')).cpus()[0]?.model ?? '?'})`);
+  say(
+    `## Benchmark (${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${(await import('node:os')).cpus().length} CPUs: ${(await import('node:os')).cpus()[0]?.model ?? '?'})`,
+  );
   say();
   if (!only || only === 'parse') await benchParse();
   if (!only || only === 'cycle') await benchCycle();

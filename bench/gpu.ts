@@ -30,7 +30,11 @@ export async function benchGpu(say: (s?: string) => void): Promise<void> {
   say(`### GPU poll (${real ? `real NVML: ${real}` : 'fake libnvidia-ml.so.1 with 8 devices; fake nvidia-smi and lspci on PATH'})`);
   say();
   const load = loadAddon();
-  if (!load.ok) { say(`(skipped: ${load.reason})`); say(); return; }
+  if (!load.ok) {
+    say(`(skipped: ${load.reason})`);
+    say();
+    return;
+  }
   const addon = load.addon;
   const lib = real ?? buildFakeNvml();
   /** Back-to-back polls: wall per poll and the Rust core's own time. */
@@ -71,21 +75,33 @@ export async function benchGpu(say: (s?: string) => void): Promise<void> {
   if (one) {
     const marginal = (addonP50 - pct(one.wall, 50)) / (n - 1);
     say(`| addon \`poll()\` (Promise, libuv worker), wall | 1 | ${pct(one.wall, 50).toFixed(1)} µs | ${pct(one.wall, 99).toFixed(1)} µs | | |`);
-    say(`| addon \`poll()\` (Promise, libuv worker), wall | ${n} | ${addonP50.toFixed(1)} µs | ${pct(many.wall, 99).toFixed(1)} µs | ${marginal.toFixed(2)} µs marginal | ${(loop.max / 1e6).toFixed(2)} ms (poll every 2 ms; same loop without polls: ${(idle.max / 1e6).toFixed(2)} ms) |`);
+    say(
+      `| addon \`poll()\` (Promise, libuv worker), wall | ${n} | ${addonP50.toFixed(1)} µs | ${pct(many.wall, 99).toFixed(1)} µs | ${marginal.toFixed(2)} µs marginal | ${(loop.max / 1e6).toFixed(2)} ms (poll every 2 ms; same loop without polls: ${(idle.max / 1e6).toFixed(2)} ms) |`,
+    );
   } else {
-    say(`| addon \`poll()\` (Promise, libuv worker), wall | ${n} | ${addonP50.toFixed(1)} µs | ${pct(many.wall, 99).toFixed(1)} µs | ${(addonP50 / n).toFixed(1)} µs | ${(loop.max / 1e6).toFixed(2)} ms (poll every 2 ms; same loop without polls: ${(idle.max / 1e6).toFixed(2)} ms) |`);
+    say(
+      `| addon \`poll()\` (Promise, libuv worker), wall | ${n} | ${addonP50.toFixed(1)} µs | ${pct(many.wall, 99).toFixed(1)} µs | ${(addonP50 / n).toFixed(1)} µs | ${(loop.max / 1e6).toFixed(2)} ms (poll every 2 ms; same loop without polls: ${(idle.max / 1e6).toFixed(2)} ms) |`,
+    );
   }
-  say(`| of which NVML calls (Rust core) | ${n} | ${pct(many.core, 50).toFixed(1)} µs | ${pct(many.core, 99).toFixed(1)} µs | ${(pct(many.core, 50) / n).toFixed(2)} µs | |`);
+  say(
+    `| of which NVML calls (Rust core) | ${n} | ${pct(many.core, 50).toFixed(1)} µs | ${pct(many.core, 99).toFixed(1)} µs | ${(pct(many.core, 50) / n).toFixed(2)} µs | |`,
+  );
 
   const env = real ? process.env : { ...process.env, PATH: `${join(ROOT, 'test/fixtures/fake-smi')}:${process.env.PATH}`, FAKE_SMI_DEVICES: String(n) };
   if (spawnSync('sh', ['-c', 'command -v nvidia-smi'], { env }).status === 0) {
     const spawnMs: number[] = [];
     for (let i = 0; i < 30; i++) {
       const t0 = performance.now();
-      spawnSync('nvidia-smi', ['--query-gpu=driver_version,name,memory.total,memory.used,utilization.gpu,temperature.gpu,power.draw', '--format=csv,noheader,nounits'], { env, encoding: 'utf8' });
+      spawnSync(
+        'nvidia-smi',
+        ['--query-gpu=driver_version,name,memory.total,memory.used,utilization.gpu,temperature.gpu,power.draw', '--format=csv,noheader,nounits'],
+        { env, encoding: 'utf8' },
+      );
       spawnMs.push(performance.now() - t0);
     }
-    say(`| anchor: one \`nvidia-smi --query-gpu\` spawn | ${n} | ${(pct(spawnMs, 50) * 1000).toFixed(0)} µs | ${(pct(spawnMs, 99) * 1000).toFixed(0)} µs | | (blocks if spawned synchronously) |`);
+    say(
+      `| anchor: one \`nvidia-smi --query-gpu\` spawn | ${n} | ${(pct(spawnMs, 50) * 1000).toFixed(0)} µs | ${(pct(spawnMs, 99) * 1000).toFixed(0)} µs | | (blocks if spawned synchronously) |`,
+    );
     const si = (await import('systeminformation')).default;
     const saved = process.env.PATH;
     process.env.PATH = env.PATH;
@@ -101,9 +117,13 @@ export async function benchGpu(say: (s?: string) => void): Promise<void> {
     }
     siLoop.disable();
     process.env.PATH = saved;
-    say(`| anchor: systeminformation \`graphics()\` (${controllers} controllers) | ${n} | ${(pct(siMs, 50) * 1000).toFixed(0)} µs | ${(pct(siMs, 99) * 1000).toFixed(0)} µs | | ${(siLoop.max / 1e6).toFixed(1)} ms (why the agent runs it in a worker) |`);
+    say(
+      `| anchor: systeminformation \`graphics()\` (${controllers} controllers) | ${n} | ${(pct(siMs, 50) * 1000).toFixed(0)} µs | ${(pct(siMs, 99) * 1000).toFixed(0)} µs | | ${(siLoop.max / 1e6).toFixed(1)} ms (why the agent runs it in a worker) |`,
+    );
     say();
-    say(`systeminformation / addon per poll: **${((pct(siMs, 50) * 1000) / addonP50).toFixed(0)}×**; nvidia-smi spawn / addon: **${((pct(spawnMs, 50) * 1000) / addonP50).toFixed(0)}×**.`);
+    say(
+      `systeminformation / addon per poll: **${((pct(siMs, 50) * 1000) / addonP50).toFixed(0)}×**; nvidia-smi spawn / addon: **${((pct(spawnMs, 50) * 1000) / addonP50).toFixed(0)}×**.`,
+    );
   } else {
     say();
     say('(nvidia-smi not on PATH: the systeminformation anchor was not measured)');

@@ -17,7 +17,7 @@ const server = http.createServer((_req, res) => {
       for (let s = 0; s < Number(b); s++) lines.push(`wide_family_${f}{shard="${s}"} ${s}`);
     }
   }
-  const body = lines.join('\n') + '\n';
+  const body = `${lines.join('\n')}\n`;
   res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4', 'Content-Length': Buffer.byteLength(body) });
   res.end(body);
 });

@@ -10,7 +10,9 @@ if (cargo.status !== 0) {
   console.log('infertel: cargo not found; the NVML addon is not built. GPU telemetry will fall back to nvidia-smi or none.');
   process.exit(0);
 }
-const napi = spawnSync(process.execPath, ['node_modules/@napi-rs/cli/dist/cli.js', 'build', '--platform', '--release', '--cwd', 'native'], { stdio: 'inherit' });
+const napi = spawnSync(process.execPath, ['node_modules/@napi-rs/cli/dist/cli.js', 'build', '--platform', '--release', '--cwd', 'native'], {
+  stdio: 'inherit',
+});
 if (napi.status !== 0) {
   console.log('infertel: building the NVML addon failed (see above); the agent will run without it.');
   process.exit(0);

@@ -3,6 +3,7 @@
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 
+// biome-ignore lint/suspicious/noTemplateCurlyInString: a Grafana variable, not a JavaScript template
 const ds = { type: 'prometheus', uid: '${datasource}' };
 const M = 'model=~"$model"';
 const R = '$__rate_interval';
@@ -15,8 +16,17 @@ const DASHBOARDS = {
     panels: [
       p('Requests per second', 'reqps', [q(`sum by (model) (rate(inference_requests_total{${M}}[${R}]))`, '{{model}}')]),
       p('5xx per second', 'reqps', [q(`sum by (model) (rate(inference_requests_total{${M},code="5xx"}[${R}]))`, '{{model}}')]),
-      p('Error ratio (5xx)', 'percentunit', [q(`sum by (model) (rate(inference_requests_total{${M},code="5xx"}[${R}])) / sum by (model) (rate(inference_requests_total{${M}}[${R}]))`, '{{model}}')]),
-      p('Request latency P50 / P95 / P99', 'ms', [0.5, 0.95, 0.99].map((x) => q(`histogram_quantile(${x}, sum by (le, model) (rate(inference_request_duration_ms_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}}`)), { thresholds: [2000] }),
+      p('Error ratio (5xx)', 'percentunit', [
+        q(`sum by (model) (rate(inference_requests_total{${M},code="5xx"}[${R}])) / sum by (model) (rate(inference_requests_total{${M}}[${R}]))`, '{{model}}'),
+      ]),
+      p(
+        'Request latency P50 / P95 / P99',
+        'ms',
+        [0.5, 0.95, 0.99].map((x) =>
+          q(`histogram_quantile(${x}, sum by (le, model) (rate(inference_request_duration_ms_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}}`),
+        ),
+        { thresholds: [2000] },
+      ),
       p('Active streams', 'short', [q(`sum by (model) (inference_active_streams{${M}})`, '{{model}}')]),
       p('Queue time P95', 'ms', [q(`histogram_quantile(0.95, sum by (le, model) (rate(queue_time_ms_bucket{${M}}[${R}])))`, '{{model}}')]),
       p('Queue depth', 'short', [q(`sum by (model) (inference_queue_depth{${M}})`, '{{model}}')], { thresholds: [100, 500] }),
@@ -27,16 +37,55 @@ const DASHBOARDS = {
     title: 'infertel / LLM performance',
     panels: [
       p('Tokens per second by phase', 'short', [q(`sum by (model, phase) (tokens_per_second{${M}})`, '{{model}} {{phase}}')]),
-      p('Time to first token P50 / P95 / P99', 'ms', [0.5, 0.95, 0.99].map((x) => q(`histogram_quantile(${x}, sum by (le, model) (rate(inference_ttft_ms_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}}`)), { thresholds: [500] }),
-      p('Inter-token latency P50 / P95', 'ms', [0.5, 0.95].map((x) => q(`histogram_quantile(${x}, sum by (le, model) (rate(decode_iter_latency_ms_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}}`))),
-      p('Per-stream decode speed (floor 30 tokens/s)', 'short', [q(`1000 / (sum by (model) (rate(decode_iter_latency_ms_sum{${M}}[${R}])) / sum by (model) (rate(decode_iter_latency_ms_count{${M}}[${R}])))`, '{{model}}')], { thresholds: [30] }),
+      p(
+        'Time to first token P50 / P95 / P99',
+        'ms',
+        [0.5, 0.95, 0.99].map((x) =>
+          q(`histogram_quantile(${x}, sum by (le, model) (rate(inference_ttft_ms_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}}`),
+        ),
+        { thresholds: [500] },
+      ),
+      p(
+        'Inter-token latency P50 / P95',
+        'ms',
+        [0.5, 0.95].map((x) =>
+          q(`histogram_quantile(${x}, sum by (le, model) (rate(decode_iter_latency_ms_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}}`),
+        ),
+      ),
+      p(
+        'Per-stream decode speed (floor 30 tokens/s)',
+        'short',
+        [
+          q(
+            `1000 / (sum by (model) (rate(decode_iter_latency_ms_sum{${M}}[${R}])) / sum by (model) (rate(decode_iter_latency_ms_count{${M}}[${R}])))`,
+            '{{model}}',
+          ),
+        ],
+        { thresholds: [30] },
+      ),
       p('Prefill latency P95', 'ms', [q(`histogram_quantile(0.95, sum by (le, model) (rate(prefill_latency_ms_bucket{${M}}[${R}])))`, '{{model}}')]),
-      p('Batch size P50 / P95', 'short', [0.5, 0.95].map((x) => q(`histogram_quantile(${x}, sum by (le, model, phase) (rate(batch_size_observed_bucket{${M}}[${R}])))`, `p${Math.round(x * 100)} {{model}} {{phase}}`))),
-      p('Context length distribution', 'reqps', [q(`sum by (context_bucket) (rate(inference_requests_by_context_total{${M}}[${R}]))`, '{{context_bucket}}')], { stack: true }),
+      p(
+        'Batch size P50 / P95',
+        'short',
+        [0.5, 0.95].map((x) =>
+          q(
+            `histogram_quantile(${x}, sum by (le, model, phase) (rate(batch_size_observed_bucket{${M}}[${R}])))`,
+            `p${Math.round(x * 100)} {{model}} {{phase}}`,
+          ),
+        ),
+      ),
+      p('Context length distribution', 'reqps', [q(`sum by (context_bucket) (rate(inference_requests_by_context_total{${M}}[${R}]))`, '{{context_bucket}}')], {
+        stack: true,
+      }),
       p('KV cache usage', 'percentunit', [q(`max by (model) (kv_cache_usage_ratio{${M}})`, '{{model}}')], { thresholds: [0.9, 0.95] }),
       p('KV cache hit ratio', 'percentunit', [q(`max by (model) (kv_cache_hit_ratio{${M}})`, '{{model}}')]),
       p('Draft acceptance ratio', 'percentunit', [q(`avg by (model) (draft_accept_ratio{${M}})`, '{{model}}')]),
-      p('Preemption rate', 'percentunit', [q(`sum by (model) (rate(preemptions_total{${M}}[${R}])) / sum by (model) (rate(inference_requests_finished_total{${M}}[${R}]))`, '{{model}}')], { thresholds: [0.05] }),
+      p(
+        'Preemption rate',
+        'percentunit',
+        [q(`sum by (model) (rate(preemptions_total{${M}}[${R}])) / sum by (model) (rate(inference_requests_finished_total{${M}}[${R}]))`, '{{model}}')],
+        { thresholds: [0.05] },
+      ),
     ],
   },
   'infertel-gpu': {
@@ -53,7 +102,10 @@ const DASHBOARDS = {
       p('XID errors (15m)', 'short', [q('increase(gpu_xid_errors_total[15m])', '{{instance}} {{device}} xid {{xid}}')]),
       p('CUDA OOM errors (15m)', 'short', [q('increase(gpu_oom_events_total[15m])', '{{instance}} {{device}}')]),
       p('GPU memory per process', 'bytes', [q('gpu_process_mem_bytes', '{{instance}} {{device}} {{process}}')], { stack: true }),
-      p('Decode latency vs GPU utilisation', 'ms', [q(`histogram_quantile(0.95, sum by (le) (rate(decode_iter_latency_ms_bucket{${M}}[${R}])))`, 'decode p95 (ms)'), q('avg(gpu_utilization_ratio) * 100', 'GPU busy (%)')]),
+      p('Decode latency vs GPU utilisation', 'ms', [
+        q(`histogram_quantile(0.95, sum by (le) (rate(decode_iter_latency_ms_bucket{${M}}[${R}])))`, 'decode p95 (ms)'),
+        q('avg(gpu_utilization_ratio) * 100', 'GPU busy (%)'),
+      ]),
       p('GPU telemetry source', 'short', [q('gpu_telemetry_source', '{{instance}} {{source}}'), q('gpu_telemetry_stale', 'stale {{instance}}')]),
     ],
   },
@@ -63,9 +115,21 @@ const DASHBOARDS = {
       p('Tokens generated per second', 'short', [q(`sum by (model) (rate(tokens_generated_total{${M}}[${R}]))`, '{{model}}')]),
       p('Prompt tokens per second', 'short', [q(`sum by (model) (rate(tokens_input_total{${M}}[${R}]))`, '{{model}}')]),
       p('Requests per second', 'reqps', [q(`sum by (model, route) (rate(inference_requests_total{${M}}[${R}]))`, '{{model}} {{route}}')]),
-      p('Rejected (4xx) and failed (5xx) requests per second', 'reqps', [q(`sum by (model, code) (rate(inference_requests_total{${M},code!="2xx"}[${R}]))`, '{{model}} {{code}}')]),
+      p('Rejected (4xx) and failed (5xx) requests per second', 'reqps', [
+        q(`sum by (model, code) (rate(inference_requests_total{${M},code!="2xx"}[${R}]))`, '{{model}} {{code}}'),
+      ]),
       p('Tokens generated (range)', 'short', [q(`sum by (model) (increase(tokens_generated_total{${M}}[$__range]))`, '{{model}}')], { type: 'stat' }),
-      p('Per-stream decode speed vs the 30 tokens/s floor', 'short', [q(`1000 / (sum by (model) (rate(decode_iter_latency_ms_sum{${M}}[${R}])) / sum by (model) (rate(decode_iter_latency_ms_count{${M}}[${R}])))`, '{{model}}')], { thresholds: [30] }),
+      p(
+        'Per-stream decode speed vs the 30 tokens/s floor',
+        'short',
+        [
+          q(
+            `1000 / (sum by (model) (rate(decode_iter_latency_ms_sum{${M}}[${R}])) / sum by (model) (rate(decode_iter_latency_ms_count{${M}}[${R}])))`,
+            '{{model}}',
+          ),
+        ],
+        { thresholds: [30] },
+      ),
     ],
   },
 };
@@ -75,8 +139,15 @@ function panelJson(panel, id) {
   const y = Math.floor((id - 1) / 2) * 8;
   const steps = [{ color: 'green', value: null }, ...(panel.thresholds ?? []).map((v, i) => ({ color: i === 0 ? 'orange' : 'red', value: v }))];
   return {
-    id, type: panel.type ?? 'timeseries', title: panel.title, datasource: ds, gridPos: { h: 8, w: 12, x, y },
-    fieldConfig: { defaults: { unit: panel.unit, thresholds: { mode: 'absolute', steps }, custom: panel.stack ? { stacking: { mode: 'normal' } } : {} }, overrides: [] },
+    id,
+    type: panel.type ?? 'timeseries',
+    title: panel.title,
+    datasource: ds,
+    gridPos: { h: 8, w: 12, x, y },
+    fieldConfig: {
+      defaults: { unit: panel.unit, thresholds: { mode: 'absolute', steps }, custom: panel.stack ? { stacking: { mode: 'normal' } } : {} },
+      overrides: [],
+    },
     options: { legend: { displayMode: 'list', placement: 'bottom' }, tooltip: { mode: 'multi' } },
     targets: panel.targets.map((t, i) => ({ datasource: ds, expr: t.expr, legendFormat: t.legend, refId: String.fromCharCode(65 + i) })),
   };
@@ -84,13 +155,31 @@ function panelJson(panel, id) {
 
 function dashboardJson(uid, d) {
   return {
-    uid, title: d.title, tags: ['infertel', 'llm'], editable: true, schemaVersion: 39, version: 1, refresh: '30s',
+    uid,
+    title: d.title,
+    tags: ['infertel', 'llm'],
+    editable: true,
+    schemaVersion: 39,
+    version: 1,
+    refresh: '30s',
     time: { from: 'now-3h', to: 'now' },
     templating: {
       list: [
         { name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus', current: {}, hide: 0 },
-        { name: 'model', label: 'Model', type: 'query', datasource: ds, query: { query: 'label_values(inference_requests_total, model)', refId: 'models' },
-          definition: 'label_values(inference_requests_total, model)', includeAll: true, multi: true, allValue: '.*', current: {}, refresh: 2, hide: 0 },
+        {
+          name: 'model',
+          label: 'Model',
+          type: 'query',
+          datasource: ds,
+          query: { query: 'label_values(inference_requests_total, model)', refId: 'models' },
+          definition: 'label_values(inference_requests_total, model)',
+          includeAll: true,
+          multi: true,
+          allValue: '.*',
+          current: {},
+          refresh: 2,
+          hide: 0,
+        },
       ],
     },
     panels: d.panels.map((panel, i) => panelJson(panel, i + 1)),
@@ -100,7 +189,7 @@ function dashboardJson(uid, d) {
 const check = process.argv.includes('--check');
 const outputs = new Map();
 for (const [uid, d] of Object.entries(DASHBOARDS)) {
-  const text = JSON.stringify(dashboardJson(uid, d), null, 2) + '\n';
+  const text = `${JSON.stringify(dashboardJson(uid, d), null, 2)}\n`;
   outputs.set(`config/dashboards/${uid}.json`, text);
   outputs.set(`helm/infertel/files/dashboards/${uid}.json`, text);
 }
@@ -111,7 +200,12 @@ for (const [file, text] of outputs) {
   if (current === text) continue;
   stale++;
   if (check) console.error(`out of date: ${file}`);
-  else { mkdirSync(dirname(file), { recursive: true }); writeFileSync(file, text); }
+  else {
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, text);
+  }
 }
-console.log(check ? (stale ? `${stale} file(s) out of date: run node scripts/gen-dashboards.mjs` : 'dashboards and chart files up to date') : `wrote ${stale} file(s)`);
+console.log(
+  check ? (stale ? `${stale} file(s) out of date: run node scripts/gen-dashboards.mjs` : 'dashboards and chart files up to date') : `wrote ${stale} file(s)`,
+);
 process.exit(check && stale ? 1 : 0);

@@ -9,7 +9,9 @@ if (!renderer) {
   console.error('neither helm nor .tools/helmrender is available (bash ../shared/tools/helmrender/build.sh .tools/helmrender)');
   process.exit(1);
 }
-for (const f of readdirSync(join(CHART, 'ci')).filter((x) => x.endsWith('-values.yaml')).sort()) {
+for (const f of readdirSync(join(CHART, 'ci'))
+  .filter((x) => x.endsWith('-values.yaml'))
+  .sort()) {
   const scenario = f.replace(/-values\.yaml$/, '');
   writeFileSync(join('test/golden/helm', `${scenario}.yaml`), mask(renderer.render([join(CHART, 'ci', f)])));
   console.log(`wrote test/golden/helm/${scenario}.yaml (${renderer.name})`);

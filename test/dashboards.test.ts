@@ -8,9 +8,16 @@ import { stringify } from 'yaml';
 import { promtoolPath, REPO_ROOT } from './helpers.js';
 
 const DIR = join(REPO_ROOT, 'config/dashboards');
-const files = readdirSync(DIR).filter((f) => f.endsWith('.json')).sort();
+const files = readdirSync(DIR)
+  .filter((f) => f.endsWith('.json'))
+  .sort();
 
-interface Dashboard { uid: string; title: string; templating: { list: Array<{ name: string; type: string }> }; panels: Array<{ title: string; datasource: { uid: string }; targets: Array<{ expr: string }> }> }
+interface Dashboard {
+  uid: string;
+  title: string;
+  templating: { list: Array<{ name: string; type: string }> };
+  panels: Array<{ title: string; datasource: { uid: string }; targets: Array<{ expr: string }> }>;
+}
 const dashboards = files.map((f) => ({ file: f, d: JSON.parse(readFileSync(join(DIR, f), 'utf8')) as Dashboard }));
 
 /** Grafana's variables replaced by values Prometheus accepts, so promtool can parse the PromQL. */
@@ -25,13 +32,19 @@ describe('dashboards', () => {
 
   it('every panel uses the datasource variable and every dashboard defines it', () => {
     for (const { file, d } of dashboards) {
-      assert.ok(d.templating.list.some((v) => v.name === 'datasource' && v.type === 'datasource'), file);
+      assert.ok(
+        d.templating.list.some((v) => v.name === 'datasource' && v.type === 'datasource'),
+        file,
+      );
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a Grafana variable, not a JavaScript template
       for (const p of d.panels) assert.equal(p.datasource.uid, '${datasource}', `${file}: ${p.title}`);
     }
   });
 
   it('every PromQL expression parses (promtool check rules on a rule file made of them)', { skip: !promtoolPath() && 'promtool not on PATH' }, () => {
-    const rules = dashboards.flatMap(({ d }) => d.panels.flatMap((p) => p.targets.map((t, i) => ({ record: `dashboard:${d.uid.replace(/-/g, '_')}:${i}`, expr: promql(t.expr) }))));
+    const rules = dashboards.flatMap(({ d }) =>
+      d.panels.flatMap((p) => p.targets.map((t, i) => ({ record: `dashboard:${d.uid.replace(/-/g, '_')}:${i}`, expr: promql(t.expr) }))),
+    );
     assert.ok(rules.length > 30);
     const f = join(mkdtempSync(join(tmpdir(), 'infertel-dash-')), 'exprs.yaml');
     writeFileSync(f, stringify({ groups: [{ name: 'dashboards', rules }] }));
@@ -45,7 +58,8 @@ describe('dashboards', () => {
       for (const p of d.panels) {
         for (const t of p.targets) {
           for (const m of t.expr.match(/(?<![:\w$])[a-z][a-z_]+(?=\{|\[| |\)|$)/g) ?? []) {
-            if (['sum', 'max', 'avg', 'by', 'rate', 'increase', 'histogram_quantile', 'le', 'model', 'phase', 'code', 'route', 'context_bucket'].includes(m)) continue;
+            if (['sum', 'max', 'avg', 'by', 'rate', 'increase', 'histogram_quantile', 'le', 'model', 'phase', 'code', 'route', 'context_bucket'].includes(m))
+              continue;
             const base = m.replace(/_(bucket|sum|count)$/, '');
             assert.ok(catalogue.includes(`name: ${base}\n`) || catalogue.includes(`name: ${m}\n`) || m.startsWith('infertel_'), `${d.uid}: ${m}`);
           }

@@ -12,11 +12,19 @@ import { loadCatalogueData } from '../agent/catalogue/catalogue.js';
 import type { Expectation } from './fixtures/exposition-writer.js';
 import { ENGINE_FIXTURES } from './fixtures/engines.js';
 import { harness } from './normalize/harness.js';
-import { REPO_ROOT } from './helpers.js';
+import { promtoolCheckMetrics, promtoolPath, REPO_ROOT, strictOpenMetricsAvailable, strictOpenMetricsFailures } from './helpers.js';
+import { renderExposition } from '../agent/export/render.js';
+import { passthroughInput } from '../agent/sources/adapter.js';
 
 const ROOT = join(REPO_ROOT, 'test/fixtures');
 
-interface OnDisk { dir: string; engine: Flavor; version: string; infoModel?: string; expect: Expectation[] }
+interface OnDisk {
+  dir: string;
+  engine: Flavor;
+  version: string;
+  infoModel?: string;
+  expect: Expectation[];
+}
 
 function fixturesOnDisk(): OnDisk[] {
   const out: OnDisk[] = [];
@@ -89,14 +97,56 @@ describe('engine fixtures', () => {
   }
 });
 
+describe('the agent output for every engine fixture', () => {
+  const outputs = FIXTURES.flatMap((f) =>
+    (['text', 'openmetrics'] as const).map((format) => {
+      const h = normalised(f, format, 'rebucket');
+      const families = parseExposition(read(f, format), format).families;
+      const passthrough = passthroughInput(FLAVOR_TABLE[f.engine], families, true);
+      return {
+        name: `${f.engine}/${f.version} from ${format}`,
+        text: renderExposition(h.snapshot(), [{ upstream: 'u1', families: passthrough }], 'text'),
+        om: `${renderExposition(h.snapshot(), [{ upstream: 'u1', families: passthrough }], 'openmetrics')}# EOF\n`,
+      };
+    }),
+  );
+
+  it('is strict OpenMetrics 1.0 (prometheus_client parser)', { skip: !strictOpenMetricsAvailable() && 'no python3-prometheus-client' }, () => {
+    const failures = strictOpenMetricsFailures(outputs.map((o) => o.om));
+    assert.deepEqual(
+      failures.map((l) => `${outputs[Number(l.split('\t')[0])]?.name}: ${l}`),
+      [],
+    );
+  });
+
+  it('parses as Prometheus text (promtool check metrics: lint findings only)', { skip: !promtoolPath() && 'no promtool' }, () => {
+    for (const o of outputs) {
+      const r = promtoolCheckMetrics(o.text);
+      assert.notEqual(r.code, 1, `${o.name}: ${r.findings.slice(0, 5).join('\n')}`);
+    }
+  });
+
+  it("never reports a GPU twice: Triton's nv_gpu_* are not re-exported while infertel reads the GPUs", () => {
+    const triton = outputs.find((o) => o.name.startsWith('triton/'))!;
+    assert.ok(!triton.text.includes('nv_gpu_utilization') && !triton.text.includes('nv_energy_consumption'));
+    assert.match(triton.text, /\nnv_inference_count\{/);
+  });
+});
+
 describe('the engine table', () => {
   const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
   const catalogue = loadCatalogueData();
   for (const e of FLAVORS.map((f) => FLAVOR_TABLE[f])) {
     it(`${e.name}: has fixtures, detection, catalogue sources and a support-matrix row`, () => {
-      assert.ok(FIXTURES.some((f) => f.engine === e.name), `no fixture under test/fixtures/${e.name}/`);
+      assert.ok(
+        FIXTURES.some((f) => f.engine === e.name),
+        `no fixture under test/fixtures/${e.name}/`,
+      );
       const flavors = [e.name, e.inherits].filter(Boolean);
-      assert.ok(catalogue.metrics.some((m) => m.sources?.some((s) => flavors.includes(s.flavor))), 'no catalogue source');
+      assert.ok(
+        catalogue.metrics.some((m) => m.sources?.some((s) => flavors.includes(s.flavor))),
+        'no catalogue source',
+      );
       assert.ok(readme.includes(`| ${e.title} | \`${e.name}\` |`), `README support matrix has no row for ${e.title}`);
     });
   }

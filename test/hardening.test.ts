@@ -12,8 +12,13 @@ import { pipeline } from './fuzz/pipeline.js';
 function guard(limits: Partial<{ seriesPerFamily: number; seriesTotal: number; bucketsPerSeries: number }> = {}) {
   const counts = newPassthroughCounts();
   const folded = new Map<string, number>();
-  const g = new PassthroughGuard(makeLabelPolicy([], 128, []), { seriesPerFamily: 10, seriesTotal: 100, bucketsPerSeries: 16, ...limits },
-    (f, n) => folded.set(f, (folded.get(f) ?? 0) + n), newGuardCounts(), counts);
+  const g = new PassthroughGuard(
+    makeLabelPolicy([], 128, []),
+    { seriesPerFamily: 10, seriesTotal: 100, bucketsPerSeries: 16, ...limits },
+    (f, n) => folded.set(f, (folded.get(f) ?? 0) + n),
+    newGuardCounts(),
+    counts,
+  );
   return { g, counts, folded };
 }
 
@@ -59,7 +64,10 @@ describe('hardening: a bomb on one family never starves another', () => {
   it('normaliser: a bomb of engines on one metric cannot evict tokens and the queue (per-metric reset state)', () => {
     const h = harness({ perMetric: 5 });
     const bomb = Array.from({ length: 500 }, (_, i) => `vllm:num_requests_running{engine="${i}",model_name="llama"} 1.0`).join('\n');
-    h.ingest('vllm', `# TYPE vllm:num_requests_running gauge\n${bomb}\n` + vllmV1({ prompt: [10, 20], waiting: [1, 2] }).replace(/# HELP vllm:num_requests_running[\s\S]*?(?=# HELP vllm:num_requests_waiting)/, ''));
+    h.ingest(
+      'vllm',
+      `# TYPE vllm:num_requests_running gauge\n${bomb}\n${vllmV1({ prompt: [10, 20], waiting: [1, 2] }).replace(/# HELP vllm:num_requests_running[\s\S]*?(?=# HELP vllm:num_requests_waiting)/, '')}`,
+    );
     assert.equal(h.value('tokens_input_total', { model: 'llama' }), 30);
     assert.equal(h.value('inference_queue_depth', { model: 'llama' }), 3);
   });
@@ -69,22 +77,39 @@ describe('hardening: guards never create duplicates', () => {
   it('series made identical by dropping a forbidden label are merged (summed), not emitted twice', () => {
     const { g, counts } = guard();
     const out = g.apply(parseExposition('# TYPE c counter\nc{request_id="1",k="a"} 2\nc{request_id="2",k="a"} 3\nc{k="b"} 1\n').families);
-    assert.deepEqual(out[0]!.samples.map((s) => [s.labels.join('='), s.value]), [['k=a', 5], ['k=b', 1]]);
+    assert.deepEqual(
+      out[0]!.samples.map((s) => [s.labels.join('='), s.value]),
+      [
+        ['k=a', 5],
+        ['k=b', 1],
+      ],
+    );
     assert.equal(counts.mergedSamples, 1);
   });
 
   it('values redacted as unbounded (worker addresses) merge too; an identical line repeated in the payload keeps its first sample', () => {
     const { g, counts } = guard();
-    const out = g.apply(parseExposition('# TYPE w gauge\nw{worker="10.0.0.1:5000"} 2\nw{worker="10.0.0.2:5000"} 3\n# TYPE d gauge\nd{k="x"} 1\nd{k="x"} 9\n').families);
-    assert.deepEqual(out[0]!.samples.map((s) => [s.labels.join('='), s.value]), [['worker=_unbounded_', 5]]);
-    assert.deepEqual(out[1]!.samples.map((s) => s.value), [1]);
+    const out = g.apply(
+      parseExposition('# TYPE w gauge\nw{worker="10.0.0.1:5000"} 2\nw{worker="10.0.0.2:5000"} 3\n# TYPE d gauge\nd{k="x"} 1\nd{k="x"} 9\n').families,
+    );
+    assert.deepEqual(
+      out[0]!.samples.map((s) => [s.labels.join('='), s.value]),
+      [['worker=_unbounded_', 5]],
+    );
+    assert.deepEqual(
+      out[1]!.samples.map((s) => s.value),
+      [1],
+    );
     assert.equal(counts.duplicateSamples, 1);
   });
 
   it('label values holding the key separator never make two series one', () => {
     const { g } = guard();
     const out = g.apply(parseExposition('# TYPE n gauge\nn{a="x\u0000b\u0000y"} 1\nn{a="x",b="y"} 2\n').families);
-    assert.deepEqual(out[0]!.samples.map((s) => s.value), [1, 2]);
+    assert.deepEqual(
+      out[0]!.samples.map((s) => s.value),
+      [1, 2],
+    );
   });
 
   it('an upstream label of the engine is moved to exported_upstream (no duplicate label when shared)', () => {
@@ -106,7 +131,8 @@ describe('hardening: guards never create duplicates', () => {
 describe('hardening: exemplars and timestamps', () => {
   it('exemplars from an OpenMetrics upstream never reach either output (their labels would bypass the guards)', () => {
     const p = pipeline();
-    const om = '# TYPE x counter\nx_total 3 # {api_key="sk-SECRET"} 1 1700000000.1\n# TYPE h histogram\nh_bucket{le="1"} 1 # {email="a@b.co"} 0.5\nh_bucket{le="+Inf"} 1\nh_count 1\nh_sum 0.5\n# EOF\n';
+    const om =
+      '# TYPE x counter\nx_total 3 # {api_key="sk-SECRET"} 1 1700000000.1\n# TYPE h histogram\nh_bucket{le="1"} 1 # {email="a@b.co"} 0.5\nh_bucket{le="+Inf"} 1\nh_count 1\nh_sum 0.5\n# EOF\n';
     const out = p.scrape(om, om, 'openmetrics');
     for (const body of [out.text, out.openmetrics]) {
       assert.ok(!body.includes('sk-SECRET') && !body.includes('a@b.co'), body);
@@ -162,7 +188,10 @@ describe('hardening: counter rules', () => {
   it('a family whose TYPE flips from gauge to histogram does not feed buckets in as gauge values', () => {
     const h = harness();
     h.ingest('vllm', '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 3\n');
-    h.ingest('vllm', '# TYPE vllm:num_requests_waiting histogram\nvllm:num_requests_waiting_bucket{model_name="m",le="+Inf"} 99\nvllm:num_requests_waiting_count{model_name="m"} 99\nvllm:num_requests_waiting_sum{model_name="m"} 500\n');
+    h.ingest(
+      'vllm',
+      '# TYPE vllm:num_requests_waiting histogram\nvllm:num_requests_waiting_bucket{model_name="m",le="+Inf"} 99\nvllm:num_requests_waiting_count{model_name="m"} 99\nvllm:num_requests_waiting_sum{model_name="m"} 500\n',
+    );
     const v = h.value('inference_queue_depth', { model: 'm' });
     assert.ok(v === undefined || v === 3, `queue depth ${v}`);
   });
@@ -171,7 +200,11 @@ describe('hardening: counter rules', () => {
 describe('hardening: self-metrics are bounded', () => {
   it('infertel_series_overflow_total carries at most 100 metric values, then "other"', async () => {
     const overflowed = new Map<string, number>();
-    const m = new SelfMetrics('test', () => overflowed, () => ({}));
+    const m = new SelfMetrics(
+      'test',
+      () => overflowed,
+      () => ({}),
+    );
     for (let round = 0; round < 5; round++) {
       for (let i = 0; i < 100; i++) overflowed.set(`family_${round}_${i}`, 1);
       await m.text.metrics();

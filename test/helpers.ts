@@ -28,8 +28,14 @@ export async function startServer(handler: http.RequestListener): Promise<TestSe
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as AddressInfo).port;
   return {
-    url: `http://127.0.0.1:${port}`, port, server,
-    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    url: `http://127.0.0.1:${port}`,
+    port,
+    server,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -51,7 +57,8 @@ export interface AgentProcess {
 export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<AgentProcess> {
   const port = await freePort();
   const child = spawn(process.execPath, [CLI, 'run', '--listen', `127.0.0.1:${port}`, ...args], {
-    env: { ...process.env, INFERTEL_LOG_LEVEL: 'debug', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, INFERTEL_LOG_LEVEL: 'debug', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
@@ -63,12 +70,19 @@ export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): P
     try {
       const r = await fetch(`${base}/healthz`);
       if (r.ok) break;
-    } catch { /* not listening yet */ }
-    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`agent did not start: ${out}`); }
+    } catch {
+      /* not listening yet */
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`agent did not start: ${out}`);
+    }
     await sleep(50);
   }
   return {
-    child, base, output: () => out,
+    child,
+    base,
+    output: () => out,
     stop(signal: NodeJS.Signals = 'SIGTERM') {
       const t0 = Date.now();
       return new Promise((resolve) => {
@@ -98,7 +112,9 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, ti
     try {
       const v = await fn();
       if (v) return v;
-    } catch (err) { last = err; }
+    } catch (err) {
+      last = err;
+    }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
     await sleep(100);
   }
@@ -112,7 +128,10 @@ export function promtoolPath(): string | undefined {
 /** `promtool check metrics` on a body: exit code and its findings. */
 export function promtoolCheckMetrics(body: string): { code: number | null; findings: string[] } {
   const r = spawnSync('promtool', ['check', 'metrics'], { input: body, encoding: 'utf8' });
-  const findings = (r.stderr + r.stdout).split('\n').map((l) => l.trim()).filter(Boolean);
+  const findings = (r.stderr + r.stdout)
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   return { code: r.status, findings };
 }
 
@@ -139,7 +158,11 @@ export function buildFakeNvmlLibrary(): string {
   if (fakeNvml) return fakeNvml;
   const dir = mkdtempSync(join(tmpdir(), 'infertel-fakenvml-'));
   const out = join(dir, 'libnvidia-ml.so.1');
-  const r = spawnSync('gcc', ['-O2', '-Wall', '-shared', '-fPIC', '-Wl,-soname,libnvidia-ml.so.1', '-o', out, join(REPO_ROOT, 'test/fixtures/fake-nvml/fake_nvml.c')], { encoding: 'utf8' });
+  const r = spawnSync(
+    'gcc',
+    ['-O2', '-Wall', '-shared', '-fPIC', '-Wl,-soname,libnvidia-ml.so.1', '-o', out, join(REPO_ROOT, 'test/fixtures/fake-nvml/fake_nvml.c')],
+    { encoding: 'utf8' },
+  );
   if (r.status !== 0) throw new Error(`gcc failed: ${r.stderr}`);
   fakeNvml = out;
   return out;
@@ -151,4 +174,19 @@ export function addonBuilt(): boolean {
 
 export function cargoAvailable(): boolean {
   return spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+const CHECK_OPENMETRICS = fileURLToPath(new URL('../../test/fuzz/check_openmetrics.py', import.meta.url));
+
+/** Whether Debian's python3-prometheus-client (a strict OpenMetrics parser) is installed. */
+export function strictOpenMetricsAvailable(): boolean {
+  return spawnSync('/usr/bin/python3', ['-c', 'import prometheus_client.openmetrics.parser'], { stdio: 'ignore' }).status === 0;
+}
+
+/** Each body through prometheus_client's strict OpenMetrics parser: the failures, one line each. */
+export function strictOpenMetricsFailures(bodies: readonly string[]): string[] {
+  const r = spawnSync('/usr/bin/python3', [CHECK_OPENMETRICS], { input: JSON.stringify(bodies), encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (r.status === 0) return [];
+  const lines = r.stdout.split('\n').filter(Boolean);
+  return lines.length ? lines : [`check failed: ${r.stderr.slice(0, 500)}`];
 }

@@ -17,22 +17,59 @@ import { Upstream } from '../agent/upstream.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
 import { Writable } from 'node:stream';
 
-const VLLM = '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0",model_name="llama"} 1.0\n'
-  + '# TYPE http_requests_total counter\nhttp_requests_total{handler="/v1/completions",method="POST",status="2xx"} 7.0\n';
+const VLLM =
+  '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0",model_name="llama"} 1.0\n' +
+  '# TYPE http_requests_total counter\nhttp_requests_total{handler="/v1/completions",method="POST",status="2xx"} 7.0\n';
 
 function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel: string | undefined, globalModel: string | undefined) {
   const catalogue = buildCatalogue('ms');
   const policy = makeLabelPolicy([], 128, ['model', 'model_name']);
-  const normalizer = new Normalizer(catalogue, { histograms: 'rebucket', staleAfterScrapes: 3, seriesPerMetric: 100, labelPolicy: policy, limiter: new SeriesLimiter({ perMetric: 100, total: 1000 }), guardCounts: newGuardCounts() });
+  const normalizer = new Normalizer(catalogue, {
+    histograms: 'rebucket',
+    staleAfterScrapes: 3,
+    seriesPerMetric: 100,
+    labelPolicy: policy,
+    limiter: new SeriesLimiter({ perMetric: 100, total: 1000 }),
+    guardCounts: newGuardCounts(),
+  });
   const source: Source = { name: 'u', scrape: async () => resultOfParse(parseExposition(body), body.length) };
-  const cfg: UpstreamConfig = { name: 'u', url: 'http://127.0.0.1:1/metrics', flavor, model: upstreamModel, intervalMs: 1000, timeoutMs: 500, maxBodyBytes: 1 << 20, passthrough: false, auth: undefined, tls: undefined };
+  const cfg: UpstreamConfig = {
+    name: 'u',
+    url: 'http://127.0.0.1:1/metrics',
+    flavor,
+    model: upstreamModel,
+    intervalMs: 1000,
+    timeoutMs: 500,
+    maxBodyBytes: 1 << 20,
+    passthrough: false,
+    auth: undefined,
+    tls: undefined,
+  };
   const logs: string[] = [];
-  const log = createLogger('info', new Writable({ write: (c, _e, cb) => { logs.push(String(c)); cb(); } }));
-  const metrics = new SelfMetrics('t', () => new Map(), () => ({}));
+  const log = createLogger(
+    'info',
+    new Writable({
+      write: (c, _e, cb) => {
+        logs.push(String(c));
+        cb();
+      },
+    }),
+  );
+  const metrics = new SelfMetrics(
+    't',
+    () => new Map(),
+    () => ({}),
+  );
   const up = new Upstream(cfg, source, {
-    normalizer, metrics, tracer: trace.getTracer('t'), log,
+    normalizer,
+    metrics,
+    tracer: trace.getTracer('t'),
+    log,
     passthroughGuard: new PassthroughGuard(policy, { seriesPerFamily: 10, seriesTotal: 100, bucketsPerSeries: 10 }, () => {}, newGuardCounts()),
-    defaultModel: globalModel, gpuTelemetry: () => false, staleAfterScrapes: 3, now: () => 0,
+    defaultModel: globalModel,
+    gpuTelemetry: () => false,
+    staleAfterScrapes: 3,
+    now: () => 0,
   });
   return { up, normalizer, logs, metrics };
 }
@@ -60,7 +97,12 @@ describe('model resolution per upstream', () => {
 
 describe('an engine no adapter maps', () => {
   it('is said once in the log and shows 0 canonical series (not a silent "up")', async () => {
-    const { up, logs, metrics } = upstreamOf('# TYPE mistralrs_running_requests gauge\nmistralrs_running_requests{model="m"} 3\n', 'auto', undefined, undefined);
+    const { up, logs, metrics } = upstreamOf(
+      '# TYPE mistralrs_running_requests gauge\nmistralrs_running_requests{model="m"} 3\n',
+      'auto',
+      undefined,
+      undefined,
+    );
     for (let i = 0; i < 3; i++) assert.equal(await up.cycle(new AbortController().signal), true);
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(logs.filter((l) => l.includes('no adapter recognises this engine')).length, 1, logs.join(''));
@@ -70,7 +112,12 @@ describe('an engine no adapter maps', () => {
 
 describe('rejected lines in a successful scrape', () => {
   it('are logged once (position and reason), not at every interval', async () => {
-    const { up, logs } = upstreamOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\ntgi_x{k="sk-secret"} 0x10\ntgi_batch_current_size 3\n', 'tgi', 'm', undefined);
+    const { up, logs } = upstreamOf(
+      '# TYPE tgi_queue_size gauge\ntgi_queue_size 2\ntgi_x{k="sk-secret"} 0x10\ntgi_batch_current_size 3\n',
+      'tgi',
+      'm',
+      undefined,
+    );
     for (let i = 0; i < 3; i++) assert.equal(await up.cycle(new AbortController().signal), true);
     await new Promise((r) => setTimeout(r, 50));
     const lines = logs.filter((l) => l.includes('upstream lines rejected'));

@@ -9,7 +9,13 @@ import { promtoolPath, REPO_ROOT } from './helpers.js';
 const RULES = join(REPO_ROOT, 'config/alerts/infertel.rules.yaml');
 const TESTS = join(REPO_ROOT, 'config/alerts/infertel.rules.test.yaml');
 
-interface Rule { alert?: string; record?: string; expr: string; labels?: Record<string, string>; annotations?: Record<string, string> }
+interface Rule {
+  alert?: string;
+  record?: string;
+  expr: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
 const groups = (parseYaml(readFileSync(RULES, 'utf8')) as { groups: Array<{ rules: Rule[] }> }).groups;
 const alerts = groups.flatMap((g) => g.rules).filter((r) => r.alert);
 
@@ -26,7 +32,10 @@ describe('alert rules', () => {
   });
 
   it('every alert has a severity, a summary and a runbook_url to an existing runbook', () => {
-    assert.equal(alerts.length, 17);
+    assert.ok(alerts.length > 0);
+    // Every alert is exercised by the promtool unit tests (no alert is only asserted to exist).
+    const tested = readFileSync(TESTS, 'utf8');
+    for (const a of alerts) assert.match(tested, new RegExp(`alertname: ${a.alert}\\b`), `${a.alert} has no promtool test`);
     for (const a of alerts) {
       assert.match(a.labels?.severity ?? '', /^(page|ticket|warning)$/, a.alert);
       assert.ok(a.annotations?.summary, `${a.alert} summary`);

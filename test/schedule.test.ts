@@ -22,7 +22,13 @@ describe('scrape loop', () => {
 
   it('runs at once, again after the interval, and stops', async () => {
     let runs = 0;
-    const loop = startLoop({ intervalMs: 30, run: async () => { runs++; return true; } });
+    const loop = startLoop({
+      intervalMs: 30,
+      run: async () => {
+        runs++;
+        return true;
+      },
+    });
     await new Promise((r) => setTimeout(r, 100));
     await loop.stop();
     const after = runs;
@@ -31,11 +37,50 @@ describe('scrape loop', () => {
     assert.equal(runs, after, 'no run after stop');
   });
 
-  it('a run that throws counts as a failure and the loop goes on', async () => {
-    let runs = 0;
-    const loop = startLoop({ intervalMs: 40, run: async () => { runs++; throw new Error('boom'); } });
-    await new Promise((r) => setTimeout(r, 60));
+  /** A fake clock: timers fire only when the test advances it, and every delay asked for is kept. */
+  function fakeClock() {
+    const delays: number[] = [];
+    let pending: (() => void) | undefined;
+    return {
+      delays,
+      setTimer: (fn: () => void, ms: number) => {
+        delays.push(ms);
+        pending = fn;
+        return delays.length;
+      },
+      clearTimer: () => {
+        pending = undefined;
+      },
+      async fire() {
+        const fn = pending;
+        pending = undefined;
+        fn?.();
+        await new Promise((r) => setImmediate(r));
+      },
+    };
+  }
+
+  it('backs off after failures (1/8, 1/4, 1/2 of the interval, then the interval) and returns to it on success', async () => {
+    const clock = fakeClock();
+    const outcomes = [false, false, false, false, false, true, false];
+    const errors: unknown[] = [];
+    const loop = startLoop({
+      intervalMs: 8000,
+      random: () => 1, // the jitter's top: delays are exactly base x 1.0
+      setTimer: clock.setTimer,
+      clearTimer: clock.clearTimer,
+      onError: (e) => errors.push(e),
+      run: async () => {
+        const ok = outcomes.shift();
+        if (ok === false && outcomes.length === 0) throw new Error('boom');
+        return ok ?? true;
+      },
+    });
+    await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 6; i++) await clock.fire();
     await loop.stop();
-    assert.ok(runs >= 2, 'retried sooner than the interval after a failure');
+    // Failures 1-5: 8000/8 x 2^(n-1), capped at the interval; then a success (8000); then a throw (1000).
+    assert.deepEqual(clock.delays, [1000, 2000, 4000, 8000, 8000, 8000, 1000]);
+    assert.equal(errors.length, 1, 'the run that threw was reported');
   });
 });

@@ -28,11 +28,14 @@ const sourceSchema = z.strictObject({
   match: labelMap.optional(),
   component: z.enum(['sum', 'count']).optional(),
   absentBelow: z.number().optional(),
-  bucketize: z.strictObject({
-    label: z.string(),
-    bounds: z.array(z.number()).min(1),
-    values: z.array(z.string()),
-  }).refine((b) => b.values.length === b.bounds.length + 1, 'bucketize.values needs one more entry than bounds').optional(),
+  bucketize: z
+    .strictObject({
+      label: z.string(),
+      bounds: z.array(z.number()).min(1),
+      values: z.array(z.string()),
+    })
+    .refine((b) => b.values.length === b.bounds.length + 1, 'bucketize.values needs one more entry than bounds')
+    .optional(),
   sample: z.boolean().optional(),
   statusClass: z.string().optional(),
 });
@@ -44,7 +47,7 @@ const deriveSchema = z.union([
 ]);
 
 /** The catalogue metrics a derivation reads. */
-export function deriveInputs(d: DeriveSpec): string[] {
+export function deriveInputs(d: DeriveSpec): [string] | [string, string] {
   return 'rate' in d ? [d.rate] : 'ratio' in d ? d.ratio : d.mean;
 }
 
@@ -97,7 +100,7 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
   if (path === CATALOGUE_PATH && cachedData) return cachedData;
   const result = catalogueSchema.safeParse(parseYaml(readFileSync(path, 'utf8')));
   if (!result.success) {
-    throw new Error(`invalid metric catalogue ${path}:\n` + result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`).join('\n'));
+    throw new Error(`invalid metric catalogue ${path}:\n${result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`).join('\n')}`);
   }
   const data = result.data;
   const names = new Set(data.metrics.map((m) => m.name));
@@ -120,21 +123,23 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
 
 export function profileName(name: string, profile: UnitProfile): string {
   if (profile !== 'seconds') return name;
-  if (name.endsWith('_ms')) return name.slice(0, -3) + '_seconds';
-  if (name.endsWith('_ms_total')) return name.slice(0, -9) + '_seconds_total';
+  if (name.endsWith('_ms')) return `${name.slice(0, -3)}_seconds`;
+  if (name.endsWith('_ms_total')) return `${name.slice(0, -9)}_seconds_total`;
   return name;
 }
 
 /** Build the catalogue for one unit profile, with optional per-metric bucket layouts from config. */
-export function buildCatalogue(profile: UnitProfile, bucketOverrides: Record<string, number[]> = {}, data = loadCatalogueData()): Catalogue {
+export function buildCatalogue(profile: UnitProfile, bucketOverrides: Record<string, number[] | string> = {}, data = loadCatalogueData()): Catalogue {
   const scale = profile === 'ms' ? 1 : 1 / 1000;
   const metrics = data.metrics.map((m): CanonicalMetric => {
     const exportName = profileName(m.name, profile);
     const override = bucketOverrides[m.name] ?? bucketOverrides[exportName];
     let bounds: number[] | undefined;
-    if (override) bounds = [...override];
-    else if (m.layout) {
-      const layout = data.layouts[m.layout] ?? [];
+    const layoutName = typeof override === 'string' ? override : m.layout;
+    if (Array.isArray(override)) bounds = [...override];
+    else if (layoutName) {
+      // Catalogue layouts are written in the ms profile's unit.
+      const layout = data.layouts[layoutName] ?? [];
       bounds = m.unit === 'ms' ? layout.map((b) => roundBound(b * scale)) : [...layout];
     }
     return { ...m, exportName, bounds, secondsFactor: profile === 'ms' ? 1000 : 1 };

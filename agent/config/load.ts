@@ -5,7 +5,16 @@ import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { loadCatalogueData, profileName } from '../catalogue/catalogue.js';
-import { checkDuration, configSchema, INTERVAL_BOUNDS, TIMEOUT_BOUNDS, type AgentConfig, type DurationBounds, type ParsedConfig, type UpstreamConfig } from './schema.js';
+import {
+  checkDuration,
+  configSchema,
+  INTERVAL_BOUNDS,
+  TIMEOUT_BOUNDS,
+  type AgentConfig,
+  type DurationBounds,
+  type ParsedConfig,
+  type UpstreamConfig,
+} from './schema.js';
 
 export class ConfigError extends Error {
   readonly code = 'INFERTEL_CONFIG_INVALID';
@@ -42,7 +51,11 @@ export function overridesFromEnv(env: NodeJS.ProcessEnv): Overrides {
   for (const [key, name] of Object.entries(ENV_VARS) as Array<[keyof Overrides, string]>) {
     const v = env[name];
     if (v === undefined || v === '') continue;
-    if (key === 'upstreams') out.upstreams = v.split(',').map((s) => s.trim()).filter(Boolean);
+    if (key === 'upstreams')
+      out.upstreams = v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
     else out[key] = v;
   }
   return out;
@@ -138,12 +151,16 @@ function crossCheck(raw: unknown): string[] {
     if (!u) return;
     const interval = u.interval !== undefined ? rawMs(u.interval, '10s', INTERVAL_BOUNDS) : topInterval;
     const timeout = u.timeout !== undefined ? rawMs(u.timeout, '5s', TIMEOUT_BOUNDS) : undefined;
-    if (interval !== undefined && timeout !== undefined && timeout >= interval) problems.push(`upstreams[${i}].timeout: must be less than the interval (${timeout} ms >= ${interval} ms)`);
+    if (interval !== undefined && timeout !== undefined && timeout >= interval)
+      problems.push(`upstreams[${i}].timeout: must be less than the interval (${timeout} ms >= ${interval} ms)`);
     const auth = asObject(u.auth);
     const tls = asObject(u.tls);
     for (const [key, path] of [
-      ['auth.bearerTokenFile', auth?.bearerTokenFile], ['auth.basic.passwordFile', asObject(auth?.basic)?.passwordFile],
-      ['tls.caFile', tls?.caFile], ['tls.certFile', tls?.certFile], ['tls.keyFile', tls?.keyFile],
+      ['auth.bearerTokenFile', auth?.bearerTokenFile],
+      ['auth.basic.passwordFile', asObject(auth?.basic)?.passwordFile],
+      ['tls.caFile', tls?.caFile],
+      ['tls.certFile', tls?.certFile],
+      ['tls.keyFile', tls?.keyFile],
     ] as const) {
       const p = fileProblem(path, `upstreams[${i}].${key}`);
       if (p) problems.push(p);
@@ -160,6 +177,9 @@ function crossCheck(raw: unknown): string[] {
   for (const m of catalogue.metrics) if (m.type === 'histogram') for (const p of ['ms', 'seconds'] as const) histograms.add(profileName(m.name, p));
   for (const [metric, bounds] of Object.entries(buckets)) {
     if (!histograms.has(metric)) problems.push(`buckets.${metric}: not a canonical histogram (see the metric table in the README)`);
+    if (typeof bounds === 'string' && !Object.hasOwn(catalogue.layouts, bounds)) {
+      problems.push(`buckets.${metric}: no layout named ${bounds} (${Object.keys(catalogue.layouts).join(', ')})`);
+    }
     if (Array.isArray(bounds) && bounds.some((b, i) => i > 0 && typeof b === 'number' && typeof bounds[i - 1] === 'number' && b <= (bounds[i - 1] as number))) {
       problems.push(`buckets.${metric}: bounds must be strictly ascending`);
     }
@@ -184,8 +204,18 @@ export function validateConfig(raw: unknown): AgentConfig {
       else name = `${name}#${i}`;
     }
     names.add(name);
-    return { name, url: u.url, flavor: u.flavor, model: u.model, intervalMs, timeoutMs, maxBodyBytes: u.maxBodyBytes,
-      passthrough: u.passthrough, auth: u.auth, tls: u.tls };
+    return {
+      name,
+      url: u.url,
+      flavor: u.flavor,
+      model: u.model,
+      intervalMs,
+      timeoutMs,
+      maxBodyBytes: u.maxBodyBytes,
+      passthrough: u.passthrough,
+      auth: u.auth,
+      tls: u.tls,
+    };
   });
   if (problems.length) throw new ConfigError(problems);
   return deepFreeze({ ...c, upstreams });

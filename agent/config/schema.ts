@@ -7,7 +7,10 @@ import { isIP } from 'node:net';
 import { parseDuration } from './duration.js';
 
 /** Every duration has bounds: a timer past 2^31 ms would fire at once, and 0 would spin. */
-export interface DurationBounds { minMs: number; maxMs: number }
+export interface DurationBounds {
+  minMs: number;
+  maxMs: number;
+}
 
 function formatMs(ms: number): string {
   return ms % 3_600_000 === 0 ? `${ms / 3_600_000}h` : ms % 60_000 === 0 ? `${ms / 60_000}m` : ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
@@ -36,15 +39,19 @@ export const INTERVAL_BOUNDS: DurationBounds = { minMs: 100, maxMs: 3_600_000 };
 export const TIMEOUT_BOUNDS: DurationBounds = { minMs: 10, maxMs: 600_000 };
 
 const duration = (dflt: string, b: DurationBounds) => z.union([z.string(), z.number()]).default(dflt).transform(toBoundedMs(b));
-const optionalDuration = (b: DurationBounds) => z.union([z.string(), z.number()]).optional()
-  .transform((v, ctx) => (v === undefined ? undefined : toBoundedMs(b)(v, ctx)));
+const optionalDuration = (b: DurationBounds) =>
+  z
+    .union([z.string(), z.number()])
+    .optional()
+    .transform((v, ctx) => (v === undefined ? undefined : toBoundedMs(b)(v, ctx)));
 
 /** A listen or bind host: empty (all interfaces), an IPv4 address, a bracketed IPv6 address, or a DNS name. */
 export function hostProblem(host: string): string | undefined {
   if (host === '') return undefined;
   if (host.startsWith('[') && host.endsWith(']')) return isIP(host.slice(1, -1)) === 6 ? undefined : `"${host}" is not an IPv6 address`;
   if (/^[0-9.]+$/.test(host)) return isIP(host) === 4 ? undefined : `"${host}" is not an IPv4 address`;
-  if (host.length > 253 || !host.split('.').every((l) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l))) return `"${host.slice(0, 64)}" is not a host name`;
+  if (host.length > 253 || !host.split('.').every((l) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l)))
+    return `"${host.slice(0, 64)}" is not a host name`;
   return undefined;
 }
 
@@ -75,19 +82,28 @@ const upstreamSchema = z.strictObject({
    * models, is 5.6 MB). A parsed body takes about ten times its size in heap: the memory budget
    * in the README is set from this cap.
    */
-  maxBodyBytes: z.number().int().positive().max(256 * 1024 * 1024).default(8 * 1024 * 1024),
+  maxBodyBytes: z
+    .number()
+    .int()
+    .positive()
+    .max(256 * 1024 * 1024)
+    .default(8 * 1024 * 1024),
   /** Re-export the engine's own families beside the canonical ones. */
   passthrough: z.boolean().default(true),
-  auth: z.strictObject({
-    bearerTokenFile: z.string().min(1).optional(),
-    basic: z.strictObject({ username: z.string(), passwordFile: z.string().min(1) }).optional(),
-  }).optional(),
-  tls: z.strictObject({
-    caFile: z.string().optional(),
-    certFile: z.string().optional(),
-    keyFile: z.string().optional(),
-    insecureSkipVerify: z.boolean().default(false),
-  }).optional(),
+  auth: z
+    .strictObject({
+      bearerTokenFile: z.string().min(1).optional(),
+      basic: z.strictObject({ username: z.string(), passwordFile: z.string().min(1) }).optional(),
+    })
+    .optional(),
+  tls: z
+    .strictObject({
+      caFile: z.string().optional(),
+      certFile: z.string().optional(),
+      keyFile: z.string().optional(),
+      insecureSkipVerify: z.boolean().default(false),
+    })
+    .optional(),
 });
 
 export const configSchema = z.strictObject({
@@ -105,47 +121,58 @@ export const configSchema = z.strictObject({
   units: z.enum(['ms', 'seconds']).default('ms'),
   /** rebucket: documented layouts; native: the engine's own bounds, scaled. */
   histograms: z.enum(['rebucket', 'native']).default('rebucket'),
-  /** Per-metric bucket layouts (canonical name -> ascending bounds in the profile's unit). */
-  buckets: z.record(z.string(), z.array(z.number().positive().finite()).min(1).max(1000)).default({}),
-  limits: z.strictObject({
-    /** Series per metric before new ones fold into the overflow series. */
-    seriesPerMetric: z.number().int().positive().default(2000),
-    /** Series over all metrics. */
-    seriesTotal: z.number().int().positive().default(50_000),
-    /** Label values are cut to this many characters. */
-    labelValueLength: z.number().int().min(16).default(128),
-    /** Buckets (histograms) or quantiles (summaries) one passthrough series may have; more drops the series. */
-    bucketsPerSeries: z.number().int().min(2).max(10_000).default(128),
-    /** Scrapes a series may be missing from before it is dropped. */
-    staleAfterScrapes: z.number().int().min(1).default(3),
-  }).prefault({}),
-  labels: z.strictObject({
-    /** Label names never exported, added to the built-in list (request_id, user_id, …). */
-    forbidden: z.array(labelName).default([]),
-    /** Labels whose values may look like ids, hashes or addresses. */
-    unboundedAllowed: z.array(labelName).default(['model', 'model_name']),
-  }).prefault({}),
-  tracing: z.strictObject({
-    /** OTLP/HTTP endpoint (base URL); OTEL_EXPORTER_OTLP_ENDPOINT also sets it. Unset: no tracing. */
-    endpoint: z.url().optional(),
-    serviceName: z.string().default('infertel'),
-  }).prefault({}),
-  gpu: z.strictObject({
-    /** Path of libnvidia-ml.so.1 (default: the dynamic loader's search). */
-    nvmlLibrary: z.string().min(1).optional(),
-    /** GPU poll interval. */
-    interval: duration('5s', INTERVAL_BOUNDS),
-    /** A poll that takes longer is abandoned, counted, and the last values are marked stale. */
-    timeout: duration('2s', TIMEOUT_BOUNDS),
-    /** auto: NVML, then nvidia-smi through systeminformation, then none. */
-    source: z.enum(['auto', 'nvml', 'nvidia-smi', 'none']).default('auto'),
-    /** process name (as in /proc/PID/comm) -> role used in gpu_process_mem_bytes{process}. */
-    processRoles: z.record(z.string(), z.string()).default({}),
-    /** Engine log file tailed for CUDA out-of-memory lines (gpu_oom_events_total). */
-    oomLogPath: z.string().optional(),
-    /** Simulated GPUs instead of real ones (the demo uses this; 0 = off). */
-    simulate: z.number().int().min(0).max(16).default(0),
-  }).prefault({}),
+  /**
+   * Per-metric bucket layouts: canonical name -> ascending bounds in the profile's unit, or the
+   * name of a catalogue layout (`request_long` keeps requests up to ~7 minutes apart).
+   */
+  buckets: z.record(z.string(), z.union([z.array(z.number().positive().finite()).min(1).max(1000), z.string().min(1)])).default({}),
+  limits: z
+    .strictObject({
+      /** Series per metric before new ones fold into the overflow series. */
+      seriesPerMetric: z.number().int().positive().default(2000),
+      /** Series over all metrics. */
+      seriesTotal: z.number().int().positive().default(50_000),
+      /** Label values are cut to this many characters. */
+      labelValueLength: z.number().int().min(16).default(128),
+      /** Buckets (histograms) or quantiles (summaries) one passthrough series may have; more drops the series. */
+      bucketsPerSeries: z.number().int().min(2).max(10_000).default(128),
+      /** Scrapes a series may be missing from before it is dropped. */
+      staleAfterScrapes: z.number().int().min(1).default(3),
+    })
+    .prefault({}),
+  labels: z
+    .strictObject({
+      /** Label names never exported, added to the built-in list (request_id, user_id, …). */
+      forbidden: z.array(labelName).default([]),
+      /** Labels whose values may look like ids, hashes or addresses. */
+      unboundedAllowed: z.array(labelName).default(['model', 'model_name']),
+    })
+    .prefault({}),
+  tracing: z
+    .strictObject({
+      /** OTLP/HTTP endpoint (base URL); OTEL_EXPORTER_OTLP_ENDPOINT also sets it. Unset: no tracing. */
+      endpoint: z.url().optional(),
+      serviceName: z.string().default('infertel'),
+    })
+    .prefault({}),
+  gpu: z
+    .strictObject({
+      /** Path of libnvidia-ml.so.1 (default: the dynamic loader's search). */
+      nvmlLibrary: z.string().min(1).optional(),
+      /** GPU poll interval. */
+      interval: duration('5s', INTERVAL_BOUNDS),
+      /** A poll that takes longer is abandoned, counted, and the last values are marked stale. */
+      timeout: duration('2s', TIMEOUT_BOUNDS),
+      /** auto: NVML, then nvidia-smi through systeminformation, then none. */
+      source: z.enum(['auto', 'nvml', 'nvidia-smi', 'none']).default('auto'),
+      /** process name (as in /proc/PID/comm) -> role used in gpu_process_mem_bytes{process}. */
+      processRoles: z.record(z.string(), z.string()).default({}),
+      /** Engine log file tailed for CUDA out-of-memory lines (gpu_oom_events_total). */
+      oomLogPath: z.string().optional(),
+      /** Simulated GPUs instead of real ones (the demo uses this; 0 = off). */
+      simulate: z.number().int().min(0).max(16).default(0),
+    })
+    .prefault({}),
   /** debug | info | warn | error */
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 });

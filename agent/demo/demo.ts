@@ -30,8 +30,10 @@ async function startExtraEngine(name: 'sglang' | 'llamacpp'): Promise<{ server: 
   if (name === 'sglang') {
     const sim = new SglangSim({ model: DEMO_SGLANG_MODEL, tpSize: 4, rate: 3, seed: 13 });
     const server = await serve((req, res) => {
-      if (req.url?.startsWith('/metrics')) { sim.advance(); res.writeHead(200, { 'Content-Type': TEXT }).end(sim.render()); }
-      else if (req.url === '/v1/models') json(res, { object: 'list', data: [{ id: DEMO_SGLANG_MODEL, object: 'model' }] });
+      if (req.url?.startsWith('/metrics')) {
+        sim.advance();
+        res.writeHead(200, { 'Content-Type': TEXT }).end(sim.render());
+      } else if (req.url === '/v1/models') json(res, { object: 'list', data: [{ id: DEMO_SGLANG_MODEL, object: 'model' }] });
       else if (req.url === '/get_server_info') json(res, { version: '0.5.4' });
       else res.writeHead(404).end();
     });
@@ -39,8 +41,10 @@ async function startExtraEngine(name: 'sglang' | 'llamacpp'): Promise<{ server: 
   }
   const sim = new LlamacppSim({ rate: 1, seed: 17, slots: 4 });
   const server = await serve((req, res) => {
-    if (req.url?.startsWith('/metrics')) { sim.advance(); res.writeHead(200, { 'Content-Type': TEXT }).end(sim.render()); }
-    else if (req.url === '/props') json(res, { model_path: `/models/${DEMO_LLAMACPP_MODEL}`, build_info: 'b7000-demo' });
+    if (req.url?.startsWith('/metrics')) {
+      sim.advance();
+      res.writeHead(200, { 'Content-Type': TEXT }).end(sim.render());
+    } else if (req.url === '/props') json(res, { model_path: `/models/${DEMO_LLAMACPP_MODEL}`, build_info: 'b7000-demo' });
     else if (req.url === '/v1/models') json(res, { object: 'list', data: [{ id: DEMO_LLAMACPP_MODEL, object: 'model' }] });
     else res.writeHead(404).end();
   });
@@ -49,9 +53,13 @@ async function startExtraEngine(name: 'sglang' | 'llamacpp'): Promise<{ server: 
 
 /** `--engines vllm,sglang`: the names, checked against what the demo can simulate. */
 export function parseDemoEngines(list: string): DemoEngine[] {
-  const names = list.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const bad = names.filter((n) => !(DEMO_ENGINES as readonly string[]).includes(n));
-  if (bad.length || !names.length) throw new Error(`--engines: ${bad.length ? `unknown ${bad.join(', ')}` : 'none given'}; choose from ${DEMO_ENGINES.join(', ')}`);
+  if (bad.length || !names.length)
+    throw new Error(`--engines: ${bad.length ? `unknown ${bad.join(', ')}` : 'none given'}; choose from ${DEMO_ENGINES.join(', ')}`);
   return [...new Set(names)] as DemoEngine[];
 }
 
@@ -82,10 +90,18 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
       res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify({ model_id: DEMO_TGI_MODEL, version: '3.3.6' }));
     } else res.writeHead(404).end();
   }, ports.tgi);
-  const timer = restartEveryMs > 0 ? setInterval(() => { tgiSim.reset(); tgiSim.restarts++; }, restartEveryMs) : undefined;
+  const timer =
+    restartEveryMs > 0
+      ? setInterval(() => {
+          tgiSim.reset();
+          tgiSim.restarts++;
+        }, restartEveryMs)
+      : undefined;
   timer?.unref();
   return {
-    vllm, tgi, tgiSim,
+    vllm,
+    tgi,
+    tgiSim,
     async close() {
       if (timer) clearInterval(timer);
       await Promise.all([vllm.close(), tgi.close()]);
@@ -93,7 +109,10 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
   };
 }
 
-export async function runDemo(flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string }, signals: Signals): Promise<void> {
+export async function runDemo(
+  flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string },
+  signals: Signals,
+): Promise<void> {
   const restartMs = parseDuration(flags.restartEvery);
   if (restartMs === undefined) throw new Error(`--restart-every: not a duration: ${flags.restartEvery}`);
   const wanted = parseDemoEngines(flags.engines);
@@ -104,7 +123,10 @@ export async function runDemo(flags: { listen: string; interval: string; restart
     ...(wanted.includes('tgi') ? [{ title: `simulated TGI v3 (restarts every ${flags.restartEvery})`, url: engines.tgi.url }] : []),
     ...extras.map((e) => ({ title: e.title, url: e.server.url })),
   ];
-  const closeAll = async () => { await engines.close(); await Promise.all(extras.map((e) => e.server.close())); };
+  const closeAll = async () => {
+    await engines.close();
+    await Promise.all(extras.map((e) => e.server.close()));
+  };
   const config = validateConfig({
     listen: flags.listen,
     interval: flags.interval,
@@ -119,16 +141,18 @@ export async function runDemo(flags: { listen: string; interval: string; restart
     throw err;
   });
   const base = `http://${flags.listen}`;
-  process.stderr.write([
-    '',
-    'infertel demo is running.',
-    ...shown.map((e) => `  ${e.title}: ${e.url}/metrics`),
-    `  agent, Prometheus text:  ${base}/metrics`,
-    `  agent, JSON summary:     ${base}/metrics?format=json`,
-    `  agent, readiness:        ${base}/readyz`,
-    '  Ctrl-C stops it.',
-    '',
-  ].join('\n') + '\n');
+  process.stderr.write(
+    `${[
+      '',
+      'infertel demo is running.',
+      ...shown.map((e) => `  ${e.title}: ${e.url}/metrics`),
+      `  agent, Prometheus text:  ${base}/metrics`,
+      `  agent, JSON summary:     ${base}/metrics?format=json`,
+      `  agent, readiness:        ${base}/readyz`,
+      '  Ctrl-C stops it.',
+      '',
+    ].join('\n')}\n`,
+  );
   await stopOnSignal(signals, async () => {
     await agent.stop();
     await closeAll();

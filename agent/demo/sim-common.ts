@@ -17,8 +17,12 @@ export function rng(seed: number): () => number {
 export function poisson(mean: number, random: () => number): number {
   if (mean > 30) return Math.max(0, Math.round(mean + Math.sqrt(mean) * gaussian(random)));
   const l = Math.exp(-mean);
-  let k = 0, p = 1;
-  do { k++; p *= random(); } while (p > l);
+  let k = 0,
+    p = 1;
+  do {
+    k++;
+    p *= random();
+  } while (p > l);
   return k - 1;
 }
 
@@ -68,7 +72,11 @@ export function serve(handler: (req: http.IncomingMessage, res: http.ServerRespo
       const addr = server.address() as { port: number };
       resolve({
         url: `http://127.0.0.1:${addr.port}`,
-        close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+        close: () =>
+          new Promise<void>((r) => {
+            server.closeAllConnections();
+            server.close(() => r());
+          }),
       });
     });
   });

@@ -11,7 +11,10 @@ export class LlamacppSim {
   private processing = 0;
   private deferred = 0;
 
-  constructor(private readonly opts: { rate: number; seed: number; slots: number }, now = Date.now()) {
+  constructor(
+    private readonly opts: { rate: number; seed: number; slots: number },
+    now = Date.now(),
+  ) {
     this.random = rng(opts.seed);
     this.last = now;
   }
@@ -48,9 +51,19 @@ export class LlamacppSim {
       ['tokens_predicted_seconds_total', 'counter', 'Predict process time', Math.round(this.c.predictedSeconds * 1000) / 1000],
       ['n_decode_total', 'counter', 'Total number of llama_decode() calls', this.c.decodes],
       ['n_tokens_max', 'counter', 'Largest observed n_tokens.', this.c.maxTokens],
-      ['n_busy_slots_per_decode', 'counter', 'Average number of busy slots per llama_decode() call', 1 + Math.round(this.processing * 100 / this.opts.slots) / 100],
+      [
+        'n_busy_slots_per_decode',
+        'counter',
+        'Average number of busy slots per llama_decode() call',
+        1 + Math.round((this.processing * 100) / this.opts.slots) / 100,
+      ],
       ['prompt_tokens_seconds', 'gauge', 'Average prompt throughput in tokens/s.', b.promptSeconds ? Math.round(b.prompt / b.promptSeconds) : 0],
-      ['predicted_tokens_seconds', 'gauge', 'Average generation throughput in tokens/s.', b.predictedSeconds ? Math.round(b.predicted / b.predictedSeconds) : 0],
+      [
+        'predicted_tokens_seconds',
+        'gauge',
+        'Average generation throughput in tokens/s.',
+        b.predictedSeconds ? Math.round(b.predicted / b.predictedSeconds) : 0,
+      ],
       ['requests_processing', 'gauge', 'Number of requests processing.', this.processing],
       ['requests_deferred', 'gauge', 'Number of requests deferred.', this.deferred],
     ];

@@ -9,7 +9,12 @@ const ITL = [0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 
 const E2E = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200, 1800, 2400];
 const QUEUE = [0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300, 3000];
 
-export interface SglangSimOptions { model: string; tpSize: number; rate: number; seed: number }
+export interface SglangSimOptions {
+  model: string;
+  tpSize: number;
+  rate: number;
+  seed: number;
+}
 
 export class SglangSim {
   private readonly random: () => number;
@@ -24,7 +29,10 @@ export class SglangSim {
   private usage = 0;
   private retracted = 0;
 
-  constructor(private readonly opts: SglangSimOptions, now = Date.now()) {
+  constructor(
+    private readonly opts: SglangSimOptions,
+    now = Date.now(),
+  ) {
     this.random = rng(opts.seed);
     this.last = now;
   }
@@ -69,8 +77,15 @@ export class SglangSim {
       for (const [labels, h] of series) {
         const sep = labels ? ',' : '';
         let cum = 0;
-        h.bounds.forEach((b, i) => { cum = h.counts[i]!; out.push(`sglang:${name}_bucket{${labels}${sep}le="${pyFloat(b)}"} ${pyFloat(cum)}`); });
-        out.push(`sglang:${name}_bucket{${labels}${sep}le="+Inf"} ${pyFloat(h.count)}`, `sglang:${name}_count{${labels}} ${pyFloat(h.count)}`, `sglang:${name}_sum{${labels}} ${pyFloat(h.sum)}`);
+        h.bounds.forEach((b, i) => {
+          cum = h.counts[i]!;
+          out.push(`sglang:${name}_bucket{${labels}${sep}le="${pyFloat(b)}"} ${pyFloat(cum)}`);
+        });
+        out.push(
+          `sglang:${name}_bucket{${labels}${sep}le="+Inf"} ${pyFloat(h.count)}`,
+          `sglang:${name}_count{${labels}} ${pyFloat(h.count)}`,
+          `sglang:${name}_sum{${labels}} ${pyFloat(h.sum)}`,
+        );
       }
     };
     perRank('num_running_reqs', 'gauge', 'The number of running requests.', this.running);
@@ -78,15 +93,30 @@ export class SglangSim {
     perRank('token_usage', 'gauge', 'The token usage.', Math.round(this.usage * 1000) / 1000);
     perRank('cache_hit_rate', 'gauge', 'The prefix cache hit rate.', 0.42);
     perRank('num_retracted_requests_total', 'counter', 'Retracted requests.', this.retracted);
-    hist('queue_time_seconds', 'Histogram of queueing time in seconds.', ranks.map((r) => [r, this.queue]));
-    for (const [name, key, help] of [['prompt_tokens_total', 'prompt', 'Number of prefill tokens processed.'], ['generation_tokens_total', 'gen', 'Number of generation tokens processed.'],
-      ['num_requests_total', 'requests', 'Number of requests processed.']] as const) {
+    hist(
+      'queue_time_seconds',
+      'Histogram of queueing time in seconds.',
+      ranks.map((r) => [r, this.queue]),
+    );
+    for (const [name, key, help] of [
+      ['prompt_tokens_total', 'prompt', 'Number of prefill tokens processed.'],
+      ['generation_tokens_total', 'gen', 'Number of generation tokens processed.'],
+      ['num_requests_total', 'requests', 'Number of requests processed.'],
+    ] as const) {
       family(name, 'counter', help);
       for (const s of ['false', 'true'] as const) out.push(`sglang:${name}{is_streaming="${s}",model_name="${M}"} ${pyFloat(this.tokens[s][key])}`);
     }
-    hist('time_to_first_token_seconds', 'Histogram of time to first token in seconds.', (['false', 'true'] as const).map((s) => [`is_streaming="${s}",model_name="${M}"`, this.ttft[s]]));
+    hist(
+      'time_to_first_token_seconds',
+      'Histogram of time to first token in seconds.',
+      (['false', 'true'] as const).map((s) => [`is_streaming="${s}",model_name="${M}"`, this.ttft[s]]),
+    );
     hist('inter_token_latency_seconds', 'Histogram of inter-token latency in seconds.', [[`model_name="${M}"`, this.itl]]);
-    hist('e2e_request_latency_seconds', 'Histogram of End-to-end request latency in seconds', (['false', 'true'] as const).map((s) => [`is_streaming="${s}",model_name="${M}"`, this.e2e[s]]));
-    return out.join('\n') + '\n';
+    hist(
+      'e2e_request_latency_seconds',
+      'Histogram of End-to-end request latency in seconds',
+      (['false', 'true'] as const).map((s) => [`is_streaming="${s}",model_name="${M}"`, this.e2e[s]]),
+    );
+    return `${out.join('\n')}\n`;
   }
 }

@@ -54,7 +54,10 @@ export class VllmSim {
   private httpCreated: number;
   private last: number;
 
-  constructor(private readonly opts: VllmSimOptions, now = Date.now()) {
+  constructor(
+    private readonly opts: VllmSimOptions,
+    now = Date.now(),
+  ) {
     this.random = rng(opts.seed);
     this.last = now;
     this.httpCreated = now / 1000;
@@ -64,14 +67,28 @@ export class VllmSim {
   private newEngine(id: string, now: number): Engine {
     const tokens = buckets125(this.opts.maxModelLen);
     return {
-      id, created: now / 1000, running: 0, waiting: 0, kvUsage: 0, prefixQueries: 0, prefixHits: 0, preemptions: 0,
-      promptTokens: 0, generationTokens: 0, success: Object.fromEntries(REASONS.map((r) => [r, 0])),
+      id,
+      created: now / 1000,
+      running: 0,
+      waiting: 0,
+      kvUsage: 0,
+      prefixQueries: 0,
+      prefixHits: 0,
+      preemptions: 0,
+      promptTokens: 0,
+      generationTokens: 0,
+      success: Object.fromEntries(REASONS.map((r) => [r, 0])),
       hist: {
-        time_to_first_token_seconds: new Hist(TTFT), inter_token_latency_seconds: new Hist(ITL),
-        request_time_per_output_token_seconds: new Hist(ITL), e2e_request_latency_seconds: new Hist(REQUEST),
-        request_queue_time_seconds: new Hist(REQUEST), request_inference_time_seconds: new Hist(REQUEST),
-        request_prefill_time_seconds: new Hist(REQUEST), request_decode_time_seconds: new Hist(REQUEST),
-        request_prompt_tokens: new Hist(tokens), request_generation_tokens: new Hist(tokens),
+        time_to_first_token_seconds: new Hist(TTFT),
+        inter_token_latency_seconds: new Hist(ITL),
+        request_time_per_output_token_seconds: new Hist(ITL),
+        e2e_request_latency_seconds: new Hist(REQUEST),
+        request_queue_time_seconds: new Hist(REQUEST),
+        request_inference_time_seconds: new Hist(REQUEST),
+        request_prefill_time_seconds: new Hist(REQUEST),
+        request_decode_time_seconds: new Hist(REQUEST),
+        request_prompt_tokens: new Hist(tokens),
+        request_generation_tokens: new Hist(tokens),
         iteration_tokens_total: new Hist(ITERATION_TOKENS),
       },
     };
@@ -133,19 +150,36 @@ export class VllmSim {
       out.push(`# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`, ...lines);
     };
     const created = (base: string, help: string) => {
-      family(`${base}_created`, 'gauge', help, this.engines.map((e) => `${base}_created{${labels(e)}} ${pyFloat(e.created)}\n`));
+      family(
+        `${base}_created`,
+        'gauge',
+        help,
+        this.engines.map((e) => `${base}_created{${labels(e)}} ${pyFloat(e.created)}\n`),
+      );
     };
     const gauge = (name: string, help: string, get: (e: Engine) => number) =>
-      family(`vllm:${name}`, 'gauge', help, this.engines.map((e) => `vllm:${name}{${labels(e)}} ${pyFloat(get(e))}\n`));
+      family(
+        `vllm:${name}`,
+        'gauge',
+        help,
+        this.engines.map((e) => `vllm:${name}{${labels(e)}} ${pyFloat(get(e))}\n`),
+      );
     const counter = (name: string, help: string, get: (e: Engine) => number) => {
-      family(`vllm:${name}_total`, 'counter', help, this.engines.map((e) => `vllm:${name}_total{${labels(e)}} ${pyFloat(get(e))}\n`));
+      family(
+        `vllm:${name}_total`,
+        'counter',
+        help,
+        this.engines.map((e) => `vllm:${name}_total{${labels(e)}} ${pyFloat(get(e))}\n`),
+      );
       created(`vllm:${name}`, help);
     };
     const histogram = (name: string, help: string) => {
       const lines: string[] = [];
       for (const e of this.engines) {
         const h = e.hist[name]!;
-        h.bounds.forEach((b, i) => lines.push(`vllm:${name}_bucket{engine="${e.id}",le="${pyFloat(b)}",model_name="${model}"} ${pyFloat(h.counts[i]!)}\n`));
+        h.bounds.forEach((b, i) => {
+          lines.push(`vllm:${name}_bucket{engine="${e.id}",le="${pyFloat(b)}",model_name="${model}"} ${pyFloat(h.counts[i]!)}\n`);
+        });
         lines.push(`vllm:${name}_bucket{engine="${e.id}",le="+Inf",model_name="${model}"} ${pyFloat(h.count)}\n`);
         lines.push(`vllm:${name}_count{${labels(e)}} ${pyFloat(h.count)}\n`, `vllm:${name}_sum{${labels(e)}} ${pyFloat(h.sum)}\n`);
       }
@@ -162,12 +196,14 @@ export class VllmSim {
     counter('generation_tokens', 'Number of generation tokens processed.', (e) => e.generationTokens);
     const successLines: string[] = [];
     for (const e of this.engines) {
-      for (const r of REASONS) successLines.push(`vllm:request_success_total{engine="${e.id}",finished_reason="${r}",model_name="${model}"} ${pyFloat(e.success[r]!)}\n`);
+      for (const r of REASONS)
+        successLines.push(`vllm:request_success_total{engine="${e.id}",finished_reason="${r}",model_name="${model}"} ${pyFloat(e.success[r]!)}\n`);
     }
     family('vllm:request_success_total', 'counter', 'Count of successfully processed requests.', successLines);
     const successCreated: string[] = [];
     for (const e of this.engines) {
-      for (const r of REASONS) successCreated.push(`vllm:request_success_created{engine="${e.id}",finished_reason="${r}",model_name="${model}"} ${pyFloat(e.created)}\n`);
+      for (const r of REASONS)
+        successCreated.push(`vllm:request_success_created{engine="${e.id}",finished_reason="${r}",model_name="${model}"} ${pyFloat(e.created)}\n`);
     }
     family('vllm:request_success_created', 'gauge', 'Count of successfully processed requests.', successCreated);
     histogram('request_prompt_tokens', 'Number of prefill tokens processed.');
@@ -182,10 +218,24 @@ export class VllmSim {
     histogram('request_prefill_time_seconds', 'Histogram of time spent in PREFILL phase for request.');
     histogram('request_decode_time_seconds', 'Histogram of time spent in DECODE phase for request.');
     const http = Object.entries(this.http).sort();
-    family('http_requests_total', 'counter', 'Total number of requests by method, status and handler.',
-      http.map(([k, v]) => { const [h, m, s] = k.split('|'); return `http_requests_total{handler="${h}",method="${m}",status="${s}"} ${pyFloat(v)}\n`; }));
-    family('http_requests_created', 'gauge', 'Total number of requests by method, status and handler.',
-      http.map(([k]) => { const [h, m, s] = k.split('|'); return `http_requests_created{handler="${h}",method="${m}",status="${s}"} ${pyFloat(this.httpCreated)}\n`; }));
+    family(
+      'http_requests_total',
+      'counter',
+      'Total number of requests by method, status and handler.',
+      http.map(([k, v]) => {
+        const [h, m, s] = k.split('|');
+        return `http_requests_total{handler="${h}",method="${m}",status="${s}"} ${pyFloat(v)}\n`;
+      }),
+    );
+    family(
+      'http_requests_created',
+      'gauge',
+      'Total number of requests by method, status and handler.',
+      http.map(([k]) => {
+        const [h, m, s] = k.split('|');
+        return `http_requests_created{handler="${h}",method="${m}",status="${s}"} ${pyFloat(this.httpCreated)}\n`;
+      }),
+    );
     return out.join('');
   }
 }

@@ -25,7 +25,10 @@ export class ExpositionCache {
   private readonly entries = new Map<ExpositionFormat, Entry>();
   private readonly inflight = new Map<ExpositionFormat, Promise<Entry>>();
 
-  constructor(private readonly src: CacheSources, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly src: CacheSources,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   async get(format: ExpositionFormat, gzip: boolean): Promise<Buffer> {
     const entry = await this.entry(format);

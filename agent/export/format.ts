@@ -21,10 +21,10 @@ export function labelBlock(pairs: ReadonlyArray<readonly [string, string]>, extr
   let out = '{';
   for (let i = 0; i < pairs.length; i++) {
     if (i) out += ',';
-    out += pairs[i]![0] + '="' + escapeLabelValue(pairs[i]![1]) + '"';
+    out += `${pairs[i]![0]}="${escapeLabelValue(pairs[i]![1])}"`;
   }
   if (extra) out += (pairs.length ? ',' : '') + extra;
-  return out + '}';
+  return `${out}}`;
 }
 
 export function flatLabelBlock(labels: readonly string[], extra?: string): string {
@@ -33,7 +33,7 @@ export function flatLabelBlock(labels: readonly string[], extra?: string): strin
   if (extra) out += extra;
   for (let i = 0; i < labels.length; i += 2) {
     if (i || extra) out += ',';
-    out += labels[i] + '="' + escapeLabelValue(labels[i + 1]!) + '"';
+    out += `${labels[i]}="${escapeLabelValue(labels[i + 1]!)}"`;
   }
-  return out + '}';
+  return `${out}}`;
 }

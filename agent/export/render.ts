@@ -70,13 +70,13 @@ export const RESERVED_PREFIX = 'infertel_';
 
 function sampleLine(s: Sample, text: string | undefined, name: string, labels: readonly string[]): string {
   if (text !== undefined && s.start !== undefined && s.end !== undefined && name === s.name && labels === s.labels) {
-    return text.slice(s.start, s.end) + '\n';
+    return `${text.slice(s.start, s.end)}\n`;
   }
   return `${name}${flatLabelBlock(labels)} ${formatNumber(s.value)}\n`;
 }
 
 function metaLines(typeName: string, type: string, help: string | undefined): string {
-  return (help !== undefined ? `# HELP ${typeName} ${escapeHelp(help)}\n` : '') + `# TYPE ${typeName} ${type}\n`;
+  return `${help !== undefined ? `# HELP ${typeName} ${escapeHelp(help)}\n` : ''}# TYPE ${typeName} ${type}\n`;
 }
 
 /** Samples grouped into series the way the guard ordered them (consecutive runs share a key). */
@@ -85,8 +85,11 @@ function seriesRuns(fam: Family, coord: string): Sample[][] {
   let key: string | undefined;
   for (const s of fam.samples) {
     let k = '';
-    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] !== coord) k += s.labels[i] + '\u0000' + s.labels[i + 1] + '\u0000';
-    if (k !== key || runs.length === 0) { runs.push([]); key = k; }
+    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] !== coord) k += `${s.labels[i]}\u0000${s.labels[i + 1]}\u0000`;
+    if (k !== key || runs.length === 0) {
+      runs.push([]);
+      key = k;
+    }
     runs[runs.length - 1]!.push(s);
   }
   return runs;
@@ -168,7 +171,22 @@ function textBlock(fam: Family): { block: FormatBlock | undefined; dropped: numb
   let typeName = fam.name;
   let names: string[] = [fam.name];
   let keep: (s: Sample) => boolean = () => true;
-  if (fam.type === 'histogram') {
+  // Text 0.0.4 has no info, stateset or gauge histogram: the first two are gauges (as Prometheus
+  // reads them), a gauge histogram's samples go out untyped (no TYPE line claims them).
+  let header: string | undefined;
+  if (fam.type === 'info') {
+    typeName = `${fam.name}_info`;
+    names = [typeName];
+    keep = (s) => s.name === typeName;
+    header = metaLines(typeName, 'gauge', fam.help);
+  } else if (fam.type === 'stateset') {
+    keep = (s) => s.name === fam.name;
+    header = metaLines(typeName, 'gauge', fam.help);
+  } else if (fam.type === 'gaugehistogram') {
+    names = [`${fam.name}_bucket`, `${fam.name}_gcount`, `${fam.name}_gsum`];
+    keep = (s) => names.includes(s.name);
+    header = '';
+  } else if (fam.type === 'histogram') {
     names = [fam.name, `${fam.name}_bucket`, `${fam.name}_count`, `${fam.name}_sum`];
     keep = (s) => !s.name.endsWith('_created');
   } else if (fam.type === 'summary') {
@@ -187,20 +205,50 @@ function textBlock(fam: Family): { block: FormatBlock | undefined; dropped: numb
   let runStart = -1;
   let runEnd = -1;
   for (const s of fam.samples) {
-    if (!keep(s)) { dropped++; continue; }
+    if (!keep(s)) {
+      dropped++;
+      continue;
+    }
     if (text !== undefined && s.start !== undefined && s.end !== undefined && text.charCodeAt(s.end) === 10) {
-      if (runStart >= 0 && s.start === runEnd + 1) { runEnd = s.end; continue; }
+      if (runStart >= 0 && s.start === runEnd + 1) {
+        runEnd = s.end;
+        continue;
+      }
       if (runStart >= 0) body += text.slice(runStart, runEnd + 1);
       runStart = s.start;
       runEnd = s.end;
       continue;
     }
-    if (runStart >= 0) { body += text!.slice(runStart, runEnd + 1); runStart = -1; }
+    if (runStart >= 0) {
+      body += text!.slice(runStart, runEnd + 1);
+      runStart = -1;
+    }
     body += sampleLine(s, text, s.name, s.labels);
   }
   if (runStart >= 0) body += text!.slice(runStart, runEnd + 1);
   if (!body) return { block: undefined, dropped };
-  return { block: { header: metaLines(typeName, fam.type, fam.help), body, names }, dropped };
+  return { block: { header: header ?? metaLines(typeName, fam.type, fam.help), body, names }, dropped };
+}
+
+/** A gauge-histogram series as strict OpenMetrics wants it: ascending whole buckets up to +Inf, _gcount equal to it. */
+function omGaugeHistogramSeries(fam: Family, series: Sample[]): Sample[] | undefined {
+  let lastBound = -Infinity;
+  let lastValue = 0;
+  let inf: number | undefined;
+  let gcount: number | undefined;
+  for (const s of series) {
+    if (s.name === `${fam.name}_bucket`) {
+      const c = coordOf(s, 'le');
+      if (!c || !(c.value > lastBound) || !isCount(s.value) || s.value < lastValue || (c.value === Infinity && c.raw !== '+Inf')) return undefined;
+      lastBound = c.value;
+      lastValue = s.value;
+      if (c.value === Infinity) inf = s.value;
+    } else if (s.name === `${fam.name}_gcount`) {
+      if (!isCount(s.value)) return undefined;
+      gcount = s.value;
+    }
+  }
+  return inf === undefined || (gcount !== undefined && gcount !== inf) ? undefined : series;
 }
 
 function openMetricsBlock(fam: Family, textBody: string | undefined): { block: FormatBlock | undefined; dropped: number } {
@@ -213,7 +261,10 @@ function openMetricsBlock(fam: Family, textBody: string | undefined): { block: F
     names = [fam.name, `${fam.name}_count`, `${fam.name}_sum`, `${fam.name}_created`, ...(fam.type === 'histogram' ? [`${fam.name}_bucket`] : [])];
     for (const series of seriesRuns(fam, fam.type === 'histogram' ? 'le' : 'quantile')) {
       const ok = fam.type === 'histogram' ? omHistogramSeries(fam, series) : omSummarySeries(fam, series);
-      if (!ok) { dropped += series.length; continue; }
+      if (!ok) {
+        dropped += series.length;
+        continue;
+      }
       dropped += series.length - ok.length;
       for (const x of ok) body += sampleLine(x.s, fam.text, x.s.name, x.labels);
     }
@@ -236,6 +287,24 @@ function openMetricsBlock(fam: Family, textBody: string | undefined): { block: F
         else dropped++;
       }
     }
+  } else if (fam.type === 'info' || fam.type === 'stateset') {
+    // An info sample is 1; a stateset sample names its state in the label the family is named after, 0 or 1.
+    names = fam.type === 'info' ? [fam.name, `${fam.name}_info`] : [fam.name];
+    for (const s of fam.samples) {
+      const ok =
+        fam.type === 'info'
+          ? s.name === `${fam.name}_info` && s.value === 1
+          : s.name === fam.name && (s.value === 0 || s.value === 1) && s.labels.some((l, i) => i % 2 === 0 && l === fam.name);
+      if (ok) body += sampleLine(s, fam.text, s.name, s.labels);
+      else dropped++;
+    }
+  } else if (fam.type === 'gaugehistogram') {
+    names = [fam.name, `${fam.name}_bucket`, `${fam.name}_gcount`, `${fam.name}_gsum`];
+    for (const series of seriesRuns(fam, 'le')) {
+      const ok = omGaugeHistogramSeries(fam, series);
+      if (!ok) dropped += series.length;
+      else for (const s of ok) body += sampleLine(s, fam.text, s.name, s.labels);
+    }
   } else if (textBody !== undefined) {
     // Gauges and unknowns: every sample line is the same in both formats.
     body = textBody;
@@ -257,7 +326,9 @@ export function toPassthroughFamilies(families: readonly Family[]): PassthroughF
   for (const f of families) {
     if (f.samples.length === 0 || f.name.startsWith(RESERVED_PREFIX)) continue;
     const text = textBlock(f);
-    const om = isCreatedGauge(f) ? { block: undefined, dropped: 0 } : openMetricsBlock(f, (f.type === 'gauge' || f.type === 'untyped') ? text.block?.body : undefined);
+    const om = isCreatedGauge(f)
+      ? { block: undefined, dropped: 0 }
+      : openMetricsBlock(f, f.type === 'gauge' || f.type === 'untyped' ? text.block?.body : undefined);
     out.push({ name: f.name, type: f.type, text: text.block, openmetrics: om.block, droppedIn: { text: text.dropped, openmetrics: om.dropped } });
   }
   return out;
@@ -270,7 +341,11 @@ export class NameClaims {
   clashes = 0;
 
   claim(names: readonly string[]): boolean {
-    for (const n of names) if (this.taken.has(n)) { this.clashes++; return false; }
+    for (const n of names)
+      if (this.taken.has(n)) {
+        this.clashes++;
+        return false;
+      }
     for (const n of names) this.taken.add(n);
     return true;
   }
@@ -326,8 +401,9 @@ function withUpstream(body: string, upstream: string): string {
     }
     const name = body.slice(pos, nameEnd);
     if (body.charCodeAt(nameEnd) === 123) {
-      out += body.charCodeAt(nameEnd + 1) === 125 ? `${name}{${label}` + body.slice(nameEnd + 1, eol + 1) : `${name}{${label},` + body.slice(nameEnd + 1, eol + 1);
-    } else out += `${name}{${label}}` + body.slice(nameEnd, eol + 1);
+      out +=
+        body.charCodeAt(nameEnd + 1) === 125 ? `${name}{${label}${body.slice(nameEnd + 1, eol + 1)}` : `${name}{${label},${body.slice(nameEnd + 1, eol + 1)}`;
+    } else out += `${name}{${label}}${body.slice(nameEnd, eol + 1)}`;
     pos = eol + 1;
   }
   return out;
@@ -361,11 +437,17 @@ export function renderCanonical(canonical: readonly CanonicalFamily[], format: E
 }
 
 /** The whole data part of an exposition in one call (the agent caches the pieces instead). */
-export function renderExposition(canonical: readonly CanonicalFamily[], parsed: ReadonlyArray<{ upstream: string; families: readonly Family[] }>, format: ExpositionFormat): string {
+export function renderExposition(
+  canonical: readonly CanonicalFamily[],
+  parsed: ReadonlyArray<{ upstream: string; families: readonly Family[] }>,
+  format: ExpositionFormat,
+): string {
   const passthrough = parsed.map((p) => ({ upstream: p.upstream, families: toPassthroughFamilies(p.families) }));
   const claims = canonicalClaims(canonical, format);
   const shared = sharedFamilies(passthrough);
-  return renderCanonical(canonical, format)
-    + passthrough.map((p) => renderPassthrough(p.families, format, shared, claims)).join('')
-    + renderShared(passthrough, shared, format, claims);
+  return (
+    renderCanonical(canonical, format) +
+    passthrough.map((p) => renderPassthrough(p.families, format, shared, claims)).join('') +
+    renderShared(passthrough, shared, format, claims)
+  );
 }

@@ -30,7 +30,8 @@ export function negotiate(accept: string | undefined, query: unknown): 'json' | 
     const qp = params.map((p) => p.trim()).find((p) => p.startsWith('q='));
     const q = qp ? Number(qp.slice(2)) : 1;
     const t = (type ?? '').trim().toLowerCase();
-    const kind = t === 'application/json' ? 'json' : t === 'application/openmetrics-text' ? 'openmetrics' : t === 'text/plain' || t === '*/*' ? 'text' : undefined;
+    const kind =
+      t === 'application/json' ? 'json' : t === 'application/openmetrics-text' ? 'openmetrics' : t === 'text/plain' || t === '*/*' ? 'text' : undefined;
     if (kind && q > best.q) best = { kind, q };
   }
   return best.kind;

@@ -1,7 +1,7 @@
 // The JSON summary (spec 000 §2), computed from the canonical snapshot.
 
 import type { CanonicalFamily, HistData } from '../normalize/normalizer.js';
-import { quantileFromBuckets } from '../normalize/rebucket.js';
+import { quantileAcross, quantileFromBuckets } from '../normalize/rebucket.js';
 
 export interface GpuDeviceSummary {
   device: string;
@@ -58,7 +58,7 @@ function mergedHist(f: CanonicalFamily | undefined): HistData | undefined {
     if (!s.hist) continue;
     if (!out) out = { bounds: s.hist.bounds, cum: [...s.hist.cum], count: s.hist.count, sum: s.hist.sum };
     else if (out.bounds.length === s.hist.bounds.length) {
-      s.hist.cum.forEach((c, i) => (out!.cum[i] = out!.cum[i]! + c));
+      for (let i = 0; i < s.hist.cum.length; i++) out.cum[i] = out.cum[i]! + s.hist.cum[i]!;
       out.count += s.hist.count;
       out.sum += s.hist.sum;
     }
@@ -66,14 +66,29 @@ function mergedHist(f: CanonicalFamily | undefined): HistData | undefined {
   return out;
 }
 
-export function buildSummary(snapshot: readonly CanonicalFamily[], profileToMs: number, lastRequestAt: number | undefined, gpu: GpuSummary): Summary {
+/**
+ * `nativeDurations` are the request-duration histograms in the engines' own bounds: p95 is taken
+ * from them, so it never exceeds a bound the engine itself drew and is not capped at the last
+ * bound of the documented layout.
+ */
+export function buildSummary(
+  snapshot: readonly CanonicalFamily[],
+  profileToMs: number,
+  lastRequestAt: number | undefined,
+  gpu: GpuSummary,
+  nativeDurations: readonly HistData[] = [],
+): Summary {
   const requests = family(snapshot, 'inference_requests_total');
   const duration = mergedHist(family(snapshot, 'inference_request_duration_ms'));
   const tps = family(snapshot, 'tokens_per_second');
   const decodeRates = (tps?.series ?? []).filter((s) => s.labels.some(([k, v]) => k === 'phase' && v === 'decode'));
   const models = new Set<string>();
   for (const f of snapshot) for (const s of f.series) for (const [k, v] of s.labels) if (k === 'model') models.add(v);
-  const p95 = duration ? quantileFromBuckets(0.95, duration.bounds, duration.cum, duration.count) : undefined;
+  const p95 = nativeDurations.length
+    ? quantileAcross(0.95, nativeDurations)
+    : duration
+      ? quantileFromBuckets(0.95, duration.bounds, duration.cum, duration.count)
+      : undefined;
   return {
     requests_total: total(requests),
     errors_total: total(requests, (l) => l.code === '4xx' || l.code === '5xx'),

@@ -32,9 +32,10 @@ export function loadAddon(): AddonLoad {
     const e = err as NodeJS.ErrnoException;
     cached = {
       ok: false,
-      reason: e.code === 'MODULE_NOT_FOUND' || /Cannot find native binding|Cannot find module/.test(e.message)
-        ? 'the NVML addon is not built (npm install builds it when cargo is available)'
-        : `the NVML addon failed to load: ${e.message.split('\n')[0]}`,
+      reason:
+        e.code === 'MODULE_NOT_FOUND' || /Cannot find native binding|Cannot find module/.test(e.message)
+          ? 'the NVML addon is not built (npm install builds it when cargo is available)'
+          : `the NVML addon failed to load: ${e.message.split('\n')[0]}`,
     };
   }
   return cached;

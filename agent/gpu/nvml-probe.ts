@@ -8,7 +8,10 @@ export class NvmlProbe implements GpuProbe {
   readonly minIntervalMs = 100;
   readonly driverVersion: string | null;
 
-  private constructor(private readonly addon: NvmlAddon, readonly info: InitInfo) {
+  private constructor(
+    private readonly addon: NvmlAddon,
+    readonly info: InitInfo,
+  ) {
     this.driverVersion = info.driverVersion;
   }
 

@@ -13,14 +13,18 @@ export class OomTail {
   private offset: number | undefined;
   private partial = '';
 
-  constructor(private readonly path: string) {}
+  constructor(
+    private readonly path: string,
+    private readonly onError: (err: unknown) => void = () => {},
+  ) {}
 
   /** New OOM lines since the last call, as device indexes (undefined when the line names none). */
   read(): Array<number | undefined> {
     let size: number;
     try {
       size = statSync(this.path).size;
-    } catch {
+    } catch (err) {
+      this.onError(err);
       return [];
     }
     // Start at the end the first time: history before the agent started is not counted.

@@ -52,9 +52,26 @@ export interface GpuProbe {
 
 export function emptyDevice(index: number): GpuDevice {
   return {
-    index, minor: null, uuid: null, name: null, pciBusId: null, utilizationGpu: null, utilizationMemory: null,
-    memoryTotalBytes: null, memoryUsedBytes: null, memoryFreeBytes: null, temperatureC: null, powerW: null, powerLimitW: null,
-    smClockMhz: null, memClockMhz: null, eccCorrected: null, eccUncorrected: null, throttleReasons: null, processes: null,
-    error: null, fieldErrors: [],
+    index,
+    minor: null,
+    uuid: null,
+    name: null,
+    pciBusId: null,
+    utilizationGpu: null,
+    utilizationMemory: null,
+    memoryTotalBytes: null,
+    memoryUsedBytes: null,
+    memoryFreeBytes: null,
+    temperatureC: null,
+    powerW: null,
+    powerLimitW: null,
+    smClockMhz: null,
+    memClockMhz: null,
+    eccCorrected: null,
+    eccUncorrected: null,
+    throttleReasons: null,
+    processes: null,
+    error: null,
+    fieldErrors: [],
   };
 }

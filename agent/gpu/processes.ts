@@ -16,8 +16,11 @@ export function processName(pid: number, procRoot = '/proc'): string {
 }
 
 /** Memory per process label: configured role for the name, else the name; PIDs never leak. */
-export function attribute(processes: ReadonlyArray<{ pid: number; usedMemoryBytes: number | null }>, roles: Readonly<Record<string, string>>,
-  nameOf: (pid: number) => string = (pid) => processName(pid)): Map<string, number> {
+export function attribute(
+  processes: ReadonlyArray<{ pid: number; usedMemoryBytes: number | null }>,
+  roles: Readonly<Record<string, string>>,
+  nameOf: (pid: number) => string = (pid) => processName(pid),
+): Map<string, number> {
   const out = new Map<string, number>();
   for (const p of processes) {
     if (p.usedMemoryBytes === null) continue;

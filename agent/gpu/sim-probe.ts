@@ -17,11 +17,25 @@ export class SimulatedProbe implements GpuProbe {
       const total = 81559 * 1024 * 1024;
       const used = Math.round(total * (0.55 + 0.35 * wave));
       return {
-        ...emptyDevice(i), minor: i, uuid: `GPU-00000000-sim0-4000-8000-${String(i).padStart(12, '0')}`, name: 'NVIDIA H100 80GB HBM3 (simulated)',
-        pciBusId: `00000000:${(0x18 + i).toString(16).toUpperCase()}:00.0`, utilizationGpu: Math.round(100 * wave), utilizationMemory: Math.round(60 * wave),
-        memoryTotalBytes: total, memoryUsedBytes: used, memoryFreeBytes: total - used, temperatureC: Math.round(38 + 40 * wave),
-        powerW: Math.round(90 + 560 * wave), powerLimitW: 700, smClockMhz: wave > 0.2 ? 1980 : 345, memClockMhz: 2619,
-        eccCorrected: 0, eccUncorrected: 0, throttleReasons: wave > 0.2 ? 0 : 1, processes: [{ pid: process.pid, usedMemoryBytes: used }],
+        ...emptyDevice(i),
+        minor: i,
+        uuid: `GPU-00000000-sim0-4000-8000-${String(i).padStart(12, '0')}`,
+        name: 'NVIDIA H100 80GB HBM3 (simulated)',
+        pciBusId: `00000000:${(0x18 + i).toString(16).toUpperCase()}:00.0`,
+        utilizationGpu: Math.round(100 * wave),
+        utilizationMemory: Math.round(60 * wave),
+        memoryTotalBytes: total,
+        memoryUsedBytes: used,
+        memoryFreeBytes: total - used,
+        temperatureC: Math.round(38 + 40 * wave),
+        powerW: Math.round(90 + 560 * wave),
+        powerLimitW: 700,
+        smClockMhz: wave > 0.2 ? 1980 : 345,
+        memClockMhz: 2619,
+        eccCorrected: 0,
+        eccUncorrected: 0,
+        throttleReasons: wave > 0.2 ? 0 : 1,
+        processes: [{ pid: process.pid, usedMemoryBytes: used }],
       };
     });
     return { devices, xids: this.tick % 40 === 0 ? [{ index: 0, xid: 79 }] : [], elapsedUs: 1 };

@@ -93,7 +93,9 @@ class Telemetry implements GpuTelemetry {
   private readonly gpuMetrics: CanonicalMetric[];
 
   constructor(private readonly deps: GpuTelemetryDeps) {
-    this.oom = deps.config.oomLogPath ? new OomTail(deps.config.oomLogPath) : undefined;
+    this.oom = deps.config.oomLogPath
+      ? new OomTail(deps.config.oomLogPath, (err) => deps.metrics.errors.report('oom_log_unreadable', err, { component: 'gpu', path: deps.config.oomLogPath }))
+      : undefined;
     this.gpuMetrics = deps.catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'nvml'));
     if (deps.probe !== undefined) this.probe = deps.probe;
   }
@@ -103,7 +105,8 @@ class Telemetry implements GpuTelemetry {
     if (this.deps.probe === undefined) ({ probe: this.probe, reasons: this.reasons } = chooseProbe(config));
     const source = this.probe?.source ?? 'none';
     if (source === 'nvml') log.info({ component: 'gpu', source }, 'GPU telemetry from NVML');
-    else if (source === 'nvidia-smi') log.warn({ component: 'gpu', source, why: this.reasons }, 'GPU telemetry from nvidia-smi: lower precision, polled at most every 30 s');
+    else if (source === 'nvidia-smi')
+      log.warn({ component: 'gpu', source, why: this.reasons }, 'GPU telemetry from nvidia-smi: lower precision, polled at most every 30 s');
     else if (source === 'simulated') log.info({ component: 'gpu', source, devices: config.simulate }, 'GPU telemetry simulated');
     else log.warn({ component: 'gpu', source, why: this.reasons }, 'no GPU telemetry');
     if (this.probe) this.schedule(0);
@@ -112,7 +115,10 @@ class Telemetry implements GpuTelemetry {
 
   private schedule(delay: number): void {
     if (this.stopped || !this.probe) return;
-    this.timer = setTimeout(() => void this.pollOnce().finally(() => this.schedule(Math.max(this.deps.config.intervalMs, this.probe?.minIntervalMs ?? 0))), delay);
+    this.timer = setTimeout(
+      () => void this.pollOnce().finally(() => this.schedule(Math.max(this.deps.config.intervalMs, this.probe?.minIntervalMs ?? 0))),
+      delay,
+    );
   }
 
   /** One poll with a deadline. A hung poll is left to finish on its worker thread, never awaited twice. */
@@ -127,14 +133,23 @@ class Telemetry implements GpuTelemetry {
     const started = performance.now();
     const p = probe.poll();
     this.inflight = p;
-    void p.then(() => undefined, () => undefined).finally(() => { if (this.inflight === p) this.inflight = undefined; });
+    void p
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .finally(() => {
+        if (this.inflight === p) this.inflight = undefined;
+      });
     let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((r) => { timer = setTimeout(() => r('timeout'), this.deps.config.timeoutMs); });
+    const deadline = new Promise<'timeout'>((r) => {
+      timer = setTimeout(() => r('timeout'), this.deps.config.timeoutMs);
+    });
     try {
       const r = await Promise.race([p, deadline]);
       if (r === 'timeout') {
         bump(this.counters.pollErrors, `all${SEP}timeout`);
-        this.deps.log.warn({ component: 'gpu', timeoutMs: this.deps.config.timeoutMs }, 'GPU poll timed out; keeping the last values, marked stale');
+        this.deps.metrics.errors.report('gpu_poll_timeout', undefined, { component: 'gpu', timeoutMs: this.deps.config.timeoutMs });
         this.markStale();
         return;
       }
@@ -142,6 +157,7 @@ class Telemetry implements GpuTelemetry {
       this.deps.metrics.gpuPollDuration.set((performance.now() - started) / 1000);
     } catch (err) {
       bump(this.counters.pollErrors, `all${SEP}${(err as { code?: string }).code ?? 'error'}`);
+      this.deps.metrics.errors.report('gpu_poll_failed', err, { component: 'gpu' });
       this.markStale();
     } finally {
       clearTimeout(timer);
@@ -187,21 +203,67 @@ class Telemetry implements GpuTelemetry {
         const field = spec.field!;
         const set = Object.entries(spec.set ?? {});
         if (field === 'source') add([['source', source]], 1);
-        else if (field === 'stale') { if (this.probe) add([], this.stale ? 1 : 0); }
-        else if (field === 'xids') for (const [k, v] of this.counters.xids) { const [device, xid] = k.split(SEP); add([['device', device!], ['xid', xid!]], v); }
-        else if (field === 'pollErrors') for (const [k, v] of this.counters.pollErrors) { const [device, code] = k.split(SEP); add([['device', device!], ['code', code!]], v); }
-        else if (field === 'oom') { if (this.oom) for (const [device, v] of this.counters.oom) add([['device', device]], v); }
-        else {
+        else if (field === 'stale') {
+          if (this.probe) add([], this.stale ? 1 : 0);
+        } else if (field === 'xids')
+          for (const [k, v] of this.counters.xids) {
+            const [device, xid] = k.split(SEP);
+            add(
+              [
+                ['device', device!],
+                ['xid', xid!],
+              ],
+              v,
+            );
+          }
+        else if (field === 'pollErrors')
+          for (const [k, v] of this.counters.pollErrors) {
+            const [device, code] = k.split(SEP);
+            add(
+              [
+                ['device', device!],
+                ['code', code!],
+              ],
+              v,
+            );
+          }
+        else if (field === 'oom') {
+          if (this.oom) for (const [device, v] of this.counters.oom) add([['device', device]], v);
+        } else {
           for (const d of this.devices) {
             if (d.error) continue;
             const device = deviceLabel(d);
-            if (field === 'info') add([['device', device], ['uuid', d.uuid ?? ''], ['name', d.name ?? ''], ['pci_bus_id', d.pciBusId ?? ''], ['driver', this.probe?.driverVersion ?? '']], 1);
+            if (field === 'info')
+              add(
+                [
+                  ['device', device],
+                  ['uuid', d.uuid ?? ''],
+                  ['name', d.name ?? ''],
+                  ['pci_bus_id', d.pciBusId ?? ''],
+                  ['driver', this.probe?.driverVersion ?? ''],
+                ],
+                1,
+              );
             else if (field === 'processes') {
-              for (const [process, bytes] of attribute(d.processes ?? [], this.deps.config.processRoles)) add([['device', device], ['process', process]], bytes);
+              for (const [process, bytes] of attribute(d.processes ?? [], this.deps.config.processRoles))
+                add(
+                  [
+                    ['device', device],
+                    ['process', process],
+                  ],
+                  bytes,
+                );
             } else if (spec.bits) {
               const mask = d.throttleReasons;
               if (mask === null) continue;
-              for (const [reason, bit] of Object.entries(spec.bits)) add([['device', device], ['reason', reason]], (mask & bit) !== 0 ? 1 : 0);
+              for (const [reason, bit] of Object.entries(spec.bits))
+                add(
+                  [
+                    ['device', device],
+                    ['reason', reason],
+                  ],
+                  (mask & bit) !== 0 ? 1 : 0,
+                );
             } else {
               const v = (d as unknown as Record<string, number | null>)[field];
               if (typeof v === 'number') add([['device', device], ...set], spec.scale ? +(v * spec.scale).toPrecision(12) : v);
@@ -218,10 +280,19 @@ class Telemetry implements GpuTelemetry {
     const source = this.probe?.source ?? 'none';
     const nvml = source === 'nvml';
     const devices: GpuDeviceSummary[] = this.devices.map((d) => ({
-      device: deviceLabel(d), index: d.index, uuid: d.uuid, name: d.name,
-      utilization_gpu_percent: d.utilizationGpu, memory_total_bytes: d.memoryTotalBytes, memory_used_bytes: d.memoryUsedBytes,
-      memory_free_bytes: d.memoryFreeBytes, temperature_c: d.temperatureC, power_w: d.powerW,
-      error: d.error ? d.error.code : null, stale: this.stale, ...(nvml ? {} : { nvml_unavailable: true as const }),
+      device: deviceLabel(d),
+      index: d.index,
+      uuid: d.uuid,
+      name: d.name,
+      utilization_gpu_percent: d.utilizationGpu,
+      memory_total_bytes: d.memoryTotalBytes,
+      memory_used_bytes: d.memoryUsedBytes,
+      memory_free_bytes: d.memoryFreeBytes,
+      temperature_c: d.temperatureC,
+      power_w: d.powerW,
+      error: d.error ? d.error.code : null,
+      stale: this.stale,
+      ...(nvml ? {} : { nvml_unavailable: true as const }),
     }));
     return { source, nvml_unavailable: !nvml, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}), devices };
   }
@@ -230,7 +301,13 @@ class Telemetry implements GpuTelemetry {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     // A hung poll holds the NVML lock on its worker thread: shut down only when it has finished.
-    const done = await Promise.race([this.inflight?.then(() => true, () => true) ?? Promise.resolve(true), new Promise<boolean>((r) => setTimeout(() => r(false), 200).unref())]);
+    const done = await Promise.race([
+      this.inflight?.then(
+        () => true,
+        () => true,
+      ) ?? Promise.resolve(true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 200).unref()),
+    ]);
     if (done) await this.probe?.close();
   }
 }

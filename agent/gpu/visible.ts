@@ -7,7 +7,10 @@ function parse(value: string | undefined): string[] | 'all' | 'none' {
   const v = value.trim();
   if (v === '' || v === 'all') return 'all';
   if (v === 'none' || v === 'void' || v === 'NoDevFiles') return 'none';
-  return v.split(',').map((s) => s.trim()).filter(Boolean);
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 function matches(entry: string, d: GpuDevice, position: number, byPosition: boolean): boolean {
@@ -21,7 +24,10 @@ function matches(entry: string, d: GpuDevice, position: number, byPosition: bool
  */
 export function visibleDevices(devices: GpuDevice[], env: NodeJS.ProcessEnv): GpuDevice[] {
   let out = devices;
-  for (const [name, byPosition] of [['NVIDIA_VISIBLE_DEVICES', false], ['CUDA_VISIBLE_DEVICES', true]] as const) {
+  for (const [name, byPosition] of [
+    ['NVIDIA_VISIBLE_DEVICES', false],
+    ['CUDA_VISIBLE_DEVICES', true],
+  ] as const) {
     const spec = parse(env[name]);
     if (spec === 'all') continue;
     if (spec === 'none') return [];

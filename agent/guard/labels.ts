@@ -5,8 +5,19 @@
  * case-insensitively (`API_KEY`, `Authorization` too).
  */
 export const BUILTIN_FORBIDDEN_LABELS: readonly string[] = [
-  'request_id', 'user_id', 'session_id', 'prompt', 'completion', 'trace_id', 'api_key',
-  'password', 'token', 'secret', 'authorization', 'cookie', 'email',
+  'request_id',
+  'user_id',
+  'session_id',
+  'prompt',
+  'completion',
+  'trace_id',
+  'api_key',
+  'password',
+  'token',
+  'secret',
+  'authorization',
+  'cookie',
+  'email',
 ];
 
 /** Replacement for values that look unbounded (ids, addresses) in labels not allowlisted for them. */
@@ -26,7 +37,19 @@ function isAsciiLetter(c: number): boolean {
   return (c >= 97 && c <= 122) || (c >= 65 && c <= 90);
 }
 function isSpace(c: number): boolean {
-  return c === 32 || (c >= 9 && c <= 13) || c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff;
+  return (
+    c === 32 ||
+    (c >= 9 && c <= 13) ||
+    c === 0xa0 ||
+    c === 0x1680 ||
+    (c >= 0x2000 && c <= 0x200a) ||
+    c === 0x2028 ||
+    c === 0x2029 ||
+    c === 0x202f ||
+    c === 0x205f ||
+    c === 0x3000 ||
+    c === 0xfeff
+  );
 }
 
 /** 8-4-4-4-12 hex groups joined by dashes anywhere in the value (the outer groups may be longer). */
@@ -36,7 +59,10 @@ export function hasUuid(v: string): boolean {
   let run = 0;
   for (let i = 0; i <= v.length; i++) {
     const c = i < v.length ? v.charCodeAt(i) : -1;
-    if (isHex(c)) { run++; continue; }
+    if (isHex(c)) {
+      run++;
+      continue;
+    }
     chain.push(run);
     if (chain.length > 5) chain.shift();
     if (chain.length === 5 && chain[0]! >= 8 && chain[1] === 4 && chain[2] === 4 && chain[3] === 4 && chain[4]! >= 12) return true;
@@ -72,9 +98,14 @@ export function hasEmail(v: string): boolean {
     for (let j = at + 1; j < v.length; j++) {
       const c = v.charCodeAt(j);
       if (c === 64 || isSpace(c)) break;
-      if (c === 46 && j > at + 1) { letters = 0; continue; }
+      if (c === 46 && j > at + 1) {
+        letters = 0;
+        continue;
+      }
       if (letters >= 0) {
-        if (isAsciiLetter(c)) { if (++letters >= 2) return true; } else letters = -1;
+        if (isAsciiLetter(c)) {
+          if (++letters >= 2) return true;
+        } else letters = -1;
       }
     }
   }
@@ -86,7 +117,10 @@ export function hasIpv4(v: string): boolean {
   let i = 0;
   while (i < v.length) {
     const c = v.charCodeAt(i);
-    if (!(c >= 48 && c <= 57) && c !== 46) { i++; continue; }
+    if (!(c >= 48 && c <= 57) && c !== 46) {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < v.length && ((v.charCodeAt(j) >= 48 && v.charCodeAt(j) <= 57) || v.charCodeAt(j) === 46)) j++;
     let groups = 0;
@@ -110,14 +144,22 @@ export function hasIpv6(v: string): boolean {
   let i = 0;
   while (i < v.length) {
     const c = v.charCodeAt(i);
-    if (!isHex(c) && c !== 58) { i++; continue; }
+    if (!isHex(c) && c !== 58) {
+      i++;
+      continue;
+    }
     let j = i;
     let colons = 0;
     let group = 0;
     let ok = true;
     for (; j < v.length; j++) {
       const d = v.charCodeAt(j);
-      if (d === 58) { colons++; group = 0; } else if (isHex(d)) { if (++group > 4) ok = false; } else break;
+      if (d === 58) {
+        colons++;
+        group = 0;
+      } else if (isHex(d)) {
+        if (++group > 4) ok = false;
+      } else break;
     }
     if (ok && colons >= 2 && colons <= 7) return true;
     i = j;
@@ -207,7 +249,10 @@ export function guardLabels(policy: LabelPolicy, labels: readonly string[], coun
   for (let i = 0; i < labels.length; i += 2) {
     const name = labels[i] as string;
     const value = labels[i + 1] as string;
-    if (name === skip) { out?.push(name, value); continue; }
+    if (name === skip) {
+      out?.push(name, value);
+      continue;
+    }
     if (isForbidden(policy, name)) {
       counts.forbiddenDropped++;
       out ??= labels.slice(0, i);

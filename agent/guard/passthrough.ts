@@ -42,7 +42,7 @@ export const EXPORTED_UPSTREAM = 'exported_upstream';
 
 /** Which label of a sample is its bucket or quantile coordinate, given its family, if any. */
 function coordinateLabel(type: FamilyType, family: string, sampleName: string): 'le' | 'quantile' | undefined {
-  if (type === 'histogram' && sampleName.length === family.length + 7) return 'le';
+  if ((type === 'histogram' || type === 'gaugehistogram') && sampleName === `${family}_bucket`) return 'le';
   if (type === 'summary' && sampleName === family) return 'quantile';
   return undefined;
 }
@@ -50,7 +50,11 @@ function coordinateLabel(type: FamilyType, family: string, sampleName: string): 
 /** Label pairs in name order as one string, skipping `skip` (order-insensitive, as Prometheus sees series). */
 function labelKey(labels: readonly string[], skip: string | undefined): string {
   let sorted = true;
-  for (let i = 2; i < labels.length; i += 2) if ((labels[i] as string) < (labels[i - 2] as string)) { sorted = false; break; }
+  for (let i = 2; i < labels.length; i += 2)
+    if ((labels[i] as string) < (labels[i - 2] as string)) {
+      sorted = false;
+      break;
+    }
   let idx: number[] | undefined;
   if (!sorted) {
     idx = [];
@@ -65,7 +69,7 @@ function labelKey(labels: readonly string[], skip: string | undefined): string {
     // Names are [a-zA-Z0-9_]; a value's length before it keeps any character in it (a NUL
     // included) from running into the next pair.
     const value = labels[i + 1] as string;
-    key += labels[i] + '=' + value.length + ':' + value;
+    key += `${labels[i]}=${value.length}:${value}`;
   }
   return key;
 }
@@ -110,10 +114,11 @@ export function coordinateValue(raw: string): number {
 
 /** A series' samples in the order both formats want: buckets by bound, then _count, _sum, _created. */
 function orderSeries(type: FamilyType, family: string, samples: Sample[]): Sample[] {
-  if (type !== 'histogram' && type !== 'summary') return samples;
-  const coord = type === 'histogram' ? 'le' : 'quantile';
+  if (type !== 'histogram' && type !== 'summary' && type !== 'gaugehistogram') return samples;
+  const coord = type === 'summary' ? 'quantile' : 'le';
   const rank = (s: Sample): number => {
     const n = s.name.length - family.length;
+    if (type === 'gaugehistogram') return s.name.endsWith('_bucket') ? 0 : s.name.endsWith('_gcount') ? 1 : 2;
     // '', _bucket: 0; _count: 1; _sum: 2; _created: 3.
     return n === 0 || n === 7 ? 0 : n === 6 ? 1 : n === 4 ? 2 : 3;
   };
@@ -139,9 +144,13 @@ function orderSeries(type: FamilyType, family: string, samples: Sample[]): Sampl
 export class PassthroughGuard {
   private admitted = new Map<string, Set<string>>();
 
-  constructor(private readonly policy: LabelPolicy, private readonly limits: PassthroughLimits,
-    private readonly onOverflow: (family: string, series: number) => void, private readonly counts: GuardCounts,
-    readonly dropped: PassthroughCounts = newPassthroughCounts()) {}
+  constructor(
+    private readonly policy: LabelPolicy,
+    private readonly limits: PassthroughLimits,
+    private readonly onOverflow: (family: string, series: number) => void,
+    private readonly counts: GuardCounts,
+    readonly dropped: PassthroughCounts = newPassthroughCounts(),
+  ) {}
 
   apply(families: readonly Family[]): Family[] {
     // Slots are reserved for every series admitted last time, so a bomb in one family (or a new
@@ -187,7 +196,11 @@ export class PassthroughGuard {
    * Guards each sample's labels and groups samples into series, merging or dropping collisions;
    * series beyond the family's room fold into overflow at once (no state is kept for them).
    */
-  private group(fam: Family, prev: ReadonlySet<string> | undefined, room: { total: number }): { groups: Map<string, SeriesGroup>; overflow: Map<string, Sample>; folded: number } {
+  private group(
+    fam: Family,
+    prev: ReadonlySet<string> | undefined,
+    room: { total: number },
+  ): { groups: Map<string, SeriesGroup>; overflow: Map<string, Sample>; folded: number } {
     const groups = new Map<string, SeriesGroup>();
     const overflow = new Map<string, Sample>();
     const seen = new Map<string, Sample>();

@@ -4,7 +4,7 @@
 
 import type http from 'node:http';
 import type https from 'node:https';
-import axios, { AxiosError } from 'axios';
+import axios, { type AxiosError } from 'axios';
 
 export interface RequestLimits {
   /** Whole-request deadline, connect to last byte. */
@@ -25,7 +25,10 @@ export interface BoundedGetOptions extends RequestLimits {
 export type FetchFailure = 'refused' | 'timeout' | 'body_too_large' | 'redirect' | 'stopped' | 'error';
 
 export class FetchError extends Error {
-  constructor(readonly kind: FetchFailure, message: string) {
+  constructor(
+    readonly kind: FetchFailure,
+    message: string,
+  ) {
     super(message);
   }
 }

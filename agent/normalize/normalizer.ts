@@ -92,7 +92,7 @@ export interface IngestStats {
 type Contribution =
   | { kind: 'counter'; value: number }
   | { kind: 'gauge'; value: number }
-  | { kind: 'hist'; hist: HistData }
+  | { kind: 'hist'; hist: HistData /** The same counts in the engine's own bounds, before any re-bucketing. */; native: HistData }
   | { kind: 'buckets'; values: number[] };
 
 interface SourceState {
@@ -142,15 +142,19 @@ function histogramsOf(fam: Family, match: Record<string, string> | undefined, st
     const key = labels.join(SEP);
     let g = groups.get(key);
     if (!g) groups.set(key, (g = { labels, buckets: [], sum: undefined, count: undefined }));
-    if (suffix === '_bucket') { if (le !== undefined) g.buckets.push([parseValue(le), s.value]); }
-    else if (suffix === '_sum') g.sum = s.value;
+    if (suffix === '_bucket') {
+      if (le !== undefined) g.buckets.push([parseValue(le), s.value]);
+    } else if (suffix === '_sum') g.sum = s.value;
     else g.count = s.value;
   }
   const out: RawHist[] = [];
   for (const g of groups.values()) {
     g.buckets.sort((a, b) => a[0] - b[0]);
     const inf = g.buckets.length > 0 && g.buckets[g.buckets.length - 1]![0] === Infinity ? g.buckets.pop()![1] : undefined;
-    if (inf === undefined || g.buckets.some((b) => Number.isNaN(b[0]))) { stats.incompleteHistograms++; continue; }
+    if (inf === undefined || g.buckets.some((b) => Number.isNaN(b[0]))) {
+      stats.incompleteHistograms++;
+      continue;
+    }
     out.push({ labels: g.labels, bounds: g.buckets.map((b) => b[0]), cum: g.buckets.map((b) => b[1]), count: g.count ?? inf, sum: g.sum ?? 0 });
   }
   return out;
@@ -203,7 +207,10 @@ export class Normalizer {
   private readonly derivedValues = new Map<string, CanonicalSeries & { metric: CanonicalMetric }>();
   private snapshotCache: CanonicalFamily[] | undefined;
 
-  constructor(private readonly catalogue: Catalogue, private readonly opts: NormalizerOptions) {}
+  constructor(
+    private readonly catalogue: Catalogue,
+    private readonly opts: NormalizerOptions,
+  ) {}
 
   /** Ingest one successful scrape of an upstream. */
   ingest(up: UpstreamView, families: readonly Family[]): IngestStats {
@@ -216,7 +223,8 @@ export class Normalizer {
       // An OpenMetrics counter family is named without _total (its samples carry it). The
       // catalogue names counters as their text samples are named: with _total (vLLM), or
       // without it where the engine's text output has none (TGI, Triton), so both are indexed.
-      if (fam.type === 'counter' && !key.endsWith('_total') && fam.samples.some((x) => x.name === `${fam.name}_total`) && !index.has(`${key}_total`)) index.set(`${key}_total`, fam);
+      if (fam.type === 'counter' && !key.endsWith('_total') && fam.samples.some((x) => x.name === `${fam.name}_total`) && !index.has(`${key}_total`))
+        index.set(`${key}_total`, fam);
     }
     let states = this.sources.get(up.name);
     if (!states) this.sources.set(up.name, (states = new Map()));
@@ -255,8 +263,17 @@ export class Normalizer {
   }
 
   /** Ingests one upstream family for one source spec, skipping models in `skip`; returns the models it fed. */
-  private ingestSource(up: UpstreamView, states: Map<string, SourceState>, metric: CanonicalMetric, spec: SourceSpec,
-    specKey: string, fam: Family, cycle: number, stats: IngestStats, skip: ReadonlySet<string>): Set<string> {
+  private ingestSource(
+    up: UpstreamView,
+    states: Map<string, SourceState>,
+    metric: CanonicalMetric,
+    spec: SourceSpec,
+    specKey: string,
+    fam: Family,
+    cycle: number,
+    stats: IngestStats,
+    skip: ReadonlySet<string>,
+  ): Set<string> {
     const fed = new Set<string>();
     const scale = unitScaler(spec, metric);
     const stateKeyBase = metric.name + SEP + specKey + SEP;
@@ -278,7 +295,12 @@ export class Normalizer {
             const n = bounds.length;
             const target = this.exported.get(exportKey)?.layout ?? bounds;
             const whole = wholeCumulative(target === bounds ? corr.slice(0, n) : rebucket(bounds, corr.slice(0, n), target), corr[n] as number);
-            return { kind: 'hist', hist: { bounds: target, cum: whole.cum, count: whole.count, sum: corr[n + 1] as number } };
+            const sum = corr[n + 1] as number;
+            return {
+              kind: 'hist',
+              hist: { bounds: target, cum: whole.cum, count: whole.count, sum },
+              native: { bounds, cum: corr.slice(0, n), count: corr[n] as number, sum },
+            };
           });
         } else if (spec.bucketize) {
           const b = spec.bucketize;
@@ -297,7 +319,10 @@ export class Normalizer {
     }
     // A family whose TYPE no longer fits (a gauge source that became a histogram or summary)
     // would feed its buckets or quantiles in as values.
-    if (fam.type === 'histogram' || fam.type === 'summary' || (metric.type === 'histogram' && !spec.sample)) { this.reject('type_mismatch'); return fed; }
+    if (fam.type === 'histogram' || fam.type === 'summary' || (metric.type === 'histogram' && !spec.sample)) {
+      this.reject('type_mismatch');
+      return fed;
+    }
     for (const s of fam.samples) {
       if (s.name !== fam.name && s.name !== `${fam.name}_total`) continue;
       if (spec.match && !matches(s.labels, spec.match)) continue;
@@ -336,10 +361,22 @@ export class Normalizer {
   }
 
   /** Record one scrape's raw values for a source series, correcting counter resets. */
-  private update(states: Map<string, SourceState>, key: string, metric: CanonicalMetric, exportKeys: string[], raw: number[],
-    cycle: number, stats: IngestStats, contribute: (corrected: number[]) => Contribution, monotonic = true): void {
+  private update(
+    states: Map<string, SourceState>,
+    key: string,
+    metric: CanonicalMetric,
+    exportKeys: string[],
+    raw: number[],
+    cycle: number,
+    stats: IngestStats,
+    contribute: (corrected: number[]) => Contribution,
+    monotonic = true,
+  ): void {
     const bad = this.invalidValues(raw, monotonic);
-    if (bad) { this.reject(bad); return; }
+    if (bad) {
+      this.reject(bad);
+      return;
+    }
     let st = states.get(key);
     if (!st) {
       // Bounds the reset-correction state per metric and upstream, so a bomb on one family
@@ -352,7 +389,15 @@ export class Normalizer {
         return;
       }
       perMetric.set(metric.name, n + 1);
-      st = { metric, exportKeys, lastRaw: raw.map(() => 0), offset: raw.map(() => 0), contribution: { kind: 'counter', value: 0 }, seenCycle: cycle, missed: 0 };
+      st = {
+        metric,
+        exportKeys,
+        lastRaw: raw.map(() => 0),
+        offset: raw.map(() => 0),
+        contribution: { kind: 'counter', value: 0 },
+        seenCycle: cycle,
+        missed: 0,
+      };
       states.set(key, st);
       for (const k of exportKeys) this.exported.get(k)!.live++;
     }
@@ -408,12 +453,37 @@ export class Normalizer {
       else if (c.kind === 'hist') {
         ex.retiredHist ??= emptyHist(c.hist.bounds);
         addHist(ex.retiredHist, c.hist);
+        this.retireNative(st.metric.name, c.native);
       }
       if (ex.live <= 0 && !ex.observed && (ex.metric.type === 'gauge' || (ex.retiredValue === 0 && !ex.retiredHist))) {
         this.exported.delete(k);
         this.opts.limiter.release(ex.metric.exportName, k);
       }
     });
+  }
+
+  /** Retired native histograms, merged per metric and layout (a few layouts per metric at most). */
+  private readonly retiredNative = new Map<string, HistData>();
+
+  private retireNative(metric: string, h: HistData): void {
+    const key = metric + SEP + h.bounds.join(',');
+    const r = this.retiredNative.get(key);
+    if (r) addHist(r, h);
+    else if (this.retiredNative.size < 1000) this.retiredNative.set(key, cloneHist(h));
+  }
+
+  /**
+   * A histogram metric's series in the engines' own bounds (live and retired), for quantiles that
+   * interpolate once, as histogram_quantile over the engine's series would, not over buckets
+   * that were themselves interpolated.
+   */
+  nativeHistograms(metric: string): HistData[] {
+    const out: HistData[] = [];
+    for (const states of this.sources.values()) {
+      for (const st of states.values()) if (st.metric.name === metric && st.contribution.kind === 'hist') out.push(st.contribution.native);
+    }
+    for (const [key, h] of this.retiredNative) if (key.startsWith(metric + SEP)) out.push(h);
+    return out;
   }
 
   private reject(reason: SampleRejection): void {
@@ -434,8 +504,14 @@ export class Normalizer {
 
   private observe(exportKey: string, value: number): void {
     // Observed values are sizes (running requests): never NaN, infinite or negative.
-    if (!Number.isFinite(value)) { this.reject('non_finite'); return; }
-    if (value < 0) { this.reject('negative'); return; }
+    if (!Number.isFinite(value)) {
+      this.reject('non_finite');
+      return;
+    }
+    if (value < 0) {
+      this.reject('negative');
+      return;
+    }
     const ex = this.exported.get(exportKey)!;
     ex.observed ??= emptyHist(ex.layout ?? ex.metric.bounds ?? []);
     const h = ex.observed;
@@ -479,8 +555,7 @@ export class Normalizer {
       pairs.length = 0;
       pairs.push([OVERFLOW_LABEL, 'true']);
     }
-    const layout = metric.type !== 'histogram' ? undefined
-      : this.opts.histograms === 'native' && sourceBounds ? sourceBounds : metric.bounds;
+    const layout = metric.type !== 'histogram' ? undefined : this.opts.histograms === 'native' && sourceBounds ? sourceBounds : metric.bounds;
     this.exported.set(key, { metric, labels: pairs, live: 0, retiredValue: 0, retiredHist: undefined, observed: undefined, layout });
     return key;
   }
@@ -539,7 +614,7 @@ export class Normalizer {
     const out: CanonicalFamily[] = [];
     for (const m of this.catalogue.metrics) {
       const f = byMetric.get(m.name);
-      if (f && f.series.length) out.push(f);
+      if (f?.series.length) out.push(f);
     }
     this.snapshotCache = out;
     return out;
@@ -572,15 +647,15 @@ export class Normalizer {
           const nowS = nowMs / 1000;
           if (!prev) {
             this.rateMemory.set(inputKey, { v: num, t: denom ? den : nowS });
-            this.rateMemory.set(inputKey + SEP + 'time', { v: den, t: nowS });
+            this.rateMemory.set(`${inputKey + SEP}time`, { v: den, t: nowS });
             continue;
           }
-          const prevDen = this.rateMemory.get(inputKey + SEP + 'time')!;
+          const prevDen = this.rateMemory.get(`${inputKey + SEP}time`)!;
           if (nowS - prevDen.t < minRateInterval) continue;
           const dNum = num - prev.v;
           const dDen = den - prevDen.v;
           this.rateMemory.set(inputKey, { v: num, t: nowS });
-          this.rateMemory.set(inputKey + SEP + 'time', { v: den, t: nowS });
+          this.rateMemory.set(`${inputKey + SEP}time`, { v: den, t: nowS });
           if (dDen <= 0) continue;
           const value = Math.max(0, dNum / dDen);
           this.derivedValues.set(key, { metric, labels: pairs, value: 'ratio' in d ? Math.min(1, value) : value, hist: undefined });
@@ -588,7 +663,10 @@ export class Normalizer {
       }
     }
     for (const [key, dv] of this.derivedValues) {
-      if (!live.has(key)) { this.derivedValues.delete(key); continue; }
+      if (!live.has(key)) {
+        this.derivedValues.delete(key);
+        continue;
+      }
       familyOf(dv.metric).series.push({ labels: dv.labels, value: dv.value, hist: undefined });
     }
   }

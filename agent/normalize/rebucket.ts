@@ -18,7 +18,8 @@ export function cumulativeAt(bounds: readonly number[], cum: readonly number[], 
   if (n === 0) return 0;
   const last = bounds[n - 1] as number;
   if (t > last && !same(t, last)) return cum[n - 1] as number;
-  let lo = 0, hi = n - 1;
+  let lo = 0,
+    hi = n - 1;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
     if ((bounds[mid] as number) < t && !same(bounds[mid] as number, t)) lo = mid + 1;
@@ -45,7 +46,10 @@ export function bucketizeCounts(bounds: readonly number[], cum: readonly number[
   const at = rebucket(bounds, cum, edges);
   const out: number[] = [];
   let prev = 0;
-  for (const c of at) { out.push(Math.max(0, c - prev)); prev = c; }
+  for (const c of at) {
+    out.push(Math.max(0, c - prev));
+    prev = c;
+  }
   out.push(Math.max(0, total - prev));
   return out;
 }
@@ -64,4 +68,46 @@ export function quantileFromBuckets(q: number, bounds: readonly number[], cum: r
     }
   }
   return bounds[bounds.length - 1] as number;
+}
+
+/**
+ * The q-quantile of several histograms taken together, each possibly with its own bounds, as
+ * Prometheus's histogram_quantile computes it for one: linear within a bucket, the first bucket
+ * starting at 0, and the highest finite bound when the rank falls among the +Inf observations.
+ * Between two consecutive bounds of the union every histogram's cumulative count is linear, so
+ * the combined count is too and the rank is solved exactly there.
+ */
+export function quantileAcross(q: number, hists: ReadonlyArray<{ bounds: readonly number[]; cum: readonly number[]; count: number }>): number | undefined {
+  const total = hists.reduce((a, h) => a + h.count, 0);
+  const withBounds = hists.filter((h) => h.bounds.length > 0);
+  if (total <= 0 || withBounds.length === 0) return undefined;
+  const rank = q * total;
+  const points = [...new Set(withBounds.flatMap((h) => [...h.bounds]))].sort((a, b) => a - b);
+  const cumAt = (x: number): number => {
+    let c = 0;
+    for (const h of withBounds) {
+      const i = h.bounds.findIndex((b) => b >= x);
+      if (i < 0) c += h.cum[h.cum.length - 1] ?? 0;
+      else if (h.bounds[i] === x) c += h.cum[i] ?? 0;
+      else {
+        const lower = i === 0 ? 0 : h.bounds[i - 1]!;
+        const below = i === 0 ? 0 : h.cum[i - 1]!;
+        const upper = h.bounds[i]!;
+        c += x <= lower ? below : below + ((h.cum[i]! - below) * (x - lower)) / (upper - lower);
+      }
+    }
+    return c;
+  };
+  let prevX = 0;
+  let prevC = 0;
+  for (const x of points) {
+    const c = cumAt(x);
+    if (c >= rank) {
+      if (x <= 0 || c === prevC) return x;
+      return prevX + ((x - prevX) * (rank - prevC)) / (c - prevC);
+    }
+    prevX = x;
+    prevC = c;
+  }
+  return points[points.length - 1];
 }

@@ -3,7 +3,8 @@
 // It rejects, line by line, what Prometheus's own parser rejects (counted by reason, never
 // copied), so that nothing it accepts can make the agent's re-export unparseable.
 
-export type FamilyType = 'counter' | 'gauge' | 'histogram' | 'summary' | 'untyped';
+/** The OpenMetrics-only types (info, stateset, gaugehistogram) are kept as such, not as unknown. */
+export type FamilyType = 'counter' | 'gauge' | 'histogram' | 'summary' | 'untyped' | 'info' | 'stateset' | 'gaugehistogram';
 export type InputFormat = 'text' | 'openmetrics';
 
 export interface Sample {
@@ -32,9 +33,25 @@ export interface Family {
 
 /** Why a line was rejected (stable codes: they are label values of infertel_rejected_lines_total). */
 export type RejectReason =
-  | 'bad_metric_name' | 'bad_label_set' | 'bad_label_name' | 'reserved_label_name' | 'duplicate_label_name' | 'bad_escape'
-  | 'bad_value' | 'bad_timestamp' | 'trailing_tokens' | 'exemplar_in_text' | 'bad_exemplar' | 'bad_le' | 'bad_quantile'
-  | 'bad_metadata' | 'bad_type' | 'duplicate_metadata' | 'metadata_after_samples' | 'sample_outside_family' | 'after_eof';
+  | 'bad_metric_name'
+  | 'bad_label_set'
+  | 'bad_label_name'
+  | 'reserved_label_name'
+  | 'duplicate_label_name'
+  | 'bad_escape'
+  | 'bad_value'
+  | 'bad_timestamp'
+  | 'trailing_tokens'
+  | 'exemplar_in_text'
+  | 'bad_exemplar'
+  | 'bad_le'
+  | 'bad_quantile'
+  | 'bad_metadata'
+  | 'bad_type'
+  | 'duplicate_metadata'
+  | 'metadata_after_samples'
+  | 'sample_outside_family'
+  | 'after_eof';
 
 export interface ParseResult {
   families: Family[];
@@ -47,7 +64,15 @@ export interface ParseResult {
   sampleCount: number;
 }
 
-const HASH = 35, SPACE = 32, TAB = 9, NL = 10, LBRACE = 123, RBRACE = 125, QUOTE = 34, BACKSLASH = 92, EQUALS = 61,
+const HASH = 35,
+  SPACE = 32,
+  TAB = 9,
+  NL = 10,
+  LBRACE = 123,
+  RBRACE = 125,
+  QUOTE = 34,
+  BACKSLASH = 92,
+  EQUALS = 61,
   COMMA = 44;
 
 const ESCAPE = /\\([\\"n])/g;
@@ -62,6 +87,9 @@ const FAMILY_SUFFIXES: Record<FamilyType, readonly string[]> = {
   histogram: ['_bucket', '_count', '_sum', '_created'],
   summary: ['_count', '_sum', '_created'],
   untyped: [],
+  info: ['_info'],
+  stateset: [],
+  gaugehistogram: ['_bucket', '_gcount', '_gsum'],
 };
 
 /** Every sample name a family of this type may use (OpenMetrics' clash rule). */
@@ -108,10 +136,16 @@ export function isGoFloat(text: string, start: number, end: number): boolean {
   if (wordAt(text, i, end, 'inf') || wordAt(text, i, end, 'infinity')) return true;
   if (!signed && wordAt(text, i, end, 'nan')) return true;
   let digits = 0;
-  while (i < end && isDigit(text.charCodeAt(i))) { i++; digits++; }
+  while (i < end && isDigit(text.charCodeAt(i))) {
+    i++;
+    digits++;
+  }
   if (i < end && text.charCodeAt(i) === 46) {
     i++;
-    while (i < end && isDigit(text.charCodeAt(i))) { i++; digits++; }
+    while (i < end && isDigit(text.charCodeAt(i))) {
+      i++;
+      digits++;
+    }
   }
   if (digits === 0) return false;
   return afterExponent(text, i, end) === end;
@@ -170,7 +204,10 @@ export function parseNumberAt(text: string, start: number, end: number): number 
   let i = start;
   let neg = false;
   const c0 = text.charCodeAt(i);
-  if (c0 === 45 || c0 === 43) { neg = c0 === 45; i++; }
+  if (c0 === 45 || c0 === 43) {
+    neg = c0 === 45;
+    i++;
+  }
   let mantissa = 0;
   let significant = 0;
   let scale = 0;
@@ -178,7 +215,10 @@ export function parseNumberAt(text: string, start: number, end: number): number 
   let fraction = false;
   for (; i < end; i++) {
     const c = text.charCodeAt(i);
-    if (c === 46 && !fraction) { fraction = true; continue; }
+    if (c === 46 && !fraction) {
+      fraction = true;
+      continue;
+    }
     if (c < 48 || c > 57) break;
     seenDigit = true;
     if (mantissa !== 0 || c !== 48) significant++;
@@ -190,7 +230,10 @@ export function parseNumberAt(text: string, start: number, end: number): number 
     i++;
     let eneg = false;
     const e0 = text.charCodeAt(i);
-    if (e0 === 45 || e0 === 43) { eneg = e0 === 45; i++; }
+    if (e0 === 45 || e0 === 43) {
+      eneg = e0 === 45;
+      i++;
+    }
     const es = i;
     for (; i < end; i++) {
       const c = text.charCodeAt(i);
@@ -227,19 +270,26 @@ function isPlainNumber(text: string, start: number, end: number): boolean {
   let i = start;
   if (text.charCodeAt(i) === 45) i++;
   let digits = 0;
-  while (i < end && isDigit(text.charCodeAt(i))) { i++; digits++; }
-  if (digits === 0) return (end - start === 4 && (sameAt(text, start, '+Inf') || sameAt(text, start, '-Inf'))) || (end - start === 3 && sameAt(text, start, 'NaN'));
+  while (i < end && isDigit(text.charCodeAt(i))) {
+    i++;
+    digits++;
+  }
+  if (digits === 0)
+    return (end - start === 4 && (sameAt(text, start, '+Inf') || sameAt(text, start, '-Inf'))) || (end - start === 3 && sameAt(text, start, 'NaN'));
   if (i < end && text.charCodeAt(i) === 46) {
     i++;
     let frac = 0;
-    while (i < end && isDigit(text.charCodeAt(i))) { i++; frac++; }
+    while (i < end && isDigit(text.charCodeAt(i))) {
+      i++;
+      frac++;
+    }
     if (frac === 0) return false;
   }
   return afterExponent(text, i, end) === end;
 }
 
 function belongsTo(family: Family, sampleName: string): boolean {
-  if (sampleName === family.name) return family.type !== 'histogram';
+  if (sampleName === family.name) return family.type !== 'histogram' && family.type !== 'gaugehistogram' && family.type !== 'info';
   if (sampleName.length <= family.name.length || !sampleName.startsWith(family.name)) return false;
   const suffixes = FAMILY_SUFFIXES[family.type];
   for (let k = 0; k < suffixes.length; k++) {
@@ -344,7 +394,10 @@ export class ParserState {
     const isType = kwLen === 4 && sameAt(text, i, 'TYPE');
     const isHelp = kwLen === 4 && sameAt(text, i, 'HELP');
     const isUnit = kwLen === 4 && sameAt(text, i, 'UNIT') && this.format === 'openmetrics';
-    if (this.format === 'openmetrics' && kwLen === 3 && sameAt(text, i, 'EOF') && kwEnd === end) { this.eof = true; return; }
+    if (this.format === 'openmetrics' && kwLen === 3 && sameAt(text, i, 'EOF') && kwEnd === end) {
+      this.eof = true;
+      return;
+    }
     if (!isType && !isHelp && !isUnit) return;
     let n = kwEnd;
     while (n < end && (text.charCodeAt(n) === SPACE || text.charCodeAt(n) === TAB)) n++;
@@ -365,20 +418,32 @@ export class ParserState {
       let type: FamilyType;
       if (t === 'counter' || t === 'gauge' || t === 'histogram' || t === 'summary') type = t;
       else if (t === 'untyped' || t === 'unknown') type = 'untyped';
-      else if (this.format === 'openmetrics' && (t === 'gaugehistogram' || t === 'stateset' || t === 'info')) type = 'untyped';
-      else { this.reject('bad_type', text, lineStart); return; }
-      if (this.typed.has(name)) { this.reject('duplicate_metadata', text, lineStart); return; }
+      else if (this.format === 'openmetrics' && (t === 'gaugehistogram' || t === 'stateset' || t === 'info')) type = t;
+      else {
+        this.reject('bad_type', text, lineStart);
+        return;
+      }
+      if (this.typed.has(name)) {
+        this.reject('duplicate_metadata', text, lineStart);
+        return;
+      }
       // A TYPE after samples that it would claim: the samples already formed their own family.
       for (const sn of familySampleNames(name, type)) {
         const f = this.byName.get(sn);
-        if (f && f.samples.length > 0) { this.reject('metadata_after_samples', text, lineStart); return; }
+        if (f && f.samples.length > 0) {
+          this.reject('metadata_after_samples', text, lineStart);
+          return;
+        }
       }
       const fam = this.familyFor(name, type);
       fam.type = type;
       this.typed.add(name);
       this.current = fam;
     } else {
-      if (this.helped.has(name)) { this.reject('duplicate_metadata', text, lineStart); return; }
+      if (this.helped.has(name)) {
+        this.reject('duplicate_metadata', text, lineStart);
+        return;
+      }
       const fam = this.familyFor(name, undefined);
       this.helped.add(name);
       fam.help = unescapeHelp(ne < end ? text.slice(ne + 1, end) : '', this.format);
@@ -426,16 +491,25 @@ export class ParserState {
       const ws = i;
       while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
       if (i !== ws) this.tidy = false;
-      if (i >= end) { this.reject('bad_label_set', text, lineStart); return -1; }
+      if (i >= end) {
+        this.reject('bad_label_set', text, lineStart);
+        return -1;
+      }
       if (text.charCodeAt(i) === RBRACE) return i + 1;
       if (!first) {
         // After a label: `,` then another label or the closing brace.
-        if (text.charCodeAt(i) !== COMMA) { this.reject('bad_label_set', text, lineStart); return -1; }
+        if (text.charCodeAt(i) !== COMMA) {
+          this.reject('bad_label_set', text, lineStart);
+          return -1;
+        }
         i++;
         const ws2 = i;
         while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
         if (i !== ws2) this.tidy = false;
-        if (i < end && text.charCodeAt(i) === RBRACE) { this.tidy = false; return i + 1; }
+        if (i < end && text.charCodeAt(i) === RBRACE) {
+          this.tidy = false;
+          return i + 1;
+        }
       }
       first = false;
       const ls = i;
@@ -446,27 +520,52 @@ export class ParserState {
         lname = prevLabel;
         i = ls + prevLabel.length;
       } else {
-        if (i >= end || !isLabelNameStart(text.charCodeAt(i))) { this.reject(i < end && isMetricNameChar(text.charCodeAt(i)) ? 'bad_label_name' : 'bad_label_set', text, lineStart); return -1; }
+        if (i >= end || !isLabelNameStart(text.charCodeAt(i))) {
+          this.reject(i < end && isMetricNameChar(text.charCodeAt(i)) ? 'bad_label_name' : 'bad_label_set', text, lineStart);
+          return -1;
+        }
         while (i < end && isLabelNameChar(text.charCodeAt(i))) i++;
-        if (i < end && text.charCodeAt(i) === 58) { this.reject('bad_label_name', text, lineStart); return -1; }
+        if (i < end && text.charCodeAt(i) === 58) {
+          this.reject('bad_label_name', text, lineStart);
+          return -1;
+        }
         lname = text.slice(ls, i);
-        if (lname === '__name__') { this.reject('reserved_label_name', text, lineStart); return -1; }
+        if (lname === '__name__') {
+          this.reject('reserved_label_name', text, lineStart);
+          return -1;
+        }
       }
       if (k < 32) {
-        for (let j = 0; j < k; j += 2) if (labels[j] === lname) { this.reject('duplicate_label_name', text, lineStart); return -1; }
+        for (let j = 0; j < k; j += 2)
+          if (labels[j] === lname) {
+            this.reject('duplicate_label_name', text, lineStart);
+            return -1;
+          }
       } else {
         // Many labels: a set keeps the duplicate check linear.
-        if (!names) { names = new Set(); for (let j = 0; j < k; j += 2) names.add(labels[j]!); }
-        if (names.has(lname)) { this.reject('duplicate_label_name', text, lineStart); return -1; }
+        if (!names) {
+          names = new Set();
+          for (let j = 0; j < k; j += 2) names.add(labels[j]!);
+        }
+        if (names.has(lname)) {
+          this.reject('duplicate_label_name', text, lineStart);
+          return -1;
+        }
         names.add(lname);
       }
       const ew = i;
       while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
-      if (i >= end || text.charCodeAt(i) !== EQUALS) { this.reject('bad_label_set', text, lineStart); return -1; }
+      if (i >= end || text.charCodeAt(i) !== EQUALS) {
+        this.reject('bad_label_set', text, lineStart);
+        return -1;
+      }
       i++;
       while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
       if (i !== ew + 1) this.tidy = false;
-      if (i >= end || text.charCodeAt(i) !== QUOTE) { this.reject('bad_label_set', text, lineStart); return -1; }
+      if (i >= end || text.charCodeAt(i) !== QUOTE) {
+        this.reject('bad_label_set', text, lineStart);
+        return -1;
+      }
       i++;
       const vs = i;
       let q = this.nextQuote(text, vs);
@@ -479,17 +578,29 @@ export class ParserState {
           const c = text.charCodeAt(i);
           if (c === BACKSLASH) {
             const n = i + 1 < end ? text.charCodeAt(i + 1) : -1;
-            if (n !== BACKSLASH && n !== QUOTE && n !== 110) { this.reject('bad_escape', text, lineStart); return -1; }
+            if (n !== BACKSLASH && n !== QUOTE && n !== 110) {
+              this.reject('bad_escape', text, lineStart);
+              return -1;
+            }
             i += 2;
             continue;
           }
-          if (c === QUOTE) { q = i; break; }
+          if (c === QUOTE) {
+            q = i;
+            break;
+          }
           i++;
         }
-        if (q < 0) { this.reject('bad_label_set', text, lineStart); return -1; }
+        if (q < 0) {
+          this.reject('bad_label_set', text, lineStart);
+          return -1;
+        }
         value = text.slice(vs, q).replace(ESCAPE, unescapeOne);
       } else {
-        if (q < 0 || q >= end) { this.reject('bad_label_set', text, lineStart); return -1; }
+        if (q < 0 || q >= end) {
+          this.reject('bad_label_set', text, lineStart);
+          return -1;
+        }
         const p = reuse ? prev[k + 1] : undefined;
         value = p !== undefined && p.length === q - vs && sameAt(text, vs, p) ? p : text.slice(vs, q);
       }
@@ -510,7 +621,10 @@ export class ParserState {
       name = prevName;
       i = start + prevName.length;
     } else {
-      if (!isMetricNameStart(text.charCodeAt(i))) { this.reject('bad_metric_name', text, start); return; }
+      if (!isMetricNameStart(text.charCodeAt(i))) {
+        this.reject('bad_metric_name', text, start);
+        return;
+      }
       while (i < end && isMetricNameChar(text.charCodeAt(i))) i++;
       name = text.slice(start, i);
     }
@@ -521,42 +635,69 @@ export class ParserState {
       i = this.labelSet(text, start, i + 1, end, labels, true);
       if (i < 0) return;
       tidy = this.tidy;
-      if (labels.length === 0) { tidy = false; labels = NO_LABELS; }
+      if (labels.length === 0) {
+        tidy = false;
+        labels = NO_LABELS;
+      }
     }
     const ws = i;
     while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
     if (i - ws !== 1 || text.charCodeAt(ws) !== SPACE) tidy = false;
-    if (i === ws && (i >= end || text.charCodeAt(i - 1) !== RBRACE)) { this.reject(i >= end ? 'bad_value' : 'bad_metric_name', text, start); return; }
+    if (i === ws && (i >= end || text.charCodeAt(i - 1) !== RBRACE)) {
+      this.reject(i >= end ? 'bad_value' : 'bad_metric_name', text, start);
+      return;
+    }
     const vs = i;
     while (i < end && text.charCodeAt(i) !== SPACE && text.charCodeAt(i) !== TAB) i++;
     const ve = i;
     // The fast path of parseNumberAt only takes valid decimals; anything else it hands to the
     // strict check, so one scan both validates and reads the common value.
     const value = parseNumberAt(text, vs, ve);
-    if (Number.isNaN(value) ? !isGoFloat(text, vs, ve) : !Number.isFinite(value) && !isSpecialLiteral(text, vs, ve)) { this.reject('bad_value', text, start); return; }
+    if (Number.isNaN(value) ? !isGoFloat(text, vs, ve) : !Number.isFinite(value) && !isSpecialLiteral(text, vs, ve)) {
+      this.reject('bad_value', text, start);
+      return;
+    }
     if (tidy && !isPlainNumber(text, vs, ve)) tidy = false;
     if (!this.rest(text, start, i, end)) return;
     let fam = this.current;
     if (!fam || !belongsTo(fam, name)) {
       fam = this.familyOfSample(name);
-      if (!fam) { this.reject('sample_outside_family', text, start); return; }
+      if (!fam) {
+        this.reject('sample_outside_family', text, start);
+        return;
+      }
       this.current = fam;
     }
     // le and quantile are what Prometheus reads as numbers, on bucket and quantile samples
     // only; anything else (a missing one, a word, one on _count or _sum) is rejected here.
-    if (fam.type === 'histogram') {
+    if (fam.type === 'histogram' || fam.type === 'gaugehistogram') {
       const le = labelValue(labels, 'le');
-      if (name.length === fam.name.length + 7) {
-        if (le === undefined || !this.validBound(le)) { this.reject('bad_le', text, start); return; }
-      } else if (le !== undefined) { this.reject('bad_le', text, start); return; }
+      if (name.length === fam.name.length + 7 && name.endsWith('_bucket')) {
+        if (le === undefined || !this.validBound(le)) {
+          this.reject('bad_le', text, start);
+          return;
+        }
+      } else if (le !== undefined) {
+        this.reject('bad_le', text, start);
+        return;
+      }
     } else if (fam.type === 'summary') {
       const q = labelValue(labels, 'quantile');
       if (name === fam.name) {
-        if (q === undefined || parseFloatStrict(q) === undefined) { this.reject('bad_quantile', text, start); return; }
-      } else if (q !== undefined) { this.reject('bad_quantile', text, start); return; }
+        if (q === undefined || parseFloatStrict(q) === undefined) {
+          this.reject('bad_quantile', text, start);
+          return;
+        }
+      } else if (q !== undefined) {
+        this.reject('bad_quantile', text, start);
+        return;
+      }
     }
     const sample: Sample = { name, labels, value };
-    if (tidy) { sample.start = start; sample.end = ve; }
+    if (tidy) {
+      sample.start = start;
+      sample.end = ve;
+    }
     fam.samples.push(sample);
     this.prevName = name;
     this.prevLabels = labels;
@@ -583,12 +724,21 @@ export class ParserState {
     if (text.charCodeAt(i) !== HASH) {
       const ts = i;
       while (i < end && text.charCodeAt(i) !== SPACE && text.charCodeAt(i) !== TAB) i++;
-      if (!this.timestampOk(text, ts, i)) { this.reject('bad_timestamp', text, lineStart); return false; }
+      if (!this.timestampOk(text, ts, i)) {
+        this.reject('bad_timestamp', text, lineStart);
+        return false;
+      }
       while (i < end && (text.charCodeAt(i) === SPACE || text.charCodeAt(i) === TAB)) i++;
       if (i >= end) return true;
-      if (text.charCodeAt(i) !== HASH) { this.reject('trailing_tokens', text, lineStart); return false; }
+      if (text.charCodeAt(i) !== HASH) {
+        this.reject('trailing_tokens', text, lineStart);
+        return false;
+      }
     }
-    if (this.format === 'text') { this.reject('exemplar_in_text', text, lineStart); return false; }
+    if (this.format === 'text') {
+      this.reject('exemplar_in_text', text, lineStart);
+      return false;
+    }
     return this.exemplar(text, lineStart, i + 1, end);
   }
 
@@ -603,18 +753,30 @@ export class ParserState {
 
   /** ` {labels} value [timestamp]` after the `#` of an OpenMetrics exemplar; validated, then dropped. */
   private exemplar(text: string, lineStart: number, i: number, end: number): boolean {
-    if (text.charCodeAt(i) !== SPACE || text.charCodeAt(i + 1) !== LBRACE) { this.reject('bad_exemplar', text, lineStart); return false; }
+    if (text.charCodeAt(i) !== SPACE || text.charCodeAt(i + 1) !== LBRACE) {
+      this.reject('bad_exemplar', text, lineStart);
+      return false;
+    }
     i = this.labelSet(text, lineStart, i + 2, end, [], false);
     if (i < 0) return false;
-    if (text.charCodeAt(i) !== SPACE) { this.reject('bad_exemplar', text, lineStart); return false; }
+    if (text.charCodeAt(i) !== SPACE) {
+      this.reject('bad_exemplar', text, lineStart);
+      return false;
+    }
     i++;
     const vs = i;
     while (i < end && text.charCodeAt(i) !== SPACE) i++;
-    if (!isGoFloat(text, vs, i)) { this.reject('bad_exemplar', text, lineStart); return false; }
+    if (!isGoFloat(text, vs, i)) {
+      this.reject('bad_exemplar', text, lineStart);
+      return false;
+    }
     if (i < end) {
       const ts = ++i;
       while (i < end && text.charCodeAt(i) !== SPACE) i++;
-      if (!isGoFloat(text, ts, i) || i !== end) { this.reject('bad_exemplar', text, lineStart); return false; }
+      if (!isGoFloat(text, ts, i) || i !== end) {
+        this.reject('bad_exemplar', text, lineStart);
+        return false;
+      }
     }
     return true;
   }
@@ -622,8 +784,8 @@ export class ParserState {
   /** The family a sample name joins, or undefined when a typed family of that name cannot hold it. */
   private familyOfSample(name: string): Family | undefined {
     const direct = this.byName.get(name);
-    if (direct && direct.type !== 'histogram') return direct;
-    for (const suffix of ['_bucket', '_count', '_sum', '_total', '_created']) {
+    if (direct && direct.type !== 'histogram' && direct.type !== 'gaugehistogram' && direct.type !== 'info') return direct;
+    for (const suffix of ['_bucket', '_count', '_sum', '_total', '_created', '_info', '_gcount', '_gsum']) {
       if (name.endsWith(suffix)) {
         const fam = this.byName.get(name.slice(0, -suffix.length));
         if (fam && belongsTo(fam, name)) return fam;
@@ -640,9 +802,21 @@ function unescapeHelp(raw: string, format: InputFormat): string {
     const c = raw[i];
     if (c === '\\' && i + 1 < raw.length) {
       const n = raw[i + 1];
-      if (n === 'n') { out += '\n'; i++; continue; }
-      if (n === '\\') { out += '\\'; i++; continue; }
-      if (n === '"' && format === 'openmetrics') { out += '"'; i++; continue; }
+      if (n === 'n') {
+        out += '\n';
+        i++;
+        continue;
+      }
+      if (n === '\\') {
+        out += '\\';
+        i++;
+        continue;
+      }
+      if (n === '"' && format === 'openmetrics') {
+        out += '"';
+        i++;
+        continue;
+      }
     }
     out += c;
   }

@@ -6,6 +6,11 @@ export interface LoopOptions {
   /** Returns true on success. Must not throw; a throw counts as a failure. */
   run(signal: AbortSignal): Promise<boolean>;
   random?: () => number;
+  /** Told of a run that threw (it is counted as a failure either way). */
+  onError?: (err: unknown) => void;
+  /** Timers, replaceable by a fake clock in tests. */
+  setTimer?: (fn: () => void, ms: number) => unknown;
+  clearTimer?: (t: unknown) => void;
 }
 
 export interface Loop {
@@ -21,7 +26,9 @@ export function nextDelay(intervalMs: number, failures: number, random: () => nu
 
 export function startLoop(opts: LoopOptions): Loop {
   const ac = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
+  const setTimer = opts.setTimer ?? ((fn: () => void, ms: number) => setTimeout(fn, ms));
+  const clearTimer = opts.clearTimer ?? ((t: unknown) => clearTimeout(t as NodeJS.Timeout));
+  let timer: unknown;
   let failures = 0;
   let running: Promise<void> = Promise.resolve();
   const tick = () => {
@@ -29,18 +36,19 @@ export function startLoop(opts: LoopOptions): Loop {
       let ok = false;
       try {
         ok = await opts.run(ac.signal);
-      } catch {
+      } catch (err) {
         ok = false;
+        opts.onError?.(err);
       }
       failures = ok ? 0 : failures + 1;
-      if (!ac.signal.aborted) timer = setTimeout(tick, nextDelay(opts.intervalMs, failures, opts.random));
+      if (!ac.signal.aborted) timer = setTimer(tick, nextDelay(opts.intervalMs, failures, opts.random));
     })();
   };
   tick();
   return {
     async stop() {
       ac.abort();
-      if (timer) clearTimeout(timer);
+      if (timer !== undefined) clearTimer(timer);
       await running;
     },
   };

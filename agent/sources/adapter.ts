@@ -74,6 +74,7 @@ export function singleLabelValue(families: readonly Family[], labels: readonly s
 
 /** A bounded, printable identifier from an info endpoint, else undefined. */
 export function idValue(v: unknown): string | undefined {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
   return typeof v === 'string' && v.length > 0 && v.length <= 256 && !/[\u0000-\u001f]/.test(v) ? v : undefined;
 }
 

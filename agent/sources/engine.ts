@@ -7,7 +7,7 @@ import https from 'node:https';
 import { isIP } from 'node:net';
 import { detectFormat, ParserState, type InputFormat, type ParseResult } from '../parse/exposition.js';
 import type { UpstreamConfig } from '../config/schema.js';
-import { boundedGet, FetchError } from '../net/http-client.js';
+import { boundedGet, type FetchError } from '../net/http-client.js';
 import type { ScrapeResult, Source } from './source.js';
 
 /** Parse this many characters between yields, so one large body never blocks the loop for long. */
@@ -52,7 +52,10 @@ export async function parseChunked(text: string, format: InputFormat = 'text', s
 export function resultOfParse(parsed: ParseResult, bytes: number): ScrapeResult {
   return {
     outcome: parsed.errors > 0 && parsed.errors >= parsed.sampleCount ? 'parse' : 'ok',
-    families: parsed.families, bytes, parseErrors: parsed.errors, rejected: parsed.rejected,
+    families: parsed.families,
+    bytes,
+    parseErrors: parsed.errors,
+    rejected: parsed.rejected,
     detail: parsed.firstError ? `rejected ${parsed.errors} line(s), first at ${parsed.firstError}` : undefined,
   };
 }
@@ -108,8 +111,13 @@ export function createEngineSource(cfg: UpstreamConfig): Source {
       let contentType: string;
       try {
         const res = await boundedGet(cfg.url, {
-          signal: AbortSignal.any([signal, deadline]), timeoutMs: cfg.timeoutMs, maxBytes: cfg.maxBodyBytes,
-          headers, httpAgent, httpsAgent, decompress: !loopback,
+          signal: AbortSignal.any([signal, deadline]),
+          timeoutMs: cfg.timeoutMs,
+          maxBytes: cfg.maxBodyBytes,
+          headers,
+          httpAgent,
+          httpsAgent,
+          decompress: !loopback,
         });
         body = res.body;
         contentType = res.contentType;

@@ -25,10 +25,12 @@ export interface Tracing {
 export async function startTracing(endpoint: string | undefined, serviceName: string, version: string): Promise<Tracing> {
   if (!endpoint) return { shutdown: async () => {} };
   const [{ OTLPTraceExporter }, { resourceFromAttributes }, { BatchSpanProcessor }, { NodeTracerProvider }] = await Promise.all([
-    import('@opentelemetry/exporter-trace-otlp-http'), import('@opentelemetry/resources'),
-    import('@opentelemetry/sdk-trace-base'), import('@opentelemetry/sdk-trace-node'),
+    import('@opentelemetry/exporter-trace-otlp-http'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/sdk-trace-base'),
+    import('@opentelemetry/sdk-trace-node'),
   ]);
-  const url = endpoint.replace(/\/+$/, '') + '/v1/traces';
+  const url = `${endpoint.replace(/\/+$/, '')}/v1/traces`;
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ 'service.name': serviceName, 'service.version': version }),
     spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url }), { scheduledDelayMillis: 1000 })],

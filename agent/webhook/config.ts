@@ -19,10 +19,14 @@ export const webhookConfigSchema = z.strictObject({
   /** Add prometheus.io/scrape, /port and /path annotations to injected pods. */
   scrapeAnnotations: z.boolean().default(true),
   /** Literal values, or references to Secrets and ConfigMaps (which then never land in a ConfigMap themselves). */
-  env: z.array(z.union([
-    z.strictObject({ name: z.string().min(1), value: z.string() }),
-    z.strictObject({ name: z.string().min(1), valueFrom: z.record(z.string(), z.unknown()) }),
-  ])).default([]),
+  env: z
+    .array(
+      z.union([
+        z.strictObject({ name: z.string().min(1), value: z.string() }),
+        z.strictObject({ name: z.string().min(1), valueFrom: z.record(z.string(), z.unknown()) }),
+      ]),
+    )
+    .default([]),
   /** ConfigMap holding the agent's default config.yaml, mounted at /etc/infertel. */
   configMap: z.string().min(1).optional(),
 });

@@ -48,7 +48,11 @@ export interface MutationResult {
 }
 
 type Json = Record<string, unknown>;
-interface Container { name?: string; env?: Array<{ name: string; value?: string }>; [k: string]: unknown }
+interface Container {
+  name?: string;
+  env?: Array<{ name: string; value?: string }>;
+  [k: string]: unknown;
+}
 interface Pod {
   metadata?: { name?: string; generateName?: string; namespace?: string; annotations?: Record<string, string>; labels?: Record<string, string> };
   spec?: { containers?: Container[]; initContainers?: Container[]; volumes?: Json[]; hostNetwork?: boolean };
@@ -78,9 +82,14 @@ export function upstreamUrl(value: string | undefined, fallback: string, metrics
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isStringMap = (v: unknown) => isObject(v) && Object.values(v).every((x) => typeof x === 'string');
 const optional = (v: unknown, check: (x: unknown) => boolean) => v === undefined || check(v);
-const isContainerList = (v: unknown) => Array.isArray(v) && v.every((c) => isObject(c)
-  && optional(c.name, (n) => typeof n === 'string')
-  && optional(c.env, (e) => Array.isArray(e) && e.every((x) => isObject(x) && typeof x.name === 'string' && optional(x.value, (y) => typeof y === 'string'))));
+const isContainerList = (v: unknown) =>
+  Array.isArray(v) &&
+  v.every(
+    (c) =>
+      isObject(c) &&
+      optional(c.name, (n) => typeof n === 'string') &&
+      optional(c.env, (e) => Array.isArray(e) && e.every((x) => isObject(x) && typeof x.name === 'string' && optional(x.value, (y) => typeof y === 'string'))),
+  );
 
 /**
  * Where a pod object differs from the shape mutatePod reads (the parts it reads only), or
@@ -113,7 +122,7 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   if (annotations[ANNOTATION.inject] !== 'true') return skip(`annotation ${ANNOTATION.inject} is not "true"`);
   if (REFUSED_NAMESPACES.includes(namespace)) return skip(`namespace ${namespace} is never injected`);
   if (annotations[ANNOTATION.status] === 'injected') return skip('already injected');
-  if (pod.spec?.hostNetwork) return skip('hostNetwork pods are not injected (the agent port would be the node\'s)');
+  if (pod.spec?.hostNetwork) return skip("hostNetwork pods are not injected (the agent port would be the node's)");
   const containers = pod.spec?.containers ?? [];
   const inits = pod.spec?.initContainers ?? [];
   if ([...containers, ...inits].some((c) => c.name === CONTAINER_NAME)) return skip(`the pod already has a container named ${CONTAINER_NAME}`);
@@ -128,7 +137,8 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   }
   const flavorAnn = annotations[ANNOTATION.flavor];
   const flavor = flavorAnn !== undefined && isFlavor(flavorAnn) ? flavorAnn : undefined;
-  if (flavorAnn !== undefined && !flavor && flavorAnn !== 'auto') warnings.push(`infertel: ${ANNOTATION.flavor}="${flavorAnn}" is unknown (${[...FLAVORS, 'auto'].join(', ')}); using auto`);
+  if (flavorAnn !== undefined && !flavor && flavorAnn !== 'auto')
+    warnings.push(`infertel: ${ANNOTATION.flavor}="${flavorAnn}" is unknown (${[...FLAVORS, 'auto'].join(', ')}); using auto`);
   // A bare port means the engine's own metrics path (trtllm-serve serves /prometheus/metrics).
   let upstream = upstreamUrl(annotations[ANNOTATION.upstream], cfg.upstream, flavor ? FLAVOR_TABLE[flavor].metricsPath : '/metrics');
   if (!upstream) {
@@ -160,7 +170,12 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   if (cfg.configMap) env.push({ name: 'INFERTEL_CONFIG', value: '/etc/infertel/config.yaml' });
   env.push(...cfg.env);
 
-  const probe = (path: string, period: number) => ({ httpGet: { path, port: 'infertel-metrics' }, periodSeconds: period, timeoutSeconds: 2, failureThreshold: 3 });
+  const probe = (path: string, period: number) => ({
+    httpGet: { path, port: 'infertel-metrics' },
+    periodSeconds: period,
+    timeoutSeconds: 2,
+    failureThreshold: 3,
+  });
   const volumeMounts: Json[] = [{ name: 'infertel-tmp', mountPath: '/tmp' }];
   if (cfg.configMap) volumeMounts.push({ name: 'infertel-config', mountPath: '/etc/infertel', readOnly: true });
   const container: Json = {
@@ -174,8 +189,13 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
     livenessProbe: probe('/healthz', 20),
     resources,
     securityContext: {
-      runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false,
-      capabilities: { drop: ['ALL'] }, seccompProfile: { type: 'RuntimeDefault' },
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      runAsGroup: 65532,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
     },
     volumeMounts,
     ...(native ? { restartPolicy: 'Always' } : {}),
@@ -192,11 +212,18 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   else patch.push({ op: 'add', path: '/spec/volumes', value: volumes });
 
   const newAnnotations: Record<string, string> = { [ANNOTATION.status]: 'injected' };
-  if (cfg.scrapeAnnotations) Object.assign(newAnnotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' });
+  if (cfg.scrapeAnnotations)
+    Object.assign(newAnnotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port), 'prometheus.io/path': '/metrics' });
   if (pod.metadata?.annotations) {
-    for (const [k, v] of Object.entries(newAnnotations)) patch.push({ op: annotations[k] === undefined ? 'add' : 'replace', path: `/metadata/annotations/${pointer(k)}`, value: v });
+    for (const [k, v] of Object.entries(newAnnotations))
+      patch.push({ op: annotations[k] === undefined ? 'add' : 'replace', path: `/metadata/annotations/${pointer(k)}`, value: v });
   } else patch.push({ op: 'add', path: '/metadata/annotations', value: newAnnotations });
-  if (pod.metadata?.labels) patch.push({ op: pod.metadata.labels[INJECTED_LABEL] === undefined ? 'add' : 'replace', path: `/metadata/labels/${pointer(INJECTED_LABEL)}`, value: 'true' });
+  if (pod.metadata?.labels)
+    patch.push({
+      op: pod.metadata.labels[INJECTED_LABEL] === undefined ? 'add' : 'replace',
+      path: `/metadata/labels/${pointer(INJECTED_LABEL)}`,
+      value: 'true',
+    });
   else patch.push({ op: 'add', path: '/metadata/labels', value: { [INJECTED_LABEL]: 'true' } });
   return { patch, skipped: undefined, warnings };
 }
@@ -229,7 +256,7 @@ export function review(body: unknown, cfg: InjectionConfig): { response: Admissi
   const problem = podShapeProblem(req.object);
   if (problem) return answer(skip(`malformed pod (${problem})`, [`infertel: pod ${problem} is malformed; admitted without the sidecar`]));
   const pod = req.object as Pod;
-  const namespace = typeof req.namespace === 'string' ? req.namespace : pod.metadata?.namespace ?? 'default';
+  const namespace = typeof req.namespace === 'string' ? req.namespace : (pod.metadata?.namespace ?? 'default');
   return answer(mutatePod(pod, namespace, cfg));
 }
 
@@ -241,6 +268,10 @@ export function safeReview(body: unknown, cfg: InjectionConfig): { response: Adm
     const req = (body as { request?: { uid?: unknown } } | null)?.request;
     const uid = typeof req?.uid === 'string' ? req.uid : '';
     const result = skip('internal error', ['infertel: the webhook failed on this pod; admitted without the sidecar']);
-    return { response: { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid, allowed: true, warnings: result.warnings } }, result, error: (err as Error).message };
+    return {
+      response: { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid, allowed: true, warnings: result.warnings } },
+      result,
+      error: (err as Error).message,
+    };
   }
 }

@@ -81,8 +81,18 @@ export async function startWebhook(opts: WebhookOptions): Promise<Webhook> {
       if (error) log.error({ component: 'webhook', err: error }, 'review failed; admitted without the sidecar');
       const r = (body as { request?: { namespace?: unknown; object?: { metadata?: { name?: unknown; generateName?: unknown } } } } | null)?.request;
       const str = (v: unknown) => (typeof v === 'string' ? v.slice(0, 253) : undefined);
-      log.info({ component: 'webhook', uid: response.response.uid.slice(0, 64), namespace: str(r?.namespace), pod: str(r?.object?.metadata?.name) ?? str(r?.object?.metadata?.generateName),
-        injected: result.skipped === undefined, skipped: result.skipped, warnings: result.warnings.length ? result.warnings : undefined }, 'admission review');
+      log.info(
+        {
+          component: 'webhook',
+          uid: response.response.uid.slice(0, 64),
+          namespace: str(r?.namespace),
+          pod: str(r?.object?.metadata?.name) ?? str(r?.object?.metadata?.generateName),
+          injected: result.skipped === undefined,
+          skipped: result.skipped,
+          warnings: result.warnings.length ? result.warnings : undefined,
+        },
+        'admission review',
+      );
       finish(200, JSON.stringify(response));
     });
   };
@@ -128,11 +138,12 @@ export async function startWebhook(opts: WebhookOptions): Promise<Webhook> {
   watchFile(opts.keyFile, { interval }, reload);
   return {
     port: (server.address() as AddressInfo).port,
-    close: () => new Promise<void>((r) => {
-      unwatchFile(opts.certFile);
-      unwatchFile(opts.keyFile);
-      server.closeAllConnections();
-      server.close(() => r());
-    }),
+    close: () =>
+      new Promise<void>((r) => {
+        unwatchFile(opts.certFile);
+        unwatchFile(opts.keyFile);
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig, parseUpstreamSpec, validateConfig } from '../../agent/config/load.js';
+import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
 import { REPO_ROOT, runCli, startServer } from '../helpers.js';
 
 function tmpFile(text: string): string {
@@ -34,9 +35,18 @@ describe('config', () => {
     assert.equal(c.model, 'from-env', 'env beats file');
     assert.equal(c.interval, 30_000, 'file beats default');
     assert.equal(c.units, 'seconds');
-    assert.deepEqual(c.upstreams.map((u) => [u.flavor, u.url, u.name]), [['tgi', 'http://env:3000/metrics', 'env:3000'], ['auto', 'http://env2:1/metrics', 'env2:1']]);
+    assert.deepEqual(
+      c.upstreams.map((u) => [u.flavor, u.url, u.name]),
+      [
+        ['tgi', 'http://env:3000/metrics', 'env:3000'],
+        ['auto', 'http://env2:1/metrics', 'env2:1'],
+      ],
+    );
     const c2 = loadConfig({ file, env, flags: { upstreams: ['vllm=http://flag:8000/metrics'], interval: '2s' } });
-    assert.deepEqual(c2.upstreams.map((u) => [u.flavor, u.intervalMs]), [['vllm', 2000]]);
+    assert.deepEqual(
+      c2.upstreams.map((u) => [u.flavor, u.intervalMs]),
+      [['vllm', 2000]],
+    );
     assert.equal(c2.upstreams[0]!.timeoutMs, 1800, 'timeout defaults below the interval');
   });
 
@@ -52,7 +62,10 @@ describe('config', () => {
   it('lists every problem with its key path', () => {
     try {
       validateConfig({
-        listen: 'nope', units: 'minutes', bogus: 1, interval: 'soon',
+        listen: 'nope',
+        units: 'minutes',
+        bogus: 1,
+        interval: 'soon',
         upstreams: [{ url: 'ftp://x' }, { url: 'http://a/metrics', interval: '5s', timeout: '6s', flavour: 'vllm' }],
         limits: { seriesPerMetric: -1 },
       });
@@ -60,14 +73,25 @@ describe('config', () => {
     } catch (err) {
       assert.ok(err instanceof ConfigError);
       const text = err.problems.join('\n');
-      for (const path of ['listen:', 'units:', 'bogus: unknown key', 'interval:', 'upstreams[0].url:', 'upstreams[1].flavour: unknown key', 'limits.seriesPerMetric:']) {
+      for (const path of [
+        'listen:',
+        'units:',
+        'bogus: unknown key',
+        'interval:',
+        'upstreams[0].url:',
+        'upstreams[1].flavour: unknown key',
+        'limits.seriesPerMetric:',
+      ]) {
         assert.ok(text.includes(path), `missing ${path} in\n${text}`);
       }
     }
   });
 
   it('rejects a timeout not below the interval', () => {
-    assert.throws(() => validateConfig({ upstreams: [{ url: 'http://a/metrics', interval: '5s', timeout: '6s' }] }), /upstreams\[0\]\.timeout: must be less than the interval/);
+    assert.throws(
+      () => validateConfig({ upstreams: [{ url: 'http://a/metrics', interval: '5s', timeout: '6s' }] }),
+      /upstreams\[0\]\.timeout: must be less than the interval/,
+    );
   });
 
   it('the example config is valid', () => {
@@ -79,9 +103,13 @@ describe('config', () => {
   it('check-config exits 0 on a valid file and 2 naming each bad key', () => {
     const ok = runCli(['check-config', tmpFile('upstreams:\n  - url: http://127.0.0.1:8000/metrics\n    flavor: vllm\n')]);
     assert.equal(ok.code, 0, ok.stderr);
-    const bad = runCli(['check-config', tmpFile('listen: 9400\nupstreams:\n  - url: http://x/metrics\n    flavor: mistralrs\n    interval: 0s\nextra: true\n')]);
+    const bad = runCli([
+      'check-config',
+      tmpFile('listen: 9400\nupstreams:\n  - url: http://x/metrics\n    flavor: mistralrs\n    interval: 0s\nextra: true\n'),
+    ]);
     assert.equal(bad.code, 2);
-    for (const p of ['listen:', 'upstreams[0].flavor:', 'upstreams[0].interval:', 'extra: unknown key']) assert.ok(bad.stderr.includes(p), `${p} in ${bad.stderr}`);
+    for (const p of ['listen:', 'upstreams[0].flavor:', 'upstreams[0].interval:', 'extra: unknown key'])
+      assert.ok(bad.stderr.includes(p), `${p} in ${bad.stderr}`);
     const missing = runCli(['check-config', '/nonexistent/infertel.yaml']);
     assert.equal(missing.code, 2);
   });
@@ -94,12 +122,22 @@ describe('config', () => {
 
   it('bounds every duration: 1e308, "99999999h", 0 and 1ms intervals are refused with their key paths', () => {
     try {
-      validateConfig({ interval: 1e308, timeout: '99999999h', gpu: { interval: '0s', timeout: '1ms' }, upstreams: [{ url: 'http://a/metrics', interval: '1ms' }] });
+      validateConfig({
+        interval: 1e308,
+        timeout: '99999999h',
+        gpu: { interval: '0s', timeout: '1ms' },
+        upstreams: [{ url: 'http://a/metrics', interval: '1ms' }],
+      });
       assert.fail('should throw');
     } catch (err) {
       assert.ok(err instanceof ConfigError);
       const text = err.problems.join('\n');
-      for (const p of ['interval: must be between 100ms and 1h', 'timeout: must be between 10ms and 10m', 'gpu.interval: must be between', 'upstreams[0].interval: must be between']) {
+      for (const p of [
+        'interval: must be between 100ms and 1h',
+        'timeout: must be between 10ms and 10m',
+        'gpu.interval: must be between',
+        'upstreams[0].interval: must be between',
+      ]) {
         assert.ok(text.includes(p), `${p} in\n${text}`);
       }
     }
@@ -109,27 +147,59 @@ describe('config', () => {
     const err = (() => {
       try {
         validateConfig({
-          listen: '0.0.0.0:99999', units: 'minutes',
+          listen: '0.0.0.0:99999',
+          units: 'minutes',
           upstreams: [
             { url: 'http://a/metrics', interval: '5s', timeout: '6s', auth: { bearerTokenFile: '/nonexistent/token' }, tls: { caFile: '/nonexistent/ca.pem' } },
             { url: 'http://b/metrics', auth: { basic: { username: 'u', passwordFile: '/nonexistent/pw' } } },
           ],
-          buckets: { inference_ttft_ms: [10, 5], no_such_metric: [1] },
+          buckets: { inference_ttft_ms: [10, 5], no_such_metric: [1], queue_time_ms: 'no_such_layout' },
         });
-      } catch (e) { return e; }
+      } catch (e) {
+        return e;
+      }
       return undefined;
     })();
     assert.ok(err instanceof ConfigError);
     const text = err.problems.join('\n');
-    for (const p of ['listen: port must be 0-65535', 'units:', 'upstreams[0].timeout: must be less than the interval', 'upstreams[0].auth.bearerTokenFile: cannot read /nonexistent/token (ENOENT)',
-      'upstreams[0].tls.caFile: cannot read', 'upstreams[1].auth.basic.passwordFile: cannot read', 'buckets.inference_ttft_ms: bounds must be strictly ascending',
-      'buckets.no_such_metric: not a canonical histogram']) {
+    for (const p of [
+      'listen: port must be 0-65535',
+      'units:',
+      'upstreams[0].timeout: must be less than the interval',
+      'upstreams[0].auth.bearerTokenFile: cannot read /nonexistent/token (ENOENT)',
+      'upstreams[0].tls.caFile: cannot read',
+      'upstreams[1].auth.basic.passwordFile: cannot read',
+      'buckets.inference_ttft_ms: bounds must be strictly ascending',
+      'buckets.no_such_metric: not a canonical histogram',
+      'buckets.queue_time_ms: no layout named no_such_layout',
+    ]) {
       assert.ok(text.includes(p), `missing ${p} in\n${text}`);
     }
   });
 
-  const hosts: Array<[string, boolean]> = [['0.0.0.0:9400', true], ['[::1]:9400', true], [':9400', true], ['localhost:1', true], ['999.1.1.1:80', false], ['-bad-:80', false], ['a..b:80', false], ['[zz]:80', false], ['host:0', true], ['host:65536', false]];
-  for (const [listen, ok] of hosts) it(`listen ${listen} is ${ok ? 'valid' : 'refused'}`, () => (ok ? assert.doesNotThrow : assert.throws)(() => validateConfig({ listen })));
+  it('takes a catalogue layout by name: one line keeps requests of minutes apart', () => {
+    const c = validateConfig({ buckets: { inference_request_duration_ms: 'request_long' } });
+    const secs = buildCatalogue('seconds', c.buckets).byName.get('inference_request_duration_ms')!.bounds!;
+    const ms = buildCatalogue('ms', c.buckets).byName.get('inference_request_duration_ms')!.bounds!;
+    assert.equal(ms.at(-1), 409_600);
+    assert.equal(secs.at(-1), 409.6);
+    assert.equal(buildCatalogue('ms').byName.get('inference_request_duration_ms')!.bounds!.at(-1), 12_800);
+  });
+
+  const hosts: Array<[string, boolean]> = [
+    ['0.0.0.0:9400', true],
+    ['[::1]:9400', true],
+    [':9400', true],
+    ['localhost:1', true],
+    ['999.1.1.1:80', false],
+    ['-bad-:80', false],
+    ['a..b:80', false],
+    ['[zz]:80', false],
+    ['host:0', true],
+    ['host:65536', false],
+  ];
+  for (const [listen, ok] of hosts)
+    it(`listen ${listen} is ${ok ? 'valid' : 'refused'}`, () => (ok ? assert.doesNotThrow : assert.throws)(() => validateConfig({ listen })));
 
   it('start-up reports a port in use as a configuration problem (exit 2, key path), not a stack trace', async () => {
     const busy = await startServer(() => {});

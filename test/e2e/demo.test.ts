@@ -14,10 +14,14 @@ describe('infertel demo', () => {
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (out += d));
     try {
-      const body = await eventually(async () => {
-        const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
-        return b.includes('flavor="tgi"') && b.includes('flavor="vllm"') && b.includes('tokens_per_second{') && b;
-      }, 15_000, 'demo metrics');
+      const body = await eventually(
+        async () => {
+          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          return b.includes('flavor="tgi"') && b.includes('flavor="vllm"') && b.includes('tokens_per_second{') && b;
+        },
+        15_000,
+        'demo metrics',
+      );
       assert.ok(sampleValue(body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
       assert.ok(sampleValue(body, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"') !== undefined);
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="simulated"'), 1);
@@ -25,7 +29,10 @@ describe('infertel demo', () => {
       assert.match(out, /JSON summary: +http:\/\/127\.0\.0\.1:\d+\/metrics\?format=json/);
     } finally {
       const t0 = Date.now();
-      const code = await new Promise<number | null>((r) => { child.once('exit', r); child.kill('SIGTERM'); });
+      const code = await new Promise<number | null>((r) => {
+        child.once('exit', r);
+        child.kill('SIGTERM');
+      });
       assert.equal(code, 0);
       assert.ok(Date.now() - t0 < 1500);
     }
@@ -35,12 +42,20 @@ describe('infertel demo', () => {
 describe('infertel demo --engines', () => {
   it('adds simulated SGLang (tensor-parallel) and llama.cpp, each detected, with its model learned', async () => {
     const port = await freePort();
-    const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm,sglang,llamacpp', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--gpus', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [CLI, 'demo', '--engines', 'vllm,sglang,llamacpp', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--gpus', '0'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     try {
-      const body = await eventually(async () => {
-        const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
-        return ['vllm', 'sglang', 'llamacpp'].every((f) => b.includes(`flavor="${f}"`)) && b.includes('model="qwen2.5-1.5b-instruct-q4_k_m.gguf"') && b;
-      }, 15_000, 'three engines');
+      const body = await eventually(
+        async () => {
+          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          return ['vllm', 'sglang', 'llamacpp'].every((f) => b.includes(`flavor="${f}"`)) && b.includes('model="qwen2.5-1.5b-instruct-q4_k_m.gguf"') && b;
+        },
+        15_000,
+        'three engines',
+      );
       assert.ok(!body.includes('flavor="tgi"'));
       assert.match(body, /\ninfertel_upstream_info\{upstream="[^"]+",flavor="sglang",version="0\.5\.4"\} 1\n/);
       // Four TP ranks report the same running requests: the canonical gauge is one rank's value.
@@ -52,7 +67,10 @@ describe('infertel demo --engines', () => {
       assert.ok(!body.includes('llamacpp:predicted_tokens_seconds'));
       assert.match(body, /# TYPE llamacpp:n_tokens_max gauge\n/);
     } finally {
-      await new Promise<void>((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); });
+      await new Promise<void>((r) => {
+        child.once('exit', () => r());
+        child.kill('SIGTERM');
+      });
     }
   });
 
@@ -68,18 +86,27 @@ describe('infertel demo --engines', () => {
 
 describe('real captures served as upstreams (../shared/fixtures)', { skip: !sharedFixturesPresent() && 'no ../shared/fixtures' }, () => {
   it('each capture is scraped without errors, detected as its engine and mapped', async () => {
-    const files = readdirSync(SHARED_FIXTURES).filter((f) => f.endsWith('.prom')).sort();
-    const servers = await Promise.all(files.map((f) => {
-      const body = readFileSync(SHARED_FIXTURES + f);
-      return startServer((_req, res) => res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' }).end(body));
-    }));
+    const files = readdirSync(SHARED_FIXTURES)
+      .filter((f) => f.endsWith('.prom'))
+      .sort();
+    const servers = await Promise.all(
+      files.map((f) => {
+        const body = readFileSync(SHARED_FIXTURES + f);
+        return startServer((_req, res) => res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' }).end(body));
+      }),
+    );
     const agent = await spawnAgent([...servers.flatMap((s) => ['--upstream', `${s.url}/metrics`]), '--interval', '300ms', '--model', 'captured']);
     try {
-      const body = await eventually(async () => {
-        const b = (await getText(`${agent.base}/metrics`)).body;
-        return servers.every((s) => sampleValue(b, 'infertel_upstream_up', `upstream="127.0.0.1:${s.port}"`) === 1) && b;
-      }, 10_000, 'all captures up');
-      const flavorOf = (f: string) => /flavor="(\w+)"/.exec(body.split('\n').find((l) => l.startsWith('infertel_upstream_info') && l.includes(`:${servers[files.indexOf(f)]!.port}"`))!)![1];
+      const body = await eventually(
+        async () => {
+          const b = (await getText(`${agent.base}/metrics`)).body;
+          return servers.every((s) => sampleValue(b, 'infertel_upstream_up', `upstream="127.0.0.1:${s.port}"`) === 1) && b;
+        },
+        10_000,
+        'all captures up',
+      );
+      const flavorOf = (f: string) =>
+        /flavor="(\w+)"/.exec(body.split('\n').find((l) => l.startsWith('infertel_upstream_info') && l.includes(`:${servers[files.indexOf(f)]!.port}"`))!)![1];
       assert.equal(flavorOf('vllm-v0-2024-06-datadog-opt125m.prom'), 'vllm');
       assert.equal(flavorOf('tgi-3.x-datadog.prom'), 'tgi');
       assert.equal(flavorOf('sglang-docs-example-2024.prom'), 'sglang');

@@ -48,7 +48,10 @@ describe('e2e: shutdown', () => {
       assert.ok(Date.now() - t0 < 10_000, 'SIGTERM never caught');
       await sleep(2);
     }
-    const listening = await fetch(`http://127.0.0.1:${port}/healthz`).then(() => true, () => false);
+    const listening = await fetch(`http://127.0.0.1:${port}/healthz`).then(
+      () => true,
+      () => false,
+    );
     child.kill('SIGTERM');
     const r = await exited;
     assert.equal(r.signal, null, 'not ended by the signal');

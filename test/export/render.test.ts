@@ -52,17 +52,44 @@ describe('render', () => {
     assert.match(body, /# TYPE inference_requests counter\n/);
     assert.match(body, /\ninference_requests_total\{/);
     assert.ok(!/ untyped\n/.test(body));
-    const passthrough = renderExposition([], [{ upstream: 'tgi', families: parseExposition('# TYPE tgi_request_count counter\ntgi_request_count 3\n# TYPE vllm:x_total counter\nvllm:x_total 1\n# TYPE vllm:x_created gauge\nvllm:x_created 1\n').families }], 'openmetrics');
+    const passthrough = renderExposition(
+      [],
+      [
+        {
+          upstream: 'tgi',
+          families: parseExposition(
+            '# TYPE tgi_request_count counter\ntgi_request_count 3\n# TYPE vllm:x_total counter\nvllm:x_total 1\n# TYPE vllm:x_created gauge\nvllm:x_created 1\n',
+          ).families,
+        },
+      ],
+      'openmetrics',
+    );
     assert.equal(passthrough, '# TYPE tgi_request_count unknown\ntgi_request_count 3\n# TYPE vllm:x counter\nvllm:x_total 1\n');
   });
 
   it('a family emitted by two upstreams is written once with an upstream label', () => {
     const fam = (v: number) => parseExposition(`# TYPE process_open_fds gauge\nprocess_open_fds ${v}\n`).families;
-    const body = renderExposition([], [{ upstream: 'a', families: fam(1) }, { upstream: 'b', families: fam(2) }], 'text');
+    const body = renderExposition(
+      [],
+      [
+        { upstream: 'a', families: fam(1) },
+        { upstream: 'b', families: fam(2) },
+      ],
+      'text',
+    );
     assert.equal(body, '# TYPE process_open_fds gauge\nprocess_open_fds{upstream="a"} 1\nprocess_open_fds{upstream="b"} 2\n');
     const labelled = (v: number) => parseExposition(`# TYPE x_total counter\nx_total{a="1",b="q\\"uote"} ${v}\nx_total{} ${v}\n`).families;
-    assert.equal(renderExposition([], [{ upstream: 'a', families: labelled(1) }, { upstream: 'b', families: labelled(2) }], 'text'),
-      '# TYPE x_total counter\nx_total{upstream="a",a="1",b="q\\"uote"} 1\nx_total{upstream="a"} 1\nx_total{upstream="b",a="1",b="q\\"uote"} 2\nx_total{upstream="b"} 2\n');
+    assert.equal(
+      renderExposition(
+        [],
+        [
+          { upstream: 'a', families: labelled(1) },
+          { upstream: 'b', families: labelled(2) },
+        ],
+        'text',
+      ),
+      '# TYPE x_total counter\nx_total{upstream="a",a="1",b="q\\"uote"} 1\nx_total{upstream="a"} 1\nx_total{upstream="b",a="1",b="q\\"uote"} 2\nx_total{upstream="b"} 2\n',
+    );
   });
 
   const negotiation: Array<[string | undefined, unknown, string]> = [

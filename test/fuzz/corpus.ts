@@ -7,9 +7,11 @@ export function rng(seed: number): Rand {
   let s = seed >>> 0 || 1;
   return () => {
     // xorshift32: fast, deterministic, good enough to pick mutations.
-    s ^= s << 13; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
     s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
+    s ^= s << 5;
+    s >>>= 0;
     return s / 4294967296;
   };
 }
@@ -26,11 +28,68 @@ const SEEDS = [
 ];
 
 const TOKENS = [
-  '#', '# ', '# TYPE ', '# HELP ', ' counter', ' gauge', ' histogram', ' summary', ' untyped', '{', '}', '"', '\\', '\\"', '\\n', '\\x', '=', ',',
-  ' ', '\t', '\n', '\r', '\u2028', '\u0000', 'le="', 'quantile="', '+Inf', '-Inf', 'NaN', 'nan', '1e400', '0x1A', '0b1', '1_0', '-1', '1.5',
-  '1e308', ' 1700000000000', ' 1700000000.5', ' # {trace_id="t"} 1', ' garbage', '__name__="x"', 'a:b="1"', '9a="1"', 'api_key="sk-SECRET"',
-  'Authorization="Bearer x"', 'worker="10.0.0.1"', 'id="3f2b8c1e-9d4a-4c7e-8f1a-2b3c4d5e6f70"', '_total', '_bucket', '_sum', '_count', '_created',
-  'upstream="x"', 'exported_upstream="y"', '# EOF', 'é', '😀', '{}', 'a="1",a="2"', 'model_name="m2"', 'engine="1"',
+  '#',
+  '# ',
+  '# TYPE ',
+  '# HELP ',
+  ' counter',
+  ' gauge',
+  ' histogram',
+  ' summary',
+  ' untyped',
+  '{',
+  '}',
+  '"',
+  '\\',
+  '\\"',
+  '\\n',
+  '\\x',
+  '=',
+  ',',
+  ' ',
+  '\t',
+  '\n',
+  '\r',
+  '\u2028',
+  '\u0000',
+  'le="',
+  'quantile="',
+  '+Inf',
+  '-Inf',
+  'NaN',
+  'nan',
+  '1e400',
+  '0x1A',
+  '0b1',
+  '1_0',
+  '-1',
+  '1.5',
+  '1e308',
+  ' 1700000000000',
+  ' 1700000000.5',
+  ' # {trace_id="t"} 1',
+  ' garbage',
+  '__name__="x"',
+  'a:b="1"',
+  '9a="1"',
+  'api_key="sk-SECRET"',
+  'Authorization="Bearer x"',
+  'worker="10.0.0.1"',
+  'id="3f2b8c1e-9d4a-4c7e-8f1a-2b3c4d5e6f70"',
+  '_total',
+  '_bucket',
+  '_sum',
+  '_count',
+  '_created',
+  'upstream="x"',
+  'exported_upstream="y"',
+  '# EOF',
+  'é',
+  '😀',
+  '{}',
+  'a="1",a="2"',
+  'model_name="m2"',
+  'engine="1"',
 ];
 
 function pick<T>(r: Rand, xs: readonly T[]): T {

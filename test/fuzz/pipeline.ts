@@ -8,7 +8,16 @@ import { makeLabelPolicy, newGuardCounts } from '../../agent/guard/labels.js';
 import { PassthroughGuard } from '../../agent/guard/passthrough.js';
 import { Normalizer } from '../../agent/normalize/normalizer.js';
 import { parseExposition, type InputFormat } from '../../agent/parse/exposition.js';
-import { canonicalClaims, renderCanonical, renderPassthrough, renderShared, sharedFamilies, toPassthroughFamilies, type ExpositionFormat, type PassthroughSet } from '../../agent/export/render.js';
+import {
+  canonicalClaims,
+  renderCanonical,
+  renderPassthrough,
+  renderShared,
+  sharedFamilies,
+  toPassthroughFamilies,
+  type ExpositionFormat,
+  type PassthroughSet,
+} from '../../agent/export/render.js';
 import { FLAVOR_TABLE, normaliserView } from '../../agent/sources/flavor.js';
 import { canonicalInput } from '../../agent/sources/adapter.js';
 
@@ -19,7 +28,14 @@ export function pipeline(): { scrape(a: string, b: string, format?: InputFormat)
   const limiter = new SeriesLimiter({ perMetric: 50, total: 500 });
   const counts = newGuardCounts();
   const policy = makeLabelPolicy([], 64, ['model', 'model_name']);
-  const normalizer = new Normalizer(catalogue, { histograms: 'rebucket', staleAfterScrapes: 3, seriesPerMetric: 50, labelPolicy: policy, limiter, guardCounts: counts });
+  const normalizer = new Normalizer(catalogue, {
+    histograms: 'rebucket',
+    staleAfterScrapes: 3,
+    seriesPerMetric: 50,
+    labelPolicy: policy,
+    limiter,
+    guardCounts: counts,
+  });
   const guards = [0, 1].map(() => new PassthroughGuard(policy, { seriesPerFamily: 20, seriesTotal: 200, bucketsPerSeries: 16 }, () => {}, counts));
   let now = 1_000_000;
   return {
@@ -37,8 +53,11 @@ export function pipeline(): { scrape(a: string, b: string, format?: InputFormat)
       for (const format of ['text', 'openmetrics'] as const) {
         const claims = canonicalClaims(canonical, format);
         const shared = sharedFamilies(sets);
-        out[format] = renderCanonical(canonical, format) + sets.map((s) => renderPassthrough(s.families, format, shared, claims)).join('')
-          + renderShared(sets, shared, format, claims) + (format === 'openmetrics' ? '# EOF\n' : '');
+        out[format] =
+          renderCanonical(canonical, format) +
+          sets.map((s) => renderPassthrough(s.families, format, shared, claims)).join('') +
+          renderShared(sets, shared, format, claims) +
+          (format === 'openmetrics' ? '# EOF\n' : '');
       }
       return out;
     },

@@ -41,10 +41,13 @@ function selfCheck(body: string, format: InputFormat): string | undefined {
 
 /** Every family of one text exposition renamed with a prefix, so many can share one promtool run. */
 function prefixed(body: string, prefix: string): string {
-  return body.split('\n').map((l) => {
-    if (l.startsWith('# HELP ') || l.startsWith('# TYPE ')) return l.slice(0, 7) + prefix + l.slice(7);
-    return l ? prefix + l : l;
-  }).join('\n');
+  return body
+    .split('\n')
+    .map((l) => {
+      if (l.startsWith('# HELP ') || l.startsWith('# TYPE ')) return l.slice(0, 7) + prefix + l.slice(7);
+      return l ? prefix + l : l;
+    })
+    .join('\n');
 }
 
 function promtoolErrors(body: string): string | undefined {
@@ -91,7 +94,7 @@ export function runFuzz(cases: number, seed: number, opts: { promtool: boolean; 
     const a = hostileBody(r);
     const b = r() < 0.5 ? hostileBody(r) : a;
     const format: InputFormat = r() < 0.2 ? 'openmetrics' : 'text';
-    let out;
+    let out: ReturnType<typeof p.scrape>;
     try {
       out = p.scrape(a, b, format);
     } catch (err) {

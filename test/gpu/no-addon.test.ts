@@ -21,7 +21,10 @@ describe('without the NVML addon', () => {
     try {
       for (const p of ['dist/agent', 'config', 'package.json']) cpSync(join(REPO_ROOT, p), join(root, p), { recursive: true });
       const port = await freePort();
-      const child = spawn(process.execPath, [join(root, 'dist/agent/main.js'), 'run', '--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: '/usr/bin:/bin' } });
+      const child = spawn(process.execPath, [join(root, 'dist/agent/main.js'), 'run', '--listen', `127.0.0.1:${port}`], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, PATH: '/usr/bin:/bin' },
+      });
       let out = '';
       child.stdout!.on('data', (d) => (out += d));
       child.stderr!.on('data', (d) => (out += d));

@@ -23,9 +23,21 @@ async function metrics(base: string): Promise<string> {
 describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   it('values appear in /metrics and in the JSON summary', async () => {
     const lib = buildFakeNvmlLibrary();
-    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', lib], { FAKE_NVML_DEVICES: '2', FAKE_NVML_UTIL: '55', FAKE_NVML_POWER_MW: '123456', FAKE_NVML_MINOR_BASE: '4' });
+    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', lib], {
+      FAKE_NVML_DEVICES: '2',
+      FAKE_NVML_UTIL: '55',
+      FAKE_NVML_POWER_MW: '123456',
+      FAKE_NVML_MINOR_BASE: '4',
+    });
     try {
-      const body = await eventually(async () => { const b = await metrics(agent.base); return b.includes('gpu_mem_bytes') && b; }, 5000, 'gpu series');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return b.includes('gpu_mem_bytes') && b;
+        },
+        5000,
+        'gpu series',
+      );
       assert.equal(sampleValue(body, 'gpu_utilization_ratio', 'device="nvidia4"'), 0.55);
       assert.equal(sampleValue(body, 'gpu_utilization_ratio', 'device="nvidia5"'), 0.56);
       assert.equal(sampleValue(body, 'gpu_power_watts', 'device="nvidia4"'), 123.456);
@@ -33,12 +45,19 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
       assert.equal(sampleValue(body, 'gpu_sm_clock_hertz', 'device="nvidia4"'), 1.98e9);
       assert.equal(sampleValue(body, 'gpu_throttle_reasons', 'device="nvidia4"', 'reason="gpu_idle"'), 1);
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="nvml"'), 1);
-      assert.match(body, /gpu_info\{device="nvidia4",uuid="GPU-00000000-fake-4000-8000-000000000000",name="NVIDIA H100 80GB HBM3",pci_bus_id="00000000:18:00.0",driver="550.54.15-fake"\} 1/);
+      assert.match(
+        body,
+        /gpu_info\{device="nvidia4",uuid="GPU-00000000-fake-4000-8000-000000000000",name="NVIDIA H100 80GB HBM3",pci_bus_id="00000000:18:00.0",driver="550.54.15-fake"\} 1/,
+      );
       const s = JSON.parse((await getText(`${agent.base}/metrics?format=json`)).body);
       assert.equal(s.gpu.nvml_unavailable, false);
       assert.equal(s.gpu.devices.length, 2);
-      assert.deepEqual(Object.keys(s.gpu.devices[0]).filter((k) => k.endsWith('_bytes') || k.endsWith('_percent') || k === 'temperature_c' || k === 'power_w').sort(),
-        ['memory_free_bytes', 'memory_total_bytes', 'memory_used_bytes', 'power_w', 'temperature_c', 'utilization_gpu_percent']);
+      assert.deepEqual(
+        Object.keys(s.gpu.devices[0])
+          .filter((k) => k.endsWith('_bytes') || k.endsWith('_percent') || k === 'temperature_c' || k === 'power_w')
+          .sort(),
+        ['memory_free_bytes', 'memory_total_bytes', 'memory_used_bytes', 'power_w', 'temperature_c', 'utilization_gpu_percent'],
+      );
       assert.equal(s.gpu.devices[0].utilization_gpu_percent, 55);
     } finally {
       await agent.stop();
@@ -46,9 +65,20 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   });
 
   it('a lost GPU is marked in error and the others are still reported; NOT_SUPPORTED fields are absent', async () => {
-    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], { FAKE_NVML_DEVICES: '3', FAKE_NVML_LOST: '1', FAKE_NVML_NOT_SUPPORTED: 'power,ecc' });
+    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
+      FAKE_NVML_DEVICES: '3',
+      FAKE_NVML_LOST: '1',
+      FAKE_NVML_NOT_SUPPORTED: 'power,ecc',
+    });
     try {
-      const body = await eventually(async () => { const b = await metrics(agent.base); return b.includes('gpu_mem_bytes') && b; }, 5000, 'gpu series');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return b.includes('gpu_mem_bytes') && b;
+        },
+        5000,
+        'gpu series',
+      );
       assert.ok(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia0"')! > 0);
       assert.ok(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia2"')! > 0);
       assert.equal(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia1"'), undefined);
@@ -66,11 +96,21 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   it('a hung NVML call leaves /metrics answering at its normal latency; the poll times out and values go stale', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'infertel-hang-'));
     const hangFile = join(dir, 'hang');
-    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], { FAKE_NVML_SLEEP_MS: '3000', FAKE_NVML_SLEEP_FILE: hangFile });
+    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
+      FAKE_NVML_SLEEP_MS: '3000',
+      FAKE_NVML_SLEEP_FILE: hangFile,
+    });
     try {
       await eventually(async () => (await metrics(agent.base)).includes('gpu_mem_bytes'), 5000, 'gpu series');
       writeFileSync(hangFile, '');
-      const body = await eventually(async () => { const b = await metrics(agent.base); return sampleValue(b, 'gpu_telemetry_stale') === 1 && b; }, 5000, 'stale');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return sampleValue(b, 'gpu_telemetry_stale') === 1 && b;
+        },
+        5000,
+        'stale',
+      );
       assert.ok(sampleValue(body, 'gpu_poll_errors_total', 'device="all"', 'code="timeout"')! >= 1);
       assert.ok(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia0"')! > 0, 'last values kept');
       const lat: number[] = [];
@@ -89,9 +129,19 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   });
 
   it('NVIDIA_VISIBLE_DEVICES limits the devices reported', async () => {
-    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], { FAKE_NVML_DEVICES: '4', NVIDIA_VISIBLE_DEVICES: '1,GPU-00000000-fake-4000-8000-000000000003' });
+    const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
+      FAKE_NVML_DEVICES: '4',
+      NVIDIA_VISIBLE_DEVICES: '1,GPU-00000000-fake-4000-8000-000000000003',
+    });
     try {
-      const body = await eventually(async () => { const b = await metrics(agent.base); return b.includes('gpu_mem_bytes') && b; }, 5000, 'gpu series');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return b.includes('gpu_mem_bytes') && b;
+        },
+        5000,
+        'gpu series',
+      );
       const devices = [...body.matchAll(/^gpu_mem_bytes\{device="(\w+)"\}/gm)].map((m) => m[1]);
       assert.deepEqual(devices, ['nvidia1', 'nvidia3']);
     } finally {
@@ -106,7 +156,14 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
     try {
       await eventually(async () => (await metrics(agent.base)).includes('gpu_mem_bytes'), 5000, 'gpu series');
       appendFileSync(xidFile, '0 79\n1 48\n0 79\n');
-      const body = await eventually(async () => { const b = await metrics(agent.base); return sampleValue(b, 'gpu_xid_errors_total', 'device="nvidia0"', 'xid="79"') === 2 && b; }, 5000, 'xids');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return sampleValue(b, 'gpu_xid_errors_total', 'device="nvidia0"', 'xid="79"') === 2 && b;
+        },
+        5000,
+        'xids',
+      );
       assert.equal(sampleValue(body, 'gpu_xid_errors_total', 'device="nvidia1"', 'xid="48"'), 1);
       appendFileSync(xidFile, '0 79\n');
       await eventually(async () => sampleValue(await metrics(agent.base), 'gpu_xid_errors_total', 'device="nvidia0"', 'xid="79"') === 3, 5000, 'counter grows');
@@ -116,7 +173,11 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   });
 
   it('cargo test: the pure Rust core, and dl.rs against the fake library', { skip: !cargoAvailable() && 'no cargo' }, () => {
-    const r = spawnSync('cargo', ['test', '--offline', '--quiet'], { cwd: join(REPO_ROOT, 'native'), encoding: 'utf8', env: { ...process.env, INFERTEL_TEST_NVML_LIBRARY: buildFakeNvmlLibrary() } });
+    const r = spawnSync('cargo', ['test', '--offline', '--quiet'], {
+      cwd: join(REPO_ROOT, 'native'),
+      encoding: 'utf8',
+      env: { ...process.env, INFERTEL_TEST_NVML_LIBRARY: buildFakeNvmlLibrary() },
+    });
     assert.equal(r.status, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /test result: ok\. 7 passed/);
   });
@@ -126,7 +187,14 @@ describe('GPU e2e: fallbacks', () => {
   it('no NVML library and no nvidia-smi: source none, nvml_unavailable, no crash', async () => {
     const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', '/nonexistent/libnvidia-ml.so.1'], { PATH: '/usr/bin:/bin' });
     try {
-      const body = await eventually(async () => { const b = await metrics(agent.base); return b.includes('gpu_telemetry_source') && b; }, 5000, 'source');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return b.includes('gpu_telemetry_source') && b;
+        },
+        5000,
+        'source',
+      );
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="none"'), 1);
       const s = JSON.parse((await getText(`${agent.base}/metrics?format=json`)).body);
       assert.equal(s.gpu.nvml_unavailable, true);
@@ -141,10 +209,19 @@ describe('GPU e2e: fallbacks', () => {
 
   it('NVML init failure falls back to nvidia-smi (through systeminformation) with nvml_unavailable per device', async () => {
     const fakeBin = join(REPO_ROOT, 'test/fixtures/fake-smi');
-    const agent = await spawnAgent(['--config', gpuConfig({ timeout: '10s', interval: '20s' }), '--nvml-library', skip ? '/nonexistent/lib.so' : buildFakeNvmlLibrary()],
-      { PATH: `${fakeBin}:${process.env.PATH}`, FAKE_NVML_INIT_RET: '9', FAKE_SMI_DEVICES: '2' });
+    const agent = await spawnAgent(
+      ['--config', gpuConfig({ timeout: '10s', interval: '20s' }), '--nvml-library', skip ? '/nonexistent/lib.so' : buildFakeNvmlLibrary()],
+      { PATH: `${fakeBin}:${process.env.PATH}`, FAKE_NVML_INIT_RET: '9', FAKE_SMI_DEVICES: '2' },
+    );
     try {
-      const body = await eventually(async () => { const b = await metrics(agent.base); return b.includes('gpu_mem_bytes') && b; }, 15_000, 'nvidia-smi values');
+      const body = await eventually(
+        async () => {
+          const b = await metrics(agent.base);
+          return b.includes('gpu_mem_bytes') && b;
+        },
+        15_000,
+        'nvidia-smi values',
+      );
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="nvidia-smi"'), 1);
       assert.equal(sampleValue(body, 'gpu_mem_total_bytes', 'device="nvidia0"'), 81559 * 1024 * 1024);
       const s = JSON.parse((await getText(`${agent.base}/metrics?format=json`)).body);

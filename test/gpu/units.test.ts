@@ -28,15 +28,35 @@ describe('visible devices', () => {
     ['CUDA UUID', { CUDA_VISIBLE_DEVICES: 'GPU-dddd' }, [3]],
     ['CUDA empty string hides all? no: empty means all here', { CUDA_VISIBLE_DEVICES: '' }, [0, 1, 2, 3]],
   ];
-  for (const [name, env, want] of cases) it(name, () => assert.deepEqual(visibleDevices(four, env).map((d) => d.index), want));
+  for (const [name, env, want] of cases)
+    it(name, () =>
+      assert.deepEqual(
+        visibleDevices(four, env).map((d) => d.index),
+        want,
+      ),
+    );
 });
 
 describe('process attribution', () => {
   it('labels memory by process name or configured role, never by PID', () => {
     const names: Record<number, string> = { 10: 'python3', 11: 'python3', 12: 'tritonserver' };
-    const got = attribute([{ pid: 10, usedMemoryBytes: 100 }, { pid: 11, usedMemoryBytes: 50 }, { pid: 12, usedMemoryBytes: 7 }, { pid: 13, usedMemoryBytes: null }],
-      { python3: 'engine' }, (pid) => names[pid] ?? 'unknown');
-    assert.deepEqual([...got], [['engine', 150], ['tritonserver', 7]]);
+    const got = attribute(
+      [
+        { pid: 10, usedMemoryBytes: 100 },
+        { pid: 11, usedMemoryBytes: 50 },
+        { pid: 12, usedMemoryBytes: 7 },
+        { pid: 13, usedMemoryBytes: null },
+      ],
+      { python3: 'engine' },
+      (pid) => names[pid] ?? 'unknown',
+    );
+    assert.deepEqual(
+      [...got],
+      [
+        ['engine', 150],
+        ['tritonserver', 7],
+      ],
+    );
   });
   it('caps distinct labels', () => {
     const procs = Array.from({ length: 40 }, (_, i) => ({ pid: i, usedMemoryBytes: 1 }));
@@ -52,7 +72,10 @@ describe('OOM log tail', () => {
     writeFileSync(f, 'old: torch.OutOfMemoryError: CUDA out of memory. GPU 0\n');
     const t = new OomTail(f);
     assert.deepEqual(t.read(), [], 'history before start is not counted');
-    appendFileSync(f, 'INFO fine\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 79 GiB\nRuntimeError: CUDA error: out of memory\npartial line with CUDA out of mem');
+    appendFileSync(
+      f,
+      'INFO fine\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 79 GiB\nRuntimeError: CUDA error: out of memory\npartial line with CUDA out of mem',
+    );
     assert.deepEqual(t.read(), [1, undefined]);
     appendFileSync(f, 'ory\n');
     assert.deepEqual(t.read(), [undefined], 'a line split across reads counts once');
@@ -65,7 +88,17 @@ describe('nvidia-smi fallback mapping', () => {
   it('maps systeminformation controllers to devices, MiB to bytes, and skips other vendors', () => {
     const d = controllersToDevices([
       { vendor: 'Intel Corporation', model: 'UHD' },
-      { vendor: 'NVIDIA Corporation', model: 'GH100', name: 'NVIDIA H100 80GB HBM3', memoryTotal: 81559, memoryUsed: 1024, utilizationGpu: 30, temperatureGpu: 40, powerDraw: 70.35, pciBus: '00000000:18:00.0' },
+      {
+        vendor: 'NVIDIA Corporation',
+        model: 'GH100',
+        name: 'NVIDIA H100 80GB HBM3',
+        memoryTotal: 81559,
+        memoryUsed: 1024,
+        utilizationGpu: 30,
+        temperatureGpu: 40,
+        powerDraw: 70.35,
+        pciBus: '00000000:18:00.0',
+      },
     ]);
     assert.equal(d.length, 1);
     assert.equal(d[0]!.memoryTotalBytes, 81559 * 1024 * 1024);
@@ -98,21 +131,47 @@ describe('nvidia-smi fallback prerequisites', () => {
 describe('GPU telemetry with an injected probe', () => {
   function setup(probe: GpuProbe, timeoutMs = 50) {
     const catalogue = buildCatalogue('ms');
-    const metrics = new SelfMetrics('test', () => new Map(), () => ({}));
+    const metrics = new SelfMetrics(
+      'test',
+      () => new Map(),
+      () => ({}),
+    );
     let changes = 0;
-    const t = createGpuTelemetry({ catalogue, metrics, onChange: () => changes++, log: createLogger('silent'), probe, env: {},
-      config: { intervalMs: 1_000_000, timeoutMs, source: 'auto', processRoles: {}, simulate: 0 } });
+    const t = createGpuTelemetry({
+      catalogue,
+      metrics,
+      onChange: () => changes++,
+      log: createLogger('silent'),
+      probe,
+      env: {},
+      config: { intervalMs: 1_000_000, timeoutMs, source: 'auto', processRoles: {}, simulate: 0 },
+    });
     return { t, changes: () => changes };
   }
-  const sample = (util: number): GpuPoll => ({ devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-x', utilizationGpu: util, memoryTotalBytes: 10, memoryUsedBytes: 4 }], xids: [{ index: 0, xid: 79 }], elapsedUs: 1 });
+  const sample = (util: number): GpuPoll => ({
+    devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-x', utilizationGpu: util, memoryTotalBytes: 10, memoryUsedBytes: 4 }],
+    xids: [{ index: 0, xid: 79 }],
+    elapsedUs: 1,
+  });
   const value = (t: ReturnType<typeof setup>['t'], metric: string, ...labels: string[]) =>
-    t.families().find((f) => f.metric.name === metric)?.series.find((s) => labels.every((l) => s.labels.some(([k, v]) => `${k}=${v}` === l)))?.value;
+    t
+      .families()
+      .find((f) => f.metric.name === metric)
+      ?.series.find((s) => labels.every((l) => s.labels.some(([k, v]) => `${k}=${v}` === l)))?.value;
 
   it('a hung poll times out, is counted, keeps the last values marked stale, and is not started twice', async () => {
     let hang = false;
     let calls = 0;
-    const probe: GpuProbe = { source: 'nvml', driverVersion: 'd', minIntervalMs: 0, close: async () => {},
-      poll: () => { calls++; return hang ? new Promise(() => {}) : Promise.resolve(sample(42)); } };
+    const probe: GpuProbe = {
+      source: 'nvml',
+      driverVersion: 'd',
+      minIntervalMs: 0,
+      close: async () => {},
+      poll: () => {
+        calls++;
+        return hang ? new Promise(() => {}) : Promise.resolve(sample(42));
+      },
+    };
     const { t } = setup(probe);
     await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
     assert.equal(value(t, 'gpu_utilization_ratio', 'device=nvidia0'), 0.42);

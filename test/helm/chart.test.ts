@@ -11,7 +11,9 @@ import { CHART, findRenderer, manifests, mask, type Manifest } from './render.js
 
 const renderer = findRenderer();
 const skip = !renderer && 'neither helm nor the offline helmrender is available';
-const scenarios = readdirSync(join(CHART, 'ci')).filter((f) => f.endsWith('-values.yaml')).sort();
+const scenarios = readdirSync(join(CHART, 'ci'))
+  .filter((f) => f.endsWith('-values.yaml'))
+  .sort();
 const render = (file: string) => manifests(renderer!.render([join(CHART, 'ci', file)]));
 const byKind = (ms: Manifest[], kind: string) => ms.filter((m) => m.kind === kind);
 
@@ -66,7 +68,11 @@ describe(`helm chart (${renderer?.name ?? 'no renderer'})`, { skip }, () => {
     assert.ok(w.clientConfig.caBundle, 'CA bundle from the generated CA');
     const [secret] = byKind(ms, 'Secret');
     assert.equal(secret!.type, 'kubernetes.io/tls');
-    assert.equal(Buffer.from(secret!.data['ca.crt'], 'base64').toString(), Buffer.from(w.clientConfig.caBundle, 'base64').toString(), 'caBundle is the CA that signed the serving cert');
+    assert.equal(
+      Buffer.from(secret!.data['ca.crt'], 'base64').toString(),
+      Buffer.from(w.clientConfig.caBundle, 'base64').toString(),
+      'caBundle is the CA that signed the serving cert',
+    );
     const webhookCfg = parseYaml(byKind(ms, 'ConfigMap').find((m) => m.metadata.name.endsWith('-webhook'))!.data['webhook.yaml']);
     assert.equal(webhookCfg.nativeSidecar, true, 'native sidecar by default on Kubernetes >= 1.29');
   });
@@ -109,24 +115,55 @@ describe(`helm chart (${renderer?.name ?? 'no renderer'})`, { skip }, () => {
   it('the infertel.sidecar named template renders the same container the webhook injects', () => {
     const dir = mkdtempSync(join(tmpdir(), 'infertel-chart-'));
     cpSync(CHART, dir, { recursive: true });
-    writeFileSync(join(dir, 'templates/example-vllm.yaml'), [
-      'apiVersion: apps/v1', 'kind: Deployment', 'metadata:', '  name: vllm', '  labels:', '    {{- include "infertel.labels" . | nindent 4 }}',
-      'spec:', '  selector: { matchLabels: { app: vllm } }', '  template:', '    metadata: { labels: { app: vllm } }', '    spec:', '      containers:',
-      '        - name: vllm', '          image: vllm/vllm-openai:v0.11.0',
-      '        {{- include "infertel.sidecar" (dict "root" $ "upstream" "vllm=http://127.0.0.1:8000/metrics") | nindent 8 }}',
-      '      volumes:', '        {{- include "infertel.sidecarVolumes" . | nindent 8 }}', '',
-    ].join('\n'));
+    writeFileSync(
+      join(dir, 'templates/example-vllm.yaml'),
+      [
+        'apiVersion: apps/v1',
+        'kind: Deployment',
+        'metadata:',
+        '  name: vllm',
+        '  labels:',
+        '    {{- include "infertel.labels" . | nindent 4 }}',
+        'spec:',
+        '  selector: { matchLabels: { app: vllm } }',
+        '  template:',
+        '    metadata: { labels: { app: vllm } }',
+        '    spec:',
+        '      containers:',
+        '        - name: vllm',
+        '          image: vllm/vllm-openai:v0.11.0',
+        '        {{- include "infertel.sidecar" (dict "root" $ "upstream" "vllm=http://127.0.0.1:8000/metrics") | nindent 8 }}',
+        '      volumes:',
+        '        {{- include "infertel.sidecarVolumes" . | nindent 8 }}',
+        '',
+      ].join('\n'),
+    );
     const ms = manifests(renderer!.render([join(CHART, 'ci/podmonitor-only-values.yaml')], dir));
     const dep = byKind(ms, 'Deployment').find((m) => m.metadata.name === 'vllm')!;
     const fromChart = dep.spec.template.spec.containers[1];
     const cfg = parseYaml(readFileSync(join(REPO_ROOT, 'helm/infertel/values.yaml'), 'utf8'));
-    const injected = mutatePod({ metadata: { annotations: { 'infertel.io/inject': 'true', 'infertel.io/flavor': 'vllm' } }, spec: { containers: [{ name: 'vllm' }] } }, 'ml', {
-      image: fromChart.image, imagePullPolicy: 'IfNotPresent', port: cfg.sidecar.port, upstream: cfg.sidecar.upstream, nativeSidecar: false,
-      resources: cfg.sidecar.resources, env: [], configMap: 'infertel-agent', scrapeAnnotations: true,
-    }).patch.find((o) => o.path === '/spec/containers/-')!.value as Record<string, any>;
-    for (const k of ['name', 'image', 'args', 'ports', 'readinessProbe', 'livenessProbe', 'resources', 'securityContext', 'volumeMounts']) assert.deepEqual(fromChart[k], injected[k], k);
+    const injected = mutatePod(
+      { metadata: { annotations: { 'infertel.io/inject': 'true', 'infertel.io/flavor': 'vllm' } }, spec: { containers: [{ name: 'vllm' }] } },
+      'ml',
+      {
+        image: fromChart.image,
+        imagePullPolicy: 'IfNotPresent',
+        port: cfg.sidecar.port,
+        upstream: cfg.sidecar.upstream,
+        nativeSidecar: false,
+        resources: cfg.sidecar.resources,
+        env: [],
+        configMap: 'infertel-agent',
+        scrapeAnnotations: true,
+      },
+    ).patch.find((o) => o.path === '/spec/containers/-')!.value as Record<string, any>;
+    for (const k of ['name', 'image', 'args', 'ports', 'readinessProbe', 'livenessProbe', 'resources', 'securityContext', 'volumeMounts'])
+      assert.deepEqual(fromChart[k], injected[k], k);
     assert.deepEqual(fromChart.env, injected.env);
-    assert.deepEqual(dep.spec.template.spec.volumes.map((v: { name: string }) => v.name), ['infertel-tmp', 'infertel-config']);
+    assert.deepEqual(
+      dep.spec.template.spec.volumes.map((v: { name: string }) => v.name),
+      ['infertel-tmp', 'infertel-config'],
+    );
   });
 });
 
@@ -143,7 +180,13 @@ describe('chart values', () => {
   });
 
   it('the schema rejects unknown keys and bad values', () => {
-    for (const bad of [{ nope: 1 }, { webhook: { replica: 2 } }, { webhook: { timeoutSeconds: 30 } }, { sidecar: { nativeSidecar: 'maybe' } }, { image: { pullPolicy: 'Sometimes' } }]) {
+    for (const bad of [
+      { nope: 1 },
+      { webhook: { replica: 2 } },
+      { webhook: { timeoutSeconds: 30 } },
+      { sidecar: { nativeSidecar: 'maybe' } },
+      { image: { pullPolicy: 'Sometimes' } },
+    ]) {
       assert.equal(validate(bad), false, JSON.stringify(bad));
     }
   });

@@ -21,12 +21,16 @@ export function findRenderer(): Renderer | undefined {
   if (spawnSync('sh', ['-c', 'command -v helm'], { stdio: 'ignore' }).status === 0) {
     return {
       name: 'helm',
-      render: (files, chart = CHART) => run('helm', ['template', RELEASE, chart, '--namespace', NAMESPACE, '--kube-version', '1.29.0', ...files.flatMap((f) => ['-f', f])]),
+      render: (files, chart = CHART) =>
+        run('helm', ['template', RELEASE, chart, '--namespace', NAMESPACE, '--kube-version', '1.29.0', ...files.flatMap((f) => ['-f', f])]),
     };
   }
   const local = process.env.HELMRENDER ?? join(REPO_ROOT, '.tools/helmrender');
   if (existsSync(local)) {
-    return { name: 'helmrender', render: (files, chart = CHART) => run(local, [...files.flatMap((f) => ['-f', f]), '-release', RELEASE, '-namespace', NAMESPACE, chart]) };
+    return {
+      name: 'helmrender',
+      render: (files, chart = CHART) => run(local, [...files.flatMap((f) => ['-f', f]), '-release', RELEASE, '-namespace', NAMESPACE, chart]),
+    };
   }
   return undefined;
 }
@@ -43,8 +47,15 @@ export function mask(rendered: string): string {
   return rendered.replace(GENERATED, '$1<generated>');
 }
 
-export type Manifest = { kind: string; apiVersion: string; metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> }; [k: string]: any };
+export type Manifest = {
+  kind: string;
+  apiVersion: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  [k: string]: any;
+};
 
 export function manifests(rendered: string): Manifest[] {
-  return parseAllDocuments(rendered).map((d) => d.toJS() as Manifest).filter((m) => m && typeof m === 'object' && m.kind);
+  return parseAllDocuments(rendered)
+    .map((d) => d.toJS() as Manifest)
+    .filter((m) => m && typeof m === 'object' && m.kind);
 }

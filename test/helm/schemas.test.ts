@@ -10,7 +10,9 @@ import { applyPatch } from '../webhook/patch.js';
 import { CHART, findRenderer, manifests, type Manifest } from './render.js';
 
 const renderer = findRenderer();
-const scenarios = readdirSync(join(CHART, 'ci')).filter((f) => f.endsWith('-values.yaml')).sort();
+const scenarios = readdirSync(join(CHART, 'ci'))
+  .filter((f) => f.endsWith('-values.yaml'))
+  .sort();
 
 /** The module that holds the model class of an apiVersion. */
 function modelModule(apiVersion: string): string {
@@ -36,20 +38,41 @@ describe('chart manifests against the API and CRD schemas', { skip: !renderer &&
   }
 
   it('a manifest that breaks the schema is caught (the check can fail)', async () => {
-    const bad = { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'x' }, spec: { replicas: 'two', selector: {}, template: {} } } as unknown as Manifest;
+    const bad = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'x' },
+      spec: { replicas: 'two', selector: {}, template: {} },
+    } as unknown as Manifest;
     await assert.rejects(validate(bad));
-    const badRule = { apiVersion: 'monitoring.coreos.com/v1', kind: 'PrometheusRule', metadata: { name: 'x' }, spec: { groups: [{ rules: [{ alert: 5 }] }] } } as unknown as Manifest;
+    const badRule = {
+      apiVersion: 'monitoring.coreos.com/v1',
+      kind: 'PrometheusRule',
+      metadata: { name: 'x' },
+      spec: { groups: [{ rules: [{ alert: 5 }] }] },
+    } as unknown as Manifest;
     await assert.rejects(validate(badRule));
   });
 
   it('the pod the webhook patch produces validates as a Pod (native sidecar and not)', async () => {
     const cfg: InjectionConfig = {
-      image: 'ghcr.io/infertel/infertel:0.1.0', imagePullPolicy: 'IfNotPresent', port: 9400, upstream: 'http://127.0.0.1:8000/metrics', nativeSidecar: true,
+      image: 'ghcr.io/infertel/infertel:0.1.0',
+      imagePullPolicy: 'IfNotPresent',
+      port: 9400,
+      upstream: 'http://127.0.0.1:8000/metrics',
+      nativeSidecar: true,
       resources: { requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } },
-      env: [{ name: 'HF_TOKEN', valueFrom: { secretKeyRef: { name: 'hf', key: 'token' } } }], configMap: 'infertel-agent', scrapeAnnotations: true,
+      env: [{ name: 'HF_TOKEN', valueFrom: { secretKeyRef: { name: 'hf', key: 'token' } } }],
+      configMap: 'infertel-agent',
+      scrapeAnnotations: true,
     };
     for (const nativeSidecar of [true, false]) {
-      const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'vllm-0', annotations: { 'infertel.io/inject': 'true' } }, spec: { containers: [{ name: 'vllm', image: 'vllm/vllm-openai' }] } };
+      const pod = {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'vllm-0', annotations: { 'infertel.io/inject': 'true' } },
+        spec: { containers: [{ name: 'vllm', image: 'vllm/vllm-openai' }] },
+      };
       const r = mutatePod(pod, 'ml', { ...cfg, nativeSidecar });
       assert.equal(r.skipped, undefined);
       await validate(applyPatch(pod, r.patch) as unknown as Manifest);

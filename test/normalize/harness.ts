@@ -23,12 +23,17 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
   const catalogue = buildCatalogue(opts.profile ?? 'ms');
   const limiter = new SeriesLimiter({ perMetric: opts.perMetric ?? 2000, total: opts.total ?? 50_000 });
   const n = new Normalizer(catalogue, {
-    histograms: opts.histograms ?? 'rebucket', staleAfterScrapes: opts.stale ?? 3, seriesPerMetric: opts.perMetric ?? 2000,
-    labelPolicy: makeLabelPolicy([], 128, ['model', 'model_name']), limiter, guardCounts: newGuardCounts(),
+    histograms: opts.histograms ?? 'rebucket',
+    staleAfterScrapes: opts.stale ?? 3,
+    seriesPerMetric: opts.perMetric ?? 2000,
+    labelPolicy: makeLabelPolicy([], 128, ['model', 'model_name']),
+    limiter,
+    guardCounts: newGuardCounts(),
   });
   let clock = 1_000_000;
   const h: Harness = {
-    n, limiter,
+    n,
+    limiter,
     ingest(flavor, text, upstream = 'u1', model, format = 'text') {
       const fam = parseExposition(text, format).families;
       const a = FLAVOR_TABLE[flavor];
@@ -38,7 +43,13 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
     snapshot: (nowMs) => n.snapshot(nowMs ?? (clock += 10_000), 1),
     series(metric, nowMs) {
       const fam = h.snapshot(nowMs).find((f) => f.metric.exportName === metric || f.metric.name === metric);
-      return (fam?.series ?? []).map((s) => ({ labels: Object.fromEntries(s.labels), value: s.value, bounds: s.hist?.bounds, cum: s.hist?.cum, sum: s.hist?.sum }));
+      return (fam?.series ?? []).map((s) => ({
+        labels: Object.fromEntries(s.labels),
+        value: s.value,
+        bounds: s.hist?.bounds,
+        cum: s.hist?.cum,
+        sum: s.hist?.sum,
+      }));
     },
     value(metric, labels = {}, nowMs) {
       const matches = h.series(metric, nowMs).filter((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v));
@@ -50,14 +61,25 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
 }
 
 /** vLLM V1 payload builder: two engines by default, prometheus_client formatting. */
-export function vllmV1(v: { running?: number[]; waiting?: number[]; kv?: number[]; prompt?: number[]; gen?: number[]; e2e?: Array<{ cum: number[]; sum: number }>; model?: string; extra?: string }): string {
+export function vllmV1(v: {
+  running?: number[];
+  waiting?: number[];
+  kv?: number[];
+  prompt?: number[];
+  gen?: number[];
+  e2e?: Array<{ cum: number[]; sum: number }>;
+  model?: string;
+  extra?: string;
+}): string {
   const model = v.model ?? 'llama';
   const engines = (v.running ?? [1, 2]).map((_, i) => String(i));
   const lines: string[] = [];
   const g = (name: string, type: string, vals: number[] | undefined) => {
     if (!vals) return;
     lines.push(`# HELP vllm:${name} x\n# TYPE vllm:${name} ${type}`);
-    engines.forEach((e, i) => lines.push(`vllm:${name}{engine="${e}",model_name="${model}"} ${vals[i]!.toFixed(1)}`));
+    engines.forEach((e, i) => {
+      lines.push(`vllm:${name}{engine="${e}",model_name="${model}"} ${vals[i]!.toFixed(1)}`);
+    });
   };
   g('num_requests_running', 'gauge', v.running ?? [1, 2]);
   g('num_requests_waiting', 'gauge', v.waiting);
@@ -69,20 +91,26 @@ export function vllmV1(v: { running?: number[]; waiting?: number[]; kv?: number[
     lines.push('# HELP vllm:e2e_request_latency_seconds x\n# TYPE vllm:e2e_request_latency_seconds histogram');
     engines.forEach((e, i) => {
       const h = v.e2e![i]!;
-      le.forEach((b, j) => lines.push(`vllm:e2e_request_latency_seconds_bucket{engine="${e}",le="${b}",model_name="${model}"} ${h.cum[j]}`));
+      le.forEach((b, j) => {
+        lines.push(`vllm:e2e_request_latency_seconds_bucket{engine="${e}",le="${b}",model_name="${model}"} ${h.cum[j]}`);
+      });
       lines.push(`vllm:e2e_request_latency_seconds_bucket{engine="${e}",le="+Inf",model_name="${model}"} ${h.cum[le.length]}`);
       lines.push(`vllm:e2e_request_latency_seconds_count{engine="${e}",model_name="${model}"} ${h.cum[le.length]}`);
       lines.push(`vllm:e2e_request_latency_seconds_sum{engine="${e}",model_name="${model}"} ${h.sum}`);
     });
   }
-  return lines.join('\n') + '\n' + (v.extra ?? '');
+  return `${lines.join('\n')}\n${v.extra ?? ''}`;
 }
 
 /** The same payload as OpenMetrics writes it: counter families without _total, and a closing # EOF. */
 export function asOpenMetrics(text: string): string {
   const counters = new Set([...text.matchAll(/^# TYPE (\S+)_total counter$/gm)].map((m) => m[1]!));
-  return text.split('\n').map((line) => {
-    const m = /^# (TYPE|HELP) (\S+)_total( .*)?$/.exec(line);
-    return m && counters.has(m[2]!) ? `# ${m[1]} ${m[2]}${m[3] ?? ''}` : line;
-  }).join('\n').replace(/\n*$/, '\n') + '# EOF\n';
+  return `${text
+    .split('\n')
+    .map((line) => {
+      const m = /^# (TYPE|HELP) (\S+)_total( .*)?$/.exec(line);
+      return m && counters.has(m[2]!) ? `# ${m[1]} ${m[2]}${m[3] ?? ''}` : line;
+    })
+    .join('\n')
+    .replace(/\n*$/, '\n')}# EOF\n`;
 }

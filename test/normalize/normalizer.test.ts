@@ -17,7 +17,17 @@ describe('normaliser: names, units, aliases', () => {
 
   it('sums counters over engines and converts seconds histograms to ms, bounds and _sum alike', () => {
     const h = harness();
-    h.ingest('vllm', vllmV1({ prompt: [10, 20], gen: [1, 2], e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 }] }));
+    h.ingest(
+      'vllm',
+      vllmV1({
+        prompt: [10, 20],
+        gen: [1, 2],
+        e2e: [
+          { cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 },
+          { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 },
+        ],
+      }),
+    );
     assert.equal(h.value('tokens_input_total', { model: 'llama' }), 30);
     assert.equal(h.value('tokens_generated_total', { model: 'llama', phase: 'decode' }), 3);
     const [s] = h.series('inference_request_duration_ms');
@@ -33,7 +43,15 @@ describe('normaliser: names, units, aliases', () => {
 
   it('seconds profile keeps base units and _seconds names', () => {
     const h = harness({ profile: 'seconds' });
-    h.ingest('vllm', vllmV1({ e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 0, 0, 0, 0, 0], sum: 0 }] }));
+    h.ingest(
+      'vllm',
+      vllmV1({
+        e2e: [
+          { cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 },
+          { cum: [0, 0, 0, 0, 0, 0, 0], sum: 0 },
+        ],
+      }),
+    );
     const [s] = h.series('inference_request_duration_seconds');
     assert.equal(s!.sum, 2.5);
     assert.deepEqual(s!.bounds!.slice(0, 3), [0.005, 0.01, 0.02]);
@@ -41,30 +59,79 @@ describe('normaliser: names, units, aliases', () => {
 
   it('per-metric layouts from config replace the documented ones', async () => {
     const { buildCatalogue } = await import('../../agent/catalogue/catalogue.js');
-    assert.deepEqual(buildCatalogue('ms', { inference_request_duration_ms: [100, 1000, 10000] }).byName.get('inference_request_duration_ms')!.bounds, [100, 1000, 10000]);
+    assert.deepEqual(
+      buildCatalogue('ms', { inference_request_duration_ms: [100, 1000, 10000] }).byName.get('inference_request_duration_ms')!.bounds,
+      [100, 1000, 10000],
+    );
     assert.deepEqual(buildCatalogue('seconds').byName.get('prefill_latency_ms')!.bounds!.slice(0, 2), [0.0002, 0.0005], 'ms layouts in seconds');
     assert.deepEqual(buildCatalogue('seconds').byName.get('batch_size_observed')!.bounds!.slice(0, 2), [1, 2], 'non-time layouts are not scaled');
   });
 
   it('native histograms keep the upstream bounds, scaled', () => {
     const h = harness({ histograms: 'native' });
-    h.ingest('vllm', vllmV1({ e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 0, 0, 0, 0, 1], sum: 9 }] }));
+    h.ingest(
+      'vllm',
+      vllmV1({
+        e2e: [
+          { cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 },
+          { cum: [0, 0, 0, 0, 0, 0, 1], sum: 9 },
+        ],
+      }),
+    );
     const [s] = h.series('inference_request_duration_ms');
     assert.deepEqual(s!.bounds, [300, 500, 800, 1000, 1500, 2000]);
     assert.deepEqual(s!.cum, [1, 2, 3, 4, 5, 6]);
   });
 
   const aliasCases: Array<{ name: string; text: string; metric: string; want: number | undefined }> = [
-    { name: 'V0 gpu_cache_usage_perc', text: '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name="m"} 0.4\n', metric: 'kv_cache_usage_ratio', want: 0.4 },
-    { name: '0.9-0.10 emit old and new KV names: the new one wins, no double count',
+    {
+      name: 'V0 gpu_cache_usage_perc',
+      text: '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name="m"} 0.4\n',
+      metric: 'kv_cache_usage_ratio',
+      want: 0.4,
+    },
+    {
+      name: '0.9-0.10 emit old and new KV names: the new one wins, no double count',
       text: '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.9\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.3\n',
-      metric: 'kv_cache_usage_ratio', want: 0.3 },
-    { name: 'ray_vllm: prefix with Ray worker labels', text: '# TYPE ray_vllm:num_requests_running gauge\nray_vllm:num_requests_running{WorkerId="a1",model_name="m"} 2\nray_vllm:num_requests_running{WorkerId="b2",model_name="m"} 3\n', metric: 'inference_active_streams', want: 5 },
-    { name: 'NIM unprefixed vLLM names', text: '# TYPE num_requests_waiting gauge\nnum_requests_waiting{model_name="m"} 4.0\n', metric: 'inference_queue_depth', want: 4 },
-    { name: 'V0 prefix-cache hit rate gauge used as is', text: '# TYPE vllm:gpu_prefix_cache_hit_rate gauge\nvllm:gpu_prefix_cache_hit_rate{model_name="m"} 0.25\n', metric: 'kv_cache_hit_ratio', want: 0.25 },
-    { name: 'V0 hit rate -1 means disabled: no series', text: '# TYPE vllm:gpu_prefix_cache_hit_rate gauge\nvllm:gpu_prefix_cache_hit_rate{model_name="m"} -1\n', metric: 'kv_cache_hit_ratio', want: undefined },
-    { name: 'V0 spec-decode acceptance gauge', text: '# TYPE vllm:spec_decode_draft_acceptance_rate gauge\nvllm:spec_decode_draft_acceptance_rate{model_name="m"} 0.6\n', metric: 'draft_accept_ratio', want: 0.6 },
-    { name: 'finish reasons', text: '# TYPE vllm:request_success_total counter\nvllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 7.0\nvllm:request_success_total{engine="1",finished_reason="stop",model_name="m"} 3.0\n', metric: 'inference_requests_finished_total', want: 10 },
+      metric: 'kv_cache_usage_ratio',
+      want: 0.3,
+    },
+    {
+      name: 'ray_vllm: prefix with Ray worker labels',
+      text: '# TYPE ray_vllm:num_requests_running gauge\nray_vllm:num_requests_running{WorkerId="a1",model_name="m"} 2\nray_vllm:num_requests_running{WorkerId="b2",model_name="m"} 3\n',
+      metric: 'inference_active_streams',
+      want: 5,
+    },
+    {
+      name: 'NIM unprefixed vLLM names',
+      text: '# TYPE num_requests_waiting gauge\nnum_requests_waiting{model_name="m"} 4.0\n',
+      metric: 'inference_queue_depth',
+      want: 4,
+    },
+    {
+      name: 'V0 prefix-cache hit rate gauge used as is',
+      text: '# TYPE vllm:gpu_prefix_cache_hit_rate gauge\nvllm:gpu_prefix_cache_hit_rate{model_name="m"} 0.25\n',
+      metric: 'kv_cache_hit_ratio',
+      want: 0.25,
+    },
+    {
+      name: 'V0 hit rate -1 means disabled: no series',
+      text: '# TYPE vllm:gpu_prefix_cache_hit_rate gauge\nvllm:gpu_prefix_cache_hit_rate{model_name="m"} -1\n',
+      metric: 'kv_cache_hit_ratio',
+      want: undefined,
+    },
+    {
+      name: 'V0 spec-decode acceptance gauge',
+      text: '# TYPE vllm:spec_decode_draft_acceptance_rate gauge\nvllm:spec_decode_draft_acceptance_rate{model_name="m"} 0.6\n',
+      metric: 'draft_accept_ratio',
+      want: 0.6,
+    },
+    {
+      name: 'finish reasons',
+      text: '# TYPE vllm:request_success_total counter\nvllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 7.0\nvllm:request_success_total{engine="1",finished_reason="stop",model_name="m"} 3.0\n',
+      metric: 'inference_requests_finished_total',
+      want: 10,
+    },
   ];
   for (const c of aliasCases) {
     it(`alias: ${c.name}`, () => {
@@ -75,7 +142,8 @@ describe('normaliser: names, units, aliases', () => {
   }
 
   it('prefers inter_token_latency over the deprecated time_per_output_token when both are present', () => {
-    const hist = (name: string, n: number) => `# TYPE vllm:${name} histogram\nvllm:${name}_bucket{le="0.01",model_name="m"} ${n}\nvllm:${name}_bucket{le="+Inf",model_name="m"} ${n}\nvllm:${name}_count{model_name="m"} ${n}\nvllm:${name}_sum{model_name="m"} 0.001\n`;
+    const hist = (name: string, n: number) =>
+      `# TYPE vllm:${name} histogram\nvllm:${name}_bucket{le="0.01",model_name="m"} ${n}\nvllm:${name}_bucket{le="+Inf",model_name="m"} ${n}\nvllm:${name}_count{model_name="m"} ${n}\nvllm:${name}_sum{model_name="m"} 0.001\n`;
     const h = harness();
     h.ingest('vllm', hist('time_per_output_token_seconds', 50) + hist('inter_token_latency_seconds', 7));
     assert.equal(h.value('decode_iter_latency_ms'), 7);
@@ -83,14 +151,25 @@ describe('normaliser: names, units, aliases', () => {
 
   it('maps http_requests_total handler/status to route/code and takes the model from the payload', () => {
     const h = harness();
-    h.ingest('vllm', vllmV1({ extra: '# TYPE http_requests_total counter\nhttp_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 5.0\nhttp_requests_total{handler="/v1/chat/completions",method="GET",status="2xx"} 1.0\nhttp_requests_total{handler="/v1/chat/completions",method="POST",status="5xx"} 2.0\n' }));
+    h.ingest(
+      'vllm',
+      vllmV1({
+        extra:
+          '# TYPE http_requests_total counter\nhttp_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 5.0\nhttp_requests_total{handler="/v1/chat/completions",method="GET",status="2xx"} 1.0\nhttp_requests_total{handler="/v1/chat/completions",method="POST",status="5xx"} 2.0\n',
+      }),
+    );
     assert.equal(h.value('inference_requests_total', { model: 'llama', route: '/v1/chat/completions', code: '2xx' }), 6);
     assert.equal(h.value('inference_requests_total', { code: '5xx' }), 2);
   });
 
   it('TGI: success is 2xx, failures map to the class the router answers with, model from config', () => {
     const h = harness();
-    h.ingest('tgi', '# TYPE tgi_request_success counter\ntgi_request_success 10\n\n# TYPE tgi_request_failure counter\ntgi_request_failure{err="validation"} 2\ntgi_request_failure{err="overloaded"} 1\ntgi_request_failure{err="generation"} 1\ntgi_request_failure{err="incomplete"} 3\ntgi_request_failure{err="dropped"} 1\n\n', 'tgi', 'mistral');
+    h.ingest(
+      'tgi',
+      '# TYPE tgi_request_success counter\ntgi_request_success 10\n\n# TYPE tgi_request_failure counter\ntgi_request_failure{err="validation"} 2\ntgi_request_failure{err="overloaded"} 1\ntgi_request_failure{err="generation"} 1\ntgi_request_failure{err="incomplete"} 3\ntgi_request_failure{err="dropped"} 1\n\n',
+      'tgi',
+      'mistral',
+    );
     assert.equal(h.value('inference_requests_total', { model: 'mistral', code: '2xx' }), 10);
     assert.equal(h.value('inference_requests_total', { code: '4xx' }), 4);
     assert.equal(h.value('inference_requests_total', { code: '5xx' }), 4);
@@ -102,24 +181,41 @@ describe('normaliser: names, units, aliases', () => {
     const text = sim.render();
     const h = harness();
     h.ingest('tgi', text, 'tgi', 'mistral');
-    const sumOf = (name: string) => Number(text.split('\n').find((l) => l.startsWith(`${name}_sum `))!.split(' ')[1]);
+    const sumOf = (name: string) =>
+      Number(
+        text
+          .split('\n')
+          .find((l) => l.startsWith(`${name}_sum `))!
+          .split(' ')[1],
+      );
     assert.equal(h.value('tokens_generated_total', { model: 'mistral' }), sumOf('tgi_request_generated_tokens'));
     assert.equal(h.value('tokens_input_total', { model: 'mistral' }), sumOf('tgi_request_input_length'));
     assert.ok(h.value('prefill_latency_ms')! > 0);
     assert.ok(h.value('decode_iter_latency_ms')! > h.value('prefill_latency_ms')!, 'more decode steps than prefills');
     assert.equal(h.value('inference_ttft_ms'), undefined, 'TGI has no TTFT: none is invented');
     const ctx = h.series('inference_requests_by_context_total');
-    assert.equal(ctx.reduce((a, s) => a + s.value, 0), Number(text.split('\n').find((l) => l.startsWith('tgi_request_input_length_count '))!.split(' ')[1]));
+    assert.equal(
+      ctx.reduce((a, s) => a + s.value, 0),
+      Number(
+        text
+          .split('\n')
+          .find((l) => l.startsWith('tgi_request_input_length_count '))!
+          .split(' ')[1],
+      ),
+    );
   });
 });
 
 describe('normaliser: NVIDIA NIM (vLLM names without a prefix)', () => {
   it('label-less series take the one model the payload names, and finish reasons come from request_finish_total', () => {
     const h = harness();
-    h.ingest('vllm', '# TYPE num_requests_running gauge\nnum_requests_running 2.0\n'
-      + '# TYPE prompt_tokens_total counter\nprompt_tokens_total{model_name="llama"} 5.0\n'
-      + '# TYPE request_finish_total counter\nrequest_finish_total{finished_reason="stop",model_name="llama"} 3.0\nrequest_finish_total{finished_reason="length",model_name="llama"} 1.0\n'
-      + '# TYPE request_success_total counter\nrequest_success_total{model_name="llama"} 4.0\n');
+    h.ingest(
+      'vllm',
+      '# TYPE num_requests_running gauge\nnum_requests_running 2.0\n' +
+        '# TYPE prompt_tokens_total counter\nprompt_tokens_total{model_name="llama"} 5.0\n' +
+        '# TYPE request_finish_total counter\nrequest_finish_total{finished_reason="stop",model_name="llama"} 3.0\nrequest_finish_total{finished_reason="length",model_name="llama"} 1.0\n' +
+        '# TYPE request_success_total counter\nrequest_success_total{model_name="llama"} 4.0\n',
+    );
     assert.equal(h.value('inference_active_streams', { model: 'llama' }), 2);
     assert.equal(h.value('inference_requests_finished_total', { model: 'llama', reason: 'stop' }), 3);
     assert.equal(h.value('inference_requests_finished_total', { model: 'llama', reason: 'length' }), 1);
@@ -130,8 +226,11 @@ describe('normaliser: NVIDIA NIM (vLLM names without a prefix)', () => {
 describe('normaliser: old and new names are chosen per model', () => {
   it('a model still on the old KV name keeps its series beside one on the new name; a model with both counts once', () => {
     const h = harness();
-    h.ingest('vllm', '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine="0",model_name="new"} 0.5\nvllm:kv_cache_usage_perc{engine="0",model_name="both"} 0.25\n'
-      + '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{engine="0",model_name="old"} 0.75\nvllm:gpu_cache_usage_perc{engine="0",model_name="both"} 0.9\n');
+    h.ingest(
+      'vllm',
+      '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine="0",model_name="new"} 0.5\nvllm:kv_cache_usage_perc{engine="0",model_name="both"} 0.25\n' +
+        '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{engine="0",model_name="old"} 0.75\nvllm:gpu_cache_usage_perc{engine="0",model_name="both"} 0.9\n',
+    );
     assert.equal(h.value('kv_cache_usage_ratio', { model: 'new' }), 0.5);
     assert.equal(h.value('kv_cache_usage_ratio', { model: 'old' }), 0.75, 'the old name is not lost for this model');
     assert.equal(h.value('kv_cache_usage_ratio', { model: 'both' }), 0.25, 'the newest name wins, no double count');
@@ -140,7 +239,15 @@ describe('normaliser: old and new names are chosen per model', () => {
 
 describe('normaliser: OpenMetrics input', () => {
   it('the same vLLM payload as text 0.0.4 and as OpenMetrics gives identical canonical output (counters named without _total)', () => {
-    const payload = vllmV1({ prompt: [10, 20], gen: [1, 2], waiting: [1, 1], e2e: [{ cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 }, { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 }] });
+    const payload = vllmV1({
+      prompt: [10, 20],
+      gen: [1, 2],
+      waiting: [1, 1],
+      e2e: [
+        { cum: [1, 2, 3, 4, 5, 6, 7], sum: 2.5 },
+        { cum: [0, 0, 1, 1, 1, 1, 2], sum: 1.5 },
+      ],
+    });
     const om = asOpenMetrics(payload);
     assert.match(om, /^# TYPE vllm:prompt_tokens counter$/m, 'the OpenMetrics spelling is used');
     const text = harness();
@@ -166,14 +273,19 @@ describe('normaliser: counters stay monotonic', () => {
 
   it('a histogram reset keeps buckets, _count and _sum monotonic', () => {
     const h = harness();
-    const e2e = (k: number) => [{ cum: [1, 2, 3, 4, 5, 6, 7].map((x) => x * k), sum: 2 * k }, { cum: [0, 0, 0, 0, 0, 0, 0], sum: 0 }];
+    const e2e = (k: number) => [
+      { cum: [1, 2, 3, 4, 5, 6, 7].map((x) => x * k), sum: 2 * k },
+      { cum: [0, 0, 0, 0, 0, 0, 0], sum: 0 },
+    ];
     h.ingest('vllm', vllmV1({ e2e: e2e(3) }));
     const before = h.series('inference_request_duration_ms')[0]!;
     h.ingest('vllm', vllmV1({ e2e: e2e(1) }));
     const after = h.series('inference_request_duration_ms')[0]!;
     assert.equal(after.value, 21 + 7);
     assert.equal(after.sum, (6 + 2) * 1000);
-    after.cum!.forEach((c, i) => assert.ok(c >= before.cum![i]!, `bucket ${i}`));
+    after.cum!.forEach((c, i) => {
+      assert.ok(c >= before.cum![i]!, `bucket ${i}`);
+    });
   });
 
   it('merged upstreams stay monotonic when one restarts and when one disappears', () => {
@@ -214,7 +326,8 @@ describe('normaliser: derived metrics', () => {
 
   it('kv_cache_hit_ratio comes from prefix-cache counter deltas (V1), not lifetime totals', () => {
     const h = harness();
-    const p = (q: number, hit: number) => `# TYPE vllm:prefix_cache_queries_total counter\nvllm:prefix_cache_queries_total{engine="0",model_name="m"} ${q}\n# TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total{engine="0",model_name="m"} ${hit}\n`;
+    const p = (q: number, hit: number) =>
+      `# TYPE vllm:prefix_cache_queries_total counter\nvllm:prefix_cache_queries_total{engine="0",model_name="m"} ${q}\n# TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total{engine="0",model_name="m"} ${hit}\n`;
     h.ingest('vllm', p(1000, 900));
     h.snapshot(0);
     h.ingest('vllm', p(2000, 1100));
@@ -224,7 +337,8 @@ describe('normaliser: derived metrics', () => {
 
   it('draft_accept_ratio from V1 spec-decode counters', () => {
     const h = harness();
-    const p = (d: number, a: number) => `# TYPE vllm:spec_decode_num_draft_tokens_total counter\nvllm:spec_decode_num_draft_tokens_total{engine="0",model_name="m"} ${d}\n# TYPE vllm:spec_decode_num_accepted_tokens_total counter\nvllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="m"} ${a}\n`;
+    const p = (d: number, a: number) =>
+      `# TYPE vllm:spec_decode_num_draft_tokens_total counter\nvllm:spec_decode_num_draft_tokens_total{engine="0",model_name="m"} ${d}\n# TYPE vllm:spec_decode_num_accepted_tokens_total counter\nvllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="m"} ${a}\n`;
     h.ingest('vllm', p(100, 50));
     h.snapshot(0);
     h.ingest('vllm', p(300, 200));
@@ -243,7 +357,20 @@ describe('normaliser: derived metrics', () => {
 
   it('context buckets from the vLLM prompt-length histogram', () => {
     const h = harness();
-    h.ingest('vllm', '# TYPE vllm:request_prompt_tokens histogram\n' + [[1000, 40], [2000, 60], [5000, 90], [10000, 95], [20000, 100]].map(([le, c]) => `vllm:request_prompt_tokens_bucket{le="${le}.0",model_name="m"} ${c}.0`).join('\n') + '\nvllm:request_prompt_tokens_bucket{le="+Inf",model_name="m"} 100.0\nvllm:request_prompt_tokens_count{model_name="m"} 100.0\nvllm:request_prompt_tokens_sum{model_name="m"} 1.0\n');
+    h.ingest(
+      'vllm',
+      `# TYPE vllm:request_prompt_tokens histogram\n${[
+        [1000, 40],
+        [2000, 60],
+        [5000, 90],
+        [10000, 95],
+        [20000, 100],
+      ]
+        .map(([le, c]) => `vllm:request_prompt_tokens_bucket{le="${le}.0",model_name="m"} ${c}.0`)
+        .join(
+          '\n',
+        )}\nvllm:request_prompt_tokens_bucket{le="+Inf",model_name="m"} 100.0\nvllm:request_prompt_tokens_count{model_name="m"} 100.0\nvllm:request_prompt_tokens_sum{model_name="m"} 1.0\n`,
+    );
     const got = Object.fromEntries(h.series('inference_requests_by_context_total').map((s) => [s.labels.context_bucket, Math.round(s.value * 1e6) / 1e6]));
     assert.deepEqual(got, { '<=1k': 40, '1k-4k': 40, '4k-16k': 18, '>16k': 2 });
   });
@@ -271,14 +398,14 @@ describe('normaliser: guards', () => {
 describe('normaliser: real captures (../shared/fixtures)', { skip: !sharedFixturesPresent() && 'no ../shared/fixtures' }, () => {
   it('vLLM V0 capture yields canonical series', () => {
     const h = harness();
-    h.ingest('vllm', readFileSync(SHARED_FIXTURES + 'vllm-v0-2024-06-datadog-opt125m.prom', 'utf8'));
+    h.ingest('vllm', readFileSync(`${SHARED_FIXTURES}vllm-v0-2024-06-datadog-opt125m.prom`, 'utf8'));
     assert.ok(h.value('inference_ttft_ms', { model: 'facebook/opt-125m' })! > 0);
     assert.notEqual(h.value('kv_cache_usage_ratio', { model: 'facebook/opt-125m' }), undefined);
     assert.ok(h.value('tokens_generated_total', { model: 'facebook/opt-125m' })! > 0);
   });
   it('TGI 3.x capture yields canonical series with the configured model', () => {
     const h = harness();
-    h.ingest('tgi', readFileSync(SHARED_FIXTURES + 'tgi-3.x-datadog.prom', 'utf8'), 'tgi', 'hermes');
+    h.ingest('tgi', readFileSync(`${SHARED_FIXTURES}tgi-3.x-datadog.prom`, 'utf8'), 'tgi', 'hermes');
     assert.equal(h.value('inference_requests_total', { model: 'hermes', code: '2xx' }), 109);
     assert.equal(h.value('inference_requests_total', { code: '4xx' }), 2);
     assert.ok(h.value('inference_request_duration_ms')! > 0);
@@ -295,9 +422,25 @@ describe('normaliser: simulated vLLM V1 with two engines', () => {
     h.snapshot(0);
     h.ingest('vllm', sim.render());
     const present = new Set(h.snapshot(10_000).map((f) => f.metric.name));
-    for (const m of ['inference_requests_total', 'inference_requests_finished_total', 'inference_request_duration_ms', 'inference_ttft_ms', 'queue_time_ms',
-      'prefill_latency_ms', 'decode_iter_latency_ms', 'inference_active_streams', 'inference_queue_depth', 'tokens_generated_total', 'tokens_input_total',
-      'tokens_per_second', 'batch_size_observed', 'kv_cache_usage_ratio', 'kv_cache_hit_ratio', 'preemptions_total', 'inference_requests_by_context_total']) {
+    for (const m of [
+      'inference_requests_total',
+      'inference_requests_finished_total',
+      'inference_request_duration_ms',
+      'inference_ttft_ms',
+      'queue_time_ms',
+      'prefill_latency_ms',
+      'decode_iter_latency_ms',
+      'inference_active_streams',
+      'inference_queue_depth',
+      'tokens_generated_total',
+      'tokens_input_total',
+      'tokens_per_second',
+      'batch_size_observed',
+      'kv_cache_usage_ratio',
+      'kv_cache_hit_ratio',
+      'preemptions_total',
+      'inference_requests_by_context_total',
+    ]) {
       assert.ok(present.has(m), m);
     }
   });

@@ -5,15 +5,25 @@ import { detectFormat, parseExposition, parseNumberAt, type RejectReason } from 
 import { SHARED_FIXTURES, sharedFixturesPresent } from '../helpers.js';
 
 describe('parseExposition', () => {
-  const cases: Array<{ name: string; text: string; families: number; samples: number; errors: number; check?: (r: ReturnType<typeof parseExposition>) => void }> = [
+  const cases: Array<{
+    name: string;
+    text: string;
+    families: number;
+    samples: number;
+    errors: number;
+    check?: (r: ReturnType<typeof parseExposition>) => void;
+  }> = [
     {
       name: 'vLLM label order puts le between engine and model_name',
-      text: '# HELP vllm:e2e_request_latency_seconds h\n# TYPE vllm:e2e_request_latency_seconds histogram\n'
-        + 'vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="m"} 1.0\n'
-        + 'vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} 2.0\n'
-        + 'vllm:e2e_request_latency_seconds_count{engine="0",model_name="m"} 2.0\n'
-        + 'vllm:e2e_request_latency_seconds_sum{engine="0",model_name="m"} 1.5\n',
-      families: 1, samples: 4, errors: 0,
+      text:
+        '# HELP vllm:e2e_request_latency_seconds h\n# TYPE vllm:e2e_request_latency_seconds histogram\n' +
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",le="0.3",model_name="m"} 1.0\n' +
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} 2.0\n' +
+        'vllm:e2e_request_latency_seconds_count{engine="0",model_name="m"} 2.0\n' +
+        'vllm:e2e_request_latency_seconds_sum{engine="0",model_name="m"} 1.5\n',
+      families: 1,
+      samples: 4,
+      errors: 0,
       check: (r) => {
         assert.equal(r.families[0]!.type, 'histogram');
         assert.deepEqual(r.families[0]!.samples[0]!.labels, ['engine', '0', 'le', '0.3', 'model_name', 'm']);
@@ -23,7 +33,9 @@ describe('parseExposition', () => {
     {
       name: 'TGI counters without _total, blank lines, no HELP',
       text: '# TYPE tgi_request_failure counter\ntgi_request_failure{err="validation"} 2\n\n# HELP tgi_request_count Total\n# TYPE tgi_request_count counter\ntgi_request_count 111\n\n',
-      families: 2, samples: 2, errors: 0,
+      families: 2,
+      samples: 2,
+      errors: 0,
       check: (r) => {
         assert.equal(r.families[0]!.help, undefined);
         assert.equal(r.families[1]!.samples[0]!.value, 111);
@@ -32,13 +44,17 @@ describe('parseExposition', () => {
     {
       name: 'histogram whose base name ends in _total keeps its buckets',
       text: '# TYPE vllm:iteration_tokens_total histogram\nvllm:iteration_tokens_total_bucket{le="1.0"} 3.0\nvllm:iteration_tokens_total_bucket{le="+Inf"} 4.0\nvllm:iteration_tokens_total_count 4.0\nvllm:iteration_tokens_total_sum 9.0\n',
-      families: 1, samples: 4, errors: 0,
+      families: 1,
+      samples: 4,
+      errors: 0,
       check: (r) => assert.equal(r.families[0]!.name, 'vllm:iteration_tokens_total'),
     },
     {
       name: 'escapes, exponents, timestamps, Inf and NaN',
       text: 'a{x="q\\"uote\\\\back\\nline"} 1.15891634176e+011 1700000000000\nb +Inf\nc NaN\nd -Inf\ne 8.128902e+06\n',
-      families: 5, samples: 5, errors: 0,
+      families: 5,
+      samples: 5,
+      errors: 0,
       check: (r) => {
         assert.equal(r.families[0]!.samples[0]!.labels[1], 'q"uote\\back\nline');
         assert.equal(r.families[0]!.samples[0]!.value, 115891634176);
@@ -50,24 +66,36 @@ describe('parseExposition', () => {
     {
       name: 'garbage lines are counted and skipped',
       text: 'ok 1\nthis is not a sample\n{bad="x"} 2\nalso{broken 3\nok2 notanumber\nfine 4\n',
-      families: 2, samples: 2, errors: 4,
+      families: 2,
+      samples: 2,
+      errors: 4,
     },
     {
       name: 'a final line without its newline is kept (several real exporters end that way)',
       text: 'x_total 10\ny_total 12',
-      families: 2, samples: 2, errors: 0,
+      families: 2,
+      samples: 2,
+      errors: 0,
       check: (r) => assert.equal(r.families[1]!.samples[0]!.value, 12),
     },
     {
       name: 'prometheus_client _created families stay separate gauges',
       text: '# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{model_name="m"} 5.0\n# TYPE vllm:prompt_tokens_created gauge\nvllm:prompt_tokens_created{model_name="m"} 1.7e9\n',
-      families: 2, samples: 2, errors: 0,
-      check: (r) => assert.deepEqual(r.families.map((f) => f.type), ['counter', 'gauge']),
+      families: 2,
+      samples: 2,
+      errors: 0,
+      check: (r) =>
+        assert.deepEqual(
+          r.families.map((f) => f.type),
+          ['counter', 'gauge'],
+        ),
     },
     {
       name: 'samples without TYPE form untyped families; interleaving regroups',
       text: '# TYPE h histogram\nh_bucket{le="1"} 1\nother 5\nh_bucket{le="+Inf"} 2\nh_count 2\nh_sum 1\n',
-      families: 2, samples: 5, errors: 0,
+      families: 2,
+      samples: 5,
+      errors: 0,
       check: (r) => assert.equal(r.families.find((f) => f.name === 'h')!.samples.length, 4),
     },
   ];
@@ -132,7 +160,9 @@ describe('line-by-line rejection (what Prometheus rejects, by reason)', () => {
   }
 
   it('a non-numeric le on a histogram bucket is rejected; le on a gauge is an ordinary label', () => {
-    const r = parseExposition('# TYPE h histogram\nh_bucket{le="abc"} 1\nh_bucket{le="NaN"} 1\nh_bucket{le="+Inf"} 2\nh_count 2\nh_sum 1\n# TYPE g gauge\ng{le="abc"} 3\n');
+    const r = parseExposition(
+      '# TYPE h histogram\nh_bucket{le="abc"} 1\nh_bucket{le="NaN"} 1\nh_bucket{le="+Inf"} 2\nh_count 2\nh_sum 1\n# TYPE g gauge\ng{le="abc"} 3\n',
+    );
     assert.deepEqual(r.rejected, { bad_le: 2 });
     assert.equal(r.families.find((f) => f.name === 'g')!.samples[0]!.labels[1], 'abc');
   });
@@ -146,7 +176,13 @@ describe('line-by-line rejection (what Prometheus rejects, by reason)', () => {
   it('a _sum before its TYPE keeps its own family and the late TYPE is rejected (no second TYPE line later)', () => {
     const r = parseExposition('foo_sum 3\n# TYPE foo summary\nfoo_count 2\n');
     assert.deepEqual(r.rejected, { metadata_after_samples: 1 });
-    assert.deepEqual(r.families.map((f) => [f.name, f.type]), [['foo_sum', 'untyped'], ['foo_count', 'untyped']]);
+    assert.deepEqual(
+      r.families.map((f) => [f.name, f.type]),
+      [
+        ['foo_sum', 'untyped'],
+        ['foo_count', 'untyped'],
+      ],
+    );
   });
 
   it('an error message never carries the line (it may hold a secret)', () => {
@@ -168,15 +204,42 @@ describe('line-by-line rejection (what Prometheus rejects, by reason)', () => {
 
 describe('parseNumberAt (the allocation-free value parser)', () => {
   it('agrees with Number() on every form prometheus_client, Rust and Go print', () => {
-    const forms = ['0', '0.0', '1', '1.0', '-1.5', '+3', '0.3', '0.1', '1e-05', '1.7181405583e+09', '1.15891634176e+011', '8.128902e+06',
-      '15.330000000000002', '0.00015000000000000001', '145.61096060497135', '295648.0', '4.4481e+07', '123456789012345678901', '1e308', '5e-324',
-      '0.000001', '000123', '1E3', '2.5e0', '.5', '5.', '-0', '1e400'];
+    const forms = [
+      '0',
+      '0.0',
+      '1',
+      '1.0',
+      '-1.5',
+      '+3',
+      '0.3',
+      '0.1',
+      '1e-05',
+      '1.7181405583e+09',
+      '1.15891634176e+011',
+      '8.128902e+06',
+      '15.330000000000002',
+      '0.00015000000000000001',
+      '145.61096060497135',
+      '295648.0',
+      '4.4481e+07',
+      '123456789012345678901',
+      '1e308',
+      '5e-324',
+      '0.000001',
+      '000123',
+      '1E3',
+      '2.5e0',
+      '.5',
+      '5.',
+      '-0',
+      '1e400',
+    ];
     for (const f of forms) assert.equal(parseNumberAt(f, 0, f.length), Number(f), f);
   });
 
   it('agrees with Number() on 20,000 random doubles in several notations', () => {
     let seed = 7;
-    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
     for (let i = 0; i < 20_000; i++) {
       const v = (rand() - 0.5) * 10 ** Math.floor(rand() * 40 - 20);
       for (const f of [String(v), v.toExponential(), v.toFixed(6), v.toPrecision(12)]) {

@@ -17,7 +17,9 @@ const gc = runInNewContext('gc') as () => void;
 // Collector pauses inside a timed run are subtracted: when a heap outgrows the young generation
 // the collector's cost per object rises, which is the runtime's growth, not the parser's.
 const pauses: Array<{ start: number; duration: number }> = [];
-new PerformanceObserver((list) => { for (const e of list.getEntries()) pauses.push({ start: e.startTime, duration: e.duration }); }).observe({ entryTypes: ['gc'] });
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) pauses.push({ start: e.startTime, duration: e.duration });
+}).observe({ entryTypes: ['gc'] });
 const flush = () => new Promise<void>((r) => setTimeout(r, 5));
 
 async function timed(fn: () => void): Promise<number> {
@@ -46,7 +48,13 @@ async function growth(make: (bytes: number) => string, fn: (s: string) => unknow
   for (let t = await timed(() => fn(inputs[0]!)); t * reps < 3 && reps < 4096; reps *= 2);
   const times = [Infinity, Infinity, Infinity];
   for (let round = 0; round < 5; round++) {
-    for (let k = 0; k < 3; k++) times[k] = Math.min(times[k]!, await bestOf(1, () => { for (let r = 0; r < reps; r++) fn(inputs[k]!); }));
+    for (let k = 0; k < 3; k++)
+      times[k] = Math.min(
+        times[k]!,
+        await bestOf(1, () => {
+          for (let r = 0; r < reps; r++) fn(inputs[k]!);
+        }),
+      );
   }
   const t = times.map((x) => Math.max(x, 0.05));
   return [t[1]! / t[0]!, t[2]! / t[1]!];
@@ -80,7 +88,7 @@ describe('parser: every path is linear', () => {
     ['samples of ever new families', (bytes) => Array.from({ length: Math.ceil(bytes / 10) }, (_, i) => `m${i} 1\n`).join('')],
     ['_sum lines before their TYPE', (bytes) => Array.from({ length: Math.ceil(bytes / 40) }, (_, i) => `f${i}_sum 1\n# TYPE f${i} summary\n`).join('')],
     ['rejected lines (first error counts lines once)', repeat('bad line here\n')],
-    ['quotes far apart', (bytes) => 'a{b="' + '\n'.repeat(bytes) + '"} 1\n'],
+    ['quotes far apart', (bytes) => `a{b="${'\n'.repeat(bytes)}"} 1\n`],
   ];
   for (const [what, make] of shapes) {
     it(what, async () => {
@@ -92,9 +100,9 @@ describe('parser: every path is linear', () => {
 describe('label guards: every pattern is linear on 64 KB adversarial values', () => {
   const inputs: Array<[string, (bytes: number) => string]> = [
     ['@ repeated', repeat('a@')],
-    ['local part then @', (b) => 'a'.repeat(b) + '@'],
-    ['@ then a domain with no dot', (b) => 'a@' + 'b'.repeat(b)],
-    ['dots after @ without letters', (b) => 'a@' + 'b.1'.repeat(b / 3)],
+    ['local part then @', (b) => `${'a'.repeat(b)}@`],
+    ['@ then a domain with no dot', (b) => `a@${'b'.repeat(b)}`],
+    ['dots after @ without letters', (b) => `a@${'b.1'.repeat(b / 3)}`],
     ['colons', repeat(':')],
     ['hex and colons', repeat('ab:')],
     ['dashes', repeat('-')],

@@ -15,19 +15,47 @@ const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status
 function makeCert(dir: string, name: string): { cert: string; key: string } {
   const cert = join(dir, `${name}.crt`);
   const key = join(dir, `${name}.key`);
-  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`,
-    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', key, '-out', cert], { encoding: 'utf8' });
+  const r = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      `/CN=${name}`,
+      '-addext',
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { encoding: 'utf8' },
+  );
   if (r.status !== 0) throw new Error(r.stderr);
   return { cert, key };
 }
 
 function post(port: number, body: string): Promise<{ status: number; json: any; peerCN: string }> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port, path: '/mutate', method: 'POST', rejectUnauthorized: false, agent: false, headers: { 'Content-Type': 'application/json' } }, (res) => {
-      let b = '';
-      res.on('data', (d) => (b += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(b), peerCN: (res.socket as import('node:tls').TLSSocket).getPeerCertificate().subject.CN as string }));
-    });
+    const req = https.request(
+      { host: '127.0.0.1', port, path: '/mutate', method: 'POST', rejectUnauthorized: false, agent: false, headers: { 'Content-Type': 'application/json' } },
+      (res) => {
+        let b = '';
+        res.on('data', (d) => (b += d));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            json: JSON.parse(b),
+            peerCN: (res.socket as import('node:tls').TLSSocket).getPeerCertificate().subject.CN as string,
+          }),
+        );
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -36,12 +64,22 @@ function post(port: number, body: string): Promise<{ status: number; json: any; 
 /** Declares a body over the cap and sends only its first bytes: the answer must come anyway. */
 function postOversized(port: number, declared: number): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port, path: '/mutate', method: 'POST', rejectUnauthorized: false, agent: false,
-      headers: { 'Content-Type': 'application/json', 'Content-Length': String(declared) } }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-      req.destroy();
-    });
+    const req = https.request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/mutate',
+        method: 'POST',
+        rejectUnauthorized: false,
+        agent: false,
+        headers: { 'Content-Type': 'application/json', 'Content-Length': String(declared) },
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+        req.destroy();
+      },
+    );
     req.on('error', () => {});
     req.write('{"request":');
     setTimeout(() => reject(new Error('no answer to an oversized review')), 5000).unref();
@@ -52,8 +90,21 @@ function postOversized(port: number, declared: number): Promise<number> {
 function holdOpen(port: number): { req: import('node:http').ClientRequest; status: Promise<number> } {
   let settle: (n: number) => void = () => {};
   const status = new Promise<number>((r) => (settle = r));
-  const req = https.request({ host: '127.0.0.1', port, path: '/mutate', method: 'POST', rejectUnauthorized: false, agent: false,
-    headers: { 'Content-Type': 'application/json', 'Content-Length': '1000' } }, (res) => { res.resume(); settle(res.statusCode ?? 0); });
+  const req = https.request(
+    {
+      host: '127.0.0.1',
+      port,
+      path: '/mutate',
+      method: 'POST',
+      rejectUnauthorized: false,
+      agent: false,
+      headers: { 'Content-Type': 'application/json', 'Content-Length': '1000' },
+    },
+    (res) => {
+      res.resume();
+      settle(res.statusCode ?? 0);
+    },
+  );
   req.on('error', () => settle(-1));
   req.write('{"request":');
   return { req, status };
@@ -71,23 +122,39 @@ describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PAT
     const cfgFile = join(dir, 'webhook.yaml');
     writeFileSync(cfgFile, 'image: registry.example/infertel:test\nnativeSidecar: false\nconfigMap: infertel-agent\n');
     const port = await freePort();
-    const child = spawn(process.execPath, [CLI, 'inject-webhook', '--listen', `127.0.0.1:${port}`, '--tls-cert', certFile, '--tls-key', keyFile, '--config', cfgFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [CLI, 'inject-webhook', '--listen', `127.0.0.1:${port}`, '--tls-cert', certFile, '--tls-key', keyFile, '--config', cfgFile],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (out += d));
     try {
       await eventually(async () => out.includes('injection webhook listening'), 10_000, 'webhook start');
       const review = {
-        apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview',
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
         request: {
-          uid: '705ab4f5-6393-11e8-b7cc-42010a800002', kind: { group: '', version: 'v1', kind: 'Pod' }, resource: { group: '', version: 'v1', resource: 'pods' },
-          namespace: 'inference', operation: 'CREATE', userInfo: { username: 'system:serviceaccount:kube-system:replicaset-controller' },
+          uid: '705ab4f5-6393-11e8-b7cc-42010a800002',
+          kind: { group: '', version: 'v1', kind: 'Pod' },
+          resource: { group: '', version: 'v1', resource: 'pods' },
+          namespace: 'inference',
+          operation: 'CREATE',
+          userInfo: { username: 'system:serviceaccount:kube-system:replicaset-controller' },
           object: {
-            apiVersion: 'v1', kind: 'Pod',
-            metadata: { generateName: 'vllm-7d9c-', labels: { app: 'vllm' }, annotations: { 'infertel.io/inject': 'true', 'infertel.io/flavor': 'vllm', 'infertel.io/upstream': '8000' } },
+            apiVersion: 'v1',
+            kind: 'Pod',
+            metadata: {
+              generateName: 'vllm-7d9c-',
+              labels: { app: 'vllm' },
+              annotations: { 'infertel.io/inject': 'true', 'infertel.io/flavor': 'vllm', 'infertel.io/upstream': '8000' },
+            },
             spec: { containers: [{ name: 'vllm', image: 'vllm/vllm-openai:v0.11.0', ports: [{ containerPort: 8000 }] }] },
           },
-          oldObject: null, dryRun: false, options: { apiVersion: 'meta.k8s.io/v1', kind: 'CreateOptions' },
+          oldObject: null,
+          dryRun: false,
+          options: { apiVersion: 'meta.k8s.io/v1', kind: 'CreateOptions' },
         },
       };
       const r = await post(port, JSON.stringify(review));
@@ -98,7 +165,10 @@ describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PAT
       const patch = JSON.parse(Buffer.from(r.json.response.patch, 'base64').toString());
       const container = patch.find((o: { path: string }) => o.path === '/spec/containers/-').value;
       assert.equal(container.image, 'registry.example/infertel:test');
-      assert.deepEqual(container.env.find((e: { name: string }) => e.name === 'INFERTEL_UPSTREAMS'), { name: 'INFERTEL_UPSTREAMS', value: 'vllm=http://127.0.0.1:8000/metrics' });
+      assert.deepEqual(
+        container.env.find((e: { name: string }) => e.name === 'INFERTEL_UPSTREAMS'),
+        { name: 'INFERTEL_UPSTREAMS', value: 'vllm=http://127.0.0.1:8000/metrics' },
+      );
       assert.equal(r.peerCN, 'first');
 
       const bad = await post(port, '{not json');

@@ -5,8 +5,15 @@ import { rng } from '../fuzz/corpus.js';
 import { applyPatch } from './patch.js';
 
 const CFG: InjectionConfig = {
-  image: 'ghcr.io/infertel/infertel:0.1.0', imagePullPolicy: 'IfNotPresent', port: 9400, upstream: 'http://127.0.0.1:8000/metrics',
-  nativeSidecar: true, resources: { requests: { cpu: '50m' } }, env: [], configMap: 'infertel-agent', scrapeAnnotations: true,
+  image: 'ghcr.io/infertel/infertel:0.1.0',
+  imagePullPolicy: 'IfNotPresent',
+  port: 9400,
+  upstream: 'http://127.0.0.1:8000/metrics',
+  nativeSidecar: true,
+  resources: { requests: { cpu: '50m' } },
+  env: [],
+  configMap: 'infertel-agent',
+  scrapeAnnotations: true,
 };
 
 const pod = (annotations: Record<string, string> | undefined, spec: Record<string, unknown> = {}) => ({
@@ -14,7 +21,10 @@ const pod = (annotations: Record<string, string> | undefined, spec: Record<strin
   spec: { containers: [{ name: 'vllm', image: 'vllm/vllm-openai', env: [{ name: 'NVIDIA_VISIBLE_DEVICES', value: 'GPU-abc' }] }], ...spec },
 });
 
-interface Out { spec: { containers: Array<Record<string, any>>; initContainers?: Array<Record<string, any>>; volumes: Array<Record<string, any>> }; metadata: { annotations: Record<string, string>; labels: Record<string, string> } }
+interface Out {
+  spec: { containers: Array<Record<string, any>>; initContainers?: Array<Record<string, any>>; volumes: Array<Record<string, any>> };
+  metadata: { annotations: Record<string, string>; labels: Record<string, string> };
+}
 const sidecarOf = (o: Out) => [...(o.spec.initContainers ?? []), ...o.spec.containers].find((c) => c.name === 'infertel')!;
 const envOf = (c: Record<string, any>) => Object.fromEntries((c.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
 
@@ -26,14 +36,24 @@ describe('mutatePod: when to inject', () => {
     ['kube-public is refused', pod({ 'infertel.io/inject': 'true' }), 'kube-public', /never injected/],
     ['already injected: idempotent', pod({ 'infertel.io/inject': 'true', 'infertel.io/status': 'injected' }), 'default', /already injected/],
     ['hostNetwork: skipped', pod({ 'infertel.io/inject': 'true' }, { hostNetwork: true }), 'default', /hostNetwork/],
-    ['existing infertel container: skipped', { ...pod({ 'infertel.io/inject': 'true' }), spec: { containers: [{ name: 'infertel' }] } } as ReturnType<typeof pod>, 'default', /already has a container/],
+    [
+      'existing infertel container: skipped',
+      { ...pod({ 'infertel.io/inject': 'true' }), spec: { containers: [{ name: 'infertel' }] } } as ReturnType<typeof pod>,
+      'default',
+      /already has a container/,
+    ],
     ['opted in: injected', pod({ 'infertel.io/inject': 'true' }), 'ml', undefined],
   ];
   for (const [name, p, ns, skipped] of cases) {
     it(name, () => {
       const r = mutatePod(p, ns, CFG);
-      if (skipped) { assert.match(r.skipped!, skipped); assert.deepEqual(r.patch, []); }
-      else { assert.equal(r.skipped, undefined); assert.ok(r.patch.length > 0); }
+      if (skipped) {
+        assert.match(r.skipped!, skipped);
+        assert.deepEqual(r.patch, []);
+      } else {
+        assert.equal(r.skipped, undefined);
+        assert.ok(r.patch.length > 0);
+      }
     });
   }
 
@@ -58,27 +78,50 @@ describe('mutatePod: the injected container', () => {
     assert.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
     assert.equal(c.securityContext.allowPrivilegeEscalation, false);
     assert.equal(out.spec.containers.length, 1);
-    assert.deepEqual(out.spec.volumes.map((v) => v.name), ['infertel-tmp', 'infertel-config']);
+    assert.deepEqual(
+      out.spec.volumes.map((v) => v.name),
+      ['infertel-tmp', 'infertel-config'],
+    );
     assert.equal(out.metadata.annotations['infertel.io/status'], 'injected');
     assert.equal(out.metadata.annotations['prometheus.io/port'], '9400');
     assert.equal(out.metadata.labels['infertel.io/injected'], 'true');
   });
 
   it('native-sidecar "false" makes it a regular container; existing init containers and volumes are kept', () => {
-    const p = pod({ 'infertel.io/inject': 'true', 'infertel.io/native-sidecar': 'false' }, { initContainers: [{ name: 'download' }], volumes: [{ name: 'models' }] });
+    const p = pod(
+      { 'infertel.io/inject': 'true', 'infertel.io/native-sidecar': 'false' },
+      { initContainers: [{ name: 'download' }], volumes: [{ name: 'models' }] },
+    );
     const out = applyPatch(p, mutatePod(p, 'ml', CFG).patch) as unknown as Out;
     assert.equal(out.spec.containers[1]!.name, 'infertel');
     assert.equal(out.spec.containers[1]!.restartPolicy, undefined);
-    assert.deepEqual(out.spec.initContainers!.map((c) => c.name), ['download']);
-    assert.deepEqual(out.spec.volumes.map((v) => v.name), ['models', 'infertel-tmp', 'infertel-config']);
+    assert.deepEqual(
+      out.spec.initContainers!.map((c) => c.name),
+      ['download'],
+    );
+    assert.deepEqual(
+      out.spec.volumes.map((v) => v.name),
+      ['models', 'infertel-tmp', 'infertel-config'],
+    );
   });
 
   const envCases: Array<[string, Record<string, string>, Record<string, string>]> = [
     ['defaults', {}, { INFERTEL_LISTEN: '0.0.0.0:9400', INFERTEL_UPSTREAMS: 'http://127.0.0.1:8000/metrics', NVIDIA_VISIBLE_DEVICES: 'GPU-abc' }],
-    ['upstream as a port, flavor, model, port', { 'infertel.io/upstream': '3000', 'infertel.io/flavor': 'tgi', 'infertel.io/model': 'mistral', 'infertel.io/port': '9500' },
-      { INFERTEL_LISTEN: '0.0.0.0:9500', INFERTEL_UPSTREAMS: 'tgi=http://127.0.0.1:3000/metrics', INFERTEL_MODEL: 'mistral' }],
-    ['upstream as a URL', { 'infertel.io/upstream': 'http://127.0.0.1:8080/metrics', 'infertel.io/flavor': 'vllm' }, { INFERTEL_UPSTREAMS: 'vllm=http://127.0.0.1:8080/metrics' }],
-    ['bad values fall back with warnings', { 'infertel.io/upstream': 'not a url', 'infertel.io/port': '99999' }, { INFERTEL_LISTEN: '0.0.0.0:9400', INFERTEL_UPSTREAMS: 'http://127.0.0.1:8000/metrics' }],
+    [
+      'upstream as a port, flavor, model, port',
+      { 'infertel.io/upstream': '3000', 'infertel.io/flavor': 'tgi', 'infertel.io/model': 'mistral', 'infertel.io/port': '9500' },
+      { INFERTEL_LISTEN: '0.0.0.0:9500', INFERTEL_UPSTREAMS: 'tgi=http://127.0.0.1:3000/metrics', INFERTEL_MODEL: 'mistral' },
+    ],
+    [
+      'upstream as a URL',
+      { 'infertel.io/upstream': 'http://127.0.0.1:8080/metrics', 'infertel.io/flavor': 'vllm' },
+      { INFERTEL_UPSTREAMS: 'vllm=http://127.0.0.1:8080/metrics' },
+    ],
+    [
+      'bad values fall back with warnings',
+      { 'infertel.io/upstream': 'not a url', 'infertel.io/port': '99999' },
+      { INFERTEL_LISTEN: '0.0.0.0:9400', INFERTEL_UPSTREAMS: 'http://127.0.0.1:8000/metrics' },
+    ],
   ];
   for (const [name, ann, want] of envCases) {
     it(`environment from annotations: ${name}`, () => {
@@ -109,13 +152,25 @@ describe('mutatePod: the injected container', () => {
 
 describe('review: AdmissionReview in, AdmissionReview out', () => {
   it('answers the uid with a base64 JSONPatch', () => {
-    const { response } = review({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'u1', kind: { kind: 'Pod' }, namespace: 'ml', object: pod({ 'infertel.io/inject': 'true' }) } }, CFG);
+    const { response } = review(
+      {
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
+        request: { uid: 'u1', kind: { kind: 'Pod' }, namespace: 'ml', object: pod({ 'infertel.io/inject': 'true' }) },
+      },
+      CFG,
+    );
     assert.equal(response.response.uid, 'u1');
     assert.equal(response.response.allowed, true);
     assert.equal(response.response.patchType, 'JSONPatch');
     assert.ok(Array.isArray(JSON.parse(Buffer.from(response.response.patch!, 'base64').toString())));
   });
-  const malformed: Array<[string, unknown]> = [['null', null], ['no request', { kind: 'AdmissionReview' }], ['no uid', { request: { object: {} } }], ['a string', 'x']];
+  const malformed: Array<[string, unknown]> = [
+    ['null', null],
+    ['no request', { kind: 'AdmissionReview' }],
+    ['no uid', { request: { object: {} } }],
+    ['a string', 'x'],
+  ];
   for (const [name, body] of malformed) {
     it(`malformed (${name}): allowed with a warning, never an error`, () => {
       const { response } = review(body, CFG);
@@ -127,7 +182,11 @@ describe('review: AdmissionReview in, AdmissionReview out', () => {
 });
 
 describe('review: hostile shapes never crash it', () => {
-  const base = () => ({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'u1', kind: { kind: 'Pod' }, namespace: 'ml', object: pod({ 'infertel.io/inject': 'true' }) } });
+  const base = () => ({
+    apiVersion: 'admission.k8s.io/v1',
+    kind: 'AdmissionReview',
+    request: { uid: 'u1', kind: { kind: 'Pod' }, namespace: 'ml', object: pod({ 'infertel.io/inject': 'true' }) },
+  });
   // The shapes that used to throw a TypeError (and kill the replica).
   const known: Array<[string, (r: any) => void]> = [
     ['spec.containers = {}', (r) => (r.request.object.spec.containers = {})],
@@ -149,18 +208,46 @@ describe('review: hostile shapes never crash it', () => {
       assert.equal(response.response.allowed, true);
       assert.equal(response.response.uid, 'u1');
       assert.equal(response.response.patch, undefined);
-      assert.ok(response.response.warnings?.some((w) => w.includes('malformed')), JSON.stringify(response.response.warnings));
+      assert.ok(
+        response.response.warnings?.some((w) => w.includes('malformed')),
+        JSON.stringify(response.response.warnings),
+      );
     });
   }
 
   it('20,000 random JSON shapes grafted anywhere into a review: always an allowed answer, patches that apply', () => {
     const r = rng(42);
-    const leaves = [null, 0, 5, -1, 1e308, '', 'abc', 'true', true, false, [], [null], [5], {}, { name: 5 }, { name: 'x', env: {} }, [{}], [{ name: null }], [[]]];
+    const leaves = [
+      null,
+      0,
+      5,
+      -1,
+      1e308,
+      '',
+      'abc',
+      'true',
+      true,
+      false,
+      [],
+      [null],
+      [5],
+      {},
+      { name: 5 },
+      { name: 'x', env: {} },
+      [{}],
+      [{ name: null }],
+      [[]],
+    ];
     const randomValue = (depth: number): unknown => {
       const k = r();
       if (depth > 2 || k < 0.6) return structuredClone(leaves[Math.floor(r() * leaves.length)]);
       if (k < 0.8) return Array.from({ length: Math.floor(r() * 3) }, () => randomValue(depth + 1));
-      return Object.fromEntries(Array.from({ length: Math.floor(r() * 3) }, (_, i) => [['name', 'env', 'value', 'containers', 'annotations', String(i)][Math.floor(r() * 6)]!, randomValue(depth + 1)]));
+      return Object.fromEntries(
+        Array.from({ length: Math.floor(r() * 3) }, (_, i) => [
+          ['name', 'env', 'value', 'containers', 'annotations', String(i)][Math.floor(r() * 6)]!,
+          randomValue(depth + 1),
+        ]),
+      );
     };
     /** Every path to an object property or array element in a document. */
     const paths = (v: unknown, at: Array<string | number> = []): Array<Array<string | number>> => {

@@ -5,7 +5,10 @@ import type { PatchOp } from '../../agent/webhook/mutate.js';
 export function applyPatch<T>(doc: T, patch: PatchOp[]): T {
   const out = structuredClone(doc) as Record<string, unknown>;
   for (const op of patch) {
-    const parts = op.path.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const parts = op.path
+      .split('/')
+      .slice(1)
+      .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
     const last = parts.pop()!;
     let target: Record<string, unknown> | unknown[] = out;
     for (const p of parts) target = (target as Record<string, unknown>)[p] as Record<string, unknown>;

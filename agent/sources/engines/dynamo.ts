@@ -9,7 +9,7 @@ export const dynamo = {
   title: 'NVIDIA Dynamo frontend',
   versions: '0.7–1.6',
   notes:
-    'Frontend only; a worker\'s system port carries its engine\'s own families and is detected as that engine. `inflight_requests` includes requests awaiting their first token.',
+    "Frontend only; a worker's system port carries its engine's own families and is detected as that engine. `inflight_requests` includes requests awaiting their first token.",
   metricsPath: '/metrics',
   prefixes: ['dynamo_frontend_'],
   modelLabels: ['model', 'model_name'],

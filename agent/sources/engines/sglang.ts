@@ -73,7 +73,10 @@ export const sglang = {
       // With priority scheduling the total is the priority="" series; the per-priority ones
       // beside it would count it again.
       const totals = f.samples.some((s) => labelValue(s.labels, 'priority') === '')
-        ? filterSamples(f, (s) => { const p = labelValue(s.labels, 'priority'); return p === undefined || p === ''; })
+        ? filterSamples(f, (s) => {
+            const p = labelValue(s.labels, 'priority');
+            return p === undefined || p === '';
+          })
         : f;
       return oneRankPerGroup(totals);
     });

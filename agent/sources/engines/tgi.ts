@@ -8,8 +8,7 @@ export const tgi = {
   name: 'tgi',
   title: 'TGI',
   versions: '2.x–3.3 (archived upstream)',
-  notes:
-    'No model label: the model comes from config or `GET /info`. Counters without `_total`.',
+  notes: 'No model label: the model comes from config or `GET /info`. Counters without `_total`.',
   legacy: true,
   metricsPath: '/metrics',
   prefixes: [],

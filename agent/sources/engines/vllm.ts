@@ -13,7 +13,7 @@ export const vllm = {
   title: 'vLLM',
   versions: 'V1 0.8–0.11 (Python frontend, text); 0.32 (Rust frontend, OpenMetrics); V0 names as aliases; NIM, Ray Serve',
   notes:
-    'Model from `model_name`; engine-wide series (HTTP) take the payload\'s one model, LoRA adapters keep the base model. OpenMetrics counters (Rust frontend) read like text ones. Old names are aliases, newest first, never both.',
+    "Model from `model_name`; engine-wide series (HTTP) take the payload's one model, LoRA adapters keep the base model. OpenMetrics counters (Rust frontend) read like text ones. Old names are aliases, newest first, never both.",
   metricsPath: '/metrics',
   prefixes: PREFIXES,
   modelLabels: ['model_name', 'model'],
