@@ -4,9 +4,10 @@
 import { ErrorReporter } from './errors.js';
 import type { Server } from 'node:http';
 import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
-import type { AgentConfig } from './config/schema.js';
+import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
-import { canonicalClaims, renderCanonical, renderPassthrough, renderShared, sharedFamilies, type ExpositionFormat } from './export/render.js';
+import { Assembly } from './export/assembly.js';
+import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
 import { createApp, listen, type Readiness } from './export/server.js';
 import { buildSummary, type GpuSummary } from './export/summary.js';
@@ -34,6 +35,8 @@ export interface GpuTelemetry {
 export interface AgentDeps {
   log: Logger;
   now?: () => number;
+  /** Builds each upstream's source (default: HTTP scrapes); tests give fakes. */
+  source?: (cfg: UpstreamConfig) => Source;
   /** `onChange` is called after every poll that changed what families() returns. */
   gpu?: (catalogue: Catalogue, metrics: SelfMetrics, onChange: () => void) => GpuTelemetry;
 }
@@ -60,7 +63,7 @@ export class Agent {
   private tracing: Tracing | undefined;
   private readonly gpu: GpuTelemetry | undefined;
   private dataVersion = 0;
-  private rendered = new Map<ExpositionFormat, { version: number; body: string }>();
+  private readonly assembly: Assembly;
   private loops: Loop[] = [];
   private server: Server | undefined;
   private lastRequests = 0;
@@ -102,7 +105,7 @@ export class Agent {
     );
     this.upstreams = config.upstreams.map(
       (u) =>
-        new Upstream(u, this.addSource(createEngineSource(u)), {
+        new Upstream(u, this.addSource((deps.source ?? createEngineSource)(u)), {
           normalizer: this.normalizer,
           metrics: this.metrics,
           tracer: agentTracer(VERSION),
@@ -121,6 +124,7 @@ export class Agent {
         }),
     );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
+    this.assembly = new Assembly(this.metrics);
     this.cache = new ExpositionCache(
       {
         version: () => this.dataVersion,
@@ -149,21 +153,8 @@ export class Agent {
 
   /** Canonical and passthrough series in one exposition, rendered once per data version. */
   renderData(format: ExpositionFormat): string {
-    const version = this.dataVersion;
-    const hit = this.rendered.get(format);
-    if (hit && hit.version === version) return hit.body;
-    const canonical = this.canonical();
-    const sets = this.upstreams.map((u) => ({ upstream: u.cfg.name, families: u.passthrough }));
-    // Passthrough families are kept pre-rendered per format, so assembly only concatenates; the
-    // claims leave out any family whose sample names another family already took.
-    const claims = canonicalClaims(canonical, format);
-    const shared = sharedFamilies(sets);
-    let body = renderCanonical(canonical, format);
-    for (const u of this.upstreams) body += renderPassthrough(u.passthrough, format, shared, claims);
-    body += renderShared(sets, shared, format, claims);
-    this.metrics.setFamilyClashes(format, claims.clashes);
-    this.rendered.set(format, { version, body });
-    return body;
+    const upstreams = this.upstreams.map((u) => ({ name: u.cfg.name, passthrough: u.passthrough, passthroughVersion: u.passthroughVersion }));
+    return this.assembly.render(format, this.dataVersion, () => this.canonical(), upstreams);
   }
 
   summary(): unknown {
