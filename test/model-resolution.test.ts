@@ -16,6 +16,9 @@ import { resultOfParse } from '../agent/sources/engine.js';
 import { Upstream } from '../agent/upstream.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
 import { Writable } from 'node:stream';
+import { llamacpp } from '../agent/sources/engines/llamacpp.js';
+import { vllm } from '../agent/sources/engines/vllm.js';
+import { startServer } from './helpers.js';
 
 const VLLM =
   '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0",model_name="llama"} 1.0\n' +
@@ -135,5 +138,49 @@ describe('JSON summary when no source gives a count', () => {
     assert.equal(s.errors_total, null);
     assert.equal(s.tokens_generated_total, null);
     assert.equal(s.prompt_tokens_total, null);
+  });
+});
+
+describe('model from the engine info endpoints', () => {
+  const served = (routes: Record<string, unknown>) =>
+    startServer((req, res) => {
+      const doc = routes[req.url ?? ''];
+      if (doc === undefined) res.writeHead(404).end();
+      else res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(doc));
+    });
+
+  it('vLLM serving LoRA adapters: the base model (entries with a parent are adapters), and the version', async () => {
+    const s = await served({
+      '/v1/models': {
+        data: [
+          { id: 'meta-llama/Llama-3.1-8B', parent: null },
+          { id: 'sql-lora', parent: 'meta-llama/Llama-3.1-8B' },
+        ],
+      },
+      '/version': { version: '0.11.2' },
+    });
+    try {
+      assert.deepEqual(await vllm.info(`${s.url}/metrics`, new AbortController().signal), { model: 'meta-llama/Llama-3.1-8B', version: '0.11.2' });
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('llama.cpp: /v1/models first, else /props (alias, then the file name of model_path), and build_info as version', async () => {
+    const s = await served({ '/props': { model_path: '/models/q/qwen2.5-7b-q4.gguf', build_info: 'b7001-abc' } });
+    try {
+      assert.deepEqual(await llamacpp.info(`${s.url}/metrics`, new AbortController().signal), { model: 'qwen2.5-7b-q4.gguf', version: 'b7001-abc' });
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a missing version does not hide the model; two base models name none', async () => {
+    const s = await served({ '/v1/models': { data: [{ id: 'a' }, { id: 'b' }] } });
+    try {
+      assert.deepEqual(await vllm.info(`${s.url}/metrics`, new AbortController().signal), { model: undefined, version: undefined });
+    } finally {
+      await s.close();
+    }
   });
 });
