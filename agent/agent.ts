@@ -147,7 +147,7 @@ export class Agent {
   }
 
   canonical(): CanonicalFamily[] {
-    const data = this.normalizer.snapshot(this.now(), this.minInterval() * 0.9);
+    const data = this.normalizer.snapshot();
     return this.gpu ? [...data, ...this.gpu.families()] : data;
   }
 
@@ -197,9 +197,10 @@ export class Agent {
   /** After each cycle: new data version, render the text body now so scrapes only copy it. */
   private afterCycle(): void {
     this.dataVersion++;
+    this.normalizer.advance(this.now(), this.minInterval() * 0.9);
     const requests =
       this.normalizer
-        .snapshot(this.now(), this.minInterval() * 0.9)
+        .snapshot()
         .find((f) => f.metric.name === 'inference_requests_total')
         ?.series.reduce((a, s) => a + s.value, 0) ?? 0;
     if (requests > this.lastRequests) this.lastRequestAt = this.now();

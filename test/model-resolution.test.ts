@@ -81,7 +81,7 @@ async function modelsOf(body: string, flavor: 'vllm' | 'tgi', upstreamModel: str
   const { up, normalizer } = upstreamOf(body, flavor, upstreamModel, globalModel);
   assert.equal(await up.cycle(new AbortController().signal), true);
   const models = new Set<string>();
-  for (const f of normalizer.snapshot(0, 1)) for (const s of f.series) for (const [k, v] of s.labels) if (k === 'model') models.add(v);
+  for (const f of normalizer.snapshot()) for (const s of f.series) for (const [k, v] of s.labels) if (k === 'model') models.add(v);
   return [...models].sort();
 }
 

@@ -3,21 +3,15 @@
 // dropped labels, the derived metrics and the canonical series caps.
 
 import type { CanonicalMetric, Catalogue, SourceSpec } from '../catalogue/catalogue.js';
-import { deriveInputs, roundBound } from '../catalogue/catalogue.js';
-import { labelValue, parseValue, type Family } from '../parse/exposition.js';
+import { roundBound } from '../catalogue/catalogue.js';
+import { labelValue, type Family } from '../parse/exposition.js';
 import { guardValue, type GuardCounts, type LabelPolicy } from '../guard/labels.js';
 import { OVERFLOW_LABEL, type SeriesLimiter } from '../guard/cardinality.js';
 import { bucketizeCounts, rebucket } from './rebucket.js';
+import { addHist, cloneHist, emptyHist, histogramsOf, matches, wholeCumulative, type HistData } from './histograms.js';
+import { Derivations } from './derive.js';
 
-export interface HistData {
-  /** Finite upper bounds, ascending. */
-  bounds: number[];
-  /** Cumulative count at each finite bound. */
-  cum: number[];
-  /** The +Inf bucket. */
-  count: number;
-  sum: number;
-}
+export { wholeCumulative, type HistData } from './histograms.js';
 
 export interface CanonicalSeries {
   /** Label pairs in the catalogue's label order. */
@@ -69,19 +63,6 @@ export const MAX_COUNTER_VALUE = 1e300;
 /** A decrease smaller than this, relative to the last value, is jitter, not a restart. */
 export const JITTER_REL_EPS = 1e-9;
 
-/** Rounded cumulative counts that only rise with `le` and never pass the total (OpenMetrics wants whole counts). */
-export function wholeCumulative(cum: readonly number[], count: number): { cum: number[]; count: number } {
-  const total = Math.round(count);
-  const out = new Array<number>(cum.length);
-  let prev = 0;
-  for (let i = 0; i < cum.length; i++) {
-    const v = Math.min(total, Math.max(prev, Math.round(cum[i] as number)));
-    out[i] = v;
-    prev = v;
-  }
-  return { cum: out, count: total };
-}
-
 export interface IngestStats {
   /** Canonical source series touched by this payload. */
   series: number;
@@ -116,49 +97,7 @@ interface ExportedState {
   layout: number[] | undefined;
 }
 
-interface RawHist {
-  labels: string[];
-  bounds: number[];
-  cum: number[];
-  count: number;
-  sum: number;
-}
-
 const SEP = '\u0000';
-
-function histogramsOf(fam: Family, match: Record<string, string> | undefined, stats: IngestStats): RawHist[] {
-  const groups = new Map<string, { labels: string[]; buckets: Array<[number, number]>; sum: number | undefined; count: number | undefined }>();
-  const base = fam.name;
-  for (const s of fam.samples) {
-    const suffix = s.name.slice(base.length);
-    if (suffix !== '_bucket' && suffix !== '_sum' && suffix !== '_count') continue;
-    const labels: string[] = [];
-    let le: string | undefined;
-    for (let i = 0; i < s.labels.length; i += 2) {
-      if (s.labels[i] === 'le') le = s.labels[i + 1];
-      else labels.push(s.labels[i] as string, s.labels[i + 1] as string);
-    }
-    if (match && !matches(labels, match)) continue;
-    const key = labels.join(SEP);
-    let g = groups.get(key);
-    if (!g) groups.set(key, (g = { labels, buckets: [], sum: undefined, count: undefined }));
-    if (suffix === '_bucket') {
-      if (le !== undefined) g.buckets.push([parseValue(le), s.value]);
-    } else if (suffix === '_sum') g.sum = s.value;
-    else g.count = s.value;
-  }
-  const out: RawHist[] = [];
-  for (const g of groups.values()) {
-    g.buckets.sort((a, b) => a[0] - b[0]);
-    const inf = g.buckets.length > 0 && g.buckets[g.buckets.length - 1]![0] === Infinity ? g.buckets.pop()![1] : undefined;
-    if (inf === undefined || g.buckets.some((b) => Number.isNaN(b[0]))) {
-      stats.incompleteHistograms++;
-      continue;
-    }
-    out.push({ labels: g.labels, bounds: g.buckets.map((b) => b[0]), cum: g.buckets.map((b) => b[1]), count: g.count ?? inf, sum: g.sum ?? 0 });
-  }
-  return out;
-}
 
 const PER_SECOND: Record<NonNullable<SourceSpec['unit']>, number> = { seconds: 1, ms: 1e3, us: 1e6 };
 
@@ -178,39 +117,25 @@ export function statusClass(code: string | undefined): string {
   return code !== undefined && /^[1-5]\d\d$/.test(code) ? `${code[0]}xx` : 'unknown';
 }
 
-function matches(labels: readonly string[], match: Record<string, string>): boolean {
-  for (const [k, v] of Object.entries(match)) if (labelValue(labels, k) !== v) return false;
-  return true;
-}
-
-function emptyHist(bounds: number[]): HistData {
-  return { bounds, cum: bounds.map(() => 0), count: 0, sum: 0 };
-}
-
-function addHist(into: HistData, h: HistData): void {
-  for (let i = 0; i < into.cum.length; i++) into.cum[i] = (into.cum[i] as number) + (h.cum[i] ?? 0);
-  into.count += h.count;
-  into.sum += h.sum;
-}
-
-function cloneHist(h: HistData): HistData {
-  return { bounds: h.bounds, cum: [...h.cum], count: h.count, sum: h.sum };
-}
-
 export class Normalizer {
   private cycle = 0;
   private readonly sources = new Map<string, Map<string, SourceState>>();
   /** Reset-correction states per metric, for each upstream's state map. */
   private readonly stateCounts = new WeakMap<Map<string, SourceState>, Map<string, number>>();
   private readonly exported = new Map<string, ExportedState>();
-  private readonly rateMemory = new Map<string, { v: number; t: number }>();
-  private readonly derivedValues = new Map<string, CanonicalSeries & { metric: CanonicalMetric }>();
+  private readonly derivations: Derivations;
+  /** Aggregated families and the snapshot, kept until the data changes. */
+  private aggregated: Map<string, CanonicalFamily> | undefined;
   private snapshotCache: CanonicalFamily[] | undefined;
+  /** Data changed since the derived metrics were last advanced. */
+  private dirty = false;
 
   constructor(
     private readonly catalogue: Catalogue,
     private readonly opts: NormalizerOptions,
-  ) {}
+  ) {
+    this.derivations = new Derivations(catalogue);
+  }
 
   /** Ingest one successful scrape of an upstream. */
   ingest(up: UpstreamView, families: readonly Family[]): IngestStats {
@@ -243,14 +168,20 @@ export class Normalizer {
       });
     }
     this.sweep(up.name, cycle);
-    this.snapshotCache = undefined;
+    this.changed();
     return stats;
   }
 
   /** A scrape failed: the upstream's series age as if they were missing from a scrape. */
   markFailed(upstream: string): void {
     this.sweep(upstream, ++this.cycle);
+    this.changed();
+  }
+
+  private changed(): void {
+    this.aggregated = undefined;
     this.snapshotCache = undefined;
+    this.dirty = true;
   }
 
   /** The model a source series belongs to (its label, else the upstream's default). */
@@ -560,12 +491,9 @@ export class Normalizer {
     return key;
   }
 
-  /**
-   * Aggregated canonical families. `minRateInterval` (seconds) keeps derived rates from being
-   * recomputed over slivers of time when several upstreams finish close together.
-   */
-  snapshot(nowMs: number, minRateInterval: number): CanonicalFamily[] {
-    if (this.snapshotCache) return this.snapshotCache;
+  /** The aggregated families by metric, computed once per change of the data (it mutates nothing). */
+  private aggregate(): Map<string, CanonicalFamily> {
+    if (this.aggregated) return this.aggregated;
     const acc = new Map<string, { value: number; n: number; hist: HistData | undefined }>();
     const metricOf = (key: string) => this.exported.get(key)!.metric;
     for (const states of this.sources.values()) {
@@ -610,64 +538,40 @@ export class Normalizer {
         familyOf(m).series.push({ labels: ex.labels, value: ex.retiredValue + (a?.value ?? 0), hist: undefined });
       }
     }
-    this.derive(byMetric, familyOf, nowMs, minRateInterval);
+    this.aggregated = byMetric;
+    return byMetric;
+  }
+
+  /**
+   * Advances the derived metrics (rates, ratios, means) to `nowMs`, once per change of the data;
+   * `minRateInterval` (seconds) keeps a rate from being taken over a sliver of time when several
+   * upstreams finish close together. The only step that moves the rate memory.
+   */
+  advance(nowMs: number, minRateInterval: number): void {
+    if (!this.dirty) return;
+    this.dirty = false;
+    this.derivations.update(this.aggregate(), nowMs, minRateInterval);
+    this.snapshotCache = undefined;
+  }
+
+  /** The canonical families: aggregated series and the derived values of the last `advance`. Pure. */
+  snapshot(): CanonicalFamily[] {
+    if (this.snapshotCache) return this.snapshotCache;
+    const byMetric = this.aggregate();
+    const derived = new Map<string, CanonicalSeries[]>();
+    for (const d of this.derivations.series()) {
+      let list = derived.get(d.metric.name);
+      if (!list) derived.set(d.metric.name, (list = []));
+      list.push({ labels: d.labels, value: d.value, hist: undefined });
+    }
     const out: CanonicalFamily[] = [];
     for (const m of this.catalogue.metrics) {
       const f = byMetric.get(m.name);
-      if (f?.series.length) out.push(f);
+      const extra = derived.get(m.name);
+      const series = extra ? [...(f?.series ?? []), ...extra] : f?.series;
+      if (series?.length) out.push(extra ? { metric: m, series } : f!);
     }
     this.snapshotCache = out;
     return out;
-  }
-
-  private derive(byMetric: Map<string, CanonicalFamily>, familyOf: (m: CanonicalMetric) => CanonicalFamily, nowMs: number, minRateInterval: number): void {
-    const live = new Set<string>();
-    for (const metric of this.catalogue.metrics) {
-      if (!metric.derive) continue;
-      const direct = new Set((byMetric.get(metric.name)?.series ?? []).map((s) => s.labels.map((p) => p[1]).join(SEP)));
-      for (const d of metric.derive) {
-        const inputs = deriveInputs(d);
-        const first = byMetric.get(inputs[0]);
-        if (!first) continue;
-        const second = inputs[1] ? byMetric.get(inputs[1]) : undefined;
-        for (const s of first.series) {
-          const labelsRec: Record<string, string> = Object.fromEntries(s.labels);
-          Object.assign(labelsRec, d.set ?? {});
-          const pairs: Array<[string, string]> = metric.labels.filter((l) => labelsRec[l] !== undefined).map((l) => [l, labelsRec[l]!]);
-          const sig = pairs.map((p) => p[1]).join(SEP);
-          if (direct.has(sig)) continue;
-          const key = metric.name + SEP + sig;
-          const inputKey = key + SEP + inputs.join(SEP);
-          const denom = second?.series.find((x) => x.labels.map((p) => p[1]).join(SEP) === s.labels.map((p) => p[1]).join(SEP));
-          if (inputs[1] && !denom) continue;
-          live.add(key);
-          const num = s.value;
-          const den = denom ? denom.value : nowMs / 1000;
-          const prev = this.rateMemory.get(inputKey);
-          const nowS = nowMs / 1000;
-          if (!prev) {
-            this.rateMemory.set(inputKey, { v: num, t: denom ? den : nowS });
-            this.rateMemory.set(`${inputKey + SEP}time`, { v: den, t: nowS });
-            continue;
-          }
-          const prevDen = this.rateMemory.get(`${inputKey + SEP}time`)!;
-          if (nowS - prevDen.t < minRateInterval) continue;
-          const dNum = num - prev.v;
-          const dDen = den - prevDen.v;
-          this.rateMemory.set(inputKey, { v: num, t: nowS });
-          this.rateMemory.set(`${inputKey + SEP}time`, { v: den, t: nowS });
-          if (dDen <= 0) continue;
-          const value = Math.max(0, dNum / dDen);
-          this.derivedValues.set(key, { metric, labels: pairs, value: 'ratio' in d ? Math.min(1, value) : value, hist: undefined });
-        }
-      }
-    }
-    for (const [key, dv] of this.derivedValues) {
-      if (!live.has(key)) {
-        this.derivedValues.delete(key);
-        continue;
-      }
-      familyOf(dv.metric).series.push({ labels: dv.labels, value: dv.value, hist: undefined });
-    }
   }
 }

@@ -48,7 +48,8 @@ export function pipeline(): { scrape(a: string, b: string, format?: InputFormat)
         normalizer.ingest(normaliserView(ad, `u${i}`, ad.payloadModel(parsed.families) ?? 'm'), canonicalInput(ad, parsed.families));
         return { upstream: `u${i}`, families: toPassthroughFamilies(guards[i]!.apply(parsed.families)) };
       });
-      const canonical = normalizer.snapshot(now, 1);
+      normalizer.advance(now, 1);
+      const canonical = normalizer.snapshot();
       const out = {} as Record<ExpositionFormat, string>;
       for (const format of ['text', 'openmetrics'] as const) {
         const claims = canonicalClaims(canonical, format);

@@ -40,7 +40,10 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
       n.ingest(normaliserView(a, upstream, model ?? a.payloadModel(fam) ?? 'unknown'), canonicalInput(a, fam));
     },
     fail: (u) => n.markFailed(u),
-    snapshot: (nowMs) => n.snapshot(nowMs ?? (clock += 10_000), 1),
+    snapshot: (nowMs) => {
+      n.advance(nowMs ?? (clock += 10_000), 1);
+      return n.snapshot();
+    },
     series(metric, nowMs) {
       const fam = h.snapshot(nowMs).find((f) => f.metric.exportName === metric || f.metric.name === metric);
       return (fam?.series ?? []).map((s) => ({

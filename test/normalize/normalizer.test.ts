@@ -445,3 +445,23 @@ describe('normaliser: simulated vLLM V1 with two engines', () => {
     }
   });
 });
+
+describe('derived metrics advance only when told (snapshot() is pure)', () => {
+  it('reading a snapshot never moves a rate; advance() does, once per change of the data', () => {
+    const h = harness();
+    const gen = (v: number) => vllmV1({ running: [1], gen: [v] });
+    const rate = () => h.n.snapshot().find((f) => f.metric.name === 'tokens_per_second')?.series.find((s) => s.labels.some(([k, v]) => k === 'phase' && v === 'decode'))?.value;
+    h.ingest('vllm', gen(100));
+    h.n.advance(1_000_000, 1);
+    h.ingest('vllm', gen(300));
+    assert.equal(rate(), undefined, 'no rate before the second advance');
+    h.n.advance(1_010_000, 1);
+    assert.equal(rate(), 20, '(300 - 100) / 10 s');
+    for (let i = 0; i < 3; i++) assert.equal(rate(), 20, 'reading again changes nothing');
+    h.n.advance(1_020_000, 1);
+    assert.equal(rate(), 20, 'no new data: advancing is a no-op, not a rate of 0');
+    h.ingest('vllm', gen(400));
+    h.n.advance(1_020_000 + 50_000, 1);
+    assert.equal(rate(), 100 / 60, 'measured from the last advance that took a sample');
+  });
+});
