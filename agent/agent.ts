@@ -11,6 +11,7 @@ import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
 import { createApp, listen, type Readiness } from './export/server.js';
 import { buildSummary, type GpuSummary } from './export/summary.js';
+import type { GpuTelemetry } from './gpu/telemetry.js';
 import { SeriesLimiter } from './guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
 import { newPassthroughCounts, PassthroughGuard } from './guard/passthrough.js';
@@ -23,14 +24,6 @@ import { ConfigError } from './config/load.js';
 import { agentTracer, startTracing, type Tracing } from './tracing/otel.js';
 import { Upstream } from './upstream.js';
 import { VERSION } from './version.js';
-
-/** Optional GPU half of the sidecar (see agent/gpu/). */
-export interface GpuTelemetry {
-  start(): void;
-  stop(): Promise<void>;
-  families(): CanonicalFamily[];
-  summary(): GpuSummary;
-}
 
 export interface AgentDeps {
   log: Logger;

@@ -2,7 +2,6 @@
 // off the event loop with a deadline, keeps the last good values (marked stale) when a poll
 // fails or hangs, and turns samples into the catalogue's GPU families and the JSON summary.
 
-import type { GpuTelemetry } from '../agent.js';
 import type { Catalogue, CanonicalMetric } from '../catalogue/catalogue.js';
 import type { GpuDeviceSummary, GpuSummary } from '../export/summary.js';
 import type { SelfMetrics } from '../export/self-metrics.js';
@@ -10,6 +9,14 @@ import type { Logger } from '../logger.js';
 import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.js';
 import { NvmlProbe } from './nvml-probe.js';
 import { OomTail } from './oom.js';
+
+/** The GPU half of the sidecar, as the agent sees it. */
+export interface GpuTelemetry {
+  start(): void;
+  stop(): Promise<void>;
+  families(): CanonicalFamily[];
+  summary(): GpuSummary;
+}
 import { attribute } from './processes.js';
 import type { GpuDevice, GpuPoll, GpuProbe } from './probe.js';
 import { SimulatedProbe } from './sim-probe.js';

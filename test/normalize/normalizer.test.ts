@@ -450,7 +450,11 @@ describe('derived metrics advance only when told (snapshot() is pure)', () => {
   it('reading a snapshot never moves a rate; advance() does, once per change of the data', () => {
     const h = harness();
     const gen = (v: number) => vllmV1({ running: [1], gen: [v] });
-    const rate = () => h.n.snapshot().find((f) => f.metric.name === 'tokens_per_second')?.series.find((s) => s.labels.some(([k, v]) => k === 'phase' && v === 'decode'))?.value;
+    const rate = () =>
+      h.n
+        .snapshot()
+        .find((f) => f.metric.name === 'tokens_per_second')
+        ?.series.find((s) => s.labels.some(([k, v]) => k === 'phase' && v === 'decode'))?.value;
     h.ingest('vllm', gen(100));
     h.n.advance(1_000_000, 1);
     h.ingest('vllm', gen(300));
