@@ -11,6 +11,7 @@ WORKDIR /src
 COPY package.json package-lock.json tsconfig.json ./
 COPY agent agent
 COPY config config
+COPY ui ui
 COPY native native
 COPY scripts scripts
 COPY test test
@@ -30,6 +31,7 @@ COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist/agent dist/agent
 COPY --from=build /src/config config
+COPY --from=build /src/ui ui
 COPY --from=build /src/native/index.js /src/native/index.d.ts /src/native/package.json native/
 COPY --from=build /src/native/*.node native/
 USER 65532:65532

@@ -7,6 +7,7 @@ import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
 import { Assembly } from './export/assembly.js';
+import { StatusHistory } from './export/status.js';
 import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
 import { createApp, listen, type Readiness } from './export/server.js';
@@ -36,10 +37,6 @@ export interface AgentDeps {
 
 const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
 
-function yieldToLoop(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
-}
-
 /** An upstream counts as fresh while its last success is younger than this many intervals. */
 const FRESH_INTERVALS = 3;
 
@@ -57,6 +54,7 @@ export class Agent {
   private readonly gpu: GpuTelemetry | undefined;
   private dataVersion = 0;
   private readonly assembly: Assembly;
+  private readonly status: StatusHistory;
   private loops: Loop[] = [];
   private server: Server | undefined;
   private lastRequests = 0;
@@ -118,6 +116,7 @@ export class Agent {
     );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
     this.assembly = new Assembly(this.metrics);
+    this.status = new StatusHistory(config.units === 'ms' ? 1 : 1000, Math.min(...config.upstreams.map((u) => u.intervalMs), 60_000) * 0.5);
     this.cache = new ExpositionCache(
       {
         version: () => this.dataVersion,
@@ -182,7 +181,8 @@ export class Agent {
   /** One collection cycle of one upstream: scrape, normalise, render. Resolves true on success. */
   async collect(u: Upstream, signal: AbortSignal): Promise<boolean> {
     const ok = await u.cycle(signal);
-    await yieldToLoop();
+    // No yield here: a /metrics request between the cycle's record (upstream up) and the new
+    // data version would see the upstream up beside its previous data.
     this.afterCycle();
     return ok;
   }
@@ -199,12 +199,46 @@ export class Agent {
     if (requests > this.lastRequests) this.lastRequestAt = this.now();
     this.lastRequests = requests;
     this.renderData('text');
+    if (this.config.ui.enabled) this.recordStatus();
+  }
+
+  /** One frame of the status page's history, after each cycle. */
+  private recordStatus(): void {
+    const overflowTotal = [...this.limiter.overflowed.values()].reduce((a, b) => a + b, 0);
+    const readiness = this.readiness();
+    this.status.record({
+      nowMs: this.now(),
+      canonical: this.canonical(),
+      upstreams: this.upstreams.map((u) => ({ ...u.health, version: u.version })),
+      gpu: this.gpu?.summary() ?? NO_GPU,
+      ready: readiness.ready,
+      native: {
+        request: this.normalizer.nativeHistograms('inference_request_duration_ms'),
+        ttft: this.normalizer.nativeHistograms('inference_ttft_ms'),
+      },
+      health: {
+        seriesAdmitted: this.limiter.admittedTotal,
+        seriesCap: this.limiter.budget.total,
+        overflowTotal,
+        parseErrorsTotal: this.upstreams.reduce((a, u) => a + u.health.parseErrorsTotal, 0),
+        rssBytes: process.memoryUsage.rss(),
+        scrapeSeconds: Object.fromEntries(this.upstreams.filter((u) => u.health.lastSeconds !== undefined).map((u) => [u.cfg.name, u.health.lastSeconds!])),
+      },
+    });
   }
 
   async start(): Promise<void> {
     this.tracing = await startTracing(this.config.tracing.endpoint, this.config.tracing.serviceName, VERSION);
     try {
-      this.server = await listen(createApp({ cache: this.cache, summary: () => this.summary(), readiness: () => this.readiness() }), this.config.listen);
+      this.server = await listen(
+        createApp({
+          cache: this.cache,
+          summary: () => this.summary(),
+          readiness: () => this.readiness(),
+          status: this.config.ui.enabled ? () => this.status.document(process.env.POD_NAME ?? process.env.HOSTNAME) : undefined,
+        }),
+        this.config.listen,
+      );
     } catch (err) {
       // A port in use or an address this machine does not have is a configuration problem.
       throw new ConfigError([`listen: cannot listen on ${this.config.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);

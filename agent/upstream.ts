@@ -25,6 +25,10 @@ export interface UpstreamHealth {
   lastDetail: string | undefined;
   lastSuccessMs: number | undefined;
   intervalMs: number;
+  /** Duration of the last cycle, seconds. */
+  lastSeconds: number | undefined;
+  /** Rejected lines and incomplete histograms since start. */
+  parseErrorsTotal: number;
 }
 
 /** Where health is recorded (the agent's self-metrics satisfy it). */
@@ -78,6 +82,8 @@ export class Upstream {
       lastDetail: undefined,
       lastSuccessMs: undefined,
       intervalMs: cfg.intervalMs,
+      lastSeconds: undefined,
+      parseErrorsTotal: 0,
     };
     deps.metrics.setFlavor(cfg.name, this.health.flavor, undefined);
     deps.metrics.up.set({ upstream: cfg.name }, 0);
@@ -102,7 +108,10 @@ export class Upstream {
         this.failedScrapes = 0;
       } else if (++this.failedScrapes >= this.deps.staleAfterScrapes && this.passthrough.length) this.setPassthrough([]);
       const nowMs = this.deps.now();
-      metrics.recordScrape(this.cfg.name, r.outcome, (performance.now() - started) / 1000, r.parseErrors, nowMs);
+      const seconds = (performance.now() - started) / 1000;
+      this.health.lastSeconds = seconds;
+      this.health.parseErrorsTotal += r.parseErrors;
+      metrics.recordScrape(this.cfg.name, r.outcome, seconds, r.parseErrors, nowMs);
       this.transition(r.outcome, r.detail, nowMs);
       span.setAttributes({
         [ATTR.upstream]: this.cfg.name,
@@ -120,6 +129,11 @@ export class Upstream {
   private setPassthrough(families: readonly Family[]): void {
     this.passthrough = families;
     this.passthroughVersion++;
+  }
+
+  /** The engine's version, once known. */
+  get version(): string | undefined {
+    return this.cycleOf.version;
   }
 
   /** The flavor once detected and the version once known go into infertel_upstream_info. */

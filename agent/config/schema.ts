@@ -148,6 +148,12 @@ export const configSchema = z.strictObject({
       unboundedAllowed: z.array(labelName).default(['model', 'model_name']),
     })
     .prefault({}),
+  ui: z
+    .strictObject({
+      /** The status page at / and its data at /api/v1/status, on the listen address of /metrics. */
+      enabled: z.boolean().default(true),
+    })
+    .prefault({}),
   tracing: z
     .strictObject({
       /** OTLP/HTTP endpoint (base URL); OTEL_EXPORTER_OTLP_ENDPOINT also sets it. Unset: no tracing. */

@@ -145,6 +145,7 @@ export async function runDemo(
     `${[
       '',
       'infertel demo is running.',
+      `  status page:             ${base}/`,
       ...shown.map((e) => `  ${e.title}: ${e.url}/metrics`),
       `  agent, Prometheus text:  ${base}/metrics`,
       `  agent, JSON summary:     ${base}/metrics?format=json`,

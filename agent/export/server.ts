@@ -3,6 +3,10 @@
 
 import type { Server } from 'node:http';
 import express from 'express';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { ExpositionCache } from './cache.js';
 
 export const TEXT_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -17,7 +21,28 @@ export interface ServerDeps {
   cache: ExpositionCache;
   summary(): unknown;
   readiness(): Readiness;
+  /** The status page's data; absent when the page is off (ui.enabled: false). */
+  status?: () => unknown;
 }
+
+const UI_DIR = fileURLToPath(new URL('../../../ui/', import.meta.url));
+const requireFromHere = createRequire(import.meta.url);
+
+/** The page's files, read once: no CDN, no build-time download (uPlot comes from node_modules). */
+function uiAssets(): Record<string, { type: string; body: Buffer }> {
+  const uplot = dirname(requireFromHere.resolve('uplot/dist/uPlot.iife.min.js'));
+  return {
+    '/': { type: 'text/html; charset=utf-8', body: readFileSync(`${UI_DIR}index.html`) },
+    '/ui/app.js': { type: 'text/javascript; charset=utf-8', body: readFileSync(`${UI_DIR}app.js`) },
+    '/ui/app.css': { type: 'text/css; charset=utf-8', body: readFileSync(`${UI_DIR}app.css`) },
+    '/ui/uplot.js': { type: 'text/javascript; charset=utf-8', body: readFileSync(`${uplot}/uPlot.iife.min.js`) },
+    '/ui/uplot.css': { type: 'text/css; charset=utf-8', body: readFileSync(`${uplot}/uPlot.min.css`) },
+  };
+}
+
+/** Only the agent's own files and its own API: no inline script, nothing from elsewhere. */
+export const UI_CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /** Which representation an Accept header asks for, by q-value then order. */
 export function negotiate(accept: string | undefined, query: unknown): 'json' | 'openmetrics' | 'text' {
@@ -55,6 +80,37 @@ export function createApp(deps: ServerDeps): express.Express {
     if (gzip) res.setHeader('Content-Encoding', 'gzip');
     res.end(body);
   });
+  if (deps.status) {
+    const status = deps.status;
+    let assets: ReturnType<typeof uiAssets>;
+    try {
+      assets = uiAssets();
+    } catch (err) {
+      // An install without the page's files still serves /metrics; the page says what is missing.
+      const reason = `status page files missing (${(err as NodeJS.ErrnoException).code ?? 'error'})\n`;
+      assets = {};
+      app.get('/', (_req, res) => {
+        res.status(503).type('text/plain').send(reason);
+      });
+    }
+    for (const [path, asset] of Object.entries(assets)) {
+      app.get(path, (_req, res) => {
+        res.setHeader('Content-Security-Policy', UI_CSP);
+        res.setHeader('X-Content-Type-Options', 'nosniff');
+        res.setHeader('Cache-Control', 'no-cache');
+        res.type(asset.type).send(asset.body);
+      });
+    }
+    // Browsers ask for it unprompted; no icon, no 404 in the console.
+    app.get('/favicon.ico', (_req, res) => {
+      res.status(204).end();
+    });
+    app.get('/api/v1/status', (_req, res) => {
+      res.setHeader('Cache-Control', 'no-store');
+      res.setHeader('Content-Security-Policy', UI_CSP);
+      res.json(status());
+    });
+  }
   app.get('/healthz', (_req, res) => {
     res.type('text/plain').send('ok\n');
   });
@@ -63,7 +119,10 @@ export function createApp(deps: ServerDeps): express.Express {
     res.status(r.ready ? 200 : 503).json(r);
   });
   app.use((_req, res) => {
-    res.status(404).type('text/plain').send('not found: try /metrics, /healthz or /readyz\n');
+    res
+      .status(404)
+      .type('text/plain')
+      .send(`not found: try ${deps.status ? '/ (status page), ' : ''}/metrics, /healthz or /readyz\n`);
   });
   return app;
 }

@@ -14,7 +14,12 @@ export class SeriesLimiter {
   /** Series folded into overflow since start, per metric. */
   readonly overflowed = new Map<string, number>();
 
-  constructor(private readonly budget: SeriesBudget) {}
+  constructor(readonly budget: SeriesBudget) {}
+
+  /** Canonical series admitted now, against `budget.total`. */
+  get admittedTotal(): number {
+    return this.totalAdmitted;
+  }
 
   /** True if `key` may have its own series under `metric`; false means fold it into overflow. */
   admit(metric: string, key: string): boolean {

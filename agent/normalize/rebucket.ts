@@ -64,7 +64,7 @@ export function quantileFromBuckets(q: number, bounds: readonly number[], cum: r
       const below = i === 0 ? 0 : (cum[i - 1] as number);
       const inBucket = (cum[i] as number) - below;
       if (inBucket <= 0) return bounds[i] as number;
-      return lower + (((bounds[i] as number) - lower) * (rank - below)) / inBucket;
+      return lower + ((bounds[i] as number) - lower) * ((rank - below) / inBucket);
     }
   }
   return bounds[bounds.length - 1] as number;
@@ -104,7 +104,8 @@ export function quantileAcross(q: number, hists: ReadonlyArray<{ bounds: readonl
     const c = cumAt(x);
     if (c >= rank) {
       if (x <= 0 || c === prevC) return x;
-      return prevX + ((x - prevX) * (rank - prevC)) / (c - prevC);
+      // Prometheus's order of operations (bucketStart + width * (rank / count)), so the last bit agrees.
+      return prevX + (x - prevX) * ((rank - prevC) / (c - prevC));
     }
     prevX = x;
     prevC = c;

@@ -19,7 +19,7 @@ describe('without the NVML addon', () => {
     mkdirSync(join(REPO_ROOT, '.test-tmp'), { recursive: true });
     const root = mkdtempSync(join(REPO_ROOT, '.test-tmp', 'noaddon-'));
     try {
-      for (const p of ['dist/agent', 'config', 'package.json']) cpSync(join(REPO_ROOT, p), join(root, p), { recursive: true });
+      for (const p of ['dist/agent', 'config', 'ui', 'package.json']) cpSync(join(REPO_ROOT, p), join(root, p), { recursive: true });
       const port = await freePort();
       const child = spawn(process.execPath, [join(root, 'dist/agent/main.js'), 'run', '--listen', `127.0.0.1:${port}`], {
         stdio: ['ignore', 'pipe', 'pipe'],
