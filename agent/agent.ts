@@ -202,7 +202,18 @@ export class Agent {
     if (this.config.ui.enabled) this.recordStatus();
   }
 
-  /** One frame of the status page's history, after each cycle. */
+  private readonly statusListeners = new Set<(json: string) => void>();
+
+  private statusDocument(): unknown {
+    return this.status.document(process.env.POD_NAME ?? process.env.HOSTNAME);
+  }
+
+  private subscribeStatus(listener: (json: string) => void): () => void {
+    this.statusListeners.add(listener);
+    return () => this.statusListeners.delete(listener);
+  }
+
+  /** One frame of the status page's history, after each cycle, pushed to open streams. */
   private recordStatus(): void {
     const overflowTotal = [...this.limiter.overflowed.values()].reduce((a, b) => a + b, 0);
     const readiness = this.readiness();
@@ -225,9 +236,17 @@ export class Agent {
         scrapeSeconds: Object.fromEntries(this.upstreams.filter((u) => u.health.lastSeconds !== undefined).map((u) => [u.cfg.name, u.health.lastSeconds!])),
       },
     });
+    if (this.statusListeners.size) {
+      const json = JSON.stringify(this.statusDocument());
+      for (const l of this.statusListeners) l(json);
+    }
   }
 
+  /** After start the process never ends on a stray rejection: it is counted and logged once. */
+  private readonly onUnhandledRejection = (err: unknown) => this.metrics.errors.report('unhandled_rejection', err);
+
   async start(): Promise<void> {
+    process.on('unhandledRejection', this.onUnhandledRejection);
     this.tracing = await startTracing(this.config.tracing.endpoint, this.config.tracing.serviceName, VERSION);
     try {
       this.server = await listen(
@@ -235,7 +254,9 @@ export class Agent {
           cache: this.cache,
           summary: () => this.summary(),
           readiness: () => this.readiness(),
-          status: this.config.ui.enabled ? () => this.status.document(process.env.POD_NAME ?? process.env.HOSTNAME) : undefined,
+          status: this.config.ui.enabled ? () => this.statusDocument() : undefined,
+          subscribeStatus: this.config.ui.enabled ? (listener) => this.subscribeStatus(listener) : undefined,
+          onStreamRefused: () => this.metrics.errors.report('status_streams_full'),
         }),
         this.config.listen,
       );
@@ -266,5 +287,6 @@ export class Agent {
     await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed]);
     for (const s of this.sources) s.close?.();
     await this.tracing?.shutdown();
+    process.off('unhandledRejection', this.onUnhandledRejection);
   }
 }

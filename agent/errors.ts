@@ -10,6 +10,8 @@ export const ERROR_CATALOGUE = {
   gpu_poll_failed: 'A GPU poll failed; the last values are kept and marked stale (gpu_telemetry_stale 1).',
   gpu_poll_timeout: 'A GPU poll took longer than gpu.timeout; the last values are kept and marked stale.',
   oom_log_unreadable: 'gpu.oomLogPath cannot be read (missing, or no permission); OOM events are not counted until it can.',
+  unhandled_rejection: 'A promise rejected with no handler; the agent carries on instead of exiting (a bug: please report the logged message).',
+  status_streams_full: 'A status page stream was refused because the maximum of open streams was reached; the page can poll /api/v1/status.',
   engine_info_failed:
     "An engine's info endpoint (/v1/models, /version, /info, /props, /get_server_info) did not answer; model and version are tried again later.",
 } as const;

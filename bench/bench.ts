@@ -7,6 +7,7 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { gzipSync } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import axios from 'axios';
 import { Agent } from '../agent/agent.js';
@@ -317,6 +318,60 @@ async function benchWorst(): Promise<void> {
   say();
 }
 
+/** CPU seconds a process has used (utime + stime from /proc). */
+function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** `pollers` clients each asking `path` once a second (as the page's fallback would), for `ms`. */
+async function poll(url: string, pollers: number, ms: number): Promise<number[]> {
+  const lat: number[] = [];
+  const end = performance.now() + ms;
+  await Promise.all(
+    Array.from({ length: pollers }, async (_, i) => {
+      await new Promise((r) => setTimeout(r, (1000 / pollers) * i));
+      while (performance.now() < end) {
+        const t0 = performance.now();
+        await (await fetch(url)).arrayBuffer();
+        lat.push(performance.now() - t0);
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }),
+  );
+  return lat;
+}
+
+async function benchStatus(): Promise<void> {
+  say('### Status page (agent in its own process, medium payload, 2 s interval, 10 s per row)');
+  say();
+  const ui = join(HERE, '../../ui');
+  const uplot = join(HERE, '../../node_modules/uplot/dist');
+  const files = [join(ui, 'index.html'), join(ui, 'app.js'), join(ui, 'app.css'), join(uplot, 'uPlot.iife.min.js'), join(uplot, 'uPlot.min.css')];
+  const raw = files.reduce((a, f) => a + readFileSync(f).length, 0);
+  const gz = files.reduce((a, f) => a + gzipSync(readFileSync(f)).length, 0);
+  say(`Bundle: ${(raw / 1024).toFixed(1)} KiB (${(gz / 1024).toFixed(1)} KiB gzipped): the page, its script and style, uPlot 1.6.32.`);
+  say();
+  const { url, child: upstream } = await servePayload(payload('medium', 5, 6));
+  const { base, child } = await startAgentProcess(url);
+  say('| load on the agent | agent CPU | request p50 | request p99 |');
+  say('|---|---|---|---|');
+  for (const [name, path, pollers] of [
+    ['idle (scrapes only)', '', 0],
+    ['10 pollers of /api/v1/status, 1/s each', '/api/v1/status', 10],
+    ['anchor: 10 pollers of /metrics, 1/s each', '/metrics', 10],
+  ] as const) {
+    const c0 = processCpuSeconds(child.pid!);
+    const t0 = performance.now();
+    const lat = pollers ? await poll(`${base}${path}`, pollers, 10_000) : (await new Promise((r) => setTimeout(r, 10_000)), []);
+    const cpu = (processCpuSeconds(child.pid!) - c0) / ((performance.now() - t0) / 1000);
+    say(`| ${name} | ${f1(cpu * 100)}% of a core | ${lat.length ? `${f2(pct(lat, 50))} ms` : '–'} | ${lat.length ? `${f2(pct(lat, 99))} ms` : '–'} |`);
+  }
+  say();
+  child.kill();
+  upstream.kill();
+}
+
 async function main(): Promise<void> {
   const only = process.argv[2];
   say(
@@ -327,6 +382,7 @@ async function main(): Promise<void> {
   if (!only || only === 'cycle') await benchCycle();
   if (!only || only === 'serve') await benchServe();
   if (!only || only === 'worst') await benchWorst();
+  if (!only || only === 'status') await benchStatus();
   if (!only || only === 'gpu') await benchGpu(say);
 }
 

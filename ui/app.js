@@ -1,4 +1,4 @@
-// The status page: polls /api/v1/status every second and draws it. No inline script, no
+// The status page: listens to /api/v1/status/stream (a document per collection cycle) and draws it. No inline script, no
 // third-party request; uPlot is served by the agent itself.
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -83,9 +83,9 @@
     chart('requests', codes, codes, [t, ...codes.map((c) => s(`rate_requests_${c}`))]);
     chart(
       'latency',
-      ['p50', 'p95', 'p99', 'ttft'],
-      ['request p50', 'request p95', 'request p99', 'TTFT p95'],
-      [t, s('request_p50_ms'), s('request_p95_ms'), s('request_p99_ms'), s('ttft_p95_ms')],
+      ['p50', 'p95', 'p99', 'ttft50', 'ttft95', 'ttft99'],
+      ['request p50', 'request p95', 'request p99', 'TTFT p50', 'TTFT p95', 'TTFT p99'],
+      [t, s('request_p50_ms'), s('request_p95_ms'), s('request_p99_ms'), s('ttft_p50_ms'), s('ttft_p95_ms'), s('ttft_p99_ms')],
     );
     chart('tokens', ['prefill', 'decode'], ['prefill', 'decode'], [t, s('tokens_per_second_prefill'), s('tokens_per_second_decode')]);
     chart('kv', ['usage', 'hit'], ['usage', 'hit ratio'], [t, s('kv_cache_usage_ratio'), s('kv_cache_hit_ratio')]);
@@ -147,14 +147,10 @@
     document.body.dataset.updated = String(Date.now());
   }
 
-  async function tick() {
-    try {
-      const r = await fetch('api/v1/status', { cache: 'no-store' });
-      if (r.ok) draw(await r.json());
-    } catch {
-      text($('ready'), 'agent unreachable').className = 'pill bad';
-    }
-    setTimeout(tick, 1000);
-  }
-  tick();
+  // Server-sent events: a new document after every collection cycle (EventSource reconnects by itself).
+  const stream = new EventSource('api/v1/status/stream');
+  stream.onmessage = (e) => draw(JSON.parse(e.data));
+  stream.onerror = () => {
+    text($('ready'), 'agent unreachable').className = 'pill bad';
+  };
 })();

@@ -23,7 +23,14 @@ export interface ServerDeps {
   readiness(): Readiness;
   /** The status page's data; absent when the page is off (ui.enabled: false). */
   status?: () => unknown;
+  /** Pushes each new status document (serialised) to a listener; returns the unsubscribe. */
+  subscribeStatus?: (listener: (json: string) => void) => () => void;
+  /** Told when a status stream is refused because MAX_STATUS_STREAMS are open. */
+  onStreamRefused?: () => void;
 }
+
+/** Open status streams at most (each is a socket and a listener; the page needs one per tab). */
+export const MAX_STATUS_STREAMS = 16;
 
 const UI_DIR = fileURLToPath(new URL('../../../ui/', import.meta.url));
 const requireFromHere = createRequire(import.meta.url);
@@ -105,6 +112,26 @@ export function createApp(deps: ServerDeps): express.Express {
     app.get('/favicon.ico', (_req, res) => {
       res.status(204).end();
     });
+    let streams = 0;
+    const subscribe = deps.subscribeStatus;
+    if (subscribe) {
+      // Server-sent events: the document again after every collection cycle.
+      app.get('/api/v1/status/stream', (req, res) => {
+        if (streams >= MAX_STATUS_STREAMS) {
+          deps.onStreamRefused?.();
+          res.status(503).type('text/plain').send(`at most ${MAX_STATUS_STREAMS} status streams; poll /api/v1/status instead\n`);
+          return;
+        }
+        streams++;
+        res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-store', 'Content-Security-Policy': UI_CSP });
+        res.write(`data: ${JSON.stringify(status())}\n\n`);
+        const unsubscribe = subscribe((json) => res.write(`data: ${json}\n\n`));
+        req.on('close', () => {
+          streams--;
+          unsubscribe();
+        });
+      });
+    }
     app.get('/api/v1/status', (_req, res) => {
       res.setHeader('Cache-Control', 'no-store');
       res.setHeader('Content-Security-Policy', UI_CSP);

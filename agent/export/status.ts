@@ -58,7 +58,11 @@ function sumOf(f: CanonicalFamily | undefined, keep: (l: Labels) => boolean = ()
   if (!f) return undefined;
   let s = 0;
   let any = false;
-  for (const x of f.series) if (keep(x.labels)) (s += x.value), (any = true);
+  for (const x of f.series) {
+    if (!keep(x.labels)) continue;
+    s += x.value;
+    any = true;
+  }
   return any ? s : undefined;
 }
 
