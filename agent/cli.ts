@@ -58,7 +58,9 @@ function configFailure(err: unknown): never {
 
 export async function main(argv: string[], signals: Signals): Promise<void> {
   const program = new Command('infertel')
-    .description('Telemetry sidecar for LLM inference servers: one Prometheus target for vLLM/TGI metrics and the GPUs under them.')
+    .description(
+      'Telemetry sidecar for LLM inference servers: one Prometheus target for the engine metrics (vLLM, SGLang, TensorRT-LLM, Triton, llama.cpp, Dynamo, TGI) and the GPUs under them.',
+    )
     .version(VERSION)
     .exitOverride()
     .showHelpAfterError()

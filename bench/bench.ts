@@ -363,7 +363,11 @@ async function benchStatus(): Promise<void> {
   ] as const) {
     const c0 = processCpuSeconds(child.pid!);
     const t0 = performance.now();
-    const lat = pollers ? await poll(`${base}${path}`, pollers, 10_000) : (await new Promise((r) => setTimeout(r, 10_000)), []);
+    const idle = async () => {
+      await new Promise((r) => setTimeout(r, 10_000));
+      return [] as number[];
+    };
+    const lat = pollers ? await poll(`${base}${path}`, pollers, 10_000) : await idle();
     const cpu = (processCpuSeconds(child.pid!) - c0) / ((performance.now() - t0) / 1000);
     say(`| ${name} | ${f1(cpu * 100)}% of a core | ${lat.length ? `${f2(pct(lat, 50))} ms` : '–'} | ${lat.length ? `${f2(pct(lat, 99))} ms` : '–'} |`);
   }

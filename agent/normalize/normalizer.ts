@@ -10,6 +10,7 @@ import { OVERFLOW_LABEL, type SeriesLimiter } from '../guard/cardinality.js';
 import { bucketizeCounts, rebucket } from './rebucket.js';
 import { addHist, cloneHist, emptyHist, histogramsOf, matches, wholeCumulative, type HistData } from './histograms.js';
 import { Derivations } from './derive.js';
+import { aggregate, type ExportedState, type SourceState, type Contribution } from './aggregate.js';
 
 export { wholeCumulative, type HistData } from './histograms.js';
 
@@ -68,33 +69,6 @@ export interface IngestStats {
   series: number;
   /** Histograms skipped because they had no +Inf bucket (truncated or malformed). */
   incompleteHistograms: number;
-}
-
-type Contribution =
-  | { kind: 'counter'; value: number }
-  | { kind: 'gauge'; value: number }
-  | { kind: 'hist'; hist: HistData /** The same counts in the engine's own bounds, before any re-bucketing. */; native: HistData }
-  | { kind: 'buckets'; values: number[] };
-
-interface SourceState {
-  metric: CanonicalMetric;
-  exportKeys: string[];
-  lastRaw: number[];
-  offset: number[];
-  contribution: Contribution;
-  seenCycle: number;
-  missed: number;
-}
-
-interface ExportedState {
-  metric: CanonicalMetric;
-  labels: Array<[string, string]>;
-  live: number;
-  retiredValue: number;
-  retiredHist: HistData | undefined;
-  /** Histograms infertel fills itself (batch sizes sampled each scrape). */
-  observed: HistData | undefined;
-  layout: number[] | undefined;
 }
 
 const SEP = '\u0000';
@@ -491,55 +465,10 @@ export class Normalizer {
     return key;
   }
 
-  /** The aggregated families by metric, computed once per change of the data (it mutates nothing). */
+  /** The aggregated families by metric, computed once per change of the data. */
   private aggregate(): Map<string, CanonicalFamily> {
-    if (this.aggregated) return this.aggregated;
-    const acc = new Map<string, { value: number; n: number; hist: HistData | undefined }>();
-    const metricOf = (key: string) => this.exported.get(key)!.metric;
-    for (const states of this.sources.values()) {
-      for (const st of states.values()) {
-        const c = st.contribution;
-        st.exportKeys.forEach((key, i) => {
-          let a = acc.get(key);
-          if (!a) acc.set(key, (a = { value: 0, n: 0, hist: undefined }));
-          a.n++;
-          if (c.kind === 'counter') a.value += c.value;
-          else if (c.kind === 'buckets') a.value += c.values[i] ?? 0;
-          else if (c.kind === 'hist') {
-            a.hist ??= emptyHist(c.hist.bounds);
-            addHist(a.hist, c.hist);
-          } else {
-            const agg = metricOf(key).aggregate;
-            if (agg === 'max') a.value = a.n === 1 ? c.value : Math.max(a.value, c.value);
-            else a.value += c.value;
-          }
-        });
-      }
-    }
-    const byMetric = new Map<string, CanonicalFamily>();
-    const familyOf = (metric: CanonicalMetric) => {
-      let f = byMetric.get(metric.name);
-      if (!f) byMetric.set(metric.name, (f = { metric, series: [] }));
-      return f;
-    };
-    for (const [key, ex] of this.exported) {
-      const a = acc.get(key);
-      const m = ex.metric;
-      if (m.type === 'histogram') {
-        const hist = ex.retiredHist ? cloneHist(ex.retiredHist) : emptyHist(ex.layout ?? m.bounds ?? []);
-        if (a?.hist) addHist(hist, a.hist);
-        if (ex.observed) addHist(hist, ex.observed);
-        if (!a?.hist && !ex.retiredHist && !ex.observed) continue;
-        familyOf(m).series.push({ labels: ex.labels, value: hist.count, hist });
-      } else if (m.type === 'gauge') {
-        if (!a) continue;
-        familyOf(m).series.push({ labels: ex.labels, value: m.aggregate === 'avg' ? a.value / a.n : a.value, hist: undefined });
-      } else {
-        familyOf(m).series.push({ labels: ex.labels, value: ex.retiredValue + (a?.value ?? 0), hist: undefined });
-      }
-    }
-    this.aggregated = byMetric;
-    return byMetric;
+    this.aggregated ??= aggregate(this.sources.values(), this.exported);
+    return this.aggregated;
   }
 
   /**

@@ -1,4 +1,5 @@
-// The extension point: every telemetry source implements Source and is listed in sources/index.ts.
+// The extension point: every engine source implements Source (sources/engine.ts scrapes over
+// HTTP); which engine a payload is comes from the engine table in sources/flavor.ts.
 
 import type { Family, RejectReason } from '../parse/exposition.js';
 
