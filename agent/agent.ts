@@ -3,6 +3,7 @@
 
 import { ErrorReporter } from './errors.js';
 import type { Server } from 'node:http';
+import { hostname } from 'node:os';
 import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
@@ -205,7 +206,7 @@ export class Agent {
   private readonly statusListeners = new Set<(json: string) => void>();
 
   private statusDocument(): unknown {
-    return this.status.document(process.env.POD_NAME ?? process.env.HOSTNAME);
+    return this.status.document(process.env.POD_NAME ?? hostname());
   }
 
   private subscribeStatus(listener: (json: string) => void): () => void {
