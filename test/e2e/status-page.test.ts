@@ -82,7 +82,8 @@ describe('status page in Chromium', { skip: !CHROMIUM && 'no chromium (apt-get i
       { timeout: 8000 },
     );
     const took = Date.now() - t0;
-    assert.ok(took <= 2 * 1000 + 2 * 1000, `${took} ms (two 1 s intervals plus one poll and the first draw)`);
+    // Two 1 s intervals, plus room for the stream, the first draw and a loaded 2-core machine.
+    assert.ok(took <= 2 * 1000 + 2000, `${took} ms`);
     assert.deepEqual(errors, []);
     await page.screenshot({ path: join(ARTIFACTS, 'status-1280x800-light.png') });
     // Header and the RED row read without scrolling at 1280x800.
@@ -144,9 +145,10 @@ describe('status page in Chromium', { skip: !CHROMIUM && 'no chromium (apt-get i
       const t0 = Date.now();
       await page.waitForSelector('#upstreams tr[data-state="down"] td.bad', { timeout: 5000 });
       const took = Date.now() - t0;
-      // Within one scrape interval (1 s): the stream pushes the failed scrape's document at once;
-      // 500 ms for the scrape's own refusal, the push and the redraw on a loaded 2-core machine.
-      assert.ok(took <= 1000 + 500, `${took} ms`);
+      // One scrape interval (1 s) until the next scrape fails; the stream pushes that document at
+      // once. 1 s more for the cycle itself, the push and the redraw on a loaded 2-core machine
+      // (1.69 s was seen once in CI under Node 24).
+      assert.ok(took <= 1000 + 1000, `${took} ms`);
       const color = await page.evaluate(() => getComputedStyle(document.querySelector('#upstreams tr[data-state="down"] td.bad')!).color);
       assert.match(color, /rgb\((2\d\d|1\d\d), \d{1,2}, \d{1,2}\)/, `red, got ${color}`);
       await page.screenshot({ path: join(ARTIFACTS, 'status-upstream-down.png') });
