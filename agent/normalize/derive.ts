@@ -32,6 +32,8 @@ export class Derivations {
         const first = byMetric.get(inputs[0]);
         if (!first) continue;
         const second = inputs[1] ? byMetric.get(inputs[1]) : undefined;
+        // Denominators by label values, looked up once per numerator series rather than searched.
+        const denominators = new Map(second?.series.map((x) => [valuesKey(x.labels), x]));
         for (const s of first.series) {
           const labelsRec: Record<string, string> = Object.fromEntries(s.labels);
           Object.assign(labelsRec, d.set ?? {});
@@ -39,7 +41,7 @@ export class Derivations {
           const sig = valuesKey(pairs);
           if (direct.has(sig)) continue;
           const key = metric.name + SEP + sig;
-          const denom = second?.series.find((x) => valuesKey(x.labels) === valuesKey(s.labels));
+          const denom = denominators.get(valuesKey(s.labels));
           if (inputs[1] && !denom) continue;
           live.add(key);
           let memory = this.memory.get(key);

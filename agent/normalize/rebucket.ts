@@ -56,18 +56,7 @@ export function bucketizeCounts(bounds: readonly number[], cum: readonly number[
 
 /** Quantile from cumulative buckets, as Prometheus' histogram_quantile computes it. */
 export function quantileFromBuckets(q: number, bounds: readonly number[], cum: readonly number[], total: number): number | undefined {
-  if (total <= 0 || bounds.length === 0) return undefined;
-  const rank = q * total;
-  for (let i = 0; i < bounds.length; i++) {
-    if ((cum[i] as number) >= rank) {
-      const lower = i === 0 ? 0 : (bounds[i - 1] as number);
-      const below = i === 0 ? 0 : (cum[i - 1] as number);
-      const inBucket = (cum[i] as number) - below;
-      if (inBucket <= 0) return bounds[i] as number;
-      return lower + ((bounds[i] as number) - lower) * ((rank - below) / inBucket);
-    }
-  }
-  return bounds[bounds.length - 1] as number;
+  return quantileAcross(q, [{ bounds, cum, count: total }]);
 }
 
 /**

@@ -81,12 +81,11 @@ export class EngineCycle {
       }
       const adapter = this.adapter;
       if (adapter) {
-        await this.resolveInfo(adapter, res.families, signal);
+        // One scan of the payload for the model it names, used twice below.
+        const payloadModel = adapter.payloadModel(res.families);
+        await this.resolveInfo(adapter, res.families, payloadModel, signal);
         await yieldToLoop();
-        const stats = normalizer.ingest(
-          normaliserView(adapter, this.cfg.name, this.defaultModel(adapter, res.families)),
-          canonicalInput(adapter, res.families),
-        );
+        const stats = normalizer.ingest(normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), canonicalInput(adapter, res.families));
         result.canonicalSeries = stats.series;
         result.parseErrors += stats.incompleteHistograms;
       }
@@ -106,18 +105,18 @@ export class EngineCycle {
    * families name, this upstream's configured model, what the engine's info endpoint said, the
    * global --model, unknown. A global model never overrides an engine that names its own.
    */
-  private defaultModel(adapter: FlavorAdapter, families: readonly Family[]): string {
-    return adapter.payloadModel(families) ?? this.cfg.model ?? this.model ?? this.deps.defaultModel ?? 'unknown';
+  private defaultModel(payloadModel: string | undefined): string {
+    return payloadModel ?? this.cfg.model ?? this.model ?? this.deps.defaultModel ?? 'unknown';
   }
 
   /**
    * Asks the engine's info endpoints for its version and (when nothing else names it) its model:
    * until both are known or three tries have failed, at most once a minute.
    */
-  private async resolveInfo(adapter: FlavorAdapter, families: readonly Family[], signal: AbortSignal): Promise<void> {
+  private async resolveInfo(adapter: FlavorAdapter, families: readonly Family[], payloadModel: string | undefined, signal: AbortSignal): Promise<void> {
     const payloadVersion = adapter.payloadVersion?.(families);
     if (payloadVersion) this.version = payloadVersion;
-    const needModel = !this.model && !this.cfg.model && !adapter.payloadModel(families);
+    const needModel = !this.model && !this.cfg.model && !payloadModel;
     if ((!needModel && this.version) || this.infoLookups >= 3 || this.deps.now() < this.infoLookupAt) return;
     this.infoLookupAt = this.deps.now() + INFO_LOOKUP_RETRY_MS;
     this.infoLookups++;

@@ -37,17 +37,22 @@ describe('e2e: shutdown', () => {
     }
   };
 
+  /** Polls for the moment the process starts catching SIGTERM. */
+  async function untilCatching(pid: number): Promise<void> {
+    const t0 = Date.now();
+    while (!catchesSigterm(pid)) {
+      assert.ok(Date.now() - t0 < 10_000, 'SIGTERM never caught');
+      await sleep(2);
+    }
+  }
+
   it('SIGTERM as soon as the process catches it (modules still loading, nothing listening) ends it cleanly, status 0', async () => {
     const port = await freePort();
     const child = spawn(process.execPath, [CLI, 'run', '--listen', `127.0.0.1:${port}`], { stdio: 'ignore' });
     const exited = exitOf(child);
     // Node's own boot (before any JavaScript) keeps the default action; from the first line of
     // main.ts on, the signal is caught. Poll for that moment and signal at once.
-    const t0 = Date.now();
-    while (!catchesSigterm(child.pid!)) {
-      assert.ok(Date.now() - t0 < 10_000, 'SIGTERM never caught');
-      await sleep(2);
-    }
+    await untilCatching(child.pid!);
     const listening = await fetch(`http://127.0.0.1:${port}/healthz`).then(
       () => true,
       () => false,
@@ -65,11 +70,7 @@ describe('e2e: shutdown', () => {
     const exited = exitOf(child);
     // Counted from the moment main.ts catches signals: on a loaded machine Node's own boot alone
     // can take longer than 400 ms, and a signal then takes the default action, as for any process.
-    const t0 = Date.now();
-    while (!catchesSigterm(child.pid!)) {
-      assert.ok(Date.now() - t0 < 10_000, 'SIGTERM never caught');
-      await sleep(2);
-    }
+    await untilCatching(child.pid!);
     await sleep(400);
     child.kill('SIGTERM');
     const r = await exited;

@@ -12,19 +12,10 @@ import { quantileAcross } from '../../agent/normalize/rebucket.js';
 import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
 import type { CanonicalFamily } from '../../agent/normalize/normalizer.js';
 import { promtoolPath } from '../helpers.js';
+import { rng } from '../../agent/demo/sim-common.js';
 
 const catalogue = buildCatalogue('ms');
 const metric = (name: string) => catalogue.byName.get(name)!;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('status quantiles against promtool', { skip: !promtoolPath() && 'no promtool' }, () => {
   it('histogram_quantile on the same buckets gives the same p50, p95 and p99 (40 random histograms)', () => {

@@ -105,15 +105,4 @@ export function vllmV1(v: {
   return `${lines.join('\n')}\n${v.extra ?? ''}`;
 }
 
-/** The same payload as OpenMetrics writes it: counter families without _total, and a closing # EOF. */
-export function asOpenMetrics(text: string): string {
-  const counters = new Set([...text.matchAll(/^# TYPE (\S+)_total counter$/gm)].map((m) => m[1]!));
-  return `${text
-    .split('\n')
-    .map((line) => {
-      const m = /^# (TYPE|HELP) (\S+)_total( .*)?$/.exec(line);
-      return m && counters.has(m[2]!) ? `# ${m[1]} ${m[2]}${m[3] ?? ''}` : line;
-    })
-    .join('\n')
-    .replace(/\n*$/, '\n')}# EOF\n`;
-}
+export { asOpenMetrics } from '../../bench/payloads.js';
