@@ -18,7 +18,7 @@ import { SeriesLimiter } from './guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
 import { newPassthroughCounts, PassthroughGuard } from './guard/passthrough.js';
 import type { Logger } from './logger.js';
-import { Normalizer, type CanonicalFamily, type SampleRejection } from './normalize/normalizer.js';
+import { Normalizer, type CanonicalFamily, type HistData, type SampleRejection } from './normalize/normalizer.js';
 import { startLoop, type Loop } from './schedule/loop.js';
 import { createEngineSource } from './sources/engine.js';
 import type { Source } from './sources/source.js';
@@ -26,6 +26,11 @@ import { ConfigError } from './config/load.js';
 import { agentTracer, startTracing, type Tracing } from './tracing/otel.js';
 import { Upstream } from './upstream.js';
 import { VERSION } from './version.js';
+import { InlineProxy } from './proxy/proxy.js';
+import { ProxyMetrics } from './proxy/metrics.js';
+import { ServedModels } from './proxy/models.js';
+import { RequestLog } from './proxy/request-log.js';
+import { TenantResolver } from './proxy/tenants.js';
 
 export interface AgentDeps {
   log: Logger;
@@ -34,6 +39,10 @@ export interface AgentDeps {
   source?: (cfg: UpstreamConfig) => Source;
   /** `onChange` is called after every poll that changed what families() returns. */
   gpu?: (catalogue: Catalogue, metrics: SelfMetrics, onChange: () => void) => GpuTelemetry;
+  /** Where request logs go instead of stdout or requestLog.path (tests). */
+  requestLogDestination?: NodeJS.WritableStream;
+  /** Sampling's random source (tests). */
+  random?: () => number;
 }
 
 const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
@@ -60,13 +69,17 @@ export class Agent {
   private server: Server | undefined;
   private lastRequests = 0;
   private lastRequestAt: number | undefined;
+  readonly proxy: InlineProxy | undefined;
+  readonly proxyMetrics: ProxyMetrics | undefined;
+  private readonly requestLog: RequestLog | undefined;
 
   constructor(
     readonly config: AgentConfig,
     deps: AgentDeps,
   ) {
     this.now = deps.now ?? Date.now;
-    this.catalogue = buildCatalogue(config.units, config.buckets);
+    const proxyOn = config.proxy.listen !== undefined && config.proxy.target !== undefined;
+    this.catalogue = buildCatalogue(config.units, config.buckets, undefined, { proxy: proxyOn });
     const guardCounts = newGuardCounts();
     const policy = makeLabelPolicy(config.labels.forbidden, config.limits.labelValueLength, config.labels.unboundedAllowed);
     this.limiter = new SeriesLimiter({ perMetric: config.limits.seriesPerMetric, total: config.limits.seriesTotal });
@@ -116,6 +129,61 @@ export class Agent {
         }),
     );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
+    if (proxyOn) {
+      const p = config.proxy;
+      this.proxyMetrics = new ProxyMetrics(this.catalogue, { policy, counts: guardCounts, limiter: this.limiter }, config.tracing.endpoint !== undefined);
+      try {
+        this.requestLog = new RequestLog(config.requestLog, deps.random, deps.requestLogDestination);
+      } catch (err) {
+        throw new ConfigError([(err as Error).message]);
+      }
+      const tenants = new TenantResolver(config.tenants, p.maxTenants);
+      const pod = process.env.POD_NAME ?? hostname();
+      this.proxy = new InlineProxy(
+        {
+          listen: p.listen!,
+          target: p.target!,
+          maxBodyBytes: p.maxBodyBytes,
+          upstreamTimeoutMs: p.upstreamTimeout,
+          traceTokenEvery: p.traceTokenEvery,
+          maxConcurrent: p.maxConcurrent,
+        },
+        {
+          tenants,
+          models: new ServedModels(p.target!, () => config.upstreams.find((u) => u.model)?.model ?? config.model ?? 'unknown', this.now),
+          metrics: this.proxyMetrics,
+          requestLog: this.requestLog,
+          tracer: agentTracer(VERSION),
+          gpu: () => this.gpu?.summary() ?? NO_GPU,
+          onRecord: () => {
+            this.dataVersion++;
+            this.lastRequestAt = this.now();
+          },
+          workerId: pod,
+        },
+      );
+      const proxy = this.proxy;
+      const requestLog = this.requestLog;
+      this.metrics.addCounts(
+        'infertel_proxy_events_total',
+        'Inline proxy events by kind: malformed_body, body_too_large, upstream_refused, upstream_timeout, engine_reset, client_abort, overloaded, usage_injected.',
+        'event',
+        () => proxy.events,
+      );
+      this.metrics.addCounts(
+        'infertel_request_logs_total',
+        'Request log lines by outcome: written, or sampled_out (the request is still in the metrics).',
+        'outcome',
+        () => requestLog.counts,
+      );
+      this.metrics.addCounts(
+        'infertel_proxy_tenants_folded_total',
+        'Requests carried as tenant="other" because proxy.maxTenants tenants already have a label value.',
+        'reason',
+        () => ({ max_tenants: tenants.folded }),
+      );
+      this.metrics.addGauge('infertel_proxy_open_requests', 'Requests the inline proxy holds open now (streams included).', () => proxy.openRequests);
+    }
     this.assembly = new Assembly(this.metrics);
     this.status = new StatusHistory(config.units === 'ms' ? 1 : 1000, Math.min(...config.upstreams.map((u) => u.intervalMs), 60_000) * 0.5);
     this.cache = new ExpositionCache(
@@ -141,7 +209,8 @@ export class Agent {
 
   canonical(): CanonicalFamily[] {
     const data = this.normalizer.snapshot();
-    return this.gpu ? [...data, ...this.gpu.families()] : data;
+    const extra = [...(this.gpu?.families() ?? []), ...(this.proxyMetrics?.families() ?? [])];
+    return extra.length ? [...data, ...extra] : data;
   }
 
   /** Canonical and passthrough series in one exposition, rendered once per data version. */
@@ -152,13 +221,14 @@ export class Agent {
 
   summary(): unknown {
     const toMs = this.config.units === 'ms' ? 1 : 1000;
-    return buildSummary(
-      this.canonical(),
-      toMs,
-      this.lastRequestAt,
-      this.gpu?.summary() ?? NO_GPU,
-      this.normalizer.nativeHistograms('inference_request_duration_ms'),
-    );
+    return buildSummary(this.canonical(), toMs, this.lastRequestAt, this.gpu?.summary() ?? NO_GPU, this.requestHistograms());
+  }
+
+  /** The request-duration histograms in their own bounds: the proxy's when it is on, else the engines'. */
+  private requestHistograms(): HistData[] {
+    if (!this.proxyMetrics) return this.normalizer.nativeHistograms('inference_request_duration_ms');
+    const fam = this.proxyMetrics.families().find((f) => f.metric.name === 'inference_request_duration_ms');
+    return (fam?.series ?? []).flatMap((s) => (s.hist ? [s.hist] : []));
   }
 
   readiness(): Readiness {
@@ -174,6 +244,15 @@ export class Agent {
       else if (now - h.lastSuccessMs > FRESH_INTERVALS * h.intervalMs)
         reason = `last success ${Math.round((now - h.lastSuccessMs) / 1000)}s ago (last: ${h.lastOutcome})`;
       upstreams[u.cfg.name] = reason ? { ready: false, reason } : { ready: true };
+      if (reason) ready = false;
+    }
+    if (this.proxy) {
+      const reason = !this.proxy.listening()
+        ? 'proxy not listening'
+        : !this.proxy.engineAnswering()
+          ? `engine at ${this.config.proxy.target} not answering`
+          : undefined;
+      upstreams.proxy = reason ? { ready: false, reason } : { ready: true };
       if (reason) ready = false;
     }
     return { ready, upstreams };
@@ -265,6 +344,15 @@ export class Agent {
       // A port in use or an address this machine does not have is a configuration problem.
       throw new ConfigError([`listen: cannot listen on ${this.config.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
     }
+    if (this.proxy) {
+      try {
+        await this.proxy.start();
+      } catch (err) {
+        throw new ConfigError([
+          `proxy.listen: cannot listen on ${this.config.proxy.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+        ]);
+      }
+    }
     this.gpu?.start();
     this.loops = this.upstreams.map((u) =>
       startLoop({
@@ -285,7 +373,8 @@ export class Agent {
     const server = this.server;
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeAllConnections();
-    await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed]);
+    await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed, this.proxy?.stop()]);
+    await this.requestLog?.flush();
     for (const s of this.sources) s.close?.();
     await this.tracing?.shutdown();
     process.off('unhandledRejection', this.onUnhandledRejection);

@@ -15,6 +15,7 @@ import type { InjectionConfig } from './webhook/mutate.js';
 import type { AgentConfig } from './config/schema.js';
 import { startWebhook } from './webhook/server.js';
 import { VERSION } from './version.js';
+import { hashKey, keyFromStdin } from './proxy/tenants.js';
 
 const EXIT_USAGE = 2;
 
@@ -44,6 +45,8 @@ function addRunOptions(cmd: Command): Command {
     .addOption(
       new Option('--histograms <mode>', 'rebucket onto documented layouts, or keep native bounds (env INFERTEL_HISTOGRAMS)').choices(['rebucket', 'native']),
     )
+    .option('--proxy-listen <host:port>', 'run the inline proxy (request-level mode) on this address (env INFERTEL_PROXY_LISTEN)')
+    .option('--proxy-target <url>', "the engine's base URL the proxy forwards to, e.g. http://127.0.0.1:8000 (env INFERTEL_PROXY_TARGET)")
     .option('--nvml-library <path>', 'path of libnvidia-ml.so.1 (env INFERTEL_NVML_LIBRARY)')
     .addOption(new Option('--log-level <level>', 'log level (env INFERTEL_LOG_LEVEL)').choices(['debug', 'info', 'warn', 'error']));
 }
@@ -76,7 +79,15 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     if (config.upstreams.length === 0) process.stderr.write('infertel: warning: no upstreams configured (--upstream or INFERTEL_UPSTREAMS)\n');
     const deps = agentDeps(config);
     const agent = new Agent(config, deps);
-    deps.log.info({ listen: config.listen, upstreams: config.upstreams.map((u) => redactUrl(u.url)), units: config.units }, 'infertel starting');
+    deps.log.info(
+      {
+        listen: config.listen,
+        upstreams: config.upstreams.map((u) => redactUrl(u.url)),
+        units: config.units,
+        ...(config.proxy.listen ? { proxy: { listen: config.proxy.listen, target: redactUrl(config.proxy.target!) } } : {}),
+      },
+      'infertel starting',
+    );
     if (signals.arrived()) return;
     try {
       await agent.start();
@@ -86,6 +97,20 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     }
     await stopOnSignal(signals, () => agent.stop());
   });
+
+  program
+    .command('hash-key')
+    .description('read one API key on stdin and print its sha256: form for tenants[].keys (a trailing newline is not part of the key)')
+    .action(async () => {
+      const chunks: Buffer[] = [];
+      for await (const c of process.stdin) chunks.push(c as Buffer);
+      const key = keyFromStdin(Buffer.concat(chunks).toString('utf8'));
+      if (!key) {
+        process.stderr.write('infertel: hash-key: no key on stdin\n');
+        process.exit(EXIT_USAGE);
+      }
+      process.stdout.write(`${hashKey(key)}\n`);
+    });
 
   program
     .command('check-config')

@@ -9,8 +9,8 @@ import { z } from 'zod';
 import { FLAVORS } from '../sources/flavor.js';
 
 export type { Flavor } from '../sources/flavor.js';
-/** Engine flavors plus the GPU source. */
-export const SOURCE_KINDS = [...FLAVORS, 'nvml'] as [string, ...string[]];
+/** Engine flavors, the GPU source and the inline proxy (request-level mode). */
+export const SOURCE_KINDS = [...FLAVORS, 'nvml', 'proxy'] as [string, ...string[]];
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());
@@ -109,7 +109,8 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
     if (m.type === 'histogram' && (!m.layout || !data.layouts[m.layout])) problems.push(`${m.name}: histogram needs a known layout`);
     if (m.type === 'gauge' && !m.aggregate) problems.push(`${m.name}: gauge needs an aggregate`);
     for (const src of m.sources ?? []) {
-      if (src.flavor === 'nvml' ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${src.flavor === 'nvml' ? 'field' : 'from'}`);
+      const byField = src.flavor === 'nvml' || src.flavor === 'proxy';
+      if (byField ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${byField ? 'field' : 'from'}`);
     }
     for (const d of m.derive ?? []) {
       const inputs = deriveInputs(d);
@@ -128,10 +129,25 @@ export function profileName(name: string, profile: UnitProfile): string {
   return name;
 }
 
-/** Build the catalogue for one unit profile, with optional per-metric bucket layouts from config. */
-export function buildCatalogue(profile: UnitProfile, bucketOverrides: Record<string, number[] | string> = {}, data = loadCatalogueData()): Catalogue {
+/** Whether the inline proxy measures this metric (it then has the only source while the proxy is on). */
+export function proxySourced(m: MetricSpec): boolean {
+  return m.sources?.some((s) => s.flavor === 'proxy') ?? false;
+}
+
+/**
+ * Build the catalogue for one unit profile, with optional per-metric bucket layouts from config.
+ * With the proxy on, a metric the proxy measures drops its engine sources: one series per
+ * concept, so no sum counts a request twice (the engine's family stays in passthrough).
+ */
+export function buildCatalogue(
+  profile: UnitProfile,
+  bucketOverrides: Record<string, number[] | string> = {},
+  data = loadCatalogueData(),
+  opts: { proxy?: boolean } = {},
+): Catalogue {
   const scale = profile === 'ms' ? 1 : 1 / 1000;
-  const metrics = data.metrics.map((m): CanonicalMetric => {
+  const metrics = data.metrics.map((spec): CanonicalMetric => {
+    const m = opts.proxy && proxySourced(spec) ? { ...spec, sources: spec.sources?.filter((s) => s.flavor === 'proxy') } : spec;
     const exportName = profileName(m.name, profile);
     const override = bucketOverrides[m.name] ?? bucketOverrides[exportName];
     let bounds: number[] | undefined;

@@ -5,6 +5,7 @@ import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { loadCatalogueData, profileName } from '../catalogue/catalogue.js';
+import { RESERVED_TENANTS } from '../proxy/tenants.js';
 import {
   checkDuration,
   configSchema,
@@ -33,6 +34,8 @@ export interface Overrides {
   histograms?: string;
   nvmlLibrary?: string;
   logLevel?: string;
+  proxyListen?: string;
+  proxyTarget?: string;
 }
 
 export const ENV_VARS: Record<keyof Overrides, string> = {
@@ -44,6 +47,8 @@ export const ENV_VARS: Record<keyof Overrides, string> = {
   histograms: 'INFERTEL_HISTOGRAMS',
   nvmlLibrary: 'INFERTEL_NVML_LIBRARY',
   logLevel: 'INFERTEL_LOG_LEVEL',
+  proxyListen: 'INFERTEL_PROXY_LISTEN',
+  proxyTarget: 'INFERTEL_PROXY_TARGET',
 };
 
 export function overridesFromEnv(env: NodeJS.ProcessEnv): Overrides {
@@ -107,6 +112,8 @@ function applyOverrides(raw: Record<string, unknown>, o: Overrides): void {
   if (o.histograms !== undefined) raw.histograms = o.histograms;
   if (o.logLevel !== undefined) raw.logLevel = o.logLevel;
   if (o.nvmlLibrary !== undefined) raw.gpu = { ...(raw.gpu as object | undefined), nvmlLibrary: o.nvmlLibrary };
+  if (o.proxyListen !== undefined) raw.proxy = { ...(raw.proxy as object | undefined), listen: o.proxyListen };
+  if (o.proxyTarget !== undefined) raw.proxy = { ...(raw.proxy as object | undefined), target: o.proxyTarget };
   if (o.upstreams !== undefined) raw.upstreams = o.upstreams.map((s) => parseUpstreamSpec(s));
 }
 
@@ -171,6 +178,24 @@ function crossCheck(raw: unknown): string[] {
   const gi = rawMs(gpu.interval, '5s', INTERVAL_BOUNDS);
   const gt = rawMs(gpu.timeout, '2s', TIMEOUT_BOUNDS);
   if (gi !== undefined && gt !== undefined && gt >= gi) problems.push('gpu.timeout: must be less than gpu.interval');
+  const proxy = asObject(doc.proxy) ?? {};
+  if (proxy.listen !== undefined && proxy.target === undefined) problems.push('proxy.target: required when proxy.listen is set (the engine base URL)');
+  if (proxy.target !== undefined && proxy.listen === undefined) problems.push('proxy.listen: required when proxy.target is set');
+  const seenKeys = new Map<string, string>();
+  const seenTenants = new Set<string>();
+  (Array.isArray(doc.tenants) ? doc.tenants : []).forEach((t: unknown, i: number) => {
+    const tenant = asObject(t);
+    if (!tenant) return;
+    const name = String(tenant.name);
+    if (RESERVED_TENANTS.includes(name)) problems.push(`tenants[${i}].name: "${name}" is reserved (${RESERVED_TENANTS.join(', ')})`);
+    if (seenTenants.has(name)) problems.push(`tenants[${i}].name: duplicate tenant "${name}"`);
+    seenTenants.add(name);
+    (Array.isArray(tenant.keys) ? tenant.keys : []).forEach((k: unknown, j: number) => {
+      const other = seenKeys.get(String(k));
+      if (other !== undefined && other !== name) problems.push(`tenants[${i}].keys[${j}]: already a key of tenant "${other}"`);
+      seenKeys.set(String(k), name);
+    });
+  });
   const buckets = asObject(doc.buckets) ?? {};
   const catalogue = loadCatalogueData();
   const histograms = new Set<string>();

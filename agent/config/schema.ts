@@ -63,6 +63,11 @@ const hostPort = z.string().superRefine((v, ctx) => {
   const hp = idx < 0 ? undefined : hostProblem(v.slice(0, idx));
   if (hp) ctx.addIssue({ code: 'custom', message: hp });
 });
+const labelValueText = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, dot, dash or underscore');
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, 'must be a Prometheus label name');
 
 const upstreamSchema = z.strictObject({
@@ -146,6 +151,59 @@ export const configSchema = z.strictObject({
       forbidden: z.array(labelName).default([]),
       /** Labels whose values may look like ids, hashes or addresses. */
       unboundedAllowed: z.array(labelName).default(['model', 'model_name']),
+    })
+    .prefault({}),
+  proxy: z
+    .strictObject({
+      /** Address of the inline proxy (request-level mode); unset: no proxy. */
+      listen: hostPort.optional(),
+      /** The engine's base URL the proxy forwards to, e.g. http://127.0.0.1:8000. */
+      target: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }).optional(),
+      /** Request bodies above this many bytes are answered 413 and never reach the engine. */
+      maxBodyBytes: z
+        .number()
+        .int()
+        .positive()
+        .max(1024 * 1024 * 1024)
+        .default(32 * 1024 * 1024),
+      /** Tenants carried as label values; the rest fold into tenant="other" (counted). */
+      maxTenants: z.number().int().min(1).max(10_000).default(200),
+      /** A request still waiting for the engine's response headers after this is answered 504. */
+      upstreamTimeout: duration('60s', TIMEOUT_BOUNDS),
+      /** Emit a decode.loop span event every this many output chunks. */
+      traceTokenEvery: z.number().int().min(1).default(32),
+      /** Concurrent proxied requests; above it the answer is 503 (counted). */
+      maxConcurrent: z.number().int().min(1).default(4096),
+    })
+    .prefault({}),
+  /** Tenants of the proxy: an API key's SHA-256 (`infertel hash-key`) names its tenant. */
+  tenants: z
+    .array(
+      z.strictObject({
+        name: labelValueText,
+        keys: z.array(z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 lowercase hex digits> (infertel hash-key)')).default([]),
+        /** slo_class on this tenant's request spans (a request header x-slo-class wins). */
+        sloClass: z.string().min(1).max(64).optional(),
+      }),
+    )
+    .default([]),
+  requestLog: z
+    .strictObject({
+      /** Share of successful requests logged (0-1). */
+      sampleSuccess: z.number().min(0).max(1).default(0.01),
+      /** Share of errors logged: non-2xx, aborts and resets (0-1). */
+      sampleError: z.number().min(0).max(1).default(1),
+      /** File to write request logs to (rotated by size); unset: stdout. */
+      path: z.string().min(1).optional(),
+      /** Rotate the file at this size, e.g. "100m" (pino-roll's size syntax). */
+      maxSize: z
+        .string()
+        .regex(/^\d+[kmg]?$/, 'must be a size such as 100m')
+        .default('100m'),
+      /** Rotated files kept. */
+      maxFiles: z.number().int().min(1).max(1000).default(5),
+      /** File holding the HMAC secret of prompt_hash; unset: no prompt_hash. */
+      hashSecretFile: z.string().min(1).optional(),
     })
     .prefault({}),
   ui: z

@@ -9,6 +9,15 @@ import { escapeHelp, escapeLabelValue, flatLabelBlock, formatNumber, labelBlock 
 
 export type ExpositionFormat = 'text' | 'openmetrics';
 
+/** W3C trace ids only: 32 lowercase hex digits, not all zero (the exemplar label guard). */
+const TRACE_ID = /^(?!0{32})[0-9a-f]{32}$/;
+
+/** ` # {trace_id="…"} value timestamp` after a bucket, or '' (OpenMetrics 1.0 exemplar syntax). */
+function exemplarText(e: { traceId: string; value: number; timestampSec: number } | undefined): string {
+  if (!e || !TRACE_ID.test(e.traceId) || !Number.isFinite(e.value)) return '';
+  return ` # {trace_id="${e.traceId}"} ${formatNumber(e.value)} ${e.timestampSec.toFixed(3)}`;
+}
+
 function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, out: string[]): void {
   const m = fam.metric;
   const name = m.exportName;
@@ -24,10 +33,11 @@ function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, o
   for (const s of fam.series) {
     if (s.hist) {
       const h = s.hist;
+      const ex = om ? s.exemplars : undefined;
       for (let i = 0; i < h.bounds.length; i++) {
-        out.push(`${name}_bucket${labelBlock(s.labels, `le="${formatNumber(h.bounds[i]!)}"`)} ${formatNumber(h.cum[i]!)}\n`);
+        out.push(`${name}_bucket${labelBlock(s.labels, `le="${formatNumber(h.bounds[i]!)}"`)} ${formatNumber(h.cum[i]!)}${exemplarText(ex?.[i])}\n`);
       }
-      out.push(`${name}_bucket${labelBlock(s.labels, 'le="+Inf"')} ${formatNumber(h.count)}\n`);
+      out.push(`${name}_bucket${labelBlock(s.labels, 'le="+Inf"')} ${formatNumber(h.count)}${exemplarText(ex?.[h.bounds.length])}\n`);
       const lb = labelBlock(s.labels);
       out.push(`${name}_sum${lb} ${formatNumber(h.sum)}\n${name}_count${lb} ${formatNumber(h.count)}\n`);
     } else {

@@ -178,6 +178,23 @@ export class SelfMetrics {
     }
   }
 
+  /** A counter read from running totals kept elsewhere, one series per key (the proxy's event counts). */
+  addCounts(name: string, help: string, label: string, counts: () => Record<string, number | undefined>): void {
+    countsCounter(name, help, label, counts, [this.text, this.openmetrics]);
+  }
+
+  /** A gauge read at each collection. */
+  addGauge(name: string, help: string, read: () => number): void {
+    new client.Gauge({
+      name,
+      help,
+      registers: [this.text, this.openmetrics],
+      collect() {
+        this.set(read());
+      },
+    });
+  }
+
   recordScrape(upstream: string, outcome: ScrapeOutcome, seconds: number, parseErrors: number, nowMs: number): void {
     this.scrapeDuration.set({ upstream }, seconds);
     if (parseErrors > 0) this.parseErrors.inc({ upstream }, parseErrors);

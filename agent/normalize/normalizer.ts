@@ -19,6 +19,8 @@ export interface CanonicalSeries {
   labels: Array<[string, string]>;
   value: number;
   hist: HistData | undefined;
+  /** Per bucket (the last is +Inf): the trace of one request that landed there (proxy histograms, OpenMetrics only). */
+  exemplars?: ReadonlyArray<{ traceId: string; value: number; timestampSec: number } | undefined> | undefined;
 }
 
 export interface CanonicalFamily {

@@ -1,0 +1,161 @@
+// A stand-in for an engine's OpenAI-compatible API (and TGI's /generate): answers
+// /v1/chat/completions, /v1/completions, /v1/responses and /v1/embeddings, streaming SSE with
+// controlled timing. The demo puts the proxy in front of it; tests drive faults through
+// x-sim-* request headers and read what the engine saw.
+
+import type http from 'node:http';
+import { serve, type SimServer } from './sim-common.js';
+
+export interface SimOpenAiOptions {
+  models: string[];
+  /** Time to the first token. */
+  ttftMs: number;
+  /** Gap between tokens. */
+  itlMs: number;
+  /** Output tokens per request. */
+  tokens: number;
+}
+
+/** What the stand-in saw of one request (tests assert on it). */
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+  /** Set when the connection closed before the response ended (the proxy cancelled). */
+  cancelledAt: number | undefined;
+  receivedAt: number;
+}
+
+export interface SimOpenAi extends SimServer {
+  seen: SeenRequest[];
+}
+
+const header = (req: http.IncomingMessage, name: string): number | undefined => {
+  const v = req.headers[name];
+  return typeof v === 'string' && v !== '' && Number.isFinite(Number(v)) ? Number(v) : undefined;
+};
+
+function promptTokensOf(body: Record<string, unknown>): number {
+  const material = JSON.stringify(body.messages ?? body.prompt ?? body.input ?? body.inputs ?? '');
+  return Math.max(1, Math.ceil(material.length / 4));
+}
+
+export function startSimOpenAi(opts: SimOpenAiOptions, port = 0): Promise<SimOpenAi> {
+  const seen: SeenRequest[] = [];
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const record: SeenRequest = {
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString('utf8'),
+        cancelledAt: undefined,
+        receivedAt: performance.now(),
+      };
+      if (seen.length < 10_000) seen.push(record);
+      res.on('close', () => {
+        if (!res.writableFinished) record.cancelledAt = performance.now();
+      });
+      respond(req, res, record.body, opts);
+    });
+  };
+  return serve(handler, port).then((s) => ({ ...s, seen }));
+}
+
+function respond(req: http.IncomingMessage, res: http.ServerResponse, raw: string, opts: SimOpenAiOptions): undefined {
+  const path = (req.url ?? '').split('?')[0];
+  if (path === '/v1/models') return json(res, 200, { object: 'list', data: opts.models.map((id) => ({ id, object: 'model', owned_by: 'sim' })) });
+  if (path === '/health') return json(res, 200, {});
+  if (req.headers['x-sim-hang'] !== undefined) return; // never answers: the proxy's timeout must act
+  const status = header(req, 'x-sim-status');
+  if (status !== undefined) return json(res, status, { error: { message: 'simulated failure', code: status } });
+  // biome-ignore lint/suspicious/noExplicitAny: a request body of any shape, read field by field
+  let body: Record<string, any>;
+  try {
+    body = JSON.parse(raw || '{}');
+  } catch {
+    return json(res, 400, { error: { message: 'invalid JSON body' } });
+  }
+  const tokens = header(req, 'x-sim-tokens') ?? opts.tokens;
+  const ttft = header(req, 'x-sim-ttft-ms') ?? opts.ttftMs;
+  const itl = header(req, 'x-sim-itl-ms') ?? opts.itlMs;
+  const resetAfter = header(req, 'x-sim-reset-after');
+  const model = typeof body.model === 'string' ? body.model : opts.models[0];
+  const prompt = promptTokensOf(body);
+  const usage = { prompt_tokens: prompt, completion_tokens: tokens, total_tokens: prompt + tokens };
+  if (path === '/v1/embeddings')
+    return json(res, 200, {
+      object: 'list',
+      data: [{ object: 'embedding', index: 0, embedding: [0.1, 0.2] }],
+      model,
+      usage: { prompt_tokens: prompt, total_tokens: prompt },
+    });
+  const known = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/generate', '/generate_stream'];
+  if (!known.includes(path ?? '')) return json(res, 404, { error: { message: 'not found' } });
+  const stream = body.stream === true || path === '/generate_stream';
+  const word = (i: number) => (i % 7 === 0 ? ' the' : ` w${i}`);
+  if (!stream) {
+    setTimeout(
+      () => {
+        const text = Array.from({ length: tokens }, (_, i) => word(i)).join('');
+        if (path === '/generate') return json(res, 200, { generated_text: text, details: { finish_reason: 'length', generated_tokens: tokens } });
+        if (path === '/v1/responses')
+          return json(res, 200, {
+            object: 'response',
+            model,
+            output: [{ type: 'message', content: [{ type: 'output_text', text }] }],
+            usage: { input_tokens: prompt, output_tokens: tokens },
+          });
+        const choice =
+          path === '/v1/chat/completions'
+            ? { index: 0, message: { role: 'assistant', content: text }, finish_reason: 'length' }
+            : { index: 0, text, finish_reason: 'length' };
+        json(res, 200, { id: 'cmpl-sim', object: 'chat.completion', model, choices: [choice], usage });
+      },
+      ttft + itl * Math.max(0, tokens - 1),
+    );
+    return;
+  }
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  res.flushHeaders();
+  const event = (doc: unknown, type?: string) => res.write(`${type ? `event: ${type}\n` : ''}data: ${JSON.stringify(doc)}\n\n`);
+  const includeUsage = body.stream_options?.include_usage === true;
+  let i = 0;
+  const step = () => {
+    if (res.destroyed) return;
+    if (resetAfter !== undefined && i >= resetAfter) {
+      res.socket?.resetAndDestroy();
+      return;
+    }
+    if (i < tokens) {
+      if (path === '/generate_stream') event({ token: { id: i, text: word(i), special: false }, generated_text: null, details: null });
+      else if (path === '/v1/responses') event({ type: 'response.output_text.delta', delta: word(i) }, 'response.output_text.delta');
+      else if (path === '/v1/chat/completions')
+        event({ id: 'chatcmpl-sim', object: 'chat.completion.chunk', model, choices: [{ index: 0, delta: { content: word(i) }, finish_reason: null }] });
+      else event({ id: 'cmpl-sim', object: 'text_completion', model, choices: [{ index: 0, text: word(i), finish_reason: null }] });
+      i++;
+      setTimeout(step, itl);
+      return;
+    }
+    if (path === '/generate_stream')
+      event({ token: { id: i, text: '', special: true }, generated_text: 'done', details: { finish_reason: 'length', generated_tokens: tokens } });
+    else if (path === '/v1/responses')
+      event({ type: 'response.completed', response: { object: 'response', usage: { input_tokens: prompt, output_tokens: tokens } } }, 'response.completed');
+    else {
+      if (includeUsage) event({ id: 'chatcmpl-sim', object: 'chat.completion.chunk', model, choices: [], usage });
+      res.write('data: [DONE]\n\n');
+    }
+    res.end();
+  };
+  setTimeout(step, ttft);
+}
+
+function json(res: http.ServerResponse, status: number, doc: unknown): undefined {
+  const body = JSON.stringify(doc);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+  return undefined;
+}

@@ -1,0 +1,181 @@
+// The request-level metrics the proxy measures, kept as canonical series of the catalogue's
+// `proxy` sources. Each finished request is recorded once, so no sum over these series counts a
+// request twice; the engine's copy of the same metrics is left out of the catalogue while the
+// proxy is on (catalogue.ts, proxySourced).
+
+import type { CanonicalMetric, Catalogue } from '../catalogue/catalogue.js';
+import { OVERFLOW_LABEL, type SeriesLimiter } from '../guard/cardinality.js';
+import { guardValue, type GuardCounts, type LabelPolicy } from '../guard/labels.js';
+import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.js';
+
+/** An OpenMetrics exemplar: the trace of one request that landed in a bucket. */
+export interface Exemplar {
+  traceId: string;
+  /** In the profile's unit, like the bucket. */
+  value: number;
+  timestampSec: number;
+}
+
+export type StreamEnd = 'engine_reset' | 'client_abort' | 'upstream_timeout';
+
+/** What the proxy measured about one finished request (times in ms). */
+export interface RequestRecord {
+  model: string;
+  route: string;
+  tenant: string;
+  /** HTTP status the client got; undefined when the client left before any. */
+  status: number | undefined;
+  e2eMs: number;
+  ttftMs: number | undefined;
+  /** Gaps between content chunks, as counts per bucket of the inter_token layout (bounded). */
+  gapCounts: number[] | undefined;
+  gapSumMs: number;
+  promptTokens: number | undefined;
+  completionTokens: number | undefined;
+  /** A stream that ended before its usage chunk: its tokens are unknown, not zero. */
+  usageUnknown: boolean;
+  streamEnd: StreamEnd | undefined;
+  /** Trace id of a sampled span, for exemplars. */
+  traceId: string | undefined;
+}
+
+interface Series {
+  labels: Array<[string, string]>;
+  value: number;
+  hist: { bounds: number[]; cum: number[]; count: number; sum: number } | undefined;
+  exemplars: Array<Exemplar | undefined> | undefined;
+}
+
+export function statusClass(status: number | undefined): string {
+  if (status === undefined) return 'unknown';
+  return `${Math.floor(status / 100)}xx`;
+}
+
+/** Bucket index of a value among ascending bounds (bounds.length means +Inf). */
+export function bucketIndex(bounds: readonly number[], v: number): number {
+  let lo = 0;
+  let hi = bounds.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (v <= bounds[mid]!) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+const SEP = '\u0000';
+
+export class ProxyMetrics {
+  private readonly series = new Map<string, Series>();
+  private readonly metrics: Map<string, CanonicalMetric>;
+  private cache: CanonicalFamily[] | undefined;
+  /** Bumped on each record, so the exposition cache knows the data changed. */
+  version = 0;
+
+  constructor(
+    catalogue: Catalogue,
+    private readonly guard: { policy: LabelPolicy; counts: GuardCounts; limiter: SeriesLimiter },
+    private readonly exemplars: boolean,
+  ) {
+    this.metrics = new Map(catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'proxy')).map((m) => [m.name, m]));
+  }
+
+  /** Bounds of the inter-chunk histogram in ms, for the per-request gap counts. */
+  gapBoundsMs(): number[] {
+    const m = this.metric('inference_inter_token_latency_ms');
+    return (m.bounds ?? []).map((b) => (b * 1000) / m.secondsFactor);
+  }
+
+  private metric(name: string): CanonicalMetric {
+    const m = this.metrics.get(name);
+    if (!m) throw new Error(`${name} has no proxy source in the catalogue`);
+    return m;
+  }
+
+  private seriesFor(name: string, labels: Record<string, string>): Series {
+    const m = this.metric(name);
+    const pairs: Array<[string, string]> = [];
+    for (const l of m.labels) {
+      const v = labels[l];
+      if (v !== undefined) pairs.push([l, guardValue(this.guard.policy, l, v, this.guard.counts)]);
+    }
+    let key = name + SEP + pairs.map((p) => p[1]).join(SEP);
+    let s = this.series.get(key);
+    if (s) return s;
+    if (!this.guard.limiter.admit(m.exportName, key)) {
+      key = name + SEP + OVERFLOW_LABEL;
+      s = this.series.get(key);
+      if (s) return s;
+      pairs.length = 0;
+      pairs.push([OVERFLOW_LABEL, 'true']);
+    }
+    const bounds = m.bounds;
+    s = {
+      labels: pairs,
+      value: 0,
+      hist: m.type === 'histogram' && bounds ? { bounds, cum: bounds.map(() => 0), count: 0, sum: 0 } : undefined,
+      exemplars: m.type === 'histogram' && bounds && this.exemplars ? new Array(bounds.length + 1).fill(undefined) : undefined,
+    };
+    this.series.set(key, s);
+    return s;
+  }
+
+  private toProfile(name: string, ms: number): number {
+    return (ms * this.metric(name).secondsFactor) / 1000;
+  }
+
+  private observe(name: string, labels: Record<string, string>, ms: number, traceId: string | undefined, nowSec: number): void {
+    const s = this.seriesFor(name, labels);
+    const h = s.hist!;
+    const v = this.toProfile(name, ms);
+    const i = bucketIndex(h.bounds, v);
+    for (let j = i; j < h.cum.length; j++) h.cum[j]!++;
+    h.count++;
+    h.sum += v;
+    if (s.exemplars && traceId) s.exemplars[i] = { traceId, value: v, timestampSec: nowSec };
+  }
+
+  record(r: RequestRecord, nowMs: number): void {
+    const nowSec = nowMs / 1000;
+    const base = { model: r.model, route: r.route, tenant: r.tenant };
+    this.seriesFor('inference_requests_total', { ...base, code: statusClass(r.status) }).value++;
+    this.observe('inference_request_duration_ms', base, r.e2eMs, r.traceId, nowSec);
+    if (r.ttftMs !== undefined) this.observe('inference_ttft_ms', base, r.ttftMs, r.traceId, nowSec);
+    if (r.gapCounts?.some((n) => n > 0)) {
+      const s = this.seriesFor('inference_inter_token_latency_ms', base);
+      const h = s.hist!;
+      let running = 0;
+      for (let i = 0; i < h.cum.length; i++) {
+        running += r.gapCounts[i] ?? 0;
+        h.cum[i]! += running;
+      }
+      const n = r.gapCounts.reduce((a, b) => a + b, 0);
+      h.count += n;
+      h.sum += this.toProfile('inference_inter_token_latency_ms', r.gapSumMs);
+      if (s.exemplars && r.traceId) {
+        const mean = this.toProfile('inference_inter_token_latency_ms', r.gapSumMs / n);
+        s.exemplars[bucketIndex(h.bounds, mean)] = { traceId: r.traceId, value: mean, timestampSec: nowSec };
+      }
+    }
+    if (r.promptTokens !== undefined) this.seriesFor('tokens_input_total', { model: r.model, tenant: r.tenant }).value += r.promptTokens;
+    if (r.completionTokens !== undefined)
+      this.seriesFor('tokens_generated_total', { model: r.model, tenant: r.tenant, phase: 'decode' }).value += r.completionTokens;
+    if (r.usageUnknown) this.seriesFor('inference_requests_usage_unknown_total', base).value++;
+    if (r.streamEnd) this.seriesFor('inference_stream_resets_total', { ...base, reason: r.streamEnd }).value++;
+    this.cache = undefined;
+    this.version++;
+  }
+
+  families(): CanonicalFamily[] {
+    if (this.cache) return this.cache;
+    const byMetric = new Map<string, CanonicalSeries[]>();
+    for (const [key, s] of this.series) {
+      const name = key.slice(0, key.indexOf(SEP));
+      let list = byMetric.get(name);
+      if (!list) byMetric.set(name, (list = []));
+      list.push({ labels: s.labels, value: s.value, hist: s.hist && { ...s.hist, cum: [...s.hist.cum] }, exemplars: s.exemplars && [...s.exemplars] });
+    }
+    this.cache = [...this.metrics.values()].filter((m) => byMetric.has(m.name)).map((m) => ({ metric: m, series: byMetric.get(m.name)! }));
+    return this.cache;
+  }
+}

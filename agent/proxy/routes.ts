@@ -1,0 +1,78 @@
+// The routes the proxy measures, and what a request body says about the request. Pure functions
+// of the bytes: the body is never logged, only read for these fields.
+
+/** Measured routes, as the `route` label writes them; any other path is route="other". */
+export const MEASURED_ROUTES = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/embeddings', '/generate', '/generate_stream'] as const;
+export type MeasuredRoute = (typeof MEASURED_ROUTES)[number];
+export type Route = MeasuredRoute | 'other';
+
+export function routeOf(url: string | undefined): Route {
+  const path = (url ?? '').split('?', 1)[0]!;
+  return (MEASURED_ROUTES as readonly string[]).includes(path) ? (path as MeasuredRoute) : 'other';
+}
+
+/** The routes whose streams can be asked for a usage chunk (`stream_options.include_usage`). */
+const USAGE_OPTION_ROUTES: readonly Route[] = ['/v1/chat/completions', '/v1/completions'];
+
+export interface RequestFacts {
+  /** The `model` field as sent (never a label before it is checked against the served list). */
+  requestedModel: string | undefined;
+  stream: boolean;
+  maxNewTokens: number | undefined;
+  temperature: number | undefined;
+  /** The prompt as sent, only for the keyed hash; never written anywhere. */
+  promptMaterial: string | undefined;
+  /** True when the proxy asked the engine for a usage chunk the client did not ask for. */
+  usageInjected: boolean;
+  /** The body to forward (rewritten only to inject include_usage). */
+  body: Buffer;
+  /** A measured route whose body is not a JSON object: forwarded untouched, counted. */
+  malformed: boolean;
+}
+
+const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+
+export function inspectBody(route: Route, body: Buffer, method: string | undefined): RequestFacts {
+  const facts: RequestFacts = {
+    requestedModel: undefined,
+    stream: route === '/generate_stream',
+    maxNewTokens: undefined,
+    temperature: undefined,
+    promptMaterial: undefined,
+    usageInjected: false,
+    body,
+    malformed: false,
+  };
+  if (route === 'other' || method !== 'POST') return facts;
+  let doc: unknown;
+  try {
+    doc = JSON.parse(body.toString('utf8'));
+  } catch {
+    facts.malformed = true;
+    return facts;
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
+    facts.malformed = true;
+    return facts;
+  }
+  const d = doc as Record<string, unknown>;
+  if (route === '/generate' || route === '/generate_stream') {
+    const p = (d.parameters && typeof d.parameters === 'object' ? d.parameters : {}) as Record<string, unknown>;
+    facts.maxNewTokens = num(p.max_new_tokens);
+    facts.temperature = num(p.temperature);
+    facts.promptMaterial = typeof d.inputs === 'string' ? d.inputs : undefined;
+    return facts;
+  }
+  facts.requestedModel = typeof d.model === 'string' ? d.model : undefined;
+  facts.stream = d.stream === true;
+  facts.maxNewTokens = num(d.max_completion_tokens) ?? num(d.max_tokens) ?? num(d.max_output_tokens);
+  facts.temperature = num(d.temperature);
+  const prompt = d.messages ?? d.prompt ?? d.input;
+  facts.promptMaterial = prompt === undefined ? undefined : typeof prompt === 'string' ? prompt : JSON.stringify(prompt);
+  const options = d.stream_options && typeof d.stream_options === 'object' ? (d.stream_options as Record<string, unknown>) : undefined;
+  if (facts.stream && USAGE_OPTION_ROUTES.includes(route) && options?.include_usage !== true) {
+    facts.usageInjected = true;
+    facts.body = Buffer.from(JSON.stringify({ ...d, stream_options: { ...options, include_usage: true } }));
+  }
+  return facts;
+}

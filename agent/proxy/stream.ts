@@ -1,0 +1,229 @@
+// What the proxy reads from a response on its way to the client: when the first content
+// arrived, the gaps between content chunks, and the token usage. SSE events are forwarded as soon
+// as each is complete (only a partial event is held back); the one event the proxy itself asked
+// for (the usage chunk of an injected include_usage) is taken out.
+
+import { bucketIndex } from './metrics.js';
+import type { Route } from './routes.js';
+
+export interface Usage {
+  promptTokens: number | undefined;
+  completionTokens: number | undefined;
+}
+
+/** The largest non-streamed body kept (as a copy) to read its usage; larger ones are forwarded unread. */
+export const MAX_JSON_COPY = 4 * 1024 * 1024;
+/** A partial SSE event held back longer than this is forwarded as it is (no event is that large). */
+const MAX_PARTIAL_EVENT = 1024 * 1024;
+
+const DOUBLE_LF = Buffer.from('\n\n');
+const DOUBLE_CRLF = Buffer.from('\r\n\r\n');
+
+/** End of the first complete event in buf (index after its blank line), or -1. */
+function eventEnd(buf: Buffer): number {
+  const a = buf.indexOf(DOUBLE_LF);
+  const b = buf.indexOf(DOUBLE_CRLF);
+  if (a < 0) return b < 0 ? -1 : b + 4;
+  if (b < 0 || a < b) return a + 2;
+  return b + 4;
+}
+
+/** The data of an SSE event (its `data:` lines joined), or undefined. */
+export function sseData(event: string): string | undefined {
+  let out: string | undefined;
+  for (const line of event.split(/\r?\n/)) {
+    if (!line.startsWith('data:')) continue;
+    const v = line.slice(line[5] === ' ' ? 6 : 5);
+    out = out === undefined ? v : `${out}\n${v}`;
+  }
+  return out;
+}
+
+const nonEmpty = (v: unknown): boolean => (typeof v === 'string' ? v.length > 0 : Array.isArray(v) ? v.length > 0 : false);
+
+interface EventFacts {
+  content: boolean;
+  usage: Usage | undefined;
+  /** The usage-only chunk of OpenAI streams (`choices: []` with `usage`). */
+  usageOnly: boolean;
+  /** TGI token events: one token each. */
+  tgiToken: boolean;
+}
+
+/** What one decoded JSON event or body says, for each route's schema. */
+export function readEvent(route: Route, doc: unknown): EventFacts {
+  const f: EventFacts = { content: false, usage: undefined, usageOnly: false, tgiToken: false };
+  if (!doc || typeof doc !== 'object') return f;
+  // biome-ignore lint/suspicious/noExplicitAny: engine JSON of several schemas, each field checked before use
+  const d = doc as Record<string, any>;
+  if (route === '/generate' || route === '/generate_stream') {
+    if (d.token && typeof d.token === 'object') {
+      f.tgiToken = true;
+      f.content = d.token.special !== true;
+    }
+    if (typeof d.generated_text === 'string' && route === '/generate') f.content = true;
+    const generated = d.details?.generated_tokens;
+    if (typeof generated === 'number') f.usage = { promptTokens: undefined, completionTokens: generated };
+    return f;
+  }
+  if (route === '/v1/responses') {
+    if (d.type === 'response.output_text.delta' || d.type === 'response.reasoning_text.delta') f.content = nonEmpty(d.delta);
+    const u = (d.type === 'response.completed' ? d.response?.usage : d.object === 'response' ? d.usage : undefined) as Record<string, unknown> | undefined;
+    if (u && typeof u === 'object') f.usage = { promptTokens: numberOf(u.input_tokens), completionTokens: numberOf(u.output_tokens) };
+    if (d.object === 'response' && Array.isArray(d.output) && d.output.length) f.content = true;
+    return f;
+  }
+  const choices = Array.isArray(d.choices) ? d.choices : [];
+  for (const c of choices) {
+    if (!c || typeof c !== 'object') continue;
+    const delta = c.delta ?? c.message;
+    if (nonEmpty(c.text) || (delta && (nonEmpty(delta.content) || nonEmpty(delta.reasoning_content) || nonEmpty(delta.tool_calls)))) f.content = true;
+  }
+  if (Array.isArray(d.data) && d.object === 'list') f.content = true;
+  if (d.usage && typeof d.usage === 'object') {
+    f.usage = { promptTokens: numberOf(d.usage.prompt_tokens), completionTokens: numberOf(d.usage.completion_tokens) };
+    f.usageOnly = Array.isArray(d.choices) && d.choices.length === 0;
+  }
+  return f;
+}
+
+function numberOf(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined;
+}
+
+export type BodyKind = 'sse' | 'json' | 'opaque';
+
+export function bodyKind(route: Route, contentType: string | undefined): BodyKind {
+  if (route === 'other') return 'opaque';
+  const ct = (contentType ?? '').toLowerCase();
+  if (ct.startsWith('text/event-stream')) return 'sse';
+  if (ct.includes('json')) return 'json';
+  return 'opaque';
+}
+
+/**
+ * Observes one response. push() returns the bytes to send to the client now; finish() returns
+ * whatever is still held (an incomplete last event) and settles the usage.
+ */
+export class StreamObserver {
+  firstByteAt: number | undefined;
+  firstContentAt: number | undefined;
+  lastContentAt: number | undefined;
+  contentChunks = 0;
+  /** Gaps between content chunks, counted per bucket of `gapBounds` (+Inf last). */
+  readonly gapCounts: number[];
+  gapSumMs = 0;
+  usage: Usage | undefined;
+  tgiTokens = 0;
+  /** A [DONE] (OpenAI), a final usage, or a TGI details event was seen: the stream completed. */
+  sawEnd = false;
+  /** Times of every `tokenEventEvery`-th content chunk, for span events (bounded by the stream). */
+  readonly marks: number[] = [];
+  private held: Buffer | undefined;
+  private jsonCopy: Buffer[] = [];
+  private jsonBytes = 0;
+
+  constructor(
+    private readonly route: Route,
+    private readonly kind: BodyKind,
+    private readonly stripUsage: boolean,
+    private readonly gapBoundsMs: readonly number[],
+    private readonly markEvery: number,
+    private readonly maxMarks = 4096,
+  ) {
+    this.gapCounts = new Array<number>(gapBoundsMs.length + 1).fill(0);
+  }
+
+  private contentAt(t: number): void {
+    if (this.firstContentAt === undefined) this.firstContentAt = t;
+    else {
+      const gap = t - this.lastContentAt!;
+      this.gapCounts[bucketIndex(this.gapBoundsMs, gap)]!++;
+      this.gapSumMs += gap;
+    }
+    this.lastContentAt = t;
+    this.contentChunks++;
+    if (this.contentChunks % this.markEvery === 0 && this.marks.length < this.maxMarks) this.marks.push(t);
+  }
+
+  push(chunk: Buffer, t: number): Buffer | undefined {
+    this.firstByteAt ??= t;
+    if (this.kind === 'opaque') return chunk;
+    if (this.kind === 'json') {
+      if (this.firstContentAt === undefined) this.contentAt(t);
+      if (this.jsonBytes + chunk.length <= MAX_JSON_COPY) this.jsonCopy.push(chunk);
+      this.jsonBytes += chunk.length;
+      return chunk;
+    }
+    let buf = this.held ? Buffer.concat([this.held, chunk]) : chunk;
+    this.held = undefined;
+    const out: Buffer[] = [];
+    let content = false;
+    let start = 0;
+    for (;;) {
+      const rest = start === 0 ? buf : buf.subarray(start);
+      const end = eventEnd(rest);
+      if (end < 0) break;
+      const event = rest.subarray(0, end);
+      const keep = this.onEvent(event.toString('utf8'));
+      if (keep.content) content = true;
+      if (!keep.strip) out.push(event);
+      start += end;
+    }
+    if (start < buf.length) {
+      const tail = buf.subarray(start);
+      if (tail.length > MAX_PARTIAL_EVENT) out.push(tail);
+      else this.held = Buffer.from(tail);
+    }
+    buf = out.length === 1 ? out[0]! : Buffer.concat(out);
+    if (content) this.contentAt(t);
+    return buf.length ? buf : undefined;
+  }
+
+  private onEvent(event: string): { content: boolean; strip: boolean } {
+    const data = sseData(event);
+    if (data === undefined) return { content: false, strip: false };
+    if (data.trim() === '[DONE]') {
+      this.sawEnd = true;
+      return { content: false, strip: false };
+    }
+    let doc: unknown;
+    try {
+      doc = JSON.parse(data);
+    } catch {
+      return { content: false, strip: false };
+    }
+    const f = readEvent(this.route, doc);
+    if (f.tgiToken) this.tgiTokens++;
+    if (f.usage) {
+      this.usage = f.usage;
+      if (this.route !== '/v1/chat/completions' && this.route !== '/v1/completions') this.sawEnd = true;
+    }
+    return { content: f.content, strip: this.stripUsage && f.usageOnly };
+  }
+
+  /** Bytes still held (an event without its blank line) and the usage of a non-streamed body. */
+  finish(): Buffer | undefined {
+    if (this.kind === 'json' && this.jsonBytes <= MAX_JSON_COPY && this.jsonCopy.length) {
+      try {
+        const f = readEvent(this.route, JSON.parse(Buffer.concat(this.jsonCopy).toString('utf8')));
+        if (f.usage) this.usage = f.usage;
+      } catch {
+        // A body that is not JSON has no usage to read; the request is still counted.
+      }
+      this.sawEnd = true;
+    }
+    this.jsonCopy = [];
+    const held = this.held;
+    this.held = undefined;
+    if (held && this.kind === 'sse') this.onEvent(held.toString('utf8'));
+    return held;
+  }
+
+  /** Output tokens: the usage's, else TGI's token events on a completed stream. */
+  completionTokens(): number | undefined {
+    if (this.usage?.completionTokens !== undefined) return this.usage.completionTokens;
+    if (this.route === '/generate_stream' && this.sawEnd) return this.tgiTokens;
+    return undefined;
+  }
+}
