@@ -327,7 +327,7 @@ export class Agent {
 
   async start(): Promise<void> {
     process.on('unhandledRejection', this.onUnhandledRejection);
-    this.tracing = await startTracing(this.config.tracing.endpoint, this.config.tracing.serviceName, VERSION);
+    this.tracing = await startTracing(this.config.tracing.endpoint, this.config.tracing.serviceName, VERSION, this.config.tracing.protocol);
     try {
       this.server = await listen(
         createApp({

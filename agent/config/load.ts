@@ -260,6 +260,8 @@ export function loadConfig(opts: { file?: string; env: NodeJS.ProcessEnv; flags:
   const raw: Record<string, unknown> = file ? readConfigFile(file) : {};
   const otel = opts.env.OTEL_EXPORTER_OTLP_ENDPOINT;
   if (otel) raw.tracing = { ...(raw.tracing as object | undefined), endpoint: otel };
+  const protocol = opts.env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || opts.env.OTEL_EXPORTER_OTLP_PROTOCOL;
+  if (protocol) raw.tracing = { ...(raw.tracing as object | undefined), protocol };
   applyOverrides(raw, overridesFromEnv(opts.env));
   applyOverrides(raw, opts.flags);
   return validateConfig(raw);

@@ -217,6 +217,8 @@ export const configSchema = z.strictObject({
       /** OTLP/HTTP endpoint (base URL); OTEL_EXPORTER_OTLP_ENDPOINT also sets it. Unset: no tracing. */
       endpoint: z.url().optional(),
       serviceName: z.string().default('infertel'),
+      /** OTLP encoding; OTEL_EXPORTER_OTLP_PROTOCOL also sets it (grpc is not supported). */
+      protocol: z.enum(['http/protobuf', 'http/json'], { message: 'must be http/protobuf or http/json (grpc is not supported)' }).default('http/protobuf'),
     })
     .prefault({}),
   gpu: z

@@ -25,6 +25,8 @@ export interface SeenRequest {
   /** Set when the connection closed before the response ended (the proxy cancelled). */
   cancelledAt: number | undefined;
   receivedAt: number;
+  /** A burst write found the connection full and waited for it to drain (the reader held back). */
+  sawBackpressure: boolean;
 }
 
 export interface SimOpenAi extends SimServer {
@@ -54,18 +56,20 @@ export function startSimOpenAi(opts: SimOpenAiOptions, port = 0): Promise<SimOpe
         body: Buffer.concat(chunks).toString('utf8'),
         cancelledAt: undefined,
         receivedAt: performance.now(),
+        sawBackpressure: false,
       };
       if (seen.length < 10_000) seen.push(record);
       res.on('close', () => {
         if (!res.writableFinished) record.cancelledAt = performance.now();
       });
-      respond(req, res, record.body, opts);
+      respond(req, res, record, opts);
     });
   };
   return serve(handler, port).then((s) => ({ ...s, seen }));
 }
 
-function respond(req: http.IncomingMessage, res: http.ServerResponse, raw: string, opts: SimOpenAiOptions): undefined {
+function respond(req: http.IncomingMessage, res: http.ServerResponse, record: SeenRequest, opts: SimOpenAiOptions): undefined {
+  const raw = record.body;
   const path = (req.url ?? '').split('?')[0];
   if (path === '/v1/models') return json(res, 200, { object: 'list', data: opts.models.map((id) => ({ id, object: 'model', owned_by: 'sim' })) });
   if (path === '/health') return json(res, 200, {});
@@ -123,6 +127,25 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, raw: strin
   res.flushHeaders();
   const event = (doc: unknown, type?: string) => res.write(`${type ? `event: ${type}\n` : ''}data: ${JSON.stringify(doc)}\n\n`);
   const includeUsage = body.stream_options?.include_usage === true;
+  if (req.headers['x-sim-burst'] !== undefined) {
+    // As fast as the connection takes it, waiting for 'drain' like a real server.
+    const pad = 'x'.repeat(1000);
+    let n = 0;
+    const burst = () => {
+      while (n < tokens) {
+        n++;
+        const ok = res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: pad } }] })}\n\n`);
+        if (!ok) {
+          record.sawBackpressure = true;
+          res.once('drain', burst);
+          return;
+        }
+      }
+      res.end('data: [DONE]\n\n');
+    };
+    burst();
+    return;
+  }
   let i = 0;
   const step = () => {
     if (res.destroyed) return;
