@@ -70,10 +70,10 @@ export class ServedModels {
     private readonly now: () => number = Date.now,
   ) {}
 
-  start(): void {
-    void this.refresh();
+  start(): Promise<void> {
     this.timer = setInterval(() => void this.refresh(), REFRESH_MS);
     this.timer.unref();
+    return this.refresh();
   }
 
   stop(): void {

@@ -181,7 +181,8 @@ export class InlineProxy {
         resolve();
       });
     });
-    this.deps.models.start();
+    // The served models are known before the first request is labelled (or the engine said nothing).
+    await this.deps.models.start();
   }
 
   address(): string {
