@@ -48,7 +48,8 @@ const PII: ReadonlyArray<[RegExp, string]> = [
   [/\b\d{3}-\d{2}-\d{4}\b/g, '[ssn]'],
   [/\b(?:\d[ -]?){12,18}\d\b/g, '[card]'],
   [/\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b/g, '[ip]'],
-  [/\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}\b|::1\b/g, '[ip]'],
+  // IPv6: eight groups, or any form with a `::` (bounded repetitions only).
+  [/(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{0,4}::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{0,4}/g, '[ip]'],
   [/(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]\d{3,4}[ .-]\d{3,4}\b/g, '[phone]'],
   [/\b(?:sk|pk|rk|api|key|tok)[-_][A-Za-z0-9_-]{8,}\b/gi, '[secret]'],
   [/\bBearer\s+\S+/gi, 'Bearer [secret]'],
