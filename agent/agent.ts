@@ -4,7 +4,7 @@
 import { ErrorReporter } from './errors.js';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
-import { buildCatalogue, type Catalogue } from './catalogue/catalogue.js';
+import { buildCatalogue, proxySourced, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
 import { Assembly } from './export/assembly.js';
@@ -45,6 +45,20 @@ export interface AgentDeps {
   random?: () => number;
 }
 
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
+
+/** Whether a scraped URL is the engine the proxy forwards to (same port on the same or a loopback host). */
+export function sameEngine(scrapeUrl: string, proxyTarget: string): boolean {
+  try {
+    const a = new URL(scrapeUrl);
+    const b = new URL(proxyTarget);
+    const port = (u: URL) => u.port || (u.protocol === 'https:' ? '443' : '80');
+    return port(a) === port(b) && (a.hostname === b.hostname || (LOOPBACK.has(a.hostname) && LOOPBACK.has(b.hostname)));
+  } catch {
+    return false;
+  }
+}
+
 const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
 
 /** An upstream counts as fresh while its last success is younger than this many intervals. */
@@ -79,7 +93,10 @@ export class Agent {
   ) {
     this.now = deps.now ?? Date.now;
     const proxyOn = config.proxy.listen !== undefined && config.proxy.target !== undefined;
-    this.catalogue = buildCatalogue(config.units, config.buckets, undefined, { proxy: proxyOn });
+    this.catalogue = buildCatalogue(config.units, config.buckets);
+    // One series per concept: the engine behind the proxy no longer feeds what the proxy measures
+    // (its own families stay in passthrough), so no sum counts a request twice.
+    const proxied = new Set(this.catalogue.metrics.filter(proxySourced).map((m) => m.name));
     const guardCounts = newGuardCounts();
     const policy = makeLabelPolicy(config.labels.forbidden, config.limits.labelValueLength, config.labels.unboundedAllowed);
     this.limiter = new SeriesLimiter({ perMetric: config.limits.seriesPerMetric, total: config.limits.seriesTotal });
@@ -126,6 +143,7 @@ export class Agent {
           staleAfterScrapes: config.limits.staleAfterScrapes,
           now: this.now,
           gpuTelemetry: () => (this.gpu?.summary().source ?? 'none') !== 'none',
+          proxied: proxyOn && sameEngine(u.url, config.proxy.target!) ? proxied : undefined,
         }),
     );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
@@ -209,8 +227,17 @@ export class Agent {
 
   canonical(): CanonicalFamily[] {
     const data = this.normalizer.snapshot();
-    const extra = [...(this.gpu?.families() ?? []), ...(this.proxyMetrics?.families() ?? [])];
-    return extra.length ? [...data, ...extra] : data;
+    const gpu = this.gpu?.families() ?? [];
+    const proxy = this.proxyMetrics?.families() ?? [];
+    if (!proxy.length) return gpu.length ? [...data, ...gpu] : data;
+    // Engines not behind the proxy still feed request metrics: one family each, series of both.
+    const merged = [...data, ...gpu];
+    for (const f of proxy) {
+      const i = merged.findIndex((m) => m.metric.name === f.metric.name);
+      if (i < 0) merged.push(f);
+      else merged[i] = { metric: f.metric, series: [...merged[i]!.series, ...f.series] };
+    }
+    return merged;
   }
 
   /** Canonical and passthrough series in one exposition, rendered once per data version. */
@@ -224,11 +251,12 @@ export class Agent {
     return buildSummary(this.canonical(), toMs, this.lastRequestAt, this.gpu?.summary() ?? NO_GPU, this.requestHistograms());
   }
 
-  /** The request-duration histograms in their own bounds: the proxy's when it is on, else the engines'. */
+  /** The request-duration histograms in their own bounds: the engines' and, when it is on, the proxy's. */
   private requestHistograms(): HistData[] {
-    if (!this.proxyMetrics) return this.normalizer.nativeHistograms('inference_request_duration_ms');
+    const engines = this.normalizer.nativeHistograms('inference_request_duration_ms');
+    if (!this.proxyMetrics) return engines;
     const fam = this.proxyMetrics.families().find((f) => f.metric.name === 'inference_request_duration_ms');
-    return (fam?.series ?? []).flatMap((s) => (s.hist ? [s.hist] : []));
+    return [...engines, ...(fam?.series ?? []).flatMap((s) => (s.hist ? [s.hist] : []))];
   }
 
   readiness(): Readiness {

@@ -148,16 +148,31 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
 
   program
     .command('demo')
-    .description('start simulated engines on loopback (vLLM with 2 data-parallel engines and TGI by default) and the agent scraping them')
+    .description(
+      'start simulated engines on loopback (vLLM with 2 data-parallel engines and TGI by default), the agent scraping them, and the inline proxy in front of vLLM with a small load from several tenants',
+    )
     .option('--engines <list>', `simulated engines, comma-separated: ${DEMO_ENGINES.join(', ')}`, 'vllm,tgi')
     .option('--listen <host:port>', 'agent address', '127.0.0.1:9400')
     .option('--interval <duration>', 'scrape interval', '2s')
     .option('--restart-every <duration>', 'how often the simulated TGI restarts (its counters reset)', '3m')
     .addOption(new Option('--units <profile>', 'unit profile').choices(['ms', 'seconds']).default('ms'))
     .option('--gpus <n>', 'simulated GPUs (0 for none)', '2')
-    .action(async (flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string }) => {
-      await runDemo(flags, signals);
-    });
+    .option('--proxy-listen <host:port>', 'inline proxy in front of the simulated vLLM ("off": none)', '127.0.0.1:9401')
+    .option('--load <per-second>', 'built-in load through the proxy, requests per second (0: none)', '4')
+    .action(
+      async (flags: {
+        listen: string;
+        interval: string;
+        restartEvery: string;
+        units: string;
+        gpus: string;
+        engines: string;
+        proxyListen: string;
+        load: string;
+      }) => {
+        await runDemo(flags, signals);
+      },
+    );
 
   try {
     await program.parseAsync(argv);

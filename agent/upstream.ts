@@ -53,6 +53,8 @@ export interface UpstreamDeps {
   /** Failed scrapes after which the upstream's passthrough series are dropped. */
   staleAfterScrapes: number;
   now: () => number;
+  /** Catalogue metrics the inline proxy measures in front of this engine (not read from its scrape). */
+  proxied?: ReadonlySet<string>;
 }
 
 export class Upstream {

@@ -134,20 +134,10 @@ export function proxySourced(m: MetricSpec): boolean {
   return m.sources?.some((s) => s.flavor === 'proxy') ?? false;
 }
 
-/**
- * Build the catalogue for one unit profile, with optional per-metric bucket layouts from config.
- * With the proxy on, a metric the proxy measures drops its engine sources: one series per
- * concept, so no sum counts a request twice (the engine's family stays in passthrough).
- */
-export function buildCatalogue(
-  profile: UnitProfile,
-  bucketOverrides: Record<string, number[] | string> = {},
-  data = loadCatalogueData(),
-  opts: { proxy?: boolean } = {},
-): Catalogue {
+/** Build the catalogue for one unit profile, with optional per-metric bucket layouts from config. */
+export function buildCatalogue(profile: UnitProfile, bucketOverrides: Record<string, number[] | string> = {}, data = loadCatalogueData()): Catalogue {
   const scale = profile === 'ms' ? 1 : 1 / 1000;
-  const metrics = data.metrics.map((spec): CanonicalMetric => {
-    const m = opts.proxy && proxySourced(spec) ? { ...spec, sources: spec.sources?.filter((s) => s.flavor === 'proxy') } : spec;
+  const metrics = data.metrics.map((m): CanonicalMetric => {
     const exportName = profileName(m.name, profile);
     const override = bucketOverrides[m.name] ?? bucketOverrides[exportName];
     let bounds: number[] | undefined;

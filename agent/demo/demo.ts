@@ -12,6 +12,9 @@ import { LlamacppSim } from './sim-llamacpp.js';
 import { SglangSim } from './sim-sglang.js';
 import { TgiSim } from './sim-tgi.js';
 import { VllmSim } from './sim-vllm.js';
+import { openAiHandler } from './sim-openai.js';
+import { DEMO_TENANTS, demoTenantConfig, startLoad } from './load.js';
+import { startTraceViewer } from './traces.js';
 
 export const DEMO_VLLM_MODEL = 'meta-llama/Llama-3.1-8B-Instruct';
 export const DEMO_TGI_MODEL = 'mistralai/Mistral-7B-Instruct-v0.3';
@@ -75,12 +78,14 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
   const vllmSim = new VllmSim({ model: DEMO_VLLM_MODEL, engines: 2, maxModelLen: 32768, rate: 4, seed: 7 });
   const tgiSim = new TgiSim({ maxInputTokens: 4095, maxTotalTokens: 4096, rate: 3, seed: 11 });
   const text = 'text/plain; version=0.0.4; charset=utf-8';
+  // The OpenAI-compatible API the proxy forwards to: ~40 tokens/s streams, like a loaded 8B model.
+  const openAi = openAiHandler({ models: [DEMO_VLLM_MODEL], ttftMs: 120, itlMs: 25, tokens: 48 });
   const vllm = await serve((req, res) => {
     if (req.url?.startsWith('/metrics')) {
       vllmSim.advance();
       res.writeHead(200, { 'Content-Type': text }).end(vllmSim.render());
     } else if (req.url === '/version') json(res, { version: '0.11.0' });
-    else res.writeHead(404).end();
+    else openAi(req, res);
   }, ports.vllm);
   const tgi = await serve((req, res) => {
     if (req.url?.startsWith('/metrics')) {
@@ -110,7 +115,7 @@ export async function startSimulatedEngines(restartEveryMs: number, ports: { vll
 }
 
 export async function runDemo(
-  flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string },
+  flags: { listen: string; interval: string; restartEvery: string; units: string; gpus: string; engines: string; proxyListen: string; load: string },
   signals: Signals,
 ): Promise<void> {
   const restartMs = parseDuration(flags.restartEvery);
@@ -127,12 +132,33 @@ export async function runDemo(
     await engines.close();
     await Promise.all(extras.map((e) => e.server.close()));
   };
+  const proxyOn = flags.proxyListen !== 'off' && wanted.includes('vllm');
+  const loadPerSecond = Number(flags.load);
+  if (!Number.isFinite(loadPerSecond) || loadPerSecond < 0 || loadPerSecond > 200)
+    throw new Error(`--load: requests per second from 0 to 200, got ${flags.load}`);
+  // Traces go to the user's collector when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to a viewer
+  // that prints one line per trace; one request in ten is traced unless the sampler is set.
+  const viewer = proxyOn && !process.env.OTEL_EXPORTER_OTLP_ENDPOINT ? await startTraceViewer((line) => process.stderr.write(`${line}\n`)) : undefined;
+  if (proxyOn && !process.env.OTEL_TRACES_SAMPLER) {
+    process.env.OTEL_TRACES_SAMPLER = 'parentbased_traceidratio';
+    process.env.OTEL_TRACES_SAMPLER_ARG = '0.1';
+  }
+  const otel = process.env.OTEL_EXPORTER_OTLP_ENDPOINT;
   const config = validateConfig({
     listen: flags.listen,
     interval: flags.interval,
     units: flags.units,
     upstreams: shown.map((e) => ({ url: `${e.url}/metrics`, flavor: 'auto' })),
     gpu: { simulate: Number(flags.gpus) },
+    ...(proxyOn
+      ? {
+          proxy: { listen: flags.proxyListen, target: engines.vllm.url },
+          tenants: demoTenantConfig(),
+          // 002 samples successful request logs at 10%.
+          requestLog: { sampleSuccess: 0.1, sampleError: 1 },
+          tracing: otel ? { endpoint: otel } : { endpoint: viewer!.url, protocol: 'http/json' },
+        }
+      : {}),
   });
   const deps = agentDeps(config);
   const agent = new Agent(config, deps);
@@ -141,6 +167,19 @@ export async function runDemo(
     throw err;
   });
   const base = `http://${flags.listen}`;
+  const proxyBase = `http://${flags.proxyListen}`;
+  const load = proxyOn && loadPerSecond > 0 ? startLoad(proxyBase, DEMO_VLLM_MODEL, loadPerSecond) : undefined;
+  const proxyLines = proxyOn
+    ? [
+        `  inline proxy (request-level mode) in front of the simulated vLLM: ${proxyBase}/v1/chat/completions`,
+        `    ${loadPerSecond > 0 ? `built-in load: ${loadPerSecond} requests/s from ${DEMO_TENANTS.map((t) => t.name).join(', ')} and anonymous` : 'no built-in load (--load 0)'}`,
+        `    try: curl -N ${proxyBase}/v1/chat/completions -H 'Authorization: Bearer ${DEMO_TENANTS[0].key}' -H 'Content-Type: application/json' \\`,
+        `           -d '{"model":"${DEMO_VLLM_MODEL}","stream":true,"messages":[{"role":"user","content":"hi"}]}'`,
+        `    per-tenant series:      ${base}/metrics (inference_requests_total{tenant=...}, tokens_generated_total{tenant=...})`,
+        '    request logs:           this terminal, lines with "event":"inference" (10% of successes, every error)',
+        `    traces:                 ${otel ? `sent to ${otel}` : 'this terminal, lines starting "trace" (one request in ten)'}`,
+      ]
+    : [];
   process.stderr.write(
     `${[
       '',
@@ -150,12 +189,15 @@ export async function runDemo(
       `  agent, Prometheus text:  ${base}/metrics`,
       `  agent, JSON summary:     ${base}/metrics?format=json`,
       `  agent, readiness:        ${base}/readyz`,
+      ...proxyLines,
       '  Ctrl-C stops it.',
       '',
     ].join('\n')}\n`,
   );
   await stopOnSignal(signals, async () => {
+    await load?.stop();
     await agent.stop();
     await closeAll();
+    await viewer?.close();
   });
 }

@@ -45,7 +45,12 @@ function promptTokensOf(body: Record<string, unknown>): number {
 
 export function startSimOpenAi(opts: SimOpenAiOptions, port = 0): Promise<SimOpenAi> {
   const seen: SeenRequest[] = [];
-  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+  return serve(openAiHandler(opts, seen), port).then((s) => ({ ...s, seen }));
+}
+
+/** The stand-in's request handler, for a server that also serves other paths (the demo's vLLM). */
+export function openAiHandler(opts: SimOpenAiOptions, seen: SeenRequest[] = []): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+  return (req: http.IncomingMessage, res: http.ServerResponse) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -58,14 +63,15 @@ export function startSimOpenAi(opts: SimOpenAiOptions, port = 0): Promise<SimOpe
         receivedAt: performance.now(),
         sawBackpressure: false,
       };
-      if (seen.length < 10_000) seen.push(record);
+      // Tests read the latest requests; a long demo keeps only a bounded window.
+      if (seen.length >= 10_000) seen.splice(0, 5_000);
+      seen.push(record);
       res.on('close', () => {
         if (!res.writableFinished) record.cancelledAt = performance.now();
       });
       respond(req, res, record, opts);
     });
   };
-  return serve(handler, port).then((s) => ({ ...s, seen }));
 }
 
 function respond(req: http.IncomingMessage, res: http.ServerResponse, record: SeenRequest, opts: SimOpenAiOptions): undefined {
@@ -101,6 +107,7 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
   if (!known.includes(path ?? '')) return json(res, 404, { error: { message: 'not found' } });
   const stream = body.stream === true || path === '/generate_stream';
   const word = (i: number) => (i % 7 === 0 ? ' the' : ` w${i}`);
+  // The simulated work never keeps a stopping process alive: its timers are unref'd.
   if (!stream) {
     setTimeout(
       () => {
@@ -120,7 +127,7 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
         json(res, 200, { id: 'cmpl-sim', object: 'chat.completion', model, choices: [choice], usage });
       },
       ttft + itl * Math.max(0, tokens - 1),
-    );
+    ).unref();
     return;
   }
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
@@ -160,7 +167,7 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
         event({ id: 'chatcmpl-sim', object: 'chat.completion.chunk', model, choices: [{ index: 0, delta: { content: word(i) }, finish_reason: null }] });
       else event({ id: 'cmpl-sim', object: 'text_completion', model, choices: [{ index: 0, text: word(i), finish_reason: null }] });
       i++;
-      setTimeout(step, itl);
+      setTimeout(step, itl).unref();
       return;
     }
     if (path === '/generate_stream')
@@ -173,7 +180,7 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
     }
     res.end();
   };
-  setTimeout(step, ttft);
+  setTimeout(step, ttft).unref();
 }
 
 function json(res: http.ServerResponse, status: number, doc: unknown): undefined {

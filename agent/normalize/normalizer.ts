@@ -39,6 +39,8 @@ export interface UpstreamView {
   modelLabels: readonly string[];
   /** Model for series whose labels name none. */
   defaultModel: string;
+  /** Catalogue metrics not read from this upstream (the inline proxy measures them in front of it). */
+  skip?: ReadonlySet<string> | undefined;
 }
 
 export interface NormalizerOptions {
@@ -130,7 +132,7 @@ export class Normalizer {
     let states = this.sources.get(up.name);
     if (!states) this.sources.set(up.name, (states = new Map()));
     for (const metric of this.catalogue.metrics) {
-      if (metric.needs || !metric.sources) continue;
+      if (metric.needs || !metric.sources || up.skip?.has(metric.name)) continue;
       metric.sources.forEach((spec, specIndex) => {
         if (!up.flavors.includes(spec.flavor)) return;
         // Names are listed newest first; the choice is made per model, so a model still on an

@@ -23,6 +23,8 @@ export interface CycleDeps {
   /** Whether infertel reads the GPUs itself (an engine's own GPU families are then not re-exported). */
   gpuTelemetry: () => boolean;
   now: () => number;
+  /** Catalogue metrics the inline proxy measures for this engine (it sits in front of it): not read from the scrape. */
+  proxied?: ReadonlySet<string>;
 }
 
 export interface CycleResult {
@@ -85,7 +87,8 @@ export class EngineCycle {
         const payloadModel = adapter.payloadModel(res.families);
         await this.resolveInfo(adapter, res.families, payloadModel, signal);
         await yieldToLoop();
-        const stats = normalizer.ingest(normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), canonicalInput(adapter, res.families));
+        const view = { ...normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), skip: this.deps.proxied };
+        const stats = normalizer.ingest(view, canonicalInput(adapter, res.families));
         result.canonicalSeries = stats.series;
         result.parseErrors += stats.incompleteHistograms;
       }

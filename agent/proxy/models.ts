@@ -60,6 +60,8 @@ export class ServedModels {
   private fetchedAt = -Infinity;
   /** When the engine last answered any HTTP response (readiness: the engine is up). */
   answeredAt: number | undefined;
+  /** When a connection to the engine last failed (refused, reset, timed out). */
+  private failedAt: number | undefined;
   private inFlight: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
 
@@ -87,8 +89,12 @@ export class ServedModels {
         const answered = () => {
           this.answeredAt = this.now();
         };
-        let list = servedModels(await getJson(`${base}/v1/models`, 2000, answered).catch(() => undefined));
-        if (!list.length) list = servedModels(await getJson(`${base}/info`, 2000, answered).catch(() => undefined));
+        const failed = (err: Error) => {
+          if (!/^status /.test(err.message)) this.failedAt = this.now();
+          return undefined;
+        };
+        let list = servedModels(await getJson(`${base}/v1/models`, 2000, answered).catch(failed));
+        if (!list.length) list = servedModels(await getJson(`${base}/info`, 2000, answered).catch(failed));
         if (list.length) this.models = list;
       } finally {
         this.fetchedAt = this.now();
@@ -101,8 +107,19 @@ export class ServedModels {
   /** Whether the engine answered HTTP lately (a stale answer starts a refresh for the next check). */
   engineAnswering(): boolean {
     const age = this.answeredAt === undefined ? Infinity : this.now() - this.answeredAt;
-    if (age > MISS_REFRESH_MS) void this.refresh();
-    return age <= REFRESH_MS + MISS_REFRESH_MS;
+    const failedSince = this.failedAt !== undefined && (this.answeredAt === undefined || this.failedAt >= this.answeredAt);
+    if (age > MISS_REFRESH_MS || failedSince) void this.refresh();
+    return age <= REFRESH_MS + MISS_REFRESH_MS && !failedSince;
+  }
+
+  /** The proxy saw the engine answer a request. */
+  noteAnswer(): void {
+    this.answeredAt = this.now();
+  }
+
+  /** The proxy could not reach the engine. */
+  noteFailure(): void {
+    this.failedAt = this.now();
   }
 
   list(): readonly string[] {

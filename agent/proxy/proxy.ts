@@ -328,11 +328,13 @@ export class InlineProxy {
     }, this.opts.upstreamTimeoutMs);
     up.on('response', (ures) => {
       clearTimeout(headerTimer);
+      this.deps.models.noteAnswer();
       this.relay(ures, res, ex, facts);
     });
     up.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(headerTimer);
       ex.upstreamEnded ??= performance.now();
+      if (!ex.error?.startsWith('client_abort')) this.deps.models.noteFailure();
       if (res.headersSent || res.destroyed) return;
       if (ex.streamEnd === 'upstream_timeout') {
         this.count('upstream_timeout');
@@ -349,11 +351,13 @@ export class InlineProxy {
   }
 
   private relay(ures: IncomingMessage, res: ServerResponse, ex: Exchange, facts: RequestFacts): void {
-    const kind = bodyKind(ex.route, ures.headers['content-type']);
+    const status = ures.statusCode ?? 502;
+    // An error body is no first token: only 2xx responses are read for content and usage.
+    const kind = status >= 200 && status < 300 ? bodyKind(ex.route, ures.headers['content-type']) : 'opaque';
     const strip = facts.usageInjected && kind === 'sse';
     const obs = new StreamObserver(ex.route, kind, strip, this.gapBounds, this.opts.traceTokenEvery);
     ex.observer = obs;
-    ex.status = ures.statusCode ?? 502;
+    ex.status = status;
     const headers = endToEnd(ures.headers, strip ? ['content-length'] : []);
     headers['x-request-id'] = ex.requestId;
     if (res.destroyed) {

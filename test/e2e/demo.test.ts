@@ -9,7 +9,14 @@ import { CLI, eventually, freePort, getText, SHARED_FIXTURES, sampleValue, share
 describe('infertel demo', () => {
   it('serves canonical series of both simulated engines and simulated GPUs, and stops on SIGTERM', async () => {
     const port = await freePort();
-    const child = spawn(process.execPath, [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--interval', '300ms'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proxyPort = await freePort();
+    const child = spawn(
+      process.execPath,
+      [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--interval', '300ms', '--load', '20'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (out += d));
@@ -26,6 +33,29 @@ describe('infertel demo', () => {
       assert.ok(sampleValue(body, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"') !== undefined);
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="simulated"'), 1);
       assert.match(out, /infertel demo is running/);
+      // Request-level mode: the proxy in front of the simulated vLLM, with several tenants of load.
+      const withTenants = await eventually(
+        async () => {
+          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          return ['acme', 'globex'].every((t) => b.includes(`tenant="${t}"`)) && /\ntokens_generated_total\{[^}]*tenant="acme"\} [1-9]/.test(b) && b;
+        },
+        15_000,
+        'tenant series',
+      );
+      assert.ok(
+        sampleValue(withTenants, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"') !== undefined,
+        'TGI, not behind the proxy, keeps its own',
+      );
+      // A request log line and a trace line (one request in ten is traced, at 20 a second).
+      await eventually(async () => out.split('\n').some((l) => l.includes('"event":"inference"')), 15_000, 'request logs');
+      await eventually(async () => out.split('\n').some((l) => l.startsWith('trace ') && l.includes('router.admission')), 15_000, 'trace lines');
+      const streamed = await fetch(`http://127.0.0.1:${proxyPort}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: 'Bearer sk-demo-acme-0001' },
+        body: JSON.stringify({ model: 'meta-llama/Llama-3.1-8B-Instruct', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+      });
+      assert.equal(streamed.status, 200);
+      assert.match(await streamed.text(), /data: \[DONE\]/);
       assert.match(out, /JSON summary: +http:\/\/127\.0\.0\.1:\d+\/metrics\?format=json/);
     } finally {
       const t0 = Date.now();
@@ -44,7 +74,7 @@ describe('infertel demo --engines', () => {
     const port = await freePort();
     const child = spawn(
       process.execPath,
-      [CLI, 'demo', '--engines', 'vllm,sglang,llamacpp', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--gpus', '0'],
+      [CLI, 'demo', '--engines', 'vllm,sglang,llamacpp', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--gpus', '0', '--proxy-listen', 'off'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     try {

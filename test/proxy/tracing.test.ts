@@ -157,26 +157,37 @@ describe('proxy: OTLP http/protobuf', () => {
 describe('proxy and scraping together', () => {
   it('no sum over the exported series counts a request twice; the engine families stay in passthrough', async () => {
     const engines = await startSimulatedEngines(0);
-    const h = await startHarness({ upstreams: [{ url: `${engines.vllm.url}/metrics`, flavor: 'vllm' }], interval: '200ms' });
+    // The proxy fronts the simulated vLLM (which serves the OpenAI API and counts requests of its
+    // own synthetic load); TGI is scraped beside it, not behind the proxy.
+    const h = await startHarness({
+      proxy: { target: engines.vllm.url },
+      upstreams: [
+        { url: `${engines.vllm.url}/metrics`, flavor: 'vllm' },
+        { url: `${engines.tgi.url}/metrics`, flavor: 'tgi', model: 'tgi-model' },
+      ],
+      interval: '200ms',
+    });
     try {
-      for (let i = 0; i < 7; i++) await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'x' });
+      for (let i = 0; i < 7; i++) await post(`${h.proxy}/v1/completions`, { model: 'x', prompt: 'x' }, { 'x-sim-tokens': '2' });
       const body = await eventually(
         async () => {
           const m = await h.metrics();
-          return sumOf(m, 'http_requests_total') > 0 && m;
+          return sumOf(m, 'http_requests_total') > 0 && sumOf(m, 'tgi_request_success') > 0 && m;
         },
         8000,
-        'the engine scraped',
+        'both engines scraped',
       );
-      // The simulated vLLM counts requests of its own (a synthetic load); with the proxy on they stay passthrough only.
-      assert.ok(sumOf(body, 'http_requests_total') > 0);
-      assert.equal(sumOf(body, 'inference_requests_total'), 7);
-      assert.equal(sumOf(body, 'inference_request_duration_ms_count'), 7);
-      assert.equal(sumOf(body, 'tokens_generated_total'), 7 * 8);
-      // Engine-only metrics still come from the scrape.
-      assert.ok(body.includes('kv_cache_usage_ratio{'));
-      const summary = await (await fetch(`${h.base}/metrics?format=json`)).json();
-      assert.equal(summary.requests_total, 7);
+      assert.ok(sumOf(body, 'http_requests_total') > 0, "vLLM's own request counter stays in passthrough");
+      const tgiOwn = sumOf(body, 'tgi_request_success') + sumOf(body, 'tgi_request_failure');
+      // The proxied engine's requests are the proxy's 7; TGI's are its own, still from the scrape.
+      assert.equal(sumOf(body, 'inference_requests_total', { tenant: 'anonymous' }), 7);
+      assert.equal(sumOf(body, 'inference_requests_total', { model: 'tgi-model' }), tgiOwn);
+      assert.equal(sumOf(body, 'inference_requests_total'), 7 + tgiOwn);
+      assert.equal(sumOf(body, 'tokens_generated_total', { tenant: 'anonymous' }), 7 * 2);
+      assert.equal(sumOf(body, 'inference_request_duration_ms_count', { model: 'meta-llama/Llama-3.1-8B-Instruct' }), 7);
+      // Engine-only metrics of the proxied engine still come from its scrape.
+      assert.ok(body.includes('kv_cache_usage_ratio{model="meta-llama/Llama-3.1-8B-Instruct"'));
+      assert.equal((body.match(/^# TYPE inference_requests_total /gm) ?? []).length, 1, 'one family, series of both');
     } finally {
       await h.close();
       await engines.close();

@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, createHmac } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { buildCatalogue, proxySourced } from '../../agent/catalogue/catalogue.js';
+import { sameEngine } from '../../agent/agent.js';
 import { validateConfig } from '../../agent/config/load.js';
 import { bucketIndex } from '../../agent/proxy/metrics.js';
 import { promptHash, scrubPii } from '../../agent/proxy/request-log.js';
@@ -258,10 +259,9 @@ describe('proxy units: redaction and buckets', () => {
     for (const [v, i] of rows) assert.equal(bucketIndex(b, v), i, String(v));
   });
 
-  it('with the proxy on, a proxy-measured metric has no engine source left; off, the engines keep theirs', () => {
-    const on = buildCatalogue('ms', {}, undefined, { proxy: true });
-    const off = buildCatalogue('ms');
-    const measured = on.metrics.filter(proxySourced).map((m) => m.name);
+  it('the catalogue names the proxy as a source of the request-level metrics, each with a tenant label', () => {
+    const cat = buildCatalogue('ms');
+    const measured = cat.metrics.filter(proxySourced).map((m) => m.name);
     assert.deepEqual(measured.sort(), [
       'inference_inter_token_latency_ms',
       'inference_request_duration_ms',
@@ -272,17 +272,20 @@ describe('proxy units: redaction and buckets', () => {
       'tokens_generated_total',
       'tokens_input_total',
     ]);
-    for (const name of measured) {
-      assert.ok(
-        on.byName.get(name)!.sources!.every((s) => s.flavor === 'proxy'),
-        name,
-      );
-      assert.ok(on.byName.get(name)!.labels.includes('tenant'), name);
-    }
-    assert.ok(off.byName.get('inference_requests_total')!.sources!.some((s) => s.flavor === 'vllm'));
-    assert.ok(
-      on.byName.get('kv_cache_usage_ratio')!.sources!.some((s) => s.flavor === 'vllm'),
-      'engine-only metrics stay',
-    );
+    for (const name of measured) assert.ok(cat.byName.get(name)!.labels.includes('tenant'), name);
+    assert.ok(!proxySourced(cat.byName.get('kv_cache_usage_ratio')!), 'engine-only metrics come from the scrape alone');
+  });
+
+  it('the engine behind the proxy is the scraped URL on the same port of the same or a loopback host', () => {
+    const rows: Array<[string, string, boolean]> = [
+      ['http://127.0.0.1:8000/metrics', 'http://127.0.0.1:8000', true],
+      ['http://localhost:8000/metrics', 'http://127.0.0.1:8000/', true],
+      ['http://[::1]:8000/metrics', 'http://localhost:8000', true],
+      ['http://127.0.0.1:8001/metrics', 'http://127.0.0.1:8000', false],
+      ['http://10.0.0.5:8000/metrics', 'http://127.0.0.1:8000', false],
+      ['http://engine:80/metrics', 'http://engine', true],
+      ['https://engine/metrics', 'http://engine', false],
+    ];
+    for (const [scrape, target, same] of rows) assert.equal(sameEngine(scrape, target), same, `${scrape} vs ${target}`);
   });
 });
