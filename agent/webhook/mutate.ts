@@ -11,6 +11,7 @@ export const ANNOTATION = {
   port: 'infertel.io/port',
   resources: 'infertel.io/resources',
   nativeSidecar: 'infertel.io/native-sidecar',
+  proxyPort: 'infertel.io/proxy-port',
 } as const;
 export const INJECTED_LABEL = 'infertel.io/injected';
 export const CONTAINER_NAME = 'infertel';
@@ -164,6 +165,20 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
     { name: 'INFERTEL_UPSTREAMS', value: spec },
   ];
   if (annotations[ANNOTATION.model]) env.push({ name: 'INFERTEL_MODEL', value: annotations[ANNOTATION.model]! });
+  // Request-level mode: the proxy listens on its own port and forwards to the engine's origin
+  // (the upstream's host and port). A Service's targetPort moves to this port (README).
+  const proxyAnn = annotations[ANNOTATION.proxyPort];
+  let proxyPort: number | undefined;
+  if (proxyAnn !== undefined) {
+    const n = Number(proxyAnn);
+    if (!Number.isInteger(n) || n <= 0 || n >= 65536) warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is not a port; proxy not enabled`);
+    else if (n === port) warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is the agent's own port; proxy not enabled`);
+    else if (n === Number(new URL(upstream).port || 80)) warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is the engine's port; proxy not enabled`);
+    else proxyPort = n;
+  }
+  if (proxyPort !== undefined) {
+    env.push({ name: 'INFERTEL_PROXY_LISTEN', value: `0.0.0.0:${proxyPort}` }, { name: 'INFERTEL_PROXY_TARGET', value: new URL(upstream).origin });
+  }
   // The sidecar must see the engine's GPUs, not all of the node's.
   const gpuEnv = containers.flatMap((c) => c.env ?? []).find((e) => e.name === 'NVIDIA_VISIBLE_DEVICES' && e.value !== undefined);
   if (gpuEnv) env.push({ name: 'NVIDIA_VISIBLE_DEVICES', value: gpuEnv.value! });
@@ -184,8 +199,12 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
     imagePullPolicy: cfg.imagePullPolicy,
     args: ['run'],
     env,
-    ports: [{ name: 'infertel-metrics', containerPort: port, protocol: 'TCP' }],
-    readinessProbe: probe('/readyz', 10),
+    ports: [
+      { name: 'infertel-metrics', containerPort: port, protocol: 'TCP' },
+      ...(proxyPort !== undefined ? [{ name: 'infertel-proxy', containerPort: proxyPort, protocol: 'TCP' }] : []),
+    ],
+    // With the proxy on, /readyz also needs the proxy listening and the engine answering.
+    readinessProbe: probe('/readyz', proxyPort !== undefined ? 5 : 10),
     livenessProbe: probe('/healthz', 20),
     resources,
     securityContext: {

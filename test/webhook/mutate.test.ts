@@ -277,3 +277,56 @@ describe('review: hostile shapes never crash it', () => {
     assert.ok(injected > 1000, `some grafts leave the pod injectable (${injected})`);
   });
 });
+
+describe('mutatePod: request-level mode (infertel.io/proxy-port)', () => {
+  const inject = (extra: Record<string, string>) => {
+    const p = pod({ 'infertel.io/inject': 'true', ...extra });
+    const r = mutatePod(p, 'ml', CFG);
+    return { r, out: applyPatch(p, r.patch) as unknown as Out };
+  };
+
+  it('turns the proxy on, forwarding to the engine origin of the upstream, with a named port', () => {
+    const { r, out } = inject({ 'infertel.io/proxy-port': '8001', 'infertel.io/upstream': '8000', 'infertel.io/flavor': 'vllm' });
+    assert.deepEqual(r.warnings, []);
+    const c = sidecarOf(out);
+    const env = envOf(c);
+    assert.equal(env.INFERTEL_PROXY_LISTEN, '0.0.0.0:8001');
+    assert.equal(env.INFERTEL_PROXY_TARGET, 'http://127.0.0.1:8000');
+    assert.deepEqual(
+      c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
+      [
+        ['infertel-metrics', 9400],
+        ['infertel-proxy', 8001],
+      ],
+    );
+    assert.equal(c.readinessProbe.httpGet.path, '/readyz');
+  });
+
+  it('a trtllm upstream port proxies to the engine origin, not its metrics path', () => {
+    const { out } = inject({ 'infertel.io/proxy-port': '8001', 'infertel.io/upstream': '8000', 'infertel.io/flavor': 'trtllm' });
+    const env = envOf(sidecarOf(out));
+    assert.equal(env.INFERTEL_UPSTREAMS, 'trtllm=http://127.0.0.1:8000/prometheus/metrics');
+    assert.equal(env.INFERTEL_PROXY_TARGET, 'http://127.0.0.1:8000');
+  });
+
+  const refused: Array<[string, RegExp]> = [
+    ['abc', /is not a port/],
+    ['70000', /is not a port/],
+    ['9400', /the agent's own port/],
+    ['8000', /the engine's port/],
+  ];
+  for (const [value, why] of refused) {
+    it(`proxy-port "${value}" is refused with a warning, the rest still injected`, () => {
+      const { r, out } = inject({ 'infertel.io/proxy-port': value });
+      assert.match(r.warnings.join('\n'), why);
+      const env = envOf(sidecarOf(out));
+      assert.equal(env.INFERTEL_PROXY_LISTEN, undefined);
+      assert.equal(sidecarOf(out).ports.length, 1);
+    });
+  }
+
+  it('without the annotation the proxy stays off', () => {
+    const { out } = inject({});
+    assert.equal(envOf(sidecarOf(out)).INFERTEL_PROXY_LISTEN, undefined);
+  });
+});
