@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 // biome-ignore lint/suspicious/noTemplateCurlyInString: a Grafana variable, not a JavaScript template
 const ds = { type: 'prometheus', uid: '${datasource}' };
 const M = 'model=~"$model"';
+const T = 'tenant=~"$tenant"';
 const R = '$__rate_interval';
 const q = (expr, legend) => ({ expr, legend });
 const p = (title, unit, targets, opts = {}) => ({ title, unit, targets, ...opts });
@@ -110,15 +111,30 @@ const DASHBOARDS = {
     ],
   },
   'infertel-usage': {
-    title: 'infertel / Customer usage (per model until request-level tenants exist)',
+    title: 'infertel / Customer usage (per tenant)',
+    // Tenants come from the inline proxy (request-level mode); without it series carry no tenant
+    // and `tenant=~".*"` still matches them, so the panels fall back to one line per model.
+    variables: ['tenant'],
     panels: [
-      p('Tokens generated per second', 'short', [q(`sum by (model) (rate(tokens_generated_total{${M}}[${R}]))`, '{{model}}')]),
-      p('Prompt tokens per second', 'short', [q(`sum by (model) (rate(tokens_input_total{${M}}[${R}]))`, '{{model}}')]),
-      p('Requests per second', 'reqps', [q(`sum by (model, route) (rate(inference_requests_total{${M}}[${R}]))`, '{{model}} {{route}}')]),
-      p('Rejected (4xx) and failed (5xx) requests per second', 'reqps', [
-        q(`sum by (model, code) (rate(inference_requests_total{${M},code!="2xx"}[${R}]))`, '{{model}} {{code}}'),
+      p('Token usage: output tokens per second by tenant', 'short', [
+        q(`sum by (tenant, model) (rate(tokens_generated_total{${M},${T}}[${R}]))`, '{{tenant}} {{model}}'),
       ]),
-      p('Tokens generated (range)', 'short', [q(`sum by (model) (increase(tokens_generated_total{${M}}[$__range]))`, '{{model}}')], { type: 'stat' }),
+      p('Token usage: prompt tokens per second by tenant', 'short', [
+        q(`sum by (tenant, model) (rate(tokens_input_total{${M},${T}}[${R}]))`, '{{tenant}} {{model}}'),
+      ]),
+      p('Request rate by tenant', 'reqps', [q(`sum by (tenant, route) (rate(inference_requests_total{${M},${T}}[${R}]))`, '{{tenant}} {{route}}')]),
+      p('Error requests by tenant (4xx rejected, 5xx failed)', 'reqps', [
+        q(`sum by (tenant, code) (rate(inference_requests_total{${M},${T},code!="2xx"}[${R}]))`, '{{tenant}} {{code}}'),
+      ]),
+      p('Output tokens over the range by tenant', 'short', [q(`sum by (tenant) (increase(tokens_generated_total{${M},${T}}[$__range]))`, '{{tenant}}')], {
+        type: 'stat',
+      }),
+      p('Time to first token P95 by tenant (as the client sees it)', 'ms', [
+        q(`histogram_quantile(0.95, sum by (le, tenant) (rate(inference_ttft_ms_bucket{${M},${T}}[${R}])))`, '{{tenant}}'),
+      ]),
+      p('Streams with unknown usage (ended before their usage chunk)', 'reqps', [
+        q(`sum by (tenant) (rate(inference_requests_usage_unknown_total{${M},${T}}[${R}]))`, '{{tenant}}'),
+      ]),
       p(
         'Per-stream decode speed vs the 30 tokens/s floor',
         'short',
@@ -180,6 +196,20 @@ function dashboardJson(uid, d) {
           refresh: 2,
           hide: 0,
         },
+        ...(d.variables ?? []).map((name) => ({
+          name,
+          label: name[0].toUpperCase() + name.slice(1),
+          type: 'query',
+          datasource: ds,
+          query: { query: `label_values(inference_requests_total, ${name})`, refId: `${name}s` },
+          definition: `label_values(inference_requests_total, ${name})`,
+          includeAll: true,
+          multi: true,
+          allValue: '.*',
+          current: {},
+          refresh: 2,
+          hide: 0,
+        })),
       ],
     },
     panels: d.panels.map((panel, i) => panelJson(panel, i + 1)),

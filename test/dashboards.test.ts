@@ -22,7 +22,7 @@ const dashboards = files.map((f) => ({ file: f, d: JSON.parse(readFileSync(join(
 
 /** Grafana's variables replaced by values Prometheus accepts, so promtool can parse the PromQL. */
 function promql(expr: string): string {
-  return expr.replaceAll('$__rate_interval', '5m').replaceAll('$__range', '1h').replaceAll('$model', '.*');
+  return expr.replaceAll('$__rate_interval', '5m').replaceAll('$__range', '1h').replaceAll('$model', '.*').replaceAll('$tenant', '.*');
 }
 
 describe('dashboards', () => {
@@ -58,7 +58,7 @@ describe('dashboards', () => {
       for (const p of d.panels) {
         for (const t of p.targets) {
           for (const m of t.expr.match(/(?<![:\w$])[a-z][a-z_]+(?=\{|\[| |\)|$)/g) ?? []) {
-            if (['sum', 'max', 'avg', 'by', 'rate', 'increase', 'histogram_quantile', 'le', 'model', 'phase', 'code', 'route', 'context_bucket'].includes(m))
+            if (['sum', 'max', 'avg', 'by', 'rate', 'increase', 'histogram_quantile', 'le', 'model', 'phase', 'code', 'route', 'context_bucket', 'tenant'].includes(m))
               continue;
             const base = m.replace(/_(bucket|sum|count)$/, '');
             assert.ok(catalogue.includes(`name: ${base}\n`) || catalogue.includes(`name: ${m}\n`) || m.startsWith('infertel_'), `${d.uid}: ${m}`);

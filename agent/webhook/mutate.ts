@@ -173,7 +173,8 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
     const n = Number(proxyAnn);
     if (!Number.isInteger(n) || n <= 0 || n >= 65536) warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is not a port; proxy not enabled`);
     else if (n === port) warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is the agent's own port; proxy not enabled`);
-    else if (n === Number(new URL(upstream).port || 80)) warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is the engine's port; proxy not enabled`);
+    else if (n === Number(new URL(upstream).port || 80))
+      warnings.push(`infertel: ${ANNOTATION.proxyPort}="${proxyAnn}" is the engine's port; proxy not enabled`);
     else proxyPort = n;
   }
   if (proxyPort !== undefined) {
