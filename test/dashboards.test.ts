@@ -58,7 +58,24 @@ describe('dashboards', () => {
       for (const p of d.panels) {
         for (const t of p.targets) {
           for (const m of t.expr.match(/(?<![:\w$])[a-z][a-z_]+(?=\{|\[| |\)|$)/g) ?? []) {
-            if (['sum', 'max', 'avg', 'by', 'rate', 'increase', 'histogram_quantile', 'le', 'model', 'phase', 'code', 'route', 'context_bucket', 'tenant'].includes(m))
+            if (
+              [
+                'sum',
+                'max',
+                'avg',
+                'by',
+                'rate',
+                'increase',
+                'histogram_quantile',
+                'le',
+                'model',
+                'phase',
+                'code',
+                'route',
+                'context_bucket',
+                'tenant',
+              ].includes(m)
+            )
               continue;
             const base = m.replace(/_(bucket|sum|count)$/, '');
             assert.ok(catalogue.includes(`name: ${base}\n`) || catalogue.includes(`name: ${m}\n`) || m.startsWith('infertel_'), `${d.uid}: ${m}`);

@@ -157,7 +157,8 @@ export class InlineProxy {
   ) {
     this.target = new URL(opts.target);
     const Agent = this.target.protocol === 'https:' ? https.Agent : http.Agent;
-    this.agent = new Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256 });
+    // noDelay: a chunk of a stream is sent the moment it is written, never held for Nagle.
+    this.agent = new Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, noDelay: true });
     this.gapBounds = deps.metrics.gapBoundsMs();
   }
 

@@ -1,0 +1,182 @@
+// Request-level mode: what the inline proxy adds, measured next to direct access to the same
+// stand-in engine in the same run. Three processes on the machine: the load (this one), the agent
+// with its proxy, and the engine.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { fileURLToPath } from 'node:url';
+
+const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
+const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
+
+function pct(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+
+function rssMiB(pid: number): number {
+  return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+}
+
+function firstLine(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d) => {
+      buf += d;
+      const i = buf.indexOf('\n');
+      if (i >= 0) resolve(buf.slice(0, i).trim());
+    });
+    child.once('exit', (c) => reject(new Error(`exited ${c}`)));
+  });
+}
+
+const client = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+/** One streamed request: ms to the first body byte, chunks received, and the whole time. */
+function stream(base: string, headers: Record<string, string>, body: string): Promise<{ ttfb: number; chunks: number; total: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let ttfb = NaN;
+    let chunks = 0;
+    const req = http.request(
+      `${base}/v1/chat/completions`,
+      { method: 'POST', agent: client, headers: { 'content-type': 'application/json', ...headers } },
+      (res) => {
+        res.on('data', (d: Buffer) => {
+          if (Number.isNaN(ttfb)) ttfb = performance.now() - t0;
+          chunks += d.toString('latin1').split('\n\n').length - 1;
+        });
+        res.on('end', () => resolve({ ttfb, chunks, total: performance.now() - t0 }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const BODY = JSON.stringify({ model: 'bench-model', stream: true, messages: [{ role: 'user', content: 'Summarise the quarterly report in three lines.' }] });
+
+/** `concurrency` clients each streaming back to back for `ms`. */
+async function load(base: string, concurrency: number, ms: number, headers: Record<string, string>) {
+  const ttfb: number[] = [];
+  let chunks = 0;
+  const end = performance.now() + ms;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) {
+        const r = await stream(base, headers, BODY);
+        ttfb.push(r.ttfb);
+        chunks += r.chunks;
+      }
+    }),
+  );
+  return { ttfb, chunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
+}
+
+/** The agent with its proxy on `port + 1`, as a newcomer runs it (no tracing). */
+function startAgent(engineUrl: string, port: number): ChildProcess {
+  return spawn(
+    process.execPath,
+    [
+      '--max-semi-space-size=2',
+      CLI,
+      'run',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--proxy-listen',
+      `127.0.0.1:${port + 1}`,
+      '--proxy-target',
+      engineUrl,
+      '--log-level',
+      'error',
+    ],
+    { stdio: 'ignore', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '' } },
+  );
+}
+
+async function waitReady(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/readyz`)).ok) return;
+    } catch {
+      /* starting */
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function benchProxy(say: (s?: string) => void): Promise<void> {
+  say('### Inline proxy (request-level mode): added latency, throughput and memory per stream');
+  say();
+  const engine = spawn(process.execPath, [ENGINE], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const engineUrl = await firstLine(engine);
+  const port = 21000 + Math.floor(Math.random() * 4000);
+  const agent = startAgent(engineUrl, port);
+  const proxy = `http://127.0.0.1:${port + 1}`;
+  await waitReady(port);
+  try {
+    say(
+      'Stand-in engine in its own process: first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct and proxied rounds alternate, 3 of each, 3 s per round. Client, agent and engine share the machine.',
+    );
+    say();
+    say('| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | proxied / direct chunks/s |');
+    say('|---|---|---|---|---|---|---|---|');
+    await load(proxy, 50, 1000, {});
+    await load(engineUrl, 50, 1000, {});
+    for (const [concurrency, tokens] of [
+      [1, 2],
+      [20, 16],
+      [200, 16],
+    ] as const) {
+      const rows: Record<string, { ttfb: number[]; cps: number[] }> = { direct: { ttfb: [], cps: [] }, proxy: { ttfb: [], cps: [] } };
+      for (let round = 0; round < 3; round++) {
+        for (const [name, base] of [
+          ['direct', engineUrl],
+          ['proxy', proxy],
+        ] as const) {
+          const r = await load(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) });
+          rows[name]!.ttfb.push(...r.ttfb);
+          rows[name]!.cps.push(r.chunksPerSecond);
+        }
+      }
+      const summary = (name: 'direct' | 'proxy') => {
+        const r = rows[name]!;
+        return { p50: pct(r.ttfb, 50), p99: pct(r.ttfb, 99), cps: r.cps.reduce((a, b) => a + b, 0) / r.cps.length };
+      };
+      const d = summary('direct');
+      const p = summary('proxy');
+      say(`| ${concurrency} | direct (anchor) | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | |`);
+      say(
+        `| ${concurrency} | through the proxy | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${((p.cps / d.cps) * 100).toFixed(1)}% |`,
+      );
+    }
+    say();
+    say('Targets (issue 8): added p50 ≤ 0.3 ms and p99 ≤ 1 ms at 200 streams; proxied throughput ≥ 95% of direct. Envoy adds well under a millisecond.');
+    say();
+    // Memory per open stream, in a fresh agent: 1000 streams held open (a chunk every 2.5 s).
+    const mem = startAgent(engineUrl, port + 2);
+    await waitReady(port + 2);
+    const memProxy = `http://127.0.0.1:${port + 3}`;
+    await load(memProxy, 20, 1000, {});
+    await new Promise((r) => setTimeout(r, 1000));
+    const before = rssMiB(mem.pid!);
+    const held: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 1000; i++) held.push(stream(memProxy, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, BODY).catch(() => undefined));
+    await new Promise((r) => setTimeout(r, 2000));
+    const during = rssMiB(mem.pid!);
+    const open = Number(/^infertel_proxy_open_requests (\S+)/m.exec(await (await fetch(`http://127.0.0.1:${port + 2}/metrics`)).text())?.[1]);
+    say(
+      `Memory per open stream (a fresh agent, after a warm-up): RSS ${before.toFixed(1)} MiB idle, ${during.toFixed(1)} MiB with ${open} streams open: ${(((during - before) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream (both sockets, the observer, the trace and the timeline).`,
+    );
+    say();
+    await Promise.all(held);
+    mem.kill();
+  } finally {
+    agent.kill();
+    engine.kill();
+    client.destroy();
+  }
+}
