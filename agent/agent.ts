@@ -402,7 +402,7 @@ export class Agent {
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeAllConnections();
     await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed, this.proxy?.stop()]);
-    await this.requestLog?.flush();
+    await this.requestLog?.close();
     for (const s of this.sources) s.close?.();
     await this.tracing?.shutdown();
     process.off('unhandledRejection', this.onUnhandledRejection);

@@ -178,6 +178,9 @@ function crossCheck(raw: unknown): string[] {
   const gi = rawMs(gpu.interval, '5s', INTERVAL_BOUNDS);
   const gt = rawMs(gpu.timeout, '2s', TIMEOUT_BOUNDS);
   if (gi !== undefined && gt !== undefined && gt >= gi) problems.push('gpu.timeout: must be less than gpu.interval');
+  const requestLog = asObject(doc.requestLog) ?? {};
+  const secretProblem = fileProblem(requestLog.hashSecretFile, 'requestLog.hashSecretFile');
+  if (secretProblem) problems.push(secretProblem);
   const proxy = asObject(doc.proxy) ?? {};
   if (proxy.listen !== undefined && proxy.target === undefined) problems.push('proxy.target: required when proxy.listen is set (the engine base URL)');
   if (proxy.target !== undefined && proxy.listen === undefined) problems.push('proxy.listen: required when proxy.target is set');

@@ -75,6 +75,8 @@ export class RequestLog {
   readonly counts = { written: 0, sampled_out: 0 };
   private readonly logger: Logger;
   private readonly secret: Buffer | undefined;
+  /** The file sink's worker thread (pino-roll), ended on close. */
+  private readonly transport: ReturnType<typeof pino.transport> | undefined;
 
   constructor(
     private readonly cfg: RequestLogConfig,
@@ -82,15 +84,18 @@ export class RequestLog {
     destination?: NodeJS.WritableStream,
   ) {
     // The secret is read once at start: a missing file is a configuration error (thrown here).
-    this.secret = cfg.hashSecretFile ? readFileSync(cfg.hashSecretFile) : undefined;
+    try {
+      this.secret = cfg.hashSecretFile ? readFileSync(cfg.hashSecretFile) : undefined;
+    } catch (err) {
+      throw new Error(`requestLog.hashSecretFile: cannot read ${cfg.hashSecretFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
     if (this.secret && this.secret.length < 16) throw new Error(`requestLog.hashSecretFile: ${cfg.hashSecretFile} holds fewer than 16 bytes`);
     const options = { base: null, timestamp: false, messageKey: 'message', formatters: { level: (label: string) => ({ level: label }) } };
-    const sink =
-      destination ??
-      (cfg.path
-        ? pino.transport({ target: 'pino-roll', options: { file: cfg.path, size: cfg.maxSize, limit: { count: cfg.maxFiles }, mkdir: true } })
-        : pino.destination({ fd: 1, sync: false }));
-    this.logger = pino(options, sink);
+    this.transport =
+      destination || !cfg.path
+        ? undefined
+        : pino.transport({ target: 'pino-roll', options: { file: cfg.path, size: cfg.maxSize, limit: { count: cfg.maxFiles }, mkdir: true } });
+    this.logger = pino(options, destination ?? this.transport ?? pino.destination({ fd: 1, sync: false }));
   }
 
   /** Whether a request with this outcome is logged (errors and successes sampled apart). */
@@ -112,7 +117,15 @@ export class RequestLog {
     else this.logger.info(out);
   }
 
-  flush(): Promise<void> {
-    return new Promise((resolve) => this.logger.flush(() => resolve()));
+  /** Writes out what is buffered and ends the file sink's worker. */
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.logger.flush(() => resolve()));
+    const t = this.transport;
+    if (t)
+      await new Promise<void>((resolve) => {
+        t.once('close', () => resolve());
+        t.end();
+        setTimeout(resolve, 1000).unref();
+      });
   }
 }

@@ -112,59 +112,64 @@ describe(`helm chart (${renderer?.name ?? 'no renderer'})`, { skip }, () => {
     assert.equal(byKind(ms, 'MutatingWebhookConfiguration')[0]!.webhooks[0].timeoutSeconds, 10);
   });
 
-  it('the infertel.sidecar named template renders the same container the webhook injects', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-chart-'));
-    cpSync(CHART, dir, { recursive: true });
-    writeFileSync(
-      join(dir, 'templates/example-vllm.yaml'),
-      [
-        'apiVersion: apps/v1',
-        'kind: Deployment',
-        'metadata:',
-        '  name: vllm',
-        '  labels:',
-        '    {{- include "infertel.labels" . | nindent 4 }}',
-        'spec:',
-        '  selector: { matchLabels: { app: vllm } }',
-        '  template:',
-        '    metadata: { labels: { app: vllm } }',
-        '    spec:',
-        '      containers:',
-        '        - name: vllm',
-        '          image: vllm/vllm-openai:v0.11.0',
-        '        {{- include "infertel.sidecar" (dict "root" $ "upstream" "vllm=http://127.0.0.1:8000/metrics") | nindent 8 }}',
-        '      volumes:',
-        '        {{- include "infertel.sidecarVolumes" . | nindent 8 }}',
-        '',
-      ].join('\n'),
-    );
-    const ms = manifests(renderer!.render([join(CHART, 'ci/podmonitor-only-values.yaml')], dir));
-    const dep = byKind(ms, 'Deployment').find((m) => m.metadata.name === 'vllm')!;
-    const fromChart = dep.spec.template.spec.containers[1];
-    const cfg = parseYaml(readFileSync(join(REPO_ROOT, 'helm/infertel/values.yaml'), 'utf8'));
-    const injected = mutatePod(
-      { metadata: { annotations: { 'infertel.io/inject': 'true', 'infertel.io/flavor': 'vllm' } }, spec: { containers: [{ name: 'vllm' }] } },
-      'ml',
-      {
-        image: fromChart.image,
-        imagePullPolicy: 'IfNotPresent',
-        port: cfg.sidecar.port,
-        upstream: cfg.sidecar.upstream,
-        nativeSidecar: false,
-        resources: cfg.sidecar.resources,
-        env: [],
-        configMap: 'infertel-agent',
-        scrapeAnnotations: true,
-      },
-    ).patch.find((o) => o.path === '/spec/containers/-')!.value as Record<string, any>;
-    for (const k of ['name', 'image', 'args', 'ports', 'readinessProbe', 'livenessProbe', 'resources', 'securityContext', 'volumeMounts'])
-      assert.deepEqual(fromChart[k], injected[k], k);
-    assert.deepEqual(fromChart.env, injected.env);
-    assert.deepEqual(
-      dep.spec.template.spec.volumes.map((v: { name: string }) => v.name),
-      ['infertel-tmp', 'infertel-config'],
-    );
-  });
+  for (const [what, dictArgs, annotations] of [
+    ['', '', {}],
+    [' (request-level mode)', ' "proxyPort" 8001', { 'infertel.io/proxy-port': '8001' }],
+  ] as const) {
+    it(`the infertel.sidecar named template renders the same container the webhook injects${what}`, () => {
+      const dir = mkdtempSync(join(tmpdir(), 'infertel-chart-'));
+      cpSync(CHART, dir, { recursive: true });
+      writeFileSync(
+        join(dir, 'templates/example-vllm.yaml'),
+        [
+          'apiVersion: apps/v1',
+          'kind: Deployment',
+          'metadata:',
+          '  name: vllm',
+          '  labels:',
+          '    {{- include "infertel.labels" . | nindent 4 }}',
+          'spec:',
+          '  selector: { matchLabels: { app: vllm } }',
+          '  template:',
+          '    metadata: { labels: { app: vllm } }',
+          '    spec:',
+          '      containers:',
+          '        - name: vllm',
+          '          image: vllm/vllm-openai:v0.11.0',
+          `        {{- include "infertel.sidecar" (dict "root" $ "upstream" "vllm=http://127.0.0.1:8000/metrics"${dictArgs}) | nindent 8 }}`,
+          '      volumes:',
+          '        {{- include "infertel.sidecarVolumes" . | nindent 8 }}',
+          '',
+        ].join('\n'),
+      );
+      const ms = manifests(renderer!.render([join(CHART, 'ci/podmonitor-only-values.yaml')], dir));
+      const dep = byKind(ms, 'Deployment').find((m) => m.metadata.name === 'vllm')!;
+      const fromChart = dep.spec.template.spec.containers[1];
+      const cfg = parseYaml(readFileSync(join(REPO_ROOT, 'helm/infertel/values.yaml'), 'utf8'));
+      const injected = mutatePod(
+        { metadata: { annotations: { 'infertel.io/inject': 'true', 'infertel.io/flavor': 'vllm', ...annotations } }, spec: { containers: [{ name: 'vllm' }] } },
+        'ml',
+        {
+          image: fromChart.image,
+          imagePullPolicy: 'IfNotPresent',
+          port: cfg.sidecar.port,
+          upstream: cfg.sidecar.upstream,
+          nativeSidecar: false,
+          resources: cfg.sidecar.resources,
+          env: [],
+          configMap: 'infertel-agent',
+          scrapeAnnotations: true,
+        },
+      ).patch.find((o) => o.path === '/spec/containers/-')!.value as Record<string, any>;
+      for (const k of ['name', 'image', 'args', 'ports', 'readinessProbe', 'livenessProbe', 'resources', 'securityContext', 'volumeMounts'])
+        assert.deepEqual(fromChart[k], injected[k], k);
+      assert.deepEqual(fromChart.env, injected.env);
+      assert.deepEqual(
+        dep.spec.template.spec.volumes.map((v: { name: string }) => v.name),
+        ['infertel-tmp', 'infertel-config'],
+      );
+    });
+  }
 });
 
 describe('chart values', () => {

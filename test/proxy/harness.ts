@@ -29,16 +29,6 @@ export async function startHarness(extra: Record<string, unknown> = {}, sim: Par
   const engine = await startSimOpenAi({ models: ['sim-llama'], ttftMs: 30, itlMs: 5, tokens: 8, ...sim });
   const lines: string[] = [];
   const agentLines: string[] = [];
-  const config = validateConfig({
-    listen: '127.0.0.1:0',
-    proxy: { listen: '127.0.0.1:0', target: engine.url, ...((extra.proxy as object | undefined) ?? {}) },
-    tenants: [
-      { name: 'acme', keys: [hashKey(ACME_KEY)] },
-      { name: 'globex', keys: [hashKey(GLOBEX_KEY)], sloClass: 'batch' },
-    ],
-    requestLog: { sampleSuccess: 1, sampleError: 1, ...((extra.requestLog as object | undefined) ?? {}) },
-    ...Object.fromEntries(Object.entries(extra).filter(([k]) => k !== 'proxy' && k !== 'requestLog')),
-  });
   const sink = (into: string[]) =>
     new Writable({
       write: (c, _e, cb) => {
@@ -46,9 +36,26 @@ export async function startHarness(extra: Record<string, unknown> = {}, sim: Par
         cb();
       },
     });
-  const agent = new Agent(config, { log: createLogger('info', sink(agentLines)), requestLogDestination: sink(lines) });
-  await agent.start();
-  await agent.proxy!.engineAnswering();
+  let agent: Agent;
+  try {
+    const config = validateConfig({
+      listen: '127.0.0.1:0',
+      proxy: { listen: '127.0.0.1:0', target: engine.url, ...((extra.proxy as object | undefined) ?? {}) },
+      tenants: [
+        { name: 'acme', keys: [hashKey(ACME_KEY)] },
+        { name: 'globex', keys: [hashKey(GLOBEX_KEY)], sloClass: 'batch' },
+      ],
+      requestLog: { sampleSuccess: 1, sampleError: 1, ...((extra.requestLog as object | undefined) ?? {}) },
+      ...Object.fromEntries(Object.entries(extra).filter(([k]) => k !== 'proxy' && k !== 'requestLog')),
+    });
+    // Request lines are captured here unless the test asks for the file sink (requestLog.path).
+    const toFile = config.requestLog.path !== undefined;
+    agent = new Agent(config, { log: createLogger('info', sink(agentLines)), ...(toFile ? {} : { requestLogDestination: sink(lines) }) });
+    await agent.start();
+  } catch (err) {
+    await engine.close();
+    throw err;
+  }
   return {
     agent,
     engine,

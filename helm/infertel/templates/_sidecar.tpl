@@ -3,6 +3,9 @@ The agent container, for users who add the sidecar to their own pod template ins
 webhook. Call it with a dict:
   {{- include "infertel.sidecar" (dict "root" $ "upstream" "vllm=http://127.0.0.1:8000/metrics" "model" "") | nindent 8 }}
 "upstream" takes [FLAVOR=]URL; "model" names the model for engines whose metrics do not (TGI).
+Request-level mode: "proxyPort" (e.g. 8001) starts the inline proxy there, forwarding to
+"proxyTarget" (default http://127.0.0.1:8000, the engine); point the Service's targetPort at
+"infertel-proxy" (README, Request-level mode).
 It matches what the webhook injects; add the "infertel-tmp" emptyDir and "infertel-config"
 ConfigMap volumes (see infertel.sidecarVolumes) to the pod.
 */}}
@@ -22,6 +25,12 @@ ConfigMap volumes (see infertel.sidecarVolumes) to the pod.
     - name: INFERTEL_MODEL
       value: {{ . | quote }}
     {{- end }}
+    {{- with .proxyPort }}
+    - name: INFERTEL_PROXY_LISTEN
+      value: {{ printf "0.0.0.0:%d" (int .) | quote }}
+    - name: INFERTEL_PROXY_TARGET
+      value: {{ default "http://127.0.0.1:8000" $.proxyTarget | quote }}
+    {{- end }}
     - name: INFERTEL_CONFIG
       value: /etc/infertel/config.yaml
     {{- with $root.Values.sidecar.env }}
@@ -31,9 +40,14 @@ ConfigMap volumes (see infertel.sidecarVolumes) to the pod.
     - name: infertel-metrics
       containerPort: {{ $port }}
       protocol: TCP
+    {{- with .proxyPort }}
+    - name: infertel-proxy
+      containerPort: {{ int . }}
+      protocol: TCP
+    {{- end }}
   readinessProbe:
     httpGet: { path: /readyz, port: infertel-metrics }
-    periodSeconds: 10
+    periodSeconds: {{ if .proxyPort }}5{{ else }}10{{ end }}
     timeoutSeconds: 2
     failureThreshold: 3
   livenessProbe:
