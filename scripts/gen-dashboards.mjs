@@ -169,6 +169,24 @@ function panelJson(panel, id) {
   };
 }
 
+/** A multi-value Grafana variable over the values of one label of inference_requests_total. */
+function labelVariable(name) {
+  return {
+    name,
+    label: name[0].toUpperCase() + name.slice(1),
+    type: 'query',
+    datasource: ds,
+    query: { query: `label_values(inference_requests_total, ${name})`, refId: `${name}s` },
+    definition: `label_values(inference_requests_total, ${name})`,
+    includeAll: true,
+    multi: true,
+    allValue: '.*',
+    current: {},
+    refresh: 2,
+    hide: 0,
+  };
+}
+
 function dashboardJson(uid, d) {
   return {
     uid,
@@ -182,34 +200,7 @@ function dashboardJson(uid, d) {
     templating: {
       list: [
         { name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus', current: {}, hide: 0 },
-        {
-          name: 'model',
-          label: 'Model',
-          type: 'query',
-          datasource: ds,
-          query: { query: 'label_values(inference_requests_total, model)', refId: 'models' },
-          definition: 'label_values(inference_requests_total, model)',
-          includeAll: true,
-          multi: true,
-          allValue: '.*',
-          current: {},
-          refresh: 2,
-          hide: 0,
-        },
-        ...(d.variables ?? []).map((name) => ({
-          name,
-          label: name[0].toUpperCase() + name.slice(1),
-          type: 'query',
-          datasource: ds,
-          query: { query: `label_values(inference_requests_total, ${name})`, refId: `${name}s` },
-          definition: `label_values(inference_requests_total, ${name})`,
-          includeAll: true,
-          multi: true,
-          allValue: '.*',
-          current: {},
-          refresh: 2,
-          hide: 0,
-        })),
+        ...['model', ...(d.variables ?? [])].map(labelVariable),
       ],
     },
     panels: d.panels.map((panel, i) => panelJson(panel, i + 1)),
