@@ -31,6 +31,7 @@ import { ProxyMetrics } from './proxy/metrics.js';
 import { ServedModels } from './proxy/models.js';
 import { RequestLog } from './proxy/request-log.js';
 import { TenantResolver } from './proxy/tenants.js';
+import { effectiveLimits, MemoryLimiter, type TenantLimits } from './proxy/limits.js';
 
 export interface AgentDeps {
   log: Logger;
@@ -57,6 +58,15 @@ export function sameEngine(scrapeUrl: string, proxyTarget: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The rate limiter and each tenant's effective limits, or undefined when no limit is configured. */
+function rateLimitsOf(config: AgentConfig, now: () => number): { limiter: MemoryLimiter; of(tenant: string): TenantLimits } | undefined {
+  const dflt = config.rateLimits.default;
+  if (!dflt && !config.tenants.some((t) => t.limits)) return undefined;
+  const byName = new Map<string, TenantLimits>(config.tenants.map((t) => [t.name, { limits: effectiveLimits(t.limits, dflt), shadow: t.shadow }]));
+  const fallback: TenantLimits = { limits: effectiveLimits(undefined, dflt), shadow: false };
+  return { limiter: new MemoryLimiter(now), of: (tenant) => byName.get(tenant) ?? fallback };
 }
 
 const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
@@ -156,6 +166,18 @@ export class Agent {
         throw new ConfigError([(err as Error).message]);
       }
       const tenants = new TenantResolver(config.tenants, p.maxTenants);
+      const limits = rateLimitsOf(config, this.now);
+      if (limits) {
+        const metrics = this.proxyMetrics;
+        metrics.remaining = () =>
+          [...limits.limiter.tenants()].flatMap((tenant) =>
+            Object.entries(limits.limiter.remaining(tenant, limits.of(tenant).limits)).map(([limit, ratio]) => ({
+              tenant: tenants.labelOf(tenant),
+              limit,
+              ratio: ratio!,
+            })),
+          );
+      }
       const pod = process.env.POD_NAME ?? hostname();
       this.proxy = new InlineProxy(
         {
@@ -178,6 +200,7 @@ export class Agent {
             this.lastRequestAt = this.now();
           },
           workerId: pod,
+          limits,
         },
       );
       const proxy = this.proxy;

@@ -68,6 +68,12 @@ const labelValueText = z
   .min(1)
   .max(64)
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, dot, dash or underscore');
+/** Per-minute budgets and a concurrency cap; each optional (absent: no limit of that kind). */
+const limitsSchema = z.strictObject({
+  requestsPerMinute: z.number().positive().max(1e9).optional(),
+  tokensPerMinute: z.number().positive().max(1e12).optional(),
+  concurrent: z.number().int().min(1).max(1e6).optional(),
+});
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, 'must be a Prometheus label name');
 
 const upstreamSchema = z.strictObject({
@@ -184,9 +190,23 @@ export const configSchema = z.strictObject({
         keys: z.array(z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 lowercase hex digits> (infertel hash-key)')).default([]),
         /** slo_class on this tenant's request spans (a request header x-slo-class wins). */
         sloClass: z.string().min(1).max(64).optional(),
+        /** This tenant's rate limits; fields it leaves out come from rateLimits.default. */
+        limits: limitsSchema.optional(),
+        /** Counted against the limits but never refused. */
+        shadow: z.boolean().default(false),
       }),
     )
     .default([]),
+  rateLimits: z
+    .strictObject({
+      /** Limits of tenants that set none (and of anonymous and unknown clients). */
+      default: limitsSchema.optional(),
+      /** Shared state across pods (env INFERTEL_REDIS_URL); absent: in memory, right for one pod. */
+      redis: z.strictObject({ url: z.url({ protocol: /^rediss?$/, message: 'must be a redis:// URL' }) }).optional(),
+      /** When the shared backend is unreachable: admit (true) or answer 503 (false). */
+      failOpen: z.boolean().default(true),
+    })
+    .prefault({}),
   requestLog: z
     .strictObject({
       /** Share of successful requests logged (0-1). */

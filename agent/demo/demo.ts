@@ -176,6 +176,7 @@ export async function runDemo(
         `    try: curl -N ${proxyBase}/v1/chat/completions -H 'Authorization: Bearer ${DEMO_TENANTS[0].key}' -H 'Content-Type: application/json' \\`,
         `           -d '{"model":"${DEMO_VLLM_MODEL}","stream":true,"messages":[{"role":"user","content":"hi"}]}'`,
         `    per-tenant series:      ${base}/metrics (inference_requests_total{tenant=...}, tokens_generated_total{tenant=...})`,
+        '    rate limits:            initech is held to 12 requests/minute: rate_limited_requests_total{tenant="initech"}, 429s in the request log',
         '    request logs:           this terminal, lines with "event":"inference" (10% of successes, every error)',
         `    traces:                 ${otel ? `sent to ${otel}` : 'this terminal, lines starting "trace" (one request in ten)'}`,
       ]

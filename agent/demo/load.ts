@@ -11,8 +11,14 @@ export const DEMO_TENANTS = [
   { name: 'initech', key: 'sk-demo-initech-0003', weight: 1, sloClass: 'interactive' },
 ] as const;
 
+/** initech is held to 12 requests a minute, about half what the load sends it: the demo's rate-limited tenant. */
 export function demoTenantConfig() {
-  return DEMO_TENANTS.map((t) => ({ name: t.name, keys: [hashKey(t.key)], sloClass: t.sloClass }));
+  return DEMO_TENANTS.map((t) => ({
+    name: t.name,
+    keys: [hashKey(t.key)],
+    sloClass: t.sloClass,
+    ...(t.name === 'initech' ? { limits: { requestsPerMinute: 12 } } : {}),
+  }));
 }
 
 export interface Load {

@@ -166,7 +166,21 @@ export class ProxyMetrics {
     this.version++;
   }
 
+  /** A request over a tenant's limit (refused, or only counted for a shadow tenant). */
+  recordRateLimited(tenant: string, limit: string): void {
+    this.seriesFor('rate_limited_requests_total', { tenant, limit }).value++;
+    this.cache = undefined;
+    this.version++;
+  }
+
+  /** Read at each exposition: the remaining share of each tenant's limits. */
+  remaining: (() => Array<{ tenant: string; limit: string; ratio: number }>) | undefined;
+
   families(): CanonicalFamily[] {
+    if (this.remaining) {
+      for (const r of this.remaining()) this.seriesFor('rate_limit_remaining_ratio', { tenant: r.tenant, limit: r.limit }).value = r.ratio;
+      this.cache = undefined;
+    }
     if (this.cache) return this.cache;
     const byMetric = new Map<string, CanonicalSeries[]>();
     for (const [key, s] of this.series) {

@@ -14,6 +14,7 @@ import { gpuField, type RequestLog } from './request-log.js';
 import { inspectBody, routeOf, type RequestFacts, type Route } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
 import { contextBucket, RequestTrace, type Timeline } from './trace.js';
+import { rateLimitHeaders, type Admission, type MemoryLimiter, type TenantLimits } from './limits.js';
 import type { Tenant, TenantResolver } from './tenants.js';
 
 export interface ProxyOptions {
@@ -34,7 +35,8 @@ export type ProxyEvent =
   | 'engine_reset'
   | 'client_abort'
   | 'overloaded'
-  | 'usage_injected';
+  | 'usage_injected'
+  | 'rate_limited';
 
 export interface ProxyDeps {
   tenants: TenantResolver;
@@ -46,6 +48,8 @@ export interface ProxyDeps {
   /** Called after each request is recorded (the exposition's data changed). */
   onRecord: () => void;
   workerId: string;
+  /** Rate limits; undefined when none is configured. */
+  limits?: { limiter: MemoryLimiter; of(tenant: string): TenantLimits };
 }
 
 /** RFC 9110 §7.6.1: connection-specific fields, never forwarded (plus those the Connection field names). */
@@ -141,6 +145,7 @@ interface Exchange {
   trace: RequestTrace;
   sloClass: string | undefined;
   recorded: boolean;
+  admission: Admission | undefined;
 }
 
 export class InlineProxy {
@@ -257,6 +262,7 @@ export class InlineProxy {
       }),
       sloClass,
       recorded: false,
+      admission: undefined,
     };
     this.open++;
     let upstreamReq: http.ClientRequest | undefined;
@@ -272,6 +278,19 @@ export class InlineProxy {
       }
       this.finish(ex);
     });
+    if (this.deps.limits) {
+      const a = this.deps.limits.limiter.admit(tenant.name, this.deps.limits.of(tenant.name));
+      ex.admission = a;
+      if (a.refusedBy) this.deps.metrics.recordRateLimited(tenant.label, a.refusedBy);
+      if (!a.allowed) {
+        ex.admitted = performance.now();
+        ex.error = `rate_limited: ${a.refusedBy}`;
+        this.count('rate_limited');
+        this.rateLimited(res, ex, a);
+        return;
+      }
+    }
+    ex.admitted = performance.now();
     if (this.open > this.opts.maxConcurrent) {
       this.count('overloaded');
       ex.error = 'proxy overloaded';
@@ -295,6 +314,29 @@ export class InlineProxy {
       ex.model = this.deps.models.resolve(facts.requestedModel);
       upstreamReq = this.forward(req, res, ex, facts);
     });
+  }
+
+  /** 429 in OpenAI's shape, with Retry-After and the x-ratelimit-* headers. */
+  private rateLimited(res: ServerResponse, ex: Exchange, a: Admission): void {
+    ex.status = 429;
+    ex.model = this.deps.models.resolve(undefined);
+    const body = JSON.stringify({
+      error: {
+        message: `Rate limit reached for ${a.refusedBy} (tenant ${ex.tenant.label}); retry after ${a.retryAfterSeconds}s.`,
+        type: a.refusedBy,
+        param: null,
+        code: 'rate_limit_exceeded',
+      },
+    });
+    res.writeHead(429, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'retry-after': String(a.retryAfterSeconds),
+      'x-request-id': ex.requestId,
+      via: VIA,
+      ...rateLimitHeaders(a),
+    });
+    res.end(body);
   }
 
   private tooLarge(req: IncomingMessage, res: ServerResponse, ex: Exchange): void {
@@ -361,6 +403,7 @@ export class InlineProxy {
     ex.status = status;
     const headers = endToEnd(ures.headers, strip ? ['content-length'] : []);
     headers['x-request-id'] = ex.requestId;
+    if (ex.admission) Object.assign(headers, rateLimitHeaders(ex.admission));
     if (res.destroyed) {
       ures.destroy();
       return;
@@ -412,6 +455,7 @@ export class InlineProxy {
     const usageUnknown = usageExpected && (ex.route === '/v1/embeddings' ? prompt === undefined : completion === undefined);
     const model = ex.model || this.deps.models.resolve(undefined);
     const traceId = ex.trace.sampledTraceId();
+    ex.admission?.release(prompt !== undefined || completion !== undefined ? (prompt ?? 0) + (completion ?? 0) : undefined);
     this.deps.metrics.record(
       {
         model,

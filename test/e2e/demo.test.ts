@@ -49,6 +49,12 @@ describe('infertel demo', () => {
       // A request log line and a trace line (one request in ten is traced, at 20 a second).
       await eventually(async () => out.split('\n').some((l) => l.includes('"event":"inference"')), 15_000, 'request logs');
       await eventually(async () => out.split('\n').some((l) => l.startsWith('trace ') && l.includes('router.admission')), 15_000, 'trace lines');
+      // initech is the demo's rate-limited tenant (12 a minute; the load sends it about 2 a second).
+      await eventually(
+        async () => /\nrate_limited_requests_total\{tenant="initech",limit="requests"\} [1-9]/.test((await getText(`http://127.0.0.1:${port}/metrics`)).body),
+        20_000,
+        'initech rate-limited',
+      );
       const streamed = await fetch(`http://127.0.0.1:${proxyPort}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: 'Bearer sk-demo-acme-0001' },
