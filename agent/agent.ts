@@ -31,7 +31,8 @@ import { ProxyMetrics } from './proxy/metrics.js';
 import { ServedModels } from './proxy/models.js';
 import { RequestLog } from './proxy/request-log.js';
 import { TenantResolver } from './proxy/tenants.js';
-import { effectiveLimits, MemoryLimiter, type TenantLimits } from './proxy/limits.js';
+import { effectiveLimits, MemoryLimiter, type Limiter, type TenantLimits } from './proxy/limits.js';
+import { RedisLimiter } from './proxy/redis-limits.js';
 
 export interface AgentDeps {
   log: Logger;
@@ -61,12 +62,21 @@ export function sameEngine(scrapeUrl: string, proxyTarget: string): boolean {
 }
 
 /** The rate limiter and each tenant's effective limits, or undefined when no limit is configured. */
-function rateLimitsOf(config: AgentConfig, now: () => number): { limiter: MemoryLimiter; of(tenant: string): TenantLimits } | undefined {
-  const dflt = config.rateLimits.default;
+function rateLimitsOf(
+  config: AgentConfig,
+  now: () => number,
+  log: Logger,
+  onBackendError: () => void,
+): { limiter: Limiter; of(tenant: string): TenantLimits } | undefined {
+  const r = config.rateLimits;
+  const dflt = r.default;
   if (!dflt && !config.tenants.some((t) => t.limits)) return undefined;
   const byName = new Map<string, TenantLimits>(config.tenants.map((t) => [t.name, { limits: effectiveLimits(t.limits, dflt), shadow: t.shadow }]));
   const fallback: TenantLimits = { limits: effectiveLimits(undefined, dflt), shadow: false };
-  return { limiter: new MemoryLimiter(now), of: (tenant) => byName.get(tenant) ?? fallback };
+  const limiter: Limiter = r.redis
+    ? new RedisLimiter({ url: r.redis.url, timeoutMs: r.redis.timeout, failOpen: r.failOpen, streamTtlMs: 600_000, log, onError: onBackendError })
+    : new MemoryLimiter(now);
+  return { limiter, of: (tenant) => byName.get(tenant) ?? fallback };
 }
 
 const NO_GPU: GpuSummary = { source: 'none', nvml_unavailable: true, reason: 'GPU telemetry not configured', devices: [] };
@@ -96,6 +106,7 @@ export class Agent {
   readonly proxy: InlineProxy | undefined;
   readonly proxyMetrics: ProxyMetrics | undefined;
   private readonly requestLog: RequestLog | undefined;
+  private readonly rateLimiter: Limiter | undefined;
 
   constructor(
     readonly config: AgentConfig,
@@ -166,18 +177,9 @@ export class Agent {
         throw new ConfigError([(err as Error).message]);
       }
       const tenants = new TenantResolver(config.tenants, p.maxTenants);
-      const limits = rateLimitsOf(config, this.now);
-      if (limits) {
-        const metrics = this.proxyMetrics;
-        metrics.remaining = () =>
-          [...limits.limiter.tenants()].flatMap((tenant) =>
-            Object.entries(limits.limiter.remaining(tenant, limits.of(tenant).limits)).map(([limit, ratio]) => ({
-              tenant: tenants.labelOf(tenant),
-              limit,
-              ratio: ratio!,
-            })),
-          );
-      }
+      const proxyMetrics = this.proxyMetrics;
+      const limits = rateLimitsOf(config, this.now, deps.log, () => proxyMetrics.recordBackendError('redis'));
+      this.rateLimiter = limits?.limiter;
       const pod = process.env.POD_NAME ?? hostname();
       this.proxy = new InlineProxy(
         {
@@ -396,6 +398,7 @@ export class Agent {
       throw new ConfigError([`listen: cannot listen on ${this.config.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
     }
     if (this.proxy) {
+      await this.rateLimiter?.ready?.();
       try {
         await this.proxy.start();
       } catch (err) {
@@ -426,6 +429,7 @@ export class Agent {
     server?.closeAllConnections();
     await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed, this.proxy?.stop()]);
     await this.requestLog?.close();
+    await this.rateLimiter?.close?.();
     for (const s of this.sources) s.close?.();
     await this.tracing?.shutdown();
     process.off('unhandledRejection', this.onUnhandledRejection);

@@ -17,6 +17,7 @@ import { parseExposition } from '../agent/parse/exposition.js';
 import { asOpenMetrics, payload, sglangPayload, type Payload } from './payloads.js';
 import { benchGpu } from './gpu.js';
 import { benchProxy } from './proxy.js';
+import { benchLimits } from './limits.js';
 
 /** The Node flags the image runs the agent with (Dockerfile NODE_OPTIONS); INFERTEL_BENCH_NODE_FLAGS overrides them. */
 const IMAGE_NODE_FLAGS = (process.env.INFERTEL_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --max-old-space-size=160').split(' ').filter(Boolean);
@@ -390,6 +391,7 @@ async function main(): Promise<void> {
   if (!only || only === 'status') await benchStatus();
   if (!only || only === 'gpu') await benchGpu(say);
   if (!only || only === 'proxy') await benchProxy(say);
+  if (!only || only === 'limits') await benchLimits(say);
 }
 
 await main();

@@ -116,7 +116,10 @@ function applyOverrides(raw: Record<string, unknown>, o: Overrides): void {
   if (o.nvmlLibrary !== undefined) raw.gpu = { ...(raw.gpu as object | undefined), nvmlLibrary: o.nvmlLibrary };
   if (o.proxyListen !== undefined) raw.proxy = { ...(raw.proxy as object | undefined), listen: o.proxyListen };
   if (o.proxyTarget !== undefined) raw.proxy = { ...(raw.proxy as object | undefined), target: o.proxyTarget };
-  if (o.redisUrl !== undefined) raw.rateLimits = { ...(raw.rateLimits as object | undefined), redis: { url: o.redisUrl } };
+  if (o.redisUrl !== undefined) {
+    const rl = (raw.rateLimits ?? {}) as { redis?: object };
+    raw.rateLimits = { ...rl, redis: { ...rl.redis, url: o.redisUrl } };
+  }
   if (o.upstreams !== undefined) raw.upstreams = o.upstreams.map((s) => parseUpstreamSpec(s));
 }
 
@@ -181,9 +184,6 @@ function crossCheck(raw: unknown): string[] {
   const gi = rawMs(gpu.interval, '5s', INTERVAL_BOUNDS);
   const gt = rawMs(gpu.timeout, '2s', TIMEOUT_BOUNDS);
   if (gi !== undefined && gt !== undefined && gt >= gi) problems.push('gpu.timeout: must be less than gpu.interval');
-  const rateLimits = asObject(doc.rateLimits) ?? {};
-  if (asObject(rateLimits.redis)?.url !== undefined)
-    problems.push('rateLimits.redis.url: the shared Redis backend is not in this build yet; remove it to limit in memory (one pod)');
   const requestLog = asObject(doc.requestLog) ?? {};
   const secretProblem = fileProblem(requestLog.hashSecretFile, 'requestLog.hashSecretFile');
   if (secretProblem) problems.push(secretProblem);

@@ -202,7 +202,13 @@ export const configSchema = z.strictObject({
       /** Limits of tenants that set none (and of anonymous and unknown clients). */
       default: limitsSchema.optional(),
       /** Shared state across pods (env INFERTEL_REDIS_URL); absent: in memory, right for one pod. */
-      redis: z.strictObject({ url: z.url({ protocol: /^rediss?$/, message: 'must be a redis:// URL' }) }).optional(),
+      redis: z
+        .strictObject({
+          url: z.url({ protocol: /^rediss?$/, message: 'must be a redis:// URL' }),
+          /** An admission waits this long for Redis, then fails open or closed. */
+          timeout: duration('25ms', TIMEOUT_BOUNDS),
+        })
+        .optional(),
       /** When the shared backend is unreachable: admit (true) or answer 503 (false). */
       failOpen: z.boolean().default(true),
     })

@@ -76,6 +76,10 @@ export interface Admission {
   retryAfterSeconds: number;
   requests: LimitState | undefined;
   tokens: LimitState | undefined;
+  /** Share of the concurrency cap still free after this admission. */
+  concurrentRatio: number | undefined;
+  /** The shared backend failed and the limiter fails closed: answer 503. */
+  unavailable?: boolean;
   /** Call once when the request ends, with the tokens it used (when known). */
   release(tokensUsed: number | undefined): void;
 }
@@ -86,7 +90,7 @@ interface TenantState {
   open: number;
 }
 
-export class MemoryLimiter {
+export class MemoryLimiter implements Limiter {
   private readonly state = new Map<string, TenantState>();
 
   constructor(private readonly now: () => number = Date.now) {}
@@ -137,6 +141,7 @@ export class MemoryLimiter {
       retryAfterSeconds: refusedBy === 'concurrent' ? 1 : Math.max(1, Math.ceil(wait / 1000)),
       requests: state(s.requests, l.requestsPerMinute),
       tokens: state(s.tokens, l.tokensPerMinute),
+      concurrentRatio: l.concurrent ? Math.max(0, l.concurrent - s.open) / l.concurrent : undefined,
       release: (tokensUsed) => {
         if (released) return;
         released = true;
@@ -148,28 +153,23 @@ export class MemoryLimiter {
       },
     };
   }
+}
 
-  /** Remaining share of each per-minute budget and of the concurrency cap, for the usage gauge. */
-  remaining(tenant: string, l: Limits): Partial<Record<LimitKind, number>> {
-    const s = this.state.get(tenant);
-    if (!s) return {};
-    const now = this.now();
-    const out: Partial<Record<LimitKind, number>> = {};
-    if (l.requestsPerMinute) {
-      refill(s.requests, l.requestsPerMinute, now);
-      out.requests = Math.max(0, s.requests.level) / l.requestsPerMinute;
-    }
-    if (l.tokensPerMinute) {
-      refill(s.tokens, l.tokensPerMinute, now);
-      out.tokens = Math.max(0, s.tokens.level) / l.tokensPerMinute;
-    }
-    if (l.concurrent) out.concurrent = Math.max(0, l.concurrent - s.open) / l.concurrent;
-    return out;
-  }
+/** What a backend does: admit (at once or after one round trip) and release through the Admission. */
+export interface Limiter {
+  admit(tenant: string, t: TenantLimits): Admission | Promise<Admission>;
+  /** Resolves when the backend can answer (or has been given its chance to). */
+  ready?(): Promise<void>;
+  close?(): Promise<void>;
+}
 
-  tenants(): IterableIterator<string> {
-    return this.state.keys();
-  }
+/** The remaining share of each limit after an admission, for rate_limit_remaining_ratio. */
+export function remainingRatios(a: Admission): Partial<Record<LimitKind, number>> {
+  const out: Partial<Record<LimitKind, number>> = {};
+  if (a.requests) out.requests = a.requests.limit > 0 ? Math.min(1, a.requests.remaining / a.requests.limit) : 0;
+  if (a.tokens) out.tokens = a.tokens.limit > 0 ? Math.min(1, a.tokens.remaining / a.tokens.limit) : 0;
+  if (a.concurrentRatio !== undefined) out.concurrent = a.concurrentRatio;
+  return out;
 }
 
 /** The OpenAI-style headers of an answer (429 or not). */

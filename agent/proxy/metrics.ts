@@ -173,14 +173,20 @@ export class ProxyMetrics {
     this.version++;
   }
 
-  /** Read at each exposition: the remaining share of each tenant's limits. */
-  remaining: (() => Array<{ tenant: string; limit: string; ratio: number }>) | undefined;
+  /** The remaining share of a tenant's limits, as its latest admission saw them. */
+  recordRemaining(tenant: string, ratios: Partial<Record<string, number>>): void {
+    for (const [limit, ratio] of Object.entries(ratios)) if (ratio !== undefined) this.seriesFor('rate_limit_remaining_ratio', { tenant, limit }).value = ratio;
+    this.cache = undefined;
+  }
+
+  /** Errors of the shared limiter backend. */
+  recordBackendError(backend: string): void {
+    this.seriesFor('rate_limiter_backend_errors_total', { backend }).value++;
+    this.cache = undefined;
+    this.version++;
+  }
 
   families(): CanonicalFamily[] {
-    if (this.remaining) {
-      for (const r of this.remaining()) this.seriesFor('rate_limit_remaining_ratio', { tenant: r.tenant, limit: r.limit }).value = r.ratio;
-      this.cache = undefined;
-    }
     if (this.cache) return this.cache;
     const byMetric = new Map<string, CanonicalSeries[]>();
     for (const [key, s] of this.series) {

@@ -14,7 +14,7 @@ import { gpuField, type RequestLog } from './request-log.js';
 import { inspectBody, routeOf, type RequestFacts, type Route } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
 import { contextBucket, RequestTrace, type Timeline } from './trace.js';
-import { rateLimitHeaders, type Admission, type MemoryLimiter, type TenantLimits } from './limits.js';
+import { rateLimitHeaders, remainingRatios, type Admission, type Limiter, type TenantLimits } from './limits.js';
 import type { Tenant, TenantResolver } from './tenants.js';
 
 export interface ProxyOptions {
@@ -49,7 +49,7 @@ export interface ProxyDeps {
   onRecord: () => void;
   workerId: string;
   /** Rate limits; undefined when none is configured. */
-  limits?: { limiter: MemoryLimiter; of(tenant: string): TenantLimits };
+  limits?: { limiter: Limiter; of(tenant: string): TenantLimits };
 }
 
 /** RFC 9110 §7.6.1: connection-specific fields, never forwarded (plus those the Connection field names). */
@@ -146,6 +146,7 @@ interface Exchange {
   sloClass: string | undefined;
   recorded: boolean;
   admission: Admission | undefined;
+  upstream: http.ClientRequest | undefined;
 }
 
 export class InlineProxy {
@@ -263,9 +264,9 @@ export class InlineProxy {
       sloClass,
       recorded: false,
       admission: undefined,
+      upstream: undefined,
     };
     this.open++;
-    let upstreamReq: http.ClientRequest | undefined;
     res.on('close', () => {
       this.open--;
       if (!res.writableFinished) {
@@ -274,23 +275,44 @@ export class InlineProxy {
         ex.error ??= 'client_abort';
         if (ex.status === undefined || !res.headersSent) ex.status = 499;
         this.count('client_abort');
-        upstreamReq?.destroy();
+        ex.upstream?.destroy();
       }
       this.finish(ex);
     });
-    if (this.deps.limits) {
-      const a = this.deps.limits.limiter.admit(tenant.name, this.deps.limits.of(tenant.name));
-      ex.admission = a;
-      if (a.refusedBy) this.deps.metrics.recordRateLimited(tenant.label, a.refusedBy);
-      if (!a.allowed) {
-        ex.admitted = performance.now();
-        ex.error = `rate_limited: ${a.refusedBy}`;
-        this.count('rate_limited');
-        this.rateLimited(res, ex, a);
-        return;
-      }
-    }
+    const limits = this.deps.limits;
+    if (!limits) return this.admitted(req, res, ex, undefined);
+    const pending = limits.limiter.admit(tenant.name, limits.of(tenant.name));
+    if (!(pending instanceof Promise)) return this.admitted(req, res, ex, pending);
+    pending.then(
+      (a) => this.admitted(req, res, ex, a),
+      () => this.admitted(req, res, ex, undefined),
+    );
+  }
+
+  /** After the rate limiter: refuse (429, or 503 when its backend is down and it fails closed), or read and forward. */
+  private admitted(req: IncomingMessage, res: ServerResponse, ex: Exchange, a: Admission | undefined): void {
     ex.admitted = performance.now();
+    if (a) {
+      ex.admission = a;
+      if (a.refusedBy) this.deps.metrics.recordRateLimited(ex.tenant.label, a.refusedBy);
+      this.deps.metrics.recordRemaining(ex.tenant.label, remainingRatios(a));
+    }
+    if (ex.recorded || res.destroyed) {
+      // The client left while the limiter answered.
+      a?.release(undefined);
+      return;
+    }
+    if (a?.unavailable) {
+      ex.error = 'rate_limiter_unavailable';
+      this.refuse(res, ex, 503, 'rate limiter unavailable');
+      return;
+    }
+    if (a && !a.allowed) {
+      ex.error = `rate_limited: ${a.refusedBy}`;
+      this.count('rate_limited');
+      this.rateLimited(res, ex, a);
+      return;
+    }
     if (this.open > this.opts.maxConcurrent) {
       this.count('overloaded');
       ex.error = 'proxy overloaded';
@@ -307,12 +329,13 @@ export class InlineProxy {
         if (read.reason === 'too_large') this.tooLarge(req, res, ex);
         return;
       }
-      const facts = inspectBody(route, read.body, req.method);
+      const facts = inspectBody(ex.route, read.body, req.method);
       ex.facts = facts;
       if (facts.malformed) this.count('malformed_body');
       if (facts.usageInjected) this.count('usage_injected');
       ex.model = this.deps.models.resolve(facts.requestedModel);
-      upstreamReq = this.forward(req, res, ex, facts);
+      if (res.destroyed) return;
+      ex.upstream = this.forward(req, res, ex, facts);
     });
   }
 

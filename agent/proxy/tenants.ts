@@ -66,11 +66,6 @@ export class TenantResolver {
     for (const t of tenants) for (const k of t.keys) this.byHash.set(k, t);
   }
 
-  /** The label value a tenant name is carried as now (its own, or other past the cap). */
-  labelOf(name: string): string {
-    return this.labelled.has(name) ? name : TENANT_OTHER;
-  }
-
   resolve(headers: IncomingHttpHeaders): Tenant {
     const key = apiKeyOf(headers);
     if (key === undefined) return { label: TENANT_ANONYMOUS, name: TENANT_ANONYMOUS, sloClass: undefined };

@@ -111,13 +111,11 @@ describe('rate limits: buckets', () => {
     });
   });
 
-  it('an impossible limit, or a Redis URL this build cannot use, fails at start with the key path', () => {
+  it('an impossible limit, or a Redis URL that is not redis://, fails at start with the key path', () => {
     assert.throws(() => validateConfig({ rateLimits: { default: { requestsPerMinute: 0 } } }), /rateLimits\.default\.requestsPerMinute: /);
     assert.throws(() => validateConfig({ tenants: [{ name: 'a', keys: [], limits: { concurrent: -1 } }] }), /tenants\[0\]\.limits\.concurrent: /);
-    assert.throws(
-      () => validateConfig({ rateLimits: { redis: { url: 'redis://127.0.0.1:6379/0' } } }),
-      /rateLimits\.redis\.url: the shared Redis backend is not in this build yet/,
-    );
+    assert.throws(() => validateConfig({ rateLimits: { redis: { url: 'http://127.0.0.1:6379/0' } } }), /rateLimits\.redis\.url: must be a redis:\/\/ URL/);
+    assert.equal(validateConfig({ rateLimits: { redis: { url: 'redis://127.0.0.1:6379/0' } } }).rateLimits.redis?.timeout, 25);
   });
 });
 

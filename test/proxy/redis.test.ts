@@ -1,0 +1,156 @@
+// The shared rate-limit backend against a real redis-server on a free loopback port: two agent
+// processes (the built CLI) share one tenant's budget; Redis killed mid-load fails open, is
+// counted and logged once, and is used again when it is back.
+
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startSimOpenAi, type SimOpenAi } from '../../agent/demo/sim-openai.js';
+import { hashKey } from '../../agent/proxy/tenants.js';
+import { eventually, freePort, getText, spawnAgent, type AgentProcess } from '../helpers.js';
+import { post, sumOf } from './harness.js';
+
+const REDIS = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout.trim();
+const KEY = 'sk-shared-tenant-0001';
+
+async function startRedis(port: number): Promise<ChildProcess> {
+  const child = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--enable-debug-command', 'yes'], {
+    stdio: 'ignore',
+  });
+  await eventually(
+    () =>
+      new Promise<boolean>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.end('PING\r\n');
+        });
+        s.on('data', (d) => {
+          resolve(String(d).startsWith('+PONG'));
+          s.destroy();
+        });
+        s.on('error', () => resolve(false));
+      }),
+    5000,
+    'redis-server answering PING',
+  );
+  return child;
+}
+
+function stopRedis(child: ChildProcess): Promise<void> {
+  return new Promise((r) => {
+    if (child.exitCode !== null) return r();
+    child.once('exit', () => r());
+    child.kill('SIGKILL');
+  });
+}
+
+describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not installed' }, () => {
+  let redisPort: number;
+  let redis: ChildProcess;
+  let engine: SimOpenAi;
+  const agents: AgentProcess[] = [];
+  const proxies: string[] = [];
+
+  before(async () => {
+    redisPort = await freePort();
+    redis = await startRedis(redisPort);
+    engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 1 });
+    const dir = mkdtempSync(join(tmpdir(), 'infertel-redis-'));
+    const config = join(dir, 'config.yaml');
+    writeFileSync(
+      config,
+      ['rateLimits:', '  redis: { timeout: 200ms }', 'tenants:', `  - { name: shared, keys: ["${hashKey(KEY)}"], limits: { requestsPerMinute: 60 } }`, ''].join(
+        '\n',
+      ),
+    );
+    for (let i = 0; i < 2; i++) {
+      const proxyPort = await freePort();
+      agents.push(
+        await spawnAgent(['--config', config, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url], {
+          INFERTEL_REDIS_URL: `redis://127.0.0.1:${redisPort}/0`,
+        }),
+      );
+      proxies.push(`http://127.0.0.1:${proxyPort}`);
+    }
+  });
+
+  after(async () => {
+    await Promise.all(agents.map((a) => a.stop()));
+    await engine.close();
+    await stopRedis(redis);
+  });
+
+  it('two pods let a 60-a-minute tenant through about 60 times, not 120', async () => {
+    const t0 = Date.now();
+    let allowed = 0;
+    let refused = 0;
+    for (let i = 0; i < 150; i++) {
+      const r = await post(`${proxies[i % 2]}/v1/completions`, { model: 'm', prompt: 'x' }, { authorization: `Bearer ${KEY}` });
+      if (r.status === 200) allowed++;
+      else if (r.status === 429) refused++;
+    }
+    const seconds = (Date.now() - t0) / 1000;
+    // The burst is 60; the bucket refills one a second while the test runs.
+    assert.ok(allowed >= 60 && allowed <= 60 + Math.ceil(seconds) + 1, `${allowed} allowed in ${seconds.toFixed(1)} s`);
+    assert.equal(allowed + refused, 150);
+    const both = await Promise.all(
+      agents.map(async (a) => sumOf((await getText(`${a.base}/metrics`)).body, 'rate_limited_requests_total', { tenant: 'shared' })),
+    );
+    assert.ok(both[0]! > 0 && both[1]! > 0, `each pod refused some: ${both}`);
+  });
+
+  it('Redis answering slowly: an admission waits only rateLimits.redis.timeout, then fails open', async () => {
+    const errorsBefore = sumOf((await getText(`${agents[0]!.base}/metrics`)).body, 'rate_limiter_backend_errors_total', { backend: 'redis' });
+    const blocker = net.connect(redisPort, '127.0.0.1', () => blocker.write('DEBUG SLEEP 1.5\r\n'));
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = performance.now();
+    const r = await post(`${proxies[0]}/v1/completions`, { model: 'm', prompt: 'x' }, { authorization: `Bearer ${KEY}` });
+    const ms = performance.now() - t0;
+    // The tenant's bucket is empty after the first test: only failing open lets this through.
+    assert.equal(r.status, 200, 'fail open');
+    assert.ok(ms < 1200, `answered after ${ms.toFixed(0)} ms while Redis slept 1.5 s`);
+    const errors = sumOf((await getText(`${agents[0]!.base}/metrics`)).body, 'rate_limiter_backend_errors_total', { backend: 'redis' });
+    assert.ok(errors > errorsBefore, 'the timeout is counted');
+    await new Promise((res) => setTimeout(res, 1600));
+    blocker.destroy();
+    // Redis answers again: the next admission goes through it, and the recovery is logged.
+    await post(`${proxies[0]}/v1/completions`, { model: 'm', prompt: 'x' }, { authorization: `Bearer ${KEY}` });
+    await eventually(async () => agents[0]!.output().includes('rate limiter backend back'), 3000, 'recovery logged');
+  });
+
+  it('Redis killed mid-load: admissions fail open, errors are counted and logged once; Redis back: limits again', async () => {
+    const downsOf = () =>
+      agents[0]!
+        .output()
+        .split('\n')
+        .filter((l) => l.includes('rate limiter backend unavailable')).length;
+    const downsBefore = downsOf();
+    const errorsBefore = sumOf((await getText(`${agents[0]!.base}/metrics`)).body, 'rate_limiter_backend_errors_total', { backend: 'redis' });
+    await stopRedis(redis);
+    for (let i = 0; i < 5; i++) {
+      const r = await post(`${proxies[0]}/v1/completions`, { model: 'm', prompt: 'x' }, { authorization: `Bearer ${KEY}` });
+      assert.equal(r.status, 200, 'fail open: admitted while Redis is down');
+    }
+    const m = (await getText(`${agents[0]!.base}/metrics`)).body;
+    assert.ok(sumOf(m, 'rate_limiter_backend_errors_total', { backend: 'redis' }) - errorsBefore >= 5);
+    assert.equal(downsOf() - downsBefore, 1, 'the change of state is logged once, not per request');
+    redis = await startRedis(redisPort);
+    // A fresh Redis has a full bucket; after 60 more the tenant is refused again.
+    const refusedAgain = await eventually(
+      async () => {
+        for (let i = 0; i < 80; i++) {
+          const r = await post(`${proxies[1]}/v1/completions`, { model: 'm', prompt: 'x' }, { authorization: `Bearer ${KEY}` });
+          if (r.status === 429) return true;
+        }
+        return false;
+      },
+      15_000,
+      'limits enforced again',
+    );
+    assert.ok(refusedAgain);
+    await eventually(async () => agents[1]!.output().includes('rate limiter backend back'), 5000, 'the recovery logged');
+  });
+});
