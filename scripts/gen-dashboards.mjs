@@ -132,6 +132,17 @@ const DASHBOARDS = {
       p('Time to first token P95 by tenant (as the client sees it)', 'ms', [
         q(`histogram_quantile(0.95, sum by (le, tenant) (rate(inference_ttft_ms_bucket{${M},${T}}[${R}])))`, '{{tenant}}'),
       ]),
+      p('Rate-limited requests by tenant (001)', 'reqps', [
+        q(`sum by (tenant, limit) (rate(rate_limited_requests_total{${T}}[${R}]))`, '{{tenant}} {{limit}}'),
+      ]),
+      p(
+        'Limit usage by tenant (share of the limit used)',
+        'percentunit',
+        [q(`1 - max by (tenant, limit) (rate_limit_remaining_ratio{${T}})`, '{{tenant}} {{limit}}')],
+        {
+          thresholds: [0.8, 0.95],
+        },
+      ),
       p('Streams with unknown usage (ended before their usage chunk)', 'reqps', [
         q(`sum by (tenant) (rate(inference_requests_usage_unknown_total{${M},${T}}[${R}]))`, '{{tenant}}'),
       ]),

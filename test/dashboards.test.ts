@@ -74,6 +74,7 @@ describe('dashboards', () => {
                 'route',
                 'context_bucket',
                 'tenant',
+                'limit',
               ].includes(m)
             )
               continue;

@@ -280,9 +280,11 @@ export class InlineProxy {
       this.finish(ex);
     });
     const limits = this.deps.limits;
-    if (!limits) return this.admitted(req, res, ex, undefined);
-    const pending = limits.limiter.admit(tenant.name, limits.of(tenant.name));
-    if (!(pending instanceof Promise)) return this.admitted(req, res, ex, pending);
+    const pending = limits?.limiter.admit(tenant.name, limits.of(tenant.name));
+    if (!(pending instanceof Promise)) {
+      this.admitted(req, res, ex, pending);
+      return;
+    }
     pending.then(
       (a) => this.admitted(req, res, ex, a),
       () => this.admitted(req, res, ex, undefined),
