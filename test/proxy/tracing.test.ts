@@ -199,7 +199,7 @@ describe('proxy: canary secrets', () => {
   it('an API key, an email and an SSN in a prompt never reach logs, metrics, traces or error bodies', async () => {
     const receiver = await otlpReceiver();
     const secrets = ['sk-canary-5e5e5e5e5e5e5e5e', 'jane.canary@example.org', '078-05-1120'];
-    const h = await startHarness({ tracing: { endpoint: receiver.url, protocol: 'http/json' }, proxy: { upstreamTimeout: '300ms' } });
+    const h = await startHarness({ tracing: { endpoint: receiver.url, protocol: 'http/json' }, proxy: { upstreamTimeout: '1s' } });
     const outputs: string[] = [];
     try {
       const prompt = `My key is ${secrets[0]}, mail ${secrets[1]}, SSN ${secrets[2]}`;
