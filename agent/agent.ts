@@ -33,6 +33,8 @@ import { RequestLog } from './proxy/request-log.js';
 import { TenantResolver } from './proxy/tenants.js';
 import { effectiveLimits, MemoryLimiter, type Limiter, type TenantLimits } from './proxy/limits.js';
 import { RedisLimiter } from './proxy/redis-limits.js';
+import { CanaryRunner } from './canary/canary.js';
+import { LoadProbe } from './canary/probe.js';
 
 export interface AgentDeps {
   log: Logger;
@@ -107,6 +109,8 @@ export class Agent {
   readonly proxyMetrics: ProxyMetrics | undefined;
   private readonly requestLog: RequestLog | undefined;
   private readonly rateLimiter: Limiter | undefined;
+  readonly canaries: CanaryRunner | undefined;
+  private readonly loadProbe: LoadProbe | undefined;
 
   constructor(
     readonly config: AgentConfig,
@@ -168,9 +172,26 @@ export class Agent {
         }),
     );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
-    if (proxyOn) {
-      const p = config.proxy;
+    const canaryTarget = config.canaryTarget ?? config.proxy.target;
+    const canariesOn = canaryTarget !== undefined && config.canaries.length > 0;
+    const probeOn = canaryTarget !== undefined && config.loadProbe.enabled;
+    if (proxyOn || canariesOn || probeOn)
       this.proxyMetrics = new ProxyMetrics(this.catalogue, { policy, counts: guardCounts, limiter: this.limiter }, config.tracing.endpoint !== undefined);
+    const onCanaryRecord = () => this.dataVersion++;
+    if (canariesOn)
+      this.canaries = new CanaryRunner(canaryTarget, config.canaries, config.streamValidator.stallAfter, {
+        metrics: this.proxyMetrics!,
+        log: deps.log.child({ component: 'canary' }),
+        onRecord: onCanaryRecord,
+      });
+    if (probeOn)
+      this.loadProbe = new LoadProbe(canaryTarget, config.loadProbe, config.loadProbe.model ?? config.canaries[0]!.model, config.streamValidator.stallAfter, {
+        metrics: this.proxyMetrics!,
+        log: deps.log.child({ component: 'load-probe' }),
+        onRecord: onCanaryRecord,
+      });
+    if (proxyOn && this.proxyMetrics) {
+      const p = config.proxy;
       try {
         this.requestLog = new RequestLog(config.requestLog, deps.random, deps.requestLogDestination);
       } catch (err) {
@@ -189,6 +210,7 @@ export class Agent {
           upstreamTimeoutMs: p.upstreamTimeout,
           traceTokenEvery: p.traceTokenEvery,
           maxConcurrent: p.maxConcurrent,
+          stallAfterMs: config.streamValidator.stallAfter,
         },
         {
           tenants,
@@ -202,6 +224,7 @@ export class Agent {
             this.lastRequestAt = this.now();
           },
           workerId: pod,
+          log: deps.log.child({ component: 'proxy' }),
           limits,
         },
       );
@@ -408,6 +431,8 @@ export class Agent {
       }
     }
     this.gpu?.start();
+    this.canaries?.start();
+    this.loadProbe?.start();
     this.loops = this.upstreams.map((u) =>
       startLoop({
         intervalMs: u.cfg.intervalMs,
@@ -427,7 +452,7 @@ export class Agent {
     const server = this.server;
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeAllConnections();
-    await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed, this.proxy?.stop()]);
+    await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed, this.proxy?.stop(), this.canaries?.stop(), this.loadProbe?.stop()]);
     await this.requestLog?.close();
     await this.rateLimiter?.close?.();
     for (const s of this.sources) s.close?.();

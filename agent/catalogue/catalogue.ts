@@ -9,8 +9,8 @@ import { z } from 'zod';
 import { FLAVORS } from '../sources/flavor.js';
 
 export type { Flavor } from '../sources/flavor.js';
-/** Engine flavors, the GPU source and the inline proxy (request-level mode). */
-export const SOURCE_KINDS = [...FLAVORS, 'nvml', 'proxy'] as [string, ...string[]];
+/** Engine flavors, the GPU source, the inline proxy (request-level mode) and the canaries. */
+export const SOURCE_KINDS = [...FLAVORS, 'nvml', 'proxy', 'canary'] as [string, ...string[]];
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());
@@ -109,7 +109,7 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
     if (m.type === 'histogram' && (!m.layout || !data.layouts[m.layout])) problems.push(`${m.name}: histogram needs a known layout`);
     if (m.type === 'gauge' && !m.aggregate) problems.push(`${m.name}: gauge needs an aggregate`);
     for (const src of m.sources ?? []) {
-      const byField = src.flavor === 'nvml' || src.flavor === 'proxy';
+      const byField = src.flavor === 'nvml' || src.flavor === 'proxy' || src.flavor === 'canary';
       if (byField ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${byField ? 'field' : 'from'}`);
     }
     for (const d of m.derive ?? []) {
@@ -127,6 +127,11 @@ export function profileName(name: string, profile: UnitProfile): string {
   if (name.endsWith('_ms')) return `${name.slice(0, -3)}_seconds`;
   if (name.endsWith('_ms_total')) return `${name.slice(0, -9)}_seconds_total`;
   return name;
+}
+
+/** Whether the agent measures this metric itself, in the proxy or a canary (request-level metrics). */
+export function requestLevel(m: MetricSpec): boolean {
+  return m.sources?.some((s) => s.flavor === 'proxy' || s.flavor === 'canary') ?? false;
 }
 
 /** Whether the inline proxy measures this metric (it then has the only source while the proxy is on). */

@@ -32,7 +32,12 @@ function derivation(m: MetricSpec): string {
 
 /** Where a metric comes from, one engine per line (engines in the engine table's order, then the GPU). */
 function origins(m: MetricSpec): string {
-  const lines = [...FLAVORS.map((f) => [FLAVOR_TABLE[f].title, sources(m, f)]), ['GPU', sources(m, 'nvml')], ['Proxy', sources(m, 'proxy')]]
+  const lines = [
+    ...FLAVORS.map((f) => [FLAVOR_TABLE[f].title, sources(m, f)]),
+    ['GPU', sources(m, 'nvml')],
+    ['Proxy', sources(m, 'proxy')],
+    ['Canary', sources(m, 'canary')],
+  ]
     .filter(([, t]) => t)
     .map(([who, t]) => `${who}: ${t}`);
   const derived = derivation(m);

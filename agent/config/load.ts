@@ -190,6 +190,20 @@ function crossCheck(raw: unknown): string[] {
   const proxy = asObject(doc.proxy) ?? {};
   if (proxy.listen !== undefined && proxy.target === undefined) problems.push('proxy.target: required when proxy.listen is set (the engine base URL)');
   if (proxy.target !== undefined && proxy.listen === undefined) problems.push('proxy.listen: required when proxy.target is set');
+  const canaries = Array.isArray(doc.canaries) ? doc.canaries : [];
+  const probe = asObject(doc.loadProbe) ?? {};
+  const needsEngine = canaries.length > 0 || probe.enabled === true;
+  if (needsEngine && proxy.target === undefined && doc.canaryTarget === undefined)
+    problems.push('canaryTarget: required for canaries and load probes when the proxy is off (the engine base URL)');
+  const seenCanaries = new Set<string>();
+  canaries.forEach((c: unknown, i: number) => {
+    const canary = asObject(c);
+    if (!canary) return;
+    const key = `${String(canary.model)}\u0000${String(canary.sloClass ?? 'streaming')}`;
+    if (seenCanaries.has(key)) problems.push(`canaries[${i}]: another canary has model "${String(canary.model)}" and this sloClass (their series would merge)`);
+    seenCanaries.add(key);
+  });
+  if (probe.enabled === true && probe.model === undefined && canaries.length === 0) problems.push('loadProbe.model: required when no canary is configured');
   const seenKeys = new Map<string, string>();
   const seenTenants = new Set<string>();
   (Array.isArray(doc.tenants) ? doc.tenants : []).forEach((t: unknown, i: number) => {

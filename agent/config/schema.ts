@@ -55,6 +55,19 @@ export function hostProblem(host: string): string | undefined {
   return undefined;
 }
 
+/** A JavaScript regular expression, checked to compile. */
+const regexText = z
+  .string()
+  .min(1)
+  .max(512)
+  .superRefine((v, ctx) => {
+    try {
+      new RegExp(v);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: 'must be a valid regular expression' });
+    }
+  });
+
 const hostPort = z.string().superRefine((v, ctx) => {
   const idx = v.lastIndexOf(':');
   const port = idx < 0 ? NaN : Number(v.slice(idx + 1));
@@ -230,6 +243,60 @@ export const configSchema = z.strictObject({
       maxFiles: z.number().int().min(1).max(1000).default(5),
       /** File holding the HMAC secret of prompt_hash; unset: no prompt_hash. */
       hashSecretFile: z.string().min(1).optional(),
+    })
+    .prefault({}),
+  streamValidator: z
+    .strictObject({
+      /** A gap between two events of a stream longer than this counts as a stall (canaries always, proxied streams when the proxy is on). */
+      stallAfter: duration('10s', TIMEOUT_BOUNDS),
+    })
+    .prefault({}),
+  /** Synthetic canaries: streams infertel sends itself, straight to the engine (003 §18.11). */
+  canaries: z
+    .array(
+      z.strictObject({
+        /** A model the engine serves (the request's `model`). */
+        model: z.string().min(1).max(256),
+        prompt: z.string().min(1).max(4096),
+        interval: duration('30s', { minMs: 1000, maxMs: 3_600_000 }),
+        sloClass: labelValueText.default('streaming'),
+        /** Longest wait for the first content chunk before the run fails as ttft_exceeded. */
+        maxTtftMs: z.number().positive().max(600_000).default(800),
+        /** Slowest decode speed (tokens after the first over the time after the first) that passes. */
+        minTokensPerSecond: z.number().min(0).max(1_000_000).default(30),
+        /** The run is abandoned after this long and fails as timeout. */
+        maxTotalMs: z.number().int().min(100).max(600_000).default(20_000),
+        /** A regular expression the answer must match, else content_mismatch. */
+        mustMatch: regexText.optional(),
+        /** A regular expression the answer must not match, else content_mismatch. */
+        mustNotMatch: regexText.optional(),
+        /** max_tokens of the canary request. */
+        maxTokens: z.number().int().min(1).max(4096).default(64),
+      }),
+    )
+    .max(64)
+    .default([]),
+  /** The engine canaries go to when the proxy is off (default: proxy.target). */
+  canaryTarget: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }).optional(),
+  /** Load probes: off by default; once a day at `at` (UTC) a short burst per concurrency step. */
+  loadProbe: z
+    .strictObject({
+      enabled: z.boolean().default(false),
+      /** Time of day, UTC, HH:MM - pick an off-peak hour. */
+      at: z
+        .string()
+        .regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'must be HH:MM (UTC), e.g. 03:30')
+        .default('03:30'),
+      /** Model to probe; default: the first canary's. */
+      model: z.string().min(1).max(256).optional(),
+      prompt: z.string().min(1).max(4096).default('Count from 1 to 20.'),
+      /** Concurrent streams of each step, in order. */
+      concurrency: z.array(z.number().int().min(1).max(256)).min(1).max(16).default([1, 2, 4, 8, 16]),
+      /** Requests per step (at least the step's concurrency). */
+      requestsPerStep: z.number().int().min(1).max(1024).default(16),
+      maxTokens: z.number().int().min(1).max(4096).default(64),
+      /** One request of the probe is abandoned after this long. */
+      timeout: duration('60s', TIMEOUT_BOUNDS),
     })
     .prefault({}),
   ui: z

@@ -14,6 +14,24 @@ export interface SimOpenAiOptions {
   itlMs: number;
   /** Output tokens per request. */
   tokens: number;
+  /** Stream faults for every request (x-sim-* headers set them per request). */
+  faults?: StreamFaults;
+  /** Answer /health with this status (default 200). */
+  healthStatus?: number;
+}
+
+/** Ways a stream can break its contract, for the streaming validator's tests. */
+export interface StreamFaults {
+  /** Before this token, wait stallMs (x-sim-stall-at). */
+  stallAt?: number;
+  /** x-sim-stall-ms */
+  stallMs?: number;
+  /** After [DONE], send one more event (x-sim-after-done). */
+  afterDone?: boolean;
+  /** Send an event that is not JSON in place of this token (x-sim-bad-json-at). */
+  badJsonAt?: number;
+  /** Never answer (x-sim-hang). */
+  hang?: boolean;
 }
 
 /** What the stand-in saw of one request (tests assert on it). */
@@ -78,8 +96,14 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
   const raw = record.body;
   const path = (req.url ?? '').split('?')[0];
   if (path === '/v1/models') return json(res, 200, { object: 'list', data: opts.models.map((id) => ({ id, object: 'model', owned_by: 'sim' })) });
-  if (path === '/health') return json(res, 200, {});
-  if (req.headers['x-sim-hang'] !== undefined) return; // never answers: the proxy's timeout must act
+  if (path === '/health') return json(res, opts.healthStatus ?? 200, {});
+  const faults: StreamFaults = {
+    ...opts.faults,
+    ...(header(req, 'x-sim-stall-at') !== undefined ? { stallAt: header(req, 'x-sim-stall-at'), stallMs: header(req, 'x-sim-stall-ms') ?? 0 } : {}),
+    ...(req.headers['x-sim-after-done'] !== undefined ? { afterDone: true } : {}),
+    ...(header(req, 'x-sim-bad-json-at') !== undefined ? { badJsonAt: header(req, 'x-sim-bad-json-at') } : {}),
+  };
+  if (req.headers['x-sim-hang'] !== undefined || faults.hang) return; // never answers: the proxy's timeout must act
   const status = header(req, 'x-sim-status');
   if (status !== undefined) return json(res, status, { error: { message: 'simulated failure', code: status } });
   // biome-ignore lint/suspicious/noExplicitAny: a request body of any shape, read field by field
@@ -138,6 +162,7 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
     // As fast as the connection takes it, waiting for 'drain' like a real server.
     const pad = 'x'.repeat(1000);
     let n = 0;
+    res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: { role: 'assistant', content: '' } }] })}\n\n`);
     const burst = () => {
       while (n < tokens) {
         n++;
@@ -148,16 +173,36 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
           return;
         }
       }
-      res.end('data: [DONE]\n\n');
+      res.end(`data: ${JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: 'length' }] })}\n\ndata: [DONE]\n\n`);
     };
     burst();
     return;
   }
+  // OpenAI's wire order: a role-only chunk, content chunks, a finish_reason chunk, usage, [DONE].
+  if (path === '/v1/chat/completions')
+    event({
+      id: 'chatcmpl-sim',
+      object: 'chat.completion.chunk',
+      model,
+      choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }],
+    });
   let i = 0;
+  let stalled = false;
   const step = () => {
     if (res.destroyed) return;
     if (resetAfter !== undefined && i >= resetAfter) {
       res.socket?.resetAndDestroy();
+      return;
+    }
+    if (faults.stallAt !== undefined && i === faults.stallAt && !stalled) {
+      stalled = true;
+      setTimeout(step, faults.stallMs ?? 0).unref();
+      return;
+    }
+    if (i < tokens && faults.badJsonAt === i) {
+      res.write('data: {"choices": [{"delta": \n\n');
+      i++;
+      setTimeout(step, itl).unref();
       return;
     }
     if (i < tokens) {
@@ -175,8 +220,11 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
     else if (path === '/v1/responses')
       event({ type: 'response.completed', response: { object: 'response', usage: { input_tokens: prompt, output_tokens: tokens } } }, 'response.completed');
     else {
+      const end = path === '/v1/chat/completions' ? { delta: {} } : { text: '' };
+      event({ id: 'chatcmpl-sim', object: 'chat.completion.chunk', model, choices: [{ index: 0, ...end, finish_reason: 'length' }] });
       if (includeUsage) event({ id: 'chatcmpl-sim', object: 'chat.completion.chunk', model, choices: [], usage });
       res.write('data: [DONE]\n\n');
+      if (faults.afterDone) res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: ' late' } }] })}\n\n`);
     }
     res.end();
   };

@@ -3,7 +3,7 @@
 // request twice; the engine's copy of the same metrics is left out of the catalogue while the
 // proxy is on (catalogue.ts, proxySourced).
 
-import type { CanonicalMetric, Catalogue } from '../catalogue/catalogue.js';
+import { requestLevel, type CanonicalMetric, type Catalogue } from '../catalogue/catalogue.js';
 import { OVERFLOW_LABEL, type SeriesLimiter } from '../guard/cardinality.js';
 import { guardValue, type GuardCounts, type LabelPolicy } from '../guard/labels.js';
 import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.js';
@@ -17,6 +17,15 @@ export interface Exemplar {
 }
 
 export type StreamEnd = 'engine_reset' | 'client_abort' | 'upstream_timeout';
+
+export interface CanaryRecord {
+  model: string;
+  sloClass: string;
+  result: string;
+  ttftMs: number | undefined;
+  tokensPerSecond: number | undefined;
+  consecutiveFailures: number;
+}
 
 /** What the proxy measured about one finished request (times in ms). */
 export interface RequestRecord {
@@ -77,7 +86,7 @@ export class ProxyMetrics {
     private readonly guard: { policy: LabelPolicy; counts: GuardCounts; limiter: SeriesLimiter },
     private readonly exemplars: boolean,
   ) {
-    this.metrics = new Map(catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'proxy')).map((m) => [m.name, m]));
+    this.metrics = new Map(catalogue.metrics.filter(requestLevel).map((m) => [m.name, m]));
   }
 
   /** Bounds of the inter-chunk histogram in ms, for the per-request gap counts. */
@@ -177,6 +186,53 @@ export class ProxyMetrics {
   recordRemaining(tenant: string, ratios: Partial<Record<string, number>>): void {
     for (const [limit, ratio] of Object.entries(ratios)) if (ratio !== undefined) this.seriesFor('rate_limit_remaining_ratio', { tenant, limit }).value = ratio;
     this.cache = undefined;
+  }
+
+  /** One canary run: its result, TTFT, decode speed and failures in a row. */
+  recordCanary(r: CanaryRecord): void {
+    const labels = { model: r.model, slo_class: r.sloClass };
+    this.seriesFor('canary_runs_total', { ...labels, result: r.result }).value++;
+    if (r.ttftMs !== undefined) this.observe('canary_ttft_ms', labels, r.ttftMs, undefined, 0);
+    if (r.tokensPerSecond !== undefined) this.seriesFor('canary_tokens_per_second', labels).value = r.tokensPerSecond;
+    this.seriesFor('canary_consecutive_failures', labels).value = r.consecutiveFailures;
+    this.cache = undefined;
+    this.version++;
+  }
+
+  /** One ping of an engine endpoint (health, models) beside the canaries. */
+  recordPing(endpoint: string, up: boolean, ms: number): void {
+    this.seriesFor('canary_endpoint_up', { endpoint }).value = up ? 1 : 0;
+    this.seriesFor('canary_endpoint_duration_ms', { endpoint }).value = this.toProfile('canary_endpoint_duration_ms', ms);
+    this.cache = undefined;
+    this.version++;
+  }
+
+  /** One load probe step: latency quantiles (ms) and the step's output tokens per second. */
+  recordProbeStep(
+    model: string,
+    concurrency: number,
+    step: { durationMs: [number, number]; ttftMs: [number, number] | undefined; tokensPerSecond: number },
+  ): void {
+    const c = String(concurrency);
+    const quantiles = ['0.5', '0.95'] as const;
+    quantiles.forEach((q, i) => {
+      this.seriesFor('load_probe_request_duration_ms', { model, concurrency: c, quantile: q }).value = this.toProfile(
+        'load_probe_request_duration_ms',
+        step.durationMs[i]!,
+      );
+      if (step.ttftMs)
+        this.seriesFor('load_probe_ttft_ms', { model, concurrency: c, quantile: q }).value = this.toProfile('load_probe_ttft_ms', step.ttftMs[i]!);
+    });
+    this.seriesFor('load_probe_tokens_per_second', { model, concurrency: c }).value = step.tokensPerSecond;
+    this.cache = undefined;
+    this.version++;
+  }
+
+  /** A stream's violations of the SSE contract, one count per kind (streamValidator). */
+  recordViolations(model: string, kinds: readonly string[]): void {
+    for (const kind of kinds) this.seriesFor('inference_stream_violations_total', { model, kind }).value++;
+    this.cache = undefined;
+    this.version++;
   }
 
   /** Errors of the shared limiter backend. */

@@ -16,6 +16,8 @@ import { bodyKind, StreamObserver } from './stream.js';
 import { contextBucket, RequestTrace, type Timeline } from './trace.js';
 import { rateLimitHeaders, remainingRatios, type Admission, type Limiter, type TenantLimits } from './limits.js';
 import type { Tenant, TenantResolver } from './tenants.js';
+import { StreamValidator } from './validator.js';
+import type { Logger } from '../logger.js';
 
 export interface ProxyOptions {
   listen: string;
@@ -24,6 +26,8 @@ export interface ProxyOptions {
   upstreamTimeoutMs: number;
   traceTokenEvery: number;
   maxConcurrent: number;
+  /** streamValidator.stallAfter: a gap between stream events longer than this is a stall. */
+  stallAfterMs: number;
 }
 
 /** What the proxy counts about itself (infertel_proxy_events_total{event}). */
@@ -48,6 +52,8 @@ export interface ProxyDeps {
   /** Called after each request is recorded (the exposition's data changed). */
   onRecord: () => void;
   workerId: string;
+  /** Where stream violations are logged (once per request, never with content). */
+  log?: Logger;
   /** Rate limits; undefined when none is configured. */
   limits?: { limiter: Limiter; of(tenant: string): TenantLimits };
 }
@@ -139,6 +145,7 @@ interface Exchange {
   sent: number | undefined;
   upstreamEnded: number | undefined;
   observer: StreamObserver | undefined;
+  validator: StreamValidator | undefined;
   status: number | undefined;
   error: string | undefined;
   streamEnd: StreamEnd | undefined;
@@ -250,6 +257,7 @@ export class InlineProxy {
       sent: undefined,
       upstreamEnded: undefined,
       observer: undefined,
+      validator: undefined,
       status: undefined,
       error: undefined,
       streamEnd: undefined,
@@ -423,7 +431,8 @@ export class InlineProxy {
     // An error body is no first token: only 2xx responses are read for content and usage.
     const kind = status >= 200 && status < 300 ? bodyKind(ex.route, ures.headers['content-type']) : 'opaque';
     const strip = facts.usageInjected && kind === 'sse';
-    const obs = new StreamObserver(ex.route, kind, strip, this.gapBounds, this.opts.traceTokenEvery);
+    ex.validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
+    const obs = new StreamObserver(ex.route, kind, strip, this.gapBounds, this.opts.traceTokenEvery, ex.validator);
     ex.observer = obs;
     ex.status = status;
     const headers = endToEnd(ures.headers, strip ? ['content-length'] : []);
@@ -464,6 +473,19 @@ export class InlineProxy {
     });
   }
 
+  /** Counts a stream's violations by kind and logs them once for the request; undefined when there are none. */
+  private validated(ex: Exchange, validator: StreamValidator, ended: number, model: string): string[] | undefined {
+    validator.end(ended);
+    if (!validator.found.size) return undefined;
+    const kinds = [...validator.found];
+    this.deps.metrics.recordViolations(model, kinds);
+    this.deps.log?.warn(
+      { event: 'stream_violation', request_id: ex.requestId, model, route: ex.route, tenant: ex.tenant.label, kinds },
+      'stream broke the SSE contract',
+    );
+    return kinds;
+  }
+
   /** Records a finished request once: metrics (always), request log (sampled), trace. */
   private finish(ex: Exchange): void {
     if (ex.recorded) return;
@@ -480,6 +502,7 @@ export class InlineProxy {
     const usageUnknown = usageExpected && (ex.route === '/v1/embeddings' ? prompt === undefined : completion === undefined);
     const model = ex.model || this.deps.models.resolve(undefined);
     const traceId = ex.trace.sampledTraceId();
+    const violations = ex.validator ? this.validated(ex, ex.validator, ended, model) : undefined;
     ex.admission?.release(prompt !== undefined || completion !== undefined ? (prompt ?? 0) + (completion ?? 0) : undefined);
     this.deps.metrics.record(
       {
@@ -530,6 +553,7 @@ export class InlineProxy {
         ...(promptHash ? { prompt_hash: promptHash } : {}),
         gpu: gpuField(this.deps.gpu()),
         error: error ?? null,
+        ...(violations ? { stream_violations: violations } : {}),
       });
     }
     const timeline: Timeline = {

@@ -40,6 +40,7 @@ export interface RequestLogLine {
   prompt_hash?: string;
   gpu: { source: string; devices: GpuSummary['devices'] } | 'nvml_unavailable';
   error: string | null;
+  stream_violations?: string[];
 }
 
 // Scrubbers for free text, most specific first. Each is linear (no nested quantifiers).

@@ -5,6 +5,7 @@
 
 import { bucketIndex } from './metrics.js';
 import type { Route } from './routes.js';
+import type { StreamValidator } from './validator.js';
 
 export interface Usage {
   promptTokens: number | undefined;
@@ -129,6 +130,9 @@ export class StreamObserver {
     private readonly stripUsage: boolean,
     private readonly gapBoundsMs: readonly number[],
     private readonly markEvery: number,
+    private readonly validator?: StreamValidator,
+    /** Shown each decoded event (the canary reads its answer from them). */
+    private readonly onDoc?: (doc: unknown) => void,
     private readonly maxMarks = 4096,
   ) {
     this.gapCounts = new Array<number>(gapBoundsMs.length + 1).fill(0);
@@ -165,7 +169,7 @@ export class StreamObserver {
       const end = eventEnd(rest);
       if (end < 0) break;
       const event = rest.subarray(0, end);
-      const keep = this.onEvent(event.toString('utf8'));
+      const keep = this.onEvent(event.toString('utf8'), t);
       if (keep.content) content = true;
       if (!keep.strip) out.push(event);
       start += end;
@@ -180,19 +184,27 @@ export class StreamObserver {
     return buf.length ? buf : undefined;
   }
 
-  private onEvent(event: string): { content: boolean; strip: boolean } {
+  private onEvent(event: string, t: number): { content: boolean; strip: boolean } {
     const data = sseData(event);
-    if (data === undefined) return { content: false, strip: false };
+    if (data === undefined) {
+      // Comments (keep-alives) are fine anywhere; other bytes matter only after [DONE].
+      if (this.validator && event.trim() && !event.startsWith(':')) this.validator.onTrailingBytes(t);
+      return { content: false, strip: false };
+    }
     if (data.trim() === '[DONE]') {
       this.sawEnd = true;
+      this.validator?.onData(data, undefined, false, t);
       return { content: false, strip: false };
     }
     let doc: unknown;
     try {
       doc = JSON.parse(data);
     } catch {
+      this.validator?.onData(data, undefined, false, t);
       return { content: false, strip: false };
     }
+    this.validator?.onData(data, doc, true, t);
+    this.onDoc?.(doc);
     const f = readEvent(this.route, doc);
     if (f.tgiToken) this.tgiTokens++;
     if (f.usage) {
@@ -202,8 +214,8 @@ export class StreamObserver {
     return { content: f.content, strip: this.stripUsage && f.usageOnly };
   }
 
-  /** Bytes still held (an event without its blank line) and the usage of a non-streamed body. */
-  finish(): Buffer | undefined {
+  /** Bytes still held (an event without its blank line) and the usage of a non-streamed body; t: when the response ended. */
+  finish(t = performance.now()): Buffer | undefined {
     if (this.kind === 'json' && this.jsonBytes <= MAX_JSON_COPY && this.jsonCopy.length) {
       try {
         const f = readEvent(this.route, JSON.parse(Buffer.concat(this.jsonCopy).toString('utf8')));
@@ -216,7 +228,8 @@ export class StreamObserver {
     this.jsonCopy = [];
     const held = this.held;
     this.held = undefined;
-    if (held && this.kind === 'sse') this.onEvent(held.toString('utf8'));
+    if (held && this.kind === 'sse') this.onEvent(held.toString('utf8'), t);
+    if (this.kind === 'sse') this.validator?.end(t);
     return held;
   }
 

@@ -47,7 +47,7 @@ describe('proxy: streams', () => {
     assert.equal(r.status, 200);
     assert.equal(r.headers.get('content-type'), 'text/event-stream');
     const events = dataOf(r.text);
-    assert.equal(events.length, 9, r.text); // 8 tokens and [DONE]; no usage chunk
+    assert.equal(events.length, 11, r.text); // the role chunk, 8 tokens, the finish_reason chunk and [DONE]; no usage chunk
     assert.equal(events.at(-1), '[DONE]');
     assert.ok(!r.text.includes('"usage"'));
     const seen = lastSeen(h, (s) => s.url === '/v1/chat/completions')!;
@@ -77,8 +77,8 @@ describe('proxy: streams', () => {
     const body = chat({ stream: true, stream_options: { include_usage: true } });
     const r = await post(`${h.proxy}/v1/chat/completions`, body, { 'x-api-key': GLOBEX_KEY });
     const events = dataOf(r.text);
-    assert.equal(events.length, 10);
-    const usage = JSON.parse(events[8]!);
+    assert.equal(events.length, 12); // role, 8 tokens, finish_reason, usage, [DONE]
+    const usage = JSON.parse(events[10]!);
     assert.deepEqual(usage.choices, []);
     assert.equal(usage.usage.completion_tokens, 8);
     const seen = lastSeen(h, (s) => s.url === '/v1/chat/completions')!;
@@ -203,7 +203,7 @@ describe('proxy: faults leave it answering', () => {
   it('an engine that resets mid-stream gives the client a clean end, counted as a reset with unknown usage', async () => {
     const r = await post(`${h.proxy}/v1/chat/completions`, chat({ stream: true }), { 'x-sim-reset-after': '3', authorization: `Bearer ${ACME_KEY}` });
     assert.equal(r.status, 200);
-    assert.equal(dataOf(r.text).length, 3, 'the three events sent before the reset, then a clean end');
+    assert.equal(dataOf(r.text).length, 4, 'the role chunk and the three tokens sent before the reset, then a clean end');
     const m = await h.metrics();
     assert.equal(sumOf(m, 'inference_stream_resets_total', { reason: 'engine_reset', tenant: 'acme' }), 1);
     assert.equal(sumOf(m, 'inference_requests_usage_unknown_total', { tenant: 'acme' }), 1);
@@ -281,7 +281,7 @@ describe('proxy: faults leave it answering', () => {
     });
     const seen = lastSeen(h, (s) => s.headers['x-sim-burst'] !== undefined)!;
     assert.ok(seen.sawBackpressure, 'the engine had to wait: the proxy stopped reading while the client did');
-    assert.equal(dataOf(received.text).length, tokens + 1);
+    assert.equal(dataOf(received.text).length, tokens + 3); // role, tokens, finish_reason, [DONE]
     await stillAnswers();
   });
 });
@@ -303,7 +303,7 @@ describe('proxy: load', () => {
         ),
       );
       assert.deepEqual(new Set(results.map((r) => r.status)), new Set([200]));
-      assert.ok(results.every((r) => dataOf(r.text).length === 5));
+      assert.ok(results.every((r) => dataOf(r.text).length === 6)); // 4 tokens, finish_reason, [DONE]
       const m = await h.metrics();
       assert.equal(sumOf(m, 'inference_requests_total', { route: '/v1/completions', tenant: 'acme' }) - before, 1000);
       assert.equal(sumOf(m, 'infertel_proxy_open_requests'), 0);

@@ -268,6 +268,7 @@ describe('proxy units: redaction and buckets', () => {
       'inference_requests_total',
       'inference_requests_usage_unknown_total',
       'inference_stream_resets_total',
+      'inference_stream_violations_total',
       'inference_ttft_ms',
       'rate_limit_remaining_ratio',
       'rate_limited_requests_total',
@@ -275,7 +276,9 @@ describe('proxy units: redaction and buckets', () => {
       'tokens_generated_total',
       'tokens_input_total',
     ]);
-    for (const name of measured.filter((n) => n !== 'rate_limiter_backend_errors_total')) assert.ok(cat.byName.get(name)!.labels.includes('tenant'), name);
+    // Backend errors are the pod's; a stream violation is the engine's fault, counted by model.
+    const untenanted = ['rate_limiter_backend_errors_total', 'inference_stream_violations_total'];
+    for (const name of measured.filter((n) => !untenanted.includes(n))) assert.ok(cat.byName.get(name)!.labels.includes('tenant'), name);
     assert.ok(!proxySourced(cat.byName.get('kv_cache_usage_ratio')!), 'engine-only metrics come from the scrape alone');
   });
 
