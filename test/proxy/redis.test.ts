@@ -1,6 +1,7 @@
 // The shared rate-limit backend against a real redis-server on a free loopback port: two agent
-// processes (the built CLI) share one tenant's budget; Redis killed mid-load fails open, is
-// counted and logged once, and is used again when it is back.
+// processes (the built CLI) share one tenant's budget, also when their clocks disagree by minutes;
+// Redis killed mid-load fails open, is counted and logged once, and is used again when it is back;
+// failing closed answers 503.
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -12,10 +13,13 @@ import { after, before, describe, it } from 'node:test';
 import { startSimOpenAi, type SimOpenAi } from '../../agent/demo/sim-openai.js';
 import { hashKey } from '../../agent/proxy/tenants.js';
 import { eventually, freePort, getText, spawnAgent, type AgentProcess } from '../helpers.js';
-import { post, sumOf } from './harness.js';
+import { post, startHarness, sumOf } from './harness.js';
 
 const REDIS = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout.trim();
 const KEY = 'sk-shared-tenant-0001';
+const SKEWED_KEY = 'sk-skewed-tenant-0002';
+/** Preloaded into a pod to move its wall clock (Date.now) by ms: the pods then disagree by minutes. */
+const skewClock = (ms: number) => `--import=data:text/javascript,const%20n%3DDate.now%3BDate.now%3D()%3D%3En()%2B(${ms})%3B`;
 
 async function startRedis(port: number): Promise<ChildProcess> {
   const child = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--enable-debug-command', 'yes'], {
@@ -47,6 +51,26 @@ function stopRedis(child: ChildProcess): Promise<void> {
   });
 }
 
+describe('rate limits failing closed', () => {
+  it('while Redis is unreachable, failOpen: false answers 503 in the OpenAI error shape, counted', async () => {
+    const h = await startHarness({
+      rateLimits: { redis: { url: `redis://127.0.0.1:${await freePort()}/0`, timeout: '50ms' }, failOpen: false, default: { requestsPerMinute: 600 } },
+    });
+    try {
+      const r = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'x' });
+      assert.equal(r.status, 503);
+      const body = JSON.parse(r.text);
+      assert.equal(typeof body.error.message, 'string');
+      assert.equal(h.engine.seen.filter((s) => s.url === '/v1/completions').length, 0, 'nothing reached the engine');
+      const m = await h.metrics();
+      assert.ok(sumOf(m, 'rate_limiter_backend_errors_total', { backend: 'redis' }) >= 1);
+      assert.equal(h.requestLogs().at(-1)!.error, 'rate_limiter_unavailable');
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not installed' }, () => {
   let redisPort: number;
   let redis: ChildProcess;
@@ -62,15 +86,22 @@ describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not
     const config = join(dir, 'config.yaml');
     writeFileSync(
       config,
-      ['rateLimits:', '  redis: { timeout: 200ms }', 'tenants:', `  - { name: shared, keys: ["${hashKey(KEY)}"], limits: { requestsPerMinute: 60 } }`, ''].join(
-        '\n',
-      ),
+      [
+        'rateLimits:',
+        '  redis: { timeout: 200ms }',
+        'tenants:',
+        `  - { name: shared, keys: ["${hashKey(KEY)}"], limits: { requestsPerMinute: 60 } }`,
+        `  - { name: skewed, keys: ["${hashKey(SKEWED_KEY)}"], limits: { requestsPerMinute: 60 } }`,
+        '',
+      ].join('\n'),
     );
-    for (let i = 0; i < 2; i++) {
+    // Pods 0 and 1 share the clock; pods 2 and 3 are three minutes ahead and behind it.
+    for (const skew of [0, 0, 180_000, -180_000]) {
       const proxyPort = await freePort();
       agents.push(
         await spawnAgent(['--config', config, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url], {
           INFERTEL_REDIS_URL: `redis://127.0.0.1:${redisPort}/0`,
+          ...(skew ? { NODE_OPTIONS: skewClock(skew) } : {}),
         }),
       );
       proxies.push(`http://127.0.0.1:${proxyPort}`);
@@ -100,6 +131,31 @@ describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not
       agents.map(async (a) => sumOf((await getText(`${a.base}/metrics`)).body, 'rate_limited_requests_total', { tenant: 'shared' })),
     );
     assert.ok(both[0]! > 0 && both[1]! > 0, `each pod refused some: ${both}`);
+  });
+
+  it('clock skew between pods does not break the shared limit (the bucket runs on Redis time)', async () => {
+    const skewed = agents.slice(2);
+    // The preload did move each pod's clock: the time on its log lines (pino reads Date.now) says so.
+    const clocks = skewed.map((a) =>
+      Date.parse(
+        JSON.parse(
+          a
+            .output()
+            .split('\n')
+            .find((l) => l.startsWith('{'))!,
+        ).time,
+      ),
+    );
+    assert.ok(clocks[0]! - Date.now() > 150_000 && Date.now() - clocks[1]! > 150_000, `pod clocks ${clocks.map((c) => c - Date.now())} ms off`);
+    const t0 = Date.now();
+    let allowed = 0;
+    for (let i = 0; i < 150; i++) {
+      const r = await post(`${proxies[2 + (i % 2)]}/v1/completions`, { model: 'm', prompt: 'x' }, { authorization: `Bearer ${SKEWED_KEY}` });
+      if (r.status === 200) allowed++;
+    }
+    const seconds = (Date.now() - t0) / 1000;
+    // With each pod's own clock, every switch between them would look like 6 minutes of refill.
+    assert.ok(allowed >= 60 && allowed <= 60 + Math.ceil(seconds) + 1, `${allowed} allowed in ${seconds.toFixed(1)} s`);
   });
 
   it('Redis answering slowly: an admission waits only rateLimits.redis.timeout, then fails open', async () => {
