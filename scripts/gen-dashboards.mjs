@@ -32,6 +32,29 @@ const DASHBOARDS = {
       p('Queue time P95', 'ms', [q(`histogram_quantile(0.95, sum by (le, model) (rate(queue_time_ms_bucket{${M}}[${R}])))`, '{{model}}')]),
       p('Queue depth', 'short', [q(`sum by (model) (inference_queue_depth{${M}})`, '{{model}}')], { thresholds: [100, 500] }),
       p('Upstreams up', 'short', [q('infertel_upstream_up', '{{instance}} {{upstream}}')]),
+      { row: "Canaries (infertel's own streams to the engine)" },
+      p(
+        'Canary runs by result',
+        'short',
+        [q(`sum by (model, slo_class, result) (increase(canary_runs_total{${M}}[${R}]))`, '{{model}} {{slo_class}} {{result}}')],
+        {
+          stack: true,
+        },
+      ),
+      p('Canary failures in a row', 'short', [q(`max by (model, slo_class) (canary_consecutive_failures{${M}})`, '{{model}} {{slo_class}}')], {
+        thresholds: [3],
+      }),
+      p(
+        'Canary TTFT P95 (SLO 800 ms, streaming)',
+        'ms',
+        [q(`histogram_quantile(0.95, sum by (le, model, slo_class) (rate(canary_ttft_ms_bucket{${M}}[${R}])))`, '{{model}} {{slo_class}}')],
+        { thresholds: [800] },
+      ),
+      p('Canary decode speed (floor 30 tokens/s)', 'short', [q(`avg by (model, slo_class) (canary_tokens_per_second{${M}})`, '{{model}} {{slo_class}}')], {
+        thresholds: [30],
+      }),
+      p('Stream violations by kind', 'short', [q(`sum by (model, kind) (increase(inference_stream_violations_total{${M}}[${R}]))`, '{{model}} {{kind}}')]),
+      p('Engine endpoints up (canary pings)', 'short', [q('canary_endpoint_up', '{{instance}} {{endpoint}}')]),
     ],
   },
   'infertel-llm': {
@@ -161,16 +184,40 @@ const DASHBOARDS = {
   },
 };
 
-function panelJson(panel, id) {
-  const x = ((id - 1) % 2) * 12;
-  const y = Math.floor((id - 1) / 2) * 8;
+/** Panels two to a line, 8 high; a row header takes a full line of its own. */
+function layout(panels) {
+  let x = 0;
+  let y = 0;
+  return panels.map((panel) => {
+    if (panel.row) {
+      if (x) y += 8;
+      const pos = { h: 1, w: 24, x: 0, y };
+      x = 0;
+      y += 1;
+      return pos;
+    }
+    const pos = { h: 8, w: 12, x, y };
+    x += 12;
+    if (x === 24) {
+      x = 0;
+      y += 8;
+    }
+    return pos;
+  });
+}
+
+function rowJson(panel, id, gridPos) {
+  return { id, type: 'row', title: panel.row, collapsed: false, datasource: ds, gridPos, panels: [], targets: [] };
+}
+
+function panelJson(panel, id, gridPos) {
   const steps = [{ color: 'green', value: null }, ...(panel.thresholds ?? []).map((v, i) => ({ color: i === 0 ? 'orange' : 'red', value: v }))];
   return {
     id,
     type: panel.type ?? 'timeseries',
     title: panel.title,
     datasource: ds,
-    gridPos: { h: 8, w: 12, x, y },
+    gridPos,
     fieldConfig: {
       defaults: { unit: panel.unit, thresholds: { mode: 'absolute', steps }, custom: panel.stack ? { stacking: { mode: 'normal' } } : {} },
       overrides: [],
@@ -199,6 +246,7 @@ function labelVariable(name) {
 }
 
 function dashboardJson(uid, d) {
+  const positions = layout(d.panels);
   return {
     uid,
     title: d.title,
@@ -214,7 +262,7 @@ function dashboardJson(uid, d) {
         ...['model', ...(d.variables ?? [])].map(labelVariable),
       ],
     },
-    panels: d.panels.map((panel, i) => panelJson(panel, i + 1)),
+    panels: d.panels.map((panel, i) => (panel.row ? rowJson : panelJson)(panel, i + 1, positions[i])),
   };
 }
 

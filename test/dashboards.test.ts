@@ -75,6 +75,9 @@ describe('dashboards', () => {
                 'context_bucket',
                 'tenant',
                 'limit',
+                'slo_class',
+                'result',
+                'kind',
               ].includes(m)
             )
               continue;
