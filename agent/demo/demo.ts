@@ -150,6 +150,14 @@ export async function runDemo(
     units: flags.units,
     upstreams: shown.map((e) => ({ url: `${e.url}/metrics`, flavor: 'auto' })),
     gpu: { simulate: Number(flags.gpus) },
+    // A canary on the simulated vLLM every 10 s (30 s is the default), judged against 003's
+    // streaming SLO; it goes straight to the engine, so it is in no tenant's numbers.
+    ...(wanted.includes('vllm')
+      ? {
+          canaryTarget: engines.vllm.url,
+          canaries: [{ model: DEMO_VLLM_MODEL, prompt: 'Count from 1 to 20.', interval: '10s', sloClass: 'streaming', mustMatch: '\\b20\\.' }],
+        }
+      : {}),
     ...(proxyOn
       ? {
           proxy: { listen: flags.proxyListen, target: engines.vllm.url },
@@ -177,6 +185,8 @@ export async function runDemo(
         `           -d '{"model":"${DEMO_VLLM_MODEL}","stream":true,"messages":[{"role":"user","content":"hi"}]}'`,
         `    per-tenant series:      ${base}/metrics (inference_requests_total{tenant=...}, tokens_generated_total{tenant=...})`,
         '    rate limits:            initech is held to 12 requests/minute: rate_limited_requests_total{tenant="initech"}, 429s in the request log',
+        `    canaries:               every 10 s, straight to the engine: canary_runs_total{result=...}, canary_ttft_ms, canary_tokens_per_second`,
+        '    stream validator:       inference_stream_violations_total{kind=...} (stall after 10 s, invalid_json, out_of_order, after_done)',
         '    request logs:           this terminal, lines with "event":"inference" (10% of successes, every error)',
         `    traces:                 ${otel ? `sent to ${otel}` : 'this terminal, lines starting "trace" (one request in ten)'}`,
       ]

@@ -113,7 +113,10 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
   } catch {
     return json(res, 400, { error: { message: 'invalid JSON body' } });
   }
-  const tokens = header(req, 'x-sim-tokens') ?? opts.tokens;
+  // "Count from 1 to N" (the canaries' prompt) gets a counting answer, so content checks mean something.
+  const counting = /count from 1 to (\d{1,4})/i.exec(JSON.stringify(body.messages ?? body.prompt ?? ''));
+  const countTo = counting ? Number(counting[1]) : undefined;
+  const tokens = header(req, 'x-sim-tokens') ?? countTo ?? opts.tokens;
   const ttft = header(req, 'x-sim-ttft-ms') ?? opts.ttftMs;
   const itl = header(req, 'x-sim-itl-ms') ?? opts.itlMs;
   const resetAfter = header(req, 'x-sim-reset-after');
@@ -130,7 +133,7 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
   const known = ['/v1/chat/completions', '/v1/completions', '/v1/responses', '/generate', '/generate_stream'];
   if (!known.includes(path ?? '')) return json(res, 404, { error: { message: 'not found' } });
   const stream = body.stream === true || path === '/generate_stream';
-  const word = (i: number) => (i % 7 === 0 ? ' the' : ` w${i}`);
+  const word = (i: number) => (countTo !== undefined ? ` ${i + 1}${i + 1 < tokens ? ',' : '.'}` : i % 7 === 0 ? ' the' : ` w${i}`);
   // The simulated work never keeps a stopping process alive: its timers are unref'd.
   if (!stream) {
     setTimeout(

@@ -55,6 +55,18 @@ describe('infertel demo', () => {
         20_000,
         'initech rate-limited',
       );
+      // The demo's canary counts to 20 on the simulated vLLM every 10 s and passes its checks.
+      const withCanary = await eventually(
+        async () => {
+          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          return /\ncanary_runs_total\{[^}]*result="ok"\} [1-9]/.test(b) && b;
+        },
+        20_000,
+        'a passing canary run',
+      );
+      assert.ok(!/canary_runs_total\{[^}]*result="(?!ok")/.test(withCanary), 'no failed canary run');
+      assert.equal(sampleValue(withCanary, 'canary_endpoint_up', 'endpoint="health"'), 1);
+      assert.match(out, /canaries: +every 10 s/);
       const streamed = await fetch(`http://127.0.0.1:${proxyPort}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: 'Bearer sk-demo-acme-0001' },
