@@ -196,7 +196,8 @@ describe('canaries: against the stand-in engine', () => {
     assert.ok(r.ttftMs! >= 40 && r.ttftMs! < 1000, String(r.ttftMs));
     // 19 gaps of at least 10 ms: at most 100 tokens/s (timers only run late).
     assert.ok(r.tokensPerSecond! <= 100 && r.tokensPerSecond! > 10, String(r.tokensPerSecond));
-    assert.ok(r.answer.startsWith(' the w1 w2'), r.answer);
+    // The stand-in counts when asked to: the answer is read from the content deltas in order.
+    assert.equal(r.answer, Array.from({ length: 20 }, (_, i) => ` ${i + 1}${i < 19 ? ',' : '.'}`).join(''));
     const seen = engine.seen.at(-1)!;
     const body = JSON.parse(seen.body);
     assert.equal(body.stream, true);
@@ -265,7 +266,7 @@ describe('canaries: in the agent', () => {
   it('each result is counted by model and slo_class, TTFT and speed exported, pings recorded, and nothing reaches tenant metrics', async () => {
     const engine = await startSimOpenAi({ models: ['sim-llama'], ttftMs: 20, itlMs: 5, tokens: 20 });
     const c = await canaryAgent(engine, [
-      { model: 'sim-llama', prompt: 'Count from 1 to 20.', interval: '1s', sloClass: 'streaming', mustMatch: 'w19' },
+      { model: 'sim-llama', prompt: 'Count from 1 to 20.', interval: '1s', sloClass: 'streaming', mustMatch: '\\b20\\.$' },
       { model: 'sim-llama', prompt: 'x', interval: '1s', sloClass: 'strict', maxTtftMs: 1 },
       { model: 'sim-llama', prompt: 'x', interval: '1s', sloClass: 'slow', minTokensPerSecond: 100_000 },
       { model: 'sim-llama', prompt: 'x', interval: '1s', sloClass: 'picky', mustMatch: 'forty-two' },
@@ -291,7 +292,28 @@ describe('canaries: in the agent', () => {
       assert.ok(!/tenant="canary"/.test(m) && sumOf(m, 'inference_requests_total', { route: '/v1/chat/completions' }) === 0, 'canaries are not tenant traffic');
       const failing = c.logs().filter((l) => l.includes('"canary_failing"'));
       assert.equal(failing.length, 3, 'each failing canary logged once, not at every run');
-      assert.ok(!c.logs().some((l) => l.includes('w19')), 'no answer text in the log');
+      assert.ok(!c.logs().some((l) => l.includes('19, 20')), 'no answer text in the log');
+    } finally {
+      await c.agent.stop();
+      await engine.close();
+    }
+  });
+
+  it('in the seconds profile the canary durations are _seconds series in seconds', async () => {
+    const engine = await startSimOpenAi({ models: ['sim-llama'], ttftMs: 50, itlMs: 5, tokens: 4 });
+    const c = await canaryAgent(engine, [{ model: 'sim-llama', prompt: 'x', interval: '5s', minTokensPerSecond: 0 }], { units: 'seconds' });
+    try {
+      const m = await eventually(async () => {
+        const body = await c.metrics();
+        return sumOf(body, 'canary_runs_total') >= 1 && sumOf(body, 'canary_endpoint_up') === 2 && body;
+      }, 10_000);
+      assert.ok(!m.includes('canary_ttft_ms') && !m.includes('canary_endpoint_duration_ms'));
+      // A 50 ms TTFT is 0.05 s: over 0.04, far under the 50 a wrong unit would give.
+      const ttft = sumOf(m, 'canary_ttft_seconds_sum');
+      assert.ok(ttft >= 0.04 && ttft < 5, String(ttft));
+      assert.match(m, /canary_ttft_seconds_bucket\{[^}]*le="0\.8"\}/, 'the request layout in seconds');
+      const ping = sumOf(m, 'canary_endpoint_duration_seconds', { endpoint: 'health' });
+      assert.ok(ping > 0 && ping < 5, String(ping));
     } finally {
       await c.agent.stop();
       await engine.close();
