@@ -19,7 +19,8 @@ import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
 import { newPassthroughCounts, PassthroughGuard } from './guard/passthrough.js';
 import type { Logger } from './logger.js';
 import { Normalizer, type CanonicalFamily, type HistData, type SampleRejection } from './normalize/normalizer.js';
-import { startLoop, type Loop } from './schedule/loop.js';
+import type { Loop } from './schedule/loop.js';
+import { startSources } from './pipeline/runner.js';
 import { createEngineSource } from './sources/engine.js';
 import type { Source } from './sources/source.js';
 import { ConfigError } from './config/load.js';
@@ -34,6 +35,7 @@ import { TenantResolver } from './proxy/tenants.js';
 import { effectiveLimits, MemoryLimiter, type Limiter, type TenantLimits } from './proxy/limits.js';
 import { RedisLimiter } from './proxy/redis-limits.js';
 import { CanaryRunner } from './canary/canary.js';
+import { EfficiencyJoin } from './normalize/efficiency.js';
 import { LoadProbe } from './canary/probe.js';
 
 export interface AgentDeps {
@@ -96,6 +98,7 @@ export class Agent {
   private readonly passthroughCounts = newPassthroughCounts();
   private readonly invalidSamples: Partial<Record<SampleRejection, number>> = {};
   private readonly now: () => number;
+  private readonly log: Logger;
   private tracing: Tracing | undefined;
   private readonly gpu: GpuTelemetry | undefined;
   private dataVersion = 0;
@@ -110,6 +113,7 @@ export class Agent {
   private readonly requestLog: RequestLog | undefined;
   private readonly rateLimiter: Limiter | undefined;
   readonly canaries: CanaryRunner | undefined;
+  private readonly efficiency: EfficiencyJoin;
   private readonly loadProbe: LoadProbe | undefined;
 
   constructor(
@@ -117,6 +121,7 @@ export class Agent {
     deps: AgentDeps,
   ) {
     this.now = deps.now ?? Date.now;
+    this.log = deps.log;
     const proxyOn = config.proxy.listen !== undefined && config.proxy.target !== undefined;
     this.catalogue = buildCatalogue(config.units, config.buckets);
     // One series per concept: the engine behind the proxy no longer feeds what the proxy measures
@@ -172,6 +177,7 @@ export class Agent {
         }),
     );
     this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
+    this.efficiency = new EfficiencyJoin(this.catalogue, { peakTflops: config.gpu.peakTflops, peakMemoryBandwidthGBs: config.gpu.peakMemoryBandwidthGBs });
     const canaryTarget = config.canaryTarget ?? config.proxy.target;
     const canariesOn = canaryTarget !== undefined && config.canaries.length > 0;
     const probeOn = canaryTarget !== undefined && config.loadProbe.enabled;
@@ -274,6 +280,13 @@ export class Agent {
   }
 
   canonical(): CanonicalFamily[] {
+    const joined = this.efficiency.families();
+    const base = this.measured();
+    return joined.length ? [...base, ...joined] : base;
+  }
+
+  /** Every canonical family but the efficiency joins (which are computed from these). */
+  private measured(): CanonicalFamily[] {
     const data = this.normalizer.snapshot();
     const gpu = this.gpu?.families() ?? [];
     const proxy = this.proxyMetrics?.families() ?? [];
@@ -347,6 +360,7 @@ export class Agent {
   private afterCycle(): void {
     this.dataVersion++;
     this.normalizer.advance(this.now(), this.minInterval() * 0.9);
+    if (this.gpu) this.efficiency.advance(this.now(), this.measured(), this.minInterval() * 0.9);
     const requests =
       this.normalizer
         .snapshot()
@@ -430,15 +444,17 @@ export class Agent {
         ]);
       }
     }
-    this.gpu?.start();
+    const gpuPolling = this.gpu?.start() ?? false;
     this.canaries?.start();
     this.loadProbe?.start();
-    this.loops = this.upstreams.map((u) =>
-      startLoop({
-        intervalMs: u.cfg.intervalMs,
-        run: (signal) => this.collect(u, signal),
-        onError: (err) => this.metrics.errors.report('loop_run_threw', err, { upstream: u.cfg.name }),
-      }),
+    // One loop for every source: the engines, and the GPU probe when there is one to poll.
+    this.loops = startSources(
+      [
+        ...this.upstreams.map((u) => ({ source: u, intervalMs: u.cfg.intervalMs, after: () => this.afterCycle() })),
+        ...(this.gpu && gpuPolling ? [{ source: this.gpu, intervalMs: this.gpu.intervalMs() }] : []),
+      ],
+      { metrics: this.metrics, tracer: agentTracer(VERSION), log: this.log, now: this.now },
+      (err, name) => this.metrics.errors.report('loop_run_threw', err, { upstream: name }),
     );
   }
 
@@ -452,7 +468,9 @@ export class Agent {
     const server = this.server;
     const closed = server ? new Promise<void>((r) => server.close(() => r())) : Promise.resolve();
     server?.closeAllConnections();
-    await Promise.all([...this.loops.map((l) => l.stop()), this.gpu?.stop(), closed, this.proxy?.stop(), this.canaries?.stop(), this.loadProbe?.stop()]);
+    await Promise.all([...this.loops.map((l) => l.stop()), closed, this.proxy?.stop(), this.canaries?.stop(), this.loadProbe?.stop()]);
+    // The GPU probe closes after its loop: a poll may still be on its worker thread until then.
+    await this.gpu?.stop();
     await this.requestLog?.close();
     await this.rateLimiter?.close?.();
     for (const s of this.sources) s.close?.();

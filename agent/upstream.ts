@@ -1,9 +1,9 @@
-// The loop's side of one upstream: runs its collection cycle (pipeline/cycle.ts) and records
-// what happened in one place: health (up, last outcome, last success), self-metrics, the span,
-// and log lines on state changes only. The guarded passthrough families it keeps are rendered by
-// the exporter; nothing here imports from export/.
+// One engine upstream as a source of the loop: runs its collection cycle (pipeline/cycle.ts) and
+// keeps what is the engine's own (passthrough families, detected flavor and version, canonical
+// series count); the cycle is recorded by pipeline/runner.ts like every source's. The guarded
+// passthrough families it keeps are rendered by the exporter; nothing here imports from export/.
 
-import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import type { Tracer } from '@opentelemetry/api';
 import type { UpstreamConfig } from './config/schema.js';
 import type { ErrorReporter } from './errors.js';
 import type { PassthroughGuard } from './guard/passthrough.js';
@@ -12,23 +12,15 @@ import { redactUrl } from './net/http-client.js';
 import type { Normalizer } from './normalize/normalizer.js';
 import type { Family, RejectReason } from './parse/exposition.js';
 import { EngineCycle } from './pipeline/cycle.js';
+import { runCycle, type CycleReport, type LoopedSource, type SourceHealth } from './pipeline/runner.js';
 import type { Flavor } from './sources/flavor.js';
 import type { ScrapeOutcome, Source } from './sources/source.js';
 import { ATTR, SPAN_SCRAPE } from './tracing/otel.js';
 
-export interface UpstreamHealth {
-  name: string;
+export interface UpstreamHealth extends SourceHealth {
   url: string;
   flavor: Flavor | 'unknown';
-  up: boolean;
   lastOutcome: ScrapeOutcome | 'pending';
-  lastDetail: string | undefined;
-  lastSuccessMs: number | undefined;
-  intervalMs: number;
-  /** Duration of the last cycle, seconds. */
-  lastSeconds: number | undefined;
-  /** Rejected lines and incomplete histograms since start. */
-  parseErrorsTotal: number;
 }
 
 /** Where health is recorded (the agent's self-metrics satisfy it). */
@@ -36,7 +28,7 @@ export interface HealthSink {
   setFlavor(upstream: string, flavor: string, version: string | undefined): void;
   up: { set(labels: { upstream: string }, value: number): void };
   canonicalSeries: { set(labels: { upstream: string }, value: number): void };
-  recordScrape(upstream: string, outcome: ScrapeOutcome, seconds: number, parseErrors: number, nowMs: number): void;
+  recordScrape(upstream: string, outcome: string, seconds: number, parseErrors: number, nowMs: number): void;
   recordRejected(upstream: string, rejected: Partial<Record<RejectReason, number>>): void;
   readonly errors: ErrorReporter;
 }
@@ -57,8 +49,9 @@ export interface UpstreamDeps {
   proxied?: ReadonlySet<string>;
 }
 
-export class Upstream {
+export class Upstream implements LoopedSource {
   readonly health: UpstreamHealth;
+  readonly spanName = SPAN_SCRAPE;
   /** Guarded passthrough families of the last good scrape (the exporter renders them). */
   passthrough: readonly Family[] = [];
   /** Bumped whenever `passthrough` is replaced, so the exporter renders each set once. */
@@ -91,41 +84,42 @@ export class Upstream {
     deps.metrics.up.set({ upstream: cfg.name }, 0);
   }
 
-  /** One cycle, recorded; resolves true on success. Never throws. */
-  async cycle(signal: AbortSignal): Promise<boolean> {
-    const { tracer, metrics } = this.deps;
-    return tracer.startActiveSpan(SPAN_SCRAPE, async (span) => {
-      const started = performance.now();
-      const r = await this.cycleOf.run(signal);
-      if (signal.aborted) {
-        // Stopping: a scrape cut short by shutdown says nothing about the upstream.
-        span.end();
-        return false;
-      }
-      metrics.recordRejected(this.cfg.name, r.rejected);
-      this.noteEngine();
-      if (r.outcome === 'ok') {
-        this.noteCanonical(r.canonicalSeries);
-        this.setPassthrough(r.passthrough ?? []);
-        this.failedScrapes = 0;
-      } else if (++this.failedScrapes >= this.deps.staleAfterScrapes && this.passthrough.length) this.setPassthrough([]);
-      const nowMs = this.deps.now();
-      const seconds = (performance.now() - started) / 1000;
-      this.health.lastSeconds = seconds;
-      this.health.parseErrorsTotal += r.parseErrors;
-      metrics.recordScrape(this.cfg.name, r.outcome, seconds, r.parseErrors, nowMs);
-      this.transition(r.outcome, r.detail, nowMs);
-      span.setAttributes({
+  /** One cycle, recorded by the loop's runner; resolves true on success. Never throws. */
+  cycle(signal: AbortSignal): Promise<boolean> {
+    return runCycle(this, signal, this.deps);
+  }
+
+  logContext(): Record<string, unknown> {
+    return { upstream: this.cfg.name, url: redactUrl(this.cfg.url), flavor: this.health.flavor };
+  }
+
+  async collect(signal: AbortSignal): Promise<CycleReport | undefined> {
+    const r = await this.cycleOf.run(signal);
+    // Stopping: a scrape cut short by shutdown says nothing about the upstream.
+    if (signal.aborted) return undefined;
+    this.deps.metrics.recordRejected(this.cfg.name, r.rejected);
+    this.noteEngine();
+    if (r.outcome === 'ok') {
+      this.noteCanonical(r.canonicalSeries);
+      this.setPassthrough(r.passthrough ?? []);
+      this.failedScrapes = 0;
+    } else if (++this.failedScrapes >= this.deps.staleAfterScrapes && this.passthrough.length) this.setPassthrough([]);
+    // A scrape that succeeds with some lines rejected says so once per change, not every interval.
+    const rejected = r.outcome === 'ok' ? r.detail : undefined;
+    if (rejected && rejected !== this.lastRejected) this.deps.log.warn({ upstream: this.cfg.name, detail: rejected }, 'upstream lines rejected');
+    if (r.outcome === 'ok') this.lastRejected = rejected;
+    return {
+      outcome: r.outcome,
+      detail: r.detail,
+      parseErrors: r.parseErrors,
+      attributes: {
         [ATTR.upstream]: this.cfg.name,
         [ATTR.flavor]: this.health.flavor,
         [ATTR.series]: r.canonicalSeries,
         [ATTR.bytes]: r.bytes,
         [ATTR.outcome]: r.outcome,
-      });
-      if (r.outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: r.detail ? redactUrl(r.detail) : r.outcome });
-      span.end();
-      return r.outcome === 'ok';
-    });
+      },
+    };
   }
 
   private setPassthrough(families: readonly Family[]): void {
@@ -164,24 +158,5 @@ export class Upstream {
         ? 'no canonical series from this upstream (its payload has none of the families the catalogue maps)'
         : 'no adapter recognises this engine: passthrough only, no canonical series',
     );
-  }
-
-  /** Log state changes once, not at every interval. */
-  private transition(outcome: ScrapeOutcome, detail: string | undefined, nowMs: number): void {
-    const wasUp = this.health.up;
-    const prevOutcome = this.health.lastOutcome;
-    this.health.up = outcome === 'ok';
-    this.health.lastOutcome = outcome;
-    this.health.lastDetail = detail;
-    if (outcome === 'ok') this.health.lastSuccessMs = nowMs;
-    const log = this.deps.log;
-    const url = redactUrl(this.cfg.url);
-    if (outcome === 'ok' && !wasUp) log.info({ upstream: this.cfg.name, url, flavor: this.health.flavor }, 'upstream up');
-    else if (outcome !== 'ok' && (wasUp || prevOutcome !== outcome))
-      log.warn({ upstream: this.cfg.name, url, reason: outcome, detail: detail && redactUrl(detail) }, 'upstream down');
-    // A scrape that succeeds with some lines rejected says so once per change, not every interval.
-    const rejected = outcome === 'ok' ? detail : undefined;
-    if (rejected && rejected !== this.lastRejected) log.warn({ upstream: this.cfg.name, detail: rejected }, 'upstream lines rejected');
-    if (outcome === 'ok') this.lastRejected = rejected;
   }
 }

@@ -131,6 +131,11 @@ const DASHBOARDS = {
         q('avg(gpu_utilization_ratio) * 100', 'GPU busy (%)'),
       ]),
       p('GPU telemetry source', 'short', [q('gpu_telemetry_source', '{{instance}} {{source}}'), q('gpu_telemetry_stale', 'stale {{instance}}')]),
+      { row: 'GPU efficiency (joins of GPU and engine counters)' },
+      p('Energy per generated token', 'J', [q(`avg by (model) (energy_per_token_joules{${M}})`, '{{model}}')]),
+      p('GPU energy (power integrated)', 'watt', [q(`sum by (device) (rate(gpu_energy_joules_total[${R}]))`, '{{device}}')]),
+      p('Model FLOP utilisation (MFU)', 'percentunit', [q(`avg by (model) (model_flops_utilization_ratio{${M}})`, '{{model}}')], { thresholds: [0.4] }),
+      p('Memory bandwidth utilisation', 'percentunit', [q(`avg by (model) (memory_bandwidth_utilization_ratio{${M}})`, '{{model}}')]),
     ],
   },
   'infertel-usage': {

@@ -12,7 +12,9 @@ import type { UpstreamConfig } from '../agent/config/schema.js';
 import { createLogger } from '../agent/logger.js';
 import { parseExposition } from '../agent/parse/exposition.js';
 import type { ScrapeResult, Source } from '../agent/sources/source.js';
-import { REPO_ROOT, sampleValue } from './helpers.js';
+import { emptyDevice, type GpuProbe } from '../agent/gpu/probe.js';
+import { createGpuTelemetry } from '../agent/gpu/telemetry.js';
+import { eventually, REPO_ROOT, sampleValue } from './helpers.js';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures');
 const fixture = (path: string) => readFileSync(join(FIXTURES, path), 'utf8');
@@ -118,5 +120,83 @@ describe('Agent in-process (fake sources)', () => {
     const first = a.agent.renderData('openmetrics');
     assert.match(first, /# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total\{/);
     assert.equal(sampleValue(first, 'tokens_input_total', 'model="Qwen/Qwen3-32B"'), 5000);
+  });
+
+  it("the GPU probe is a source of the same loop: its cycles recorded like an engine's (up, duration, errors by outcome, logs on change)", async () => {
+    let mode: 'ok' | 'hang' = 'ok';
+    let polls = 0;
+    const probe: GpuProbe = {
+      source: 'nvml',
+      driverVersion: '580.1',
+      minIntervalMs: 0,
+      close: async () => {},
+      poll: () => {
+        polls++;
+        if (mode === 'hang') return new Promise(() => {});
+        return Promise.resolve({ devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-a', utilizationGpu: 50 }], xids: [], elapsedUs: 1 });
+      },
+    };
+    const logs: string[] = [];
+    const config = validateConfig({
+      listen: '127.0.0.1:0',
+      upstreams: [{ url: 'http://127.0.0.1:1/metrics', interval: '1h' }],
+      gpu: { interval: '100ms', timeout: '50ms' },
+    });
+    const log = createLogger(
+      'info',
+      new Writable({
+        write: (c, _e, cb) => {
+          logs.push(String(c));
+          cb();
+        },
+      }),
+    );
+    const agent = new Agent(config, {
+      log,
+      source: (cfg: UpstreamConfig) => new FakeSource(cfg.name),
+      gpu: (catalogue, metrics, onChange) =>
+        createGpuTelemetry({
+          catalogue,
+          metrics,
+          onChange,
+          log,
+          probe,
+          env: {},
+          config: { intervalMs: 100, timeoutMs: 50, source: 'auto', processRoles: {}, simulate: 0 },
+        }),
+    });
+    await agent.start();
+    const body = async () => `${agent.renderData('text')}${await agent.metrics.text.metrics()}`;
+    try {
+      const up = await eventually(async () => {
+        const b = await body();
+        return sampleValue(b, 'infertel_upstream_up', 'upstream="gpu"') === 1 && b;
+      }, 5000);
+      assert.equal(sampleValue(up, 'gpu_utilization_ratio', 'device="nvidia0"'), 0.5);
+      assert.ok(sampleValue(up, 'infertel_scrape_duration_seconds', 'upstream="gpu"')! >= 0);
+      assert.ok(sampleValue(up, 'infertel_last_scrape_success_timestamp_seconds', 'upstream="gpu"')! > 0);
+      mode = 'hang';
+      const down = await eventually(async () => {
+        const b = await body();
+        return (
+          sampleValue(b, 'infertel_upstream_up', 'upstream="gpu"') === 0 &&
+          (sampleValue(b, 'infertel_scrape_errors_total', 'upstream="gpu"', 'reason="in_flight"') ?? 0) >= 1 &&
+          b
+        );
+      }, 5000);
+      assert.equal(
+        sampleValue(down, 'infertel_scrape_errors_total', 'upstream="gpu"', 'reason="timeout"'),
+        1,
+        'one poll hangs; the next ones find it in flight',
+      );
+      assert.equal(sampleValue(down, 'gpu_telemetry_stale'), 1);
+      const downs = logs.filter((l) => l.includes('"upstream down"') && l.includes('"upstream":"gpu"'));
+      assert.equal(downs.length, 2, 'logged on each change of outcome (timeout, then in_flight), not at every poll');
+      assert.ok(polls >= 2);
+    } finally {
+      const t0 = performance.now();
+      await agent.stop();
+      assert.ok(performance.now() - t0 < 1000, 'stop does not wait for the hung poll');
+    }
   });
 });

@@ -78,6 +78,7 @@ describe('dashboards', () => {
                 'slo_class',
                 'result',
                 'kind',
+                'device',
               ].includes(m)
             )
               continue;

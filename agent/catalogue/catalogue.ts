@@ -9,8 +9,8 @@ import { z } from 'zod';
 import { FLAVORS } from '../sources/flavor.js';
 
 export type { Flavor } from '../sources/flavor.js';
-/** Engine flavors, the GPU source, the inline proxy (request-level mode) and the canaries. */
-export const SOURCE_KINDS = [...FLAVORS, 'nvml', 'proxy', 'canary'] as [string, ...string[]];
+/** Engine flavors, the GPU source, the inline proxy (request-level mode), the canaries, and joins of GPU and engine series. */
+export const SOURCE_KINDS = [...FLAVORS, 'nvml', 'proxy', 'canary', 'join'] as [string, ...string[]];
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());
@@ -54,7 +54,22 @@ export function deriveInputs(d: DeriveSpec): [string] | [string, string] {
 const metricSchema = z.strictObject({
   name: z.string().regex(/^[a-z_][a-z0-9_]*$/),
   type: z.enum(['counter', 'gauge', 'histogram', 'info']),
-  unit: z.enum(['ms', 'ratio', 'requests', 'tokens', 'tokens_per_second', 'events', 'bytes', 'flops', 'celsius', 'watts', 'hertz', 'info']),
+  unit: z.enum([
+    'ms',
+    'ratio',
+    'requests',
+    'tokens',
+    'tokens_per_second',
+    'events',
+    'bytes',
+    'flops',
+    'celsius',
+    'watts',
+    'joules',
+    'joules_per_token',
+    'hertz',
+    'info',
+  ]),
   help: z.string().min(1),
   labels: z.array(z.string()),
   aggregate: z.enum(['sum', 'max', 'avg']).optional(),
@@ -109,7 +124,7 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
     if (m.type === 'histogram' && (!m.layout || !data.layouts[m.layout])) problems.push(`${m.name}: histogram needs a known layout`);
     if (m.type === 'gauge' && !m.aggregate) problems.push(`${m.name}: gauge needs an aggregate`);
     for (const src of m.sources ?? []) {
-      const byField = src.flavor === 'nvml' || src.flavor === 'proxy' || src.flavor === 'canary';
+      const byField = src.flavor === 'nvml' || src.flavor === 'proxy' || src.flavor === 'canary' || src.flavor === 'join';
       if (byField ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${byField ? 'field' : 'from'}`);
     }
     for (const d of m.derive ?? []) {

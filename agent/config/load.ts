@@ -5,6 +5,7 @@ import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { loadCatalogueData, profileName } from '../catalogue/catalogue.js';
+import { GPU_SOURCE_NAME } from '../sources/source.js';
 import { RESERVED_TENANTS } from '../proxy/tenants.js';
 import {
   checkDuration,
@@ -247,6 +248,11 @@ export function validateConfig(raw: unknown): AgentConfig {
     const intervalMs = u.interval ?? c.interval;
     const timeoutMs = u.timeout ?? Math.min(c.timeout, intervalMs * 0.9);
     let name = u.name ?? upstreamName(u.url);
+    // The GPU probe is the loop's source "gpu" in the health series; an engine cannot share it.
+    if (name === GPU_SOURCE_NAME) {
+      if (u.name) problems.push(`upstreams[${i}].name: "${GPU_SOURCE_NAME}" is the GPU source's name`);
+      else name = `${name}#${i}`;
+    }
     if (names.has(name)) {
       if (u.name) problems.push(`upstreams[${i}].name: duplicate upstream name "${name}"`);
       else name = `${name}#${i}`;

@@ -328,6 +328,10 @@ export const configSchema = z.strictObject({
       processRoles: z.record(z.string(), z.string()).default({}),
       /** Engine log file tailed for CUDA out-of-memory lines (gpu_oom_events_total). */
       oomLogPath: z.string().optional(),
+      /** Peak dense BF16 TFLOP/s of one GPU, for MFU (default: the GPU table by device name). */
+      peakTflops: z.number().positive().max(1_000_000).optional(),
+      /** Peak memory bandwidth of one GPU in GB/s, for bandwidth utilisation (default: the GPU table). */
+      peakMemoryBandwidthGBs: z.number().positive().max(1_000_000).optional(),
       /** Simulated GPUs instead of real ones (the demo uses this; 0 = off). */
       simulate: z.number().int().min(0).max(16).default(0),
     })

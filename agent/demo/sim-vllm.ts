@@ -34,6 +34,10 @@ interface Engine {
   preemptions: number;
   promptTokens: number;
   generationTokens: number;
+  /** --enable-mfu-metrics estimates, per GPU (one GPU per engine here). */
+  flops: number;
+  readBytes: number;
+  writeBytes: number;
   success: Record<string, number>;
   hist: Record<string, Hist>;
 }
@@ -77,6 +81,9 @@ export class VllmSim {
       preemptions: 0,
       promptTokens: 0,
       generationTokens: 0,
+      flops: 0,
+      readBytes: 0,
+      writeBytes: 0,
       success: Object.fromEntries(REASONS.map((r) => [r, 0])),
       hist: {
         time_to_first_token_seconds: new Hist(TTFT),
@@ -125,6 +132,11 @@ export class VllmSim {
         h.iteration_tokens_total!.observe(Math.min(16384, prompt + 32));
         e.promptTokens += prompt;
         e.generationTokens += gen;
+        // An 8B model: 2 x 8e9 FLOP a token; decode reads the 16 GB of weights once a step for a
+        // batch of ~32; each token's KV (128 KiB) is written once.
+        e.flops += 2 * 8e9 * (prompt + gen);
+        e.readBytes += gen * 5e8 + prompt * 1e6;
+        e.writeBytes += (prompt + gen) * 131072;
         e.prefixQueries += prompt;
         e.prefixHits += cached;
         const reason = r() < 0.02 ? 'abort' : r() < 0.25 ? 'length' : 'stop';
@@ -194,6 +206,17 @@ export class VllmSim {
     counter('num_preemptions', 'Cumulative number of preemption from the engine.', (e) => e.preemptions);
     counter('prompt_tokens', 'Number of prefill tokens processed.', (e) => e.promptTokens);
     counter('generation_tokens', 'Number of generation tokens processed.', (e) => e.generationTokens);
+    counter('estimated_flops_per_gpu', 'Estimated number of floating point operations per GPU (for Model Flops Utilization calculations).', (e) => e.flops);
+    counter(
+      'estimated_read_bytes_per_gpu',
+      'Estimated number of bytes read from memory per GPU (for Model Bandwidth Utilization calculations).',
+      (e) => e.readBytes,
+    );
+    counter(
+      'estimated_write_bytes_per_gpu',
+      'Estimated number of bytes written to memory per GPU (for Model Bandwidth Utilization calculations).',
+      (e) => e.writeBytes,
+    );
     const successLines: string[] = [];
     for (const e of this.engines) {
       for (const r of REASONS)

@@ -14,6 +14,8 @@ export interface GpuDeviceSummary {
   memory_free_bytes: number | null;
   temperature_c: number | null;
   power_w: number | null;
+  /** gpu_energy_joules_total of the device (monotonic across driver reloads); null without the counter. */
+  energy_joules: number | null;
   error: string | null;
   stale: boolean;
   nvml_unavailable?: true;

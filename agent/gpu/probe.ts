@@ -27,6 +27,8 @@ export interface GpuDevice {
   eccCorrected: number | null;
   eccUncorrected: number | null;
   throttleReasons: number | null;
+  /** Energy since the driver was loaded, joules; it restarts from 0 at a driver reload. */
+  energyJoules: number | null;
   processes: Array<{ pid: number; usedMemoryBytes: number | null }> | null;
   /** The device as a whole failed (GPU lost); the other fields are null. */
   error: GpuError | null;
@@ -70,6 +72,7 @@ export function emptyDevice(index: number): GpuDevice {
     eccCorrected: null,
     eccUncorrected: null,
     throttleReasons: null,
+    energyJoules: null,
     processes: null,
     error: null,
     fieldErrors: [],

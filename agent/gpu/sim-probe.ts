@@ -7,15 +7,25 @@ export class SimulatedProbe implements GpuProbe {
   readonly minIntervalMs = 100;
   readonly driverVersion = '550.54.15-simulated';
   private tick = 0;
+  /** Joules per device: the simulated power integrated over real time, as NVML's counter is. */
+  private readonly energy: number[];
+  private lastPollAt: number | undefined;
 
-  constructor(private readonly count: number) {}
+  constructor(private readonly count: number) {
+    this.energy = new Array<number>(count).fill(0);
+  }
 
   async poll(): Promise<GpuPoll> {
     this.tick++;
+    const now = performance.now();
+    const dtSec = this.lastPollAt === undefined ? 0 : (now - this.lastPollAt) / 1000;
+    this.lastPollAt = now;
     const devices = Array.from({ length: this.count }, (_, i) => {
       const wave = 0.5 + 0.45 * Math.sin((this.tick + i * 7) / 6);
       const total = 81559 * 1024 * 1024;
       const used = Math.round(total * (0.55 + 0.35 * wave));
+      const powerW = Math.round(90 + 560 * wave);
+      this.energy[i]! += powerW * dtSec;
       return {
         ...emptyDevice(i),
         minor: i,
@@ -28,13 +38,14 @@ export class SimulatedProbe implements GpuProbe {
         memoryUsedBytes: used,
         memoryFreeBytes: total - used,
         temperatureC: Math.round(38 + 40 * wave),
-        powerW: Math.round(90 + 560 * wave),
+        powerW,
         powerLimitW: 700,
         smClockMhz: wave > 0.2 ? 1980 : 345,
         memClockMhz: 2619,
         eccCorrected: 0,
         eccUncorrected: 0,
         throttleReasons: wave > 0.2 ? 0 : 1,
+        energyJoules: Math.round(this.energy[i]! * 1000) / 1000,
         processes: [{ pid: process.pid, usedMemoryBytes: used }],
       };
     });

@@ -1,6 +1,8 @@
-// GPU telemetry: picks a probe along the fallback chain (NVML addon, nvidia-smi, none), polls it
-// off the event loop with a deadline, keeps the last good values (marked stale) when a poll
-// fails or hangs, and turns samples into the catalogue's GPU families and the JSON summary.
+// GPU telemetry: picks a probe along the fallback chain (NVML addon, nvidia-smi, none), and is
+// the loop's source named "gpu": each cycle polls the probe off the event loop with a deadline,
+// keeps the last good values (marked stale) when a poll fails or hangs, and turns samples into the
+// catalogue's GPU families and the JSON summary. The loop (pipeline/runner.ts) records its health
+// like an engine's: infertel_upstream_up{upstream="gpu"}, scrape duration and errors, a span.
 
 import type { Catalogue, CanonicalMetric } from '../catalogue/catalogue.js';
 import type { GpuDeviceSummary, GpuSummary } from '../export/summary.js';
@@ -10,18 +12,25 @@ import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.j
 import { NvmlProbe } from './nvml-probe.js';
 import { OomTail } from './oom.js';
 
-/** The GPU half of the sidecar, as the agent sees it. */
-export interface GpuTelemetry {
-  start(): void;
-  stop(): Promise<void>;
-  families(): CanonicalFamily[];
-  summary(): GpuSummary;
-}
+import type { CycleReport, LoopedSource, SourceHealth } from '../pipeline/runner.js';
+import { GPU_SOURCE_NAME } from '../sources/source.js';
 import { attribute } from './processes.js';
 import type { GpuDevice, GpuPoll, GpuProbe } from './probe.js';
 import { SimulatedProbe } from './sim-probe.js';
 import { SmiProbe, smiUnavailable } from './smi-probe.js';
 import { visibleDevices } from './visible.js';
+
+export const SPAN_GPU_POLL = 'infertel.gpu.poll';
+
+/** The GPU half of the sidecar, as the agent sees it: a source of the loop once started. */
+export interface GpuTelemetry extends LoopedSource {
+  /** Chooses the probe; true when there is one to poll (the loop then runs it every intervalMs()). */
+  start(): boolean;
+  intervalMs(): number;
+  stop(): Promise<void>;
+  families(): CanonicalFamily[];
+  summary(): GpuSummary;
+}
 
 export interface GpuConfig {
   nvmlLibrary?: string | undefined;
@@ -74,6 +83,14 @@ interface Counters {
   xids: Map<string, number>;
   pollErrors: Map<string, number>;
   oom: Map<string, number>;
+  /** Per device: the raw energy last read and what earlier driver loads had counted. */
+  energy: Map<string, { raw: number; offset: number }>;
+}
+
+/** The offset rule of engine counters: a raw value below the last one means the driver restarted its count. */
+export function monotonicEnergy(state: { raw: number; offset: number } | undefined, raw: number): { raw: number; offset: number } {
+  if (!state) return { raw, offset: 0 };
+  return { raw, offset: raw < state.raw ? state.offset + state.raw : state.offset };
 }
 
 const SEP = '\u0000';
@@ -93,9 +110,9 @@ class Telemetry implements GpuTelemetry {
   private readonly minors = new Map<number, number>();
   private stale = false;
   private inflight: Promise<GpuPoll> | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private stopped = false;
-  private readonly counters: Counters = { xids: new Map(), pollErrors: new Map(), oom: new Map() };
+  readonly spanName = SPAN_GPU_POLL;
+  readonly health: SourceHealth;
+  private readonly counters: Counters = { xids: new Map(), pollErrors: new Map(), oom: new Map(), energy: new Map() };
   private readonly oom: OomTail | undefined;
   private readonly gpuMetrics: CanonicalMetric[];
 
@@ -105,9 +122,28 @@ class Telemetry implements GpuTelemetry {
       : undefined;
     this.gpuMetrics = deps.catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'nvml'));
     if (deps.probe !== undefined) this.probe = deps.probe;
+    this.health = {
+      name: GPU_SOURCE_NAME,
+      up: false,
+      lastOutcome: 'pending',
+      lastDetail: undefined,
+      lastSuccessMs: undefined,
+      intervalMs: deps.config.intervalMs,
+      lastSeconds: undefined,
+      parseErrorsTotal: 0,
+    };
   }
 
-  start(): void {
+  logContext(): Record<string, unknown> {
+    return { upstream: GPU_SOURCE_NAME, component: 'gpu', source: this.probe?.source ?? 'none' };
+  }
+
+  /** The poll interval: gpu.interval, or the probe's own floor (nvidia-smi: 30 s) when longer. */
+  intervalMs(): number {
+    return Math.max(this.deps.config.intervalMs, this.probe?.minIntervalMs ?? 0);
+  }
+
+  start(): boolean {
     const { log, config } = this.deps;
     if (this.deps.probe === undefined) ({ probe: this.probe, reasons: this.reasons } = chooseProbe(config));
     const source = this.probe?.source ?? 'none';
@@ -116,26 +152,37 @@ class Telemetry implements GpuTelemetry {
       log.warn({ component: 'gpu', source, why: this.reasons }, 'GPU telemetry from nvidia-smi: lower precision, polled at most every 30 s');
     else if (source === 'simulated') log.info({ component: 'gpu', source, devices: config.simulate }, 'GPU telemetry simulated');
     else log.warn({ component: 'gpu', source, why: this.reasons }, 'no GPU telemetry');
-    if (this.probe) this.schedule(0);
+    this.health.intervalMs = this.intervalMs();
     this.deps.onChange();
+    return this.probe !== null;
   }
 
-  private schedule(delay: number): void {
-    if (this.stopped || !this.probe) return;
-    this.timer = setTimeout(
-      () => void this.pollOnce().finally(() => this.schedule(Math.max(this.deps.config.intervalMs, this.probe?.minIntervalMs ?? 0))),
-      delay,
-    );
+  collect(signal: AbortSignal): Promise<CycleReport> {
+    return this.pollOnce(signal);
+  }
+
+  private report(outcome: string, detail?: string): CycleReport {
+    return {
+      outcome,
+      detail,
+      parseErrors: 0,
+      attributes: {
+        'infertel.upstream': GPU_SOURCE_NAME,
+        'infertel.gpu.source': this.probe?.source ?? 'none',
+        'infertel.outcome': outcome,
+        'infertel.gpu.devices': this.devices.length,
+      },
+    };
   }
 
   /** One poll with a deadline. A hung poll is left to finish on its worker thread, never awaited twice. */
-  async pollOnce(): Promise<void> {
+  async pollOnce(signal?: AbortSignal): Promise<CycleReport> {
     const probe = this.probe;
-    if (!probe) return;
+    if (!probe) return this.report('error', 'no GPU probe');
     if (this.inflight) {
       bump(this.counters.pollErrors, `all${SEP}in_flight`);
       this.markStale();
-      return;
+      return this.report('in_flight', 'the previous poll has not returned');
     }
     const started = performance.now();
     const p = probe.poll();
@@ -152,20 +199,25 @@ class Telemetry implements GpuTelemetry {
     const deadline = new Promise<'timeout'>((r) => {
       timer = setTimeout(() => r('timeout'), this.deps.config.timeoutMs);
     });
+    // Shutdown does not wait out the deadline; stop() then lets the poll finish on its thread.
+    const stopping = new Promise<'stopped'>((r) => signal?.addEventListener('abort', () => r('stopped'), { once: true }));
     try {
-      const r = await Promise.race([p, deadline]);
+      const r = await Promise.race([p, deadline, stopping]);
+      if (r === 'stopped') return this.report('stopped');
       if (r === 'timeout') {
         bump(this.counters.pollErrors, `all${SEP}timeout`);
         this.deps.metrics.errors.report('gpu_poll_timeout', undefined, { component: 'gpu', timeoutMs: this.deps.config.timeoutMs });
         this.markStale();
-        return;
+        return this.report('timeout', `no answer within ${this.deps.config.timeoutMs} ms`);
       }
       this.accept(r);
       this.deps.metrics.gpuPollDuration.set((performance.now() - started) / 1000);
+      return this.report('ok');
     } catch (err) {
       bump(this.counters.pollErrors, `all${SEP}${(err as { code?: string }).code ?? 'error'}`);
       this.deps.metrics.errors.report('gpu_poll_failed', err, { component: 'gpu' });
       this.markStale();
+      return this.report('error', (err as Error).message);
     } finally {
       clearTimeout(timer);
     }
@@ -185,6 +237,7 @@ class Telemetry implements GpuTelemetry {
       if (d.minor !== null) this.minors.set(d.index, d.minor);
       else d.minor = this.minors.get(d.index) ?? null;
       if (d.error) bump(this.counters.pollErrors, `${deviceLabel(d)}${SEP}${d.error.code}`);
+      if (d.energyJoules !== null) this.counters.energy.set(deviceLabel(d), monotonicEnergy(this.counters.energy.get(deviceLabel(d)), d.energyJoules));
       for (const e of d.fieldErrors) bump(this.counters.pollErrors, `${deviceLabel(d)}${SEP}${e.code}`);
     }
     for (const x of r.xids) {
@@ -234,7 +287,9 @@ class Telemetry implements GpuTelemetry {
               v,
             );
           }
-        else if (field === 'oom') {
+        else if (field === 'energy') {
+          for (const [device, e] of this.counters.energy) add([['device', device]], +(e.raw + e.offset).toFixed(3));
+        } else if (field === 'oom') {
           if (this.oom) for (const [device, v] of this.counters.oom) add([['device', device]], v);
         } else {
           for (const d of this.devices) {
@@ -297,6 +352,7 @@ class Telemetry implements GpuTelemetry {
       memory_free_bytes: d.memoryFreeBytes,
       temperature_c: d.temperatureC,
       power_w: d.powerW,
+      energy_joules: ((e) => (e ? +(e.raw + e.offset).toFixed(3) : null))(this.counters.energy.get(deviceLabel(d))),
       error: d.error ? d.error.code : null,
       stale: this.stale,
       ...(nvml ? {} : { nvml_unavailable: true as const }),
@@ -304,16 +360,15 @@ class Telemetry implements GpuTelemetry {
     return { source, nvml_unavailable: !nvml, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}), devices };
   }
 
+  /** After the loop has stopped: closes the probe once no poll is in flight. */
   async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
     // A hung poll holds the NVML lock on its worker thread: shut down only when it has finished.
     const done = await Promise.race([
       this.inflight?.then(
         () => true,
         () => true,
       ) ?? Promise.resolve(true),
-      new Promise<boolean>((r) => setTimeout(() => r(false), 200).unref()),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 200)),
     ]);
     if (done) await this.probe?.close();
   }

@@ -1,5 +1,6 @@
 // The extension point: every engine source implements Source (sources/engine.ts scrapes over
-// HTTP); which engine a payload is comes from the engine table in sources/flavor.ts.
+// HTTP); which engine a payload is comes from the engine table in sources/flavor.ts. The GPU probe
+// (gpu/telemetry.ts) is the loop's other kind of source, named GPU_SOURCE_NAME in health series.
 
 import type { Family, RejectReason } from '../parse/exposition.js';
 
@@ -23,3 +24,6 @@ export interface Source {
   /** Releases sockets and handles, so the process can exit by itself. */
   close?(): void;
 }
+
+/** The GPU probe's name among the loop's sources (`upstream="gpu"` on the health series). */
+export const GPU_SOURCE_NAME = 'gpu';

@@ -99,6 +99,7 @@ pub struct Library {
     clock: Option<FnClock>,
     ecc: Option<FnEcc>,
     throttle: Option<FnDevU64>,
+    energy: Option<FnDevU64>,
     procs: Option<FnProcs>,
     driver_version: Option<FnSysStr>,
     nvml_version: Option<FnSysStr>,
@@ -184,6 +185,7 @@ impl Library {
                 clock: optional(lib, &["nvmlDeviceGetClockInfo"]),
                 ecc: optional(lib, &["nvmlDeviceGetTotalEccErrors"]),
                 throttle: optional(lib, &["nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"]),
+                energy: optional(lib, &["nvmlDeviceGetTotalEnergyConsumption"]),
                 procs: optional(lib, &["nvmlDeviceGetComputeRunningProcesses_v3"]),
                 driver_version: optional(lib, &["nvmlSystemGetDriverVersion"]),
                 nvml_version: optional(lib, &["nvmlSystemGetNVMLVersion"]),
@@ -350,6 +352,12 @@ impl Api for Library {
     }
     fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret> {
         let f = call(self.throttle)?;
+        let mut v: c_ulonglong = 0;
+        ok(unsafe { f(h.0 as Dev, &mut v) })?;
+        Ok(v)
+    }
+    fn energy_mj(&self, h: Handle) -> Result<u64, Ret> {
+        let f = call(self.energy)?;
         let mut v: c_ulonglong = 0;
         ok(unsafe { f(h.0 as Dev, &mut v) })?;
         Ok(v)

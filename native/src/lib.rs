@@ -124,11 +124,11 @@ unsafe extern "C" fn poll_execute(_env: napi_env, data: *mut c_void) {
     work.result = Some(r.unwrap_or(Err("nvml_internal")));
 }
 
-const DEVICE_KEYS: [&str; 21] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
+const DEVICE_KEYS: [&str; 22] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
     "memoryUsedBytes", "memoryFreeBytes", "temperatureC", "powerW", "powerLimitW", "smClockMhz", "memClockMhz", "eccCorrected",
-    "eccUncorrected", "throttleReasons", "processes", "error", "fieldErrors"];
+    "eccUncorrected", "throttleReasons", "energyJoules", "processes", "error", "fieldErrors"];
 
-fn device_js(js: &Js, k: &[napi_value; 21], d: &nvml::DeviceSample) -> napi_value {
+fn device_js(js: &Js, k: &[napi_value; 22], d: &nvml::DeviceSample) -> napi_value {
     let f = |x: Option<u64>| x.map(|v| v as f64);
     let values = [
         js.num(d.index as f64), js.opt_num(d.minor), js.opt_str(d.uuid.as_deref()), js.opt_str(d.name.as_deref()),
@@ -137,6 +137,7 @@ fn device_js(js: &Js, k: &[napi_value; 21], d: &nvml::DeviceSample) -> napi_valu
         js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)), js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)),
         js.opt_num(d.sm_clock_mhz), js.opt_num(d.mem_clock_mhz), js.opt_num(f(d.ecc_corrected)), js.opt_num(f(d.ecc_uncorrected)),
         js.opt_num(f(d.throttle_reasons)),
+        js.opt_num(d.energy_mj.map(|mj| mj as f64 / 1000.0)),
         match &d.processes {
             Some(p) => js.array(p.iter().map(|p| {
                 let po = js.object();

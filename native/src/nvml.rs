@@ -94,6 +94,8 @@ pub trait Api {
     fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Ret>;
     fn ecc_volatile(&self, h: Handle, error_type: u32) -> Result<u64, Ret>;
     fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret>;
+    /// Energy since the driver was (re)loaded, millijoules (nvmlDeviceGetTotalEnergyConsumption, Volta+).
+    fn energy_mj(&self, h: Handle) -> Result<u64, Ret>;
     fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret>;
     /// The next pending critical-XID event without waiting: Ok(None) when there is none.
     fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret>;
@@ -127,6 +129,7 @@ pub struct DeviceSample {
     pub ecc_corrected: Option<u64>,
     pub ecc_uncorrected: Option<u64>,
     pub throttle_reasons: Option<u64>,
+    pub energy_mj: Option<u64>,
     pub processes: Option<Vec<ProcessInfo>>,
     /// Set when the device as a whole failed (GPU lost): the other fields are then None.
     pub error: Option<NvmlError>,
@@ -193,6 +196,7 @@ fn fill(api: &dyn Api, d: Device, s: &mut DeviceSample) -> Result<(), Lost> {
     s.ecc_corrected = field(s, "ecc_corrected", api.ecc_volatile(h, ECC_CORRECTED))?;
     s.ecc_uncorrected = field(s, "ecc_uncorrected", api.ecc_volatile(h, ECC_UNCORRECTED))?;
     s.throttle_reasons = field(s, "throttle_reasons", api.throttle_reasons(h))?;
+    s.energy_mj = field(s, "energy", api.energy_mj(h))?;
     s.processes = field(s, "processes", api.processes(h))?;
     Ok(())
 }
@@ -278,6 +282,7 @@ mod tests {
         fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Ret> { self.check(h).map(|_| if clock == CLOCK_SM { 1980 } else { 2619 }) }
         fn ecc_volatile(&self, h: Handle, t: u32) -> Result<u64, Ret> { self.check(h).map(|_| t as u64) }
         fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret> { self.check(h).map(|_| 0x1) }
+        fn energy_mj(&self, h: Handle) -> Result<u64, Ret> { self.check(h).map(|_| 123_456_789) }
         fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret> {
             self.check(h)?;
             if self.permission_denied_processes { return Err(4); }
@@ -297,6 +302,7 @@ mod tests {
         assert_eq!(d.utilization_gpu, Some(31));
         assert_eq!(d.memory_used, Some(10 << 30));
         assert_eq!(d.power_mw, Some(70_000));
+        assert_eq!(d.energy_mj, Some(123_456_789));
         assert_eq!(d.sm_clock_mhz, Some(1980));
         assert_eq!(d.mem_clock_mhz, Some(2619));
         assert_eq!(d.ecc_uncorrected, Some(1));

@@ -122,6 +122,39 @@ describe('infertel demo --engines', () => {
     }
   });
 
+  it('vLLM alone on simulated H100s: energy per token, MFU and bandwidth utilisation are joined from GPU and engine counters', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--proxy-listen', 'off'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const model = 'model="meta-llama/Llama-3.1-8B-Instruct"';
+    try {
+      const body = await eventually(
+        async () => {
+          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          return (
+            ['energy_per_token_joules', 'model_flops_utilization_ratio', 'memory_bandwidth_utilization_ratio'].every(
+              (n) => sampleValue(b, n, model) !== undefined,
+            ) && b
+          );
+        },
+        15_000,
+        'the efficiency joins',
+      );
+      assert.ok(sampleValue(body, 'gpu_energy_joules_total', 'device="nvidia0"')! > 0);
+      // Simulated power is 90-650 W and the simulated engines generate tokens: joules per token is positive and finite.
+      const jpt = sampleValue(body, 'energy_per_token_joules', model)!;
+      assert.ok(jpt > 0 && Number.isFinite(jpt), String(jpt));
+      const mfu = sampleValue(body, 'model_flops_utilization_ratio', model)!;
+      assert.ok(mfu > 0 && mfu < 1, String(mfu));
+    } finally {
+      await new Promise<void>((r) => {
+        child.once('exit', () => r());
+        child.kill('SIGTERM');
+      });
+    }
+  });
+
   it('refuses an engine it cannot simulate, naming the choices', async () => {
     const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm,mistralrs', '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';

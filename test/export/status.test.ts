@@ -94,6 +94,7 @@ function inputsAt(nowMs: number, requests2xx: number, durations: number[], devic
     memory_free_bytes: 0,
     temperature_c: 60,
     power_w: 300,
+    energy_joules: null,
     error: null,
     stale: false,
   }));

@@ -45,6 +45,16 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
       assert.equal(sampleValue(body, 'gpu_sm_clock_hertz', 'device="nvidia4"'), 1.98e9);
       assert.equal(sampleValue(body, 'gpu_throttle_reasons', 'device="nvidia4"', 'reason="gpu_idle"'), 1);
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="nvml"'), 1);
+      // Energy: the fake's millijoules (device 0 from 1e6 mJ, device 1 from 2e6, +10 J a read) in joules, counting up.
+      const e4 = sampleValue(body, 'gpu_energy_joules_total', 'device="nvidia4"')!;
+      const e5 = sampleValue(body, 'gpu_energy_joules_total', 'device="nvidia5"')!;
+      assert.ok(e4 >= 1000 && (e4 - 1000) % 10 === 0, String(e4));
+      assert.equal(e5 - e4, 1000);
+      const later = await eventually(async () => {
+        const b = await metrics(agent.base);
+        return sampleValue(b, 'gpu_energy_joules_total', 'device="nvidia4"')! > e4 && b;
+      }, 5000);
+      assert.ok(sampleValue(later, 'infertel_upstream_up', 'upstream="gpu"') === 1, 'the GPU is a source of the loop');
       assert.match(
         body,
         /gpu_info\{device="nvidia4",uuid="GPU-00000000-fake-4000-8000-000000000000",name="NVIDIA H100 80GB HBM3",pci_bus_id="00000000:18:00.0",driver="550.54.15-fake"\} 1/,
@@ -59,6 +69,7 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
         ['memory_free_bytes', 'memory_total_bytes', 'memory_used_bytes', 'power_w', 'temperature_c', 'utilization_gpu_percent'],
       );
       assert.equal(s.gpu.devices[0].utilization_gpu_percent, 55);
+      assert.ok(s.gpu.devices[0].energy_joules >= 1000, 'the energy counter in the JSON too');
     } finally {
       await agent.stop();
     }
@@ -68,7 +79,7 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
     const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
       FAKE_NVML_DEVICES: '3',
       FAKE_NVML_LOST: '1',
-      FAKE_NVML_NOT_SUPPORTED: 'power,ecc',
+      FAKE_NVML_NOT_SUPPORTED: 'power,ecc,energy',
     });
     try {
       const body = await eventually(
@@ -85,6 +96,7 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
       assert.ok(sampleValue(body, 'gpu_poll_errors_total', 'device="nvidia1"', 'code="NVML_ERROR_GPU_IS_LOST"')! >= 1);
       assert.ok(!/^gpu_power_watts/m.test(body), 'NOT_SUPPORTED power is absent, not 0');
       assert.ok(!/^gpu_ecc_errors_total/m.test(body));
+      assert.ok(!/^gpu_energy_joules_total/m.test(body), 'no energy counter where NVML has none (before Volta)');
       const s = JSON.parse((await getText(`${agent.base}/metrics?format=json`)).body);
       assert.equal(s.gpu.devices[1].error, 'NVML_ERROR_GPU_IS_LOST');
       assert.equal(s.gpu.devices[0].power_w, null);

@@ -9,7 +9,7 @@ import { OomTail } from '../../agent/gpu/oom.js';
 import { attribute, MAX_PROCESS_LABELS } from '../../agent/gpu/processes.js';
 import { emptyDevice, type GpuPoll, type GpuProbe } from '../../agent/gpu/probe.js';
 import { controllersToDevices } from '../../agent/gpu/smi-probe.js';
-import { createGpuTelemetry } from '../../agent/gpu/telemetry.js';
+import { createGpuTelemetry, monotonicEnergy } from '../../agent/gpu/telemetry.js';
 import { visibleDevices } from '../../agent/gpu/visible.js';
 import { createLogger } from '../../agent/logger.js';
 
@@ -191,5 +191,36 @@ describe('GPU telemetry with an injected probe', () => {
     const { t } = setup(probe);
     for (let i = 0; i < 3; i++) await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
     assert.equal(value(t, 'gpu_xid_errors_total', 'device=nvidia0', 'xid=79'), 3);
+  });
+
+  it('energy stays a counter across a driver reload (the raw count restarting from 0), by the offset rule', async () => {
+    const readings = [100, 150, 20, 30, 5];
+    let i = 0;
+    const probe: GpuProbe = {
+      source: 'nvml',
+      driverVersion: 'd',
+      minIntervalMs: 0,
+      close: async () => {},
+      poll: async () => ({ devices: [{ ...emptyDevice(0), minor: 0, energyJoules: readings[i++]! }], xids: [], elapsedUs: 1 }),
+    };
+    const { t } = setup(probe);
+    const seen: number[] = [];
+    for (let n = 0; n < readings.length; n++) {
+      await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
+      seen.push(value(t, 'gpu_energy_joules_total', 'device=nvidia0')!);
+    }
+    // 100, 150; reload: 150 + 20, 150 + 30; reload again: 150 + 30 + 5.
+    assert.deepEqual(seen, [100, 150, 170, 180, 185]);
+  });
+
+  it('monotonicEnergy: a table of raw readings', () => {
+    const rows: Array<[{ raw: number; offset: number } | undefined, number, { raw: number; offset: number }]> = [
+      [undefined, 7, { raw: 7, offset: 0 }],
+      [{ raw: 7, offset: 0 }, 7, { raw: 7, offset: 0 }],
+      [{ raw: 7, offset: 0 }, 9, { raw: 9, offset: 0 }],
+      [{ raw: 9, offset: 0 }, 1, { raw: 1, offset: 9 }],
+      [{ raw: 1, offset: 9 }, 0, { raw: 0, offset: 10 }],
+    ];
+    for (const [state, raw, want] of rows) assert.deepEqual(monotonicEnergy(state, raw), want);
   });
 });

@@ -1,0 +1,173 @@
+// Efficiency joins: series that need the GPU and the engine at once, which a per-pod sidecar holds
+// and no exporter does (dcgm-exporter has no engine data, the engines no NVML). They are derived
+// from canonical series after each engine cycle, over the interval since the previous one, like
+// the normaliser's rates: energy per generated token, model FLOP utilisation and memory bandwidth
+// utilisation against the GPU model's peak.
+
+import type { CanonicalMetric, Catalogue } from '../catalogue/catalogue.js';
+import type { CanonicalFamily, CanonicalSeries } from './normalizer.js';
+
+/** Peak dense (no sparsity) BF16 tensor throughput and HBM bandwidth of one GPU. */
+export interface GpuPeak {
+  name: string;
+  bf16Tflops: number;
+  memoryGBs: number;
+}
+
+/**
+ * The GPU models infertel knows, matched against NVML's (or AMD SMI's) device name, most specific
+ * first. Vendor datasheets, dense figures (NVIDIA lists BF16 "with sparsity", twice these).
+ * A name that matches none gives no utilisation series, never a guess; gpu.peakTflops and
+ * gpu.peakMemoryBandwidthGBs set them for any other GPU.
+ */
+export const GPU_PEAKS: ReadonlyArray<GpuPeak & { match: RegExp }> = [
+  { match: /\bB200\b/, name: 'B200', bf16Tflops: 2250, memoryGBs: 8000 },
+  { match: /(^|[^G])H200\b/, name: 'H200', bf16Tflops: 989, memoryGBs: 4800 },
+  { match: /\bH100 NVL\b/, name: 'H100 NVL', bf16Tflops: 835, memoryGBs: 3900 },
+  { match: /\bH100\b.*PCIe/i, name: 'H100 PCIe', bf16Tflops: 756, memoryGBs: 2000 },
+  { match: /\bH100\b.*HBM3|H100 SXM/, name: 'H100 SXM', bf16Tflops: 989, memoryGBs: 3350 },
+  { match: /\bA100-SXM4-80GB\b/, name: 'A100 SXM 80GB', bf16Tflops: 312, memoryGBs: 2039 },
+  { match: /\bA100 80GB PCIe\b/, name: 'A100 PCIe 80GB', bf16Tflops: 312, memoryGBs: 1935 },
+  { match: /\bA100-(SXM4|PCIE)-40GB\b/i, name: 'A100 40GB', bf16Tflops: 312, memoryGBs: 1555 },
+  { match: /\bL40S\b/, name: 'L40S', bf16Tflops: 362, memoryGBs: 864 },
+  { match: /\bL4\b/, name: 'L4', bf16Tflops: 121, memoryGBs: 300 },
+  { match: /\bMI325X\b/, name: 'MI325X', bf16Tflops: 1307.4, memoryGBs: 6000 },
+  { match: /\bMI300X\b/, name: 'MI300X', bf16Tflops: 1307.4, memoryGBs: 5300 },
+];
+
+export function peakOf(deviceName: string): GpuPeak | undefined {
+  const p = GPU_PEAKS.find((g) => g.match.test(deviceName));
+  return p && { name: p.name, bf16Tflops: p.bf16Tflops, memoryGBs: p.memoryGBs };
+}
+
+export interface PeakOverride {
+  peakTflops: number | undefined;
+  peakMemoryBandwidthGBs: number | undefined;
+}
+
+/** The pod's GPUs' peaks: the override, else the table's entry shared by every device; undefined when unknown or mixed. */
+export function podPeak(deviceNames: readonly string[], override: PeakOverride): { tflops: number | undefined; gbs: number | undefined } {
+  const peaks = deviceNames.map(peakOf);
+  const first = peaks[0];
+  const same = first !== undefined && peaks.every((p) => p?.name === first.name);
+  return {
+    tflops: override.peakTflops ?? (same ? first.bf16Tflops : undefined),
+    gbs: override.peakMemoryBandwidthGBs ?? (same ? first.memoryGBs : undefined),
+  };
+}
+
+const label = (s: CanonicalSeries, name: string) => s.labels.find(([k]) => k === name)?.[1];
+
+function sumBy(fam: CanonicalFamily | undefined, key: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const s of fam?.series ?? []) {
+    const k = label(s, key);
+    if (k !== undefined) out.set(k, (out.get(k) ?? 0) + s.value);
+  }
+  return out;
+}
+
+interface Totals {
+  atMs: number;
+  energy: number | undefined;
+  tokens: Map<string, number>;
+  flops: Map<string, number>;
+  bytes: Map<string, number>;
+}
+
+export class EfficiencyJoin {
+  private prev: Totals | undefined;
+  /** The totals at the last new GPU energy reading, and what that window gave. */
+  private energyPoint: Totals | undefined;
+  private lastEnergyPerToken: { model: string; value: number } | undefined;
+  /** The utilisation ratios of the last window long enough to measure. */
+  private rates: Array<[string, string, number]> = [];
+  private current: CanonicalFamily[] = [];
+  private readonly metrics: Map<string, CanonicalMetric>;
+
+  constructor(
+    catalogue: Catalogue,
+    private readonly override: PeakOverride,
+  ) {
+    this.metrics = new Map(catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'join')).map((m) => [m.name, m]));
+  }
+
+  /**
+   * Moves the window: with `families` (the canonical series now) and the totals of the previous
+   * call at least `minSeconds` ago, recomputes each join. A counter that went down in between
+   * (a reset the normaliser could not bridge) skips that window.
+   */
+  advance(nowMs: number, families: readonly CanonicalFamily[], minSeconds: number): void {
+    const fam = (name: string) => families.find((f) => f.metric.name === name);
+    const energyFam = fam('gpu_energy_joules_total');
+    const bytes = sumBy(fam('inference_estimated_read_bytes_per_gpu_total'), 'model');
+    for (const [m, v] of sumBy(fam('inference_estimated_write_bytes_per_gpu_total'), 'model')) bytes.set(m, (bytes.get(m) ?? 0) + v);
+    const now: Totals = {
+      atMs: nowMs,
+      energy: energyFam?.series.length ? energyFam.series.reduce((a, s) => a + s.value, 0) : undefined,
+      tokens: sumBy(fam('tokens_generated_total'), 'model'),
+      flops: sumBy(fam('inference_estimated_flops_per_gpu_total'), 'model'),
+      bytes,
+    };
+    const out = new Map<string, CanonicalSeries[]>();
+    const put = (metric: string, model: string, value: number) => {
+      if (!Number.isFinite(value) || value < 0) return;
+      let list = out.get(metric);
+      if (!list) out.set(metric, (list = []));
+      list.push({ labels: [['model', model]], value, hist: undefined });
+    };
+    this.energyWindow(nowMs, now);
+    if (this.lastEnergyPerToken) put('energy_per_token_joules', this.lastEnergyPerToken.model, this.lastEnergyPerToken.value);
+    const prev = this.prev;
+    if (!prev || (nowMs - prev.atMs) / 1000 >= minSeconds) {
+      this.prev = now;
+      this.rates = [];
+      if (prev) {
+        const seconds = (nowMs - prev.atMs) / 1000;
+        const names = (fam('gpu_info')?.series ?? []).map((s) => label(s, 'name') ?? '');
+        const peak = podPeak(names, this.override);
+        for (const [model, flops] of now.flops) {
+          const before = prev.flops.get(model);
+          if (peak.tflops !== undefined && before !== undefined && flops >= before)
+            this.rates.push(['model_flops_utilization_ratio', model, (flops - before) / seconds / (peak.tflops * 1e12)]);
+        }
+        for (const [model, b] of now.bytes) {
+          const before = prev.bytes.get(model);
+          if (peak.gbs !== undefined && before !== undefined && b >= before)
+            this.rates.push(['memory_bandwidth_utilization_ratio', model, (b - before) / seconds / (peak.gbs * 1e9)]);
+        }
+      }
+    }
+    for (const [metric, model, value] of this.rates) put(metric, model, value);
+    this.current = [...out].flatMap(([name, series]) => {
+      const metric = this.metrics.get(name);
+      return metric ? [{ metric, series }] : [];
+    });
+  }
+
+  /**
+   * Energy per token: the pod's GPUs all serve the one model generating tokens; with several
+   * generating at once the energy cannot be split between them, so there is no series. The GPU is
+   * polled on its own interval, so a window runs from one new energy reading to the next.
+   */
+  private energyWindow(nowMs: number, now: Totals): void {
+    const e0 = this.energyPoint;
+    if (now.energy === undefined) {
+      this.energyPoint = undefined;
+      this.lastEnergyPerToken = undefined;
+      return;
+    }
+    if (e0 && now.energy === e0.energy) return;
+    this.energyPoint = { ...now, atMs: nowMs };
+    this.lastEnergyPerToken = undefined;
+    if (e0?.energy === undefined || now.energy < e0.energy) return;
+    const generating = [...now.tokens].filter(([m, t]) => t - (e0.tokens.get(m) ?? t) > 0);
+    if (generating.length !== 1) return;
+    const [model, tokens] = generating[0]!;
+    this.lastEnergyPerToken = { model, value: (now.energy - e0.energy) / (tokens - e0.tokens.get(model)!) };
+  }
+
+  families(): CanonicalFamily[] {
+    return this.current;
+  }
+}

@@ -1,0 +1,125 @@
+// The efficiency joins on hand-built canonical series: each expected value is worked out here
+// from the numbers written, and the GPU table is checked name by name.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
+import { EfficiencyJoin, peakOf, podPeak } from '../../agent/normalize/efficiency.js';
+import type { CanonicalFamily } from '../../agent/normalize/normalizer.js';
+
+const cat = buildCatalogue('ms');
+const family = (name: string, series: Array<[Record<string, string>, number]>): CanonicalFamily => ({
+  metric: cat.byName.get(name)!,
+  series: series.map(([labels, value]) => ({ labels: Object.entries(labels), value, hist: undefined })),
+});
+
+interface State {
+  energy: number[];
+  tokens: Record<string, number>;
+  flops?: number;
+  read?: number;
+  write?: number;
+  gpus?: string[];
+}
+
+function families(s: State): CanonicalFamily[] {
+  const gpus = s.gpus ?? ['NVIDIA H100 80GB HBM3', 'NVIDIA H100 80GB HBM3'];
+  return [
+    family(
+      'gpu_energy_joules_total',
+      s.energy.map((e, i) => [{ device: `nvidia${i}` }, e]),
+    ),
+    family(
+      'gpu_info',
+      gpus.map((name, i) => [{ device: `nvidia${i}`, uuid: `GPU-${i}`, name, pci_bus_id: '', driver: '' }, 1]),
+    ),
+    family(
+      'tokens_generated_total',
+      Object.entries(s.tokens).map(([model, v]) => [{ model, phase: 'decode' }, v]),
+    ),
+    ...(s.flops !== undefined ? [family('inference_estimated_flops_per_gpu_total', [[{ model: 'm' }, s.flops]])] : []),
+    ...(s.read !== undefined ? [family('inference_estimated_read_bytes_per_gpu_total', [[{ model: 'm' }, s.read]])] : []),
+    ...(s.write !== undefined ? [family('inference_estimated_write_bytes_per_gpu_total', [[{ model: 'm' }, s.write]])] : []),
+  ];
+}
+
+const value = (j: EfficiencyJoin, metric: string, model = 'm') =>
+  j
+    .families()
+    .find((f) => f.metric.name === metric)
+    ?.series.find((s) => s.labels.some(([k, v]) => k === 'model' && v === model))?.value;
+
+const NO_OVERRIDE = { peakTflops: undefined, peakMemoryBandwidthGBs: undefined };
+
+describe('efficiency joins', () => {
+  it('the GPU table: each device name to its peak, unknown names to none', () => {
+    const rows: Array<[string, string | undefined]> = [
+      ['NVIDIA H100 80GB HBM3', 'H100 SXM'],
+      ['NVIDIA H100 PCIe', 'H100 PCIe'],
+      ['NVIDIA H100 NVL', 'H100 NVL'],
+      ['NVIDIA H200', 'H200'],
+      ['NVIDIA H200 NVL', 'H200'],
+      ['NVIDIA GH200 480GB', undefined],
+      ['NVIDIA B200', 'B200'],
+      ['NVIDIA A100-SXM4-80GB', 'A100 SXM 80GB'],
+      ['NVIDIA A100 80GB PCIe', 'A100 PCIe 80GB'],
+      ['NVIDIA A100-SXM4-40GB', 'A100 40GB'],
+      ['NVIDIA L40S', 'L40S'],
+      ['NVIDIA L4', 'L4'],
+      ['NVIDIA L40', undefined],
+      ['AMD Instinct MI300X', 'MI300X'],
+      ['AMD Instinct MI325X', 'MI325X'],
+      ['Tesla T4', undefined],
+    ];
+    for (const [name, want] of rows) assert.equal(peakOf(name)?.name, want, name);
+    assert.deepEqual(podPeak(['NVIDIA H100 80GB HBM3', 'NVIDIA L4'], NO_OVERRIDE), { tflops: undefined, gbs: undefined }, 'mixed GPUs: no peak');
+    assert.deepEqual(podPeak(['Tesla T4'], { peakTflops: 65, peakMemoryBandwidthGBs: 320 }), { tflops: 65, gbs: 320 }, 'config wins');
+    assert.deepEqual(podPeak([], NO_OVERRIDE), { tflops: undefined, gbs: undefined });
+  });
+
+  it('energy per token, MFU and bandwidth over one interval', () => {
+    const j = new EfficiencyJoin(cat, NO_OVERRIDE);
+    j.advance(0, families({ energy: [1000, 2000], tokens: { m: 10_000 }, flops: 0, read: 0, write: 0 }), 5);
+    assert.equal(j.families().length, 0, 'one point is no interval');
+    // 10 s later: +600 J over both GPUs, +300 tokens: 2 J a token. 9.89e14 FLOP in 10 s on an
+    // H100 (989 TFLOP/s): 0.1. 3.35e10 bytes in 10 s against 3,350 GB/s: 0.001.
+    j.advance(10_000, families({ energy: [1400, 2200], tokens: { m: 10_300 }, flops: 9.89e14, read: 1.675e10, write: 1.675e10 }), 5);
+    assert.equal(value(j, 'energy_per_token_joules'), 2);
+    assert.ok(Math.abs(value(j, 'model_flops_utilization_ratio')! - 0.1) < 1e-12);
+    assert.ok(Math.abs(value(j, 'memory_bandwidth_utilization_ratio')! - 0.001) < 1e-12);
+  });
+
+  it('no series where it cannot be honest: two models generating, no tokens, a counter that went down, an unknown GPU, too short a window', () => {
+    const twoModels = new EfficiencyJoin(cat, NO_OVERRIDE);
+    twoModels.advance(0, families({ energy: [0, 0], tokens: { m: 0, n: 0 } }), 5);
+    twoModels.advance(10_000, families({ energy: [10, 10], tokens: { m: 5, n: 5 } }), 5);
+    assert.equal(value(twoModels, 'energy_per_token_joules'), undefined);
+
+    const idle = new EfficiencyJoin(cat, NO_OVERRIDE);
+    idle.advance(0, families({ energy: [0, 0], tokens: { m: 7, n: 3 } }), 5);
+    idle.advance(10_000, families({ energy: [10, 10], tokens: { m: 17, n: 3 } }), 5);
+    assert.equal(value(idle, 'energy_per_token_joules', 'm'), 2, 'one model generating while another idles: all energy is its');
+    idle.advance(20_000, families({ energy: [20, 20], tokens: { m: 17, n: 3 } }), 5);
+    assert.equal(value(idle, 'energy_per_token_joules', 'm'), undefined, 'no tokens in the window: no series, not infinity');
+
+    const reset = new EfficiencyJoin(cat, NO_OVERRIDE);
+    reset.advance(0, families({ energy: [100, 100], tokens: { m: 0 }, flops: 1e15 }), 5);
+    reset.advance(10_000, families({ energy: [50, 50], tokens: { m: 10 }, flops: 1e14 }), 5);
+    assert.equal(reset.families().length, 0);
+
+    const unknown = new EfficiencyJoin(cat, NO_OVERRIDE);
+    unknown.advance(0, families({ energy: [0], tokens: { m: 0 }, flops: 0, gpus: ['Tesla T4'] }), 5);
+    unknown.advance(10_000, families({ energy: [1], tokens: { m: 1 }, flops: 1e12, gpus: ['Tesla T4'] }), 5);
+    assert.equal(value(unknown, 'model_flops_utilization_ratio'), undefined, 'no guess for a GPU not in the table');
+    assert.equal(value(unknown, 'energy_per_token_joules'), 1, 'energy needs no peak');
+
+    const short = new EfficiencyJoin(cat, NO_OVERRIDE);
+    short.advance(0, families({ energy: [0, 0], tokens: { m: 0 }, flops: 0 }), 5);
+    short.advance(2_000, families({ energy: [0, 0], tokens: { m: 4 }, flops: 2e14 }), 5);
+    assert.equal(short.families().length, 0, 'under minSeconds no rate, and no new GPU reading no energy window');
+    short.advance(6_000, families({ energy: [12, 12], tokens: { m: 8 }, flops: 6e14 }), 5);
+    assert.equal(value(short, 'energy_per_token_joules'), 3, 'from the last energy reading: 24 J / 8 tokens');
+    // 6e14 FLOP over the 6 s since the first point, on an H100: 1e14 / 9.89e14.
+    assert.ok(Math.abs(value(short, 'model_flops_utilization_ratio')! - 1e14 / 9.89e14) < 1e-12);
+  });
+});
