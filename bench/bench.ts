@@ -18,6 +18,8 @@ import { asOpenMetrics, payload, sglangPayload, type Payload } from './payloads.
 import { benchGpu } from './gpu.js';
 import { benchProxy } from './proxy.js';
 import { benchLimits } from './limits.js';
+import { agentDeps } from '../agent/runtime.js';
+import { EfficiencyJoin } from '../agent/normalize/efficiency.js';
 
 /** The Node flags the image runs the agent with (Dockerfile NODE_OPTIONS); INFERTEL_BENCH_NODE_FLAGS overrides them. */
 const IMAGE_NODE_FLAGS = (process.env.INFERTEL_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --max-old-space-size=160').split(' ').filter(Boolean);
@@ -378,6 +380,49 @@ async function benchStatus(): Promise<void> {
   upstream.kill();
 }
 
+/** What the efficiency joins cost: one advance over a medium payload's canonical series and 8 simulated GPUs, next to a whole cycle. */
+async function benchJoins(): Promise<void> {
+  say('### Efficiency joins (medium payload, 8 simulated GPUs): one advance next to one collection cycle');
+  say();
+  const { url, child } = await servePayload(payload('medium', 5, 6));
+  const config = validateConfig({
+    listen: '127.0.0.1:0',
+    upstreams: [{ url, flavor: 'vllm', interval: '1h', timeout: '10s' }],
+    gpu: { simulate: 8, interval: '100ms', timeout: '50ms' },
+  });
+  const agent = new Agent(config, { ...agentDeps(config), log: createLogger('error') });
+  await agent.start();
+  await new Promise((r) => setTimeout(r, 500));
+  const u = agent.upstreams[0]!;
+  const ac = new AbortController();
+  for (let i = 0; i < 5; i++) await agent.collect(u, ac.signal);
+  const cycle: number[] = [];
+  for (let i = 0; i < 40; i++) {
+    const c0 = process.cpuUsage();
+    await agent.collect(u, ac.signal);
+    const c = process.cpuUsage(c0);
+    cycle.push((c.user + c.system) / 1000);
+  }
+  const families = agent.canonical();
+  const join = new EfficiencyJoin(agent.catalogue, { peakTflops: undefined, peakMemoryBandwidthGBs: undefined });
+  const advance: number[] = [];
+  let now = 0;
+  for (let i = 0; i < 2000; i++) {
+    now += 10_000;
+    const t0 = performance.now();
+    join.advance(now, families, 1);
+    advance.push((performance.now() - t0) * 1000);
+  }
+  say('| canonical families | one advance p50 | p99 | anchor: cycle CPU p50 | advance / cycle |');
+  say('|---|---|---|---|---|');
+  say(
+    `| ${families.length} | ${f1(pct(advance, 50))} µs | ${f1(pct(advance, 99))} µs | ${f2(pct(cycle, 50))} ms | ${((pct(advance, 50) / 1000 / pct(cycle, 50)) * 100).toFixed(3)}% |`,
+  );
+  say();
+  await agent.stop();
+  child.kill();
+}
+
 async function main(): Promise<void> {
   const only = process.argv[2];
   say(
@@ -392,6 +437,7 @@ async function main(): Promise<void> {
   if (!only || only === 'gpu') await benchGpu(say);
   if (!only || only === 'proxy') await benchProxy(say);
   if (!only || only === 'limits') await benchLimits(say);
+  if (!only || only === 'joins') await benchJoins();
 }
 
 await main();

@@ -29,10 +29,26 @@ export interface GpuDevice {
   throttleReasons: number | null;
   /** Energy since the driver was loaded, joules; it restarts from 0 at a driver reload. */
   energyJoules: number | null;
+  /** The GPU's MIG devices when it is in MIG mode; null when MIG is off or unsupported. */
+  mig: MigDevice[] | null;
   processes: Array<{ pid: number; usedMemoryBytes: number | null }> | null;
   /** The device as a whole failed (GPU lost); the other fields are null. */
   error: GpuError | null;
   fieldErrors: GpuError[];
+}
+
+/** One MIG device (a compute instance of a GPU instance) of a GPU in MIG mode; null: not read. */
+export interface MigDevice {
+  gpuInstanceId: number | null;
+  computeInstanceId: number | null;
+  uuid: string | null;
+  gpuInstanceSlices: number | null;
+  computeInstanceSlices: number | null;
+  memorySizeMb: number | null;
+  utilizationGpu: number | null;
+  memoryTotalBytes: number | null;
+  memoryUsedBytes: number | null;
+  memoryFreeBytes: number | null;
 }
 
 export interface GpuPoll {
@@ -73,6 +89,7 @@ export function emptyDevice(index: number): GpuDevice {
     eccUncorrected: null,
     throttleReasons: null,
     energyJoules: null,
+    mig: null,
     processes: null,
     error: null,
     fieldErrors: [],

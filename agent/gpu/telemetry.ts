@@ -15,10 +15,10 @@ import { OomTail } from './oom.js';
 import type { CycleReport, LoopedSource, SourceHealth } from '../pipeline/runner.js';
 import { GPU_SOURCE_NAME } from '../sources/source.js';
 import { attribute } from './processes.js';
-import type { GpuDevice, GpuPoll, GpuProbe } from './probe.js';
+import { emptyDevice, type GpuDevice, type GpuPoll, type GpuProbe, type MigDevice } from './probe.js';
 import { SimulatedProbe } from './sim-probe.js';
 import { SmiProbe, smiUnavailable } from './smi-probe.js';
-import { visibleDevices } from './visible.js';
+import { visibleDevices, visibleMig } from './visible.js';
 
 export const SPAN_GPU_POLL = 'infertel.gpu.poll';
 
@@ -103,10 +103,60 @@ export function deviceLabel(d: Pick<GpuDevice, 'minor' | 'index'>): string {
   return `nvidia${d.minor ?? d.index}`;
 }
 
+/**
+ * A MIG profile name in NVIDIA's form, from the device's slices and memory: "1g.10gb", or
+ * "1c.2g.20gb" for a compute instance smaller than its GPU instance. Memory is rounded up to whole
+ * GiB, so the largest profiles can read a GB under NVIDIA's own name (7g.79gb for 7g.80gb).
+ */
+export function migProfile(m: Pick<MigDevice, 'gpuInstanceSlices' | 'computeInstanceSlices' | 'memorySizeMb'>): string {
+  if (m.gpuInstanceSlices === null || m.memorySizeMb === null) return 'unknown';
+  const base = `${m.gpuInstanceSlices}g.${Math.ceil(m.memorySizeMb / 1024)}gb`;
+  return m.computeInstanceSlices !== null && m.computeInstanceSlices !== m.gpuInstanceSlices ? `${m.computeInstanceSlices}c.${base}` : base;
+}
+
+/** A device as reported: a whole GPU, or one MIG device under its parent. */
+interface Reported {
+  label: string;
+  d: GpuDevice;
+  mig: { parent: string; gpuInstance: string; computeInstance: string; profile: string } | undefined;
+}
+
+/** Each visible GPU, then each of its visible MIG devices as a device of its own (memory, utilisation where NVML has it). */
+export function reportedDevices(devices: readonly GpuDevice[], env: NodeJS.ProcessEnv): Reported[] {
+  const out: Reported[] = [];
+  for (const d of devices) {
+    const parent = deviceLabel(d);
+    out.push({ label: parent, d, mig: undefined });
+    if (d.error) continue;
+    for (const m of visibleMig(d, env)) {
+      const gi = m.gpuInstanceId === null ? 'unknown' : String(m.gpuInstanceId);
+      const ci = m.computeInstanceId === null ? 'unknown' : String(m.computeInstanceId);
+      const profile = migProfile(m);
+      out.push({
+        label: `${parent}-gi${gi}-ci${ci}`,
+        d: {
+          ...emptyDevice(d.index),
+          minor: d.minor,
+          uuid: m.uuid,
+          name: d.name === null ? null : `${d.name} MIG ${profile}`,
+          pciBusId: d.pciBusId,
+          utilizationGpu: m.utilizationGpu,
+          memoryTotalBytes: m.memoryTotalBytes,
+          memoryUsedBytes: m.memoryUsedBytes,
+          memoryFreeBytes: m.memoryFreeBytes,
+        },
+        mig: { parent, gpuInstance: gi, computeInstance: ci, profile },
+      });
+    }
+  }
+  return out;
+}
+
 class Telemetry implements GpuTelemetry {
   private probe: GpuProbe | null = null;
   private reasons: string[] = [];
   private devices: GpuDevice[] = [];
+  private reported: Reported[] = [];
   private readonly minors = new Map<number, number>();
   private stale = false;
   private inflight: Promise<GpuPoll> | undefined;
@@ -200,7 +250,11 @@ class Telemetry implements GpuTelemetry {
       timer = setTimeout(() => r('timeout'), this.deps.config.timeoutMs);
     });
     // Shutdown does not wait out the deadline; stop() then lets the poll finish on its thread.
-    const stopping = new Promise<'stopped'>((r) => signal?.addEventListener('abort', () => r('stopped'), { once: true }));
+    let onAbort: (() => void) | undefined;
+    const stopping = new Promise<'stopped'>((r) => {
+      onAbort = () => r('stopped');
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
     try {
       const r = await Promise.race([p, deadline, stopping]);
       if (r === 'stopped') return this.report('stopped');
@@ -220,6 +274,8 @@ class Telemetry implements GpuTelemetry {
       return this.report('error', (err as Error).message);
     } finally {
       clearTimeout(timer);
+      // The loop's signal lives as long as the agent: one listener per poll would pile up.
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
     }
   }
 
@@ -249,6 +305,7 @@ class Telemetry implements GpuTelemetry {
       bump(this.counters.oom, label);
     }
     this.devices = devices;
+    this.reported = reportedDevices(devices, this.deps.env ?? process.env);
     this.stale = false;
     this.deps.onChange();
   }
@@ -291,10 +348,22 @@ class Telemetry implements GpuTelemetry {
           for (const [device, e] of this.counters.energy) add([['device', device]], +(e.raw + e.offset).toFixed(3));
         } else if (field === 'oom') {
           if (this.oom) for (const [device, v] of this.counters.oom) add([['device', device]], v);
+        } else if (field === 'mig') {
+          for (const r of this.reported)
+            if (r.mig)
+              add(
+                [
+                  ['device', r.label],
+                  ['parent', r.mig.parent],
+                  ['gpu_i_id', r.mig.gpuInstance],
+                  ['gpu_i_profile', r.mig.profile],
+                  ['ci_id', r.mig.computeInstance],
+                ],
+                1,
+              );
         } else {
-          for (const d of this.devices) {
+          for (const { d, label: device } of this.reported) {
             if (d.error) continue;
-            const device = deviceLabel(d);
             if (field === 'info')
               add(
                 [

@@ -1,6 +1,8 @@
-// Which GPUs the pod may report: NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES, by index or UUID.
+// Which GPUs the pod may report: NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES, by index or
+// UUID, and MIG devices by their MIG-<uuid> (the parent GPU of a listed MIG device is visible too:
+// its power, temperature and clocks are the slice's as well).
 
-import type { GpuDevice } from './probe.js';
+import type { GpuDevice, MigDevice } from './probe.js';
 
 function parse(value: string | undefined): string[] | 'all' | 'none' {
   if (value === undefined) return 'all';
@@ -13,9 +15,24 @@ function parse(value: string | undefined): string[] | 'all' | 'none' {
     .filter(Boolean);
 }
 
+const isMigEntry = (entry: string) => entry.startsWith('MIG-');
+
 function matches(entry: string, d: GpuDevice, position: number, byPosition: boolean): boolean {
   if (/^\d+$/.test(entry)) return Number(entry) === (byPosition ? position : d.index);
+  if (isMigEntry(entry)) return (d.mig ?? []).some((m) => m.uuid === entry);
   return d.uuid !== null && (d.uuid === entry || d.uuid.startsWith(entry) || `GPU-${entry}` === d.uuid);
+}
+
+/** The MIG devices of a visible GPU the pod may report: those listed by MIG-<uuid>, else all. */
+export function visibleMig(parent: GpuDevice, env: NodeJS.ProcessEnv): MigDevice[] {
+  let out = parent.mig ?? [];
+  for (const name of ['NVIDIA_VISIBLE_DEVICES', 'CUDA_VISIBLE_DEVICES']) {
+    const spec = parse(env[name]);
+    if (spec === 'all' || spec === 'none') continue;
+    const listed = spec.filter(isMigEntry);
+    if (listed.length) out = out.filter((m) => m.uuid !== null && listed.includes(m.uuid));
+  }
+  return out;
 }
 
 /**

@@ -47,6 +47,8 @@ export interface PeakOverride {
 
 /** The pod's GPUs' peaks: the override, else the table's entry shared by every device; undefined when unknown or mixed. */
 export function podPeak(deviceNames: readonly string[], override: PeakOverride): { tflops: number | undefined; gbs: number | undefined } {
+  // A MIG slice has a fraction of the GPU's peak that its name does not give: only the override counts.
+  if (deviceNames.some((n) => n.includes(' MIG '))) return { tflops: override.peakTflops, gbs: override.peakMemoryBandwidthGBs };
   const peaks = deviceNames.map(peakOf);
   const first = peaks[0];
   const same = first !== undefined && peaks.every((p) => p?.name === first.name);

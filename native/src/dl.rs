@@ -45,6 +45,20 @@ struct NvmlProcessInfo {
     gpu_instance_id: c_uint,
     compute_instance_id: c_uint,
 }
+/// nvmlDeviceAttributes_t as nvmlDeviceGetAttributes_v2 fills it.
+#[repr(C)]
+#[derive(Default)]
+struct NvmlDeviceAttributes {
+    multiprocessor_count: c_uint,
+    shared_copy_engine_count: c_uint,
+    shared_decoder_count: c_uint,
+    shared_encoder_count: c_uint,
+    shared_jpeg_count: c_uint,
+    shared_ofa_count: c_uint,
+    gpu_instance_slice_count: c_uint,
+    compute_instance_slice_count: c_uint,
+    memory_size_mb: c_ulonglong,
+}
 #[repr(C)]
 struct NvmlEventData {
     device: Dev,
@@ -78,6 +92,9 @@ type FnEventSetCreate = unsafe extern "C" fn(*mut *mut c_void) -> Ret;
 type FnRegister = unsafe extern "C" fn(Dev, c_ulonglong, *mut c_void) -> Ret;
 type FnEventWait = unsafe extern "C" fn(*mut c_void, *mut NvmlEventData, c_uint) -> Ret;
 type FnEventFree = unsafe extern "C" fn(*mut c_void) -> Ret;
+type FnMigMode = unsafe extern "C" fn(Dev, *mut c_uint, *mut c_uint) -> Ret;
+type FnMigHandle = unsafe extern "C" fn(Dev, c_uint, *mut Dev) -> Ret;
+type FnAttributes = unsafe extern "C" fn(Dev, *mut NvmlDeviceAttributes) -> Ret;
 
 pub struct Library {
     lib: *mut c_void,
@@ -100,6 +117,12 @@ pub struct Library {
     ecc: Option<FnEcc>,
     throttle: Option<FnDevU64>,
     energy: Option<FnDevU64>,
+    mig_mode: Option<FnMigMode>,
+    max_mig: Option<FnDevU32>,
+    mig_handle: Option<FnMigHandle>,
+    gi_id: Option<FnDevU32>,
+    ci_id: Option<FnDevU32>,
+    attributes: Option<FnAttributes>,
     procs: Option<FnProcs>,
     driver_version: Option<FnSysStr>,
     nvml_version: Option<FnSysStr>,
@@ -186,6 +209,12 @@ impl Library {
                 ecc: optional(lib, &["nvmlDeviceGetTotalEccErrors"]),
                 throttle: optional(lib, &["nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"]),
                 energy: optional(lib, &["nvmlDeviceGetTotalEnergyConsumption"]),
+                mig_mode: optional(lib, &["nvmlDeviceGetMigMode"]),
+                max_mig: optional(lib, &["nvmlDeviceGetMaxMigDeviceCount"]),
+                mig_handle: optional(lib, &["nvmlDeviceGetMigDeviceHandleByIndex"]),
+                gi_id: optional(lib, &["nvmlDeviceGetGpuInstanceId"]),
+                ci_id: optional(lib, &["nvmlDeviceGetComputeInstanceId"]),
+                attributes: optional(lib, &["nvmlDeviceGetAttributes_v2"]),
                 procs: optional(lib, &["nvmlDeviceGetComputeRunningProcesses_v3"]),
                 driver_version: optional(lib, &["nvmlSystemGetDriverVersion"]),
                 nvml_version: optional(lib, &["nvmlSystemGetNVMLVersion"]),
@@ -361,6 +390,37 @@ impl Api for Library {
         let mut v: c_ulonglong = 0;
         ok(unsafe { f(h.0 as Dev, &mut v) })?;
         Ok(v)
+    }
+    fn mig_mode(&self, h: Handle) -> Result<u32, Ret> {
+        let f = call(self.mig_mode)?;
+        let (mut current, mut pending): (c_uint, c_uint) = (0, 0);
+        ok(unsafe { f(h.0 as Dev, &mut current, &mut pending) })?;
+        Ok(current)
+    }
+    fn max_mig_devices(&self, h: Handle) -> Result<u32, Ret> {
+        read_u32(self.max_mig, h)
+    }
+    fn mig_handle(&self, h: Handle, index: u32) -> Result<Handle, Ret> {
+        let f = call(self.mig_handle)?;
+        let mut d: Dev = std::ptr::null_mut();
+        ok(unsafe { f(h.0 as Dev, index, &mut d) })?;
+        Ok(Handle(d as usize))
+    }
+    fn gpu_instance_id(&self, h: Handle) -> Result<u32, Ret> {
+        read_u32(self.gi_id, h)
+    }
+    fn compute_instance_id(&self, h: Handle) -> Result<u32, Ret> {
+        read_u32(self.ci_id, h)
+    }
+    fn attributes(&self, h: Handle) -> Result<nvml::Attributes, Ret> {
+        let f = call(self.attributes)?;
+        let mut a = NvmlDeviceAttributes::default();
+        ok(unsafe { f(h.0 as Dev, &mut a) })?;
+        Ok(nvml::Attributes {
+            gpu_instance_slices: a.gpu_instance_slice_count,
+            compute_instance_slices: a.compute_instance_slice_count,
+            memory_size_mb: a.memory_size_mb,
+        })
     }
     fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret> {
         let f = call(self.procs)?;

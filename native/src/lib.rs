@@ -124,11 +124,26 @@ unsafe extern "C" fn poll_execute(_env: napi_env, data: *mut c_void) {
     work.result = Some(r.unwrap_or(Err("nvml_internal")));
 }
 
-const DEVICE_KEYS: [&str; 22] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
+const DEVICE_KEYS: [&str; 23] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
     "memoryUsedBytes", "memoryFreeBytes", "temperatureC", "powerW", "powerLimitW", "smClockMhz", "memClockMhz", "eccCorrected",
-    "eccUncorrected", "throttleReasons", "energyJoules", "processes", "error", "fieldErrors"];
+    "eccUncorrected", "throttleReasons", "energyJoules", "mig", "processes", "error", "fieldErrors"];
 
-fn device_js(js: &Js, k: &[napi_value; 22], d: &nvml::DeviceSample) -> napi_value {
+fn mig_js(js: &Js, m: &nvml::MigSample) -> napi_value {
+    let o = js.object();
+    js.set(o, "gpuInstanceId\0", js.opt_num(m.gpu_instance_id));
+    js.set(o, "computeInstanceId\0", js.opt_num(m.compute_instance_id));
+    js.set(o, "uuid\0", js.opt_str(m.uuid.as_deref()));
+    js.set(o, "gpuInstanceSlices\0", js.opt_num(m.attributes.map(|a| a.gpu_instance_slices)));
+    js.set(o, "computeInstanceSlices\0", js.opt_num(m.attributes.map(|a| a.compute_instance_slices)));
+    js.set(o, "memorySizeMb\0", js.opt_num(m.attributes.map(|a| a.memory_size_mb as f64)));
+    js.set(o, "utilizationGpu\0", js.opt_num(m.utilization_gpu));
+    js.set(o, "memoryTotalBytes\0", js.opt_num(m.memory_total.map(|v| v as f64)));
+    js.set(o, "memoryUsedBytes\0", js.opt_num(m.memory_used.map(|v| v as f64)));
+    js.set(o, "memoryFreeBytes\0", js.opt_num(m.memory_free.map(|v| v as f64)));
+    o
+}
+
+fn device_js(js: &Js, k: &[napi_value; 23], d: &nvml::DeviceSample) -> napi_value {
     let f = |x: Option<u64>| x.map(|v| v as f64);
     let values = [
         js.num(d.index as f64), js.opt_num(d.minor), js.opt_str(d.uuid.as_deref()), js.opt_str(d.name.as_deref()),
@@ -138,6 +153,10 @@ fn device_js(js: &Js, k: &[napi_value; 22], d: &nvml::DeviceSample) -> napi_valu
         js.opt_num(d.sm_clock_mhz), js.opt_num(d.mem_clock_mhz), js.opt_num(f(d.ecc_corrected)), js.opt_num(f(d.ecc_uncorrected)),
         js.opt_num(f(d.throttle_reasons)),
         js.opt_num(d.energy_mj.map(|mj| mj as f64 / 1000.0)),
+        match &d.mig {
+            Some(list) => js.array(list.iter().map(|m| mig_js(js, m)).collect()),
+            None => js.null(),
+        },
         match &d.processes {
             Some(p) => js.array(p.iter().map(|p| {
                 let po = js.object();

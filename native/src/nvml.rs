@@ -96,6 +96,14 @@ pub trait Api {
     fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret>;
     /// Energy since the driver was (re)loaded, millijoules (nvmlDeviceGetTotalEnergyConsumption, Volta+).
     fn energy_mj(&self, h: Handle) -> Result<u64, Ret>;
+    /// Current MIG mode (1 = enabled); NOT_SUPPORTED on GPUs without MIG.
+    fn mig_mode(&self, h: Handle) -> Result<u32, Ret>;
+    fn max_mig_devices(&self, h: Handle) -> Result<u32, Ret>;
+    /// The MIG device at `index` of a parent in MIG mode; NOT_FOUND where no instance exists.
+    fn mig_handle(&self, h: Handle, index: u32) -> Result<Handle, Ret>;
+    fn gpu_instance_id(&self, h: Handle) -> Result<u32, Ret>;
+    fn compute_instance_id(&self, h: Handle) -> Result<u32, Ret>;
+    fn attributes(&self, h: Handle) -> Result<Attributes, Ret>;
     fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret>;
     /// The next pending critical-XID event without waiting: Ok(None) when there is none.
     fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret>;
@@ -130,11 +138,34 @@ pub struct DeviceSample {
     pub ecc_uncorrected: Option<u64>,
     pub throttle_reasons: Option<u64>,
     pub energy_mj: Option<u64>,
+    /// MIG devices when the GPU is in MIG mode; None when MIG is off or not supported.
+    pub mig: Option<Vec<MigSample>>,
     pub processes: Option<Vec<ProcessInfo>>,
     /// Set when the device as a whole failed (GPU lost): the other fields are then None.
     pub error: Option<NvmlError>,
     /// Calls that failed for other reasons than NOT_SUPPORTED; the device is still reported.
     pub field_errors: Vec<NvmlError>,
+}
+
+/// The parts of nvmlDeviceAttributes_t (v2) a MIG device's profile name is made of.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attributes {
+    pub gpu_instance_slices: u32,
+    pub compute_instance_slices: u32,
+    pub memory_size_mb: u64,
+}
+
+/// One MIG device (a compute instance of a GPU instance) of a GPU in MIG mode.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MigSample {
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
+    pub uuid: Option<String>,
+    pub attributes: Option<Attributes>,
+    pub utilization_gpu: Option<u32>,
+    pub memory_total: Option<u64>,
+    pub memory_used: Option<u64>,
+    pub memory_free: Option<u64>,
 }
 
 /// A device the agent polls: its index and cached handle.
@@ -197,9 +228,43 @@ fn fill(api: &dyn Api, d: Device, s: &mut DeviceSample) -> Result<(), Lost> {
     s.ecc_uncorrected = field(s, "ecc_uncorrected", api.ecc_volatile(h, ECC_UNCORRECTED))?;
     s.throttle_reasons = field(s, "throttle_reasons", api.throttle_reasons(h))?;
     s.energy_mj = field(s, "energy", api.energy_mj(h))?;
+    if field(s, "mig_mode", api.mig_mode(h))? == Some(MIG_ENABLED) {
+        s.mig = Some(mig_devices(api, h));
+    }
     s.processes = field(s, "processes", api.processes(h))?;
     Ok(())
 }
+
+pub const MIG_ENABLED: u32 = 1;
+const ERROR_NOT_FOUND: Ret = 6;
+
+/// Each MIG device of a parent in MIG mode. Utilisation is read where NVML gives it (it answers
+/// NOT_SUPPORTED for MIG devices on most drivers: then it is absent, not 0).
+fn mig_devices(api: &dyn Api, parent: Handle) -> Vec<MigSample> {
+    let max = api.max_mig_devices(parent).unwrap_or(0).min(MAX_MIG_DEVICES);
+    let mut out = Vec::new();
+    for i in 0..max {
+        let h = match api.mig_handle(parent, i) {
+            Ok(h) => h,
+            Err(ERROR_NOT_FOUND) | Err(_) => continue,
+        };
+        let memory = api.memory(h).ok();
+        out.push(MigSample {
+            gpu_instance_id: api.gpu_instance_id(h).ok(),
+            compute_instance_id: api.compute_instance_id(h).ok(),
+            uuid: api.uuid(h).ok(),
+            attributes: api.attributes(h).ok(),
+            utilization_gpu: api.utilization(h).ok().map(|u| u.gpu),
+            memory_total: memory.as_ref().map(|m| m.total),
+            memory_used: memory.as_ref().map(|m| m.used),
+            memory_free: memory.as_ref().map(|m| m.free),
+        });
+    }
+    out
+}
+
+/// A GPU has at most 7 GPU instances, each with up to 7 compute instances (A100/H100).
+const MAX_MIG_DEVICES: u32 = 64;
 
 /// Sample one device. A lost GPU yields a sample with `error` set and nothing else.
 pub fn sample_device(api: &dyn Api, d: Device) -> DeviceSample {
@@ -251,12 +316,13 @@ mod tests {
         lost: Option<u32>,
         unsupported_power: bool,
         permission_denied_processes: bool,
+        mig_on_first: bool,
         xids: RefCell<Vec<(Handle, u64)>>,
     }
 
     impl Mock {
         fn new(count: u32) -> Self {
-            Mock { count, lost: None, unsupported_power: false, permission_denied_processes: false, xids: RefCell::new(vec![]) }
+            Mock { count, lost: None, unsupported_power: false, permission_denied_processes: false, mig_on_first: false, xids: RefCell::new(vec![]) }
         }
         fn check(&self, h: Handle) -> Result<u32, Ret> {
             let i = (h.0 - 100) as u32;
@@ -271,7 +337,11 @@ mod tests {
         fn uuid(&self, h: Handle) -> Result<String, Ret> { self.check(h).map(|i| format!("GPU-{i}")) }
         fn minor(&self, h: Handle) -> Result<u32, Ret> { self.check(h) }
         fn pci_bus_id(&self, h: Handle) -> Result<String, Ret> { self.check(h).map(|i| format!("00000000:{:02X}:00.0", 0x18 + i)) }
-        fn utilization(&self, h: Handle) -> Result<Utilization, Ret> { self.check(h).map(|i| Utilization { gpu: 30 + i, memory: 15 }) }
+        fn utilization(&self, h: Handle) -> Result<Utilization, Ret> {
+            // As on real drivers, a MIG device has no utilisation of its own.
+            if h.0 >= 1000 { return Err(ERROR_NOT_SUPPORTED); }
+            self.check(h).map(|i| Utilization { gpu: 30 + i, memory: 15 })
+        }
         fn memory(&self, h: Handle) -> Result<Memory, Ret> { self.check(h).map(|_| Memory { total: 80 << 30, free: 70 << 30, used: 10 << 30 }) }
         fn temperature(&self, h: Handle) -> Result<u32, Ret> { self.check(h).map(|i| 40 + i) }
         fn power_mw(&self, h: Handle) -> Result<u32, Ret> {
@@ -283,12 +353,45 @@ mod tests {
         fn ecc_volatile(&self, h: Handle, t: u32) -> Result<u64, Ret> { self.check(h).map(|_| t as u64) }
         fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret> { self.check(h).map(|_| 0x1) }
         fn energy_mj(&self, h: Handle) -> Result<u64, Ret> { self.check(h).map(|_| 123_456_789) }
+        fn mig_mode(&self, h: Handle) -> Result<u32, Ret> {
+            self.check(h)?;
+            if self.mig_on_first && h.0 == 100 { Ok(MIG_ENABLED) } else { Err(ERROR_NOT_SUPPORTED) }
+        }
+        fn max_mig_devices(&self, h: Handle) -> Result<u32, Ret> { self.check(h).map(|_| 7) }
+        fn mig_handle(&self, _h: Handle, index: u32) -> Result<Handle, Ret> {
+            // Instances at indexes 0 and 2; 1 is an empty slot.
+            if index == 0 || index == 2 { Ok(Handle(1000 + index as usize)) } else { Err(ERROR_NOT_FOUND) }
+        }
+        fn gpu_instance_id(&self, h: Handle) -> Result<u32, Ret> { Ok(h.0 as u32 - 1000 + 1) }
+        fn compute_instance_id(&self, _h: Handle) -> Result<u32, Ret> { Ok(0) }
+        fn attributes(&self, _h: Handle) -> Result<Attributes, Ret> {
+            Ok(Attributes { gpu_instance_slices: 1, compute_instance_slices: 1, memory_size_mb: 9984 })
+        }
         fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret> {
             self.check(h)?;
             if self.permission_denied_processes { return Err(4); }
             Ok(vec![ProcessInfo { pid: 42, used_memory: Some(1 << 30) }])
         }
         fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> { Ok(self.xids.borrow_mut().pop()) }
+    }
+
+    #[test]
+    fn mig_devices_are_sampled_under_their_parent_and_empty_slots_skipped() {
+        let mut api = Mock::new(2);
+        api.mig_on_first = true;
+        let d0 = sample_device(&api, Device { index: 0, handle: Handle(100) });
+        let mig = d0.mig.expect("device 0 is in MIG mode");
+        assert_eq!(mig.len(), 2, "slots 0 and 2 hold instances; 1 is empty");
+        assert_eq!(mig[0].gpu_instance_id, Some(1));
+        assert_eq!(mig[1].gpu_instance_id, Some(3));
+        assert_eq!(mig[0].compute_instance_id, Some(0));
+        assert_eq!(mig[0].attributes, Some(Attributes { gpu_instance_slices: 1, compute_instance_slices: 1, memory_size_mb: 9984 }));
+        assert_eq!(mig[0].utilization_gpu, None, "NOT_SUPPORTED on a MIG device: absent");
+        assert_eq!(mig[0].memory_used, Some(10 << 30));
+        assert!(d0.field_errors.is_empty());
+        let d1 = sample_device(&api, Device { index: 1, handle: Handle(101) });
+        assert_eq!(d1.mig, None, "MIG not supported: no MIG list, and no field error");
+        assert!(d1.field_errors.is_empty());
     }
 
     #[test]

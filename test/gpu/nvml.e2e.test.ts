@@ -140,6 +140,55 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
     }
   });
 
+  it('MIG: each MIG device is a device of its own under its parent, and NVIDIA_VISIBLE_DEVICES=MIG-<uuid> narrows to it', async () => {
+    const all = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], { FAKE_NVML_DEVICES: '2', FAKE_NVML_MIG: '0:2' });
+    try {
+      const body = await eventually(
+        async () => {
+          const b = await metrics(all.base);
+          return b.includes('gpu_mig_info') && b;
+        },
+        5000,
+        'MIG series',
+      );
+      // Two instances on nvidia0 (GPU instances 1 and 2, compute instance 0, 1 slice, 9984 MiB: "1g.10gb").
+      assert.match(body, /\ngpu_mig_info\{device="nvidia0-gi1-ci0",parent="nvidia0",gpu_i_id="1",gpu_i_profile="1g\.10gb",ci_id="0"\} 1\n/);
+      assert.match(body, /\ngpu_mig_info\{device="nvidia0-gi2-ci0",parent="nvidia0",gpu_i_id="2",gpu_i_profile="1g\.10gb",ci_id="0"\} 1\n/);
+      assert.ok(!body.includes('parent="nvidia1"'), 'nvidia1 is not in MIG mode');
+      // The fake gives instance k (k + 1) GiB used of 9984 MiB.
+      assert.equal(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia0-gi1-ci0"'), 1024 ** 3);
+      assert.equal(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia0-gi2-ci0"'), 2 * 1024 ** 3);
+      assert.equal(sampleValue(body, 'gpu_mem_total_bytes', 'device="nvidia0-gi2-ci0"'), 9984 * 1024 ** 2);
+      assert.equal(sampleValue(body, 'gpu_utilization_ratio', 'device="nvidia0-gi1-ci0"'), undefined, 'NVML has no utilisation for a MIG device: absent');
+      assert.match(body, /gpu_info\{device="nvidia0-gi1-ci0",uuid="MIG-00000000-fake-4000-8000-000000000000",name="NVIDIA H100 80GB HBM3 MIG 1g\.10gb"/);
+      assert.ok(sampleValue(body, 'gpu_power_watts', 'device="nvidia0"')! > 0, 'the parent keeps its whole-GPU fields');
+      assert.equal(sampleValue(body, 'gpu_power_watts', 'device="nvidia0-gi1-ci0"'), undefined);
+    } finally {
+      await all.stop();
+    }
+    const one = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
+      FAKE_NVML_DEVICES: '2',
+      FAKE_NVML_MIG: '0:2',
+      NVIDIA_VISIBLE_DEVICES: 'MIG-00000000-fake-4000-8000-000000000001',
+    });
+    try {
+      const body = await eventually(
+        async () => {
+          const b = await metrics(one.base);
+          return b.includes('gpu_mig_info') && b;
+        },
+        5000,
+        'MIG series',
+      );
+      assert.equal(sampleValue(body, 'gpu_mig_info', 'device="nvidia0-gi2-ci0"'), 1);
+      assert.equal(sampleValue(body, 'gpu_mig_info', 'device="nvidia0-gi1-ci0"'), undefined, "the other instance is not the pod's");
+      assert.ok(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia0"')! > 0, 'its parent is visible');
+      assert.equal(sampleValue(body, 'gpu_mem_bytes', 'device="nvidia1"'), undefined);
+    } finally {
+      await one.stop();
+    }
+  });
+
   it('NVIDIA_VISIBLE_DEVICES limits the devices reported', async () => {
     const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
       FAKE_NVML_DEVICES: '4',
@@ -191,7 +240,7 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
       env: { ...process.env, INFERTEL_TEST_NVML_LIBRARY: buildFakeNvmlLibrary() },
     });
     assert.equal(r.status, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /test result: ok\. 7 passed/);
+    assert.match(r.stdout, /test result: ok\. 8 passed/);
   });
 });
 

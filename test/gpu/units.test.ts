@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ import { OomTail } from '../../agent/gpu/oom.js';
 import { attribute, MAX_PROCESS_LABELS } from '../../agent/gpu/processes.js';
 import { emptyDevice, type GpuPoll, type GpuProbe } from '../../agent/gpu/probe.js';
 import { controllersToDevices } from '../../agent/gpu/smi-probe.js';
-import { createGpuTelemetry, monotonicEnergy } from '../../agent/gpu/telemetry.js';
+import { createGpuTelemetry, migProfile, monotonicEnergy, reportedDevices } from '../../agent/gpu/telemetry.js';
 import { visibleDevices } from '../../agent/gpu/visible.js';
 import { createLogger } from '../../agent/logger.js';
 
@@ -222,5 +223,46 @@ describe('GPU telemetry with an injected probe', () => {
       [{ raw: 1, offset: 9 }, 0, { raw: 0, offset: 10 }],
     ];
     for (const [state, raw, want] of rows) assert.deepEqual(monotonicEnergy(state, raw), want);
+  });
+
+  it('MIG profile names from slices and memory', () => {
+    const rows: Array<[number | null, number | null, number | null, string]> = [
+      [1, 1, 9984, '1g.10gb'],
+      [3, 3, 40192, '3g.40gb'],
+      // Memory is rounded up to whole GiB: NVIDIA's own name for this one is 7g.80gb (documented).
+      [7, 7, 80896, '7g.79gb'],
+      [2, 1, 19968, '1c.2g.20gb'],
+      [null, null, null, 'unknown'],
+    ];
+    for (const [gi, ci, mb, want] of rows) assert.equal(migProfile({ gpuInstanceSlices: gi, computeInstanceSlices: ci, memorySizeMb: mb }), want);
+  });
+
+  it('reported devices: MIG devices after their parent, narrowed by MIG-<uuid> entries; a lost parent has none', () => {
+    const mig = (gi: number) => ({
+      gpuInstanceId: gi,
+      computeInstanceId: 0,
+      uuid: `MIG-${gi}`,
+      gpuInstanceSlices: 1,
+      computeInstanceSlices: 1,
+      memorySizeMb: 9984,
+      utilizationGpu: null,
+      memoryTotalBytes: 1,
+      memoryUsedBytes: 1,
+      memoryFreeBytes: 0,
+    });
+    const parent = { ...emptyDevice(0), minor: 0, name: 'NVIDIA A100-SXM4-80GB', mig: [mig(1), mig(2)] };
+    const lost = { ...emptyDevice(1), minor: 1, mig: [mig(3)], error: { code: 'NVML_ERROR_GPU_IS_LOST', nvmlReturn: 15, message: 'all' } };
+    const labels = (env: NodeJS.ProcessEnv) => reportedDevices([parent, lost], env).map((r) => r.label);
+    assert.deepEqual(labels({}), ['nvidia0', 'nvidia0-gi1-ci0', 'nvidia0-gi2-ci0', 'nvidia1']);
+    assert.deepEqual(labels({ NVIDIA_VISIBLE_DEVICES: 'MIG-2' }), ['nvidia0', 'nvidia0-gi2-ci0', 'nvidia1']);
+    assert.equal(reportedDevices([parent], {})[1]!.d.name, 'NVIDIA A100-SXM4-80GB MIG 1g.10gb');
+  });
+
+  it("polls on the loop's long-lived signal leave no abort listener behind", async () => {
+    const probe: GpuProbe = { source: 'nvml', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
+    const { t } = setup(probe);
+    const ac = new AbortController();
+    for (let i = 0; i < 20; i++) await t.collect(ac.signal);
+    assert.equal(getEventListeners(ac.signal, 'abort').length, 0);
   });
 });
