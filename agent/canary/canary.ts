@@ -150,7 +150,6 @@ export class CanaryRunner {
   /** Aborts runs in flight at stop, so shutdown never waits out a canary's maxTotalMs. */
   private readonly stopping = new AbortController();
   private pingTimer: NodeJS.Timeout | undefined;
-  readonly runs = { started: 0, skipped: 0 };
 
   constructor(
     private readonly target: string,
@@ -185,14 +184,10 @@ export class CanaryRunner {
     }, delayMs);
   }
 
-  /** One run of one canary, recorded. Exposed for tests; never overlaps the lane's previous run. */
-  async runOnce(lane: Lane): Promise<CanaryResult | undefined> {
-    if (lane.running) {
-      this.runs.skipped++;
-      return undefined;
-    }
+  /** One run of one canary, recorded; never overlaps the lane's previous run. */
+  private async runOnce(lane: Lane): Promise<CanaryResult | undefined> {
+    if (lane.running) return undefined;
     lane.running = true;
-    this.runs.started++;
     try {
       const c = lane.canary;
       const run = await streamOnce(
@@ -233,11 +228,6 @@ export class CanaryRunner {
     } finally {
       lane.running = false;
     }
-  }
-
-  /** The lanes, for tests that drive runs by hand. */
-  laneOf(index: number): Lane {
-    return this.lanes[index]!;
   }
 
   private async ping(): Promise<void> {
