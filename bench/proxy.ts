@@ -119,7 +119,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   await waitReady(port);
   try {
     say(
-      'Stand-in engine in its own process: first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct and proxied rounds alternate, 3 of each, 3 s per round. Client, agent and engine share the machine.',
+      "Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct and proxied rounds alternate, 3 of each, 3 s per round. Client, agent and engine share the machine. Time to first byte is the role chunk's arrival.",
     );
     say();
     say('| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | proxied / direct chunks/s |');
