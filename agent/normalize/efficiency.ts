@@ -95,9 +95,10 @@ export class EfficiencyJoin {
   }
 
   /**
-   * Moves the window: with `families` (the canonical series now) and the totals of the previous
-   * call at least `minSeconds` ago, recomputes each join. A counter that went down in between
-   * (a reset the normaliser could not bridge) skips that window.
+   * Moves the windows with `families` (the canonical series now): the utilisation ratios over the
+   * time since the last point at least `minSeconds` old, energy per token at each new GPU energy
+   * reading. A counter that went down in between (a reset the normaliser could not bridge) skips
+   * that window.
    */
   advance(nowMs: number, families: readonly CanonicalFamily[], minSeconds: number): void {
     const fam = (name: string) => families.find((f) => f.metric.name === name);

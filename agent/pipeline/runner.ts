@@ -53,26 +53,26 @@ export interface RunnerDeps {
   now: () => number;
 }
 
-/** Runs one cycle of a source and records it. Resolves true on success; never throws. */
+/** Runs one cycle of a source and records it. Resolves true on success; a source that throws rejects (the loop counts it). */
 export function runCycle(src: LoopedSource, signal: AbortSignal, deps: RunnerDeps): Promise<boolean> {
   return deps.tracer.startActiveSpan(src.spanName, async (span) => {
-    const started = performance.now();
-    const r = await src.collect(signal);
-    if (!r || signal.aborted) {
+    try {
+      const started = performance.now();
+      const r = await src.collect(signal);
+      if (!r || signal.aborted) return false;
+      const nowMs = deps.now();
+      const seconds = (performance.now() - started) / 1000;
+      const h = src.health;
+      h.lastSeconds = seconds;
+      h.parseErrorsTotal += r.parseErrors;
+      deps.metrics.recordScrape(h.name, r.outcome, seconds, r.parseErrors, nowMs);
+      transition(src, r, nowMs, deps.log);
+      span.setAttributes(r.attributes);
+      if (r.outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: r.detail ? redactUrl(r.detail) : r.outcome });
+      return r.outcome === 'ok';
+    } finally {
       span.end();
-      return false;
     }
-    const nowMs = deps.now();
-    const seconds = (performance.now() - started) / 1000;
-    const h = src.health;
-    h.lastSeconds = seconds;
-    h.parseErrorsTotal += r.parseErrors;
-    deps.metrics.recordScrape(h.name, r.outcome, seconds, r.parseErrors, nowMs);
-    transition(src, r, nowMs, deps.log);
-    span.setAttributes(r.attributes);
-    if (r.outcome !== 'ok') span.setStatus({ code: SpanStatusCode.ERROR, message: r.detail ? redactUrl(r.detail) : r.outcome });
-    span.end();
-    return r.outcome === 'ok';
   });
 }
 
