@@ -31,7 +31,8 @@ export interface GpuDevice {
   energyJoules: number | null;
   /** The GPU's MIG devices when it is in MIG mode; null when MIG is off or unsupported. */
   mig: MigDevice[] | null;
-  processes: Array<{ pid: number; usedMemoryBytes: number | null }> | null;
+  /** Compute processes; on a GPU in MIG mode each names its MIG GPU and compute instance. */
+  processes: Array<{ pid: number; usedMemoryBytes: number | null; gpuInstanceId?: number | null; computeInstanceId?: number | null }> | null;
   /** The device as a whole failed (GPU lost); the other fields are null. */
   error: GpuError | null;
   fieldErrors: GpuError[];

@@ -126,7 +126,9 @@ export function reportedDevices(devices: readonly GpuDevice[], env: NodeJS.Proce
   const out: Reported[] = [];
   for (const d of devices) {
     const parent = deviceLabel(d);
-    out.push({ label: parent, d, mig: undefined });
+    const onInstance = (p: NonNullable<GpuDevice['processes']>[number]) => p.gpuInstanceId !== undefined && p.gpuInstanceId !== null;
+    // In MIG mode a process's memory is its instance's, not the parent's.
+    out.push({ label: parent, d: d.processes?.some(onInstance) ? { ...d, processes: d.processes.filter((p) => !onInstance(p)) } : d, mig: undefined });
     if (d.error) continue;
     for (const m of visibleMig(d, env)) {
       const gi = m.gpuInstanceId === null ? 'unknown' : String(m.gpuInstanceId);
@@ -144,6 +146,10 @@ export function reportedDevices(devices: readonly GpuDevice[], env: NodeJS.Proce
           memoryTotalBytes: m.memoryTotalBytes,
           memoryUsedBytes: m.memoryUsedBytes,
           memoryFreeBytes: m.memoryFreeBytes,
+          processes:
+            m.gpuInstanceId === null
+              ? null
+              : (d.processes ?? []).filter((p) => p.gpuInstanceId === m.gpuInstanceId && p.computeInstanceId === m.computeInstanceId),
         },
         mig: { parent, gpuInstance: gi, computeInstance: ci, profile },
       });

@@ -428,9 +428,13 @@ impl Api for Library {
         let mut count: c_uint = infos.len() as c_uint;
         ok(unsafe { f(h.0 as Dev, &mut count, infos.as_mut_ptr()) })?;
         let n = (count as usize).min(infos.len());
+        // NVML writes 0xFFFFFFFF in the instance ids of a process on a GPU not in MIG mode.
+        let instance = |id: c_uint| if id == c_uint::MAX { None } else { Some(id) };
         Ok(infos[..n].iter().map(|p| ProcessInfo {
             pid: p.pid,
             used_memory: if p.used_gpu_memory == VALUE_NOT_AVAILABLE { None } else { Some(p.used_gpu_memory) },
+            gpu_instance_id: instance(p.gpu_instance_id),
+            compute_instance_id: instance(p.compute_instance_id),
         }).collect())
     }
     fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> {

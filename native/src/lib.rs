@@ -162,6 +162,8 @@ fn device_js(js: &Js, k: &[napi_value; 23], d: &nvml::DeviceSample) -> napi_valu
                 let po = js.object();
                 js.set(po, "pid\0", js.num(p.pid as f64));
                 js.set(po, "usedMemoryBytes\0", js.opt_num(p.used_memory.map(|v| v as f64)));
+                js.set(po, "gpuInstanceId\0", js.opt_num(p.gpu_instance_id));
+                js.set(po, "computeInstanceId\0", js.opt_num(p.compute_instance_id));
                 po
             }).collect()),
             None => js.null(),

@@ -76,6 +76,9 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// None when NVML cannot say (NVML_VALUE_NOT_AVAILABLE, e.g. under MIG without privileges).
     pub used_memory: Option<u64>,
+    /// The MIG GPU and compute instance the process runs on; None outside MIG (NVML's 0xFFFFFFFF).
+    pub gpu_instance_id: Option<u32>,
+    pub compute_instance_id: Option<u32>,
 }
 
 /// The NVML calls the agent makes, one method per function. Errors are NVML return codes.
@@ -370,7 +373,7 @@ mod tests {
         fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret> {
             self.check(h)?;
             if self.permission_denied_processes { return Err(4); }
-            Ok(vec![ProcessInfo { pid: 42, used_memory: Some(1 << 30) }])
+            Ok(vec![ProcessInfo { pid: 42, used_memory: Some(1 << 30), gpu_instance_id: None, compute_instance_id: None }])
         }
         fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> { Ok(self.xids.borrow_mut().pop()) }
     }

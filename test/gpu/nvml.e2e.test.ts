@@ -141,7 +141,12 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   });
 
   it('MIG: each MIG device is a device of its own under its parent, and NVIDIA_VISIBLE_DEVICES=MIG-<uuid> narrows to it', async () => {
-    const all = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], { FAKE_NVML_DEVICES: '2', FAKE_NVML_MIG: '0:2' });
+    const all = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
+      FAKE_NVML_DEVICES: '2',
+      FAKE_NVML_MIG: '0:2',
+      // A process on GPU instance 1 / compute instance 0 (2048 MiB), and one outside MIG (512 MiB).
+      FAKE_NVML_PROCS_0: `${process.pid}:2048:1:0,${process.pid}:512`,
+    });
     try {
       const body = await eventually(
         async () => {
@@ -163,6 +168,9 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
       assert.match(body, /gpu_info\{device="nvidia0-gi1-ci0",uuid="MIG-00000000-fake-4000-8000-000000000000",name="NVIDIA H100 80GB HBM3 MIG 1g\.10gb"/);
       assert.ok(sampleValue(body, 'gpu_power_watts', 'device="nvidia0"')! > 0, 'the parent keeps its whole-GPU fields');
       assert.equal(sampleValue(body, 'gpu_power_watts', 'device="nvidia0-gi1-ci0"'), undefined);
+      assert.equal(sampleValue(body, 'gpu_process_mem_bytes', 'device="nvidia0-gi1-ci0"'), 2048 * 1024 ** 2, 'the process counts on its MIG instance');
+      assert.equal(sampleValue(body, 'gpu_process_mem_bytes', 'device="nvidia0"'), 512 * 1024 ** 2, 'and not on the parent');
+      assert.equal(sampleValue(body, 'gpu_process_mem_bytes', 'device="nvidia0-gi2-ci0"'), undefined);
     } finally {
       await all.stop();
     }

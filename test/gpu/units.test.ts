@@ -256,6 +256,23 @@ describe('GPU telemetry with an injected probe', () => {
     assert.deepEqual(labels({}), ['nvidia0', 'nvidia0-gi1-ci0', 'nvidia0-gi2-ci0', 'nvidia1']);
     assert.deepEqual(labels({ NVIDIA_VISIBLE_DEVICES: 'MIG-2' }), ['nvidia0', 'nvidia0-gi2-ci0', 'nvidia1']);
     assert.equal(reportedDevices([parent], {})[1]!.d.name, 'NVIDIA A100-SXM4-80GB MIG 1g.10gb');
+    // A process on a MIG instance counts on that instance, not on the parent.
+    const withProcs = {
+      ...parent,
+      processes: [
+        { pid: 1, usedMemoryBytes: 100, gpuInstanceId: 1, computeInstanceId: 0 },
+        { pid: 2, usedMemoryBytes: 50, gpuInstanceId: null, computeInstanceId: null },
+      ],
+    };
+    const r = reportedDevices([withProcs], {});
+    assert.deepEqual(
+      r.map((x) => [x.label, (x.d.processes ?? []).map((p) => p.pid)]),
+      [
+        ['nvidia0', [2]],
+        ['nvidia0-gi1-ci0', [1]],
+        ['nvidia0-gi2-ci0', []],
+      ],
+    );
   });
 
   it("polls on the loop's long-lived signal leave no abort listener behind", async () => {
