@@ -4,17 +4,15 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { Agent } from '../agent/agent.js';
 import { validateConfig } from '../agent/config/load.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
-import { createLogger } from '../agent/logger.js';
 import { parseExposition } from '../agent/parse/exposition.js';
 import type { ScrapeResult, Source } from '../agent/sources/source.js';
 import { emptyDevice, type GpuProbe } from '../agent/gpu/probe.js';
 import { createGpuTelemetry } from '../agent/gpu/telemetry.js';
-import { eventually, REPO_ROOT, sampleValue } from './helpers.js';
+import { captureLogger, eventually, REPO_ROOT, sampleValue } from './helpers.js';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures');
 const fixture = (path: string) => readFileSync(join(FIXTURES, path), 'utf8');
@@ -37,7 +35,7 @@ class FakeSource implements Source {
 
 function agentWith(upstreams: Array<{ name: string; flavor?: string; model?: string }>) {
   const sources = new Map<string, FakeSource>();
-  const logs: string[] = [];
+  const { lines: logs, log } = captureLogger();
   let clock = 1_000_000;
   const config = validateConfig({
     listen: '127.0.0.1:0',
@@ -45,15 +43,7 @@ function agentWith(upstreams: Array<{ name: string; flavor?: string; model?: str
     upstreams: upstreams.map((u) => ({ url: `http://127.0.0.1:1/${u.name}`, flavor: 'auto', ...u })),
   });
   const agent = new Agent(config, {
-    log: createLogger(
-      'info',
-      new Writable({
-        write: (c, _e, cb) => {
-          logs.push(String(c));
-          cb();
-        },
-      }),
-    ),
+    log,
     now: () => clock,
     source: (cfg: UpstreamConfig) => {
       const s = new FakeSource(cfg.name);
@@ -136,21 +126,12 @@ describe('Agent in-process (fake sources)', () => {
         return Promise.resolve({ devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-a', utilizationGpu: 50 }], xids: [], elapsedUs: 1 });
       },
     };
-    const logs: string[] = [];
+    const { lines: logs, log } = captureLogger();
     const config = validateConfig({
       listen: '127.0.0.1:0',
       upstreams: [{ url: 'http://127.0.0.1:1/metrics', interval: '1h' }],
       gpu: { interval: '100ms', timeout: '50ms' },
     });
-    const log = createLogger(
-      'info',
-      new Writable({
-        write: (c, _e, cb) => {
-          logs.push(String(c));
-          cb();
-        },
-      }),
-    );
     const agent = new Agent(config, {
       log,
       source: (cfg: UpstreamConfig) => new FakeSource(cfg.name),

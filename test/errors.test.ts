@@ -1,31 +1,15 @@
 // The error catalogue: errors the agent carries on from are counted every time and logged once.
 
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { ErrorReporter } from '../agent/errors.js';
 import { SelfMetrics } from '../agent/export/self-metrics.js';
 import { OomTail } from '../agent/gpu/oom.js';
-import { createLogger } from '../agent/logger.js';
-import { sampleValue } from './helpers.js';
-
-function capture() {
-  const lines: string[] = [];
-  const log = createLogger(
-    'info',
-    new Writable({
-      write: (c, _e, cb) => {
-        lines.push(String(c));
-        cb();
-      },
-    }),
-  );
-  return { lines, log };
-}
+import { captureLogger, sampleValue } from './helpers.js';
 
 describe('error catalogue', () => {
   it('a missing OOM log is counted at every poll, logged once, and its path is said', async () => {
-    const { lines, log } = capture();
+    const { lines, log } = captureLogger();
     const errors = new ErrorReporter(log);
     const metrics = new SelfMetrics(
       't',
@@ -46,7 +30,7 @@ describe('error catalogue', () => {
   });
 
   it('never logs credentials from an error message', () => {
-    const { lines, log } = capture();
+    const { lines, log } = captureLogger();
     new ErrorReporter(log).report('engine_info_failed', new Error('connect ECONNREFUSED http://user:s3cret@10.0.0.1:8000/v1/models'));
     assert.equal(lines.length, 1);
     assert.ok(!lines[0]!.includes('s3cret'), lines[0]);

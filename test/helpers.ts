@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { createLogger, type Logger } from '../agent/logger.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
@@ -189,4 +191,19 @@ export function strictOpenMetricsFailures(bodies: readonly string[]): string[] {
   if (r.status === 0) return [];
   const lines = r.stdout.split('\n').filter(Boolean);
   return lines.length ? lines : [`check failed: ${r.stderr.slice(0, 500)}`];
+}
+
+/** A logger whose JSON lines are kept in `lines` (one entry per line), for tests that read the logs. */
+export function captureLogger(level = 'info'): { lines: string[]; log: Logger } {
+  const lines: string[] = [];
+  const log = createLogger(
+    level,
+    new Writable({
+      write: (c, _e, cb) => {
+        lines.push(...String(c).split('\n').filter(Boolean));
+        cb();
+      },
+    }),
+  );
+  return { lines, log };
 }

@@ -8,17 +8,15 @@ import { SelfMetrics } from '../agent/export/self-metrics.js';
 import { SeriesLimiter } from '../agent/guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from '../agent/guard/labels.js';
 import { PassthroughGuard } from '../agent/guard/passthrough.js';
-import { createLogger } from '../agent/logger.js';
 import { Normalizer } from '../agent/normalize/normalizer.js';
 import { parseExposition } from '../agent/parse/exposition.js';
 import type { Source } from '../agent/sources/source.js';
 import { resultOfParse } from '../agent/sources/engine.js';
 import { Upstream } from '../agent/upstream.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
-import { Writable } from 'node:stream';
 import { llamacpp } from '../agent/sources/engines/llamacpp.js';
 import { vllm } from '../agent/sources/engines/vllm.js';
-import { startServer } from './helpers.js';
+import { captureLogger, startServer } from './helpers.js';
 
 const VLLM =
   '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0",model_name="llama"} 1.0\n' +
@@ -48,16 +46,7 @@ function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel
     auth: undefined,
     tls: undefined,
   };
-  const logs: string[] = [];
-  const log = createLogger(
-    'info',
-    new Writable({
-      write: (c, _e, cb) => {
-        logs.push(String(c));
-        cb();
-      },
-    }),
-  );
+  const { lines: logs, log } = captureLogger();
   const metrics = new SelfMetrics(
     't',
     () => new Map(),

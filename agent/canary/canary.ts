@@ -18,6 +18,9 @@ export type CanaryResult = (typeof CANARY_RESULTS)[number];
 const MAX_ANSWER_CHARS = 64 * 1024;
 const PING_TIMEOUT_MS = 5000;
 
+/** A path under the engine's base URL (which may or may not end in a slash). */
+const under = (base: string, path: string) => new URL(path, base.endsWith('/') ? base : `${base}/`);
+
 export interface StreamRequest {
   model: string;
   prompt: string;
@@ -68,7 +71,7 @@ export async function streamOnce(target: string, req: StreamRequest, timeoutMs: 
   let failure: string | undefined;
   let timedOut = false;
   try {
-    const res = await fetch(new URL('v1/chat/completions', target.endsWith('/') ? target : `${target}/`), {
+    const res = await fetch(under(target, 'v1/chat/completions'), {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'user-agent': `infertel-canary/${VERSION}`, 'x-infertel-canary': '1' },
       body: JSON.stringify({
@@ -239,7 +242,7 @@ export class CanaryRunner {
         const started = performance.now();
         let up = false;
         try {
-          const res = await fetch(new URL(path!, this.target.endsWith('/') ? this.target : `${this.target}/`), {
+          const res = await fetch(under(this.target, path!), {
             headers: { 'user-agent': `infertel-canary/${VERSION}` },
             signal: AbortSignal.timeout(PING_TIMEOUT_MS),
           });

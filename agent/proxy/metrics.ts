@@ -171,15 +171,13 @@ export class ProxyMetrics {
       this.seriesFor('tokens_generated_total', { model: r.model, tenant: r.tenant, phase: 'decode' }).value += r.completionTokens;
     if (r.usageUnknown) this.seriesFor('inference_requests_usage_unknown_total', base).value++;
     if (r.streamEnd) this.seriesFor('inference_stream_resets_total', { ...base, reason: r.streamEnd }).value++;
-    this.cache = undefined;
-    this.version++;
+    this.changed();
   }
 
   /** A request over a tenant's limit (refused, or only counted for a shadow tenant). */
   recordRateLimited(tenant: string, limit: string): void {
     this.seriesFor('rate_limited_requests_total', { tenant, limit }).value++;
-    this.cache = undefined;
-    this.version++;
+    this.changed();
   }
 
   /** The remaining share of a tenant's limits, as its latest admission saw them. */
@@ -195,16 +193,14 @@ export class ProxyMetrics {
     if (r.ttftMs !== undefined) this.observe('canary_ttft_ms', labels, r.ttftMs, undefined, 0);
     if (r.tokensPerSecond !== undefined) this.seriesFor('canary_tokens_per_second', labels).value = r.tokensPerSecond;
     this.seriesFor('canary_consecutive_failures', labels).value = r.consecutiveFailures;
-    this.cache = undefined;
-    this.version++;
+    this.changed();
   }
 
   /** One ping of an engine endpoint (health, models) beside the canaries. */
   recordPing(endpoint: string, up: boolean, ms: number): void {
     this.seriesFor('canary_endpoint_up', { endpoint }).value = up ? 1 : 0;
     this.seriesFor('canary_endpoint_duration_ms', { endpoint }).value = this.toProfile('canary_endpoint_duration_ms', ms);
-    this.cache = undefined;
-    this.version++;
+    this.changed();
   }
 
   /** One load probe step: latency quantiles (ms) and the step's output tokens per second. */
@@ -224,20 +220,23 @@ export class ProxyMetrics {
         this.seriesFor('load_probe_ttft_ms', { model, concurrency: c, quantile: q }).value = this.toProfile('load_probe_ttft_ms', step.ttftMs[i]!);
     });
     this.seriesFor('load_probe_tokens_per_second', { model, concurrency: c }).value = step.tokensPerSecond;
-    this.cache = undefined;
-    this.version++;
+    this.changed();
   }
 
   /** A stream's violations of the SSE contract, one count per kind (streamValidator). */
   recordViolations(model: string, kinds: readonly string[]): void {
     for (const kind of kinds) this.seriesFor('inference_stream_violations_total', { model, kind }).value++;
-    this.cache = undefined;
-    this.version++;
+    this.changed();
   }
 
   /** Errors of the shared limiter backend. */
   recordBackendError(backend: string): void {
     this.seriesFor('rate_limiter_backend_errors_total', { backend }).value++;
+    this.changed();
+  }
+
+  /** A series changed: the next families() rebuilds, and the exposition sees a new version. */
+  private changed(): void {
     this.cache = undefined;
     this.version++;
   }

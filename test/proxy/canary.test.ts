@@ -3,17 +3,15 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Writable } from 'node:stream';
 import { Agent } from '../../agent/agent.js';
 import { judge, streamOnce, type CanaryConfig, type StreamRun } from '../../agent/canary/canary.js';
 import { msUntilNext, nearestRank } from '../../agent/canary/probe.js';
 import { validateConfig } from '../../agent/config/load.js';
 import { startSimOpenAi, type SimOpenAi } from '../../agent/demo/sim-openai.js';
-import { createLogger } from '../../agent/logger.js';
 import { StreamObserver } from '../../agent/proxy/stream.js';
 import { StreamValidator } from '../../agent/proxy/validator.js';
 import type { Route } from '../../agent/proxy/routes.js';
-import { eventually, freePort, getText, startServer } from '../helpers.js';
+import { captureLogger, eventually, freePort, getText, startServer } from '../helpers.js';
 import { ACME_KEY, post, startHarness, sumOf, type Harness } from './harness.js';
 
 const ev = (doc: unknown) => `data: ${typeof doc === 'string' ? doc : JSON.stringify(doc)}\n\n`;
@@ -235,7 +233,7 @@ describe('canaries: against the stand-in engine', () => {
 
 /** An agent with canaries only (no proxy, no upstream worth scraping), its logs captured. */
 async function canaryAgent(engine: SimOpenAi, canaries: unknown[], extra: Record<string, unknown> = {}) {
-  const lines: string[] = [];
+  const { lines, log } = captureLogger();
   const config = validateConfig({
     listen: '127.0.0.1:0',
     upstreams: [{ url: `${engine.url}/metrics`, flavor: 'vllm' }],
@@ -243,17 +241,7 @@ async function canaryAgent(engine: SimOpenAi, canaries: unknown[], extra: Record
     canaries,
     ...extra,
   });
-  const agent = new Agent(config, {
-    log: createLogger(
-      'info',
-      new Writable({
-        write: (c, _e, cb) => {
-          lines.push(...String(c).split('\n').filter(Boolean));
-          cb();
-        },
-      }),
-    ),
-  });
+  const agent = new Agent(config, { log });
   await agent.start();
   return {
     agent,
