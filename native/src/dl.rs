@@ -6,12 +6,12 @@ use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr, CString};
 
 #[link(name = "dl")]
 extern "C" {
-    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-    fn dlerror() -> *const c_char;
-    fn dlclose(handle: *mut c_void) -> c_int;
+    pub(crate) fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    pub(crate) fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    pub(crate) fn dlerror() -> *const c_char;
+    pub(crate) fn dlclose(handle: *mut c_void) -> c_int;
 }
-const RTLD_NOW: c_int = 2;
+pub(crate) const RTLD_NOW: c_int = 2;
 
 type Dev = *mut c_void;
 
@@ -137,7 +137,7 @@ pub struct Library {
 // every call behind one mutex anyway.
 unsafe impl Send for Library {}
 
-unsafe fn sym(lib: *mut c_void, name: &str) -> *mut c_void {
+pub(crate) unsafe fn sym(lib: *mut c_void, name: &str) -> *mut c_void {
     match CString::new(name) {
         Ok(c) => dlsym(lib, c.as_ptr()),
         Err(_) => std::ptr::null_mut(),
@@ -155,7 +155,7 @@ macro_rules! required {
     }};
 }
 
-unsafe fn optional<T: Copy>(lib: *mut c_void, names: &[&str]) -> Option<T> {
+pub(crate) unsafe fn optional<T: Copy>(lib: *mut c_void, names: &[&str]) -> Option<T> {
     for n in names {
         let p = sym(lib, n);
         if !p.is_null() {
@@ -172,7 +172,7 @@ pub enum LoadError {
     InitFailed(Ret, String),
 }
 
-fn c_buf_to_string(buf: &[c_char]) -> String {
+pub(crate) fn c_buf_to_string(buf: &[c_char]) -> String {
     let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

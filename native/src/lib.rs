@@ -2,6 +2,8 @@
 //! NVML loading in dl.rs. No panic crosses the FFI boundary: every entry point runs inside
 //! catch_unwind, and nothing unwraps data that came from NVML or JS.
 
+mod amd_dl;
+pub mod amdsmi;
 mod dl;
 mod napi;
 pub mod nvml;
@@ -21,9 +23,36 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
-/// A poisoned lock only means an earlier call panicked; the NVML state itself is still valid.
+struct AmdState {
+    lib: amd_dl::Library,
+    handles: Vec<nvml::Handle>,
+}
+
+static AMD_STATE: Mutex<Option<AmdState>> = Mutex::new(None);
+
+/// A poisoned lock only means an earlier call panicked; the library state itself is still valid.
 fn state() -> MutexGuard<'static, Option<State>> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn amd_state() -> MutexGuard<'static, Option<AmdState>> {
+    AMD_STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which vendor library a poll reads.
+#[derive(Clone, Copy)]
+enum Backend {
+    Nvml,
+    Amd,
+}
+
+impl Backend {
+    fn error_name(self, r: u32) -> &'static str {
+        match self {
+            Backend::Nvml => nvml::error_name(r),
+            Backend::Amd => amdsmi::status_name(r),
+        }
+    }
 }
 
 const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -107,6 +136,7 @@ unsafe extern "C" fn js_init(env: napi_env, info: napi_callback_info) -> napi_va
 }
 
 struct PollWork {
+    backend: Backend,
     deferred: napi_deferred,
     work: napi_async_work,
     result: Option<Result<(nvml::PollResult, u128), &'static str>>,
@@ -114,19 +144,29 @@ struct PollWork {
 
 unsafe extern "C" fn poll_execute(_env: napi_env, data: *mut c_void) {
     let work = &mut *(data as *mut PollWork);
+    let backend = work.backend;
     let r = catch_unwind(AssertUnwindSafe(|| {
-        let guard = state();
-        let Some(s) = guard.as_ref() else { return Err("nvml_not_initialized") };
         let t0 = Instant::now();
-        let r = nvml::poll(&s.lib, &s.devices, s.xids);
+        let r = match backend {
+            Backend::Nvml => {
+                let guard = state();
+                let Some(s) = guard.as_ref() else { return Err("nvml_not_initialized") };
+                nvml::poll(&s.lib, &s.devices, s.xids)
+            }
+            Backend::Amd => {
+                let guard = amd_state();
+                let Some(s) = guard.as_ref() else { return Err("amdsmi_not_initialized") };
+                nvml::PollResult { devices: amdsmi::poll(&s.lib, &s.handles), xids: Vec::new() }
+            }
+        };
         Ok((r, t0.elapsed().as_micros()))
     }));
-    work.result = Some(r.unwrap_or(Err("nvml_internal")));
+    work.result = Some(r.unwrap_or(Err("gpu_addon_internal")));
 }
 
-const DEVICE_KEYS: [&str; 23] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
-    "memoryUsedBytes", "memoryFreeBytes", "temperatureC", "powerW", "powerLimitW", "smClockMhz", "memClockMhz", "eccCorrected",
-    "eccUncorrected", "throttleReasons", "energyJoules", "mig", "processes", "error", "fieldErrors"];
+const DEVICE_KEYS: [&str; 24] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
+    "memoryUsedBytes", "memoryFreeBytes", "temperatureC", "temperatureHotspotC", "powerW", "powerLimitW", "smClockMhz", "memClockMhz",
+    "eccCorrected", "eccUncorrected", "throttleReasons", "energyJoules", "mig", "processes", "error", "fieldErrors"];
 
 fn mig_js(js: &Js, m: &nvml::MigSample) -> napi_value {
     let o = js.object();
@@ -143,12 +183,13 @@ fn mig_js(js: &Js, m: &nvml::MigSample) -> napi_value {
     o
 }
 
-fn device_js(js: &Js, k: &[napi_value; 23], d: &nvml::DeviceSample) -> napi_value {
+fn device_js(js: &Js, backend: Backend, k: &[napi_value; 24], d: &nvml::DeviceSample) -> napi_value {
     let f = |x: Option<u64>| x.map(|v| v as f64);
     let values = [
         js.num(d.index as f64), js.opt_num(d.minor), js.opt_str(d.uuid.as_deref()), js.opt_str(d.name.as_deref()),
         js.opt_str(d.pci_bus_id.as_deref()), js.opt_num(d.utilization_gpu), js.opt_num(d.utilization_memory),
         js.opt_num(f(d.memory_total)), js.opt_num(f(d.memory_used)), js.opt_num(f(d.memory_free)), js.opt_num(d.temperature_c),
+        js.opt_num(d.temperature_hotspot_c),
         js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)), js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)),
         js.opt_num(d.sm_clock_mhz), js.opt_num(d.mem_clock_mhz), js.opt_num(f(d.ecc_corrected)), js.opt_num(f(d.ecc_uncorrected)),
         js.opt_num(f(d.throttle_reasons)),
@@ -168,15 +209,17 @@ fn device_js(js: &Js, k: &[napi_value; 23], d: &nvml::DeviceSample) -> napi_valu
             }).collect()),
             None => js.null(),
         },
-        d.error.as_ref().map(|e| error_js(js, e)).unwrap_or_else(|| js.null()),
-        js.array(d.field_errors.iter().map(|e| error_js(js, e)).collect()),
+        d.error.as_ref().map(|e| error_js(js, backend, e)).unwrap_or_else(|| js.null()),
+        js.array(d.field_errors.iter().map(|e| error_js(js, backend, e)).collect()),
     ];
     js.object_with(k, values)
 }
 
-fn error_js(js: &Js, e: &nvml::NvmlError) -> napi_value {
+/// A failed call: the vendor's name for its return code, the code itself, and which field it was.
+/// The code's key stays `nvmlReturn` for both vendors, so the TS side reads one shape.
+fn error_js(js: &Js, backend: Backend, e: &nvml::NvmlError) -> napi_value {
     let eo = js.object();
-    js.set(eo, "code\0", js.str(nvml::error_name(e.ret)));
+    js.set(eo, "code\0", js.str(backend.error_name(e.ret)));
     js.set(eo, "nvmlReturn\0", js.num(e.ret as f64));
     js.set(eo, "message\0", js.str(e.field));
     eo
@@ -189,7 +232,7 @@ unsafe extern "C" fn poll_complete(env: napi_env, _status: napi_status, data: *m
         Some(Ok((r, us))) => {
             let o = js.object();
             let keys = js.keys(DEVICE_KEYS);
-            js.set(o, "devices\0", js.array(r.devices.iter().map(|d| device_js(&js, &keys, d)).collect()));
+            js.set(o, "devices\0", js.array(r.devices.iter().map(|d| device_js(&js, work.backend, &keys, d)).collect()));
             js.set(o, "xids\0", js.array(r.xids.iter().map(|&(index, xid)| {
                 let x = js.object();
                 js.set(x, "index\0", js.num(index as f64));
@@ -203,20 +246,29 @@ unsafe extern "C" fn poll_complete(env: napi_env, _status: napi_status, data: *m
             napi_reject_deferred(env, work.deferred, js.error(code, code));
         }
         None => {
-            napi_reject_deferred(env, work.deferred, js.error("nvml_internal", "poll did not run"));
+            napi_reject_deferred(env, work.deferred, js.error("gpu_addon_internal", "poll did not run"));
         }
     }));
     napi_delete_async_work(env, work.work);
 }
 
 unsafe extern "C" fn js_poll(env: napi_env, _info: napi_callback_info) -> napi_value {
+    queue_poll(env, Backend::Nvml)
+}
+
+unsafe extern "C" fn js_amd_poll(env: napi_env, _info: napi_callback_info) -> napi_value {
+    queue_poll(env, Backend::Amd)
+}
+
+/// A promise of one poll, sampled on a libuv worker thread so the event loop never waits on the driver.
+unsafe fn queue_poll(env: napi_env, backend: Backend) -> napi_value {
     let js = Js { env };
     let mut deferred = std::ptr::null_mut();
     let mut promise = std::ptr::null_mut();
     if napi_create_promise(env, &mut deferred, &mut promise) != 0 {
         return std::ptr::null_mut();
     }
-    let data = Box::into_raw(Box::new(PollWork { deferred, work: std::ptr::null_mut(), result: None }));
+    let data = Box::into_raw(Box::new(PollWork { backend, deferred, work: std::ptr::null_mut(), result: None }));
     let mut work = std::ptr::null_mut();
     let name = js.str("infertel.nvml.poll");
     if napi_create_async_work(env, std::ptr::null_mut(), name, Some(poll_execute), Some(poll_complete), data as *mut c_void, &mut work) != 0 {
@@ -249,6 +301,79 @@ unsafe extern "C" fn js_shutdown(env: napi_env, _info: napi_callback_info) -> na
     js.bool(closed)
 }
 
+fn amd_init_info(js: &Js, s: &AmdState) -> napi_value {
+    let o = js.object();
+    js.set(o, "libPath\0", js.str(&s.lib.path));
+    js.set(o, "deviceCount\0", js.num(s.handles.len() as f64));
+    js.set(o, "libVersion\0", js.str(&s.lib.version));
+    js.set(o, "abi\0", js.str(match s.lib.abi {
+        amdsmi::Abi::Rocm6 => "rocm6",
+        amdsmi::Abi::Rocm7 => "rocm7",
+    }));
+    o
+}
+
+const DEFAULT_AMD_LIBRARY: &str = "libamd_smi.so";
+
+unsafe extern "C" fn js_amd_init(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let path = string_arg(env, info).unwrap_or_else(|| DEFAULT_AMD_LIBRARY.to_string());
+        let mut guard = amd_state();
+        if let Some(s) = guard.as_ref() {
+            return Ok(amd_init_info(&js, s));
+        }
+        match amd_dl::Library::open(&path) {
+            Ok(mut lib) => {
+                let handles = match amdsmi::Api::processors(&lib) {
+                    Ok(h) => h,
+                    Err(r) => {
+                        let text = lib.error_text(r);
+                        lib.close();
+                        return Err(("amdsmi_init_failed", format!("amdsmi_get_processor_handles failed: {text}"), Some(r)));
+                    }
+                };
+                let s = AmdState { lib, handles };
+                let v = amd_init_info(&js, &s);
+                *guard = Some(s);
+                Ok(v)
+            }
+            Err(amd_dl::LoadError::Unavailable(msg)) => Err(("amdsmi_unavailable", msg, None)),
+            Err(amd_dl::LoadError::UnknownAbi(msg)) => Err(("amdsmi_abi_unknown", msg, None)),
+            Err(amd_dl::LoadError::InitFailed(r, text)) => Err(("amdsmi_init_failed", format!("amdsmi_init failed: {text}"), Some(r))),
+        }
+    }));
+    match outcome {
+        Ok(Ok(v)) => v,
+        Ok(Err((code, msg, ret))) => {
+            let e = js.error(code, &msg);
+            if let Some(r) = ret {
+                js.set(e, "nvmlReturn\0", js.num(r as f64));
+                js.set(e, "nvmlError\0", js.str(amdsmi::status_name(r)));
+            }
+            napi_throw(env, e);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            napi_throw(env, js.error("gpu_addon_internal", "internal error in amdInit"));
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn js_amd_shutdown(env: napi_env, _info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let closed = catch_unwind(AssertUnwindSafe(|| match amd_state().take() {
+        Some(mut s) => {
+            s.lib.close();
+            true
+        }
+        None => false,
+    }))
+    .unwrap_or(false);
+    js.bool(closed)
+}
+
 unsafe fn export(env: napi_env, exports: napi_value, name: &'static str, cb: unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value) {
     let mut f = std::ptr::null_mut();
     napi_create_function(env, name.as_ptr() as *const c_char, name.len() - 1, Some(cb), std::ptr::null_mut(), &mut f);
@@ -261,6 +386,9 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     export(env, exports, "init\0", js_init);
     export(env, exports, "poll\0", js_poll);
     export(env, exports, "shutdown\0", js_shutdown);
+    export(env, exports, "amdInit\0", js_amd_init);
+    export(env, exports, "amdPoll\0", js_amd_poll);
+    export(env, exports, "amdShutdown\0", js_amd_shutdown);
     exports
 }
 

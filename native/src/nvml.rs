@@ -133,6 +133,8 @@ pub struct DeviceSample {
     pub memory_used: Option<u64>,
     pub memory_free: Option<u64>,
     pub temperature_c: Option<u32>,
+    /// AMD's junction (hotspot) sensor; NVML has no such reading.
+    pub temperature_hotspot_c: Option<u32>,
     pub power_mw: Option<u32>,
     pub power_limit_mw: Option<u32>,
     pub sm_clock_mhz: Option<u32>,
