@@ -48,6 +48,7 @@ function addRunOptions(cmd: Command): Command {
     .option('--proxy-listen <host:port>', 'run the inline proxy (request-level mode) on this address (env INFERTEL_PROXY_LISTEN)')
     .option('--proxy-target <url>', "the engine's base URL the proxy forwards to, e.g. http://127.0.0.1:8000 (env INFERTEL_PROXY_TARGET)")
     .option('--nvml-library <path>', 'path of libnvidia-ml.so.1 (env INFERTEL_NVML_LIBRARY)')
+    .option('--amdsmi-library <path>', "path of AMD SMI's libamd_smi.so (env INFERTEL_AMDSMI_LIBRARY)")
     .addOption(new Option('--log-level <level>', 'log level (env INFERTEL_LOG_LEVEL)').choices(['debug', 'info', 'warn', 'error']));
 }
 
@@ -156,7 +157,7 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
     .option('--interval <duration>', 'scrape interval', '2s')
     .option('--restart-every <duration>', 'how often the simulated TGI restarts (its counters reset)', '3m')
     .addOption(new Option('--units <profile>', 'unit profile').choices(['ms', 'seconds']).default('ms'))
-    .option('--gpus <n>', 'simulated GPUs (0 for none)', '2')
+    .option('--gpus <n|vendor[:n]>', 'simulated GPUs: a count of NVIDIA H100s, or amd[:n] for AMD MI300Xs (0 for none)', '2')
     .option('--proxy-listen <host:port>', 'inline proxy in front of the simulated vLLM ("off": none)', '127.0.0.1:9401')
     .option('--load <per-second>', 'built-in load through the proxy, requests per second (0: none)', '4')
     .action(

@@ -10,12 +10,14 @@ export function agentDeps(config: AgentConfig): AgentDeps {
   const g = config.gpu;
   const gpu: GpuConfig = {
     nvmlLibrary: g.nvmlLibrary,
+    amdSmiLibrary: g.amdSmiLibrary,
     intervalMs: g.interval,
     timeoutMs: g.timeout,
     source: g.source,
     processRoles: g.processRoles,
     oomLogPath: g.oomLogPath,
     simulate: g.simulate,
+    simulateVendor: g.simulateVendor,
   };
   return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log, config: gpu }) };
 }

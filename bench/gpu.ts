@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { loadAddon } from '../agent/gpu/addon.js';
+import { type GpuAddon, loadAddon } from '../agent/gpu/addon.js';
+import { AmdSmiCliProbe } from '../agent/gpu/amd-smi-probe.js';
+import { buildFakeAmdSmiLibrary } from '../test/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -129,5 +131,49 @@ export async function benchGpu(say: (s?: string) => void): Promise<void> {
     say('(nvidia-smi not on PATH: the systeminformation anchor was not measured)');
   }
   addon.shutdown();
+  say();
+  if (!real) await benchAmd(say, addon, addonP50, pct(many.core, 50), n);
+}
+
+/**
+ * The AMD SMI poll next to the NVML one just measured: the same addon, a fake libamd_smi.so of the
+ * ROCm 7 generation with the same number of devices, the same back-to-back loop; and one amd-smi
+ * CLI poll (the fake script) as the fallback's anchor.
+ */
+async function benchAmd(say: (s?: string) => void, addon: GpuAddon, nvmlWallP50: number, nvmlCoreP50: number, n: number): Promise<void> {
+  say(`### AMD SMI poll (fake libamd_smi.so 26.1 with ${n} devices), next to the NVML poll above`);
+  say();
+  process.env.FAKE_AMDSMI_DEVICES = String(n);
+  const info = addon.amdInit(buildFakeAmdSmiLibrary('26'));
+  for (let i = 0; i < 100; i++) await addon.amdPoll();
+  const wall: number[] = [];
+  const core: number[] = [];
+  for (let i = 0; i < 20_000; i++) {
+    const t0 = performance.now();
+    const r = await addon.amdPoll();
+    wall.push((performance.now() - t0) * 1000);
+    core.push(r.elapsedUs);
+  }
+  addon.amdShutdown();
+  const cli = new AmdSmiCliProbe(join(ROOT, 'test/fixtures/fake-amd-smi/amd-smi'));
+  process.env.FAKE_AMD_SMI_DEVICES = String(n);
+  await cli.poll();
+  const cliMs: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const t0 = performance.now();
+    await cli.poll();
+    cliMs.push(performance.now() - t0);
+  }
+  say('| path | devices | per poll p50 | per poll p99 | ratio to the NVML poll (p50) |');
+  say('|---|---|---|---|---|');
+  say(
+    `| addon \`amdPoll()\`, wall | ${info.deviceCount} | ${pct(wall, 50).toFixed(1)} µs | ${pct(wall, 99).toFixed(1)} µs | **${(pct(wall, 50) / nvmlWallP50).toFixed(2)}×** |`,
+  );
+  say(
+    `| of which AMD SMI calls (Rust core) | ${info.deviceCount} | ${pct(core, 50).toFixed(1)} µs | ${pct(core, 99).toFixed(1)} µs | ${(pct(core, 50) / nvmlCoreP50).toFixed(2)}× |`,
+  );
+  say(
+    `| anchor: one \`amd-smi metric --json\` poll (fake script, child process) | ${info.deviceCount} | ${(pct(cliMs, 50) * 1000).toFixed(0)} µs | ${(pct(cliMs, 99) * 1000).toFixed(0)} µs | ${((pct(cliMs, 50) * 1000) / nvmlWallP50).toFixed(0)}× |`,
+  );
   say();
 }

@@ -117,6 +117,7 @@ describe('Agent in-process (fake sources)', () => {
     let polls = 0;
     const probe: GpuProbe = {
       source: 'nvml',
+      vendor: 'nvidia',
       driverVersion: '580.1',
       minIntervalMs: 0,
       close: async () => {},

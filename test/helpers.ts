@@ -170,6 +170,39 @@ export function buildFakeNvmlLibrary(): string {
   return out;
 }
 
+const fakeAmdSmi = new Map<string, string>();
+
+/**
+ * Compile test/fixtures/fake-amdsmi/fake_amdsmi.c against the header excerpt of one AMD SMI
+ * generation ("24": ROCm 6.x layouts, "26": ROCm 7.x) into a libamd_smi.so (once per process each).
+ */
+export function buildFakeAmdSmiLibrary(generation: '24' | '26'): string {
+  const cached = fakeAmdSmi.get(generation);
+  if (cached) return cached;
+  const dir = mkdtempSync(join(tmpdir(), `infertel-fakeamdsmi${generation}-`));
+  const out = join(dir, 'libamd_smi.so');
+  const header = join(REPO_ROOT, `test/fixtures/amdsmi/amdsmi-${generation}.h`);
+  const r = spawnSync(
+    'gcc',
+    [
+      '-O2',
+      '-Wall',
+      '-Wextra',
+      '-Werror',
+      '-shared',
+      '-fPIC',
+      `-DAMDSMI_HEADER="${header}"`,
+      '-o',
+      out,
+      join(REPO_ROOT, 'test/fixtures/fake-amdsmi/fake_amdsmi.c'),
+    ],
+    { encoding: 'utf8' },
+  );
+  if (r.status !== 0) throw new Error(`gcc failed: ${r.stderr}`);
+  fakeAmdSmi.set(generation, out);
+  return out;
+}
+
 export function addonBuilt(): boolean {
   return existsSync(join(REPO_ROOT, 'native/index.js'));
 }

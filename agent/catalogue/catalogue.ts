@@ -10,7 +10,7 @@ import { FLAVORS } from '../sources/flavor.js';
 
 export type { Flavor } from '../sources/flavor.js';
 /** Engine flavors, the GPU source, the inline proxy (request-level mode), the canaries, and joins of GPU and engine series. */
-export const SOURCE_KINDS = [...FLAVORS, 'nvml', 'proxy', 'canary', 'join'] as [string, ...string[]];
+export const SOURCE_KINDS = [...FLAVORS, 'gpu', 'proxy', 'canary', 'join'] as [string, ...string[]];
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());
@@ -124,7 +124,7 @@ export function loadCatalogueData(path = CATALOGUE_PATH): CatalogueData {
     if (m.type === 'histogram' && (!m.layout || !data.layouts[m.layout])) problems.push(`${m.name}: histogram needs a known layout`);
     if (m.type === 'gauge' && !m.aggregate) problems.push(`${m.name}: gauge needs an aggregate`);
     for (const src of m.sources ?? []) {
-      const byField = src.flavor === 'nvml' || src.flavor === 'proxy' || src.flavor === 'canary' || src.flavor === 'join';
+      const byField = src.flavor === 'gpu' || src.flavor === 'proxy' || src.flavor === 'canary' || src.flavor === 'join';
       if (byField ? !src.field : !src.from) problems.push(`${m.name}: a ${src.flavor} source needs ${byField ? 'field' : 'from'}`);
     }
     for (const d of m.derive ?? []) {

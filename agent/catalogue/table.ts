@@ -34,7 +34,7 @@ function derivation(m: MetricSpec): string {
 function origins(m: MetricSpec): string {
   const lines = [
     ...FLAVORS.map((f) => [FLAVOR_TABLE[f].title, sources(m, f)]),
-    ['GPU', sources(m, 'nvml')],
+    ['GPU', sources(m, 'gpu')],
     ['Proxy', sources(m, 'proxy')],
     ['Canary', sources(m, 'canary')],
   ]

@@ -34,6 +34,7 @@ export interface Overrides {
   units?: string;
   histograms?: string;
   nvmlLibrary?: string;
+  amdsmiLibrary?: string;
   logLevel?: string;
   proxyListen?: string;
   proxyTarget?: string;
@@ -48,6 +49,7 @@ export const ENV_VARS: Record<keyof Overrides, string> = {
   units: 'INFERTEL_UNITS',
   histograms: 'INFERTEL_HISTOGRAMS',
   nvmlLibrary: 'INFERTEL_NVML_LIBRARY',
+  amdsmiLibrary: 'INFERTEL_AMDSMI_LIBRARY',
   logLevel: 'INFERTEL_LOG_LEVEL',
   proxyListen: 'INFERTEL_PROXY_LISTEN',
   proxyTarget: 'INFERTEL_PROXY_TARGET',
@@ -115,6 +117,7 @@ function applyOverrides(raw: Record<string, unknown>, o: Overrides): void {
   if (o.histograms !== undefined) raw.histograms = o.histograms;
   if (o.logLevel !== undefined) raw.logLevel = o.logLevel;
   if (o.nvmlLibrary !== undefined) raw.gpu = { ...(raw.gpu as object | undefined), nvmlLibrary: o.nvmlLibrary };
+  if (o.amdsmiLibrary !== undefined) raw.gpu = { ...(raw.gpu as object | undefined), amdSmiLibrary: o.amdsmiLibrary };
   if (o.proxyListen !== undefined) raw.proxy = { ...(raw.proxy as object | undefined), listen: o.proxyListen };
   if (o.proxyTarget !== undefined) raw.proxy = { ...(raw.proxy as object | undefined), target: o.proxyTarget };
   if (o.redisUrl !== undefined) {

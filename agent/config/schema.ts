@@ -318,12 +318,14 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Path of libnvidia-ml.so.1 (default: the dynamic loader's search). */
       nvmlLibrary: z.string().min(1).optional(),
+      /** Path of AMD SMI's libamd_smi.so (default: the dynamic loader's search, e.g. /opt/rocm/lib on its path). */
+      amdSmiLibrary: z.string().min(1).optional(),
       /** GPU poll interval. */
       interval: duration('5s', INTERVAL_BOUNDS),
       /** A poll that takes longer is abandoned, counted, and the last values are marked stale. */
       timeout: duration('2s', TIMEOUT_BOUNDS),
-      /** auto: NVML, then nvidia-smi through systeminformation, then none. */
-      source: z.enum(['auto', 'nvml', 'nvidia-smi', 'none']).default('auto'),
+      /** auto: NVML, then AMD SMI, then nvidia-smi (through systeminformation), then amd-smi, then none; any other value pins that one. */
+      source: z.enum(['auto', 'nvml', 'amdsmi', 'nvidia-smi', 'amd-smi', 'none']).default('auto'),
       /** process name (as in /proc/PID/comm) -> role used in gpu_process_mem_bytes{process}. */
       processRoles: z.record(z.string(), z.string()).default({}),
       /** Engine log file tailed for CUDA out-of-memory lines (gpu_oom_events_total). */
@@ -334,6 +336,8 @@ export const configSchema = z.strictObject({
       peakMemoryBandwidthGBs: z.number().positive().max(1_000_000).optional(),
       /** Simulated GPUs instead of real ones (the demo uses this; 0 = off). */
       simulate: z.number().int().min(0).max(16).default(0),
+      /** Which vendor's GPUs the simulation shows. */
+      simulateVendor: z.enum(['nvidia', 'amd']).default('nvidia'),
     })
     .prefault({}),
   /** debug | info | warn | error */

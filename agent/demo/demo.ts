@@ -66,6 +66,15 @@ export function parseDemoEngines(list: string): DemoEngine[] {
   return [...new Set(names)] as DemoEngine[];
 }
 
+/** `--gpus`: a count of NVIDIA GPUs ("2"), or a vendor with an optional count ("amd", "amd:4", "nvidia:1"); 0 for none. */
+export function parseDemoGpus(spec: string): { simulate: number; simulateVendor: 'nvidia' | 'amd' } {
+  const m = /^(?:(nvidia|amd)(?::(\d+))?|(\d+))$/.exec(spec.trim());
+  if (!m) throw new Error(`--gpus: ${spec} is not a count or nvidia[:N] / amd[:N]`);
+  const count = Number(m[2] ?? m[3] ?? 2);
+  if (count > 16) throw new Error('--gpus: at most 16 simulated GPUs');
+  return { simulate: count, simulateVendor: m[1] === 'amd' ? 'amd' : 'nvidia' };
+}
+
 export interface DemoUpstreams {
   vllm: SimServer;
   tgi: SimServer;
@@ -121,6 +130,7 @@ export async function runDemo(
   const restartMs = parseDuration(flags.restartEvery);
   if (restartMs === undefined) throw new Error(`--restart-every: not a duration: ${flags.restartEvery}`);
   const wanted = parseDemoEngines(flags.engines);
+  const gpus = parseDemoGpus(flags.gpus);
   const engines = await startSimulatedEngines(restartMs);
   const extras = await Promise.all(wanted.filter((n): n is 'sglang' | 'llamacpp' => n === 'sglang' || n === 'llamacpp').map(startExtraEngine));
   const shown: Array<{ title: string; url: string }> = [
@@ -149,7 +159,7 @@ export async function runDemo(
     interval: flags.interval,
     units: flags.units,
     upstreams: shown.map((e) => ({ url: `${e.url}/metrics`, flavor: 'auto' })),
-    gpu: { simulate: Number(flags.gpus) },
+    gpu: gpus,
     // A canary on the simulated vLLM every 10 s (30 s is the default), judged against 003's
     // streaming SLO; it goes straight to the engine, so it is in no tenant's numbers.
     ...(wanted.includes('vllm')

@@ -5,6 +5,8 @@ import { quantileAcross, quantileFromBuckets } from '../normalize/rebucket.js';
 
 export interface GpuDeviceSummary {
   device: string;
+  /** nvidia or amd. */
+  vendor: 'nvidia' | 'amd';
   index: number;
   uuid: string | null;
   name: string | null;
@@ -18,12 +20,15 @@ export interface GpuDeviceSummary {
   energy_joules: number | null;
   error: string | null;
   stale: boolean;
+  /** Set on a MIG device: its parent GPU, instance ids and profile (as gpu_mig_info has them). */
+  mig?: { parent: string; gpu_instance_id: string; compute_instance_id: string; profile: string };
   nvml_unavailable?: true;
 }
 
 export interface GpuSummary {
   /** simulated: the demo's GPUs. */
-  source: 'nvml' | 'nvidia-smi' | 'simulated' | 'none';
+  source: 'nvml' | 'amdsmi' | 'nvidia-smi' | 'amd-smi' | 'simulated' | 'none';
+  /** True unless a vendor library (NVML or AMD SMI) is read: the CLIs, a simulation or nothing. */
   nvml_unavailable: boolean;
   reason?: string;
   devices: GpuDeviceSummary[];

@@ -1,4 +1,4 @@
-// Loads the native NVML addon (native/, built by `npm install` when cargo is there).
+// Loads the native GPU addon (native/, built by `npm install` when cargo is there): NVML and AMD SMI.
 
 import { createRequire } from 'node:module';
 import type { GpuPoll } from './probe.js';
@@ -12,14 +12,24 @@ export interface InitInfo {
   xidError: string | null;
 }
 
+export interface AmdInitInfo {
+  libPath: string;
+  deviceCount: number;
+  libVersion: string;
+  abi: 'rocm6' | 'rocm7';
+}
+
 /** The addon's API (native/typedefs.jsonl, from which the generated native/index.d.ts is made). */
-export interface NvmlAddon {
+export interface GpuAddon {
   init(libPath?: string | null): InitInfo;
   poll(): Promise<GpuPoll>;
   shutdown(): boolean;
+  amdInit(libPath?: string | null): AmdInitInfo;
+  amdPoll(): Promise<GpuPoll>;
+  amdShutdown(): boolean;
 }
 
-export type AddonLoad = { ok: true; addon: NvmlAddon } | { ok: false; reason: string };
+export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };
 
 let cached: AddonLoad | undefined;
 
@@ -27,15 +37,15 @@ export function loadAddon(): AddonLoad {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   try {
-    cached = { ok: true, addon: require('../../../native/index.js') as NvmlAddon };
+    cached = { ok: true, addon: require('../../../native/index.js') as GpuAddon };
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     cached = {
       ok: false,
       reason:
         e.code === 'MODULE_NOT_FOUND' || /Cannot find native binding|Cannot find module/.test(e.message)
-          ? 'the NVML addon is not built (npm install builds it when cargo is available)'
-          : `the NVML addon failed to load: ${e.message.split('\n')[0]}`,
+          ? 'the GPU addon is not built (npm install builds it when cargo is available)'
+          : `the GPU addon failed to load: ${e.message.split('\n')[0]}`,
     };
   }
   return cached;

@@ -1,15 +1,16 @@
 // GPU probe over the native addon and NVML.
 
-import { loadAddon, type InitInfo, type NvmlAddon } from './addon.js';
+import { type GpuAddon, type InitInfo, loadAddon } from './addon.js';
 import type { GpuPoll, GpuProbe } from './probe.js';
 
 export class NvmlProbe implements GpuProbe {
   readonly source = 'nvml' as const;
+  readonly vendor = 'nvidia' as const;
   readonly minIntervalMs = 100;
   readonly driverVersion: string | null;
 
   private constructor(
-    private readonly addon: NvmlAddon,
+    private readonly addon: GpuAddon,
     readonly info: InitInfo,
   ) {
     this.driverVersion = info.driverVersion;

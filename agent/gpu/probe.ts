@@ -1,5 +1,5 @@
-// The GPU probe interface: the native NVML addon, nvidia-smi through systeminformation, or a
-// simulation, all produce the same samples.
+// The GPU probe interface: the native addon over NVML or AMD SMI, the vendors' CLIs (nvidia-smi
+// through systeminformation, amd-smi), or a simulation, all produce the same samples.
 
 export interface GpuError {
   code: string;
@@ -20,6 +20,8 @@ export interface GpuDevice {
   memoryUsedBytes: number | null;
   memoryFreeBytes: number | null;
   temperatureC: number | null;
+  /** AMD's junction (hotspot) sensor; NVIDIA reports none. */
+  temperatureHotspotC: number | null;
   powerW: number | null;
   powerLimitW: number | null;
   smClockMhz: number | null;
@@ -58,10 +60,12 @@ export interface GpuPoll {
   elapsedUs: number;
 }
 
-export type GpuSourceName = 'nvml' | 'nvidia-smi' | 'simulated';
+export type GpuSourceName = 'nvml' | 'amdsmi' | 'nvidia-smi' | 'amd-smi' | 'simulated';
+export type GpuVendor = 'nvidia' | 'amd';
 
 export interface GpuProbe {
   readonly source: GpuSourceName;
+  readonly vendor: GpuVendor;
   readonly driverVersion: string | null;
   /** Shortest sensible interval between polls (nvidia-smi is slow). */
   readonly minIntervalMs: number;
@@ -82,6 +86,7 @@ export function emptyDevice(index: number): GpuDevice {
     memoryUsedBytes: null,
     memoryFreeBytes: null,
     temperatureC: null,
+    temperatureHotspotC: null,
     powerW: null,
     powerLimitW: null,
     smClockMhz: null,

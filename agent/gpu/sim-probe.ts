@@ -1,18 +1,59 @@
 // Simulated GPUs for `infertel demo`: plausible, moving values with no hardware and no library.
+// NVIDIA H100s by default, or AMD MI300Xs (`demo --gpus amd`) with AMD's extra hotspot sensor.
 
-import { emptyDevice, type GpuPoll, type GpuProbe } from './probe.js';
+import { emptyDevice, type GpuPoll, type GpuProbe, type GpuVendor } from './probe.js';
+
+interface Model {
+  name: string;
+  memoryMib: number;
+  idleW: number;
+  peakW: number;
+  limitW: number;
+  smClockMhz: number;
+  memClockMhz: number;
+  driverVersion: string;
+}
+
+const MODELS: Record<GpuVendor, Model> = {
+  nvidia: {
+    name: 'NVIDIA H100 80GB HBM3 (simulated)',
+    memoryMib: 81559,
+    idleW: 90,
+    peakW: 650,
+    limitW: 700,
+    smClockMhz: 1980,
+    memClockMhz: 2619,
+    driverVersion: '550.54.15-simulated',
+  },
+  amd: {
+    name: 'AMD Instinct MI300X (simulated)',
+    memoryMib: 196592,
+    idleW: 140,
+    peakW: 720,
+    limitW: 750,
+    smClockMhz: 2100,
+    memClockMhz: 1300,
+    driverVersion: 'amdsmi-26.1.0-simulated',
+  },
+};
 
 export class SimulatedProbe implements GpuProbe {
   readonly source = 'simulated' as const;
   readonly minIntervalMs = 100;
-  readonly driverVersion = '550.54.15-simulated';
+  readonly driverVersion: string;
+  private readonly model: Model;
   private tick = 0;
   /** Joules per device: the simulated power integrated over real time, as NVML's counter is. */
   private readonly energy: number[];
   private lastPollAt: number | undefined;
 
-  constructor(private readonly count: number) {
+  constructor(
+    private readonly count: number,
+    readonly vendor: GpuVendor = 'nvidia',
+  ) {
     this.energy = new Array<number>(count).fill(0);
+    this.model = MODELS[vendor];
+    this.driverVersion = this.model.driverVersion;
   }
 
   async poll(): Promise<GpuPoll> {
@@ -22,34 +63,40 @@ export class SimulatedProbe implements GpuProbe {
     this.lastPollAt = now;
     const devices = Array.from({ length: this.count }, (_, i) => {
       const wave = 0.5 + 0.45 * Math.sin((this.tick + i * 7) / 6);
-      const total = 81559 * 1024 * 1024;
+      const m = this.model;
+      const amd = this.vendor === 'amd';
+      const total = m.memoryMib * 1024 * 1024;
       const used = Math.round(total * (0.55 + 0.35 * wave));
-      const powerW = Math.round(90 + 560 * wave);
+      const powerW = Math.round(m.idleW + (m.peakW - m.idleW) * wave);
       this.energy[i]! += powerW * dtSec;
+      const temperatureC = Math.round(38 + 40 * wave);
       return {
         ...emptyDevice(i),
-        minor: i,
-        uuid: `GPU-00000000-sim0-4000-8000-${String(i).padStart(12, '0')}`,
-        name: 'NVIDIA H100 80GB HBM3 (simulated)',
-        pciBusId: `00000000:${(0x18 + i).toString(16).toUpperCase()}:00.0`,
+        minor: amd ? null : i,
+        uuid: amd ? `${(0x10 + i).toString(16)}ff74a1-0000-1000-80e9-sim00000000${i}` : `GPU-00000000-sim0-4000-8000-${String(i).padStart(12, '0')}`,
+        name: m.name,
+        pciBusId: amd ? `0000:${(0x0c + 0x10 * i).toString(16).padStart(2, '0')}:00.0` : `00000000:${(0x18 + i).toString(16).toUpperCase()}:00.0`,
         utilizationGpu: Math.round(100 * wave),
         utilizationMemory: Math.round(60 * wave),
         memoryTotalBytes: total,
         memoryUsedBytes: used,
         memoryFreeBytes: total - used,
-        temperatureC: Math.round(38 + 40 * wave),
+        temperatureC,
+        temperatureHotspotC: amd ? temperatureC + 14 : null,
         powerW,
-        powerLimitW: 700,
-        smClockMhz: wave > 0.2 ? 1980 : 345,
-        memClockMhz: 2619,
+        powerLimitW: m.limitW,
+        smClockMhz: wave > 0.2 ? m.smClockMhz : 345,
+        memClockMhz: m.memClockMhz,
         eccCorrected: 0,
         eccUncorrected: 0,
-        throttleReasons: wave > 0.2 ? 0 : 1,
+        // AMD SMI has no NVML-style clock-event reasons.
+        throttleReasons: amd ? null : wave > 0.2 ? 0 : 1,
         energyJoules: Math.round(this.energy[i]! * 1000) / 1000,
         processes: [{ pid: process.pid, usedMemoryBytes: used }],
       };
     });
-    return { devices, xids: this.tick % 40 === 0 ? [{ index: 0, xid: 79 }] : [], elapsedUs: 1 };
+    const xids = this.vendor === 'nvidia' && this.tick % 40 === 0 ? [{ index: 0, xid: 79 }] : [];
+    return { devices, xids, elapsedUs: 1 };
   }
 
   async close(): Promise<void> {}

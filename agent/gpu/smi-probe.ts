@@ -64,6 +64,7 @@ export function smiUnavailable(): string | undefined {
 
 export class SmiProbe implements GpuProbe {
   readonly source = 'nvidia-smi' as const;
+  readonly vendor = 'nvidia' as const;
   readonly minIntervalMs = 30_000;
   driverVersion: string | null = null;
   private readonly worker = new Worker(new URL('./smi-worker.js', import.meta.url));

@@ -1,4 +1,4 @@
-// GPU telemetry: picks a probe along the fallback chain (NVML addon, nvidia-smi, none), and is
+// GPU telemetry: picks a probe along the fallback chain (NVML, AMD SMI, nvidia-smi or amd-smi, none), and is
 // the loop's source named "gpu": each cycle polls the probe off the event loop with a deadline,
 // keeps the last good values (marked stale) when a poll fails or hangs, and turns samples into the
 // catalogue's GPU families and the JSON summary. The loop (pipeline/runner.ts) records its health
@@ -9,13 +9,15 @@ import type { GpuDeviceSummary, GpuSummary } from '../export/summary.js';
 import type { SelfMetrics } from '../export/self-metrics.js';
 import type { Logger } from '../logger.js';
 import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.js';
+import { AmdSmiProbe } from './amd-probe.js';
+import { AmdSmiCliProbe, amdSmiUnavailable } from './amd-smi-probe.js';
 import { NvmlProbe } from './nvml-probe.js';
 import { OomTail } from './oom.js';
 
 import type { CycleReport, LoopedSource, SourceHealth } from '../pipeline/runner.js';
 import { GPU_SOURCE_NAME } from '../sources/source.js';
 import { attribute } from './processes.js';
-import { emptyDevice, type GpuDevice, type GpuPoll, type GpuProbe, type MigDevice } from './probe.js';
+import { emptyDevice, type GpuDevice, type GpuPoll, type GpuProbe, type GpuVendor, type MigDevice } from './probe.js';
 import { SimulatedProbe } from './sim-probe.js';
 import { SmiProbe, smiUnavailable } from './smi-probe.js';
 import { visibleDevices, visibleMig } from './visible.js';
@@ -32,14 +34,18 @@ export interface GpuTelemetry extends LoopedSource {
   summary(): GpuSummary;
 }
 
+export type GpuSourceChoice = 'auto' | 'nvml' | 'amdsmi' | 'nvidia-smi' | 'amd-smi' | 'none';
+
 export interface GpuConfig {
   nvmlLibrary?: string | undefined;
+  amdSmiLibrary?: string | undefined;
   intervalMs: number;
   timeoutMs: number;
-  source: 'auto' | 'nvml' | 'nvidia-smi' | 'none';
+  source: GpuSourceChoice;
   processRoles: Readonly<Record<string, string>>;
   oomLogPath?: string | undefined;
   simulate: number;
+  simulateVendor?: GpuVendor | undefined;
 }
 
 export interface GpuTelemetryDeps {
@@ -59,23 +65,44 @@ export interface ProbeChoice {
   reasons: string[];
 }
 
-/** NVML through the addon, then nvidia-smi through systeminformation, then none. */
+/** One link of the fallback chain: a probe, or why it cannot be had. */
+type Link = { name: GpuSourceChoice; open: () => GpuProbe | string };
+
+function describe(name: string, err: unknown): string {
+  const e = err as Error & { nvmlReturn?: number; nvmlError?: string };
+  return `${name}: ${e.message}${e.nvmlError ? ` (${e.nvmlError}, return ${e.nvmlReturn})` : ''}`;
+}
+
+function libraryLink(name: 'nvml' | 'amdsmi', label: string, open: () => GpuProbe): Link {
+  return {
+    name,
+    open: () => {
+      try {
+        return open();
+      } catch (err) {
+        return describe(label, err);
+      }
+    },
+  };
+}
+
+/** NVML, then AMD SMI (both through the addon), then nvidia-smi, then amd-smi, then none; `gpu.source` pins one. */
 export function chooseProbe(cfg: GpuConfig): ProbeChoice {
   const reasons: string[] = [];
-  if (cfg.simulate > 0) return { probe: new SimulatedProbe(cfg.simulate), reasons };
+  if (cfg.simulate > 0) return { probe: new SimulatedProbe(cfg.simulate, cfg.simulateVendor ?? 'nvidia'), reasons };
   if (cfg.source === 'none') return { probe: null, reasons: ['gpu.source is none'] };
-  if (cfg.source === 'auto' || cfg.source === 'nvml') {
-    try {
-      return { probe: NvmlProbe.open(cfg.nvmlLibrary), reasons };
-    } catch (err) {
-      const e = err as Error & { code?: string; nvmlReturn?: number; nvmlError?: string };
-      reasons.push(`NVML: ${e.message}${e.nvmlError ? ` (${e.nvmlError}, return ${e.nvmlReturn})` : ''}`);
-      if (cfg.source === 'nvml') return { probe: null, reasons };
-    }
+  const chain: Link[] = [
+    libraryLink('nvml', 'NVML', () => NvmlProbe.open(cfg.nvmlLibrary)),
+    libraryLink('amdsmi', 'AMD SMI', () => AmdSmiProbe.open(cfg.amdSmiLibrary)),
+    { name: 'nvidia-smi', open: () => smiUnavailable() ?? new SmiProbe() },
+    { name: 'amd-smi', open: () => amdSmiUnavailable() ?? new AmdSmiCliProbe() },
+  ];
+  for (const link of chain) {
+    if (cfg.source !== 'auto' && cfg.source !== link.name) continue;
+    const got = link.open();
+    if (typeof got !== 'string') return { probe: got, reasons };
+    reasons.push(got);
   }
-  const smiProblem = smiUnavailable();
-  if (!smiProblem) return { probe: new SmiProbe(), reasons };
-  reasons.push(smiProblem);
   return { probe: null, reasons };
 }
 
@@ -99,8 +126,12 @@ function bump(m: Map<string, number>, key: string, by = 1): void {
   m.set(key, (m.get(key) ?? 0) + by);
 }
 
-export function deviceLabel(d: Pick<GpuDevice, 'minor' | 'index'>): string {
-  return `nvidia${d.minor ?? d.index}`;
+/**
+ * The `device` label as each vendor's own exporter names a GPU: dcgm-exporter's nvidia<minor>,
+ * and for AMD the index the device-metrics exporter reports as gpu_id, prefixed amd<index>.
+ */
+export function deviceLabel(d: Pick<GpuDevice, 'minor' | 'index'>, vendor: GpuVendor = 'nvidia'): string {
+  return vendor === 'amd' ? `amd${d.index}` : `nvidia${d.minor ?? d.index}`;
 }
 
 /**
@@ -122,10 +153,10 @@ interface Reported {
 }
 
 /** Each visible GPU, then each of its visible MIG devices as a device of its own (memory, utilisation where NVML has it). */
-export function reportedDevices(devices: readonly GpuDevice[], env: NodeJS.ProcessEnv): Reported[] {
+export function reportedDevices(devices: readonly GpuDevice[], env: NodeJS.ProcessEnv, vendor: GpuVendor = 'nvidia'): Reported[] {
   const out: Reported[] = [];
   for (const d of devices) {
-    const parent = deviceLabel(d);
+    const parent = deviceLabel(d, vendor);
     const onInstance = (p: NonNullable<GpuDevice['processes']>[number]) => p.gpuInstanceId !== undefined && p.gpuInstanceId !== null;
     // In MIG mode a process's memory is its instance's, not the parent's.
     out.push({ label: parent, d: d.processes?.some(onInstance) ? { ...d, processes: d.processes.filter((p) => !onInstance(p)) } : d, mig: undefined });
@@ -176,7 +207,7 @@ class Telemetry implements GpuTelemetry {
     this.oom = deps.config.oomLogPath
       ? new OomTail(deps.config.oomLogPath, (err) => deps.metrics.errors.report('oom_log_unreadable', err, { component: 'gpu', path: deps.config.oomLogPath }))
       : undefined;
-    this.gpuMetrics = deps.catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'nvml'));
+    this.gpuMetrics = deps.catalogue.metrics.filter((m) => m.sources?.some((s) => s.flavor === 'gpu'));
     if (deps.probe !== undefined) this.probe = deps.probe;
     this.health = {
       name: GPU_SOURCE_NAME,
@@ -204,8 +235,9 @@ class Telemetry implements GpuTelemetry {
     if (this.deps.probe === undefined) ({ probe: this.probe, reasons: this.reasons } = chooseProbe(config));
     const source = this.probe?.source ?? 'none';
     if (source === 'nvml') log.info({ component: 'gpu', source }, 'GPU telemetry from NVML');
-    else if (source === 'nvidia-smi')
-      log.warn({ component: 'gpu', source, why: this.reasons }, 'GPU telemetry from nvidia-smi: lower precision, polled at most every 30 s');
+    else if (source === 'amdsmi') log.info({ component: 'gpu', source, ...(this.reasons.length ? { why: this.reasons } : {}) }, 'GPU telemetry from AMD SMI');
+    else if (source === 'nvidia-smi' || source === 'amd-smi')
+      log.warn({ component: 'gpu', source, why: this.reasons }, `GPU telemetry from ${source}: lower precision, polled at most every 30 s`);
     else if (source === 'simulated') log.info({ component: 'gpu', source, devices: config.simulate }, 'GPU telemetry simulated');
     else log.warn({ component: 'gpu', source, why: this.reasons }, 'no GPU telemetry');
     this.health.intervalMs = this.intervalMs();
@@ -292,26 +324,36 @@ class Telemetry implements GpuTelemetry {
     }
   }
 
+  private get vendor(): GpuVendor {
+    return this.probe?.vendor ?? 'nvidia';
+  }
+
+  private label(d: Pick<GpuDevice, 'minor' | 'index'>): string {
+    return deviceLabel(d, this.vendor);
+  }
+
   private accept(r: GpuPoll): void {
-    const devices = visibleDevices(r.devices, this.deps.env ?? process.env);
+    const env = this.deps.env ?? process.env;
+    const devices = visibleDevices(r.devices, env, this.vendor);
     const visible = new Set(devices.map((d) => d.index));
     for (const d of devices) {
       if (d.minor !== null) this.minors.set(d.index, d.minor);
       else d.minor = this.minors.get(d.index) ?? null;
-      if (d.error) bump(this.counters.pollErrors, `${deviceLabel(d)}${SEP}${d.error.code}`);
-      if (d.energyJoules !== null) this.counters.energy.set(deviceLabel(d), monotonicEnergy(this.counters.energy.get(deviceLabel(d)), d.energyJoules));
-      for (const e of d.fieldErrors) bump(this.counters.pollErrors, `${deviceLabel(d)}${SEP}${e.code}`);
+      const label = this.label(d);
+      if (d.error) bump(this.counters.pollErrors, `${label}${SEP}${d.error.code}`);
+      if (d.energyJoules !== null) this.counters.energy.set(label, monotonicEnergy(this.counters.energy.get(label), d.energyJoules));
+      for (const e of d.fieldErrors) bump(this.counters.pollErrors, `${label}${SEP}${e.code}`);
     }
     for (const x of r.xids) {
       if (!visible.has(x.index)) continue;
-      bump(this.counters.xids, `${deviceLabel({ index: x.index, minor: this.minors.get(x.index) ?? null })}${SEP}${x.xid}`);
+      bump(this.counters.xids, `${this.label({ index: x.index, minor: this.minors.get(x.index) ?? null })}${SEP}${x.xid}`);
     }
     for (const idx of this.oom?.read() ?? []) {
-      const label = idx === undefined ? 'unknown' : deviceLabel({ index: idx, minor: this.minors.get(idx) ?? null });
+      const label = idx === undefined ? 'unknown' : this.label({ index: idx, minor: this.minors.get(idx) ?? null });
       bump(this.counters.oom, label);
     }
     this.devices = devices;
-    this.reported = reportedDevices(devices, this.deps.env ?? process.env);
+    this.reported = reportedDevices(devices, env, this.vendor);
     this.stale = false;
     this.deps.onChange();
   }
@@ -378,6 +420,7 @@ class Telemetry implements GpuTelemetry {
                   ['name', d.name ?? ''],
                   ['pci_bus_id', d.pciBusId ?? ''],
                   ['driver', this.probe?.driverVersion ?? ''],
+                  ['vendor', this.vendor],
                 ],
                 1,
               );
@@ -415,9 +458,11 @@ class Telemetry implements GpuTelemetry {
 
   summary(): GpuSummary {
     const source = this.probe?.source ?? 'none';
-    const nvml = source === 'nvml';
-    const devices: GpuDeviceSummary[] = this.devices.map((d) => ({
-      device: deviceLabel(d),
+    const library = source === 'nvml' || source === 'amdsmi';
+    const vendor = this.vendor;
+    const devices: GpuDeviceSummary[] = this.reported.map(({ d, label, mig }) => ({
+      device: label,
+      vendor,
       index: d.index,
       uuid: d.uuid,
       name: d.name,
@@ -427,12 +472,13 @@ class Telemetry implements GpuTelemetry {
       memory_free_bytes: d.memoryFreeBytes,
       temperature_c: d.temperatureC,
       power_w: d.powerW,
-      energy_joules: ((e) => (e ? +(e.raw + e.offset).toFixed(3) : null))(this.counters.energy.get(deviceLabel(d))),
+      energy_joules: ((e) => (e ? +(e.raw + e.offset).toFixed(3) : null))(this.counters.energy.get(label)),
       error: d.error ? d.error.code : null,
       stale: this.stale,
-      ...(nvml ? {} : { nvml_unavailable: true as const }),
+      ...(mig ? { mig: { parent: mig.parent, gpu_instance_id: mig.gpuInstance, compute_instance_id: mig.computeInstance, profile: mig.profile } } : {}),
+      ...(library ? {} : { nvml_unavailable: true as const }),
     }));
-    return { source, nvml_unavailable: !nvml, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}), devices };
+    return { source, nvml_unavailable: !library, ...(this.reasons.length ? { reason: this.reasons.join('; ') } : {}), devices };
   }
 
   /** After the loop has stopped: closes the probe once no poll is in flight. */

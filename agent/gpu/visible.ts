@@ -1,8 +1,9 @@
 // Which GPUs the pod may report: NVIDIA_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES, by index or
 // UUID, and MIG devices by their MIG-<uuid> (the parent GPU of a listed MIG device is visible too:
-// its power, temperature and clocks are the slice's as well).
+// its power, temperature and clocks are the slice's as well). For AMD, ROCR_VISIBLE_DEVICES and
+// then HIP_VISIBLE_DEVICES, the way the ROCm runtime applies them.
 
-import type { GpuDevice, MigDevice } from './probe.js';
+import type { GpuDevice, GpuVendor, MigDevice } from './probe.js';
 
 function parse(value: string | undefined): string[] | 'all' | 'none' {
   if (value === undefined) return 'all';
@@ -35,16 +36,27 @@ export function visibleMig(parent: GpuDevice, env: NodeJS.ProcessEnv): MigDevice
   return out;
 }
 
-/**
- * Devices the environment lets this pod see. NVIDIA_VISIBLE_DEVICES indexes name NVML indexes;
- * CUDA_VISIBLE_DEVICES indexes count within what NVIDIA_VISIBLE_DEVICES left, as CUDA does.
- */
-export function visibleDevices(devices: GpuDevice[], env: NodeJS.ProcessEnv): GpuDevice[] {
-  let out = devices;
-  for (const [name, byPosition] of [
+/** Each vendor's variables in the order its runtime applies them, and whether indexes count positions in what the earlier one left. */
+const VISIBILITY: Record<GpuVendor, ReadonlyArray<readonly [string, boolean]>> = {
+  nvidia: [
     ['NVIDIA_VISIBLE_DEVICES', false],
     ['CUDA_VISIBLE_DEVICES', true],
-  ] as const) {
+  ],
+  // ROCR_VISIBLE_DEVICES names devices by index or UUID; HIP_VISIBLE_DEVICES counts within what it left.
+  amd: [
+    ['ROCR_VISIBLE_DEVICES', false],
+    ['HIP_VISIBLE_DEVICES', true],
+  ],
+};
+
+/**
+ * Devices the environment lets this pod see. NVIDIA_VISIBLE_DEVICES indexes name NVML indexes;
+ * CUDA_VISIBLE_DEVICES indexes count within what NVIDIA_VISIBLE_DEVICES left, as CUDA does; the
+ * AMD pair works the same way.
+ */
+export function visibleDevices(devices: GpuDevice[], env: NodeJS.ProcessEnv, vendor: GpuVendor = 'nvidia'): GpuDevice[] {
+  let out = devices;
+  for (const [name, byPosition] of VISIBILITY[vendor]) {
     const spec = parse(env[name]);
     if (spec === 'all') continue;
     if (spec === 'none') return [];

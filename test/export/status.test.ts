@@ -85,6 +85,7 @@ function inputsAt(nowMs: number, requests2xx: number, durations: number[], devic
   ];
   const gpuDevices = Array.from({ length: devices }, (_, i) => ({
     device: `nvidia${i}`,
+    vendor: 'nvidia' as const,
     index: i,
     uuid: null,
     name: null,

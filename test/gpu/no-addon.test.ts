@@ -33,7 +33,7 @@ describe('without the NVML addon', () => {
         assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="none"'), 1);
         const lines = out.split('\n').filter((l) => l.includes('"no GPU telemetry"'));
         assert.equal(lines.length, 1);
-        assert.match(lines[0]!, /the NVML addon is not built \(npm install builds it when cargo is available\)/);
+        assert.match(lines[0]!, /the GPU addon is not built \(npm install builds it when cargo is available\)/);
       } finally {
         child.kill('SIGTERM');
       }

@@ -165,6 +165,7 @@ describe('GPU telemetry with an injected probe', () => {
     let calls = 0;
     const probe: GpuProbe = {
       source: 'nvml',
+      vendor: 'nvidia',
       driverVersion: 'd',
       minIntervalMs: 0,
       close: async () => {},
@@ -188,7 +189,7 @@ describe('GPU telemetry with an injected probe', () => {
   });
 
   it('XIDs accumulate as a counter per device and code', async () => {
-    const probe: GpuProbe = { source: 'nvml', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
+    const probe: GpuProbe = { source: 'nvml', vendor: 'nvidia', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
     const { t } = setup(probe);
     for (let i = 0; i < 3; i++) await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
     assert.equal(value(t, 'gpu_xid_errors_total', 'device=nvidia0', 'xid=79'), 3);
@@ -199,6 +200,7 @@ describe('GPU telemetry with an injected probe', () => {
     let i = 0;
     const probe: GpuProbe = {
       source: 'nvml',
+      vendor: 'nvidia',
       driverVersion: 'd',
       minIntervalMs: 0,
       close: async () => {},
@@ -276,7 +278,7 @@ describe('GPU telemetry with an injected probe', () => {
   });
 
   it("polls on the loop's long-lived signal leave no abort listener behind", async () => {
-    const probe: GpuProbe = { source: 'nvml', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
+    const probe: GpuProbe = { source: 'nvml', vendor: 'nvidia', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
     const { t } = setup(probe);
     const ac = new AbortController();
     for (let i = 0; i < 20; i++) await t.collect(ac.signal);
