@@ -136,6 +136,9 @@ const DASHBOARDS = {
       p('GPU energy (power integrated)', 'watt', [q(`sum by (device) (rate(gpu_energy_joules_total[${R}]))`, '{{device}}')]),
       p('Model FLOP utilisation (MFU)', 'percentunit', [q(`avg by (model) (model_flops_utilization_ratio{${M}})`, '{{model}}')], { thresholds: [0.4] }),
       p('Memory bandwidth utilisation', 'percentunit', [q(`avg by (model) (memory_bandwidth_utilization_ratio{${M}})`, '{{model}}')]),
+      p('KV cache against VRAM (engines that report their pool: SGLang)', 'percentunit', [
+        q(`kv_cache_bytes{${M}} / on (instance, device) group_left () gpu_mem_total_bytes`, '{{instance}} {{device}} {{model}}'),
+      ]),
     ],
   },
   'infertel-usage': {

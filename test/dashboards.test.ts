@@ -79,6 +79,9 @@ describe('dashboards', () => {
                 'result',
                 'kind',
                 'device',
+                'on',
+                'group_left',
+                'instance',
               ].includes(m)
             )
               continue;

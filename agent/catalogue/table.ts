@@ -12,7 +12,7 @@ function sources(m: MetricSpec, flavor: string): string {
   const parts = (m.sources ?? [])
     .filter((s) => s.flavor === flavor)
     .map((s) => {
-      let t = s.from ? s.from.map((n) => `\`${n}\``).join(' / ') : `\`${s.field}\`${s.scale ? ` ×${s.scale}` : ''}`;
+      let t = `${s.from ? s.from.map((n) => `\`${n}\``).join(' / ') : `\`${s.field}\``}${s.scale ? ` ×${s.scale}` : ''}`;
       if (s.component) t += ` \`_${s.component}\``;
       if (s.unit && s.unit !== 'seconds') t += ` (${s.unit})`;
       if (s.match)

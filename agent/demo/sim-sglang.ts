@@ -91,6 +91,8 @@ export class SglangSim {
     perRank('num_running_reqs', 'gauge', 'The number of running requests.', this.running);
     perRank('num_queue_reqs', 'gauge', 'The number of requests in the waiting queue.', this.waiting);
     perRank('token_usage', 'gauge', 'The token usage.', Math.round(this.usage * 1000) / 1000);
+    // Each rank's KV pool in GiB, constant from start-up (a 7B model at TP=4 on 80 GB GPUs).
+    perRank('kv_cache_memory_usage_gb', 'gauge', 'KV cache memory usage in GB.', 52.31);
     perRank('cache_hit_rate', 'gauge', 'The prefix cache hit rate.', 0.42);
     perRank('num_retracted_requests_total', 'counter', 'Retracted requests.', this.retracted);
     hist(

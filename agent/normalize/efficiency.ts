@@ -2,7 +2,7 @@
 // and no exporter does (dcgm-exporter has no engine data, the engines no NVML). They are derived
 // from canonical series after each engine cycle, over the interval since the previous one, like
 // the normaliser's rates: energy per generated token, model FLOP utilisation and memory bandwidth
-// utilisation against the GPU model's peak.
+// utilisation against the GPU model's peak, and KV cache bytes on each GPU.
 
 import type { CanonicalMetric, Catalogue } from '../catalogue/catalogue.js';
 import type { CanonicalFamily, CanonicalSeries } from './normalizer.js';
@@ -142,6 +142,8 @@ export class EfficiencyJoin {
       }
     }
     for (const [metric, model, value] of this.rates) put(metric, model, value);
+    const kv = kvBytes(fam);
+    if (kv.length) out.set('kv_cache_bytes', kv);
     this.current = [...out].flatMap(([name, series]) => {
       const metric = this.metrics.get(name);
       return metric ? [{ metric, series }] : [];
@@ -173,4 +175,35 @@ export class EfficiencyJoin {
   families(): CanonicalFamily[] {
     return this.current;
   }
+}
+
+/**
+ * KV cache bytes on each GPU the pod sees: the model's usage ratio times its pool on one GPU. The
+ * engine's ranks and replicas size their pools alike, so every GPU holds that much; with MIG
+ * devices in the pod the engine runs on those, not on their parents. Several models in the pod
+ * share the GPUs in a way the series cannot say: then there is none.
+ */
+function kvBytes(fam: (name: string) => CanonicalFamily | undefined): CanonicalSeries[] {
+  const capacity = fam('inference_kv_cache_capacity_bytes')?.series ?? [];
+  if (capacity.length !== 1) return [];
+  const model = label(capacity[0]!, 'model');
+  const usage = fam('kv_cache_usage_ratio')?.series.find((s) => label(s, 'model') === model);
+  if (model === undefined || !usage) return [];
+  const mig = (fam('gpu_mig_info')?.series ?? []).map((s) => label(s, 'device'));
+  const devices = mig.length ? mig : (fam('gpu_mem_total_bytes')?.series ?? []).map((s) => label(s, 'device'));
+  const bytes = Math.round(usage.value * capacity[0]!.value);
+  return devices.flatMap((device) =>
+    device === undefined
+      ? []
+      : [
+          {
+            labels: [
+              ['model', model],
+              ['device', device],
+            ],
+            value: bytes,
+            hist: undefined,
+          },
+        ],
+  );
 }

@@ -123,3 +123,66 @@ describe('efficiency joins', () => {
     assert.ok(Math.abs(value(short, 'model_flops_utilization_ratio')! - 1e14 / 9.89e14) < 1e-12);
   });
 });
+
+describe('kv_cache_bytes: usage x the pool on one GPU, on each GPU the pod sees', () => {
+  const GIB = 1024 ** 3;
+  const kv = (fams: CanonicalFamily[]) => {
+    const j = new EfficiencyJoin(cat, NO_OVERRIDE);
+    j.advance(0, fams, 0);
+    return Object.fromEntries(
+      (j.families().find((f) => f.metric.name === 'kv_cache_bytes')?.series ?? []).map((s) => [s.labels.map(([k, v]) => `${k}=${v}`).join(','), s.value]),
+    );
+  };
+  const gpus = (devices: string[]) =>
+    family(
+      'gpu_mem_total_bytes',
+      devices.map((device) => [{ device }, 80 * GIB]),
+    );
+  const capacity = (rows: Array<[string, number]>) =>
+    family(
+      'inference_kv_cache_capacity_bytes',
+      rows.map(([model, v]) => [{ model }, v]),
+    );
+  const usage = (rows: Array<[string, number]>) =>
+    family(
+      'kv_cache_usage_ratio',
+      rows.map(([model, v]) => [{ model }, v]),
+    );
+  const rows: Array<[string, CanonicalFamily[], Record<string, number>]> = [
+    [
+      'one model on two GPUs: 0.25 of a 40 GiB pool on each',
+      [gpus(['nvidia0', 'nvidia1']), capacity([['m', 40 * GIB]]), usage([['m', 0.25]])],
+      { 'model=m,device=nvidia0': 10 * GIB, 'model=m,device=nvidia1': 10 * GIB },
+    ],
+    ['AMD devices the same way', [gpus(['amd0']), capacity([['m', 100 * GIB]]), usage([['m', 0.5]])], { 'model=m,device=amd0': 50 * GIB }],
+    [
+      'MIG devices in the pod: the engine is on them, not on their parent',
+      [
+        gpus(['nvidia0', 'nvidia0-gi1-ci0']),
+        family('gpu_mig_info', [[{ device: 'nvidia0-gi1-ci0', parent: 'nvidia0', gpu_i_id: '1', gpu_i_profile: '3g.40gb', ci_id: '0' }, 1]]),
+        capacity([['m', 20 * GIB]]),
+        usage([['m', 0.5]]),
+      ],
+      { 'model=m,device=nvidia0-gi1-ci0': 10 * GIB },
+    ],
+    ['an engine that reports no pool size (vLLM): none', [gpus(['nvidia0']), usage([['m', 0.9]])], {}],
+    [
+      'two models in the pod cannot be told apart on the GPUs: none',
+      [
+        gpus(['nvidia0']),
+        capacity([
+          ['a', GIB],
+          ['b', GIB],
+        ]),
+        usage([
+          ['a', 0.1],
+          ['b', 0.2],
+        ]),
+      ],
+      {},
+    ],
+    ['no usage ratio for the model: none', [gpus(['nvidia0']), capacity([['m', GIB]]), usage([['other', 0.5]])], {}],
+    ['no GPU telemetry: none', [capacity([['m', GIB]]), usage([['m', 0.5]])], {}],
+  ];
+  for (const [name, fams, want] of rows) it(name, () => assert.deepEqual(kv(fams), want));
+});
