@@ -21,6 +21,14 @@ export const DEMO_TGI_MODEL = 'mistralai/Mistral-7B-Instruct-v0.3';
 export const DEMO_SGLANG_MODEL = 'Qwen/Qwen2.5-7B-Instruct';
 export const DEMO_LLAMACPP_MODEL = 'qwen2.5-1.5b-instruct-q4_k_m.gguf';
 
+/** The GPU process of each simulated engine, by the name the real engine's process has. */
+const DEMO_PROCESSES: Record<DemoEngine, { name: string; model: string }> = {
+  vllm: { name: 'VLLM::EngineCore', model: DEMO_VLLM_MODEL },
+  tgi: { name: 'text-generation-server', model: DEMO_TGI_MODEL },
+  sglang: { name: 'sglang::scheduler', model: DEMO_SGLANG_MODEL },
+  llamacpp: { name: 'llama-server', model: DEMO_LLAMACPP_MODEL },
+};
+
 /** Engines the demo can simulate. */
 export const DEMO_ENGINES = ['vllm', 'tgi', 'sglang', 'llamacpp'] as const;
 type DemoEngine = (typeof DEMO_ENGINES)[number];
@@ -159,7 +167,9 @@ export async function runDemo(
     interval: flags.interval,
     units: flags.units,
     upstreams: shown.map((e) => ({ url: `${e.url}/metrics`, flavor: 'auto' })),
-    gpu: gpus,
+    // Each simulated engine's process, named as the real one is, mapped to its model: the
+    // simulated GPUs share their memory between them, so energy per token splits by it.
+    gpu: { ...gpus, processRoles: Object.fromEntries(wanted.map((e) => [DEMO_PROCESSES[e].name, DEMO_PROCESSES[e].model])) },
     // A canary on the simulated vLLM every 10 s (30 s is the default), judged against 003's
     // streaming SLO; it goes straight to the engine, so it is in no tenant's numbers.
     ...(wanted.includes('vllm')

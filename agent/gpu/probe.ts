@@ -34,7 +34,14 @@ export interface GpuDevice {
   /** The GPU's MIG devices when it is in MIG mode; null when MIG is off or unsupported. */
   mig: MigDevice[] | null;
   /** Compute processes; on a GPU in MIG mode each names its MIG GPU and compute instance. */
-  processes: Array<{ pid: number; usedMemoryBytes: number | null; gpuInstanceId?: number | null; computeInstanceId?: number | null }> | null;
+  processes: Array<{
+    pid: number;
+    usedMemoryBytes: number | null;
+    gpuInstanceId?: number | null;
+    computeInstanceId?: number | null;
+    /** A simulated process's name (its pid is not real); real probes leave it to /proc. */
+    name?: string;
+  }> | null;
   /** The device as a whole failed (GPU lost); the other fields are null. */
   error: GpuError | null;
   fieldErrors: GpuError[];

@@ -17,14 +17,14 @@ export function processName(pid: number, procRoot = '/proc'): string {
 
 /** Memory per process label: configured role for the name, else the name; PIDs never leak. */
 export function attribute(
-  processes: ReadonlyArray<{ pid: number; usedMemoryBytes: number | null }>,
+  processes: ReadonlyArray<{ pid: number; usedMemoryBytes: number | null; name?: string }>,
   roles: Readonly<Record<string, string>>,
   nameOf: (pid: number) => string = (pid) => processName(pid),
 ): Map<string, number> {
   const out = new Map<string, number>();
   for (const p of processes) {
     if (p.usedMemoryBytes === null) continue;
-    const name = nameOf(p.pid);
+    const name = p.name ?? nameOf(p.pid);
     let label = roles[name] ?? name;
     if (!out.has(label) && out.size >= MAX_PROCESS_LABELS) label = 'other';
     out.set(label, (out.get(label) ?? 0) + p.usedMemoryBytes);

@@ -1,7 +1,7 @@
 // Simulated GPUs for `infertel demo`: plausible, moving values with no hardware and no library.
 // NVIDIA H100s by default, or AMD MI300Xs (`demo --gpus amd`) with AMD's extra hotspot sensor.
 
-import { emptyDevice, type GpuPoll, type GpuProbe, type GpuVendor } from './probe.js';
+import { emptyDevice, type GpuDevice, type GpuPoll, type GpuProbe, type GpuVendor } from './probe.js';
 
 interface Model {
   name: string;
@@ -47,9 +47,15 @@ export class SimulatedProbe implements GpuProbe {
   private readonly energy: number[];
   private lastPollAt: number | undefined;
 
+  /**
+   * `processes`: names of simulated engine processes sharing every GPU (the demo passes the names
+   * its gpu.processRoles maps to models). Each GPU's memory goes 70% to one of them in turn and the
+   * rest evenly to the others. None: the agent's own process holds it all.
+   */
   constructor(
     private readonly count: number,
     readonly vendor: GpuVendor = 'nvidia',
+    private readonly processes: readonly string[] = [],
   ) {
     this.energy = new Array<number>(count).fill(0);
     this.model = MODELS[vendor];
@@ -92,11 +98,17 @@ export class SimulatedProbe implements GpuProbe {
         // AMD SMI has no NVML-style clock-event reasons.
         throttleReasons: amd ? null : wave > 0.2 ? 0 : 1,
         energyJoules: Math.round(this.energy[i]! * 1000) / 1000,
-        processes: [{ pid: process.pid, usedMemoryBytes: used }],
+        processes: this.processesOn(i, used),
       };
     });
     const xids = this.vendor === 'nvidia' && this.tick % 40 === 0 ? [{ index: 0, xid: 79 }] : [];
     return { devices, xids, elapsedUs: 1 };
+  }
+
+  private processesOn(device: number, used: number): NonNullable<GpuDevice['processes']> {
+    const n = this.processes.length;
+    if (n < 2) return [{ pid: process.pid, usedMemoryBytes: used, ...(n === 1 ? { name: this.processes[0]! } : {}) }];
+    return this.processes.map((name, k) => ({ pid: 0, name, usedMemoryBytes: Math.round(used * (k === device % n ? 0.7 : 0.3 / (n - 1))) }));
   }
 
   async close(): Promise<void> {}

@@ -89,7 +89,7 @@ function libraryLink(name: 'nvml' | 'amdsmi', label: string, open: () => GpuProb
 /** NVML, then AMD SMI (both through the addon), then nvidia-smi, then amd-smi, then none; `gpu.source` pins one. */
 export function chooseProbe(cfg: GpuConfig): ProbeChoice {
   const reasons: string[] = [];
-  if (cfg.simulate > 0) return { probe: new SimulatedProbe(cfg.simulate, cfg.simulateVendor ?? 'nvidia'), reasons };
+  if (cfg.simulate > 0) return { probe: new SimulatedProbe(cfg.simulate, cfg.simulateVendor ?? 'nvidia', Object.keys(cfg.processRoles)), reasons };
   if (cfg.source === 'none') return { probe: null, reasons: ['gpu.source is none'] };
   const chain: Link[] = [
     libraryLink('nvml', 'NVML', () => NvmlProbe.open(cfg.nvmlLibrary)),

@@ -72,6 +72,8 @@ function sumBy(fam: CanonicalFamily | undefined, key: string): Map<string, numbe
 interface Totals {
   atMs: number;
   energy: number | undefined;
+  /** Energy per device, for splitting it between models that share the GPUs. */
+  energyByDevice: Map<string, number>;
   tokens: Map<string, number>;
   flops: Map<string, number>;
   bytes: Map<string, number>;
@@ -81,7 +83,7 @@ export class EfficiencyJoin {
   private prev: Totals | undefined;
   /** The totals at the last new GPU energy reading, and what that window gave. */
   private energyPoint: Totals | undefined;
-  private lastEnergyPerToken: { model: string; value: number } | undefined;
+  private lastEnergyPerToken: Array<{ model: string; value: number }> = [];
   /** The utilisation ratios of the last window long enough to measure. */
   private rates: Array<[string, string, number]> = [];
   private current: CanonicalFamily[] = [];
@@ -108,6 +110,7 @@ export class EfficiencyJoin {
     const now: Totals = {
       atMs: nowMs,
       energy: energyFam?.series.length ? energyFam.series.reduce((a, s) => a + s.value, 0) : undefined,
+      energyByDevice: sumBy(energyFam, 'device'),
       tokens: sumBy(fam('tokens_generated_total'), 'model'),
       flops: sumBy(fam('inference_estimated_flops_per_gpu_total'), 'model'),
       bytes,
@@ -119,8 +122,8 @@ export class EfficiencyJoin {
       if (!list) out.set(metric, (list = []));
       list.push({ labels: [['model', model]], value, hist: undefined });
     };
-    this.energyWindow(nowMs, now);
-    if (this.lastEnergyPerToken) put('energy_per_token_joules', this.lastEnergyPerToken.model, this.lastEnergyPerToken.value);
+    this.energyWindow(nowMs, now, memoryByModel(fam('gpu_process_mem_bytes')));
+    for (const e of this.lastEnergyPerToken) put('energy_per_token_joules', e.model, e.value);
     const prev = this.prev;
     if (!prev || (nowMs - prev.atMs) / 1000 >= minSeconds) {
       this.prev = now;
@@ -151,30 +154,64 @@ export class EfficiencyJoin {
   }
 
   /**
-   * Energy per token: the pod's GPUs all serve the one model generating tokens; with several
-   * generating at once the energy cannot be split between them, so there is no series. The GPU is
-   * polled on its own interval, so a window runs from one new energy reading to the next.
+   * Energy per token. With one model generating, the energy of every GPU the pod sees is that
+   * model's. With several, each GPU's energy is split between the models by the GPU memory their
+   * engines' processes hold on it (gpu_process_mem_bytes, whose `process` is a model's name when
+   * gpu.processRoles maps the engine's process to it); a GPU on which no served model's process
+   * holds memory cannot be attributed, and then no model gets a value. The GPU is polled on its own interval,
+   * so a window runs from one new energy reading to the next.
    */
-  private energyWindow(nowMs: number, now: Totals): void {
+  private energyWindow(nowMs: number, now: Totals, memory: Map<string, Map<string, number>>): void {
     const e0 = this.energyPoint;
     if (now.energy === undefined) {
       this.energyPoint = undefined;
-      this.lastEnergyPerToken = undefined;
+      this.lastEnergyPerToken = [];
       return;
     }
     if (e0 && now.energy === e0.energy) return;
     this.energyPoint = { ...now, atMs: nowMs };
-    this.lastEnergyPerToken = undefined;
+    this.lastEnergyPerToken = [];
     if (e0?.energy === undefined || now.energy < e0.energy) return;
-    const generating = [...now.tokens].filter(([m, t]) => t - (e0.tokens.get(m) ?? t) > 0);
-    if (generating.length !== 1) return;
-    const [model, tokens] = generating[0]!;
-    this.lastEnergyPerToken = { model, value: (now.energy - e0.energy) / (tokens - e0.tokens.get(model)!) };
+    const tokens = new Map([...now.tokens].map(([m, t]) => [m, t - (e0.tokens.get(m) ?? t)]));
+    const generating = [...tokens].filter(([, t]) => t > 0).map(([m]) => m);
+    if (generating.length === 1) {
+      const model = generating[0]!;
+      this.lastEnergyPerToken = [{ model, value: (now.energy - e0.energy) / tokens.get(model)! }];
+      return;
+    }
+    if (generating.length === 0) return;
+    const joules = new Map<string, number>();
+    for (const [device, e] of now.energyByDevice) {
+      const before = e0.energyByDevice.get(device);
+      // Only memory of models the engines serve counts: an unnamed process's share is nobody's.
+      const held = [...(memory.get(device) ?? [])].filter(([model]) => now.tokens.has(model));
+      const total = held.reduce((a, [, b]) => a + b, 0);
+      if (before === undefined || e < before || total <= 0) return;
+      for (const [model, bytes] of held) joules.set(model, (joules.get(model) ?? 0) + ((e - before) * bytes) / total);
+    }
+    this.lastEnergyPerToken = generating.flatMap((model) => {
+      const j = joules.get(model);
+      return j === undefined ? [] : [{ model, value: j / tokens.get(model)! }];
+    });
   }
 
   families(): CanonicalFamily[] {
     return this.current;
   }
+}
+
+/** GPU memory per device and model, from processes whose `process` label names a model. */
+function memoryByModel(processes: CanonicalFamily | undefined): Map<string, Map<string, number>> {
+  const out = new Map<string, Map<string, number>>();
+  for (const s of processes?.series ?? []) {
+    const device = label(s, 'device');
+    const process = label(s, 'process');
+    if (device === undefined || process === undefined) continue;
+    let byModel = out.get(device);
+    if (!byModel) out.set(device, (byModel = new Map()));
+    byModel.set(process, (byModel.get(process) ?? 0) + s.value);
+  }
+  return out;
 }
 
 /**

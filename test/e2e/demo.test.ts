@@ -158,6 +158,40 @@ describe('infertel demo --engines', () => {
     }
   });
 
+  it('--gpus amd: simulated MI300Xs as amd<index>, and with vLLM and TGI sharing them each model gets its share of the energy', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [CLI, 'demo', '--gpus', 'amd', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--proxy-listen', 'off'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const models = ['model="meta-llama/Llama-3.1-8B-Instruct"', 'model="mistralai/Mistral-7B-Instruct-v0.3"'];
+    try {
+      const body = await eventually(
+        async () => {
+          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          return models.every((m) => sampleValue(b, 'energy_per_token_joules', m) !== undefined) && b;
+        },
+        20_000,
+        'energy per token of both models',
+      );
+      assert.match(body, /gpu_info\{device="amd0",[^}]*name="AMD Instinct MI300X \(simulated\)",[^}]*vendor="amd"\} 1/);
+      assert.ok(sampleValue(body, 'gpu_hotspot_temperature_celsius', 'device="amd1"')! > sampleValue(body, 'gpu_temperature_celsius', 'device="amd1"')!);
+      for (const m of models) {
+        const jpt = sampleValue(body, 'energy_per_token_joules', m)!;
+        assert.ok(jpt > 0 && Number.isFinite(jpt), `${m}: ${jpt}`);
+      }
+      const s = JSON.parse((await getText(`http://127.0.0.1:${port}/metrics?format=json`)).body);
+      assert.deepEqual(
+        s.gpu.devices.map((d: { device: string; vendor: string }) => `${d.device}/${d.vendor}`),
+        ['amd0/amd', 'amd1/amd'],
+      );
+    } finally {
+      await new Promise<void>((r) => {
+        child.once('exit', () => r());
+        child.kill('SIGTERM');
+      });
+    }
+  });
+
   it('refuses an engine it cannot simulate, naming the choices', async () => {
     const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm,mistralrs', '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';

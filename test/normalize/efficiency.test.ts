@@ -20,6 +20,8 @@ interface State {
   read?: number;
   write?: number;
   gpus?: string[];
+  /** gpu_process_mem_bytes: [device index, process label, bytes]. */
+  processes?: Array<[number, string, number]>;
 }
 
 function families(s: State): CanonicalFamily[] {
@@ -40,6 +42,14 @@ function families(s: State): CanonicalFamily[] {
     ...(s.flops !== undefined ? [family('inference_estimated_flops_per_gpu_total', [[{ model: 'm' }, s.flops]])] : []),
     ...(s.read !== undefined ? [family('inference_estimated_read_bytes_per_gpu_total', [[{ model: 'm' }, s.read]])] : []),
     ...(s.write !== undefined ? [family('inference_estimated_write_bytes_per_gpu_total', [[{ model: 'm' }, s.write]])] : []),
+    ...(s.processes
+      ? [
+          family(
+            'gpu_process_mem_bytes',
+            s.processes.map(([i, process, bytes]) => [{ device: `nvidia${i}`, process }, bytes]),
+          ),
+        ]
+      : []),
   ];
 }
 
@@ -89,11 +99,39 @@ describe('efficiency joins', () => {
     assert.ok(Math.abs(value(j, 'memory_bandwidth_utilization_ratio')! - 0.001) < 1e-12);
   });
 
+  it("two models generating on shared GPUs: each GPU's energy split by the memory their processes hold", () => {
+    const j = new EfficiencyJoin(cat, NO_OVERRIDE);
+    // GPU 0: m holds 30 GiB, n 10 GiB, an unnamed process 40 GiB (not counted). GPU 1: only n.
+    const processes: Array<[number, string, number]> = [
+      [0, 'm', 30],
+      [0, 'n', 10],
+      [0, 'python3', 40],
+      [1, 'n', 50],
+    ];
+    j.advance(0, families({ energy: [0, 0], tokens: { m: 0, n: 0 }, processes }), 5);
+    j.advance(10_000, families({ energy: [400, 100], tokens: { m: 100, n: 50 }, processes }), 5);
+    // m: 3/4 of GPU 0's 400 J = 300 J over 100 tokens. n: 1/4 of 400 + all of GPU 1's 100 = 200 J
+    // over 50. (An even split would give 250 J each: 2.5 and 5.)
+    assert.equal(value(j, 'energy_per_token_joules', 'm'), 3);
+    assert.equal(value(j, 'energy_per_token_joules', 'n'), 4);
+
+    const unattributable = new EfficiencyJoin(cat, NO_OVERRIDE);
+    const onlyGpu0: Array<[number, string, number]> = [
+      [0, 'm', 30],
+      [0, 'n', 10],
+      [1, 'python3', 50],
+    ];
+    unattributable.advance(0, families({ energy: [0, 0], tokens: { m: 0, n: 0 }, processes: onlyGpu0 }), 5);
+    unattributable.advance(10_000, families({ energy: [400, 200], tokens: { m: 100, n: 50 }, processes: onlyGpu0 }), 5);
+    assert.equal(value(unattributable, 'energy_per_token_joules', 'm'), undefined, "GPU 1 holds no served model's memory: nobody gets a value");
+    assert.equal(value(unattributable, 'energy_per_token_joules', 'n'), undefined);
+  });
+
   it('no series where it cannot be honest: two models generating, no tokens, a counter that went down, an unknown GPU, too short a window', () => {
     const twoModels = new EfficiencyJoin(cat, NO_OVERRIDE);
     twoModels.advance(0, families({ energy: [0, 0], tokens: { m: 0, n: 0 } }), 5);
     twoModels.advance(10_000, families({ energy: [10, 10], tokens: { m: 5, n: 5 } }), 5);
-    assert.equal(value(twoModels, 'energy_per_token_joules'), undefined);
+    assert.equal(value(twoModels, 'energy_per_token_joules'), undefined, 'no process memory names a model: the energy cannot be split');
 
     const idle = new EfficiencyJoin(cat, NO_OVERRIDE);
     idle.advance(0, families({ energy: [0, 0], tokens: { m: 7, n: 3 } }), 5);
