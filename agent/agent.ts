@@ -13,7 +13,7 @@ import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
 import { createApp, listen, type Readiness } from './export/server.js';
 import { buildSummary, type GpuSummary } from './export/summary.js';
-import type { GpuTelemetry } from './gpu/telemetry.js';
+import { GPU_IDENTITY_LABELS, GPU_VIEW, type GpuTelemetry } from './gpu/telemetry.js';
 import { SeriesLimiter } from './guard/cardinality.js';
 import { makeLabelPolicy, newGuardCounts } from './guard/labels.js';
 import { newPassthroughCounts, PassthroughGuard } from './guard/passthrough.js';
@@ -44,7 +44,7 @@ export interface AgentDeps {
   /** Builds each upstream's source (default: HTTP scrapes); tests give fakes. */
   source?: (cfg: UpstreamConfig) => Source;
   /** `onChange` is called after every poll that changed what families() returns. */
-  gpu?: (catalogue: Catalogue, metrics: SelfMetrics, onChange: () => void) => GpuTelemetry;
+  gpu?: (catalogue: Catalogue, metrics: SelfMetrics, onChange: () => void, energyJoules: (device: string) => number | undefined) => GpuTelemetry;
   /** Where request logs go instead of stdout or requestLog.path (tests). */
   requestLogDestination?: NodeJS.WritableStream;
   /** Sampling's random source (tests). */
@@ -134,7 +134,9 @@ export class Agent {
       histograms: config.histograms,
       staleAfterScrapes: config.limits.staleAfterScrapes,
       seriesPerMetric: config.limits.seriesPerMetric,
-      labelPolicy: policy,
+      // Canonical labels are the catalogue's allowlist: a GPU's UUID and PCI address are its
+      // identity on gpu_info, bounded by the devices, where elsewhere such a value means an id leak.
+      labelPolicy: makeLabelPolicy(config.labels.forbidden, config.limits.labelValueLength, [...config.labels.unboundedAllowed, ...GPU_IDENTITY_LABELS]),
       limiter: this.limiter,
       guardCounts,
       invalid: this.invalidSamples,
@@ -176,7 +178,16 @@ export class Agent {
           proxied: proxyOn && sameEngine(u.url, config.proxy.target!) ? proxied : undefined,
         }),
     );
-    this.gpu = deps.gpu?.(this.catalogue, this.metrics, () => this.dataVersion++);
+    this.gpu = deps.gpu?.(
+      this.catalogue,
+      this.metrics,
+      () => this.dataVersion++,
+      (device) =>
+        this.normalizer
+          .snapshot()
+          .find((f) => f.metric.name === 'gpu_energy_joules_total')
+          ?.series.find((s) => s.labels.some(([k, v]) => k === 'device' && v === device))?.value,
+    );
     this.efficiency = new EfficiencyJoin(this.catalogue, { peakTflops: config.gpu.peakTflops, peakMemoryBandwidthGBs: config.gpu.peakMemoryBandwidthGBs });
     const canaryTarget = config.canaryTarget ?? config.proxy.target;
     const canariesOn = canaryTarget !== undefined && config.canaries.length > 0;
@@ -285,14 +296,13 @@ export class Agent {
     return joined.length ? [...base, ...joined] : base;
   }
 
-  /** Every canonical family but the efficiency joins (which are computed from these). */
+  /** Every canonical family but the efficiency joins (which are computed from these): the engines' and the GPU's, and the proxy's. */
   private measured(): CanonicalFamily[] {
     const data = this.normalizer.snapshot();
-    const gpu = this.gpu?.families() ?? [];
     const proxy = this.proxyMetrics?.families() ?? [];
-    if (!proxy.length) return gpu.length ? [...data, ...gpu] : data;
+    if (!proxy.length) return data;
     // Engines not behind the proxy still feed request metrics: one family each, series of both.
-    const merged = [...data, ...gpu];
+    const merged = [...data];
     for (const f of proxy) {
       const i = merged.findIndex((m) => m.metric.name === f.metric.name);
       if (i < 0) merged.push(f);
@@ -354,6 +364,13 @@ export class Agent {
     // data version would see the upstream up beside its previous data.
     this.afterCycle();
     return ok;
+  }
+
+  /** The GPU source's exposition through the normaliser and its guards, like an engine's scrape. */
+  private ingestGpu(): void {
+    if (!this.gpu) return;
+    this.normalizer.ingest(GPU_VIEW, this.gpu.exposition());
+    this.dataVersion++;
   }
 
   /** After each cycle: new data version, render the text body now so scrapes only copy it. */
@@ -445,13 +462,15 @@ export class Agent {
       }
     }
     const gpuPolling = this.gpu?.start() ?? false;
+    // The GPU source's state (its telemetry source, even "none") is there before its first poll.
+    this.ingestGpu();
     this.canaries?.start();
     this.loadProbe?.start();
     // One loop for every source: the engines, and the GPU probe when there is one to poll.
     this.loops = startSources(
       [
         ...this.upstreams.map((u) => ({ source: u, intervalMs: u.cfg.intervalMs, after: () => this.afterCycle() })),
-        ...(this.gpu && gpuPolling ? [{ source: this.gpu, intervalMs: this.gpu.intervalMs() }] : []),
+        ...(this.gpu && gpuPolling ? [{ source: this.gpu, intervalMs: this.gpu.intervalMs(), after: () => this.ingestGpu() }] : []),
       ],
       { metrics: this.metrics, tracer: agentTracer(VERSION), log: this.log, now: this.now },
       (err, name) => this.metrics.errors.report('loop_run_threw', err, { upstream: name }),

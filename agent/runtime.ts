@@ -19,5 +19,5 @@ export function agentDeps(config: AgentConfig): AgentDeps {
     simulate: g.simulate,
     simulateVendor: g.simulateVendor,
   };
-  return { log, gpu: (catalogue, metrics, onChange) => createGpuTelemetry({ catalogue, metrics, onChange, log, config: gpu }) };
+  return { log, gpu: (catalogue, metrics, onChange, energyJoules) => createGpuTelemetry({ catalogue, metrics, onChange, log, config: gpu, energyJoules }) };
 }

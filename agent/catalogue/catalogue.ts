@@ -6,11 +6,11 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
-import { FLAVORS } from '../sources/flavor.js';
+import { SOURCE_TABLE } from '../sources/flavor.js';
 
 export type { Flavor } from '../sources/flavor.js';
-/** Engine flavors, the GPU source, the inline proxy (request-level mode), the canaries, and joins of GPU and engine series. */
-export const SOURCE_KINDS = [...FLAVORS, 'gpu', 'proxy', 'canary', 'join'] as [string, ...string[]];
+/** The loop's sources (engine flavors and the GPU), the inline proxy (request-level mode), the canaries, and joins of GPU and engine series. */
+export const SOURCE_KINDS: [string, ...string[]] = ['proxy', 'canary', 'join', ...SOURCE_TABLE.map((s) => s.name)];
 export type UnitProfile = 'ms' | 'seconds';
 
 const labelMap = z.record(z.string(), z.string());

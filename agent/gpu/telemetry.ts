@@ -8,7 +8,8 @@ import type { Catalogue, CanonicalMetric } from '../catalogue/catalogue.js';
 import type { GpuDeviceSummary, GpuSummary } from '../export/summary.js';
 import type { SelfMetrics } from '../export/self-metrics.js';
 import type { Logger } from '../logger.js';
-import type { CanonicalFamily, CanonicalSeries } from '../normalize/normalizer.js';
+import type { UpstreamView } from '../normalize/normalizer.js';
+import type { Family, FamilyType } from '../parse/exposition.js';
 import { AmdSmiProbe } from './amd-probe.js';
 import { AmdSmiCliProbe, amdSmiUnavailable } from './amd-smi-probe.js';
 import { NvmlProbe } from './nvml-probe.js';
@@ -30,7 +31,8 @@ export interface GpuTelemetry extends LoopedSource {
   start(): boolean;
   intervalMs(): number;
   stop(): Promise<void>;
-  families(): CanonicalFamily[];
+  /** The GPUs as an exposition the normaliser ingests as the source named `gpu`. */
+  exposition(): Family[];
   summary(): GpuSummary;
 }
 
@@ -57,6 +59,8 @@ export interface GpuTelemetryDeps {
   env?: NodeJS.ProcessEnv;
   /** Override the probe choice (tests). */
   probe?: GpuProbe | null;
+  /** gpu_energy_joules_total of a device as the normaliser keeps it (monotonic across driver reloads), for the JSON summary. */
+  energyJoules?: (device: string) => number | undefined;
 }
 
 export interface ProbeChoice {
@@ -110,15 +114,13 @@ interface Counters {
   xids: Map<string, number>;
   pollErrors: Map<string, number>;
   oom: Map<string, number>;
-  /** Per device: the raw energy last read and what earlier driver loads had counted. */
-  energy: Map<string, { raw: number; offset: number }>;
 }
 
-/** The offset rule of engine counters: a raw value below the last one means the driver restarted its count. */
-export function monotonicEnergy(state: { raw: number; offset: number } | undefined, raw: number): { raw: number; offset: number } {
-  if (!state) return { raw, offset: 0 };
-  return { raw, offset: raw < state.raw ? state.offset + state.raw : state.offset };
-}
+/** gpu_info labels whose values look like ids (a UUID, a PCI address) and are meant to. */
+export const GPU_IDENTITY_LABELS = ['uuid', 'pci_bus_id'] as const;
+
+/** How the normaliser sees the GPU source: its own flavor, field names as family names, no model. */
+export const GPU_VIEW: UpstreamView = { name: GPU_SOURCE_NAME, flavors: ['gpu'], familyKey: (n) => n, modelLabels: [], defaultModel: '' };
 
 const SEP = '\u0000';
 
@@ -199,7 +201,7 @@ class Telemetry implements GpuTelemetry {
   private inflight: Promise<GpuPoll> | undefined;
   readonly spanName = SPAN_GPU_POLL;
   readonly health: SourceHealth;
-  private readonly counters: Counters = { xids: new Map(), pollErrors: new Map(), oom: new Map(), energy: new Map() };
+  private readonly counters: Counters = { xids: new Map(), pollErrors: new Map(), oom: new Map() };
   private readonly oom: OomTail | undefined;
   private readonly gpuMetrics: CanonicalMetric[];
 
@@ -341,7 +343,6 @@ class Telemetry implements GpuTelemetry {
       else d.minor = this.minors.get(d.index) ?? null;
       const label = this.label(d);
       if (d.error) bump(this.counters.pollErrors, `${label}${SEP}${d.error.code}`);
-      if (d.energyJoules !== null) this.counters.energy.set(label, monotonicEnergy(this.counters.energy.get(label), d.energyJoules));
       for (const e of d.fieldErrors) bump(this.counters.pollErrors, `${label}${SEP}${e.code}`);
     }
     for (const x of r.xids) {
@@ -358,22 +359,34 @@ class Telemetry implements GpuTelemetry {
     this.deps.onChange();
   }
 
-  families(): CanonicalFamily[] {
-    const out: CanonicalFamily[] = [];
+  /**
+   * The GPUs as an exposition, like an engine's scrape: one family per catalogue source field
+   * (`gpu` sources name fields where engine sources name families), labelled by device. The
+   * normaliser turns it into the canonical GPU families, with the engines' guards and counter
+   * reset handling. The last good values stay in it while polls fail (marked stale).
+   */
+  exposition(): Family[] {
+    const out = new Map<string, Family>();
     const source = this.probe?.source ?? 'none';
+    const add = (field: string, type: FamilyType, labels: Array<[string, string]>, value: number) => {
+      let fam = out.get(field);
+      if (!fam) out.set(field, (fam = { name: field, type, help: undefined, samples: [] }));
+      fam.samples.push({ name: field, labels: labels.flat(), value });
+    };
     for (const m of this.gpuMetrics) {
-      const series: CanonicalSeries[] = [];
-      const add = (labels: Array<[string, string]>, value: number) => series.push({ labels, value, hist: undefined });
+      const type: FamilyType = m.type === 'counter' ? 'counter' : 'gauge';
       for (const spec of m.sources ?? []) {
         const field = spec.field!;
-        const set = Object.entries(spec.set ?? {});
-        if (field === 'source') add([['source', source]], 1);
+        if (out.has(field)) continue;
+        if (field === 'source') add(field, type, [['source', source]], 1);
         else if (field === 'stale') {
-          if (this.probe) add([], this.stale ? 1 : 0);
+          if (this.probe) add(field, type, [], this.stale ? 1 : 0);
         } else if (field === 'xids')
           for (const [k, v] of this.counters.xids) {
             const [device, xid] = k.split(SEP);
             add(
+              field,
+              type,
               [
                 ['device', device!],
                 ['xid', xid!],
@@ -385,6 +398,8 @@ class Telemetry implements GpuTelemetry {
           for (const [k, v] of this.counters.pollErrors) {
             const [device, code] = k.split(SEP);
             add(
+              field,
+              type,
               [
                 ['device', device!],
                 ['code', code!],
@@ -392,14 +407,14 @@ class Telemetry implements GpuTelemetry {
               v,
             );
           }
-        else if (field === 'energy') {
-          for (const [device, e] of this.counters.energy) add([['device', device]], +(e.raw + e.offset).toFixed(3));
-        } else if (field === 'oom') {
-          if (this.oom) for (const [device, v] of this.counters.oom) add([['device', device]], v);
+        else if (field === 'oom') {
+          if (this.oom) for (const [device, v] of this.counters.oom) add(field, type, [['device', device]], v);
         } else if (field === 'mig') {
           for (const r of this.reported)
             if (r.mig)
               add(
+                field,
+                type,
                 [
                   ['device', r.label],
                   ['parent', r.mig.parent],
@@ -414,6 +429,8 @@ class Telemetry implements GpuTelemetry {
             if (d.error) continue;
             if (field === 'info')
               add(
+                field,
+                type,
                 [
                   ['device', device],
                   ['uuid', d.uuid ?? ''],
@@ -427,6 +444,8 @@ class Telemetry implements GpuTelemetry {
             else if (field === 'processes') {
               for (const [process, bytes] of attribute(d.processes ?? [], this.deps.config.processRoles))
                 add(
+                  field,
+                  type,
                   [
                     ['device', device],
                     ['process', process],
@@ -438,6 +457,8 @@ class Telemetry implements GpuTelemetry {
               if (mask === null) continue;
               for (const [reason, bit] of Object.entries(spec.bits))
                 add(
+                  field,
+                  type,
                   [
                     ['device', device],
                     ['reason', reason],
@@ -445,15 +466,15 @@ class Telemetry implements GpuTelemetry {
                   (mask & bit) !== 0 ? 1 : 0,
                 );
             } else {
+              // One family per device field; a field with several sources (ECC) is read once each.
               const v = (d as unknown as Record<string, number | null>)[field];
-              if (typeof v === 'number') add([['device', device], ...set], spec.scale ? +(v * spec.scale).toPrecision(12) : v);
+              if (typeof v === 'number') add(field, type, [['device', device]], v);
             }
           }
         }
       }
-      if (series.length) out.push({ metric: m, series });
     }
-    return out;
+    return [...out.values()];
   }
 
   summary(): GpuSummary {
@@ -472,7 +493,7 @@ class Telemetry implements GpuTelemetry {
       memory_free_bytes: d.memoryFreeBytes,
       temperature_c: d.temperatureC,
       power_w: d.powerW,
-      energy_joules: ((e) => (e ? +(e.raw + e.offset).toFixed(3) : null))(this.counters.energy.get(label)),
+      energy_joules: ((e) => (e === undefined ? null : +e.toFixed(3)))(this.deps.energyJoules?.(label)),
       error: d.error ? d.error.code : null,
       stale: this.stale,
       ...(mig ? { mig: { parent: mig.parent, gpu_instance_id: mig.gpuInstance, compute_instance_id: mig.computeInstance, profile: mig.profile } } : {}),

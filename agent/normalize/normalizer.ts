@@ -84,8 +84,11 @@ const PER_SECOND: Record<NonNullable<SourceSpec['unit']>, number> = { seconds: 1
  * so microseconds to milliseconds is one correctly rounded division, not a product with 0.001.
  */
 function unitScaler(spec: SourceSpec, metric: CanonicalMetric): (v: number) => number {
-  const mul = (spec.unit ? metric.secondsFactor : 1) * (spec.scale ?? 1);
-  const div = spec.unit ? PER_SECOND[spec.unit] : 1;
+  // A scale like 0.01 (percent to ratio) is a division by 100 too: 41 / 100 is 0.41, 41 * 0.01 is not.
+  const scale = spec.scale ?? 1;
+  const inverse = scale < 1 && Number.isInteger(1 / scale) ? 1 / scale : 1;
+  const mul = (spec.unit ? metric.secondsFactor : 1) * (inverse === 1 ? scale : 1);
+  const div = (spec.unit ? PER_SECOND[spec.unit] : 1) * inverse;
   if (mul === 1 && div === 1) return (v) => v;
   return div === 1 ? (v) => v * mul : (v) => (v * mul) / div;
 }
@@ -138,7 +141,8 @@ export class Normalizer {
         // Names are listed newest first; the choice is made per model, so a model still on an
         // older name keeps its series beside one already on the newer name (never both for one).
         const served = new Set<string>();
-        for (const famName of spec.from ?? []) {
+        // A GPU source names the sampled field, which its exposition uses as the family name.
+        for (const famName of spec.from ?? (spec.field !== undefined ? [spec.field] : [])) {
           const fam = index.get(famName);
           if (!fam) continue;
           for (const m of this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats, served)) served.add(m);
@@ -432,6 +436,12 @@ export class Normalizer {
   private canonicalLabels(metric: CanonicalMetric, spec: SourceSpec, src: readonly string[], model: string): Record<string, string> | undefined {
     const out: Record<string, string> = {};
     out.model = model;
+    // A field source (the GPU's) carries the catalogue's own label names.
+    if (spec.field !== undefined)
+      for (const name of metric.labels) {
+        const v = labelValue(src, name);
+        if (v !== undefined) out[name] = v;
+      }
     if (spec.labels) for (const [canon, from] of Object.entries(spec.labels)) out[canon] = labelValue(src, from) ?? 'unknown';
     if (spec.map) {
       for (const [canon, m] of Object.entries(spec.map)) {

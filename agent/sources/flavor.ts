@@ -6,6 +6,7 @@
 import type { Family } from '../parse/exposition.js';
 import type { UpstreamView } from '../normalize/normalizer.js';
 import { familyKeyOf, type EngineAdapter } from './adapter.js';
+import { GPU_SOURCE_NAME } from './source.js';
 import { dynamo } from './engines/dynamo.js';
 import { llamacpp } from './engines/llamacpp.js';
 import { sglang } from './engines/sglang.js';
@@ -20,6 +21,16 @@ export type Flavor = (typeof ENGINES)[number]['name'];
 export type FlavorAdapter = EngineAdapter<Flavor>;
 
 export const FLAVORS = ENGINES.map((e) => e.name) as [Flavor, ...Flavor[]];
+
+/**
+ * Every kind of source the one loop runs: a row per engine of the table above, and the GPU probe.
+ * Each row is also a source kind of the catalogue (`sources[].flavor`): an engine's families, or the
+ * GPU's fields, which gpu/telemetry.ts exposes as an exposition for the same normaliser.
+ */
+export const SOURCE_TABLE: ReadonlyArray<{ name: string; kind: 'engine' | 'gpu' }> = [
+  ...ENGINES.map((e) => ({ name: e.name, kind: 'engine' as const })),
+  { name: GPU_SOURCE_NAME, kind: 'gpu' },
+];
 
 export const FLAVOR_TABLE = Object.fromEntries(ENGINES.map((e) => [e.name, e])) as unknown as Record<Flavor, FlavorAdapter>;
 

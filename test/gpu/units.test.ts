@@ -10,7 +10,10 @@ import { OomTail } from '../../agent/gpu/oom.js';
 import { attribute, MAX_PROCESS_LABELS } from '../../agent/gpu/processes.js';
 import { emptyDevice, type GpuPoll, type GpuProbe } from '../../agent/gpu/probe.js';
 import { controllersToDevices } from '../../agent/gpu/smi-probe.js';
-import { createGpuTelemetry, migProfile, monotonicEnergy, reportedDevices } from '../../agent/gpu/telemetry.js';
+import { createGpuTelemetry, GPU_VIEW, migProfile, reportedDevices } from '../../agent/gpu/telemetry.js';
+import { SeriesLimiter } from '../../agent/guard/cardinality.js';
+import { makeLabelPolicy, newGuardCounts } from '../../agent/guard/labels.js';
+import { Normalizer } from '../../agent/normalize/normalizer.js';
 import { visibleDevices } from '../../agent/gpu/visible.js';
 import { createLogger } from '../../agent/logger.js';
 
@@ -154,11 +157,28 @@ describe('GPU telemetry with an injected probe', () => {
     xids: [{ index: 0, xid: 79 }],
     elapsedUs: 1,
   });
-  const value = (t: ReturnType<typeof setup>['t'], metric: string, ...labels: string[]) =>
-    t
-      .families()
+  // The GPU's exposition through a real normaliser, as the agent ingests it after each poll.
+  const normalizers = new WeakMap<object, Normalizer>();
+  const value = (t: ReturnType<typeof setup>['t'], metric: string, ...labels: string[]) => {
+    let n = normalizers.get(t);
+    if (!n) {
+      n = new Normalizer(buildCatalogue('ms'), {
+        histograms: 'rebucket',
+        staleAfterScrapes: 3,
+        seriesPerMetric: 1000,
+        labelPolicy: makeLabelPolicy([], 256, ['uuid', 'pci_bus_id']),
+        limiter: new SeriesLimiter({ perMetric: 1000, total: 10_000 }),
+        guardCounts: newGuardCounts(),
+        invalid: {},
+      });
+      normalizers.set(t, n);
+    }
+    n.ingest(GPU_VIEW, t.exposition());
+    return n
+      .snapshot()
       .find((f) => f.metric.name === metric)
       ?.series.find((s) => labels.every((l) => s.labels.some(([k, v]) => `${k}=${v}` === l)))?.value;
+  };
 
   it('a hung poll times out, is counted, keeps the last values marked stale, and is not started twice', async () => {
     let hang = false;
@@ -214,17 +234,6 @@ describe('GPU telemetry with an injected probe', () => {
     }
     // 100, 150; reload: 150 + 20, 150 + 30; reload again: 150 + 30 + 5.
     assert.deepEqual(seen, [100, 150, 170, 180, 185]);
-  });
-
-  it('monotonicEnergy: a table of raw readings', () => {
-    const rows: Array<[{ raw: number; offset: number } | undefined, number, { raw: number; offset: number }]> = [
-      [undefined, 7, { raw: 7, offset: 0 }],
-      [{ raw: 7, offset: 0 }, 7, { raw: 7, offset: 0 }],
-      [{ raw: 7, offset: 0 }, 9, { raw: 9, offset: 0 }],
-      [{ raw: 9, offset: 0 }, 1, { raw: 1, offset: 9 }],
-      [{ raw: 1, offset: 9 }, 0, { raw: 0, offset: 10 }],
-    ];
-    for (const [state, raw, want] of rows) assert.deepEqual(monotonicEnergy(state, raw), want);
   });
 
   it('MIG profile names from slices and memory', () => {
