@@ -103,6 +103,51 @@ describe('hardening: guards never create duplicates', () => {
     assert.equal(counts.duplicateSamples, 1);
   });
 
+  it('merged histograms sum bucket by bucket, _count and _sum; merged summaries keep _count and _sum and drop their quantiles', () => {
+    const { g, counts } = guard();
+    const out = g.apply(
+      parseExposition(
+        [
+          '# TYPE h histogram',
+          'h_bucket{request_id="1",le="1"} 1',
+          'h_bucket{request_id="1",le="+Inf"} 4',
+          'h_count{request_id="1"} 4',
+          'h_sum{request_id="1"} 6',
+          'h_bucket{request_id="2",le="1"} 2',
+          'h_bucket{request_id="2",le="+Inf"} 3',
+          'h_count{request_id="2"} 3',
+          'h_sum{request_id="2"} 2.5',
+          '# TYPE s summary',
+          's{request_id="1",quantile="0.5"} 0.2',
+          's_count{request_id="1"} 10',
+          's_sum{request_id="1"} 4',
+          's{request_id="2",quantile="0.5"} 0.9',
+          's_count{request_id="2"} 5',
+          's_sum{request_id="2"} 1',
+          '',
+        ].join('\n'),
+      ).families,
+    );
+    // By hand: le=1 1+2, +Inf 4+3, count 4+3, sum 6+2.5; summary count 10+5, sum 4+1, no quantile.
+    assert.deepEqual(
+      out[0]!.samples.map((s) => [s.name, s.labels.join('='), s.value]),
+      [
+        ['h_bucket', 'le=1', 3],
+        ['h_bucket', 'le=+Inf', 7],
+        ['h_count', '', 7],
+        ['h_sum', '', 8.5],
+      ],
+    );
+    assert.deepEqual(
+      out[1]!.samples.map((s) => [s.name, s.value]),
+      [
+        ['s_count', 15],
+        ['s_sum', 5],
+      ],
+    );
+    assert.equal(counts.mergedSamples, 7);
+  });
+
   it('label values holding the key separator never make two series one', () => {
     const { g } = guard();
     const out = g.apply(parseExposition('# TYPE n gauge\nn{a="x\u0000b\u0000y"} 1\nn{a="x",b="y"} 2\n').families);

@@ -35,8 +35,6 @@ export function newPassthroughCounts(): PassthroughCounts {
   return { duplicateSamples: 0, mergedSamples: 0, seriesOverBucketCap: 0 };
 }
 
-const SEP = '\u0000';
-
 /** The label name an upstream's own `upstream` label is moved to (Prometheus' exported_ rule). */
 export const EXPORTED_UPSTREAM = 'exported_upstream';
 
@@ -90,9 +88,33 @@ function coordOf(labels: readonly string[], coord: string): string {
   return '';
 }
 
+function seenIn(g: SeriesGroup, key: string): Sample | undefined {
+  return g.seen ? g.seen.get(key) : g.firstKey === key ? g.first : undefined;
+}
+
+function remember(g: SeriesGroup, key: string, s: Sample): void {
+  if (g.seen) g.seen.set(key, s);
+  else if (g.firstKey === undefined || g.firstKey === key) {
+    g.firstKey = key;
+    g.first = s;
+  } else
+    g.seen = new Map([
+      [g.firstKey, g.first!],
+      [key, s],
+    ]);
+}
+
 interface SeriesGroup {
   key: string;
   samples: Sample[];
+  /**
+   * The series' samples by their coordinate (a bucket's le, a quantile) or, without one, their
+   * name (_count, _sum, the sample itself): the two never collide, so no key string is built per
+   * sample. A one-sample series (most counters and gauges) keeps it in `first`, with no map.
+   */
+  firstKey: string | undefined;
+  first: Sample | undefined;
+  seen: Map<string, Sample> | undefined;
   /** Distinct coordinates (le or quantile values) seen. */
   coords: number;
   /** Some sample's labels were changed by the guards, so collisions merge rather than repeat. */
@@ -203,7 +225,6 @@ export class PassthroughGuard {
   ): { groups: Map<string, SeriesGroup>; overflow: Map<string, Sample>; folded: number } {
     const groups = new Map<string, SeriesGroup>();
     const overflow = new Map<string, Sample>();
-    const seen = new Map<string, Sample>();
     let newRoom = Math.max(0, this.limits.seriesPerFamily - (prev?.size ?? 0));
     let folded = 0;
     let prevLabels: readonly string[] | undefined;
@@ -226,17 +247,17 @@ export class PassthroughGuard {
           newRoom--;
           room.total--;
         }
-        groups.set(seriesKey, (g = { key: seriesKey, samples: [], coords: 0, merged: false }));
+        groups.set(seriesKey, (g = { key: seriesKey, samples: [], firstKey: undefined, first: undefined, seen: undefined, coords: 0, merged: false }));
       }
-      const sampleKey = coord ? raw.name + SEP + seriesKey + coordOf(s.labels, coord) : raw.name + SEP + seriesKey;
-      const twin = seen.get(sampleKey);
+      const sampleKey = coord ? coordOf(s.labels, coord) : raw.name;
+      const twin = seenIn(g, sampleKey);
       if (twin) {
         if (changed || g.merged) {
           if (coord === 'quantile') g.samples = g.samples.filter((x) => x.name !== fam.name);
           else {
             const sum: Sample = { name: twin.name, labels: twin.labels, value: twin.value + s.value };
             g.samples[g.samples.indexOf(twin)] = sum;
-            seen.set(sampleKey, sum);
+            remember(g, sampleKey, sum);
           }
           this.dropped.mergedSamples++;
         } else this.dropped.duplicateSamples++;
@@ -248,7 +269,7 @@ export class PassthroughGuard {
         continue;
       }
       g.samples.push(s);
-      seen.set(sampleKey, s);
+      remember(g, sampleKey, s);
     }
     for (const [key, g] of groups) if (g.coords > this.limits.bucketsPerSeries) groups.delete(key);
     return { groups, overflow, folded };
