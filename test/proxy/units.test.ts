@@ -91,7 +91,7 @@ describe('proxy units: the stream observer', () => {
 
   it('holds an event split across reads until its blank line, and strips only the injected usage chunk', () => {
     const o = new StreamObserver('/v1/chat/completions', 'sse', true, bounds, 32);
-    const whole = chunk('hello') + usage + 'data: [DONE]\n\n';
+    const whole = `${chunk('hello') + usage}data: [DONE]\n\n`;
     const out: Buffer[] = [];
     for (let i = 0; i < whole.length; i += 7) {
       const r = o.push(Buffer.from(whole.slice(i, i + 7)), i);
@@ -99,7 +99,7 @@ describe('proxy units: the stream observer', () => {
     }
     const tail = o.finish();
     if (tail) out.push(tail);
-    assert.equal(Buffer.concat(out).toString(), chunk('hello') + 'data: [DONE]\n\n');
+    assert.equal(Buffer.concat(out).toString(), `${chunk('hello')}data: [DONE]\n\n`);
     assert.deepEqual(o.usage, { promptTokens: 5, completionTokens: 3 });
     assert.equal(o.completionTokens(), 3);
   });
