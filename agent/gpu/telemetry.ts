@@ -1,7 +1,7 @@
 // GPU telemetry: picks a probe along the fallback chain (NVML, AMD SMI, nvidia-smi or amd-smi, none), and is
 // the loop's source named "gpu": each cycle polls the probe off the event loop with a deadline,
-// keeps the last good values (marked stale) when a poll fails or hangs, and turns samples into the
-// catalogue's GPU families and the JSON summary. The loop (pipeline/runner.ts) records its health
+// keeps the last good values (marked stale) when a poll fails or hangs, and turns samples into an
+// exposition (which the agent hands to the normaliser, like an engine's scrape) and the JSON summary. The loop (pipeline/runner.ts) records its health
 // like an engine's: infertel_upstream_up{upstream="gpu"}, scrape duration and errors, a span.
 
 import type { Catalogue, CanonicalMetric } from '../catalogue/catalogue.js';
