@@ -286,6 +286,40 @@ describe('GPU telemetry with an injected probe', () => {
     );
   });
 
+  it('the JSON summary lists each MIG device after its parent, with its instance ids and profile', async () => {
+    const mig = {
+      gpuInstanceId: 2,
+      computeInstanceId: 0,
+      uuid: 'MIG-x',
+      gpuInstanceSlices: 3,
+      computeInstanceSlices: 3,
+      memorySizeMb: 40192,
+      utilizationGpu: null,
+      memoryTotalBytes: 40192 * 1024 * 1024,
+      memoryUsedBytes: 1024,
+      memoryFreeBytes: 40192 * 1024 * 1024 - 1024,
+    };
+    const probe: GpuProbe = {
+      source: 'nvml',
+      vendor: 'nvidia',
+      driverVersion: 'd',
+      minIntervalMs: 0,
+      close: async () => {},
+      poll: async () => ({ devices: [{ ...emptyDevice(0), minor: 3, name: 'NVIDIA A100-SXM4-80GB', mig: [mig] }], xids: [], elapsedUs: 1 }),
+    };
+    const { t } = setup(probe);
+    await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
+    const devices = t.summary().devices;
+    assert.deepEqual(
+      devices.map((d) => [d.device, d.vendor, d.mig?.parent, d.mig?.gpu_instance_id, d.mig?.compute_instance_id, d.mig?.profile]),
+      [
+        ['nvidia3', 'nvidia', undefined, undefined, undefined, undefined],
+        ['nvidia3-gi2-ci0', 'nvidia', 'nvidia3', '2', '0', '3g.40gb'],
+      ],
+    );
+    assert.equal(devices[1]!.memory_total_bytes, 40192 * 1024 * 1024);
+  });
+
   it("polls on the loop's long-lived signal leave no abort listener behind", async () => {
     const probe: GpuProbe = { source: 'nvml', vendor: 'nvidia', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
     const { t } = setup(probe);
