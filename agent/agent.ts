@@ -174,7 +174,7 @@ export class Agent {
           defaultModel: config.model,
           staleAfterScrapes: config.limits.staleAfterScrapes,
           now: this.now,
-          gpuTelemetry: () => (this.gpu?.summary().source ?? 'none') !== 'none',
+          gpuTelemetry: () => this.gpu?.reading() ?? false,
           proxied: proxyOn && sameEngine(u.url, config.proxy.target!) ? proxied : undefined,
         }),
     );

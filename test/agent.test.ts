@@ -10,9 +10,9 @@ import { validateConfig } from '../agent/config/load.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
 import { parseExposition } from '../agent/parse/exposition.js';
 import type { ScrapeResult, Source } from '../agent/sources/source.js';
-import { emptyDevice, type GpuProbe } from '../agent/gpu/probe.js';
+import { emptyDevice } from '../agent/gpu/probe.js';
 import { createGpuTelemetry } from '../agent/gpu/telemetry.js';
-import { captureLogger, eventually, REPO_ROOT, sampleValue } from './helpers.js';
+import { captureLogger, eventually, fakeProbe, REPO_ROOT, sampleValue } from './helpers.js';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures');
 const fixture = (path: string) => readFileSync(join(FIXTURES, path), 'utf8');
@@ -115,18 +115,11 @@ describe('Agent in-process (fake sources)', () => {
   it("the GPU probe is a source of the same loop: its cycles recorded like an engine's (up, duration, errors by outcome, logs on change)", async () => {
     let mode: 'ok' | 'hang' = 'ok';
     let polls = 0;
-    const probe: GpuProbe = {
-      source: 'nvml',
-      vendor: 'nvidia',
-      driverVersion: '580.1',
-      minIntervalMs: 0,
-      close: async () => {},
-      poll: () => {
-        polls++;
-        if (mode === 'hang') return new Promise(() => {});
-        return Promise.resolve({ devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-a', utilizationGpu: 50 }], xids: [], elapsedUs: 1 });
-      },
-    };
+    const probe = fakeProbe(() => {
+      polls++;
+      if (mode === 'hang') return new Promise(() => {});
+      return Promise.resolve({ devices: [{ ...emptyDevice(0), minor: 0, uuid: 'GPU-a', utilizationGpu: 50 }], xids: [], elapsedUs: 1 });
+    }, '580.1');
     const { lines: logs, log } = captureLogger();
     const config = validateConfig({
       listen: '127.0.0.1:0',

@@ -1,5 +1,6 @@
 // Test helpers: loopback servers, the built CLI, promtool, the shared captures.
 
+import type { GpuPoll, GpuProbe } from '../agent/gpu/probe.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -201,6 +202,11 @@ export function buildFakeAmdSmiLibrary(generation: '24' | '26'): string {
   if (r.status !== 0) throw new Error(`gcc failed: ${r.stderr}`);
   fakeAmdSmi.set(generation, out);
   return out;
+}
+
+/** An NVML-like GPU probe for in-process tests: each poll is what `poll` returns. */
+export function fakeProbe(poll: () => Promise<GpuPoll>, driverVersion = 'd'): GpuProbe {
+  return { source: 'nvml', vendor: 'nvidia', driverVersion, minIntervalMs: 0, close: async () => {}, poll };
 }
 
 export function addonBuilt(): boolean {

@@ -33,6 +33,8 @@ export interface GpuTelemetry extends LoopedSource {
   stop(): Promise<void>;
   /** The GPUs as an exposition the normaliser ingests as the source named `gpu`. */
   exposition(): Family[];
+  /** Whether a probe reads the GPUs (an engine's own GPU families are then not re-exported). */
+  reading(): boolean;
   summary(): GpuSummary;
 }
 
@@ -221,6 +223,10 @@ class Telemetry implements GpuTelemetry {
       lastSeconds: undefined,
       parseErrorsTotal: 0,
     };
+  }
+
+  reading(): boolean {
+    return this.probe !== null;
   }
 
   logContext(): Record<string, unknown> {

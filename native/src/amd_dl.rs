@@ -4,9 +4,9 @@
 //! decoded in amdsmi.rs; the others are the same in 24.x, 25.x and 26.x.
 
 use crate::amdsmi::{self, Abi, Api, Status};
-use crate::dl::{c_buf_to_string, dlclose, dlerror, dlopen, optional, sym, RTLD_NOW};
+use crate::dl::{c_buf_to_string, dlclose, open_library, optional, required};
 use crate::nvml::Handle;
-use std::ffi::{c_char, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_uint, c_void, CStr};
 
 type Proc = *mut c_void;
 
@@ -110,17 +110,6 @@ pub enum LoadError {
     UnknownAbi(String),
 }
 
-macro_rules! required {
-    ($lib:expr, $name:literal) => {{
-        let p = sym($lib, $name);
-        if p.is_null() {
-            dlclose($lib);
-            return Err(LoadError::Unavailable(format!("AMD SMI library has no symbol {}", $name)));
-        }
-        std::mem::transmute::<*mut c_void, _>(p)
-    }};
-}
-
 fn ok(r: Status) -> Result<(), Status> {
     if r == amdsmi::SUCCESS { Ok(()) } else { Err(r) }
 }
@@ -133,16 +122,10 @@ impl Library {
     /// dlopen + dlsym + amdsmi_init(GPUs), then the library version picks the struct layouts.
     pub fn open(path: &str) -> Result<Library, LoadError> {
         unsafe {
-            let c = CString::new(path).map_err(|_| LoadError::Unavailable("NUL byte in library path".into()))?;
-            let lib = dlopen(c.as_ptr(), RTLD_NOW);
-            if lib.is_null() {
-                let e = dlerror();
-                let msg = if e.is_null() { "dlopen failed".to_string() } else { CStr::from_ptr(e).to_string_lossy().into_owned() };
-                return Err(LoadError::Unavailable(format!("cannot load AMD SMI from {path}: {msg}")));
-            }
-            let init: FnInit = required!(lib, "amdsmi_init");
-            let shut_down: FnVoid = required!(lib, "amdsmi_shut_down");
-            let lib_version: FnBuf = required!(lib, "amdsmi_get_lib_version");
+            let lib = open_library(path, "AMD SMI").map_err(LoadError::Unavailable)?;
+            let init: FnInit = required!(lib, "amdsmi_init", "AMD SMI library", LoadError::Unavailable);
+            let shut_down: FnVoid = required!(lib, "amdsmi_shut_down", "AMD SMI library", LoadError::Unavailable);
+            let lib_version: FnBuf = required!(lib, "amdsmi_get_lib_version", "AMD SMI library", LoadError::Unavailable);
             let status_string: Option<FnStatusString> = optional(lib, &["amdsmi_status_code_to_string"]);
             let text = |r: Status| status_text(status_string, r);
             let r = init(INIT_AMD_GPUS);
@@ -177,8 +160,8 @@ impl Library {
                 version,
                 shut_down,
                 status_string,
-                sockets: required!(lib, "amdsmi_get_socket_handles"),
-                processors: required!(lib, "amdsmi_get_processor_handles"),
+                sockets: required!(lib, "amdsmi_get_socket_handles", "AMD SMI library", LoadError::Unavailable),
+                processors: required!(lib, "amdsmi_get_processor_handles", "AMD SMI library", LoadError::Unavailable),
                 asic: optional(lib, &["amdsmi_get_gpu_asic_info"]),
                 uuid: optional(lib, &["amdsmi_get_gpu_device_uuid"]),
                 bdf: optional(lib, &["amdsmi_get_gpu_device_bdf"]),

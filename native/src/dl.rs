@@ -6,12 +6,12 @@ use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr, CString};
 
 #[link(name = "dl")]
 extern "C" {
-    pub(crate) fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
     pub(crate) fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-    pub(crate) fn dlerror() -> *const c_char;
+    fn dlerror() -> *const c_char;
     pub(crate) fn dlclose(handle: *mut c_void) -> c_int;
 }
-pub(crate) const RTLD_NOW: c_int = 2;
+const RTLD_NOW: c_int = 2;
 
 type Dev = *mut c_void;
 
@@ -144,15 +144,30 @@ pub(crate) unsafe fn sym(lib: *mut c_void, name: &str) -> *mut c_void {
     }
 }
 
+/// A symbol the library must have, as a function pointer: when it is missing, the library is
+/// closed and the enclosing function returns `$unavailable` with a message naming `$what`.
 macro_rules! required {
-    ($lib:expr, $name:literal) => {{
-        let p = sym($lib, $name);
+    ($lib:expr, $name:literal, $what:literal, $unavailable:path) => {{
+        let p = $crate::dl::sym($lib, $name);
         if p.is_null() {
-            dlclose($lib);
-            return Err(LoadError::Unavailable(format!("{} has no symbol {}", "NVML library", $name)));
+            $crate::dl::dlclose($lib);
+            return Err($unavailable(format!("{} has no symbol {}", $what, $name)));
         }
-        std::mem::transmute::<*mut c_void, _>(p)
+        std::mem::transmute::<*mut std::ffi::c_void, _>(p)
     }};
+}
+pub(crate) use required;
+
+/// dlopen with RTLD_NOW, or why not in the loader's words ("cannot load <what> from <path>: ...").
+pub(crate) unsafe fn open_library(path: &str, what: &str) -> Result<*mut c_void, String> {
+    let c = CString::new(path).map_err(|_| "NUL byte in library path".to_string())?;
+    let lib = dlopen(c.as_ptr(), RTLD_NOW);
+    if lib.is_null() {
+        let e = dlerror();
+        let msg = if e.is_null() { "dlopen failed".to_string() } else { CStr::from_ptr(e).to_string_lossy().into_owned() };
+        return Err(format!("cannot load {what} from {path}: {msg}"));
+    }
+    Ok(lib)
 }
 
 pub(crate) unsafe fn optional<T: Copy>(lib: *mut c_void, names: &[&str]) -> Option<T> {
@@ -181,21 +196,15 @@ impl Library {
     /// dlopen + dlsym + nvmlInit_v2.
     pub fn open(path: &str) -> Result<Library, LoadError> {
         unsafe {
-            let c = CString::new(path).map_err(|_| LoadError::Unavailable("NUL byte in library path".into()))?;
-            let lib = dlopen(c.as_ptr(), RTLD_NOW);
-            if lib.is_null() {
-                let e = dlerror();
-                let msg = if e.is_null() { "dlopen failed".to_string() } else { CStr::from_ptr(e).to_string_lossy().into_owned() };
-                return Err(LoadError::Unavailable(format!("cannot load NVML from {path}: {msg}")));
-            }
+            let lib = open_library(path, "NVML").map_err(LoadError::Unavailable)?;
             let l = Library {
                 lib,
                 path: path.to_string(),
-                init: required!(lib, "nvmlInit_v2"),
-                shutdown: required!(lib, "nvmlShutdown"),
-                count: required!(lib, "nvmlDeviceGetCount_v2"),
-                handle: required!(lib, "nvmlDeviceGetHandleByIndex_v2"),
-                error_string: required!(lib, "nvmlErrorString"),
+                init: required!(lib, "nvmlInit_v2", "NVML library", LoadError::Unavailable),
+                shutdown: required!(lib, "nvmlShutdown", "NVML library", LoadError::Unavailable),
+                count: required!(lib, "nvmlDeviceGetCount_v2", "NVML library", LoadError::Unavailable),
+                handle: required!(lib, "nvmlDeviceGetHandleByIndex_v2", "NVML library", LoadError::Unavailable),
+                error_string: required!(lib, "nvmlErrorString", "NVML library", LoadError::Unavailable),
                 name: optional(lib, &["nvmlDeviceGetName"]),
                 uuid: optional(lib, &["nvmlDeviceGetUUID"]),
                 minor: optional(lib, &["nvmlDeviceGetMinorNumber"]),

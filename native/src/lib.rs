@@ -75,6 +75,30 @@ unsafe fn string_arg(env: napi_env, info: napi_callback_info) -> Option<String> 
     String::from_utf8(buf).ok()
 }
 
+/** What an init's work returned: its info object, or (code, message, the library's return code). */
+type InitOutcome = std::thread::Result<Result<napi_value, (&'static str, String, Option<u32>)>>;
+
+/// The value of an init, or a thrown Error with `.code` (and the library's return code and its
+/// name, under the keys the TS side reads for both vendors); a panic is an internal error.
+unsafe fn init_outcome(js: &Js, backend: Backend, outcome: InitOutcome, internal: (&str, &str)) -> napi_value {
+    match outcome {
+        Ok(Ok(v)) => v,
+        Ok(Err((code, msg, ret))) => {
+            let e = js.error(code, &msg);
+            if let Some(r) = ret {
+                js.set(e, "nvmlReturn\0", js.num(r as f64));
+                js.set(e, "nvmlError\0", js.str(backend.error_name(r)));
+            }
+            napi_throw(js.env, e);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            napi_throw(js.env, js.error(internal.0, internal.1));
+            std::ptr::null_mut()
+        }
+    }
+}
+
 fn init_info(js: &Js, s: &State) -> napi_value {
     let o = js.object();
     js.set(o, "libPath\0", js.str(&s.lib.path));
@@ -117,22 +141,7 @@ unsafe extern "C" fn js_init(env: napi_env, info: napi_callback_info) -> napi_va
             Err(dl::LoadError::InitFailed(r, text)) => Err(("nvml_init_failed", format!("nvmlInit_v2 failed: {text}"), Some(r))),
         }
     }));
-    match outcome {
-        Ok(Ok(v)) => v,
-        Ok(Err((code, msg, ret))) => {
-            let e = js.error(code, &msg);
-            if let Some(r) = ret {
-                js.set(e, "nvmlReturn\0", js.num(r as f64));
-                js.set(e, "nvmlError\0", js.str(nvml::error_name(r)));
-            }
-            napi_throw(env, e);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            napi_throw(env, js.error("nvml_internal", "internal error in init"));
-            std::ptr::null_mut()
-        }
-    }
+    init_outcome(&js, Backend::Nvml, outcome, ("nvml_internal", "internal error in init"))
 }
 
 struct PollWork {
@@ -343,22 +352,7 @@ unsafe extern "C" fn js_amd_init(env: napi_env, info: napi_callback_info) -> nap
             Err(amd_dl::LoadError::InitFailed(r, text)) => Err(("amdsmi_init_failed", format!("amdsmi_init failed: {text}"), Some(r))),
         }
     }));
-    match outcome {
-        Ok(Ok(v)) => v,
-        Ok(Err((code, msg, ret))) => {
-            let e = js.error(code, &msg);
-            if let Some(r) = ret {
-                js.set(e, "nvmlReturn\0", js.num(r as f64));
-                js.set(e, "nvmlError\0", js.str(amdsmi::status_name(r)));
-            }
-            napi_throw(env, e);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            napi_throw(env, js.error("gpu_addon_internal", "internal error in amdInit"));
-            std::ptr::null_mut()
-        }
-    }
+    init_outcome(&js, Backend::Amd, outcome, ("gpu_addon_internal", "internal error in amdInit"))
 }
 
 unsafe extern "C" fn js_amd_shutdown(env: napi_env, _info: napi_callback_info) -> napi_value {

@@ -16,6 +16,7 @@ import { makeLabelPolicy, newGuardCounts } from '../../agent/guard/labels.js';
 import { Normalizer } from '../../agent/normalize/normalizer.js';
 import { visibleDevices } from '../../agent/gpu/visible.js';
 import { createLogger } from '../../agent/logger.js';
+import { fakeProbe } from '../helpers.js';
 
 const dev = (index: number, uuid: string) => ({ ...emptyDevice(index), uuid });
 const four = [dev(0, 'GPU-aaaa'), dev(1, 'GPU-bbbb'), dev(2, 'GPU-cccc'), dev(3, 'GPU-dddd')];
@@ -183,17 +184,10 @@ describe('GPU telemetry with an injected probe', () => {
   it('a hung poll times out, is counted, keeps the last values marked stale, and is not started twice', async () => {
     let hang = false;
     let calls = 0;
-    const probe: GpuProbe = {
-      source: 'nvml',
-      vendor: 'nvidia',
-      driverVersion: 'd',
-      minIntervalMs: 0,
-      close: async () => {},
-      poll: () => {
-        calls++;
-        return hang ? new Promise(() => {}) : Promise.resolve(sample(42));
-      },
-    };
+    const probe = fakeProbe(() => {
+      calls++;
+      return hang ? new Promise(() => {}) : Promise.resolve(sample(42));
+    });
     const { t } = setup(probe);
     await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
     assert.equal(value(t, 'gpu_utilization_ratio', 'device=nvidia0'), 0.42);
@@ -209,7 +203,7 @@ describe('GPU telemetry with an injected probe', () => {
   });
 
   it('XIDs accumulate as a counter per device and code', async () => {
-    const probe: GpuProbe = { source: 'nvml', vendor: 'nvidia', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
+    const probe = fakeProbe(async () => sample(1));
     const { t } = setup(probe);
     for (let i = 0; i < 3; i++) await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
     assert.equal(value(t, 'gpu_xid_errors_total', 'device=nvidia0', 'xid=79'), 3);
@@ -218,14 +212,7 @@ describe('GPU telemetry with an injected probe', () => {
   it('energy stays a counter across a driver reload (the raw count restarting from 0), by the offset rule', async () => {
     const readings = [100, 150, 20, 30, 5];
     let i = 0;
-    const probe: GpuProbe = {
-      source: 'nvml',
-      vendor: 'nvidia',
-      driverVersion: 'd',
-      minIntervalMs: 0,
-      close: async () => {},
-      poll: async () => ({ devices: [{ ...emptyDevice(0), minor: 0, energyJoules: readings[i++]! }], xids: [], elapsedUs: 1 }),
-    };
+    const probe = fakeProbe(async () => ({ devices: [{ ...emptyDevice(0), minor: 0, energyJoules: readings[i++]! }], xids: [], elapsedUs: 1 }));
     const { t } = setup(probe);
     const seen: number[] = [];
     for (let n = 0; n < readings.length; n++) {
@@ -299,14 +286,7 @@ describe('GPU telemetry with an injected probe', () => {
       memoryUsedBytes: 1024,
       memoryFreeBytes: 40192 * 1024 * 1024 - 1024,
     };
-    const probe: GpuProbe = {
-      source: 'nvml',
-      vendor: 'nvidia',
-      driverVersion: 'd',
-      minIntervalMs: 0,
-      close: async () => {},
-      poll: async () => ({ devices: [{ ...emptyDevice(0), minor: 3, name: 'NVIDIA A100-SXM4-80GB', mig: [mig] }], xids: [], elapsedUs: 1 }),
-    };
+    const probe = fakeProbe(async () => ({ devices: [{ ...emptyDevice(0), minor: 3, name: 'NVIDIA A100-SXM4-80GB', mig: [mig] }], xids: [], elapsedUs: 1 }));
     const { t } = setup(probe);
     await (t as unknown as { pollOnce(): Promise<void> }).pollOnce();
     const devices = t.summary().devices;
@@ -321,7 +301,7 @@ describe('GPU telemetry with an injected probe', () => {
   });
 
   it("polls on the loop's long-lived signal leave no abort listener behind", async () => {
-    const probe: GpuProbe = { source: 'nvml', vendor: 'nvidia', driverVersion: 'd', minIntervalMs: 0, close: async () => {}, poll: async () => sample(1) };
+    const probe = fakeProbe(async () => sample(1));
     const { t } = setup(probe);
     const ac = new AbortController();
     for (let i = 0; i < 20; i++) await t.collect(ac.signal);
