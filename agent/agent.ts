@@ -191,7 +191,9 @@ export class Agent {
     this.efficiency = new EfficiencyJoin(this.catalogue, { peakTflops: config.gpu.peakTflops, peakMemoryBandwidthGBs: config.gpu.peakMemoryBandwidthGBs });
     const canaryTarget = config.canaryTarget ?? config.proxy.target;
     const canariesOn = canaryTarget !== undefined && config.canaries.length > 0;
-    const probeOn = canaryTarget !== undefined && config.loadProbe.enabled;
+    // Config validation requires a probe model or a canary to take it from.
+    const probeModel = config.loadProbe.model ?? config.canaries[0]?.model;
+    const probeOn = canaryTarget !== undefined && probeModel !== undefined && config.loadProbe.enabled;
     if (proxyOn || canariesOn || probeOn)
       this.proxyMetrics = new ProxyMetrics(this.catalogue, { policy, counts: guardCounts, limiter: this.limiter }, config.tracing.endpoint !== undefined);
     const onCanaryRecord = () => this.dataVersion++;
@@ -202,7 +204,7 @@ export class Agent {
         onRecord: onCanaryRecord,
       });
     if (probeOn)
-      this.loadProbe = new LoadProbe(canaryTarget, config.loadProbe, config.loadProbe.model ?? config.canaries[0]!.model, config.streamValidator.stallAfter, {
+      this.loadProbe = new LoadProbe(canaryTarget, config.loadProbe, probeModel, config.streamValidator.stallAfter, {
         metrics: this.proxyMetrics!,
         log: deps.log.child({ component: 'load-probe' }),
         onRecord: onCanaryRecord,
@@ -305,8 +307,9 @@ export class Agent {
     const merged = [...data];
     for (const f of proxy) {
       const i = merged.findIndex((m) => m.metric.name === f.metric.name);
-      if (i < 0) merged.push(f);
-      else merged[i] = { metric: f.metric, series: [...merged[i]!.series, ...f.series] };
+      const engines = merged[i];
+      if (engines) merged[i] = { metric: f.metric, series: [...engines.series, ...f.series] };
+      else merged.push(f);
     }
     return merged;
   }

@@ -73,8 +73,8 @@ export function overridesFromEnv(env: NodeJS.ProcessEnv): Overrides {
 
 /** `[FLAVOR=]URL` as given to --upstream. */
 export function parseUpstreamSpec(spec: string): { flavor?: string; url: string } {
-  const m = /^([a-z]+)=(.*)$/.exec(spec);
-  if (m && !m[1]!.includes(':')) return { flavor: m[1], url: m[2]! };
+  const [, flavor, url] = /^([a-z]+)=(.*)$/.exec(spec) ?? [];
+  if (flavor !== undefined && url !== undefined) return { flavor, url };
   return { url: spec };
 }
 
@@ -232,7 +232,13 @@ function crossCheck(raw: unknown): string[] {
     if (typeof bounds === 'string' && !Object.hasOwn(catalogue.layouts, bounds)) {
       problems.push(`buckets.${metric}: no layout named ${bounds} (${Object.keys(catalogue.layouts).join(', ')})`);
     }
-    if (Array.isArray(bounds) && bounds.some((b, i) => i > 0 && typeof b === 'number' && typeof bounds[i - 1] === 'number' && b <= (bounds[i - 1] as number))) {
+    if (
+      Array.isArray(bounds) &&
+      bounds.some((b, i) => {
+        const before: unknown = bounds[i - 1];
+        return typeof b === 'number' && typeof before === 'number' && b <= before;
+      })
+    ) {
       problems.push(`buckets.${metric}: bounds must be strictly ascending`);
     }
   }

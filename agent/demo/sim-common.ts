@@ -42,7 +42,9 @@ export class Hist {
     this.counts = bounds.map(() => 0);
   }
   observe(v: number): void {
-    for (let i = 0; i < this.bounds.length; i++) if (v <= this.bounds[i]!) this.counts[i]!++;
+    this.bounds.forEach((bound, i) => {
+      if (v <= bound) this.counts[i] = (this.counts[i] ?? 0) + 1;
+    });
     this.count++;
     this.sum += v;
   }

@@ -78,7 +78,7 @@ export class SglangSim {
         const sep = labels ? ',' : '';
         let cum = 0;
         h.bounds.forEach((b, i) => {
-          cum = h.counts[i]!;
+          cum = h.counts[i] ?? cum;
           out.push(`sglang:${name}_bucket{${labels}${sep}le="${pyFloat(b)}"} ${pyFloat(cum)}`);
         });
         out.push(

@@ -121,7 +121,8 @@ export class TgiSim {
       const validation = logNormal(0.0008, 0.4, r);
       s.validation.h.observe(validation);
       if (r() < 0.03) {
-        s.failure[FAILURES[Math.floor(r() * FAILURES.length)]!]!++;
+        const kind = FAILURES[Math.floor(r() * FAILURES.length)] ?? 'generation';
+        s.failure[kind] = (s.failure[kind] ?? 0) + 1;
         continue;
       }
       s.success++;

@@ -21,7 +21,7 @@ export function buckets125(max: number): number[] {
   }
 }
 
-const REASONS = ['abort', 'error', 'length', 'stop'];
+const REASONS = ['abort', 'error', 'length', 'stop'] as const;
 
 interface Engine {
   id: string;
@@ -38,7 +38,7 @@ interface Engine {
   flops: number;
   readBytes: number;
   writeBytes: number;
-  success: Record<string, number>;
+  success: Record<(typeof REASONS)[number], number>;
   hist: Record<string, Hist>;
 }
 
@@ -84,7 +84,7 @@ export class VllmSim {
       flops: 0,
       readBytes: 0,
       writeBytes: 0,
-      success: Object.fromEntries(REASONS.map((r) => [r, 0])),
+      success: { abort: 0, error: 0, length: 0, stop: 0 },
       hist: {
         time_to_first_token_seconds: new Hist(TTFT),
         inter_token_latency_seconds: new Hist(ITL),
@@ -140,7 +140,7 @@ export class VllmSim {
         e.prefixQueries += prompt;
         e.prefixHits += cached;
         const reason = r() < 0.02 ? 'abort' : r() < 0.25 ? 'length' : 'stop';
-        e.success[reason]!++;
+        e.success[reason]++;
         if (r() < 0.01) e.preemptions++;
         busy += e2e;
         const handler = r() < 0.7 ? '/v1/chat/completions' : '/v1/completions';
@@ -188,9 +188,10 @@ export class VllmSim {
     const histogram = (name: string, help: string) => {
       const lines: string[] = [];
       for (const e of this.engines) {
-        const h = e.hist[name]!;
+        const h = e.hist[name];
+        if (!h) continue;
         h.bounds.forEach((b, i) => {
-          lines.push(`vllm:${name}_bucket{engine="${e.id}",le="${pyFloat(b)}",model_name="${model}"} ${pyFloat(h.counts[i]!)}\n`);
+          lines.push(`vllm:${name}_bucket{engine="${e.id}",le="${pyFloat(b)}",model_name="${model}"} ${pyFloat(h.counts[i] ?? 0)}\n`);
         });
         lines.push(`vllm:${name}_bucket{engine="${e.id}",le="+Inf",model_name="${model}"} ${pyFloat(h.count)}\n`);
         lines.push(`vllm:${name}_count{${labels(e)}} ${pyFloat(h.count)}\n`, `vllm:${name}_sum{${labels(e)}} ${pyFloat(h.sum)}\n`);
@@ -220,7 +221,7 @@ export class VllmSim {
     const successLines: string[] = [];
     for (const e of this.engines) {
       for (const r of REASONS)
-        successLines.push(`vllm:request_success_total{engine="${e.id}",finished_reason="${r}",model_name="${model}"} ${pyFloat(e.success[r]!)}\n`);
+        successLines.push(`vllm:request_success_total{engine="${e.id}",finished_reason="${r}",model_name="${model}"} ${pyFloat(e.success[r])}\n`);
     }
     family('vllm:request_success_total', 'counter', 'Count of successfully processed requests.', successLines);
     const successCreated: string[] = [];

@@ -19,9 +19,11 @@ export function escapeHelp(v: string): string {
 export function labelBlock(pairs: ReadonlyArray<readonly [string, string]>, extra?: string): string {
   if (pairs.length === 0 && !extra) return '';
   let out = '{';
-  for (let i = 0; i < pairs.length; i++) {
-    if (i) out += ',';
-    out += `${pairs[i]![0]}="${escapeLabelValue(pairs[i]![1])}"`;
+  let first = true;
+  for (const [name, value] of pairs) {
+    if (!first) out += ',';
+    first = false;
+    out += `${name}="${escapeLabelValue(value)}"`;
   }
   if (extra) out += (pairs.length ? ',' : '') + extra;
   return `${out}}`;
@@ -33,7 +35,7 @@ export function flatLabelBlock(labels: readonly string[], extra?: string): strin
   if (extra) out += extra;
   for (let i = 0; i < labels.length; i += 2) {
     if (i || extra) out += ',';
-    out += `${labels[i]}="${escapeLabelValue(labels[i + 1]!)}"`;
+    out += `${labels[i]}="${escapeLabelValue(labels[i + 1] ?? '')}"`;
   }
   return `${out}}`;
 }

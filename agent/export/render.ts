@@ -34,9 +34,9 @@ function renderCanonicalFamily(fam: CanonicalFamily, format: ExpositionFormat, o
     if (s.hist) {
       const h = s.hist;
       const ex = om ? s.exemplars : undefined;
-      for (let i = 0; i < h.bounds.length; i++) {
-        out.push(`${name}_bucket${labelBlock(s.labels, `le="${formatNumber(h.bounds[i]!)}"`)} ${formatNumber(h.cum[i]!)}${exemplarText(ex?.[i])}\n`);
-      }
+      h.bounds.forEach((bound, i) => {
+        out.push(`${name}_bucket${labelBlock(s.labels, `le="${formatNumber(bound)}"`)} ${formatNumber(h.cum[i] ?? 0)}${exemplarText(ex?.[i])}\n`);
+      });
       out.push(`${name}_bucket${labelBlock(s.labels, 'le="+Inf"')} ${formatNumber(h.count)}${exemplarText(ex?.[h.bounds.length])}\n`);
       const lb = labelBlock(s.labels);
       out.push(`${name}_sum${lb} ${formatNumber(h.sum)}\n${name}_count${lb} ${formatNumber(h.count)}\n`);
@@ -93,14 +93,16 @@ function metaLines(typeName: string, type: string, help: string | undefined): st
 function seriesRuns(fam: Family, coord: string): Sample[][] {
   const runs: Sample[][] = [];
   let key: string | undefined;
+  let run: Sample[] | undefined;
   for (const s of fam.samples) {
     let k = '';
     for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] !== coord) k += `${s.labels[i]}\u0000${s.labels[i + 1]}\u0000`;
-    if (k !== key || runs.length === 0) {
-      runs.push([]);
+    if (k !== key || !run) {
+      run = [];
+      runs.push(run);
       key = k;
     }
-    runs[runs.length - 1]!.push(s);
+    run.push(s);
   }
   return runs;
 }
@@ -108,7 +110,7 @@ function seriesRuns(fam: Family, coord: string): Sample[][] {
 function coordOf(s: Sample, coord: string): { raw: string; value: number } | undefined {
   for (let i = 0; i < s.labels.length; i += 2) {
     if (s.labels[i] === coord) {
-      const raw = s.labels[i + 1]!;
+      const raw = s.labels[i + 1] ?? '';
       return { raw, value: coordinateValue(raw) };
     }
   }

@@ -79,7 +79,7 @@ function mergedByLayout(hists: readonly HistData[]): HistData[] {
     const h = byLayout.get(key);
     if (!h) byLayout.set(key, { bounds: x.bounds, cum: [...x.cum], count: x.count, sum: x.sum });
     else {
-      for (let i = 0; i < h.cum.length; i++) h.cum[i] = h.cum[i]! + (x.cum[i] ?? 0);
+      for (let i = 0; i < h.cum.length; i++) h.cum[i] = (h.cum[i] ?? 0) + (x.cum[i] ?? 0);
       h.count += x.count;
       h.sum += x.sum;
     }
@@ -139,7 +139,7 @@ export class StatusHistory {
       const native = inputs.native?.[key];
       hists.set(key, mergedByLayout(native ?? (fam(name)?.series ?? []).flatMap((s) => (s.hist ? [s.hist] : []))));
     }
-    while (this.recent.length > 1 && inputs.nowMs - this.recent[1]!.t >= WINDOW_MS) this.recent.shift();
+    for (let next = this.recent[1]; next && inputs.nowMs - next.t >= WINDOW_MS; next = this.recent[1]) this.recent.shift();
     const prev = this.recent[0];
     if (prev && inputs.nowMs > prev.t) {
       const dt = (inputs.nowMs - prev.t) / 1000;
@@ -215,7 +215,10 @@ export class StatusHistory {
     }
     const series: Record<string, Array<number | null>> = {};
     this.names.forEach((name, i) => {
-      series[name] = this.frames.map((f) => (Number.isNaN(f.values[i]!) ? null : f.values[i]!));
+      series[name] = this.frames.map((f) => {
+        const v = f.values[i];
+        return v === undefined || Number.isNaN(v) ? null : v;
+      });
     });
     return {
       pod: pod ?? null,

@@ -65,7 +65,7 @@ function mergedHist(f: CanonicalFamily | undefined): HistData | undefined {
     if (!s.hist) continue;
     if (!out) out = { bounds: s.hist.bounds, cum: [...s.hist.cum], count: s.hist.count, sum: s.hist.sum };
     else if (out.bounds.length === s.hist.bounds.length) {
-      for (let i = 0; i < s.hist.cum.length; i++) out.cum[i] = out.cum[i]! + s.hist.cum[i]!;
+      for (let i = 0; i < s.hist.cum.length; i++) out.cum[i] = (out.cum[i] ?? 0) + (s.hist.cum[i] ?? 0);
       out.count += s.hist.count;
       out.sum += s.hist.sum;
     }

@@ -74,7 +74,8 @@ export class SimulatedProbe implements GpuProbe {
       const total = m.memoryMib * 1024 * 1024;
       const used = Math.round(total * (0.55 + 0.35 * wave));
       const powerW = Math.round(m.idleW + (m.peakW - m.idleW) * wave);
-      this.energy[i]! += powerW * dtSec;
+      const energyJoules = (this.energy[i] ?? 0) + powerW * dtSec;
+      this.energy[i] = energyJoules;
       const temperatureC = Math.round(38 + 40 * wave);
       return {
         ...emptyDevice(i),
@@ -97,7 +98,7 @@ export class SimulatedProbe implements GpuProbe {
         eccUncorrected: 0,
         // AMD SMI has no NVML-style clock-event reasons.
         throttleReasons: amd ? null : wave > 0.2 ? 0 : 1,
-        energyJoules: Math.round(this.energy[i]! * 1000) / 1000,
+        energyJoules: Math.round(energyJoules * 1000) / 1000,
         processes: this.processesOn(i, used),
       };
     });
@@ -107,7 +108,8 @@ export class SimulatedProbe implements GpuProbe {
 
   private processesOn(device: number, used: number): NonNullable<GpuDevice['processes']> {
     const n = this.processes.length;
-    if (n < 2) return [{ pid: process.pid, usedMemoryBytes: used, ...(n === 1 ? { name: this.processes[0]! } : {}) }];
+    const [only] = this.processes;
+    if (n < 2) return [{ pid: process.pid, usedMemoryBytes: used, ...(only !== undefined ? { name: only } : {}) }];
     return this.processes.map((name, k) => ({ pid: 0, name, usedMemoryBytes: Math.round(used * (k === device % n ? 0.7 : 0.3 / (n - 1))) }));
   }
 

@@ -65,7 +65,8 @@ export function hasUuid(v: string): boolean {
     }
     chain.push(run);
     if (chain.length > 5) chain.shift();
-    if (chain.length === 5 && chain[0]! >= 8 && chain[1] === 4 && chain[2] === 4 && chain[3] === 4 && chain[4]! >= 12) return true;
+    const [first = 0, second, third, fourth, last = 0] = chain;
+    if (chain.length === 5 && first >= 8 && second === 4 && third === 4 && fourth === 4 && last >= 12) return true;
     if (c !== 45) chain.length = 0;
     run = 0;
   }
@@ -247,8 +248,8 @@ export function isForbidden(policy: LabelPolicy, name: string): boolean {
 export function guardLabels(policy: LabelPolicy, labels: readonly string[], counts: GuardCounts, skip?: string): readonly string[] {
   let out: string[] | undefined;
   for (let i = 0; i < labels.length; i += 2) {
-    const name = labels[i] as string;
-    const value = labels[i + 1] as string;
+    const name = labels[i] ?? '';
+    const value = labels[i + 1] ?? '';
     if (name === skip) {
       out?.push(name, value);
       continue;

@@ -49,7 +49,7 @@ function coordinateLabel(type: FamilyType, family: string, sampleName: string): 
 function labelKey(labels: readonly string[], skip: string | undefined): string {
   let sorted = true;
   for (let i = 2; i < labels.length; i += 2)
-    if ((labels[i] as string) < (labels[i - 2] as string)) {
+    if ((labels[i] ?? '') < (labels[i - 2] ?? '')) {
       sorted = false;
       break;
     }
@@ -57,16 +57,16 @@ function labelKey(labels: readonly string[], skip: string | undefined): string {
   if (!sorted) {
     idx = [];
     for (let i = 0; i < labels.length; i += 2) idx.push(i);
-    idx.sort((a, b) => ((labels[a] as string) < (labels[b] as string) ? -1 : 1));
+    idx.sort((a, b) => ((labels[a] ?? '') < (labels[b] ?? '') ? -1 : 1));
   }
   let key = '';
   const n = labels.length / 2;
   for (let k = 0; k < n; k++) {
-    const i = idx ? idx[k]! : k * 2;
+    const i = idx?.[k] ?? k * 2;
     if (labels[i] === skip) continue;
     // Names are [a-zA-Z0-9_]; a value's length before it keeps any character in it (a NUL
     // included) from running into the next pair.
-    const value = labels[i + 1] as string;
+    const value = labels[i + 1] ?? '';
     key += `${labels[i]}=${value.length}:${value}`;
   }
   return key;
@@ -84,7 +84,7 @@ function sameSeries(a: readonly string[], b: readonly string[], coord: string | 
 }
 
 function coordOf(labels: readonly string[], coord: string): string {
-  for (let i = 0; i < labels.length; i += 2) if (labels[i] === coord) return labels[i + 1]!;
+  for (let i = 0; i < labels.length; i += 2) if (labels[i] === coord) return labels[i + 1] ?? '';
   return '';
 }
 
@@ -145,16 +145,21 @@ function orderSeries(type: FamilyType, family: string, samples: Sample[]): Sampl
     return n === 0 || n === 7 ? 0 : n === 6 ? 1 : n === 4 ? 2 : 3;
   };
   const bound = (s: Sample): number => {
-    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] === coord) return coordinateValue(s.labels[i + 1]!);
+    for (let i = 0; i < s.labels.length; i += 2) if (s.labels[i] === coord) return coordinateValue(s.labels[i + 1] ?? '');
     return 0;
   };
   // Engines already write series in this order; check before sorting.
   let sorted = true;
-  for (let i = 1; i < samples.length && sorted; i++) {
-    const a = samples[i - 1]!;
-    const b = samples[i]!;
-    const d = rank(a) - rank(b);
-    if (d > 0 || (d === 0 && bound(a) > bound(b))) sorted = false;
+  let a: Sample | undefined;
+  for (const b of samples) {
+    if (a) {
+      const d = rank(a) - rank(b);
+      if (d > 0 || (d === 0 && bound(a) > bound(b))) {
+        sorted = false;
+        break;
+      }
+    }
+    a = b;
   }
   if (sorted) return samples;
   const keyed = samples.map((s) => ({ s, r: rank(s), b: bound(s) }));

@@ -38,7 +38,6 @@ export interface ExportedState {
 /** The canonical families by metric name, from the live source states and the exported series. */
 export function aggregate(sources: Iterable<ReadonlyMap<string, SourceState>>, exported: ReadonlyMap<string, ExportedState>): Map<string, CanonicalFamily> {
   const acc = new Map<string, { value: number; n: number; hist: HistData | undefined }>();
-  const metricOf = (key: string) => exported.get(key)!.metric;
   for (const states of sources) {
     for (const st of states.values()) {
       const c = st.contribution;
@@ -52,7 +51,7 @@ export function aggregate(sources: Iterable<ReadonlyMap<string, SourceState>>, e
           a.hist ??= emptyHist(c.hist.bounds);
           addHist(a.hist, c.hist);
         } else {
-          const agg = metricOf(key).aggregate;
+          const agg = exported.get(key)?.metric.aggregate;
           if (agg === 'max') a.value = a.n === 1 ? c.value : Math.max(a.value, c.value);
           else a.value += c.value;
         }

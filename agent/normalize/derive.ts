@@ -37,7 +37,10 @@ export class Derivations {
         for (const s of first.series) {
           const labelsRec: Record<string, string> = Object.fromEntries(s.labels);
           Object.assign(labelsRec, d.set ?? {});
-          const pairs: Array<[string, string]> = metric.labels.filter((l) => labelsRec[l] !== undefined).map((l) => [l, labelsRec[l]!]);
+          const pairs = metric.labels.flatMap((l): Array<[string, string]> => {
+            const v = labelsRec[l];
+            return v === undefined ? [] : [[l, v]];
+          });
           const sig = valuesKey(pairs);
           if (direct.has(sig)) continue;
           const key = metric.name + SEP + sig;

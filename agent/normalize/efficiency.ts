@@ -173,10 +173,11 @@ export class EfficiencyJoin {
     this.lastEnergyPerToken = [];
     if (e0?.energy === undefined || now.energy < e0.energy) return;
     const tokens = new Map([...now.tokens].map(([m, t]) => [m, t - (e0.tokens.get(m) ?? t)]));
-    const generating = [...tokens].filter(([, t]) => t > 0).map(([m]) => m);
-    if (generating.length === 1) {
-      const model = generating[0]!;
-      this.lastEnergyPerToken = [{ model, value: (now.energy - e0.energy) / tokens.get(model)! }];
+    const generating = [...tokens].filter(([, t]) => t > 0);
+    const [only] = generating;
+    if (only && generating.length === 1) {
+      const [model, generated] = only;
+      this.lastEnergyPerToken = [{ model, value: (now.energy - e0.energy) / generated }];
       return;
     }
     if (generating.length === 0) return;
@@ -189,9 +190,9 @@ export class EfficiencyJoin {
       if (before === undefined || e < before || total <= 0) return;
       for (const [model, bytes] of held) joules.set(model, (joules.get(model) ?? 0) + ((e - before) * bytes) / total);
     }
-    this.lastEnergyPerToken = generating.flatMap((model) => {
+    this.lastEnergyPerToken = generating.flatMap(([model, generated]) => {
       const j = joules.get(model);
-      return j === undefined ? [] : [{ model, value: j / tokens.get(model)! }];
+      return j === undefined ? [] : [{ model, value: j / generated }];
     });
   }
 
@@ -221,14 +222,14 @@ function memoryByModel(processes: CanonicalFamily | undefined): Map<string, Map<
  * share the GPUs in a way the series cannot say: then there is none.
  */
 function kvBytes(fam: (name: string) => CanonicalFamily | undefined): CanonicalSeries[] {
-  const capacity = fam('inference_kv_cache_capacity_bytes')?.series ?? [];
-  if (capacity.length !== 1) return [];
-  const model = label(capacity[0]!, 'model');
+  const [capacity, ...others] = fam('inference_kv_cache_capacity_bytes')?.series ?? [];
+  if (!capacity || others.length) return [];
+  const model = label(capacity, 'model');
   const usage = fam('kv_cache_usage_ratio')?.series.find((s) => label(s, 'model') === model);
   if (model === undefined || !usage) return [];
   const mig = (fam('gpu_mig_info')?.series ?? []).map((s) => label(s, 'device'));
   const devices = mig.length ? mig : (fam('gpu_mem_total_bytes')?.series ?? []).map((s) => label(s, 'device'));
-  const bytes = Math.round(usage.value * capacity[0]!.value);
+  const bytes = Math.round(usage.value * capacity.value);
   return devices.flatMap((device) =>
     device === undefined
       ? []

@@ -19,7 +19,7 @@ export function wholeCumulative(cum: readonly number[], count: number): { cum: n
   const out = new Array<number>(cum.length);
   let prev = 0;
   for (let i = 0; i < cum.length; i++) {
-    const v = Math.min(total, Math.max(prev, Math.round(cum[i] as number)));
+    const v = Math.min(total, Math.max(prev, Math.round(cum[i] ?? 0)));
     out[i] = v;
     prev = v;
   }
@@ -53,7 +53,7 @@ export function histogramsOf(fam: Family, match: Record<string, string> | undefi
     let le: string | undefined;
     for (let i = 0; i < s.labels.length; i += 2) {
       if (s.labels[i] === 'le') le = s.labels[i + 1];
-      else labels.push(s.labels[i] as string, s.labels[i + 1] as string);
+      else labels.push(s.labels[i] ?? '', s.labels[i + 1] ?? '');
     }
     if (match && !matches(labels, match)) continue;
     const key = labels.join(SEP);
@@ -67,7 +67,7 @@ export function histogramsOf(fam: Family, match: Record<string, string> | undefi
   const out: RawHist[] = [];
   for (const g of groups.values()) {
     g.buckets.sort((a, b) => a[0] - b[0]);
-    const inf = g.buckets.length > 0 && g.buckets[g.buckets.length - 1]![0] === Infinity ? g.buckets.pop()![1] : undefined;
+    const inf = g.buckets.at(-1)?.[0] === Infinity ? g.buckets.pop()?.[1] : undefined;
     if (inf === undefined || g.buckets.some((b) => Number.isNaN(b[0]))) {
       stats.incompleteHistograms++;
       continue;
@@ -82,7 +82,7 @@ export function emptyHist(bounds: number[]): HistData {
 }
 
 export function addHist(into: HistData, h: HistData): void {
-  for (let i = 0; i < into.cum.length; i++) into.cum[i] = (into.cum[i] as number) + (h.cum[i] ?? 0);
+  for (let i = 0; i < into.cum.length; i++) into.cum[i] = (into.cum[i] ?? 0) + (h.cum[i] ?? 0);
   into.count += h.count;
   into.sum += h.sum;
 }

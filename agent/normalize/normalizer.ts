@@ -207,12 +207,12 @@ export class Normalizer {
           this.update(states, stateKey, metric, [exportKey], raw, cycle, stats, (corr) => {
             const n = bounds.length;
             const target = this.exported.get(exportKey)?.layout ?? bounds;
-            const whole = wholeCumulative(target === bounds ? corr.slice(0, n) : rebucket(bounds, corr.slice(0, n), target), corr[n] as number);
-            const sum = corr[n + 1] as number;
+            const whole = wholeCumulative(target === bounds ? corr.slice(0, n) : rebucket(bounds, corr.slice(0, n), target), corr[n] ?? 0);
+            const sum = corr[n + 1] ?? 0;
             return {
               kind: 'hist',
               hist: { bounds: target, cum: whole.cum, count: whole.count, sum },
-              native: { bounds, cum: corr.slice(0, n), count: corr[n] as number, sum },
+              native: { bounds, cum: corr.slice(0, n), count: corr[n] ?? 0, sum },
             };
           });
         } else if (spec.bucketize) {
@@ -220,12 +220,12 @@ export class Normalizer {
           const exportKeys = b.values.map((v) => this.exportKeyFor(metric, { ...labels, [b.label]: v }, undefined));
           this.update(states, stateKey, metric, exportKeys, [...h.cum, h.count], cycle, stats, (corr) => ({
             kind: 'buckets',
-            values: bucketizeCounts(h.bounds, corr.slice(0, h.bounds.length), corr[h.bounds.length] as number, b.bounds),
+            values: bucketizeCounts(h.bounds, corr.slice(0, h.bounds.length), corr[h.bounds.length] ?? 0, b.bounds),
           }));
         } else {
           const exportKey = this.exportKeyFor(metric, labels, undefined);
           const raw = spec.component === 'sum' ? scale(h.sum) : h.count;
-          this.update(states, stateKey, metric, [exportKey], [raw], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
+          this.update(states, stateKey, metric, [exportKey], [raw], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] ?? 0 }));
         }
       }
       return fed;
@@ -252,9 +252,9 @@ export class Normalizer {
       }
       const stateKey = stateKeyBase + s.labels.join(SEP);
       if (metric.type === 'counter') {
-        this.update(states, stateKey, metric, [exportKey], [scale(s.value)], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] as number }));
+        this.update(states, stateKey, metric, [exportKey], [scale(s.value)], cycle, stats, (corr) => ({ kind: 'counter', value: corr[0] ?? 0 }));
       } else {
-        this.update(states, stateKey, metric, [exportKey], [scale(s.value)], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] as number }), false);
+        this.update(states, stateKey, metric, [exportKey], [scale(s.value)], cycle, stats, (v) => ({ kind: 'gauge', value: v[0] ?? 0 }), false);
       }
     }
     return fed;
@@ -312,7 +312,10 @@ export class Normalizer {
         missed: 0,
       };
       states.set(key, st);
-      for (const k of exportKeys) this.exported.get(k)!.live++;
+      for (const k of exportKeys) {
+        const ex = this.exported.get(k);
+        if (ex) ex.live++;
+      }
     }
     if (monotonic) {
       // A decrease within a relative 1e-9 is float jitter (held at the last value); a larger one
@@ -321,23 +324,23 @@ export class Normalizer {
       let restart = false;
       let jitter = false;
       for (let i = 0; i < raw.length; i++) {
-        const last = st.lastRaw[i] as number;
-        const v = raw[i] as number;
+        const last = st.lastRaw[i] ?? 0;
+        const v = raw[i] ?? 0;
         if (v >= last) continue;
         if (last - v <= JITTER_REL_EPS * Math.max(1, last)) jitter = true;
         else restart = true;
       }
       if (restart) {
-        for (let i = 0; i < raw.length; i++) st.offset[i] = (st.offset[i] as number) + (st.lastRaw[i] as number);
+        for (let i = 0; i < raw.length; i++) st.offset[i] = (st.offset[i] ?? 0) + (st.lastRaw[i] ?? 0);
       } else if (jitter) {
         this.reject('jitter');
-        raw = raw.map((v, i) => Math.max(v, st!.lastRaw[i] as number));
+        raw = raw.map((v, i) => Math.max(v, st!.lastRaw[i] ?? 0));
       }
     }
     st.lastRaw = raw;
     st.seenCycle = cycle;
     st.missed = 0;
-    st.contribution = contribute(monotonic ? raw.map((v, i) => v + (st!.offset[i] as number)) : raw);
+    st.contribution = contribute(monotonic ? raw.map((v, i) => v + (st!.offset[i] ?? 0)) : raw);
     stats.series++;
   }
 
@@ -425,10 +428,11 @@ export class Normalizer {
       this.reject('negative');
       return;
     }
-    const ex = this.exported.get(exportKey)!;
+    const ex = this.exported.get(exportKey);
+    if (!ex) return;
     ex.observed ??= emptyHist(ex.layout ?? ex.metric.bounds ?? []);
     const h = ex.observed;
-    for (let i = 0; i < h.bounds.length; i++) if (value <= (h.bounds[i] as number)) h.cum[i] = (h.cum[i] as number) + 1;
+    for (let i = 0; i < h.bounds.length; i++) if (value <= (h.bounds[i] ?? 0)) h.cum[i] = (h.cum[i] ?? 0) + 1;
     h.count++;
     h.sum += value;
   }

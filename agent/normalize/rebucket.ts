@@ -16,20 +16,20 @@ function same(a: number, b: number): boolean {
 export function cumulativeAt(bounds: readonly number[], cum: readonly number[], t: number): number {
   const n = bounds.length;
   if (n === 0) return 0;
-  const last = bounds[n - 1] as number;
-  if (t > last && !same(t, last)) return cum[n - 1] as number;
+  const last = bounds[n - 1] ?? 0;
+  if (t > last && !same(t, last)) return cum[n - 1] ?? 0;
   let lo = 0,
     hi = n - 1;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if ((bounds[mid] as number) < t && !same(bounds[mid] as number, t)) lo = mid + 1;
+    if ((bounds[mid] ?? 0) < t && !same(bounds[mid] ?? 0, t)) lo = mid + 1;
     else hi = mid;
   }
-  const b = bounds[lo] as number;
-  const c = cum[lo] as number;
+  const b = bounds[lo] ?? 0;
+  const c = cum[lo] ?? 0;
   if (same(b, t)) return c;
-  const prevB = lo === 0 ? 0 : (bounds[lo - 1] as number);
-  const prevC = lo === 0 ? 0 : (cum[lo - 1] as number);
+  const prevB = lo === 0 ? 0 : (bounds[lo - 1] ?? 0);
+  const prevC = lo === 0 ? 0 : (cum[lo - 1] ?? 0);
   if (t <= prevB) return prevC;
   return prevC + ((c - prevC) * (t - prevB)) / (b - prevB);
 }
@@ -37,7 +37,7 @@ export function cumulativeAt(bounds: readonly number[], cum: readonly number[], 
 /** Cumulative counts of the source histogram at each target bound. */
 export function rebucket(bounds: readonly number[], cum: readonly number[], target: readonly number[]): number[] {
   const out = new Array<number>(target.length);
-  for (let i = 0; i < target.length; i++) out[i] = cumulativeAt(bounds, cum, target[i] as number);
+  for (let i = 0; i < target.length; i++) out[i] = cumulativeAt(bounds, cum, target[i] ?? 0);
   return out;
 }
 
@@ -76,13 +76,14 @@ export function quantileAcross(q: number, hists: ReadonlyArray<{ bounds: readonl
     let c = 0;
     for (const h of withBounds) {
       const i = h.bounds.findIndex((b) => b >= x);
-      if (i < 0) c += h.cum[h.cum.length - 1] ?? 0;
-      else if (h.bounds[i] === x) c += h.cum[i] ?? 0;
+      const upper = h.bounds[i];
+      const atUpper = h.cum[i] ?? 0;
+      if (upper === undefined) c += h.cum[h.cum.length - 1] ?? 0;
+      else if (upper === x) c += atUpper;
       else {
-        const lower = i === 0 ? 0 : h.bounds[i - 1]!;
-        const below = i === 0 ? 0 : h.cum[i - 1]!;
-        const upper = h.bounds[i]!;
-        c += x <= lower ? below : below + ((h.cum[i]! - below) * (x - lower)) / (upper - lower);
+        const lower = h.bounds[i - 1] ?? 0;
+        const below = h.cum[i - 1] ?? 0;
+        c += x <= lower ? below : below + ((atUpper - below) * (x - lower)) / (upper - lower);
       }
     }
     return c;

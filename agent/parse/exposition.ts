@@ -247,8 +247,8 @@ export function parseNumberAt(text: string, start: number, end: number): number 
   const p = scale + exp;
   let v: number;
   if (p === 0) v = mantissa;
-  else if (p > 0 && p <= 22) v = mantissa * POW10[p]!;
-  else if (p < 0 && p >= -22) v = mantissa / POW10[-p]!;
+  else if (p > 0 && p <= 22) v = mantissa * (POW10[p] ?? 10 ** p);
+  else if (p < 0 && p >= -22) v = mantissa / (POW10[-p] ?? 10 ** -p);
   else return slowNumber(text, start, end);
   return neg ? -v : v;
 }
@@ -292,8 +292,7 @@ function belongsTo(family: Family, sampleName: string): boolean {
   if (sampleName === family.name) return family.type !== 'histogram' && family.type !== 'gaugehistogram' && family.type !== 'info';
   if (sampleName.length <= family.name.length || !sampleName.startsWith(family.name)) return false;
   const suffixes = FAMILY_SUFFIXES[family.type];
-  for (let k = 0; k < suffixes.length; k++) {
-    const s = suffixes[k]!;
+  for (const s of suffixes) {
     if (sampleName.length === family.name.length + s.length && sampleName.endsWith(s)) return true;
   }
   return false;
@@ -545,7 +544,7 @@ export class ParserState {
         // Many labels: a set keeps the duplicate check linear.
         if (!names) {
           names = new Set();
-          for (let j = 0; j < k; j += 2) names.add(labels[j]!);
+          for (let j = 0; j < k; j += 2) names.add(labels[j] ?? '');
         }
         if (names.has(lname)) {
           this.reject('duplicate_label_name', text, lineStart);

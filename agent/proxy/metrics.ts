@@ -66,7 +66,7 @@ export function bucketIndex(bounds: readonly number[], v: number): number {
   let hi = bounds.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (v <= bounds[mid]!) hi = mid;
+    if (v <= (bounds[mid] ?? Number.POSITIVE_INFINITY)) hi = mid;
     else lo = mid + 1;
   }
   return lo;
@@ -138,7 +138,7 @@ export class ProxyMetrics {
     const h = s.hist!;
     const v = this.toProfile(name, ms);
     const i = bucketIndex(h.bounds, v);
-    for (let j = i; j < h.cum.length; j++) h.cum[j]!++;
+    for (let j = i; j < h.cum.length; j++) h.cum[j] = (h.cum[j] ?? 0) + 1;
     h.count++;
     h.sum += v;
     if (s.exemplars && traceId) s.exemplars[i] = { traceId, value: v, timestampSec: nowSec };
@@ -156,7 +156,7 @@ export class ProxyMetrics {
       let running = 0;
       for (let i = 0; i < h.cum.length; i++) {
         running += r.gapCounts[i] ?? 0;
-        h.cum[i]! += running;
+        h.cum[i] = (h.cum[i] ?? 0) + running;
       }
       const n = r.gapCounts.reduce((a, b) => a + b, 0);
       h.count += n;
@@ -210,15 +210,17 @@ export class ProxyMetrics {
     step: { durationMs: [number, number]; ttftMs: [number, number] | undefined; tokensPerSecond: number },
   ): void {
     const c = String(concurrency);
-    const quantiles = ['0.5', '0.95'] as const;
-    quantiles.forEach((q, i) => {
+    for (const [q, i] of [
+      ['0.5', 0],
+      ['0.95', 1],
+    ] as const) {
       this.seriesFor('load_probe_request_duration_ms', { model, concurrency: c, quantile: q }).value = this.toProfile(
         'load_probe_request_duration_ms',
-        step.durationMs[i]!,
+        step.durationMs[i],
       );
       if (step.ttftMs)
-        this.seriesFor('load_probe_ttft_ms', { model, concurrency: c, quantile: q }).value = this.toProfile('load_probe_ttft_ms', step.ttftMs[i]!);
-    });
+        this.seriesFor('load_probe_ttft_ms', { model, concurrency: c, quantile: q }).value = this.toProfile('load_probe_ttft_ms', step.ttftMs[i]);
+    }
     this.seriesFor('load_probe_tokens_per_second', { model, concurrency: c }).value = step.tokensPerSecond;
     this.changed();
   }
@@ -250,7 +252,10 @@ export class ProxyMetrics {
       if (!list) byMetric.set(name, (list = []));
       list.push({ labels: s.labels, value: s.value, hist: s.hist && { ...s.hist, cum: [...s.hist.cum] }, exemplars: s.exemplars && [...s.exemplars] });
     }
-    this.cache = [...this.metrics.values()].filter((m) => byMetric.has(m.name)).map((m) => ({ metric: m, series: byMetric.get(m.name)! }));
+    this.cache = [...this.metrics.values()].flatMap((m) => {
+      const series = byMetric.get(m.name);
+      return series ? [{ metric: m, series }] : [];
+    });
     return this.cache;
   }
 }

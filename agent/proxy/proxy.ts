@@ -127,7 +127,7 @@ function readBody(req: IncomingMessage, max: number): Promise<BodyRead> {
       }
       parts.push(c);
     });
-    req.on('end', () => settle({ ok: true, body: parts.length === 1 ? parts[0]! : Buffer.concat(parts) }));
+    req.on('end', () => settle({ ok: true, body: parts.length === 1 && parts[0] ? parts[0] : Buffer.concat(parts) }));
     req.on('error', () => settle({ ok: false, reason: 'aborted' }));
     req.on('close', () => settle(req.complete ? { ok: true, body: Buffer.concat(parts) } : { ok: false, reason: 'aborted' }));
   });

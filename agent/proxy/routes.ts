@@ -7,7 +7,7 @@ export type MeasuredRoute = (typeof MEASURED_ROUTES)[number];
 export type Route = MeasuredRoute | 'other';
 
 export function routeOf(url: string | undefined): Route {
-  const path = (url ?? '').split('?', 1)[0]!;
+  const [path = ''] = (url ?? '').split('?', 1);
   return (MEASURED_ROUTES as readonly string[]).includes(path) ? (path as MeasuredRoute) : 'other';
 }
 

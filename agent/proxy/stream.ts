@@ -142,7 +142,8 @@ export class StreamObserver {
     if (this.firstContentAt === undefined) this.firstContentAt = t;
     else {
       const gap = t - this.lastContentAt!;
-      this.gapCounts[bucketIndex(this.gapBoundsMs, gap)]!++;
+      const bucket = bucketIndex(this.gapBoundsMs, gap);
+      this.gapCounts[bucket] = (this.gapCounts[bucket] ?? 0) + 1;
       this.gapSumMs += gap;
     }
     this.lastContentAt = t;
@@ -179,7 +180,7 @@ export class StreamObserver {
       if (tail.length > MAX_PARTIAL_EVENT) out.push(tail);
       else this.held = Buffer.from(tail);
     }
-    buf = out.length === 1 ? out[0]! : Buffer.concat(out);
+    buf = out.length === 1 && out[0] ? out[0] : Buffer.concat(out);
     if (content) this.contentAt(t);
     return buf.length ? buf : undefined;
   }

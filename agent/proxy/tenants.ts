@@ -24,7 +24,7 @@ export function apiKeyOf(headers: IncomingHttpHeaders): string | undefined {
   const auth = headers.authorization;
   if (auth) {
     const m = /^Bearer[ \t]+(\S.*)$/i.exec(auth.trim());
-    if (m) return m[1]!.trim();
+    if (m?.[1]) return m[1].trim();
   }
   for (const name of ['x-api-key', 'api-key']) {
     const v = headers[name];

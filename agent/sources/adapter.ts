@@ -87,7 +87,8 @@ export async function openAiModel(metricsUrl: string, signal: AbortSignal): Prom
   const doc = await lookupJson(endpoint(metricsUrl, '/v1/models'), signal);
   const data = Array.isArray(doc?.data) ? (doc.data as unknown[]) : [];
   const bases = data.filter((m): m is Record<string, unknown> => !!m && typeof m === 'object' && !(m as Record<string, unknown>).parent);
-  return bases.length === 1 ? idValue(bases[0]!.id) : undefined;
+  const [only, ...others] = bases;
+  return only && others.length === 0 ? idValue(only.id) : undefined;
 }
 
 /** GET a JSON document at `path` beside the metrics URL (undefined when not found; throws FetchError). */

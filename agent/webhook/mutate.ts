@@ -148,9 +148,10 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   }
   const spec = flavor ? `${flavor}=${upstream}` : upstream;
   let resources = cfg.resources;
-  if (annotations[ANNOTATION.resources] !== undefined) {
+  const resourcesAnnotation = annotations[ANNOTATION.resources];
+  if (resourcesAnnotation !== undefined) {
     try {
-      const r = JSON.parse(annotations[ANNOTATION.resources]!) as unknown;
+      const r = JSON.parse(resourcesAnnotation) as unknown;
       if (r && typeof r === 'object' && !Array.isArray(r)) resources = r as Record<string, unknown>;
       else throw new Error('not an object');
     } catch {
@@ -164,7 +165,8 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
     { name: 'INFERTEL_LISTEN', value: `0.0.0.0:${port}` },
     { name: 'INFERTEL_UPSTREAMS', value: spec },
   ];
-  if (annotations[ANNOTATION.model]) env.push({ name: 'INFERTEL_MODEL', value: annotations[ANNOTATION.model]! });
+  const model = annotations[ANNOTATION.model];
+  if (model) env.push({ name: 'INFERTEL_MODEL', value: model });
   // Request-level mode: the proxy listens on its own port and forwards to the engine's origin
   // (the upstream's host and port). A Service's targetPort moves to this port (README).
   const proxyAnn = annotations[ANNOTATION.proxyPort];

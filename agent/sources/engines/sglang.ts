@@ -22,7 +22,7 @@ function rankOf(s: Sample): number[] | undefined {
 }
 
 function before(a: number[], b: number[]): boolean {
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return (a[i] as number) < (b[i] as number);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return (a[i] ?? 0) < (b[i] ?? 0);
   return false;
 }
 
@@ -30,9 +30,9 @@ function before(a: number[], b: number[]): boolean {
 function groupKey(s: Sample): string {
   const parts: string[] = [];
   for (let i = 0; i < s.labels.length; i += 2) {
-    const k = s.labels[i] as string;
+    const k = s.labels[i] ?? '';
     if (k === 'le' || RANK_LABELS.includes(k)) continue;
-    parts.push(k, s.labels[i + 1] as string);
+    parts.push(k, s.labels[i + 1] ?? '');
   }
   return parts.join('\u0000');
 }
