@@ -9,7 +9,7 @@ import { Agent } from '../agent/agent.js';
 import { validateConfig } from '../agent/config/load.js';
 import type { UpstreamConfig } from '../agent/config/schema.js';
 import { parseExposition } from '../agent/parse/exposition.js';
-import type { ScrapeResult, Source } from '../agent/sources/source.js';
+import type { ScrapeOutcome, ScrapeResult, Source } from '../agent/sources/source.js';
 import { emptyDevice } from '../agent/gpu/probe.js';
 import { createGpuTelemetry } from '../agent/gpu/telemetry.js';
 import { captureLogger, eventually, fakeProbe, REPO_ROOT, sampleValue } from './helpers.js';
@@ -33,7 +33,7 @@ class FakeSource implements Source {
   }
 }
 
-function agentWith(upstreams: Array<{ name: string; flavor?: string; model?: string }>) {
+function agentWith(upstreams: Array<{ name: string; flavor?: string; model?: string }>, extra: Record<string, unknown> = {}) {
   const sources = new Map<string, FakeSource>();
   const { lines: logs, log } = captureLogger();
   let clock = 1_000_000;
@@ -41,6 +41,7 @@ function agentWith(upstreams: Array<{ name: string; flavor?: string; model?: str
     listen: '127.0.0.1:0',
     interval: '1s',
     upstreams: upstreams.map((u) => ({ url: `http://127.0.0.1:1/${u.name}`, flavor: 'auto', ...u })),
+    ...extra,
   });
   const agent = new Agent(config, {
     log,
@@ -173,5 +174,123 @@ describe('Agent in-process (fake sources)', () => {
       await agent.stop();
       assert.ok(performance.now() - t0 < 1000, 'stop does not wait for the hung poll');
     }
+  });
+
+  it('counters stay monotonic across an engine restart: the drop is added to what was counted before', async () => {
+    // tokens_generated_total is the _sum of TGI's generated-tokens histogram.
+    const tgi = (generated: number, requests: number) =>
+      [
+        '# TYPE tgi_request_success counter',
+        `tgi_request_success ${requests}`,
+        '# TYPE tgi_request_generated_tokens histogram',
+        `tgi_request_generated_tokens_bucket{le="10.0"} 0`,
+        `tgi_request_generated_tokens_bucket{le="1000.0"} ${requests}`,
+        `tgi_request_generated_tokens_bucket{le="+Inf"} ${requests}`,
+        `tgi_request_generated_tokens_sum ${generated}`,
+        `tgi_request_generated_tokens_count ${requests}`,
+        '',
+      ].join('\n');
+    const a = agentWith([{ name: 't', flavor: 'tgi', model: 'm' }]);
+    const read = async () => sampleValue(await a.body(), 'tokens_generated_total', 'model="m"');
+    const seen: Array<number | undefined> = [];
+    // 1000, 1500, then the engine restarts and counts from 200 again, then 300.
+    for (const [generated, requests] of [
+      [1000, 10],
+      [1500, 15],
+      [200, 2],
+      [300, 3],
+    ] as const) {
+      a.source('t').next = tgi(generated, requests);
+      assert.equal(await a.cycle('t'), true);
+      seen.push(await read());
+    }
+    // After the restart the agent adds the new count to the 1500 it had: 1500 + 200, 1500 + 300.
+    assert.deepEqual(seen, [1000, 1500, 1700, 1800]);
+    assert.equal(sampleValue(await a.body(), 'inference_requests_total', 'model="m"', 'code="2xx"'), 18, '15 + 3');
+  });
+
+  describe('bad upstreams never take the agent down', () => {
+    // Each way an HTTP scrape fails, as its source reports it (test/sources/engine-source.test.ts
+    // shows which misbehaving server gives which outcome).
+    const failing: Record<string, ScrapeOutcome> = {
+      refused: 'refused',
+      timeout: 'timeout',
+      status5xx: 'http_status',
+      html: 'not_prometheus',
+      garbage: 'parse',
+      truncated: 'error',
+      oversized: 'body_too_large',
+    };
+    const GOOD = '# TYPE tgi_request_success counter\ntgi_request_success 5\n# TYPE tgi_queue_size gauge\ntgi_queue_size 1\n';
+    const setup = async () => {
+      // The fake clock moves 1 s a cycle: 24 cycles stay within the healthy upstream's freshness at 30 s.
+      const a = agentWith([{ name: 'healthy' }, ...Object.keys(failing).map((name) => ({ name, flavor: 'tgi', model: 'm' }))], { interval: '30s' });
+      a.source('healthy').next = fixture('vllm/0.11-python/metrics.prom');
+      for (const [name, outcome] of Object.entries(failing)) a.source(name).next = outcome;
+      for (let round = 0; round < 3; round++) for (const u of a.agent.upstreams) await a.cycle(u.cfg.name);
+      return a;
+    };
+
+    it('the healthy upstream is served; each failing one is down with its errors counted by reason', async () => {
+      const a = await setup();
+      const body = await a.body();
+      assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="healthy"'), 1);
+      assert.equal(sampleValue(body, 'tokens_input_total', 'model="meta-llama/Llama-3.1-8B-Instruct"'), 3500);
+      for (const [name, reason] of Object.entries(failing)) {
+        assert.equal(sampleValue(body, 'infertel_upstream_up', `upstream="${name}"`), 0, name);
+        assert.equal(sampleValue(body, 'infertel_scrape_errors_total', `upstream="${name}"`, `reason="${reason}"`), 3, `${name}: three rounds`);
+      }
+    });
+
+    it('readiness is false with a reason per failing upstream; each goes down once in the log', async () => {
+      const a = await setup();
+      const r = a.agent.readiness();
+      assert.equal(r.ready, false);
+      assert.deepEqual(r.upstreams.healthy, { ready: true });
+      for (const [name, outcome] of Object.entries(failing)) {
+        assert.equal(r.upstreams[name]?.ready, false, name);
+        assert.match(r.upstreams[name]?.reason ?? '', new RegExp(`never scraped successfully \\(last: ${outcome}: fake ${outcome}\\)`), name);
+        assert.equal(
+          a.logs.filter((l) => l.includes('"upstream down"') && l.includes(`"upstream":"${name}"`)).length,
+          1,
+          `${name}: logged once in three failures`,
+        );
+      }
+    });
+
+    it('failing upstreams recover on their next good scrape', async () => {
+      const a = await setup();
+      for (const name of Object.keys(failing)) a.source(name).next = GOOD;
+      for (const name of Object.keys(failing)) assert.equal(await a.cycle(name), true, name);
+      const body = await a.body();
+      for (const name of Object.keys(failing)) assert.equal(sampleValue(body, 'infertel_upstream_up', `upstream="${name}"`), 1, name);
+      assert.equal(a.agent.readiness().ready, true);
+      for (const name of Object.keys(failing))
+        assert.equal(a.logs.filter((l) => l.includes('"upstream up"') && l.includes(`"upstream":"${name}"`)).length, 1, `${name}: up logged once`);
+    });
+
+    it('a label bomb is capped at the per-metric series limit; the rest is one overflow series, counted', async () => {
+      const a = agentWith([{ name: 'bomb', flavor: 'tgi', model: 'm' }], { limits: { seriesPerMetric: 500 } });
+      const bomb = (round: number) => {
+        const lines = ['# TYPE tgi_request_success counter', 'tgi_request_success 1', '# TYPE tgi_batch_concat counter'];
+        for (let i = 0; i < 5000; i++) lines.push(`tgi_batch_concat{reason="r${round}-${i}"} 1`);
+        return `${lines.join('\n')}\n`;
+      };
+      a.source('bomb').next = bomb(0);
+      assert.equal(await a.cycle('bomb'), true);
+      const body = await a.body();
+      const series = body.split('\n').filter((l) => l.startsWith('tgi_batch_concat{'));
+      // 500 admitted label sets plus the overflow series; 5000 - 500 samples of 1 fold into it.
+      assert.equal(series.length, 501);
+      assert.equal(sampleValue(body, 'tgi_batch_concat', 'otel_metric_overflow="true"'), 4500);
+      assert.equal(sampleValue(body, 'infertel_series_overflow_total', 'metric="tgi_batch_concat"'), 4500);
+      assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="bomb"'), 1);
+      a.source('bomb').next = bomb(1);
+      assert.equal(await a.cycle('bomb'), true);
+      assert.ok(
+        (await a.body()).split('\n').filter((l) => l.startsWith('tgi_batch_concat{')).length <= 501,
+        'new label values the next round do not grow past the cap',
+      );
+    });
   });
 });

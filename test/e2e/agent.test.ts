@@ -125,27 +125,6 @@ describe('e2e: demo engines (vLLM V1 with 2 engines, TGI v3)', () => {
     assert.equal(Object.keys(JSON.parse(r.body).upstreams).length, 2);
   });
 
-  it('counters stay monotonic across a TGI restart', async () => {
-    const read = async () =>
-      sampleValue((await getText(`${agent.base}/metrics`)).body, 'tokens_generated_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"')!;
-    const before = await read();
-    const rawBefore = sampleValue((await getText(`${agent.base}/metrics`)).body, 'tgi_request_count')!;
-    assert.ok(rawBefore > 0, 'TGI counted requests before the restart');
-    engines.tgiSim.reset();
-    // Wait until a scrape after the restart is in: TGI's own counter, passed through, went down.
-    const afterReset = await eventually(
-      async () => {
-        const body = (await getText(`${agent.base}/metrics`)).body;
-        return (
-          sampleValue(body, 'tgi_request_count')! < rawBefore && sampleValue(body, 'tokens_generated_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"')!
-        );
-      },
-      5000,
-      'a scrape after the restart',
-    );
-    assert.ok(afterReset >= before, `${afterReset} >= ${before}`);
-  });
-
   it('logs state changes as JSON lines', () => {
     const lines = agent
       .output()
@@ -171,157 +150,52 @@ describe('e2e: demo engines (vLLM V1 with 2 engines, TGI v3)', () => {
   });
 });
 
-describe('e2e: bad upstreams never take the agent down', () => {
-  type Mode = 'good' | 'bad';
-  const modes = new Map<string, Mode>();
-  const servers: TestServer[] = [];
+// How the agent treats each kind of failing upstream is tested in-process (test/agent.test.ts,
+// "bad upstreams never take the agent down") and each failure's outcome against real servers
+// (test/sources/engine-source.test.ts). What needs the process is its memory under the image's
+// heap flags while an upstream keeps bringing new label values.
+describe('e2e: a label bomb under the image heap flags', () => {
   let agent: AgentProcess;
   let engines: DemoUpstreams;
-  const good = (n: number) => `# TYPE tgi_request_success counter\ntgi_request_success ${n}\n# TYPE tgi_queue_size gauge\ntgi_queue_size 1\n`;
-  let counter = 100;
-  const behaviours: Record<string, (res: http.ServerResponse) => void> = {
-    timeout: () => {
-      /* never answers */
-    },
-    status5xx: (res) => res.writeHead(503).end('overloaded'),
-    html: (res) => res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!DOCTYPE html><html><body>login</body></html>'),
-    garbage: (res) => res.writeHead(200).end('\u0000\u0001 not metrics at all\n{{{{\n!!!\n'),
-    truncated: (res) => {
-      res.writeHead(200, { 'Content-Length': '5000' });
-      res.write('# TYPE tgi_request_success counter\ntgi_request_success 5\ntgi_que');
-      setTimeout(() => res.socket?.destroy(), 20);
-    },
-    oversized: (res) => res.writeHead(200).end('x_total 1\n'.repeat(20_000)),
-    slowloris: (res) => {
-      res.writeHead(200);
-      const t = setInterval(() => {
-        if (res.destroyed) clearInterval(t);
-        else res.write('#');
-      }, 100);
-    },
-    bomb: (res) => {
-      counter++;
-      const lines: string[] = ['# TYPE tgi_request_success counter', `tgi_request_success ${counter}`, '# TYPE tgi_batch_concat counter'];
-      for (let i = 0; i < 50_000; i++) lines.push(`tgi_batch_concat{reason="r${counter}-${i}"} 1`);
-      res.writeHead(200).end(`${lines.join('\n')}\n`);
-    },
-  };
-  const names = ['refused', ...Object.keys(behaviours)];
-  let refusedPort = 0;
-
+  let bombServer: TestServer;
+  let rounds = 0;
   before(async () => {
     engines = await startSimulatedEngines(0);
-    for (const name of Object.keys(behaviours)) {
-      modes.set(name, 'bad');
-      servers.push(
-        await startServer((req, res) => {
-          if (req.url === '/info') return void res.writeHead(404).end();
-          if (modes.get(name) === 'good' && name !== 'bomb') return void res.writeHead(200).end(good(counter));
-          behaviours[name]!(res);
-        }),
-      );
-    }
-    const refused = await startServer(() => {});
-    refusedPort = refused.port;
-    await refused.close();
+    bombServer = await startServer((req, res) => {
+      if (req.url === '/info') return void res.writeHead(404).end();
+      rounds++;
+      const lines: string[] = ['# TYPE tgi_request_success counter', `tgi_request_success ${rounds}`, '# TYPE tgi_batch_concat counter'];
+      for (let i = 0; i < 50_000; i++) lines.push(`tgi_batch_concat{reason="r${rounds}-${i}"} 1`);
+      res.writeHead(200).end(`${lines.join('\n')}\n`);
+    });
     const upstreams = [
       { name: 'healthy', url: `${engines.vllm.url}/metrics` },
-      { name: 'refused', url: `http://127.0.0.1:${refusedPort}/metrics`, flavor: 'tgi', model: 'm' },
-      ...Object.keys(behaviours).map((name, i) => ({
-        name,
-        url: `${servers[i]!.url}/metrics`,
-        flavor: 'tgi',
-        model: 'm',
-        ...(name === 'oversized' ? { maxBodyBytes: 100_000 } : {}),
-      })),
+      { name: 'bomb', url: `${bombServer.url}/metrics`, flavor: 'tgi', model: 'm' },
     ];
     const file = writeConfig({ interval: '500ms', upstreams, limits: { seriesPerMetric: 500 } });
     // The image's heap flags (Dockerfile NODE_OPTIONS): the RSS bound below is the one the chart's
     // memory limit is set from, on any Node version.
     agent = await spawnAgent(['--config', file], { NODE_OPTIONS: IMAGE_NODE_OPTIONS });
-    await sleep(2500);
+    await sleep(4500);
   });
   after(async () => {
     await agent?.stop();
-    for (const s of servers) await s.close();
+    await bombServer?.close();
     await engines?.close();
   });
 
-  it('the healthy upstream is served while the others fail', async () => {
-    const body = (await getText(`${agent.base}/metrics`)).body;
-    assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="healthy"'), 1);
-    assert.ok(sampleValue(body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
-    assert.equal((await getText(`${agent.base}/healthz`)).status, 200);
-  });
-
-  const expectations: Record<string, string> = {
-    refused: 'refused',
-    timeout: 'timeout',
-    status5xx: 'http_status',
-    html: 'not_prometheus',
-    garbage: 'parse',
-    truncated: 'error',
-    oversized: 'body_too_large',
-    slowloris: 'timeout',
-  };
-  for (const [name, reason] of Object.entries(expectations)) {
-    it(`${name}: up 0 and errors counted as reason="${reason}"`, async () => {
-      const body = (await getText(`${agent.base}/metrics`)).body;
-      assert.equal(sampleValue(body, 'infertel_upstream_up', `upstream="${name}"`), 0);
-      assert.ok(
-        sampleValue(body, 'infertel_scrape_errors_total', `upstream="${name}"`, `reason="${reason}"`)! >= 1,
-        `${name}: ${body
-          .split('\n')
-          .filter((l) => l.includes(`upstream="${name}"`))
-          .join('\n')}`,
-      );
-    });
-  }
-
-  it('garbage lines are counted as parse errors', async () => {
-    const body = (await getText(`${agent.base}/metrics`)).body;
-    assert.ok(sampleValue(body, 'infertel_parse_errors_total', 'upstream="garbage"')! >= 3);
-  });
-
-  it('readyz is 503 with a reason per failing upstream', async () => {
-    const r = await getText(`${agent.base}/readyz`);
-    assert.equal(r.status, 503);
-    const j = JSON.parse(r.body);
-    assert.equal(j.upstreams.healthy.ready, true);
-    assert.match(j.upstreams.refused.reason, /refused/);
-    assert.match(j.upstreams.slowloris.reason, /timeout/);
-  });
-
-  it('a label bomb is capped: overflow series, counted, RSS bounded', async () => {
-    await sleep(2000);
+  it('series capped, overflow counted, RSS bounded, the healthy upstream still served', async () => {
     const body = (await getText(`${agent.base}/metrics`)).body;
     const bombSeries = body.split('\n').filter((l) => l.startsWith('tgi_batch_concat{'));
     assert.ok(bombSeries.length <= 501, `${bombSeries.length} series`);
     assert.ok(sampleValue(body, 'tgi_batch_concat', 'otel_metric_overflow="true"')! >= 49_000);
     assert.ok(sampleValue(body, 'infertel_series_overflow_total', 'metric="tgi_batch_concat"')! >= 49_500);
     const rss = sampleValue(body, 'infertel_process_resident_memory_bytes')!;
-    assert.ok(rss < 300 * 1024 * 1024, `RSS ${Math.round(rss / 1048576)} MiB after ${counter - 100} bomb scrapes of 50k new label values`);
+    assert.ok(rounds >= 4, `${rounds} bomb scrapes`);
+    assert.ok(rss < 300 * 1024 * 1024, `RSS ${Math.round(rss / 1048576)} MiB after ${rounds} bomb scrapes of 50k new label values`);
     assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="bomb"'), 1);
-  });
-
-  it('failing upstreams recover within an interval once they are back', async () => {
-    for (const name of Object.keys(behaviours)) modes.set(name, 'good');
-    await eventually(
-      async () => {
-        const body = (await getText(`${agent.base}/metrics`)).body;
-        return names.filter((n) => n !== 'refused').every((n) => sampleValue(body, 'infertel_upstream_up', `upstream="${n}"`) === 1);
-      },
-      3000,
-      'all upstreams but the closed port back up',
-    );
-  });
-
-  it('logs each up->down change once, not every interval', () => {
-    const downs = agent
-      .output()
-      .split('\n')
-      .filter((l) => l.includes('"upstream down"') && l.includes('"upstream":"refused"'));
-    assert.equal(downs.length, 1);
+    assert.equal(sampleValue(body, 'infertel_upstream_up', 'upstream="healthy"'), 1);
+    assert.ok(sampleValue(body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
   });
 });
 
