@@ -82,17 +82,25 @@ const OPERATION: Partial<Record<Route, string>> = {
 };
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-function hopByHop(headers: IncomingHttpHeaders): Set<string> {
-  const named = new Set(HOP_BY_HOP);
+/** The fixed hop-by-hop set, plus what the Connection header names (a copy only then: most requests name none beyond it). */
+function hopByHop(headers: IncomingHttpHeaders): ReadonlySet<string> {
+  let named: Set<string> | undefined;
   const conn = headers.connection;
-  for (const v of Array.isArray(conn) ? conn : conn ? [conn] : []) for (const t of v.split(',')) if (t.trim()) named.add(t.trim().toLowerCase());
-  return named;
+  for (const v of Array.isArray(conn) ? conn : conn ? [conn] : [])
+    for (const raw of v.split(',')) {
+      const t = raw.trim().toLowerCase();
+      if (t && !HOP_BY_HOP.has(t)) (named ??= new Set(HOP_BY_HOP)).add(t);
+    }
+  return named ?? HOP_BY_HOP;
 }
 
 function endToEnd(headers: IncomingHttpHeaders, drop: readonly string[]): OutgoingHttpHeaders {
   const skip = hopByHop(headers);
   const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(headers)) if (v !== undefined && !skip.has(k) && !drop.includes(k)) out[k] = v;
+  for (const k in headers) {
+    const v = headers[k];
+    if (v !== undefined && !skip.has(k) && !drop.includes(k)) out[k] = v;
+  }
   out.via = headers.via ? `${headers.via}, ${VIA}` : VIA;
   return out;
 }
