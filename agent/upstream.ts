@@ -52,9 +52,15 @@ export interface UpstreamDeps {
 export class Upstream implements LoopedSource {
   readonly health: UpstreamHealth;
   readonly spanName = SPAN_SCRAPE;
-  /** Guarded passthrough families of the last good scrape (the exporter renders them). */
-  passthrough: readonly Family[] = [];
-  /** Bumped whenever `passthrough` is replaced, so the exporter renders each set once. */
+  /**
+   * Guarded passthrough families of the last good scrape, until the exporter takes them: it keeps
+   * its rendering, and the parsed samples (tens of thousands of objects on a large engine) kept
+   * alive between cycles only made every garbage collection mark them again.
+   */
+  private passthrough: readonly Family[] = [];
+  /** Whether the last set handed over had any family (dropped after staleAfterScrapes failures). */
+  private holdsPassthrough = false;
+  /** Bumped whenever the passthrough set is replaced, so the exporter renders each set once. */
   passthroughVersion = 0;
   private readonly cycleOf: EngineCycle;
   private failedScrapes = 0;
@@ -103,7 +109,7 @@ export class Upstream implements LoopedSource {
       this.noteCanonical(r.canonicalSeries);
       this.setPassthrough(r.passthrough ?? []);
       this.failedScrapes = 0;
-    } else if (++this.failedScrapes >= this.deps.staleAfterScrapes && this.passthrough.length) this.setPassthrough([]);
+    } else if (++this.failedScrapes >= this.deps.staleAfterScrapes && this.holdsPassthrough) this.setPassthrough([]);
     // A scrape that succeeds with some lines rejected says so once per change, not every interval.
     const rejected = r.outcome === 'ok' ? r.detail : undefined;
     if (rejected && rejected !== this.lastRejected) this.deps.log.warn({ upstream: this.cfg.name, detail: rejected }, 'upstream lines rejected');
@@ -124,7 +130,15 @@ export class Upstream implements LoopedSource {
 
   private setPassthrough(families: readonly Family[]): void {
     this.passthrough = families;
+    this.holdsPassthrough = families.length > 0;
     this.passthroughVersion++;
+  }
+
+  /** This version's passthrough set, handed over once (later calls get nothing until the next set). */
+  takePassthrough(): readonly Family[] {
+    const families = this.passthrough;
+    this.passthrough = [];
+    return families;
   }
 
   /** The engine's version, once known. */

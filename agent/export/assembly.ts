@@ -17,11 +17,11 @@ import {
 } from './render.js';
 import type { SelfMetrics } from './self-metrics.js';
 
-/** An upstream's passthrough as the loop keeps it. */
+/** An upstream's passthrough as the loop keeps it: each version's set is handed over once. */
 export interface PassthroughSource {
   readonly name: string;
-  readonly passthrough: readonly Family[];
   readonly passthroughVersion: number;
+  takePassthrough(): readonly Family[];
 }
 
 export class Assembly {
@@ -34,7 +34,7 @@ export class Assembly {
   private blocksOf(u: PassthroughSource): PassthroughFamily[] {
     const hit = this.blocks.get(u.name);
     if (hit && hit.version === u.passthroughVersion) return hit.families;
-    const families = toPassthroughFamilies(u.passthrough);
+    const families = toPassthroughFamilies(u.takePassthrough());
     this.blocks.set(u.name, { version: u.passthroughVersion, families });
     for (const format of ['text', 'openmetrics'] as const) {
       this.metrics.unexpressed.set(
@@ -43,6 +43,11 @@ export class Assembly {
       );
     }
     return families;
+  }
+
+  /** Renders the blocks of every upstream that handed over a new set (so the body's turn only joins text). */
+  prepare(upstreams: readonly PassthroughSource[]): void {
+    for (const u of upstreams) this.blocksOf(u);
   }
 
   /** The data part of /metrics (self-metrics are appended by the cache), once per version. */
