@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { buildCatalogue, proxySourced, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
-import { Assembly, type PassthroughSource } from './export/assembly.js';
+import { Assembly } from './export/assembly.js';
 import { StatusHistory } from './export/status.js';
 import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
@@ -316,11 +316,8 @@ export class Agent {
 
   /** Canonical and passthrough series in one exposition, rendered once per data version. */
   renderData(format: ExpositionFormat): string {
-    return this.assembly.render(format, this.dataVersion, () => this.canonical(), this.passthroughSources());
-  }
-
-  private passthroughSources(): PassthroughSource[] {
-    return this.upstreams.map((u) => ({ name: u.cfg.name, passthroughVersion: u.passthroughVersion, takePassthrough: () => u.takePassthrough() }));
+    const upstreams = this.upstreams.map((u) => ({ name: u.cfg.name, passthroughVersion: u.passthroughVersion, takePassthrough: () => u.takePassthrough() }));
+    return this.assembly.render(format, this.dataVersion, () => this.canonical(), upstreams);
   }
 
   summary(): unknown {
@@ -391,16 +388,7 @@ export class Agent {
         ?.series.reduce((a, s) => a + s.value, 0) ?? 0;
     if (requests > this.lastRequests) this.lastRequestAt = this.now();
     this.lastRequests = requests;
-    // Rendering runs on the next two turns (the new passthrough blocks, then the text body), so a
-    // large engine's cycle is several short blocks of the event loop rather than one long one. A
-    // scrape that comes first renders what it needs itself: the cache is keyed by the data version.
-    const version = this.dataVersion;
-    setImmediate(() => {
-      this.assembly.prepare(this.passthroughSources());
-      setImmediate(() => {
-        if (version === this.dataVersion) this.renderData('text');
-      });
-    });
+    this.renderData('text');
     if (this.config.ui.enabled) this.recordStatus();
   }
 

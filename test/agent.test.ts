@@ -104,6 +104,19 @@ describe('Agent in-process (fake sources)', () => {
     assert.equal(sampleValue(body, 'tokens_input_total', 'model="meta-llama/Llama-3.1-8B-Instruct"'), 3500);
   });
 
+  it('the exporter takes each passthrough set once: no parsed samples are kept on the upstream between cycles', async () => {
+    const a = agentWith([{ name: 'v' }]);
+    a.source('v').next = fixture('vllm/0.11-python/metrics.prom');
+    await a.cycle('v');
+    assert.match(await a.body(), /\nvllm:num_requests_running\{/);
+    const upstream = a.agent.upstreams.find((u) => u.cfg.name === 'v');
+    assert.deepEqual(upstream?.takePassthrough(), [], 'already handed to the exporter by the render');
+    // A failed scrape makes a new data version; the body is rendered again from the kept blocks.
+    a.source('v').next = 'timeout';
+    await a.cycle('v');
+    assert.match(await a.body(), /\nvllm:num_requests_running\{/);
+  });
+
   it('an OpenMetrics upstream (vLLM Rust frontend) is mapped and passed through with its counters intact', async () => {
     const a = agentWith([{ name: 'v' }]);
     a.source('v').next = fixture('vllm/0.32-rust/metrics.om');

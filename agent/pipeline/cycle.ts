@@ -94,8 +94,6 @@ export class EngineCycle {
       }
       await yieldToLoop();
       result.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(passthroughInput(adapter, res.families, this.deps.gpuTelemetry())) : [];
-      // The loop records the result and the exporter renders it next: a turn of its own for each.
-      await yieldToLoop();
     } catch (err) {
       result.outcome = 'error';
       result.detail = redactUrl((err as Error).message);
