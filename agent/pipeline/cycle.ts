@@ -94,6 +94,8 @@ export class EngineCycle {
       }
       await yieldToLoop();
       result.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(passthroughInput(adapter, res.families, this.deps.gpuTelemetry())) : [];
+      // Recording the result and rendering it come next, in a turn of their own.
+      await yieldToLoop();
     } catch (err) {
       result.outcome = 'error';
       result.detail = redactUrl((err as Error).message);
