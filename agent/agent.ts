@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { buildCatalogue, proxySourced, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
-import { Assembly } from './export/assembly.js';
+import { Assembly, type PassthroughSource } from './export/assembly.js';
 import { StatusHistory } from './export/status.js';
 import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
@@ -38,6 +38,7 @@ import { CanaryRunner } from './canary/canary.js';
 import { EfficiencyJoin } from './normalize/efficiency.js';
 import { LoadProbe } from './canary/probe.js';
 
+const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 export interface AgentDeps {
   log: Logger;
   now?: () => number;
@@ -316,8 +317,11 @@ export class Agent {
 
   /** Canonical and passthrough series in one exposition, rendered once per data version. */
   renderData(format: ExpositionFormat): string {
-    const upstreams = this.upstreams.map((u) => ({ name: u.cfg.name, passthroughVersion: u.passthroughVersion, takePassthrough: () => u.takePassthrough() }));
-    return this.assembly.render(format, this.dataVersion, () => this.canonical(), upstreams);
+    return this.assembly.render(format, this.dataVersion, () => this.canonical(), this.passthroughSources());
+  }
+
+  private passthroughSources(): PassthroughSource[] {
+    return this.upstreams.map((u) => ({ name: u.cfg.name, passthroughVersion: u.passthroughVersion, takePassthrough: () => u.takePassthrough() }));
   }
 
   summary(): unknown {
@@ -363,9 +367,9 @@ export class Agent {
   /** One collection cycle of one upstream: scrape, normalise, render. Resolves true on success. */
   async collect(u: Upstream, signal: AbortSignal): Promise<boolean> {
     const ok = await u.cycle(signal);
-    // No yield here: a /metrics request between the cycle's record (upstream up) and the new
+    // No yield before it: a /metrics request between the cycle's record (upstream up) and the new
     // data version would see the upstream up beside its previous data.
-    this.afterCycle();
+    await this.afterCycle();
     return ok;
   }
 
@@ -376,8 +380,14 @@ export class Agent {
     this.dataVersion++;
   }
 
-  /** After each cycle: new data version, render the text body now so scrapes only copy it. */
-  private afterCycle(): void {
+  /**
+   * After each cycle: a new data version, then the text body rendered ahead of scrapes so they
+   * only copy it. The rendering takes two turns of its own (the new passthrough blocks, then the
+   * body), so a large engine's cycle never holds the loop for both at once; the loop waits for it
+   * before the next cycle. A scrape in between renders what it needs itself (the cache is keyed
+   * by the data version).
+   */
+  private async afterCycle(): Promise<void> {
     this.dataVersion++;
     this.normalizer.advance(this.now(), this.minInterval() * 0.9);
     if (this.gpu) this.efficiency.advance(this.now(), this.measured(), this.minInterval() * 0.9);
@@ -388,8 +398,12 @@ export class Agent {
         ?.series.reduce((a, s) => a + s.value, 0) ?? 0;
     if (requests > this.lastRequests) this.lastRequestAt = this.now();
     this.lastRequests = requests;
-    this.renderData('text');
     if (this.config.ui.enabled) this.recordStatus();
+    const version = this.dataVersion;
+    await yieldToLoop();
+    this.assembly.prepare(this.passthroughSources());
+    await yieldToLoop();
+    if (version === this.dataVersion) this.renderData('text');
   }
 
   private readonly statusListeners = new Set<(json: string) => void>();

@@ -45,6 +45,11 @@ export class Assembly {
     return families;
   }
 
+  /** Renders the blocks of every upstream that handed over a new set, so the body's turn only joins text. */
+  prepare(upstreams: readonly PassthroughSource[]): void {
+    for (const u of upstreams) this.blocksOf(u);
+  }
+
   /** The data part of /metrics (self-metrics are appended by the cache), once per version. */
   render(format: ExpositionFormat, version: number, canonicalOf: () => readonly CanonicalFamily[], upstreams: readonly PassthroughSource[]): string {
     const hit = this.rendered.get(format);

@@ -92,7 +92,7 @@ function transition(src: LoopedSource, r: CycleReport, nowMs: number, log: Logge
 
 /** One loop per source; `after` runs after each recorded cycle (the agent moves its data version there). */
 export function startSources(
-  sources: ReadonlyArray<{ source: LoopedSource; intervalMs: number; after?: () => void }>,
+  sources: ReadonlyArray<{ source: LoopedSource; intervalMs: number; after?: () => void | Promise<void> }>,
   deps: RunnerDeps,
   onThrow: (err: unknown, name: string) => void,
 ): Loop[] {
@@ -101,7 +101,7 @@ export function startSources(
       intervalMs,
       run: async (signal) => {
         const ok = await runCycle(source, signal, deps);
-        after?.();
+        await after?.();
         return ok;
       },
       onError: (err) => onThrow(err, source.health.name),
