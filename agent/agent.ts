@@ -1,6 +1,7 @@
 // Composition root: builds the pipeline (sources -> normaliser -> exporters) from a validated
 // config. Dependencies are injectable so tests can drive it without a process.
 
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ErrorReporter } from './errors.js';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
@@ -38,7 +39,6 @@ import { CanaryRunner } from './canary/canary.js';
 import { EfficiencyJoin } from './normalize/efficiency.js';
 import { LoadProbe } from './canary/probe.js';
 
-const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 export interface AgentDeps {
   log: Logger;
   now?: () => number;
@@ -400,9 +400,9 @@ export class Agent {
     this.lastRequests = requests;
     if (this.config.ui.enabled) this.recordStatus();
     const version = this.dataVersion;
-    await yieldToLoop();
+    await nextTurn();
     this.assembly.prepare(this.passthroughSources());
-    await yieldToLoop();
+    await nextTurn();
     if (version === this.dataVersion) this.renderData('text');
   }
 

@@ -2,6 +2,7 @@
 // normalise, guard the passthrough. It returns what happened and imports nothing from export/:
 // recording health and rendering are the loop's and the exporter's.
 
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { UpstreamConfig } from '../config/schema.js';
 import type { ErrorReporter } from '../errors.js';
 import type { PassthroughGuard } from '../guard/passthrough.js';
@@ -42,8 +43,6 @@ export interface CycleResult {
 
 /** How long a failed info lookup (model, version) waits before it is tried again. */
 const INFO_LOOKUP_RETRY_MS = 60_000;
-
-const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 export class EngineCycle {
   private adapter: FlavorAdapter | undefined;
@@ -86,16 +85,16 @@ export class EngineCycle {
         // One scan of the payload for the model it names, used twice below.
         const payloadModel = adapter.payloadModel(res.families);
         await this.resolveInfo(adapter, res.families, payloadModel, signal);
-        await yieldToLoop();
+        await nextTurn();
         const view = { ...normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), skip: this.deps.proxied };
         const stats = normalizer.ingest(view, canonicalInput(adapter, res.families));
         result.canonicalSeries = stats.series;
         result.parseErrors += stats.incompleteHistograms;
       }
-      await yieldToLoop();
+      await nextTurn();
       result.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(passthroughInput(adapter, res.families, this.deps.gpuTelemetry())) : [];
       // Recording the result and rendering it come next, in a turn of their own.
-      await yieldToLoop();
+      await nextTurn();
     } catch (err) {
       result.outcome = 'error';
       result.detail = redactUrl((err as Error).message);

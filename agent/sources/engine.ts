@@ -1,6 +1,7 @@
 // Scrapes an inference engine's Prometheus /metrics over HTTP(S): bounded body, total deadline
 // (a slow-loris body cannot hold a scrape past its timeout), optional auth and TLS from files.
 
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -41,7 +42,7 @@ export async function parseChunked(text: string, format: InputFormat = 'text', s
     state.feed(text, pos, end);
     pos = end;
     if (pos < text.length) {
-      await new Promise<void>((r) => setImmediate(r));
+      await nextTurn();
       if (signal?.aborted) return undefined;
     }
   }
