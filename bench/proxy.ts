@@ -2,14 +2,25 @@
 // stand-in engine in the same run. Three processes on the machine: the load (this one), the agent
 // with its proxy, and the engine.
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
 const PIPE_PROXY = fileURLToPath(new URL('./serve-pipe-proxy.js', import.meta.url));
+const RELAY_SOURCE = fileURLToPath(new URL('../../bench/native/relay.c', import.meta.url));
+
+/** The C relay built for this run, or why there is none (no C compiler: the floor row is left out). */
+function buildRelay(): { path: string } | { why: string } {
+  const path = join(mkdtempSync(join(tmpdir(), 'infertel-relay-')), 'relay');
+  const cc = spawnSync('cc', ['-O2', '-o', path, RELAY_SOURCE], { encoding: 'utf8' });
+  if (cc.error) return { why: `no C compiler (${cc.error.message})` };
+  return cc.status === 0 ? { path } : { why: `cc failed: ${cc.stderr.trim()}` };
+}
 
 function pct(values: number[], p: number): number {
   const s = [...values].sort((a, b) => a - b);
@@ -122,6 +133,9 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const engineUrl = await firstLine(engine);
   const pipe = spawn(process.execPath, [PIPE_PROXY, engineUrl], { stdio: ['ignore', 'pipe', 'ignore'] });
   const pipeUrl = await firstLine(pipe);
+  const built = buildRelay();
+  const relay = 'path' in built ? spawn(built.path, [new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] }) : undefined;
+  const relayUrl = relay ? await firstLine(relay) : undefined;
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
@@ -132,9 +146,10 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say();
     say(
-      'The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings): what it adds over direct access is the cost of one more process hop on this machine, which no proxy in the path avoids.',
+      'The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine.',
     );
     say();
+    if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
     say(
       '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct |',
     );
@@ -142,12 +157,14 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     await load(proxy, 50, 1000, {});
     await load(pipeUrl, 50, 1000, {});
     await load(engineUrl, 50, 1000, {});
-    const paths = [
+    if (relayUrl) await load(relayUrl, 50, 1000, {});
+    type PathName = 'direct' | 'floor' | 'anchor' | 'proxy';
+    const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
+      ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
-    ] as const;
-    type PathName = (typeof paths)[number][0];
+    ];
     for (const [concurrency, tokens] of [
       [1, 2],
       [20, 16],
@@ -155,6 +172,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     ] as const) {
       const rows: Record<PathName, { ttfb: number[]; cps: number[]; cpu: number; chunks: number }> = {
         direct: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
+        floor: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
         anchor: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
         proxy: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
       };
@@ -177,11 +195,13 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       say(`| ${concurrency} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | |`);
       const anchorAdded = summary('anchor').p50 - d.p50;
       for (const [name, label] of [
+        ['floor', 'floor: C byte relay'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
       ] as const) {
+        if (!rows[name].ttfb.length) continue;
         const p = summary(name);
-        const ratio = name === 'proxy' ? `${((p.p50 - d.p50) / anchorAdded).toFixed(2)}x` : '1.00x';
+        const ratio = `${((p.p50 - d.p50) / anchorAdded).toFixed(2)}x`;
         say(
           `| ${concurrency} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${p.usPerChunk.toFixed(1)} µs | ${((p.cps / d.cps) * 100).toFixed(1)}% |`,
         );
@@ -211,6 +231,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   } finally {
     agent.kill();
     pipe.kill();
+    relay?.kill();
     engine.kill();
     client.destroy();
   }
