@@ -237,7 +237,7 @@ export class Agent {
           models: new ServedModels(p.target!, () => config.upstreams.find((u) => u.model)?.model ?? config.model ?? 'unknown', this.now),
           metrics: this.proxyMetrics,
           requestLog: this.requestLog,
-          tracer: agentTracer(VERSION),
+          tracer: config.tracing.endpoint !== undefined ? agentTracer(VERSION) : undefined,
           gpu: () => this.gpu?.summary() ?? NO_GPU,
           onRecord: () => {
             this.dataVersion++;

@@ -13,7 +13,7 @@ import type { ServedModels } from './models.js';
 import { gpuField, type RequestLog } from './request-log.js';
 import { inspectBody, routeOf, type RequestFacts, type Route } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
-import { contextBucket, RequestTrace, type Timeline } from './trace.js';
+import { contextBucket, type ProxyTrace, RequestTrace, type Timeline, UntracedRequest } from './trace.js';
 import { rateLimitHeaders, remainingRatios, type Admission, type Limiter, type TenantLimits } from './limits.js';
 import type { Tenant, TenantResolver } from './tenants.js';
 import { StreamValidator } from './validator.js';
@@ -47,7 +47,8 @@ export interface ProxyDeps {
   models: ServedModels;
   metrics: ProxyMetrics;
   requestLog: RequestLog;
-  tracer: Tracer;
+  /** Undefined when tracing is off: no spans are made, the incoming trace context is passed on. */
+  tracer: Tracer | undefined;
   gpu: () => GpuSummary;
   /** Called after each request is recorded (the exposition's data changed). */
   onRecord: () => void;
@@ -157,7 +158,7 @@ interface Exchange {
   status: number | undefined;
   error: string | undefined;
   streamEnd: StreamEnd | undefined;
-  trace: RequestTrace;
+  trace: ProxyTrace;
   sloClass: string | undefined;
   recorded: boolean;
   admission: Admission | undefined;
@@ -168,7 +169,8 @@ export class InlineProxy {
   readonly events: Partial<Record<ProxyEvent, number>> = {};
   private server: Server | undefined;
   private open = 0;
-  private readonly target: URL;
+  /** The target's parts, read once: URL getters cost a few µs each, on every request. */
+  private readonly to: { protocol: string; hostname: string; port: string; host: string; basePath: string; mod: typeof http | typeof https };
   private readonly agent: http.Agent;
   private readonly gapBounds: number[];
 
@@ -176,8 +178,16 @@ export class InlineProxy {
     private readonly opts: ProxyOptions,
     private readonly deps: ProxyDeps,
   ) {
-    this.target = new URL(opts.target);
-    const Agent = this.target.protocol === 'https:' ? https.Agent : http.Agent;
+    const t = new URL(opts.target);
+    this.to = {
+      protocol: t.protocol,
+      hostname: t.hostname,
+      port: t.port,
+      host: t.host,
+      basePath: t.pathname.replace(/\/+$/, ''),
+      mod: t.protocol === 'https:' ? https : http,
+    };
+    const Agent = t.protocol === 'https:' ? https.Agent : http.Agent;
     // noDelay: a chunk of a stream is sent the moment it is written, never held for Nagle.
     this.agent = new Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, noDelay: true });
     this.gapBounds = deps.metrics.gapBoundsMs();
@@ -269,14 +279,16 @@ export class InlineProxy {
       status: undefined,
       error: undefined,
       streamEnd: undefined,
-      trace: new RequestTrace(this.deps.tracer, req.headers, received, {
-        'http.request.method': req.method ?? 'GET',
-        'http.route': route,
-        route,
-        tenant: tenant.label,
-        worker_id: this.deps.workerId,
-        'infertel.request_id': requestId,
-      }),
+      trace: this.deps.tracer
+        ? new RequestTrace(this.deps.tracer, req.headers, received, {
+            'http.request.method': req.method ?? 'GET',
+            'http.route': route,
+            route,
+            tenant: tenant.label,
+            worker_id: this.deps.workerId,
+            'infertel.request_id': requestId,
+          })
+        : new UntracedRequest(req.headers),
       sloClass,
       recorded: false,
       admission: undefined,
@@ -390,19 +402,18 @@ export class InlineProxy {
 
   private forward(req: IncomingMessage, res: ServerResponse, ex: Exchange, facts: RequestFacts): http.ClientRequest {
     const headers = endToEnd(req.headers, ['host', 'content-length', 'x-request-id', 'traceparent', 'tracestate']);
-    headers.host = this.target.host;
+    const to = this.to;
+    headers.host = to.host;
     headers['x-request-id'] = ex.requestId;
     if (facts.body.length || req.headers['content-length'] !== undefined) headers['content-length'] = facts.body.length;
     ex.sent = performance.now();
-    Object.assign(headers, ex.trace.startUpstream(ex.sent, { 'server.address': this.target.hostname, 'url.path': ex.route }));
-    const mod = this.target.protocol === 'https:' ? https : http;
-    const basePath = this.target.pathname.replace(/\/+$/, '');
-    const up = mod.request({
-      protocol: this.target.protocol,
-      hostname: this.target.hostname,
-      port: this.target.port,
+    Object.assign(headers, ex.trace.startUpstream(ex.sent, { 'server.address': to.hostname, 'url.path': ex.route }));
+    const up = to.mod.request({
+      protocol: to.protocol,
+      hostname: to.hostname,
+      port: to.port,
       method: req.method,
-      path: basePath + (req.url ?? '/'),
+      path: to.basePath + (req.url ?? '/'),
       headers,
       agent: this.agent,
     });
@@ -451,10 +462,17 @@ export class InlineProxy {
       return;
     }
     res.writeHead(ex.status, ures.statusMessage, headers);
-    res.flushHeaders();
+    // The headers go out with the first chunk when the engine sent both at once (one write
+    // instead of two); when it sent the headers alone, they go out alone, right after this read.
+    let relayed = false;
+    queueMicrotask(() => {
+      if (!relayed && !res.destroyed && !res.writableEnded) res.flushHeaders();
+    });
     ures.on('data', (chunk: Buffer) => {
       const out = obs.push(chunk, performance.now());
-      if (out && !res.write(out)) {
+      if (!out) return;
+      relayed = true;
+      if (!res.write(out)) {
         ures.pause();
         res.once('drain', () => ures.resume());
       }
@@ -564,6 +582,7 @@ export class InlineProxy {
         ...(violations ? { stream_violations: violations } : {}),
       });
     }
+    if (!ex.trace.traced) return;
     const timeline: Timeline = {
       received: ex.received,
       admitted: ex.admitted,

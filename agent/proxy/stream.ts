@@ -18,6 +18,8 @@ export const MAX_JSON_COPY = 4 * 1024 * 1024;
 const MAX_PARTIAL_EVENT = 1024 * 1024;
 
 const DOUBLE_LF = Buffer.from('\n\n');
+const CONTENT = 1;
+const STRIP = 2;
 const DOUBLE_CRLF = Buffer.from('\r\n\r\n');
 
 /** End of the first complete event in buf (index after its blank line), or -1. */
@@ -31,11 +33,18 @@ function eventEnd(buf: Buffer): number {
 
 /** The data of an SSE event (its `data:` lines joined), or undefined. */
 export function sseData(event: string): string | undefined {
+  // Line by line without splitting: nearly every event is one `data:` line, read as one slice.
   let out: string | undefined;
-  for (const line of event.split(/\r?\n/)) {
-    if (!line.startsWith('data:')) continue;
-    const v = line.slice(line[5] === ' ' ? 6 : 5);
-    out = out === undefined ? v : `${out}\n${v}`;
+  let start = 0;
+  while (start < event.length) {
+    let end = event.indexOf('\n', start);
+    if (end < 0) end = event.length;
+    const stop = end > start && event.charCodeAt(end - 1) === 13 ? end - 1 : end;
+    if (event.startsWith('data:', start)) {
+      const v = event.slice(start + (event.charCodeAt(start + 5) === 32 ? 6 : 5), Math.max(stop, start + 5));
+      out = out === undefined ? v : `${out}\n${v}`;
+    }
+    start = end + 1;
   }
   return out;
 }
@@ -162,6 +171,13 @@ export class StreamObserver {
     }
     let buf = this.held ? Buffer.concat([this.held, chunk]) : chunk;
     this.held = undefined;
+    // Most chunks are one whole event, forwarded as they came: no copies and no list of parts.
+    const whole = eventEnd(buf) === buf.length;
+    if (whole) {
+      const seen = this.onEvent(buf.toString('utf8'), t);
+      if (seen & CONTENT) this.contentAt(t);
+      return seen & STRIP ? undefined : buf;
+    }
     const out: Buffer[] = [];
     let content = false;
     let start = 0;
@@ -170,9 +186,9 @@ export class StreamObserver {
       const end = eventEnd(rest);
       if (end < 0) break;
       const event = rest.subarray(0, end);
-      const keep = this.onEvent(event.toString('utf8'), t);
-      if (keep.content) content = true;
-      if (!keep.strip) out.push(event);
+      const seen = this.onEvent(event.toString('utf8'), t);
+      if (seen & CONTENT) content = true;
+      if (!(seen & STRIP)) out.push(event);
       start += end;
     }
     if (start < buf.length) {
@@ -185,24 +201,25 @@ export class StreamObserver {
     return buf.length ? buf : undefined;
   }
 
-  private onEvent(event: string, t: number): { content: boolean; strip: boolean } {
+  /** What one event is: CONTENT and/or STRIP (the usage chunk the proxy asked for), as bits. */
+  private onEvent(event: string, t: number): number {
     const data = sseData(event);
     if (data === undefined) {
       // Comments (keep-alives) are fine anywhere; other bytes matter only after [DONE].
       if (this.validator && event.trim() && !event.startsWith(':')) this.validator.onTrailingBytes(t);
-      return { content: false, strip: false };
+      return 0;
     }
     if (data.trim() === '[DONE]') {
       this.sawEnd = true;
       this.validator?.onData(data, undefined, false, t);
-      return { content: false, strip: false };
+      return 0;
     }
     let doc: unknown;
     try {
       doc = JSON.parse(data);
     } catch {
       this.validator?.onData(data, undefined, false, t);
-      return { content: false, strip: false };
+      return 0;
     }
     this.validator?.onData(data, doc, true, t);
     this.onDoc?.(doc);
@@ -212,7 +229,7 @@ export class StreamObserver {
       this.usage = f.usage;
       if (this.route !== '/v1/chat/completions' && this.route !== '/v1/completions') this.sawEnd = true;
     }
-    return { content: f.content, strip: this.stripUsage && f.usageOnly };
+    return (f.content ? CONTENT : 0) | (this.stripUsage && f.usageOnly ? STRIP : 0);
   }
 
   /** Bytes still held (an event without its blank line) and the usage of a non-streamed body; t: when the response ended. */

@@ -1,7 +1,7 @@
 // One trace per proxied request: a SERVER root `inference.request` and children built from the
 // measured timestamps after the fact (router.admission, upstream.request, prefill, decode.loop,
-// stream.flush), never a span per token. With no tracer provider registered these are the API's
-// no-op spans and cost nothing, but an incoming traceparent still reaches the engine.
+// stream.flush), never a span per token. With tracing off no span is made at all, but an incoming
+// traceparent still reaches the engine.
 
 import {
   defaultTextMapGetter,
@@ -47,7 +47,40 @@ export function contextBucket(promptTokens: number | undefined): string {
   return '>131072';
 }
 
-export class RequestTrace {
+/** What the proxy asks of a request's trace, traced or not. */
+export interface ProxyTrace {
+  /** False when nothing is recorded: the caller need not build the attributes of finish(). */
+  readonly traced: boolean;
+  sampledTraceId(): string | undefined;
+  startUpstream(sent: number, attributes: Attributes): Record<string, string>;
+  finish(t: Timeline, attributes: Attributes, error: string | undefined): void;
+}
+
+/**
+ * Tracing off: no spans, and the engine gets the incoming trace context as it came (a valid
+ * traceparent re-serialised, its tracestate with it), so an engine that traces still joins the
+ * caller's trace. A request without a traceparent costs nothing here.
+ */
+export class UntracedRequest implements ProxyTrace {
+  readonly traced = false;
+  constructor(private readonly headers: IncomingHttpHeaders) {}
+
+  sampledTraceId(): undefined {
+    return undefined;
+  }
+
+  startUpstream(): Record<string, string> {
+    const carrier: Record<string, string> = {};
+    if (this.headers.traceparent === undefined) return carrier;
+    propagator.inject(propagator.extract(ROOT_CONTEXT, this.headers, defaultTextMapGetter), carrier, defaultTextMapSetter);
+    return carrier;
+  }
+
+  finish(): void {}
+}
+
+export class RequestTrace implements ProxyTrace {
+  readonly traced = true;
   readonly root: Span;
   private readonly rootContext: Context;
   private upstream: Span | undefined;

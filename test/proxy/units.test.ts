@@ -140,9 +140,31 @@ describe('proxy units: the stream observer', () => {
     assert.deepEqual(o.usage, { promptTokens: 7, completionTokens: 2 });
   });
 
-  it('joins multi-line data fields', () => {
-    assert.equal(sseData('event: x\ndata: a\ndata:b\n'), 'a\nb');
-    assert.equal(sseData(': comment\n'), undefined);
+  // The data field as the SSE spec reads it: one optional space after the colon, lines joined by LF.
+  const dataCases: Array<[string, string | undefined]> = [
+    ['event: x\ndata: a\ndata:b\n', 'a\nb'],
+    [': comment\n', undefined],
+    ['data: {"a":1}\n\n', '{"a":1}'],
+    ['data: {"a":1}\r\n\r\n', '{"a":1}'],
+    ['data:  two spaces\n\n', ' two spaces'],
+    ['data:\n\n', ''],
+    ['data:\r\n\r\n', ''],
+    ['data: \n\n', ''],
+    ['data: x', 'x'],
+    ['id: 1\r\ndata: a\r\ndata: b\r\n\r\n', 'a\nb'],
+    ['event: ping\n\n', undefined],
+    ['xdata: no\n\n', undefined],
+  ];
+  for (const [event, data] of dataCases) it(`the data of ${JSON.stringify(event)} is ${JSON.stringify(data)}`, () => assert.equal(sseData(event), data));
+
+  it('strips the injected usage chunk when it arrives as a chunk of its own, and passes other whole events through as they came', () => {
+    const o = new StreamObserver('/v1/chat/completions', 'sse', true, bounds, 32);
+    const content = Buffer.from(`data: ${JSON.stringify({ choices: [{ delta: { content: 'x' } }] })}\n\n`);
+    assert.equal(o.push(content, 1), content, 'the same buffer, not a copy');
+    assert.equal(o.push(Buffer.from(usage), 2), undefined);
+    assert.equal(o.push(Buffer.from('data: [DONE]\n\n'), 3)?.toString(), 'data: [DONE]\n\n');
+    assert.deepEqual(o.usage, { promptTokens: 5, completionTokens: 3 });
+    assert.equal(o.contentChunks, 1);
   });
 });
 
