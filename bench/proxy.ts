@@ -8,6 +8,7 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
@@ -94,23 +95,14 @@ async function load(base: string, concurrency: number, ms: number, headers: Reco
   return { ttfb, chunks, chunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
 }
 
-/** The agent with its proxy on `port + 1`, as a newcomer runs it (no tracing). */
-function startAgent(engineUrl: string, port: number): ChildProcess {
+/** The image's Node flags (Dockerfile), which a scrape-only sidecar runs with. */
+const IMAGE_NODE_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=160'];
+
+/** The agent with its proxy on `port + 1`, as the chart runs it in proxy mode unless told otherwise (no tracing). */
+function startAgent(engineUrl: string, port: number, nodeFlags = PROXY_NODE_OPTIONS.split(' ')): ChildProcess {
   return spawn(
     process.execPath,
-    [
-      '--max-semi-space-size=2',
-      CLI,
-      'run',
-      '--listen',
-      `127.0.0.1:${port}`,
-      '--proxy-listen',
-      `127.0.0.1:${port + 1}`,
-      '--proxy-target',
-      engineUrl,
-      '--log-level',
-      'error',
-    ],
+    [...nodeFlags, CLI, 'run', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${port + 1}`, '--proxy-target', engineUrl, '--log-level', 'error'],
     { stdio: 'ignore', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '' } },
   );
 }
@@ -139,10 +131,13 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
+  const imageAgent = startAgent(engineUrl, port + 4, IMAGE_NODE_FLAGS);
+  const imageProxy = `http://127.0.0.1:${port + 5}`;
   await waitReady(port);
+  await waitReady(port + 4);
   try {
     say(
-      "Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each, 3 s per round. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival.",
+      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each, 3 s per round. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. "Through infertel" runs with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`); the row after it with the image's (\`${IMAGE_NODE_FLAGS.join(' ')}\`).`,
     );
     say();
     say(
@@ -155,15 +150,17 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say('|---|---|---|---|---|---|---|---|---|---|');
     await load(proxy, 50, 1000, {});
+    await load(imageProxy, 50, 1000, {});
     await load(pipeUrl, 50, 1000, {});
     await load(engineUrl, 50, 1000, {});
     if (relayUrl) await load(relayUrl, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'anchor' | 'proxy';
+    type PathName = 'direct' | 'floor' | 'anchor' | 'proxy' | 'proxyImageFlags';
     const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
+      ['proxyImageFlags', imageProxy, imageAgent.pid],
     ];
     for (const [concurrency, tokens] of [
       [1, 2],
@@ -175,6 +172,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         floor: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
         anchor: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
         proxy: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
+        proxyImageFlags: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
       };
       for (let round = 0; round < 3; round++) {
         for (const [name, base, pid] of paths) {
@@ -198,6 +196,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         ['floor', 'floor: C byte relay'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
+        ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],
       ] as const) {
         if (!rows[name].ttfb.length) continue;
         const p = summary(name);
@@ -230,6 +229,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     mem.kill();
   } finally {
     agent.kill();
+    imageAgent.kill();
     pipe.kill();
     relay?.kill();
     engine.kill();

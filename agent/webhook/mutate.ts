@@ -16,6 +16,13 @@ export const ANNOTATION = {
 export const INJECTED_LABEL = 'infertel.io/injected';
 export const CONTAINER_NAME = 'infertel';
 export const REFUSED_NAMESPACES = ['kube-system', 'kube-public'];
+/**
+ * Node flags of a sidecar in proxy mode, in place of the image's (`--max-semi-space-size=2`, which
+ * keeps a scrape-only agent small). Streams keep each request's objects alive for its whole
+ * length, and a 2 MiB young generation promotes them to the old one; 8 MiB cost about 10 MiB of
+ * RSS and 11% less CPU per relayed chunk at 200 streams (README, Benchmarks).
+ */
+export const PROXY_NODE_OPTIONS = '--max-semi-space-size=8 --max-old-space-size=160';
 
 export interface InjectionConfig {
   image: string;
@@ -181,6 +188,8 @@ export function mutatePod(pod: Pod, namespace: string, cfg: InjectionConfig): Mu
   }
   if (proxyPort !== undefined) {
     env.push({ name: 'INFERTEL_PROXY_LISTEN', value: `0.0.0.0:${proxyPort}` }, { name: 'INFERTEL_PROXY_TARGET', value: new URL(upstream).origin });
+    // The chart's own env may set NODE_OPTIONS; then it is the operator's choice and stays.
+    if (!cfg.env.some((e) => e.name === 'NODE_OPTIONS')) env.push({ name: 'NODE_OPTIONS', value: PROXY_NODE_OPTIONS });
   }
   // The sidecar must see the engine's GPUs, not all of the node's.
   const gpuEnv = containers.flatMap((c) => c.env ?? []).find((e) => e.name === 'NVIDIA_VISIBLE_DEVICES' && e.value !== undefined);

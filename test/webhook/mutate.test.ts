@@ -292,6 +292,7 @@ describe('mutatePod: request-level mode (infertel.io/proxy-port)', () => {
     const env = envOf(c);
     assert.equal(env.INFERTEL_PROXY_LISTEN, '0.0.0.0:8001');
     assert.equal(env.INFERTEL_PROXY_TARGET, 'http://127.0.0.1:8000');
+    assert.equal(env.NODE_OPTIONS, '--max-semi-space-size=8 --max-old-space-size=160', 'the proxy-mode heap flags');
     assert.deepEqual(
       c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
       [
@@ -325,8 +326,16 @@ describe('mutatePod: request-level mode (infertel.io/proxy-port)', () => {
     });
   }
 
-  it('without the annotation the proxy stays off', () => {
+  it("an operator's NODE_OPTIONS in the chart's env stays, once", () => {
+    const p = pod({ 'infertel.io/inject': 'true', 'infertel.io/proxy-port': '8001' });
+    const r = mutatePod(p, 'ml', { ...CFG, env: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=300' }] });
+    const env = (sidecarOf(applyPatch(p, r.patch) as unknown as Out).env as Array<{ name: string; value: string }>).filter((e) => e.name === 'NODE_OPTIONS');
+    assert.deepEqual(env, [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=300' }]);
+  });
+
+  it('without the annotation the proxy stays off, and the image keeps its own Node flags', () => {
     const { out } = inject({});
     assert.equal(envOf(sidecarOf(out)).INFERTEL_PROXY_LISTEN, undefined);
+    assert.equal(envOf(sidecarOf(out)).NODE_OPTIONS, undefined);
   });
 });

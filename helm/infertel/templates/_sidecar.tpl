@@ -30,6 +30,13 @@ ConfigMap volumes (see infertel.sidecarVolumes) to the pod.
       value: {{ printf "0.0.0.0:%d" (int .) | quote }}
     - name: INFERTEL_PROXY_TARGET
       value: {{ default "http://127.0.0.1:8000" $.proxyTarget | quote }}
+    {{- $ownNodeOptions := false }}
+    {{- range $root.Values.sidecar.env }}{{ if eq .name "NODE_OPTIONS" }}{{ $ownNodeOptions = true }}{{ end }}{{ end }}
+    {{- if not $ownNodeOptions }}
+    {{- /* Proxy-mode heap flags, as the webhook sets them (PROXY_NODE_OPTIONS in agent/webhook/mutate.ts). */}}
+    - name: NODE_OPTIONS
+      value: "--max-semi-space-size=8 --max-old-space-size=160"
+    {{- end }}
     {{- end }}
     - name: INFERTEL_CONFIG
       value: /etc/infertel/config.yaml
