@@ -222,7 +222,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     const during = rssMiB(mem.pid!);
     const open = Number(/^infertel_proxy_open_requests (\S+)/m.exec(await (await fetch(`http://127.0.0.1:${port + 2}/metrics`)).text())?.[1]);
     say(
-      `Memory per open stream (a fresh agent, after a warm-up): RSS ${before.toFixed(1)} MiB idle, ${during.toFixed(1)} MiB with ${open} streams open: ${(((during - before) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream (both sockets, the observer, the trace and the timeline).`,
+      `Memory per open stream (a fresh agent with the proxy-mode flags, after a warm-up): RSS ${before.toFixed(1)} MiB idle, ${during.toFixed(1)} MiB with ${open} streams open: ${(((during - before) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream (both sockets, the stream observer and validator).`,
     );
     say();
     await Promise.all(held);
