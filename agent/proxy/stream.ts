@@ -18,9 +18,11 @@ export const MAX_JSON_COPY = 4 * 1024 * 1024;
 const MAX_PARTIAL_EVENT = 1024 * 1024;
 
 const DOUBLE_LF = Buffer.from('\n\n');
+const DOUBLE_CRLF = Buffer.from('\r\n\r\n');
+
+/** What onEvent found, as bits: content, and the usage chunk the proxy asked for (to strip). */
 const CONTENT = 1;
 const STRIP = 2;
-const DOUBLE_CRLF = Buffer.from('\r\n\r\n');
 
 /** End of the first complete event in buf (index after its blank line), or -1. */
 function eventEnd(buf: Buffer): number {
@@ -172,8 +174,7 @@ export class StreamObserver {
     let buf = this.held ? Buffer.concat([this.held, chunk]) : chunk;
     this.held = undefined;
     // Most chunks are one whole event, forwarded as they came: no copies and no list of parts.
-    const whole = eventEnd(buf) === buf.length;
-    if (whole) {
+    if (eventEnd(buf) === buf.length) {
       const seen = this.onEvent(buf.toString('utf8'), t);
       if (seen & CONTENT) this.contentAt(t);
       return seen & STRIP ? undefined : buf;
@@ -201,7 +202,7 @@ export class StreamObserver {
     return buf.length ? buf : undefined;
   }
 
-  /** What one event is: CONTENT and/or STRIP (the usage chunk the proxy asked for), as bits. */
+  /** What one event is: CONTENT and/or STRIP, as bits. */
   private onEvent(event: string, t: number): number {
     const data = sseData(event);
     if (data === undefined) {
