@@ -11,6 +11,21 @@ export function routeOf(url: string | undefined): Route {
   return (MEASURED_ROUTES as readonly string[]).includes(path) ? (path as MeasuredRoute) : 'other';
 }
 
+const USAGE_OPTION = Buffer.from(',"stream_options":{"include_usage":true}');
+
+/**
+ * The client's bytes with `stream_options` added as the last member of the top-level object, or
+ * undefined when the body does not end with that object's brace. Called only for an object that
+ * parsed, has members and no `stream_options`: one copy of the body, the client's formatting and
+ * number spellings kept, where re-serialising would cost a parse's worth of time on long prompts.
+ */
+function withUsageOption(body: Buffer): Buffer | undefined {
+  let end = body.length - 1;
+  while (end >= 0 && (body[end] === 0x20 || body[end] === 0x0a || body[end] === 0x0d || body[end] === 0x09)) end--;
+  if (body[end] !== 0x7d) return undefined;
+  return Buffer.concat([body.subarray(0, end), USAGE_OPTION, body.subarray(end)]);
+}
+
 /** The routes whose streams can be asked for a usage chunk (`stream_options.include_usage`). */
 const USAGE_OPTION_ROUTES: readonly Route[] = ['/v1/chat/completions', '/v1/completions'];
 
@@ -72,7 +87,8 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
   const options = d.stream_options && typeof d.stream_options === 'object' ? (d.stream_options as Record<string, unknown>) : undefined;
   if (facts.stream && USAGE_OPTION_ROUTES.includes(route) && options?.include_usage !== true) {
     facts.usageInjected = true;
-    facts.body = Buffer.from(JSON.stringify({ ...d, stream_options: { ...options, include_usage: true } }));
+    facts.body =
+      (!('stream_options' in d) && withUsageOption(body)) || Buffer.from(JSON.stringify({ ...d, stream_options: { ...options, include_usage: true } }));
   }
   return facts;
 }

@@ -46,6 +46,29 @@ describe('proxy units: request bodies', () => {
     assert.equal(inspectBody('/v1/chat/completions', b({ model: 'm' }), 'POST').usageInjected, false, 'not a stream');
     assert.equal(inspectBody('/v1/responses', b({ model: 'm', stream: true }), 'POST').usageInjected, false, 'responses streams always end with usage');
   });
+  // Without stream_options the client's bytes are kept and the option is added as the last member.
+  const kept: Array<[string, string]> = [
+    ['{"model":"m","stream":true}', '{"model":"m","stream":true,"stream_options":{"include_usage":true}}'],
+    ['{ "model": "m", "stream": true }\n', '{ "model": "m", "stream": true ,"stream_options":{"include_usage":true}}\n'],
+    ['{"stream":true,"prompt":"a } b","n":1.0}', '{"stream":true,"prompt":"a } b","n":1.0,"stream_options":{"include_usage":true}}'],
+    [
+      '{"stream":true,"messages":[{"role":"user","content":"}"}]}\r\n\t ',
+      '{"stream":true,"messages":[{"role":"user","content":"}"}],"stream_options":{"include_usage":true}}\r\n\t ',
+    ],
+  ];
+  for (const [sent, forwarded] of kept)
+    it(`adds stream_options to ${JSON.stringify(sent)} in place`, () => {
+      const f = inspectBody('/v1/completions', b(sent), 'POST');
+      assert.equal(f.usageInjected, true);
+      assert.equal(f.body.toString(), forwarded);
+      assert.deepEqual(JSON.parse(f.body.toString()), { ...JSON.parse(sent), stream_options: { include_usage: true } });
+    });
+
+  it('re-serialises when stream_options is there but not an object, so the key is never doubled', () => {
+    const f = inspectBody('/v1/completions', b('{"stream":true,"stream_options":null}'), 'POST');
+    assert.equal(f.body.toString(), '{"stream":true,"stream_options":{"include_usage":true}}');
+  });
+
   it('reads max_new_tokens and temperature from each schema', () => {
     const rows: Array<[Parameters<typeof inspectBody>[0], unknown, number | undefined, number | undefined]> = [
       ['/v1/chat/completions', { max_completion_tokens: 64, max_tokens: 9, temperature: 0.2 }, 64, 0.2],
