@@ -272,7 +272,10 @@ describe('canaries: in the agent', () => {
       assert.equal(sumOf(m, 'canary_runs_total', { slo_class: 'streaming' }), runs('streaming', 'ok'), 'the passing canary never fails');
       assert.ok(sumOf(m, 'canary_ttft_ms_count', { slo_class: 'streaming' }) >= 1);
       const tps = sumOf(m, 'canary_tokens_per_second', { slo_class: 'streaming' });
-      assert.ok(tps > 0 && tps <= 200, String(tps)); // 5 ms gaps: at most 200 tokens/s
+      // 19 gaps of at least 5 ms at the engine: 200 tokens/s at most as sent. The client times the
+      // gaps as chunks arrive, and a first chunk that arrives a few ms late under load shortens the
+      // decode it measures (201.6 tokens/s seen in CI), so up to 5 ms of that is allowed.
+      assert.ok(tps > 0 && tps <= 19 / 0.09, String(tps));
       assert.ok(sumOf(m, 'canary_consecutive_failures', { slo_class: 'strict' }) >= 1);
       assert.equal(sumOf(m, 'canary_consecutive_failures', { slo_class: 'streaming' }), 0);
       assert.equal(sumOf(m, 'canary_endpoint_up', { endpoint: 'health' }), 1);
