@@ -1,12 +1,13 @@
 // Request-level mode: what the inline proxy adds, measured next to direct access to the same
-// stand-in engine in the same run. Three processes on the machine: the load (this one), the agent
-// with its proxy, and the engine.
+// stand-in engine in the same run. On the machine: the load (this one), the engine, and the paths
+// to it (a C relay, a bare Node proxy, the agent's proxy with two sets of Node flags), one in use
+// at a time.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 
@@ -232,6 +233,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     imageAgent.kill();
     pipe.kill();
     relay?.kill();
+    if ('path' in built) rmSync(dirname(built.path), { recursive: true, force: true });
     engine.kill();
     client.destroy();
   }
