@@ -16,13 +16,12 @@ import { createLogger } from '../agent/logger.js';
 import { parseExposition } from '../agent/parse/exposition.js';
 import { asOpenMetrics, payload, sglangPayload, type Payload } from './payloads.js';
 import { benchGpu } from './gpu.js';
+import { IMAGE_NODE_FLAGS } from './node-flags.js';
 import { benchProxy } from './proxy.js';
 import { benchLimits } from './limits.js';
 import { agentDeps } from '../agent/runtime.js';
 import { EfficiencyJoin } from '../agent/normalize/efficiency.js';
 
-/** The Node flags the image runs the agent with (Dockerfile NODE_OPTIONS); INFERTEL_BENCH_NODE_FLAGS overrides them. */
-const IMAGE_NODE_FLAGS = (process.env.INFERTEL_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --max-old-space-size=160').split(' ').filter(Boolean);
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const lines: string[] = [];

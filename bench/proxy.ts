@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
+import { IMAGE_NODE_FLAGS } from './node-flags.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
@@ -95,9 +96,6 @@ async function load(base: string, concurrency: number, ms: number, headers: Reco
   );
   return { ttfb, chunks, chunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
 }
-
-/** The image's Node flags (Dockerfile), which a scrape-only sidecar runs with. */
-const IMAGE_NODE_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=160'];
 
 /** The agent with its proxy on `port + 1`, as the chart runs it in proxy mode unless told otherwise (no tracing). */
 function startAgent(engineUrl: string, port: number, nodeFlags = PROXY_NODE_OPTIONS.split(' ')): ChildProcess {
