@@ -17,6 +17,7 @@ import { parseExposition } from '../agent/parse/exposition.js';
 import { asOpenMetrics, payload, sglangPayload, type Payload } from './payloads.js';
 import { benchGpu } from './gpu.js';
 import { IMAGE_NODE_FLAGS } from './node-flags.js';
+import { firstLine, pct } from './stats.js';
 import { benchProxy } from './proxy.js';
 import { benchLimits } from './limits.js';
 import { agentDeps } from '../agent/runtime.js';
@@ -30,10 +31,6 @@ const say = (s = '') => {
   process.stdout.write(`${s}\n`);
 };
 
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
 const f1 = (v: number) => v.toFixed(1);
 const f2 = (v: number) => v.toFixed(2);
 
@@ -69,16 +66,7 @@ function throughput(buf: Buffer, fn: (b: Buffer) => unknown, ms = 2000): number 
 
 async function spawnLine(args: string[]): Promise<{ child: ChildProcess; line: string }> {
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-  const line = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d) => {
-      buf += d;
-      const i = buf.indexOf('\n');
-      if (i >= 0) resolve(buf.slice(0, i));
-    });
-    child.once('exit', (c) => reject(new Error(`child exited ${c}`)));
-  });
-  return { child, line };
+  return { child, line: await firstLine(child) };
 }
 
 async function servePayload(p: Payload): Promise<{ url: string; child: ChildProcess }> {

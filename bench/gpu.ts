@@ -12,13 +12,9 @@ import { fileURLToPath } from 'node:url';
 import { type GpuAddon, loadAddon } from '../agent/gpu/addon.js';
 import { AmdSmiCliProbe } from '../agent/gpu/amd-smi-probe.js';
 import { buildFakeAmdSmiLibrary } from '../test/helpers.js';
+import { pct } from './stats.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
 
 export function buildFakeNvml(): string {
   const dir = mkdtempSync(join(tmpdir(), 'infertel-fakenvml-'));

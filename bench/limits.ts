@@ -7,11 +7,7 @@ import { Redis } from 'ioredis';
 import { createLogger } from '../agent/logger.js';
 import { MemoryLimiter, type TenantLimits } from '../agent/proxy/limits.js';
 import { RedisLimiter } from '../agent/proxy/redis-limits.js';
-
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
+import { pct } from './stats.js';
 
 const LIMITS: TenantLimits = { limits: { requestsPerMinute: 1e9, tokensPerMinute: 1e12, concurrent: 1e6 }, shadow: false };
 

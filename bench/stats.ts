@@ -1,0 +1,38 @@
+// Helpers every bench shares: percentiles over samples, and the first line a child process prints.
+
+import type { ChildProcess } from 'node:child_process';
+
+/** The p-th percentile (nearest rank) of `values`; NaN for no values. */
+export function pct(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+
+/**
+ * The first line `child` writes to stdout (its address, for the bench's servers). Rejects if the
+ * child exits first or says nothing within `timeoutMs`, so a child that hangs at start fails the
+ * bench instead of stalling it.
+ */
+export function firstLine(child: ChildProcess, timeoutMs = 10_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`no line from pid ${child.pid} within ${timeoutMs} ms`)), timeoutMs);
+    const settle = () => {
+      clearTimeout(timer);
+      child.off('exit', onExit);
+    };
+    const onExit = (code: number | null) => {
+      settle();
+      reject(new Error(`pid ${child.pid} exited (${code}) before its first line`));
+    };
+    child.once('exit', onExit);
+    child.stdout!.on('data', (d) => {
+      buf += d;
+      const i = buf.indexOf('\n');
+      if (i >= 0) {
+        settle();
+        resolve(buf.slice(0, i).trim());
+      }
+    });
+  });
+}
