@@ -8,7 +8,7 @@ import { hostname } from 'node:os';
 import { buildCatalogue, proxySourced, type Catalogue } from './catalogue/catalogue.js';
 import type { AgentConfig, UpstreamConfig } from './config/schema.js';
 import { ExpositionCache } from './export/cache.js';
-import { Assembly, type PassthroughSource } from './export/assembly.js';
+import { Assembly } from './export/assembly.js';
 import { StatusHistory } from './export/status.js';
 import type { ExpositionFormat } from './export/render.js';
 import { SelfMetrics } from './export/self-metrics.js';
@@ -317,11 +317,7 @@ export class Agent {
 
   /** Canonical and passthrough series in one exposition, rendered once per data version. */
   renderData(format: ExpositionFormat): string {
-    return this.assembly.render(format, this.dataVersion, () => this.canonical(), this.passthroughSources());
-  }
-
-  private passthroughSources(): PassthroughSource[] {
-    return this.upstreams.map((u) => ({ name: u.cfg.name, passthroughVersion: u.passthroughVersion, takePassthrough: () => u.takePassthrough() }));
+    return this.assembly.render(format, this.dataVersion, () => this.canonical(), this.upstreams);
   }
 
   summary(): unknown {
@@ -401,7 +397,7 @@ export class Agent {
     if (this.config.ui.enabled) this.recordStatus();
     const version = this.dataVersion;
     await nextTurn();
-    this.assembly.prepare(this.passthroughSources());
+    this.assembly.prepare(this.upstreams);
     await nextTurn();
     if (version === this.dataVersion) this.renderData('text');
   }

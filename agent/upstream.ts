@@ -134,6 +134,11 @@ export class Upstream implements LoopedSource {
     this.passthroughVersion++;
   }
 
+  /** Its configured name: with `passthroughVersion` and `takePassthrough`, what the exporter reads of it. */
+  get name(): string {
+    return this.cfg.name;
+  }
+
   /** This version's passthrough set, handed over once (later calls get nothing until the next set). */
   takePassthrough(): readonly Family[] {
     const families = this.passthrough;
