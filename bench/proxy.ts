@@ -3,32 +3,18 @@
 // to it (a C relay, a bare Node proxy, the agent's proxy with two sets of Node flags), one in use
 // at a time.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 import { IMAGE_NODE_FLAGS } from './node-flags.js';
+import { buildRelay, removeRelay } from './relay.js';
+import { firstLine, pct } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
 const PIPE_PROXY = fileURLToPath(new URL('./serve-pipe-proxy.js', import.meta.url));
-const RELAY_SOURCE = fileURLToPath(new URL('../../bench/native/relay.c', import.meta.url));
-
-/** The C relay built for this run, or why there is none (no C compiler: the floor row is left out). */
-function buildRelay(): { path: string } | { why: string } {
-  const path = join(mkdtempSync(join(tmpdir(), 'infertel-relay-')), 'relay');
-  const cc = spawnSync('cc', ['-O2', '-o', path, RELAY_SOURCE], { encoding: 'utf8' });
-  if (cc.error) return { why: `no C compiler (${cc.error.message})` };
-  return cc.status === 0 ? { path } : { why: `cc failed: ${cc.stderr.trim()}` };
-}
-
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
 
 function rssMiB(pid: number): number {
   return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
@@ -40,35 +26,35 @@ function cpuMs(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
-function firstLine(child: ChildProcess): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d) => {
-      buf += d;
-      const i = buf.indexOf('\n');
-      if (i >= 0) resolve(buf.slice(0, i).trim());
-    });
-    child.once('exit', (c) => reject(new Error(`exited ${c}`)));
-  });
-}
-
 const client = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
-/** One streamed request: ms to the first body byte, chunks received, and the whole time. */
-function stream(base: string, headers: Record<string, string>, body: string): Promise<{ ttfb: number; chunks: number; total: number }> {
+/**
+ * One streamed request: ms to the first body byte, and the events received, all of them and those
+ * that arrived inside the load's measuring window (`window`, in `performance.now()` time).
+ */
+function stream(
+  base: string,
+  headers: Record<string, string>,
+  body: string,
+  window = { from: -Infinity, to: Infinity },
+): Promise<{ ttfb: number; chunks: number; chunksInWindow: number }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     let ttfb = NaN;
     let chunks = 0;
+    let chunksInWindow = 0;
     const req = http.request(
       `${base}/v1/chat/completions`,
       { method: 'POST', agent: client, headers: { 'content-type': 'application/json', ...headers } },
       (res) => {
         res.on('data', (d: Buffer) => {
-          if (Number.isNaN(ttfb)) ttfb = performance.now() - t0;
-          chunks += d.toString('latin1').split('\n\n').length - 1;
+          const now = performance.now();
+          if (Number.isNaN(ttfb)) ttfb = now - t0;
+          const events = d.toString('latin1').split('\n\n').length - 1;
+          chunks += events;
+          if (now >= window.from && now <= window.to) chunksInWindow += events;
         });
-        res.on('end', () => resolve({ ttfb, chunks, total: performance.now() - t0 }));
+        res.on('end', () => resolve({ ttfb, chunks, chunksInWindow }));
         res.on('error', reject);
       },
     );
@@ -79,22 +65,34 @@ function stream(base: string, headers: Record<string, string>, body: string): Pr
 
 const BODY = JSON.stringify({ model: 'bench-model', stream: true, messages: [{ role: 'user', content: 'Summarise the quarterly report in three lines.' }] });
 
-/** `concurrency` clients each streaming back to back for `ms`. */
-async function load(base: string, concurrency: number, ms: number, headers: Record<string, string>) {
+/**
+ * `concurrency` clients each streaming back to back. Client i starts `i / concurrency` of
+ * `staggerMs` late; 0 starts them all at once, and since the stand-in engine's timing has no
+ * jitter, they then stay in lock-step and every request meets 199 others at the proxy.
+ *
+ * Throughput is the events received inside a fixed window of `ms` that opens once every client has
+ * started, as wrk or k6 count (`chunksPerSecond`). `roundChunksPerSecond` is the older measure: all
+ * events over the time until the slowest client has finished its last request, which also charges
+ * the path with the ramp-down, when fewer than `concurrency` streams are open.
+ */
+async function load(base: string, concurrency: number, ms: number, headers: Record<string, string>, staggerMs = 0) {
   const ttfb: number[] = [];
   let chunks = 0;
-  const end = performance.now() + ms;
+  let chunksInWindow = 0;
   const t0 = performance.now();
+  const window = { from: t0 + staggerMs, to: t0 + staggerMs + ms };
   await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (performance.now() < end) {
-        const r = await stream(base, headers, BODY);
+    Array.from({ length: concurrency }, async (_, i) => {
+      await new Promise((r) => setTimeout(r, (i / concurrency) * staggerMs));
+      while (performance.now() < window.to) {
+        const r = await stream(base, headers, BODY, window);
         ttfb.push(r.ttfb);
         chunks += r.chunks;
+        chunksInWindow += r.chunksInWindow;
       }
     }),
   );
-  return { ttfb, chunks, chunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
+  return { ttfb, chunks, chunksPerSecond: chunksInWindow / (ms / 1000), roundChunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
 }
 
 /** The agent with its proxy on `port + 1`, as the chart runs it in proxy mode unless told otherwise (no tracing). */
@@ -136,7 +134,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   await waitReady(port + 4);
   try {
     say(
-      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each, 3 s per round. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. "Through infertel" runs with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`); the row after it with the image's (\`${IMAGE_NODE_FLAGS.join(' ')}\`).`,
+      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. Throughput is the events received in a 3 s window once every client has started; "whole rounds" is the older measure, all events over the time until the slowest client finishes. In the rows marked "staggered", client i of 200 starts i/200 of a request's length (340 ms) late; in the others all start at once and, as the stand-in's timing has no jitter, stay in lock-step. "Through infertel" runs with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`); the row after it with the image's (\`${IMAGE_NODE_FLAGS.join(' ')}\`).`,
     );
     say();
     say(
@@ -145,9 +143,9 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
     say(
-      '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct |',
+      '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct | whole rounds |',
     );
-    say('|---|---|---|---|---|---|---|---|---|---|');
+    say('|---|---|---|---|---|---|---|---|---|---|---|');
     await load(proxy, 50, 1000, {});
     await load(imageProxy, 50, 1000, {});
     await load(pipeUrl, 50, 1000, {});
@@ -161,35 +159,40 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       ['proxy', proxy, agent.pid],
       ['proxyImageFlags', imageProxy, imageAgent.pid],
     ];
-    for (const [concurrency, tokens] of [
-      [1, 2],
-      [20, 16],
-      [200, 16],
+    for (const [concurrency, tokens, staggerMs] of [
+      [1, 2, 0],
+      [20, 16, 0],
+      [200, 16, 0],
+      [200, 16, 340],
     ] as const) {
-      const rows: Record<PathName, { ttfb: number[]; cps: number[]; cpu: number; chunks: number }> = {
-        direct: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
-        floor: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
-        anchor: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
-        proxy: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
-        proxyImageFlags: { ttfb: [], cps: [], cpu: 0, chunks: 0 },
+      const empty = () => ({ ttfb: [] as number[], cps: [] as number[], roundCps: [] as number[], cpu: 0, chunks: 0 });
+      const rows: Record<PathName, ReturnType<typeof empty>> = {
+        direct: empty(),
+        floor: empty(),
+        anchor: empty(),
+        proxy: empty(),
+        proxyImageFlags: empty(),
       };
       for (let round = 0; round < 3; round++) {
         for (const [name, base, pid] of paths) {
           const c0 = pid ? cpuMs(pid) : 0;
-          const r = await load(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) });
+          const r = await load(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) }, staggerMs);
           const row = rows[name];
           row.ttfb.push(...r.ttfb);
           row.cps.push(r.chunksPerSecond);
+          row.roundCps.push(r.roundChunksPerSecond);
           row.chunks += r.chunks;
           if (pid) row.cpu += cpuMs(pid) - c0;
         }
       }
       const summary = (name: PathName) => {
         const r = rows[name];
-        return { p50: pct(r.ttfb, 50), p99: pct(r.ttfb, 99), cps: r.cps.reduce((a, b) => a + b, 0) / r.cps.length, usPerChunk: (r.cpu * 1000) / r.chunks };
+        const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+        return { p50: pct(r.ttfb, 50), p99: pct(r.ttfb, 99), cps: mean(r.cps), roundCps: mean(r.roundCps), usPerChunk: (r.cpu * 1000) / r.chunks };
       };
+      const streams = staggerMs ? `${concurrency}, staggered` : String(concurrency);
       const d = summary('direct');
-      say(`| ${concurrency} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | |`);
+      say(`| ${streams} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
       const anchorAdded = summary('anchor').p50 - d.p50;
       for (const [name, label] of [
         ['floor', 'floor: C byte relay'],
@@ -201,7 +204,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         const p = summary(name);
         const ratio = `${((p.p50 - d.p50) / anchorAdded).toFixed(2)}x`;
         say(
-          `| ${concurrency} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${p.usPerChunk.toFixed(1)} µs | ${((p.cps / d.cps) * 100).toFixed(1)}% |`,
+          `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${p.usPerChunk.toFixed(1)} µs | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
         );
       }
     }
@@ -231,7 +234,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     imageAgent.kill();
     pipe.kill();
     relay?.kill();
-    if ('path' in built) rmSync(dirname(built.path), { recursive: true, force: true });
+    if ('path' in built) removeRelay(built.path);
     engine.kill();
     client.destroy();
   }
