@@ -16,23 +16,28 @@ export function pct(values: number[], p: number): number {
 export function firstLine(child: ChildProcess, timeoutMs = 10_000): Promise<string> {
   return new Promise((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`no line from pid ${child.pid} within ${timeoutMs} ms`)), timeoutMs);
     const settle = () => {
       clearTimeout(timer);
       child.off('exit', onExit);
+      child.stdout!.off('data', onData);
     };
+    const timer = setTimeout(() => {
+      settle();
+      reject(new Error(`no line from pid ${child.pid} within ${timeoutMs} ms`));
+    }, timeoutMs);
     const onExit = (code: number | null) => {
       settle();
       reject(new Error(`pid ${child.pid} exited (${code}) before its first line`));
     };
-    child.once('exit', onExit);
-    child.stdout!.on('data', (d) => {
+    const onData = (d: Buffer) => {
       buf += d;
       const i = buf.indexOf('\n');
       if (i >= 0) {
         settle();
         resolve(buf.slice(0, i).trim());
       }
-    });
+    };
+    child.once('exit', onExit);
+    child.stdout!.on('data', onData);
   });
 }
