@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { mutatePod, review, safeReview, upstreamUrl, type InjectionConfig, type PatchOp } from '../../agent/webhook/mutate.js';
 import { rng } from '../fuzz/corpus.js';
 import { applyPatch } from './patch.js';
+import { REPO_ROOT } from '../helpers.js';
 
 const CFG: InjectionConfig = {
   image: 'ghcr.io/infertel/infertel:0.1.0',
@@ -301,6 +304,26 @@ describe('mutatePod: request-level mode (infertel.io/proxy-port)', () => {
       ],
     );
     assert.equal(c.readinessProbe.httpGet.path, '/readyz');
+  });
+
+  it("the README's CPU sizing example gives a proxy-mode sidecar that CPU request, with the memory it restates", () => {
+    const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+    const block = /```yaml\nmetadata:\n {2}annotations:\n((?: {4}infertel\.io\/[\w-]+: .+\n)+)```/.exec(
+      readme.slice(readme.indexOf('is sized for scraping')),
+    )?.[1];
+    assert.ok(block, 'the annotations example under the CPU sizing paragraph');
+    const annotations = Object.fromEntries(
+      block
+        .trim()
+        .split('\n')
+        .map((l) => /^\s*([\w./-]+): (?:"([^"]*)"|'([^']*)')$/.exec(l)!)
+        .map((m) => [m[1]!, m[2] ?? m[3]!]),
+    );
+    const { r, out } = inject(annotations);
+    assert.deepEqual(r.warnings, []);
+    const c = sidecarOf(out);
+    assert.equal(envOf(c).INFERTEL_PROXY_LISTEN, '0.0.0.0:8001');
+    assert.deepEqual(c.resources, { requests: { cpu: '250m', memory: '96Mi' }, limits: { memory: '320Mi' } });
   });
 
   it('a trtllm upstream port proxies to the engine origin, not its metrics path', () => {
