@@ -187,9 +187,8 @@ export class InlineProxy {
       basePath: t.pathname.replace(/\/+$/, ''),
       mod: t.protocol === 'https:' ? https : http,
     };
-    const Agent = t.protocol === 'https:' ? https.Agent : http.Agent;
     // noDelay: a chunk of a stream is sent the moment it is written, never held for Nagle.
-    this.agent = new Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, noDelay: true });
+    this.agent = new this.to.mod.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, noDelay: true });
     this.gapBounds = deps.metrics.gapBoundsMs();
   }
 

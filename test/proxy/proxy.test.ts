@@ -34,44 +34,6 @@ const dataOf = (text: string) =>
 /** The stand-in's prompt token count for a chat body: ceil(len(JSON(messages)) / 4). */
 const simPromptTokens = (body: { messages: unknown }) => Math.ceil(JSON.stringify(body.messages).length / 4);
 
-describe('proxy: trace context and response headers, tracing off', () => {
-  let h: Harness;
-  before(async () => {
-    h = await startHarness();
-  });
-  after(() => h.close());
-
-  it('with tracing off, passes an incoming trace context to the engine as it came, and makes up none', async () => {
-    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
-    await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'a' }, { traceparent, tracestate: 'vendor=abc' });
-    const joined = lastSeen(h, (s) => s.url === '/v1/completions')!;
-    assert.equal(joined.headers.traceparent, traceparent);
-    assert.equal(joined.headers.tracestate, 'vendor=abc');
-    await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'b' }, { traceparent: '00-00000000000000000000000000000000-00f067aa0ba902b7-01' });
-    assert.equal(lastSeen(h, (s) => s.url === '/v1/completions')!.headers.traceparent, undefined, 'an invalid (all-zero) trace id is not passed on');
-    await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'c' });
-    assert.equal(lastSeen(h, (s) => s.url === '/v1/completions')!.headers.traceparent, undefined);
-  });
-
-  it('sends the response headers as soon as the engine does, before the first token', async () => {
-    // /v1/completions streams have no role chunk: the engine sends its headers, then waits 400 ms.
-    const t0 = performance.now();
-    const headersAfter = await new Promise<number>((resolve, reject) => {
-      const req = http.request(
-        `${h.proxy}/v1/completions`,
-        { method: 'POST', headers: { 'content-type': 'application/json', 'x-sim-ttft-ms': '400' } },
-        (res) => {
-          resolve(performance.now() - t0);
-          res.resume();
-        },
-      );
-      req.on('error', reject);
-      req.end(JSON.stringify({ model: 'sim-llama', prompt: 'a', stream: true }));
-    });
-    assert.ok(headersAfter < 300, `headers after ${headersAfter.toFixed(0)} ms, not held for the first token`);
-  });
-});
-
 describe('proxy: streams', () => {
   let h: Harness;
   before(async () => {
@@ -180,6 +142,37 @@ describe('proxy: streams', () => {
     } finally {
       await secs.close();
     }
+  });
+
+  // The harness runs without tracing, as the proxy does unless told otherwise.
+  it('with tracing off, passes an incoming trace context to the engine as it came, and makes up none', async () => {
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'a' }, { traceparent, tracestate: 'vendor=abc' });
+    const joined = lastSeen(h, (s) => s.url === '/v1/completions')!;
+    assert.equal(joined.headers.traceparent, traceparent);
+    assert.equal(joined.headers.tracestate, 'vendor=abc');
+    await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'b' }, { traceparent: '00-00000000000000000000000000000000-00f067aa0ba902b7-01' });
+    assert.equal(lastSeen(h, (s) => s.url === '/v1/completions')!.headers.traceparent, undefined, 'an invalid (all-zero) trace id is not passed on');
+    await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'c' });
+    assert.equal(lastSeen(h, (s) => s.url === '/v1/completions')!.headers.traceparent, undefined);
+  });
+
+  it('sends the response headers as soon as the engine does, before the first token', async () => {
+    // /v1/completions streams have no role chunk: the engine sends its headers, then waits 400 ms.
+    const t0 = performance.now();
+    const headersAfter = await new Promise<number>((resolve, reject) => {
+      const req = http.request(
+        `${h.proxy}/v1/completions`,
+        { method: 'POST', headers: { 'content-type': 'application/json', 'x-sim-ttft-ms': '400' } },
+        (res) => {
+          resolve(performance.now() - t0);
+          res.resume();
+        },
+      );
+      req.on('error', reject);
+      req.end(JSON.stringify({ model: 'sim-llama', prompt: 'a', stream: true }));
+    });
+    assert.ok(headersAfter < 300, `headers after ${headersAfter.toFixed(0)} ms, not held for the first token`);
   });
 });
 
