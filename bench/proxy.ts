@@ -1,7 +1,7 @@
 // Request-level mode: what the inline proxy adds, measured next to direct access to the same
 // stand-in engine in the same run. On the machine: the load (this one), the engine, and the paths
-// to it (a C relay, a bare Node proxy, the agent's proxy with two sets of Node flags), one in use
-// at a time.
+// to it (a C relay, a Node relay, a bare Node proxy, the agent's proxy with two sets of Node
+// flags), one in use at a time.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -15,6 +15,7 @@ import { firstLine, pct } from './stats.js';
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
 const PIPE_PROXY = fileURLToPath(new URL('./serve-pipe-proxy.js', import.meta.url));
+const NODE_RELAY = fileURLToPath(new URL('./serve-net-relay.js', import.meta.url));
 
 function rssMiB(pid: number): number {
   return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
@@ -125,6 +126,8 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const built = buildRelay();
   const relay = 'path' in built ? spawn(built.path, [new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] }) : undefined;
   const relayUrl = relay ? await firstLine(relay) : undefined;
+  const nodeRelay = spawn(process.execPath, [NODE_RELAY, new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const nodeRelayUrl = await firstLine(nodeRelay);
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
@@ -138,7 +141,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say();
     say(
-      'The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine.',
+      'The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP.',
     );
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
@@ -151,10 +154,12 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     await load(pipeUrl, 50, 1000, {});
     await load(engineUrl, 50, 1000, {});
     if (relayUrl) await load(relayUrl, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'anchor' | 'proxy' | 'proxyImageFlags';
+    await load(nodeRelayUrl, 50, 1000, {});
+    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'anchor' | 'proxy' | 'proxyImageFlags';
     const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
+      ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
       ['proxyImageFlags', imageProxy, imageAgent.pid],
@@ -169,6 +174,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       const rows: Record<PathName, ReturnType<typeof empty>> = {
         direct: empty(),
         floor: empty(),
+        nodeFloor: empty(),
         anchor: empty(),
         proxy: empty(),
         proxyImageFlags: empty(),
@@ -196,6 +202,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       const anchorAdded = summary('anchor').p50 - d.p50;
       for (const [name, label] of [
         ['floor', 'floor: C byte relay'],
+        ['nodeFloor', 'Node floor: Node byte relay'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
         ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],
@@ -234,6 +241,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     imageAgent.kill();
     pipe.kill();
     relay?.kill();
+    nodeRelay.kill();
     if ('path' in built) removeRelay(built.path);
     engine.kill();
     client.destroy();
