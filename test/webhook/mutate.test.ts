@@ -295,7 +295,7 @@ describe('mutatePod: request-level mode (infertel.io/proxy-port)', () => {
     const env = envOf(c);
     assert.equal(env.INFERTEL_PROXY_LISTEN, '0.0.0.0:8001');
     assert.equal(env.INFERTEL_PROXY_TARGET, 'http://127.0.0.1:8000');
-    assert.equal(env.NODE_OPTIONS, '--max-semi-space-size=8 --max-old-space-size=160', 'the proxy-mode heap flags');
+    assert.equal(env.NODE_OPTIONS, '--max-semi-space-size=32 --max-old-space-size=160', 'the proxy-mode heap flags');
     assert.deepEqual(
       c.ports.map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
       [
@@ -323,7 +323,7 @@ describe('mutatePod: request-level mode (infertel.io/proxy-port)', () => {
     assert.deepEqual(r.warnings, []);
     const c = sidecarOf(out);
     assert.equal(envOf(c).INFERTEL_PROXY_LISTEN, '0.0.0.0:8001');
-    assert.deepEqual(c.resources, { requests: { cpu: '250m', memory: '96Mi' }, limits: { memory: '320Mi' } });
+    assert.deepEqual(c.resources, { requests: { cpu: '250m', memory: '160Mi' }, limits: { memory: '448Mi' } });
   });
 
   it('a trtllm upstream port proxies to the engine origin, not its metrics path', () => {

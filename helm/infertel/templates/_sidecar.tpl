@@ -35,7 +35,7 @@ ConfigMap volumes (see infertel.sidecarVolumes) to the pod.
     {{- if not $ownNodeOptions }}
     {{- /* Proxy-mode heap flags, as the webhook sets them (PROXY_NODE_OPTIONS in agent/webhook/mutate.ts). */}}
     - name: NODE_OPTIONS
-      value: "--max-semi-space-size=8 --max-old-space-size=160"
+      value: "--max-semi-space-size=32 --max-old-space-size=160"
     {{- end }}
     {{- end }}
     - name: INFERTEL_CONFIG
