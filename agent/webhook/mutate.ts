@@ -20,8 +20,8 @@ export const REFUSED_NAMESPACES = ['kube-system', 'kube-public'];
  * Node flags of a sidecar in proxy mode, in place of the image's (`--max-semi-space-size=2`, which
  * keeps a scrape-only agent small). Streams keep each request's objects alive for its whole
  * length, and a small young generation promotes them to the old one, where collecting them costs
- * more. 32 MiB against 8 MiB, at 200 streams in four A/B runs (both arrival patterns, both
- * orders): 11-15% less CPU per relayed chunk for about 45 MB more RSS, 155-160 MB in all
+ * more. 32 MiB against 8 MiB, at 200 streams in five A/B runs (both arrival patterns, both
+ * orders): 10-15% less CPU per relayed chunk for about 45 MB more RSS, 152-160 MB in all
  * (README, Request-level mode).
  */
 export const PROXY_NODE_OPTIONS = '--max-semi-space-size=32 --max-old-space-size=160';
