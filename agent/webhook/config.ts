@@ -15,7 +15,7 @@ export const webhookConfigSchema = z.strictObject({
   upstream: z.url().default('http://127.0.0.1:8000/metrics'),
   /** Native sidecar (initContainers, restartPolicy Always; Kubernetes >= 1.29). */
   nativeSidecar: z.boolean().default(true),
-  resources: z.record(z.string(), z.unknown()).default({ requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } }),
+  resources: z.record(z.string(), z.unknown()).default({ requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '448Mi' } }),
   /** Add prometheus.io/scrape, /port and /path annotations to injected pods. */
   scrapeAnnotations: z.boolean().default(true),
   /** Literal values, or references to Secrets and ConfigMaps (which then never land in a ConfigMap themselves). */
