@@ -17,7 +17,7 @@ import { parseExposition } from '../agent/parse/exposition.js';
 import { asOpenMetrics, payload, sglangPayload, type Payload } from './payloads.js';
 import { benchGpu } from './gpu.js';
 import { IMAGE_NODE_FLAGS } from './node-flags.js';
-import { firstLine, pct } from './stats.js';
+import { pct, spawnNode } from './stats.js';
 import { benchProxy } from './proxy.js';
 import { benchLimits } from './limits.js';
 import { agentDeps } from '../agent/runtime.js';
@@ -64,16 +64,11 @@ function throughput(buf: Buffer, fn: (b: Buffer) => unknown, ms = 2000): number 
   return (buf.length * iters) / ((performance.now() - t0) / 1000) / 1e6;
 }
 
-async function spawnLine(args: string[]): Promise<{ child: ChildProcess; line: string }> {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-  return { child, line: await firstLine(child) };
-}
-
 async function servePayload(p: Payload): Promise<{ url: string; child: ChildProcess }> {
   const dir = mkdtempSync(join(tmpdir(), 'infertel-bench-'));
   const file = join(dir, 'payload.prom');
   writeFileSync(file, p.text);
-  const { child, line } = await spawnLine([join(HERE, 'serve-payload.js'), file]);
+  const { child, line } = await spawnNode([join(HERE, 'serve-payload.js'), file]);
   return { url: `http://127.0.0.1:${line}/metrics`, child };
 }
 
@@ -210,7 +205,7 @@ async function startAgentProcess(upstream: string): Promise<{ base: string; chil
 async function libraryFloorRss(): Promise<number> {
   const code =
     "for (const m of ['express','prom-client','axios','pino','zod','yaml','commander','@opentelemetry/api']) await import(m); setTimeout(() => { process.stdout.write(String(process.memoryUsage().rss) + '\\n'); }, 500);";
-  const { child, line } = await spawnLine(['--max-semi-space-size=2', '--input-type=module', '-e', code]);
+  const { child, line } = await spawnNode([...IMAGE_NODE_FLAGS, '--input-type=module', '-e', code]);
   child.kill();
   return Number(line) / 1048576;
 }
@@ -236,7 +231,7 @@ async function benchServe(): Promise<void> {
     const agent = await startAgentProcess(url);
     const body = await (await fetch(`${agent.base}/metrics`)).text();
     const series = body.split('\n').filter((l) => l && !l.startsWith('#')).length;
-    const anchor = await spawnLine([join(HERE, 'anchor-promclient.js'), String(series)]);
+    const anchor = await spawnNode([join(HERE, 'anchor-promclient.js'), String(series)]);
     const anchorUrl = `http://127.0.0.1:${anchor.line}/metrics`;
     for (const c of concurrencies) {
       const ours = await load(`${agent.base}/metrics`, c, 3000);
@@ -269,7 +264,7 @@ async function benchWorst(): Promise<void> {
     ['wide: 125 families x 2,000 series (just under the 8 MiB body cap), 5 s interval', ['wide', '125', '2000'], '5s'],
   ] as const;
   for (const [label, args, interval] of rows) {
-    const server = await spawnLine([join(HERE, 'serve-bomb.js'), ...args]);
+    const server = await spawnNode([join(HERE, 'serve-bomb.js'), ...args]);
     const url = `http://127.0.0.1:${server.line}/metrics`;
     const size = (await (await fetch(url)).arrayBuffer()).byteLength;
     const port = 19000 + Math.floor(Math.random() * 5000);

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 import { IMAGE_NODE_FLAGS } from './node-flags.js';
 import { buildRelay, removeRelay } from './relay.js';
-import { firstLine, pct } from './stats.js';
+import { firstLine, pct, spawnNode } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
@@ -119,15 +119,12 @@ async function waitReady(port: number): Promise<void> {
 export async function benchProxy(say: (s?: string) => void): Promise<void> {
   say('### Inline proxy (request-level mode): added latency, throughput and memory per stream');
   say();
-  const engine = spawn(process.execPath, [ENGINE], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const engineUrl = await firstLine(engine);
-  const pipe = spawn(process.execPath, [PIPE_PROXY, engineUrl], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const pipeUrl = await firstLine(pipe);
+  const { child: engine, line: engineUrl } = await spawnNode([ENGINE], 'ignore');
+  const { child: pipe, line: pipeUrl } = await spawnNode([PIPE_PROXY, engineUrl], 'ignore');
   const built = buildRelay();
   const relay = 'path' in built ? spawn(built.path, [new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] }) : undefined;
   const relayUrl = relay ? await firstLine(relay) : undefined;
-  const nodeRelay = spawn(process.execPath, [NODE_RELAY, new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const nodeRelayUrl = await firstLine(nodeRelay);
+  const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;

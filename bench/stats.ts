@@ -1,6 +1,6 @@
 // Helpers every bench shares: percentiles over samples, and the first line a child process prints.
 
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 
 /** The p-th percentile (nearest rank) of `values`; NaN for no values. */
 export function pct(values: number[], p: number): number {
@@ -40,4 +40,10 @@ export function firstLine(child: ChildProcess, timeoutMs = 10_000): Promise<stri
     child.once('exit', onExit);
     child.stdout!.on('data', onData);
   });
+}
+
+/** A Node child running `args`, with the first line it prints; its stderr goes to ours unless `stderr` is 'ignore'. */
+export async function spawnNode(args: string[], stderr: 'inherit' | 'ignore' = 'inherit'): Promise<{ child: ChildProcess; line: string }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', stderr] });
+  return { child, line: await firstLine(child) };
 }
