@@ -27,6 +27,22 @@ export interface GpuAddon {
   amdInit(libPath?: string | null): AmdInitInfo;
   amdPoll(): Promise<GpuPoll>;
   amdShutdown(): boolean;
+  edgeStart(spec: string): { id: number; address: string };
+  edgeStats(id: number): EdgeStats | null;
+  edgeStop(id: number): boolean;
+}
+
+/** What the native data path counted (native/src/edge.rs). */
+export interface EdgeStats {
+  requests: number;
+  open: number;
+  bodyTooLarge: number;
+  badRequest: number;
+  upstreamRefused: number;
+  upstreamTimeout: number;
+  engineReset: number;
+  clientAbort: number;
+  engineConnections: number;
 }
 
 export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };

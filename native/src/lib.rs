@@ -5,6 +5,7 @@
 mod amd_dl;
 pub mod amdsmi;
 mod dl;
+pub mod edge;
 mod napi;
 pub mod nvml;
 
@@ -368,6 +369,97 @@ unsafe extern "C" fn js_amd_shutdown(env: napi_env, _info: napi_callback_info) -
     js.bool(closed)
 }
 
+/// The native data paths started, by id (an index here; a stopped one leaves its slot empty).
+static EDGES: Mutex<Vec<Option<edge::Edge>>> = Mutex::new(Vec::new());
+
+fn edges() -> MutexGuard<'static, Vec<Option<edge::Edge>>> {
+    EDGES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
+    let mut argc: usize = 1;
+    let mut argv = [std::ptr::null_mut(); 1];
+    if napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut()) != 0 || argc == 0 {
+        return None;
+    }
+    let mut t: c_int = 0;
+    if napi_typeof(env, argv[0], &mut t) != 0 || t != NAPI_NUMBER {
+        return None;
+    }
+    let mut x = 0.0;
+    (napi_get_value_double(env, argv[0], &mut x) == 0).then_some(x)
+}
+
+/// `listen target maxBodyBytes upstreamTimeoutMs`, space-separated (the TS wrapper writes it).
+fn edge_config(spec: &str) -> Option<edge::Config> {
+    let mut parts = spec.split(' ');
+    let listen = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let max_body = parts.next()?.parse().ok()?;
+    let timeout_ms: u64 = parts.next()?.parse().ok()?;
+    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms) })
+}
+
+unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let cfg = string_arg(env, info).as_deref().and_then(edge_config).ok_or("edge_bad_config")?;
+        let e = edge::Edge::start(cfg).map_err(|_| "edge_start_failed")?;
+        let address = e.local.to_string();
+        let mut all = edges();
+        all.push(Some(e));
+        Ok::<_, &str>((all.len() - 1, address))
+    }));
+    match outcome {
+        Ok(Ok((id, address))) => {
+            let o = js.object();
+            js.set(o, "id\0", js.num(id as f64));
+            js.set(o, "address\0", js.str(&address));
+            o
+        }
+        Ok(Err(code)) => {
+            napi_throw(env, js.error(code, "the native data path did not start (bad spec, or the address is taken)"));
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            napi_throw(env, js.error("edge_internal", "internal error in edgeStart"));
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn js_edge_stats(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let id = number_arg(env, info).unwrap_or(-1.0);
+    let all = edges();
+    let Some(Some(e)) = (id >= 0.0).then(|| all.get(id as usize)).flatten() else { return js.null() };
+    let s = &e.stats;
+    let o = js.object();
+    let get = |a: &std::sync::atomic::AtomicU64| js.num(a.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    js.set(o, "requests\0", get(&s.requests));
+    js.set(o, "open\0", get(&s.open));
+    js.set(o, "bodyTooLarge\0", get(&s.body_too_large));
+    js.set(o, "badRequest\0", get(&s.bad_request));
+    js.set(o, "upstreamRefused\0", get(&s.upstream_refused));
+    js.set(o, "upstreamTimeout\0", get(&s.upstream_timeout));
+    js.set(o, "engineReset\0", get(&s.engine_reset));
+    js.set(o, "clientAbort\0", get(&s.client_abort));
+    js.set(o, "engineConnections\0", get(&s.engine_connections));
+    o
+}
+
+unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let id = number_arg(env, info).unwrap_or(-1.0);
+    let stopped = catch_unwind(AssertUnwindSafe(|| {
+        let taken = (id >= 0.0).then(|| edges().get_mut(id as usize).and_then(Option::take)).flatten();
+        // Joined outside the lock: the acceptor may take a moment to see the flag.
+        taken.map(|mut e| e.stop()).is_some()
+    }))
+    .unwrap_or(false);
+    js.bool(stopped)
+}
+
 unsafe fn export(env: napi_env, exports: napi_value, name: &'static str, cb: unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value) {
     let mut f = std::ptr::null_mut();
     napi_create_function(env, name.as_ptr() as *const c_char, name.len() - 1, Some(cb), std::ptr::null_mut(), &mut f);
@@ -383,6 +475,9 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     export(env, exports, "amdInit\0", js_amd_init);
     export(env, exports, "amdPoll\0", js_amd_poll);
     export(env, exports, "amdShutdown\0", js_amd_shutdown);
+    export(env, exports, "edgeStart\0", js_edge_start);
+    export(env, exports, "edgeStats\0", js_edge_stats);
+    export(env, exports, "edgeStop\0", js_edge_stop);
     exports
 }
 

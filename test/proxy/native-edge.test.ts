@@ -1,0 +1,371 @@
+// The native data path (native/src/edge.rs) against loopback engines that a test controls, through
+// Node's own HTTP client: framing, the fields it forwards and drops, the body cap, aborts both
+// ways, backpressure, keep-alive and 1,000 streams.
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { type EdgeStats, loadAddon } from '../../agent/gpu/addon.js';
+import { eventually, sleep } from '../helpers.js';
+
+const loaded = loadAddon();
+const skip = !loaded.ok && 'the native addon is not built (no cargo)';
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** A loopback engine whose behaviour each test sets; it counts requests and connections. */
+class Engine {
+  handler: Handler = (_req, res) => res.end('ok');
+  requests = 0;
+  connections = 0;
+  readonly server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
+    this.requests++;
+    this.handler(req, res);
+  });
+  async start(): Promise<number> {
+    this.server.on('connection', () => this.connections++);
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    return (this.server.address() as net.AddressInfo).port;
+  }
+}
+
+function edgeStart(target: string, maxBody = 32 * 1024 * 1024, timeoutMs = 30_000): { id: number; base: string } {
+  if (!loaded.ok) throw new Error('no addon');
+  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs}`);
+  return { id: e.id, base: `http://${e.address}` };
+}
+
+function stats(id: number): EdgeStats {
+  if (!loaded.ok) throw new Error('no addon');
+  const s = loaded.addon.edgeStats(id);
+  assert.ok(s);
+  return s;
+}
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+  /** ms from the request's start to the head, and to each piece of body. */
+  headAt: number;
+  pieces: Array<{ at: number; text: string }>;
+  ended: 'end' | 'aborted';
+}
+
+function request(base: string, path: string, opts: http.RequestOptions & { body?: string | Buffer } = {}): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = http.request(`${base}${path}`, opts, (res) => {
+      const headAt = performance.now() - t0;
+      const parts: Buffer[] = [];
+      const pieces: Answer['pieces'] = [];
+      res.on('data', (d: Buffer) => {
+        parts.push(d);
+        pieces.push({ at: performance.now() - t0, text: d.toString() });
+      });
+      const done = (ended: Answer['ended']) => () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(parts), headAt, pieces, ended });
+      res.on('end', done('end'));
+      res.on('aborted', done('aborted'));
+      res.on('error', () => undefined);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, () => {
+  const engine = new Engine();
+  let target = '';
+  let edge: { id: number; base: string };
+
+  before(async () => {
+    target = `127.0.0.1:${await engine.start()}`;
+    edge = edgeStart(target);
+  });
+
+  after(() => {
+    if (loaded.ok) loaded.addon.edgeStop(edge.id);
+    engine.server.closeAllConnections();
+    engine.server.close();
+  });
+
+  it('sends the head when the engine does and each SSE event as it is sent, unbuffered', async () => {
+    engine.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.flushHeaders();
+      setTimeout(() => res.write('data: {"n":1}\n\n'), 300);
+      setTimeout(() => res.end('data: [DONE]\n\n'), 600);
+    };
+    const a = await request(edge.base, '/v1/chat/completions', { method: 'POST', body: '{}' });
+    assert.equal(a.status, 200);
+    assert.equal(a.ended, 'end');
+    assert.equal(a.body.toString(), 'data: {"n":1}\n\ndata: [DONE]\n\n');
+    assert.ok(a.headAt < 250, `head after ${a.headAt} ms`);
+    const first = a.pieces.find((p) => p.text.includes('"n":1'));
+    assert.ok(first && first.at < 550, `first event at ${first?.at} ms, the second is sent at 600`);
+    assert.equal(a.headers['transfer-encoding'], 'chunked');
+  });
+
+  it('forwards method, path, body and status; drops connection-specific fields both ways (and those Connection names); adds Via', async () => {
+    let seen: { method?: string; url?: string; headers?: http.IncomingHttpHeaders; body?: string } = {};
+    engine.handler = (req, res) => {
+      const parts: Buffer[] = [];
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('end', () => {
+        seen = { method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(parts).toString() };
+        res.writeHead(418, {
+          connection: 'keep-alive, x-engine-hop',
+          'x-engine-hop': '1',
+          'keep-alive': 'timeout=5',
+          'x-engine-end': '2',
+          'content-type': 'text/plain',
+        });
+        res.end('teapot');
+      });
+    };
+    const a = await request(edge.base, '/v1/embeddings?x=1', {
+      method: 'PUT',
+      body: 'payload',
+      headers: {
+        connection: 'keep-alive, x-client-hop',
+        'x-client-hop': '1',
+        te: 'trailers',
+        'proxy-authorization': 'Basic eA==',
+        'x-client-end': '2',
+        via: '1.0 lb',
+      },
+    });
+    assert.equal(seen.method, 'PUT');
+    assert.equal(seen.url, '/v1/embeddings?x=1');
+    assert.equal(seen.body, 'payload');
+    assert.equal(seen.headers?.host, target);
+    assert.equal(seen.headers?.['x-client-end'], '2');
+    assert.equal(seen.headers?.['content-length'], '7');
+    assert.equal(seen.headers?.via, '1.0 lb, 1.1 infertel');
+    for (const f of ['x-client-hop', 'te', 'proxy-authorization']) assert.equal(seen.headers?.[f], undefined, f);
+    assert.equal(a.status, 418);
+    assert.equal(a.body.toString(), 'teapot');
+    assert.equal(a.headers['x-engine-end'], '2');
+    assert.equal(a.headers['x-engine-hop'], undefined);
+    assert.equal(a.headers['keep-alive'], undefined);
+    assert.equal(a.headers.via, '1.1 infertel');
+  });
+
+  it('gives the engine a chunked request body with its length', async () => {
+    let seen: { length?: string; te?: string; body?: string } = {};
+    engine.handler = (req, res) => {
+      const parts: Buffer[] = [];
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('end', () => {
+        seen = { length: req.headers['content-length'], te: req.headers['transfer-encoding'], body: Buffer.concat(parts).toString() };
+        res.end();
+      });
+    };
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request(`${edge.base}/v1/completions`, { method: 'POST' }, (res) => {
+        res.resume();
+        res.on('end', resolve);
+      });
+      req.on('error', reject);
+      req.write('{"prompt":');
+      setTimeout(() => req.end('"hi"}'), 50);
+    });
+    const body = '{"prompt":"hi"}';
+    assert.deepEqual(seen, { length: String(Buffer.byteLength(body)), te: undefined, body });
+  });
+
+  it('answers 413 to a body over the cap and the engine never sees it; the edge goes on answering', async () => {
+    const capped = edgeStart(target, 1024 * 1024);
+    try {
+      const before = engine.requests;
+      engine.handler = (_req, res) => res.end('ok');
+      const big = Buffer.alloc(5 * 1024 * 1024, 0x61);
+      const a = await request(capped.base, '/v1/chat/completions', { method: 'POST', body: big }).catch((e: Error) => e);
+      assert.ok(!(a instanceof Error), `the client saw ${a}`);
+      assert.equal(a.status, 413);
+      assert.match(a.body.toString(), /request body too large/);
+      const chunked = await new Promise<number>((resolve, reject) => {
+        const req = http.request(`${capped.base}/v1/chat/completions`, { method: 'POST' }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        for (let i = 0; i < 40; i++) req.write(Buffer.alloc(64 * 1024, 0x62));
+        req.end();
+      });
+      assert.equal(chunked, 413);
+      assert.equal(engine.requests, before);
+      assert.equal(stats(capped.id).bodyTooLarge, 2);
+      assert.equal((await request(capped.base, '/v1/models')).status, 200);
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(capped.id);
+    }
+  });
+
+  it('closes the engine request within a second when the client aborts, mid-stream or before the head', async () => {
+    for (const when of ['mid-stream', 'before the head'] as const) {
+      let engineClosedAt = 0;
+      engine.handler = (req, res) => {
+        res.on('close', () => (engineClosedAt = performance.now()));
+        if (when === 'mid-stream') {
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          res.write('data: {"n":1}\n\n');
+        }
+        void req;
+      };
+      const aborts = stats(edge.id).clientAbort;
+      let abortedAt = 0;
+      await new Promise<void>((resolve) => {
+        const req = http.request(`${edge.base}/v1/chat/completions`, { method: 'POST' }, (res) => {
+          res.once('data', () => {
+            abortedAt = performance.now();
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on('error', () => undefined);
+        req.end('{}');
+        if (when === 'before the head')
+          setTimeout(() => {
+            abortedAt = performance.now();
+            req.destroy();
+            resolve();
+          }, 200);
+      });
+      await eventually(async () => engineClosedAt > 0, 1000, `${when}: the engine request to close`);
+      assert.ok(engineClosedAt - abortedAt < 1000, `${when}: ${engineClosedAt - abortedAt} ms`);
+      assert.equal(stats(edge.id).clientAbort, aborts + 1);
+    }
+  });
+
+  it('gives the client a clean end of stream when the engine resets mid-stream', async () => {
+    engine.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: {"n":1}\n\n');
+      setTimeout(() => res.socket?.destroy(), 100);
+    };
+    const resets = stats(edge.id).engineReset;
+    const a = await request(edge.base, '/v1/chat/completions', { method: 'POST', body: '{}' });
+    assert.equal(a.ended, 'end');
+    assert.equal(a.body.toString(), 'data: {"n":1}\n\n');
+    assert.equal(stats(edge.id).engineReset, resets + 1);
+    engine.handler = (_req, res) => res.end('ok');
+    assert.equal((await request(edge.base, '/v1/models')).body.toString(), 'ok');
+  });
+
+  it('answers 502 when the engine refuses and 504 when it does not answer in time', async () => {
+    const closed = net.createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const refused = edgeStart(`127.0.0.1:${port}`);
+    const slow = edgeStart(target, 1024, 300);
+    try {
+      const a = await request(refused.base, '/v1/models');
+      assert.equal(a.status, 502);
+      assert.equal(stats(refused.id).upstreamRefused, 1);
+      engine.handler = () => undefined;
+      const t0 = performance.now();
+      const b = await request(slow.base, '/v1/models');
+      assert.equal(b.status, 504);
+      assert.ok(performance.now() - t0 >= 290, 'answered before the timeout');
+      assert.equal(stats(slow.id).upstreamTimeout, 1);
+    } finally {
+      if (loaded.ok) {
+        loaded.addon.edgeStop(refused.id);
+        loaded.addon.edgeStop(slow.id);
+      }
+    }
+  });
+
+  it('holds the engine back for a client that does not read, and then delivers every byte in order', async () => {
+    const total = 64 * 1024 * 1024;
+    let written = 0;
+    const hash = createHash('sha256');
+    engine.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      let i = 0;
+      const pump = () => {
+        while (written < total) {
+          const piece = Buffer.alloc(64 * 1024, i++ % 251);
+          hash.update(piece);
+          written += piece.length;
+          if (!res.write(piece)) return void res.once('drain', pump);
+        }
+        res.end();
+      };
+      pump();
+    };
+    const got = createHash('sha256');
+    let received = 0;
+    const done = new Promise<void>((resolve, reject) => {
+      const req = http.request(`${edge.base}/v1/files`, (res) => {
+        res.pause();
+        setTimeout(() => {
+          // Kernel buffers on both hops and the edge's bound of 1 MiB: far less than the body.
+          assert.ok(written < 24 * 1024 * 1024, `the engine wrote ${written} bytes to a client that read none`);
+          res.on('data', (d: Buffer) => {
+            got.update(d);
+            received += d.length;
+          });
+          res.on('end', resolve);
+          res.resume();
+        }, 1000);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    await done;
+    assert.equal(received, total);
+    assert.equal(got.digest('hex'), hash.digest('hex'));
+  });
+
+  it('keeps connections open both ways: 50 requests on one client connection use one engine connection', async () => {
+    const own = edgeStart(target);
+    try {
+      engine.handler = (_req, res) => res.end('ok');
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      for (let i = 0; i < 50; i++) assert.equal((await request(own.base, '/v1/models', { agent })).body.toString(), 'ok');
+      agent.destroy();
+      const s = stats(own.id);
+      assert.equal(s.requests, 50);
+      assert.equal(s.engineConnections, 1);
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+    }
+  });
+
+  it('refuses a malformed request head with 400 and goes on answering', async () => {
+    const raw = await new Promise<string>((resolve) => {
+      const s = net.connect(Number(new URL(edge.base).port), '127.0.0.1', () => s.write('GET / HTTP/1.1\r\nBad Name: x\r\n\r\n'));
+      const parts: Buffer[] = [];
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.on('close', () => resolve(Buffer.concat(parts).toString()));
+    });
+    assert.match(raw, /^HTTP\/1\.1 400 /);
+    engine.handler = (_req, res) => res.end('ok');
+    assert.equal((await request(edge.base, '/v1/models')).status, 200);
+  });
+
+  it('carries 1,000 concurrent streams to their end', async () => {
+    engine.handler = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      let n = 0;
+      const tick = setInterval(() => {
+        res.write(`data: {"n":${n}}\n\n`);
+        if (++n === 5) {
+          clearInterval(tick);
+          res.end('data: [DONE]\n\n');
+        }
+      }, 50);
+    };
+    const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+    const answers = await Promise.all(Array.from({ length: 1000 }, () => request(edge.base, '/v1/chat/completions', { method: 'POST', body: '{}', agent })));
+    agent.destroy();
+    assert.equal(answers.filter((a) => a.status === 200 && a.ended === 'end' && a.body.toString().split('\n\n').length === 7).length, 1000);
+    await sleep(10);
+  });
+});
