@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
+import { loadAddon } from '../agent/gpu/addon.js';
 import { IMAGE_NODE_FLAGS } from './node-flags.js';
 import { buildRelay, removeRelay } from './relay.js';
 import { firstLine, pct, spawnNode } from './stats.js';
@@ -16,6 +17,7 @@ const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
 const PIPE_PROXY = fileURLToPath(new URL('./serve-pipe-proxy.js', import.meta.url));
 const NODE_RELAY = fileURLToPath(new URL('./serve-net-relay.js', import.meta.url));
+const NATIVE_EDGE = fileURLToPath(new URL('./serve-native-edge.js', import.meta.url));
 
 function rssMiB(pid: number): number {
   return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
@@ -125,6 +127,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const relay = 'path' in built ? spawn(built.path, [new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] }) : undefined;
   const relayUrl = relay ? await firstLine(relay) : undefined;
   const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
+  const edge = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port], 'ignore') : undefined;
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
@@ -152,11 +155,13 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     await load(engineUrl, 50, 1000, {});
     if (relayUrl) await load(relayUrl, 50, 1000, {});
     await load(nodeRelayUrl, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'anchor' | 'proxy' | 'proxyImageFlags';
+    if (edge) await load(edge.line, 50, 1000, {});
+    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyImageFlags';
     const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
+      ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
       ['proxyImageFlags', imageProxy, imageAgent.pid],
@@ -172,6 +177,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         direct: empty(),
         floor: empty(),
         nodeFloor: empty(),
+        nativeEdge: empty(),
         anchor: empty(),
         proxy: empty(),
         proxyImageFlags: empty(),
@@ -200,6 +206,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       for (const [name, label] of [
         ['floor', 'floor: C byte relay'],
         ['nodeFloor', 'Node floor: Node byte relay'],
+        ['nativeEdge', 'native data path: HTTP/1.1 framing only, nothing measured'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
         ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],
@@ -239,6 +246,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     pipe.kill();
     relay?.kill();
     nodeRelay.kill();
+    edge?.child.kill();
     if ('path' in built) removeRelay(built.path);
     engine.kill();
     client.destroy();
