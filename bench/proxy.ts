@@ -128,6 +128,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const relayUrl = relay ? await firstLine(relay) : undefined;
   const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
   const edge = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port], 'ignore') : undefined;
+  const edgePolicy = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port, '--policy'], 'ignore') : undefined;
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
@@ -141,7 +142,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say();
     say(
-      'The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP.',
+      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path is infertel's own first step off the JS event loop (`native/src/edge.rs`, in the addon, tested in `test/proxy/native-edge.test.ts`): one epoll thread that parses HTTP/1.1 and applies the proxy's forwarding rules, pooling engine connections, but measures nothing yet and is not yet what `--proxy-listen` runs.",
     );
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
@@ -156,12 +157,14 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     if (relayUrl) await load(relayUrl, 50, 1000, {});
     await load(nodeRelayUrl, 50, 1000, {});
     if (edge) await load(edge.line, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyImageFlags';
+    if (edgePolicy) await load(edgePolicy.line, 50, 1000, {});
+    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'nativeEdgePolicy' | 'anchor' | 'proxy' | 'proxyImageFlags';
     const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
       ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
+      ...(edgePolicy ? [['nativeEdgePolicy', edgePolicy.line, edgePolicy.child.pid] as const] : []),
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
       ['proxyImageFlags', imageProxy, imageAgent.pid],
@@ -178,6 +181,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         floor: empty(),
         nodeFloor: empty(),
         nativeEdge: empty(),
+        nativeEdgePolicy: empty(),
         anchor: empty(),
         proxy: empty(),
         proxyImageFlags: empty(),
@@ -207,6 +211,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         ['floor', 'floor: C byte relay'],
         ['nodeFloor', 'Node floor: Node byte relay'],
         ['nativeEdge', 'native data path: HTTP/1.1 framing only, nothing measured'],
+        ['nativeEdgePolicy', 'native data path with the request hop to JS (route, tenant, body, request id)'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
         ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],
@@ -240,6 +245,21 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     say();
     await Promise.all(held);
     mem.kill();
+    if (edge) {
+      // The same for the native data path, in a process of its own (its RSS includes the Node runtime that loads it).
+      await load(edge.line, 20, 1000, {});
+      await new Promise((r) => setTimeout(r, 1000));
+      const idle = rssMiB(edge.child.pid!);
+      const open: Array<Promise<unknown>> = [];
+      for (let i = 0; i < 1000; i++) open.push(stream(edge.line, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, BODY).catch(() => undefined));
+      await new Promise((r) => setTimeout(r, 2000));
+      const busy = rssMiB(edge.child.pid!);
+      say(
+        `Memory per open stream, native data path (framing only): RSS ${idle.toFixed(1)} MiB idle, ${busy.toFixed(1)} MiB with 1000 streams open: ${(((busy - idle) * 1024) / 1000).toFixed(1)} KiB per stream (both sockets and their buffers).`,
+      );
+      say();
+      await Promise.all(open);
+    }
   } finally {
     agent.kill();
     imageAgent.kill();
@@ -247,6 +267,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     relay?.kill();
     nodeRelay.kill();
     edge?.child.kill();
+    edgePolicy?.child.kill();
     if ('path' in built) removeRelay(built.path);
     engine.kill();
     client.destroy();

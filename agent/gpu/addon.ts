@@ -27,7 +27,9 @@ export interface GpuAddon {
   amdInit(libPath?: string | null): AmdInitInfo;
   amdPoll(): Promise<GpuPoll>;
   amdShutdown(): boolean;
-  edgeStart(spec: string): { id: number; address: string };
+  edgeStart(spec: string, policy?: (requests: EdgeRequest[]) => void): { id: number; address: string };
+  edgeForward(id: number, token: number, upstreamFields: string, clientFields: string, body?: Buffer | string): boolean;
+  edgeAnswer(id: number, token: number, response: Buffer | string): boolean;
   edgeStats(id: number): EdgeStats | null;
   edgeStop(id: number): boolean;
 }
@@ -43,6 +45,15 @@ export interface EdgeStats {
   engineReset: number;
   clientAbort: number;
   engineConnections: number;
+}
+
+/** A complete request that the native data path hands its policy (headers as name, value, name, ...). */
+export interface EdgeRequest {
+  token: number;
+  method: string;
+  target: string;
+  headers: string[];
+  body: Buffer;
 }
 
 export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };

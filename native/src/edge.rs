@@ -47,6 +47,9 @@ extern "C" {
     fn epoll_ctl(epfd: i32, op: i32, fd: i32, event: *mut EpollEvent) -> i32;
     fn epoll_wait(epfd: i32, events: *mut EpollEvent, maxevents: i32, timeout: i32) -> i32;
     fn close(fd: i32) -> i32;
+    fn eventfd(initval: u32, flags: i32) -> i32;
+    fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
+    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
 }
 
 const POLLIN: i16 = 0x1;
@@ -75,6 +78,9 @@ const DRAIN_FOR: Duration = Duration::from_secs(5);
 /** The loop's longest sleep: how soon it sees a stop. */
 const TICK_MS: i32 = 100;
 const LISTENER: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
+const EFD_CLOEXEC: i32 = 0o2000000;
+const EFD_NONBLOCK: i32 = 0o4000;
 const VIA: &str = "1.1 infertel";
 
 const HOP_BY_HOP: [&str; 9] = [
@@ -95,6 +101,49 @@ pub struct Config {
     pub target: String,
     pub max_body: usize,
     pub upstream_timeout: Duration,
+    /**
+     * The request's policy, when there is one: each complete request is handed to it (batched per
+     * turn of the loop) and waits for its Decision, given back through Edge::decide.
+     */
+    pub admit: Option<Admit>,
+}
+
+/** A complete request, waiting for the policy's Decision. */
+pub struct Admission {
+    pub token: u64,
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+pub type Admit = Box<dyn Fn(Vec<Admission>) + Send>;
+
+/** What the policy decided about a request. */
+pub enum Decision {
+    /** Send it, with these fields added (to the engine, and to the client's answer), and this body in place of the client's. */
+    Forward { token: u64, upstream_fields: Vec<(String, String)>, client_fields: Vec<(String, String)>, body: Option<Vec<u8>> },
+    /** Answer the client with these bytes (a whole response); the engine never sees the request. */
+    Answer { token: u64, response: Vec<u8> },
+}
+
+/** Decisions from the policy's thread to the loop; the eventfd wakes the loop. */
+struct Inbox {
+    decisions: std::sync::Mutex<Vec<Decision>>,
+    wake: i32,
+}
+
+/** Fields from `k: v` lines (CRLF or LF); a line that is not a plain field is dropped, so no value can start a new field. */
+pub fn fields_of(text: &str) -> Vec<(String, String)> {
+    text.split('\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let (k, v) = line.split_once(':')?;
+            let ok_name = !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            let ok_value = !v.bytes().any(|b| b == 0 || b == b'\r' || b.is_ascii_control() && b != b'\t');
+            (ok_name && ok_value).then(|| (k.to_string(), v.trim().to_string()))
+        })
+        .collect()
 }
 
 /** What the data path counts about itself; the names are the Node proxy's `infertel_proxy_events_total` events. */
@@ -116,6 +165,7 @@ pub struct Edge {
     pub stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    inbox: Arc<Inbox>,
 }
 
 impl Edge {
@@ -132,9 +182,19 @@ impl Edge {
         if epfd < 0 {
             return Err(io::Error::last_os_error());
         }
+        let wake = unsafe { eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
+        if wake < 0 {
+            unsafe { close(epfd) };
+            return Err(io::Error::last_os_error());
+        }
+        let inbox = Arc::new(Inbox { decisions: std::sync::Mutex::new(Vec::new()), wake });
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut lp = Loop {
+            admit: cfg.admit,
+            inbox: inbox.clone(),
+            admitting: std::collections::HashMap::new(),
+            pending: Vec::new(),
             epfd,
             listener,
             target,
@@ -151,12 +211,20 @@ impl Edge {
             scratch: vec![0; READ_SIZE],
         };
         lp.ctl(EPOLL_CTL_ADD, lp.listener.as_raw_fd(), EPOLLIN, LISTENER)?;
+        lp.ctl(EPOLL_CTL_ADD, wake, EPOLLIN, WAKE)?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name("infertel-edge".into()).spawn(move || {
             lp.run(&flag);
             unsafe { close(lp.epfd) };
         })?;
-        Ok(Edge { local, stats, stop, thread: Some(thread) })
+        Ok(Edge { local, stats, stop, thread: Some(thread), inbox })
+    }
+
+    /** Hands the loop the policy's decision about a request (any thread). */
+    pub fn decide(&self, d: Decision) {
+        self.inbox.decisions.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        let one: u64 = 1;
+        unsafe { write(self.inbox.wake, &one as *const u64 as *const u8, 8) };
     }
 
     /** Stops the loop (within TICK_MS) and closes every connection. */
@@ -165,6 +233,12 @@ impl Edge {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        unsafe { close(self.wake) };
     }
 }
 
@@ -430,12 +504,16 @@ fn via(mut prior: Vec<String>) -> (String, String) {
 }
 
 /** The head the engine gets for `req` with a body of `body_len` bytes. */
-pub fn upstream_head(req: &Head, host: &str, body_len: usize) -> Vec<u8> {
+pub fn upstream_head(req: &Head, host: &str, body_len: usize, extra: &[(String, String)]) -> Vec<u8> {
     let (mut fields, prior) = req.end_to_end(&["host", "content-length", "expect"]);
     fields.insert(0, ("host".to_string(), host.to_string()));
     let has_body = body_len > 0 || req.get("content-length").is_some() || req.get("transfer-encoding").is_some();
     if has_body {
         fields.push(("content-length".to_string(), body_len.to_string()));
+    }
+    for (k, v) in extra {
+        fields.retain(|(f, _)| !f.eq_ignore_ascii_case(k));
+        fields.push((k.clone(), v.clone()));
     }
     fields.push(via(prior));
     let mut out = Vec::with_capacity(512 + body_len);
@@ -444,8 +522,12 @@ pub fn upstream_head(req: &Head, host: &str, body_len: usize) -> Vec<u8> {
 }
 
 /** The head the client gets for the engine's `res`, and how its body is framed to the client. */
-pub fn client_head(res: &Head, upstream: Framing, client_keep_alive: bool, client_http10: bool) -> (Vec<u8>, Framing, bool) {
+pub fn client_head(res: &Head, upstream: Framing, client_keep_alive: bool, client_http10: bool, extra: &[(String, String)]) -> (Vec<u8>, Framing, bool) {
     let (mut fields, prior) = res.end_to_end(&["content-length"]);
+    for (k, v) in extra {
+        fields.retain(|(f, _)| !f.eq_ignore_ascii_case(k));
+        fields.push((k.clone(), v.clone()));
+    }
     fields.push(via(prior));
     let (framing, keep) = match upstream {
         Framing::None => {
@@ -489,6 +571,8 @@ enum Phase {
     /** Reading a request head. */
     Head,
     Body { req: Head, framing: Framing, dechunk: Dechunker, body: Vec<u8> },
+    /** With the policy, waiting for its Decision. */
+    Admitting { req: Head, body: Vec<u8> },
     /** The request is with the engine; its answer's head has not come. */
     Waiting { method: String, keep: bool, http10: bool },
     Streaming { from: Framing, to: Framing, left: u64, dechunk: Dechunker, keep: bool, engine_keep: bool },
@@ -513,6 +597,8 @@ struct Conn {
     up_interest: Option<u32>,
     /** Tells this connection's deadlines from those of an earlier one in the same slot. */
     gen: u64,
+    /** Fields the policy adds to the client's answer to the current request. */
+    client_extra: Vec<(String, String)>,
 }
 
 enum Step {
@@ -536,6 +622,12 @@ struct Loop {
     next_gen: u64,
     stats: Arc<Stats>,
     scratch: Vec<u8>,
+    admit: Option<Admit>,
+    inbox: Arc<Inbox>,
+    /** Requests with the policy, by token (the connection's gen). */
+    admitting: std::collections::HashMap<u64, usize>,
+    /** Requests to hand the policy at the end of this turn of the loop. */
+    pending: Vec<Admission>,
 }
 
 /** Reads once into `scratch` and appends what came to `buf` (a read straight into `buf` would zero-fill its spare room first, on every read). */
@@ -582,11 +674,18 @@ impl Loop {
                 let (token, flags) = (ev.data, ev.events);
                 if token == LISTENER {
                     self.accept();
+                } else if token == WAKE {
+                    self.decided();
                 } else {
                     self.on_event((token >> 1) as usize, token & 1 == 1, flags);
                 }
             }
             self.expire();
+            if !self.pending.is_empty() {
+                if let Some(admit) = &self.admit {
+                    admit(std::mem::take(&mut self.pending));
+                }
+            }
             self.free.append(&mut self.freed);
         }
         for i in 0..self.conns.len() {
@@ -621,6 +720,7 @@ impl Loop {
                 client_interest: None,
                 up_interest: None,
                 gen: self.next_gen,
+                client_extra: Vec::new(),
             });
             self.stats.open.fetch_add(1, Ordering::Relaxed);
             self.settle(slot);
@@ -645,7 +745,7 @@ impl Loop {
             }
         } else {
             let gone = flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0;
-            if gone && matches!(c.phase, Phase::Waiting { .. } | Phase::Streaming { .. }) {
+            if gone && matches!(c.phase, Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. }) {
                 // Nobody will read the answer: closing the engine connection cancels the request there.
                 self.stats.client_abort.fetch_add(1, Ordering::Relaxed);
                 return self.close(i);
@@ -698,7 +798,7 @@ impl Loop {
         }
         let client_want = match c.phase {
             Phase::Head | Phase::Body { .. } | Phase::Draining => EPOLLIN | EPOLLRDHUP,
-            Phase::Waiting { .. } | Phase::Streaming { .. } => EPOLLRDHUP,
+            Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. } => EPOLLRDHUP,
             Phase::Closing => 0,
         } | if c.cout.is_empty() { 0 } else { EPOLLOUT };
         let up_want = match c.up {
@@ -798,7 +898,14 @@ impl Loop {
                     return Step::Wait;
                 }
                 let Phase::Body { req, body, .. } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
-                self.send(i, req, body)
+                if self.admit.is_none() {
+                    return self.send(i, req, body, Vec::new(), Vec::new());
+                }
+                let token = c.gen;
+                self.pending.push(Admission { token, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
+                c.phase = Phase::Admitting { req, body };
+                self.admitting.insert(token, i);
+                Step::Wait
             }
             Phase::Waiting { .. } => {
                 let Some(end) = head_end(&c.uin) else {
@@ -813,7 +920,7 @@ impl Loop {
                 let Phase::Waiting { method, keep, http10 } = &c.phase else { unreachable!() };
                 let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, false) };
                 let engine_keep = res.keep_alive() && from != Framing::UntilClose;
-                let (head, to, keep) = client_head(&res, from, *keep, *http10);
+                let (head, to, keep) = client_head(&res, from, *keep, *http10, &c.client_extra);
                 c.cout.extend_from_slice(&head);
                 let left = if let Framing::Length(n) = from { n } else { 0 };
                 c.phase = Phase::Streaming { from, to, left, dechunk: Dechunker::default(), keep, engine_keep };
@@ -861,7 +968,7 @@ impl Loop {
                 c.phase = if keep { Phase::Head } else { Phase::Closing };
                 Step::Progress
             }
-            Phase::Draining | Phase::Closing => Step::Wait,
+            Phase::Admitting { .. } | Phase::Draining | Phase::Closing => Step::Wait,
         }
     }
 
@@ -877,7 +984,7 @@ impl Loop {
     }
 
     /** Sends the request to an engine connection (an idle one the engine has not closed, else a new one). */
-    fn send(&mut self, i: usize, req: Head, body: Vec<u8>) -> Step {
+    fn send(&mut self, i: usize, req: Head, body: Vec<u8>, upstream_fields: Vec<(String, String)>, client_fields: Vec<(String, String)>) -> Step {
         let up = loop {
             let Some(u) = self.idle.pop() else {
                 match TcpStream::connect_timeout(&self.target, self.upstream_timeout) {
@@ -897,7 +1004,8 @@ impl Loop {
             }
         };
         let c = self.conns[i].as_mut().expect("open");
-        c.uout = upstream_head(&req, &self.host, body.len());
+        c.uout = upstream_head(&req, &self.host, body.len(), &upstream_fields);
+        c.client_extra = client_fields;
         c.uout.extend_from_slice(&body);
         c.uin.clear();
         c.up = Some(up);
@@ -997,6 +1105,36 @@ impl Loop {
         self.settle(i);
     }
 
+    /** Applies the policy's decisions; one whose connection has gone meanwhile is dropped. */
+    fn decided(&mut self) {
+        let mut count = [0u8; 8];
+        unsafe { read(self.inbox.wake, count.as_mut_ptr(), 8) };
+        let all = std::mem::take(&mut *self.inbox.decisions.lock().unwrap_or_else(|e| e.into_inner()));
+        for d in all {
+            let token = match &d {
+                Decision::Forward { token, .. } | Decision::Answer { token, .. } => *token,
+            };
+            let Some(i) = self.admitting.remove(&token) else { continue };
+            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
+            if c.gen != token || !matches!(c.phase, Phase::Admitting { .. }) {
+                continue;
+            }
+            let Phase::Admitting { req, body } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
+            match d {
+                Decision::Forward { upstream_fields, client_fields, body: replaced, .. } => {
+                    self.send(i, req, replaced.unwrap_or(body), upstream_fields, client_fields);
+                }
+                Decision::Answer { response, .. } => {
+                    c.cout.extend_from_slice(&response);
+                    if !req.keep_alive() {
+                        c.phase = Phase::Closing;
+                    }
+                }
+            }
+            self.settle(i);
+        }
+    }
+
     /** Acts on deadlines that have passed: an engine that has not answered, a refused body's drain. */
     fn expire(&mut self) {
         let now = Instant::now();
@@ -1022,6 +1160,7 @@ impl Loop {
 
     fn close(&mut self, i: usize) {
         let Some(c) = self.conns.get_mut(i).and_then(Option::take) else { return };
+        self.admitting.remove(&c.gen);
         // Dropping the streams closes them, which also takes them out of the epoll set.
         drop(c);
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -1100,7 +1239,7 @@ mod tests {
         let req = head(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: client.example\r\nConnection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Authorization: Basic x\r\nAuthorization: Bearer k\r\nVia: 1.0 edge\r\nContent-Length: 3\r\n\r\n",
         );
-        let text = String::from_utf8(upstream_head(&req, "127.0.0.1:8000", 3)).unwrap();
+        let text = String::from_utf8(upstream_head(&req, "127.0.0.1:8000", 3, &[])).unwrap();
         assert_eq!(
             text,
             "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nAuthorization: Bearer k\r\ncontent-length: 3\r\nvia: 1.0 edge, 1.1 infertel\r\n\r\n"
@@ -1110,15 +1249,15 @@ mod tests {
     #[test]
     fn client_head_reframes_for_the_client() {
         let res = head("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n");
-        let (h, framing, keep) = client_head(&res, Framing::Chunked, true, false);
+        let (h, framing, keep) = client_head(&res, Framing::Chunked, true, false, &[]);
         assert_eq!(
             String::from_utf8(h).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nvia: 1.1 infertel\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
         );
         assert_eq!((framing, keep), (Framing::Chunked, true));
-        let (_, framing, keep) = client_head(&res, Framing::Chunked, true, true);
+        let (_, framing, keep) = client_head(&res, Framing::Chunked, true, true, &[]);
         assert_eq!((framing, keep), (Framing::UntilClose, false));
-        let (_, framing, _) = client_head(&head("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose, true, false);
+        let (_, framing, _) = client_head(&head("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose, true, false, &[]);
         assert_eq!(framing, Framing::Chunked);
     }
 
@@ -1152,6 +1291,28 @@ mod tests {
                 assert_eq!(got, want, "{:?} in pieces of {step}", String::from_utf8_lossy(input));
             }
         }
+    }
+
+    #[test]
+    fn policy_fields_cannot_smuggle_a_field() {
+        let cases: [(&str, Vec<(&str, &str)>); 4] = [
+            ("x-request-id: abc\r\nx-tenant: acme\r\n", vec![("x-request-id", "abc"), ("x-tenant", "acme")]),
+            ("x-a: 1\nx-b: 2", vec![("x-a", "1"), ("x-b", "2")]),
+            ("bad name: 1\r\nx-ok: 2\r\n", vec![("x-ok", "2")]),
+            ("x-a: 1\rinjected: 2\r\n", vec![]),
+        ];
+        for (text, want) in cases {
+            let got = fields_of(text);
+            let want: Vec<(String, String)> = want.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn policy_fields_replace_the_clients() {
+        let req = head("POST /v1/completions HTTP/1.1\r\nX-Request-Id: evil\r\nContent-Length: 0\r\n\r\n");
+        let text = String::from_utf8(upstream_head(&req, "e:1", 0, &[("x-request-id".into(), "r1".into())])).unwrap();
+        assert_eq!(text, "POST /v1/completions HTTP/1.1\r\nhost: e:1\r\ncontent-length: 0\r\nx-request-id: r1\r\nvia: 1.1 infertel\r\n\r\n");
     }
 
     #[test]

@@ -376,18 +376,55 @@ fn edges() -> MutexGuard<'static, Vec<Option<edge::Edge>>> {
     EDGES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
-    let mut argc: usize = 1;
-    let mut argv = [std::ptr::null_mut(); 1];
-    if napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut()) != 0 || argc == 0 {
-        return None;
+/// Up to N arguments of a call (missing ones are null pointers).
+unsafe fn args<const N: usize>(env: napi_env, info: napi_callback_info) -> [napi_value; N] {
+    let mut argc: usize = N;
+    let mut argv = [std::ptr::null_mut(); N];
+    napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut());
+    argv
+}
+
+unsafe fn type_of(env: napi_env, v: napi_value) -> c_int {
+    let mut t: c_int = -1;
+    if v.is_null() || napi_typeof(env, v, &mut t) != 0 {
+        return -1;
     }
-    let mut t: c_int = 0;
-    if napi_typeof(env, argv[0], &mut t) != 0 || t != NAPI_NUMBER {
-        return None;
-    }
+    t
+}
+
+unsafe fn number_of(env: napi_env, v: napi_value) -> Option<f64> {
     let mut x = 0.0;
-    (napi_get_value_double(env, argv[0], &mut x) == 0).then_some(x)
+    (type_of(env, v) == NAPI_NUMBER && napi_get_value_double(env, v, &mut x) == 0).then_some(x)
+}
+
+unsafe fn string_of(env: napi_env, v: napi_value) -> Option<String> {
+    if type_of(env, v) != NAPI_STRING {
+        return None;
+    }
+    let mut len: usize = 0;
+    napi_get_value_string_utf8(env, v, std::ptr::null_mut(), 0, &mut len);
+    let mut buf = vec![0u8; len + 1];
+    napi_get_value_string_utf8(env, v, buf.as_mut_ptr() as *mut c_char, buf.len(), &mut len);
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
+}
+
+/// The bytes of a Buffer, or of a string as UTF-8.
+unsafe fn bytes_of(env: napi_env, v: napi_value) -> Option<Vec<u8>> {
+    let mut is_buffer = false;
+    if !v.is_null() && napi_is_buffer(env, v, &mut is_buffer) == 0 && is_buffer {
+        let mut data = std::ptr::null_mut();
+        let mut len = 0usize;
+        if napi_get_buffer_info(env, v, &mut data, &mut len) != 0 {
+            return None;
+        }
+        return Some(if len == 0 { Vec::new() } else { std::slice::from_raw_parts(data as *const u8, len).to_vec() });
+    }
+    string_of(env, v).map(String::into_bytes)
+}
+
+unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
+    number_of(env, args::<1>(env, info)[0])
 }
 
 /// `listen target maxBodyBytes upstreamTimeoutMs`, space-separated (the TS wrapper writes it).
@@ -397,13 +434,72 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
     let target = parts.next()?.to_string();
     let max_body = parts.next()?.parse().ok()?;
     let timeout_ms: u64 = parts.next()?.parse().ok()?;
-    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms) })
+    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None })
+}
+
+/// The policy's JS function, callable from the loop's thread (Node-API queues each call to the main thread).
+struct Policy(napi_threadsafe_function);
+// SAFETY: a thread-safe function is made to be called from any thread; only the handle moves.
+unsafe impl Send for Policy {}
+
+impl Policy {
+    fn hand(&self, batch: Vec<edge::Admission>) {
+        let data = Box::into_raw(Box::new(batch)) as *mut std::ffi::c_void;
+        // Non-blocking: the queue is unbounded, and each connection has at most one request with the policy.
+        if unsafe { napi_call_threadsafe_function(self.0, data, 0) } != 0 {
+            drop(unsafe { Box::from_raw(data as *mut Vec<edge::Admission>) });
+        }
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        // The loop that called it has ended: Node may free the function.
+        unsafe { napi_release_threadsafe_function(self.0, 0) };
+    }
+}
+
+/// On the main thread: the batch as an array of { token, method, target, headers: [name, value, ...], body: Buffer }.
+unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut std::ffi::c_void, data: *mut std::ffi::c_void) {
+    let batch = Box::from_raw(data as *mut Vec<edge::Admission>);
+    if env.is_null() || func.is_null() {
+        return;
+    }
+    let js = Js { env };
+    let keys = js.keys(["token", "method", "target", "headers", "body"]);
+    let items = batch
+        .into_iter()
+        .map(|a| {
+            let headers = js.array(a.headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
+            let mut body = std::ptr::null_mut();
+            let mut out = std::ptr::null_mut();
+            napi_create_buffer_copy(env, a.body.len(), a.body.as_ptr() as *const std::ffi::c_void, &mut out, &mut body);
+            js.object_with(&keys, [js.num(a.token as f64), js.str(&a.method), js.str(&a.target), headers, body])
+        })
+        .collect();
+    let arr = js.array(items);
+    let mut undefined = std::ptr::null_mut();
+    napi_get_undefined(env, &mut undefined);
+    let mut result = std::ptr::null_mut();
+    napi_call_function(env, undefined, func, 1, &arr, &mut result);
 }
 
 unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> napi_value {
     let js = Js { env };
+    let [spec, policy] = args::<2>(env, info);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let cfg = string_arg(env, info).as_deref().and_then(edge_config).ok_or("edge_bad_config")?;
+        let mut cfg = string_of(env, spec).as_deref().and_then(edge_config).ok_or("edge_bad_config")?;
+        if type_of(env, policy) == NAPI_FUNCTION {
+            let mut tsfn = std::ptr::null_mut();
+            let name = js.str("infertel-edge-policy");
+            if napi_create_threadsafe_function(env, policy, std::ptr::null_mut(), name, 0, 1, std::ptr::null_mut(), None, std::ptr::null_mut(), Some(call_policy), &mut tsfn) != 0 {
+                return Err("edge_start_failed");
+            }
+            // The data path's threads do not keep Node running; whoever started it does.
+            napi_unref_threadsafe_function(env, tsfn);
+            let p = Policy(tsfn);
+            cfg.admit = Some(Box::new(move |batch| p.hand(batch)));
+        }
         let e = edge::Edge::start(cfg).map_err(|_| "edge_start_failed")?;
         let address = e.local.to_string();
         let mut all = edges();
@@ -448,6 +544,47 @@ unsafe extern "C" fn js_edge_stats(env: napi_env, info: napi_callback_info) -> n
     o
 }
 
+fn edge_decide(id: f64, d: edge::Decision) -> bool {
+    let all = edges();
+    match (id >= 0.0).then(|| all.get(id as usize)).flatten() {
+        Some(Some(e)) => {
+            e.decide(d);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// edgeForward(id, token, upstreamFields, clientFields, body?): send the request on, with these fields.
+unsafe extern "C" fn js_edge_forward(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let [id, token, up, client, body] = args::<5>(env, info);
+    let ok = catch_unwind(AssertUnwindSafe(|| {
+        let (Some(id), Some(token)) = (number_of(env, id), number_of(env, token)) else { return false };
+        let d = edge::Decision::Forward {
+            token: token as u64,
+            upstream_fields: edge::fields_of(&string_of(env, up).unwrap_or_default()),
+            client_fields: edge::fields_of(&string_of(env, client).unwrap_or_default()),
+            body: bytes_of(env, body),
+        };
+        edge_decide(id, d)
+    }))
+    .unwrap_or(false);
+    js.bool(ok)
+}
+
+/// edgeAnswer(id, token, response): answer the client with these bytes (a whole HTTP/1.1 response).
+unsafe extern "C" fn js_edge_answer(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let [id, token, response] = args::<3>(env, info);
+    let ok = catch_unwind(AssertUnwindSafe(|| {
+        let (Some(id), Some(token), Some(response)) = (number_of(env, id), number_of(env, token), bytes_of(env, response)) else { return false };
+        edge_decide(id, edge::Decision::Answer { token: token as u64, response })
+    }))
+    .unwrap_or(false);
+    js.bool(ok)
+}
+
 unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> napi_value {
     let js = Js { env };
     let id = number_arg(env, info).unwrap_or(-1.0);
@@ -478,6 +615,8 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     export(env, exports, "edgeStart\0", js_edge_start);
     export(env, exports, "edgeStats\0", js_edge_stats);
     export(env, exports, "edgeStop\0", js_edge_stop);
+    export(env, exports, "edgeForward\0", js_edge_forward);
+    export(env, exports, "edgeAnswer\0", js_edge_answer);
     exports
 }
 

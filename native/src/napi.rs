@@ -29,6 +29,13 @@ pub type napi_value = *mut napi_value__;
 pub type napi_callback_info = *mut napi_callback_info__;
 pub type napi_deferred = *mut napi_deferred__;
 pub type napi_async_work = *mut napi_async_work__;
+#[repr(C)]
+pub struct napi_threadsafe_function__ {
+    _p: [u8; 0],
+}
+pub type napi_threadsafe_function = *mut napi_threadsafe_function__;
+pub type napi_finalize = Option<unsafe extern "C" fn(napi_env, *mut c_void, *mut c_void)>;
+pub type napi_threadsafe_function_call_js = Option<unsafe extern "C" fn(napi_env, napi_value, *mut c_void, *mut c_void)>;
 pub type napi_status = c_int;
 pub type napi_callback = Option<unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value>;
 pub type napi_async_execute_callback = Option<unsafe extern "C" fn(napi_env, *mut c_void)>;
@@ -36,6 +43,7 @@ pub type napi_async_complete_callback = Option<unsafe extern "C" fn(napi_env, na
 
 /// napi_valuetype values used here.
 pub const NAPI_NUMBER: c_int = 3;
+pub const NAPI_FUNCTION: c_int = 7;
 pub const NAPI_STRING: c_int = 4;
 
 /// napi_property_descriptor
@@ -75,6 +83,17 @@ extern "C" {
     pub fn napi_reject_deferred(env: napi_env, deferred: napi_deferred, rejection: napi_value) -> napi_status;
     pub fn napi_create_async_work(env: napi_env, async_resource: napi_value, async_resource_name: napi_value, execute: napi_async_execute_callback,
         complete: napi_async_complete_callback, data: *mut c_void, result: *mut napi_async_work) -> napi_status;
+    pub fn napi_create_threadsafe_function(env: napi_env, func: napi_value, async_resource: napi_value, async_resource_name: napi_value, max_queue_size: usize,
+        initial_thread_count: usize, thread_finalize_data: *mut c_void, thread_finalize_cb: napi_finalize, context: *mut c_void,
+        call_js_cb: napi_threadsafe_function_call_js, result: *mut napi_threadsafe_function) -> napi_status;
+    pub fn napi_call_threadsafe_function(func: napi_threadsafe_function, data: *mut c_void, is_blocking: c_int) -> napi_status;
+    pub fn napi_release_threadsafe_function(func: napi_threadsafe_function, mode: c_int) -> napi_status;
+    pub fn napi_unref_threadsafe_function(env: napi_env, func: napi_threadsafe_function) -> napi_status;
+    pub fn napi_call_function(env: napi_env, recv: napi_value, func: napi_value, argc: usize, argv: *const napi_value, result: *mut napi_value) -> napi_status;
+    pub fn napi_get_undefined(env: napi_env, result: *mut napi_value) -> napi_status;
+    pub fn napi_create_buffer_copy(env: napi_env, length: usize, data: *const c_void, result_data: *mut *mut c_void, result: *mut napi_value) -> napi_status;
+    pub fn napi_get_buffer_info(env: napi_env, value: napi_value, data: *mut *mut c_void, length: *mut usize) -> napi_status;
+    pub fn napi_is_buffer(env: napi_env, value: napi_value, result: *mut bool) -> napi_status;
     pub fn napi_queue_async_work(env: napi_env, work: napi_async_work) -> napi_status;
     pub fn napi_delete_async_work(env: napi_env, work: napi_async_work) -> napi_status;
 }

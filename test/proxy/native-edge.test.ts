@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { type EdgeStats, loadAddon } from '../../agent/gpu/addon.js';
+import { type EdgeRequest, type EdgeStats, loadAddon } from '../../agent/gpu/addon.js';
 import { eventually, sleep } from '../helpers.js';
 
 const loaded = loadAddon();
@@ -31,9 +31,9 @@ class Engine {
   }
 }
 
-function edgeStart(target: string, maxBody = 32 * 1024 * 1024, timeoutMs = 30_000): { id: number; base: string } {
+function edgeStart(target: string, maxBody = 32 * 1024 * 1024, timeoutMs = 30_000, policy?: (requests: EdgeRequest[]) => void): { id: number; base: string } {
   if (!loaded.ok) throw new Error('no addon');
-  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs}`);
+  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs}`, policy);
   return { id: e.id, base: `http://${e.address}` };
 }
 
@@ -348,6 +348,75 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
     assert.match(raw, /^HTTP\/1\.1 400 /);
     engine.handler = (_req, res) => res.end('ok');
     assert.equal((await request(edge.base, '/v1/models')).status, 200);
+  });
+
+  it('with a policy, hands it each request once and does what it decides: fields added both ways, a new body, or its own answer', async () => {
+    if (!loaded.ok) return;
+    const addon = loaded.addon;
+    const asked: EdgeRequest[] = [];
+    let id = -1;
+    const policy = (requests: EdgeRequest[]) => {
+      for (const r of requests) {
+        asked.push(r);
+        if (r.target === '/refused') addon.edgeAnswer(id, r.token, 'HTTP/1.1 429 Too Many Requests\r\ncontent-length: 4\r\n\r\nslow');
+        else if (r.target === '/late') setTimeout(() => addon.edgeForward(id, r.token, '', ''), 300);
+        else addon.edgeForward(id, r.token, `x-request-id: r-${r.token}\r\nx-tenant: acme`, `x-request-id: r-${r.token}`, Buffer.from('{"replaced":true}'));
+      }
+    };
+    const p = edgeStart(target, 1024, 30_000, policy);
+    id = p.id;
+    try {
+      let seen: { headers?: http.IncomingHttpHeaders; body?: string } = {};
+      engine.handler = (req, res) => {
+        const parts: Buffer[] = [];
+        req.on('data', (d: Buffer) => parts.push(d));
+        req.on('end', () => {
+          seen = { headers: req.headers, body: Buffer.concat(parts).toString() };
+          res.end('ok');
+        });
+      };
+      const a = await request(p.base, '/v1/chat/completions', {
+        method: 'POST',
+        body: '{"model":"m"}',
+        headers: { authorization: 'Bearer k', 'x-request-id': 'crafted' },
+      });
+      assert.equal(asked.length, 1);
+      const first = asked[0];
+      assert.ok(first);
+      assert.equal(first.method, 'POST');
+      assert.equal(first.target, '/v1/chat/completions');
+      assert.equal(first.body.toString(), '{"model":"m"}');
+      assert.ok(first.headers.includes('Bearer k'), 'the policy sees the key, to find the tenant');
+      assert.equal(seen.headers?.['x-request-id'], `r-${first.token}`);
+      assert.equal(seen.headers?.['x-tenant'], 'acme');
+      assert.equal(seen.body, '{"replaced":true}');
+      assert.equal(seen.headers?.['content-length'], String('{"replaced":true}'.length));
+      assert.equal(a.headers['x-request-id'], `r-${first.token}`);
+      assert.equal(a.body.toString(), 'ok');
+
+      const before = engine.requests;
+      const refused = await request(p.base, '/refused', { method: 'POST', body: '{}' });
+      assert.equal(refused.status, 429);
+      assert.equal(refused.body.toString(), 'slow');
+      assert.equal(engine.requests, before);
+
+      // The client leaves while the policy decides: nothing reaches the engine.
+      const aborts = stats(p.id).clientAbort;
+      await new Promise<void>((resolve) => {
+        const req = http.request(`${p.base}/late`, { method: 'POST' });
+        req.on('error', () => undefined);
+        req.end('{}');
+        setTimeout(() => {
+          req.destroy();
+          resolve();
+        }, 100);
+      });
+      await sleep(400);
+      assert.equal(engine.requests, before);
+      assert.equal(stats(p.id).clientAbort, aborts + 1);
+    } finally {
+      addon.edgeStop(p.id);
+    }
   });
 
   it('carries 1,000 concurrent streams to their end', async () => {
