@@ -142,7 +142,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say();
     say(
-      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path is infertel's own first step off the JS event loop (`native/src/edge.rs`, in the addon, tested in `test/proxy/native-edge.test.ts`): one epoll thread that parses HTTP/1.1 and applies the proxy's forwarding rules, pooling engine connections, but measures nothing yet and is not yet what `--proxy-listen` runs.",
+      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path is infertel's own first step off the JS event loop (`native/src/edge.rs`, in the addon, tested in `test/proxy/native-edge.test.ts`): one epoll thread that parses HTTP/1.1 and applies the proxy's forwarding rules, pooling engine connections, but measures nothing yet and is not yet what `--proxy-listen` runs. In the row after it, each request also makes the hop to JS and back before it is sent, and JS does the request-side work the Node proxy does (`bench/serve-native-edge.ts --policy`: the route, the tenant from the key's SHA-256, the body read with include_usage injected and its usage chunk taken out again in the loop, a request id), and every read of the answer goes to JS with its time, where the Node proxy's stream observer reads it; metrics, request logs and traces are not fed from it yet.",
     );
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
@@ -211,7 +211,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         ['floor', 'floor: C byte relay'],
         ['nodeFloor', 'Node floor: Node byte relay'],
         ['nativeEdge', 'native data path: HTTP/1.1 framing only, nothing measured'],
-        ['nativeEdgePolicy', 'native data path with the request hop to JS (route, tenant, body, request id)'],
+        ['nativeEdgePolicy', 'native data path, each request through JS and its stream read there'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
         ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],

@@ -3,11 +3,14 @@
 //
 // With `--policy`, every request makes the hop to JS and back before it is sent, and JS does the
 // request-side work the Node proxy does per request: the route, the tenant (the key's SHA-256
-// looked up), the body read for `model` and with include_usage injected, and a request id.
+// looked up), the body read for `model` and with include_usage injected (its usage chunk taken
+// out again in the loop), and a request id; and every read of the answer goes to JS with its time,
+// where the Node proxy's stream observer reads it (TTFT, gaps, usage).
 
 import { randomUUID } from 'node:crypto';
 import { loadAddon } from '../agent/gpu/addon.js';
-import { inspectBody, routeOf } from '../agent/proxy/routes.js';
+import { inspectBody, type Route, routeOf } from '../agent/proxy/routes.js';
+import { bodyKind, StreamObserver } from '../agent/proxy/stream.js';
 import { hashKey, TenantResolver } from '../agent/proxy/tenants.js';
 
 const loaded = loadAddon();
@@ -20,14 +23,36 @@ const [port, ...rest] = process.argv.slice(2);
 const withPolicy = rest.includes('--policy');
 const tenants = new TenantResolver([{ name: 'bench', keys: [hashKey('sk-bench')] }], 200);
 let id = -1;
-const policy = (requests: Parameters<NonNullable<Parameters<typeof addon.edgeStart>[1]>>[0]) => {
+const GAP_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000];
+const open = new Map<number, { route: Route; strip: boolean; observer?: StreamObserver }>();
+const policy: NonNullable<Parameters<typeof addon.edgeStart>[1]> = (requests, seen) => {
+  for (const s of seen) {
+    const o = open.get(s.token);
+    if (!o) continue;
+    if (s.kind === 'head') {
+      const ct = s.headers?.[(s.headers?.findIndex((h, i) => i % 2 === 0 && h.toLowerCase() === 'content-type') ?? -2) + 1];
+      o.observer = new StreamObserver(o.route, bodyKind(o.route, ct), o.strip, GAP_BOUNDS_MS, 32);
+    } else if (s.kind === 'data' && s.data) o.observer?.push(s.data, s.at);
+    else if (s.kind === 'end') {
+      o.observer?.finish();
+      open.delete(s.token);
+    }
+  }
   for (const r of requests) {
     const headers: Record<string, string> = {};
     for (let i = 0; i + 1 < r.headers.length; i += 2) headers[(r.headers[i] ?? '').toLowerCase()] = r.headers[i + 1] ?? '';
     const tenant = tenants.resolve(headers);
     const facts = inspectBody(routeOf(r.target), r.body, r.method);
     const requestId = randomUUID();
-    addon.edgeForward(id, r.token, `x-request-id: ${requestId}\r\nx-infertel-tenant: ${tenant.label}`, `x-request-id: ${requestId}`, facts.body);
+    open.set(r.token, { route: routeOf(r.target), strip: facts.usageInjected });
+    addon.edgeForward(
+      id,
+      r.token,
+      `x-request-id: ${requestId}\r\nx-infertel-tenant: ${tenant.label}`,
+      `x-request-id: ${requestId}`,
+      facts.body,
+      facts.usageInjected,
+    );
   }
 };
 const started = addon.edgeStart(`127.0.0.1:0 127.0.0.1:${port} ${32 * 1024 * 1024} 30000`, withPolicy ? policy : undefined);

@@ -27,8 +27,8 @@ export interface GpuAddon {
   amdInit(libPath?: string | null): AmdInitInfo;
   amdPoll(): Promise<GpuPoll>;
   amdShutdown(): boolean;
-  edgeStart(spec: string, policy?: (requests: EdgeRequest[]) => void): { id: number; address: string };
-  edgeForward(id: number, token: number, upstreamFields: string, clientFields: string, body?: Buffer | string): boolean;
+  edgeStart(spec: string, policy?: (requests: EdgeRequest[], seen: EdgeSeen[]) => void): { id: number; address: string };
+  edgeForward(id: number, token: number, upstreamFields: string, clientFields: string, body?: Buffer | string, stripUsage?: boolean): boolean;
   edgeAnswer(id: number, token: number, response: Buffer | string): boolean;
   edgeStats(id: number): EdgeStats | null;
   edgeStop(id: number): boolean;
@@ -50,10 +50,24 @@ export interface EdgeStats {
 /** A complete request that the native data path hands its policy (headers as name, value, name, ...). */
 export interface EdgeRequest {
   token: number;
+  /** When its head was complete: CLOCK_MONOTONIC in ms, the clock of process.hrtime. */
+  at: number;
   method: string;
   target: string;
   headers: string[];
   body: Buffer;
+}
+
+/** What the native data path saw of an answer its policy let through, and when (as EdgeRequest.at). */
+export interface EdgeSeen {
+  token: number;
+  at: number;
+  kind: 'head' | 'data' | 'end';
+  status: number | null;
+  headers: string[] | null;
+  /** Body bytes as the engine sent them, before any strip. */
+  data: Buffer | null;
+  outcome: 'complete' | 'engine_reset' | 'client_abort' | 'upstream_timeout' | 'upstream_refused' | null;
 }
 
 export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };

@@ -48,6 +48,7 @@ extern "C" {
     fn epoll_wait(epfd: i32, events: *mut EpollEvent, maxevents: i32, timeout: i32) -> i32;
     fn close(fd: i32) -> i32;
     fn eventfd(initval: u32, flags: i32) -> i32;
+    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
     fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
 }
@@ -111,18 +112,53 @@ pub struct Config {
 /** A complete request, waiting for the policy's Decision. */
 pub struct Admission {
     pub token: u64,
+    /** When its head was complete (as Tap::at_ms). */
+    pub at_ms: f64,
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
-pub type Admit = Box<dyn Fn(Vec<Admission>) + Send>;
+/**
+ * Hands the policy, once per turn of the loop, the requests that became complete and what
+ * happened to the answers of those it let through.
+ */
+pub type Admit = Box<dyn Fn(Vec<Admission>, Vec<Tap>) + Send>;
+
+/** What the loop saw of one answer, and when (CLOCK_MONOTONIC, in ms, as Node's process.hrtime). */
+pub struct Tap {
+    pub token: u64,
+    pub at_ms: f64,
+    pub what: Seen,
+}
+
+pub enum Seen {
+    /** The engine's head. */
+    Head { status: u16, headers: Vec<(String, String)> },
+    /** Body bytes as the engine sent them (chunked coding removed; nothing stripped yet). */
+    Data(Vec<u8>),
+    /** The exchange is over: complete, engine_reset, client_abort, upstream_timeout or upstream_refused. */
+    End(&'static str),
+}
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+/** CLOCK_MONOTONIC in ms: the clock of Node's process.hrtime, so JS can place these times on its own. */
+pub fn monotonic_ms() -> f64 {
+    let mut t = Timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { clock_gettime(1, &mut t) };
+    t.tv_sec as f64 * 1000.0 + t.tv_nsec as f64 / 1e6
+}
 
 /** What the policy decided about a request. */
 pub enum Decision {
     /** Send it, with these fields added (to the engine, and to the client's answer), and this body in place of the client's. */
-    Forward { token: u64, upstream_fields: Vec<(String, String)>, client_fields: Vec<(String, String)>, body: Option<Vec<u8>> },
+    Forward { token: u64, upstream_fields: Vec<(String, String)>, client_fields: Vec<(String, String)>, body: Option<Vec<u8>>, strip_usage: bool },
     /** Answer the client with these bytes (a whole response); the engine never sees the request. */
     Answer { token: u64, response: Vec<u8> },
 }
@@ -195,6 +231,8 @@ impl Edge {
             inbox: inbox.clone(),
             admitting: std::collections::HashMap::new(),
             pending: Vec::new(),
+            taps: Vec::new(),
+            next_token: 0,
             epfd,
             listener,
             target,
@@ -476,6 +514,151 @@ impl Dechunker {
     }
 }
 
+/** The end of the first complete SSE event in `buf` (the index after its blank line), or None. */
+pub fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn skip_ws(j: &[u8], mut i: usize) -> usize {
+    while i < j.len() && matches!(j[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/** Index after the JSON string starting at `i` (at its quote). */
+fn skip_string(j: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < j.len() {
+        match j[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/** Index after the JSON value starting at `i`. */
+fn skip_value(j: &[u8], i: usize) -> Option<usize> {
+    match *j.get(i)? {
+        b'"' => skip_string(j, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut k = i;
+            while k < j.len() {
+                match j[k] {
+                    b'"' => {
+                        k = skip_string(j, k)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(k + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                k += 1;
+            }
+            None
+        }
+        _ => {
+            let mut k = i;
+            while k < j.len() && !matches!(j[k], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                k += 1;
+            }
+            (k > i).then_some(k)
+        }
+    }
+}
+
+/**
+ * Whether an SSE event is the usage-only chunk of an OpenAI stream (what `include_usage` adds): its
+ * data is one JSON object whose top level has `"choices": []` and a `usage` object.
+ */
+pub fn is_usage_chunk(event: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(event) else { return false };
+    let mut data = String::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    let j = data.as_bytes();
+    let mut i = skip_ws(j, 0);
+    if j.get(i) != Some(&b'{') {
+        return false;
+    }
+    let (mut choices_empty, mut usage) = (false, false);
+    i = skip_ws(j, i + 1);
+    while j.get(i) == Some(&b'"') {
+        let Some(key_end) = skip_string(j, i) else { return false };
+        let key = &j[i + 1..key_end - 1];
+        i = skip_ws(j, key_end);
+        if j.get(i) != Some(&b':') {
+            return false;
+        }
+        i = skip_ws(j, i + 1);
+        let Some(end) = skip_value(j, i) else { return false };
+        match key {
+            b"choices" => choices_empty = j[i] == b'[' && skip_ws(j, i + 1) == end - 1,
+            b"usage" => usage = j[i] == b'{',
+            _ => {}
+        }
+        i = skip_ws(j, end);
+        match j.get(i) {
+            Some(b',') => i = skip_ws(j, i + 1),
+            Some(b'}') => return choices_empty && usage && skip_ws(j, i + 1) == j.len(),
+            _ => return false,
+        }
+    }
+    false
+}
+
+/** A partial SSE event held back longer than this is passed on as it is (no event is that large). */
+const MAX_PARTIAL_EVENT: usize = 1024 * 1024;
+
+/** Takes the usage-only events out of an SSE body as it passes; only a partial event is held back. */
+#[derive(Default)]
+pub struct UsageStrip {
+    held: Vec<u8>,
+}
+
+impl UsageStrip {
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.held.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(end) = event_end(&self.held[start..]) {
+            let event = &self.held[start..start + end];
+            if !is_usage_chunk(event) {
+                out.extend_from_slice(event);
+            }
+            start += end;
+        }
+        self.held.drain(..start);
+        if self.held.len() > MAX_PARTIAL_EVENT {
+            out.append(&mut self.held);
+        }
+    }
+
+    /** What is still held (an unfinished last event), at the end of the body. */
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.held);
+    }
+}
+
 /** Appends `data` as one chunk of chunked coding. */
 pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
@@ -599,6 +782,14 @@ struct Conn {
     gen: u64,
     /** Fields the policy adds to the client's answer to the current request. */
     client_extra: Vec<(String, String)>,
+    /** The policy asked the engine for a usage chunk the client did not ask for: take it out of an SSE answer. */
+    strip_usage: bool,
+    /** Set for an answer being stripped (a 2xx event stream). */
+    strip: Option<UsageStrip>,
+    /** The policy's token for the exchange in progress, until its end is told. */
+    token: Option<u64>,
+    /** When the current request's head was complete. */
+    head_at_ms: f64,
 }
 
 enum Step {
@@ -628,6 +819,9 @@ struct Loop {
     admitting: std::collections::HashMap<u64, usize>,
     /** Requests to hand the policy at the end of this turn of the loop. */
     pending: Vec<Admission>,
+    /** What was seen of answers this turn, for the policy. */
+    taps: Vec<Tap>,
+    next_token: u64,
 }
 
 /** Reads once into `scratch` and appends what came to `buf` (a read straight into `buf` would zero-fill its spare room first, on every read). */
@@ -681,9 +875,9 @@ impl Loop {
                 }
             }
             self.expire();
-            if !self.pending.is_empty() {
+            if !self.pending.is_empty() || !self.taps.is_empty() {
                 if let Some(admit) = &self.admit {
-                    admit(std::mem::take(&mut self.pending));
+                    admit(std::mem::take(&mut self.pending), std::mem::take(&mut self.taps));
                 }
             }
             self.free.append(&mut self.freed);
@@ -721,6 +915,10 @@ impl Loop {
                 up_interest: None,
                 gen: self.next_gen,
                 client_extra: Vec::new(),
+                strip_usage: false,
+                strip: None,
+                token: None,
+                head_at_ms: 0.0,
             });
             self.stats.open.fetch_add(1, Ordering::Relaxed);
             self.settle(slot);
@@ -842,6 +1040,7 @@ impl Loop {
                 };
                 let parsed = parse_head(&c.cin[..end]);
                 c.cin.drain(..end);
+                c.head_at_ms = monotonic_ms();
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 let Some((req, framing)) = parsed.and_then(|r| r.request_framing().ok().map(|f| (r, f))) else {
                     self.stats.bad_request.fetch_add(1, Ordering::Relaxed);
@@ -901,8 +1100,10 @@ impl Loop {
                 if self.admit.is_none() {
                     return self.send(i, req, body, Vec::new(), Vec::new());
                 }
-                let token = c.gen;
-                self.pending.push(Admission { token, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
+                self.next_token += 1;
+                let token = self.next_token;
+                c.token = Some(token);
+                self.pending.push(Admission { token, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
                 c.phase = Phase::Admitting { req, body };
                 self.admitting.insert(token, i);
                 Step::Wait
@@ -920,7 +1121,14 @@ impl Loop {
                 let Phase::Waiting { method, keep, http10 } = &c.phase else { unreachable!() };
                 let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, false) };
                 let engine_keep = res.keep_alive() && from != Framing::UntilClose;
-                let (head, to, keep) = client_head(&res, from, *keep, *http10, &c.client_extra);
+                if let Some(token) = c.token {
+                    self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Head { status: res.status(), headers: res.headers.clone() } });
+                }
+                let sse = res.get("content-type").is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+                c.strip = (c.strip_usage && sse && (200..300).contains(&res.status())).then(UsageStrip::default);
+                // A stripped body is shorter than the engine's length says: the client gets it chunked.
+                let client_from = if c.strip.is_some() && matches!(from, Framing::Length(_)) { Framing::Chunked } else { from };
+                let (head, to, keep) = client_head(&res, client_from, *keep, *http10, &c.client_extra);
                 c.cout.extend_from_slice(&head);
                 let left = if let Framing::Length(n) = from { n } else { 0 };
                 c.phase = Phase::Streaming { from, to, left, dechunk: Dechunker::default(), keep, engine_keep };
@@ -951,6 +1159,17 @@ impl Loop {
                         false
                     }
                 };
+                if let (Some(token), false) = (c.token, data.is_empty()) {
+                    self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Data(data.clone()) });
+                }
+                if let Some(strip) = c.strip.as_mut() {
+                    let mut kept = Vec::with_capacity(data.len());
+                    strip.push(&data, &mut kept);
+                    if done {
+                        strip.finish(&mut kept);
+                    }
+                    data = kept;
+                }
                 if *to == Framing::Chunked {
                     chunk(&mut c.cout, &data);
                 } else {
@@ -963,6 +1182,7 @@ impl Loop {
                     c.cout.extend_from_slice(b"0\r\n\r\n");
                 }
                 let (keep, engine_keep) = (*keep, *engine_keep);
+                self.ended(i, "complete");
                 self.release_engine(i, engine_keep);
                 let c = self.conns[i].as_mut().expect("open");
                 c.phase = if keep { Phase::Head } else { Phase::Closing };
@@ -1006,6 +1226,8 @@ impl Loop {
         let c = self.conns[i].as_mut().expect("open");
         c.uout = upstream_head(&req, &self.host, body.len(), &upstream_fields);
         c.client_extra = client_fields;
+        c.strip_usage = false;
+        c.strip = None;
         c.uout.extend_from_slice(&body);
         c.uin.clear();
         c.up = Some(up);
@@ -1034,6 +1256,7 @@ impl Loop {
 
     /** The engine failed before its answer's head: 504 or 502, and the client connection carries on. */
     fn engine_failed(&mut self, i: usize, timed_out: bool) -> Step {
+        self.ended(i, if timed_out { "upstream_timeout" } else { "upstream_refused" });
         self.release_engine(i, false);
         let c = self.conns[i].as_mut().expect("open");
         if timed_out {
@@ -1050,6 +1273,7 @@ impl Loop {
     /** The engine broke off mid-body: a chunked client gets the end of its stream; any other framing cannot end cleanly. */
     fn reset(&mut self, i: usize, to: Framing) -> Step {
         self.stats.engine_reset.fetch_add(1, Ordering::Relaxed);
+        self.ended(i, "engine_reset");
         self.release_engine(i, false);
         let c = self.conns[i].as_mut().expect("open");
         if to == Framing::Chunked {
@@ -1068,12 +1292,19 @@ impl Loop {
             Phase::Streaming { from: Framing::UntilClose, to, keep, .. } => {
                 let (to, keep) = (*to, *keep);
                 let mut rest = std::mem::take(&mut c.uin);
+                if let Some(strip) = c.strip.as_mut() {
+                    let mut kept = Vec::with_capacity(rest.len());
+                    strip.push(&rest, &mut kept);
+                    strip.finish(&mut kept);
+                    rest = kept;
+                }
                 if to == Framing::Chunked {
                     chunk(&mut c.cout, &rest);
                     c.cout.extend_from_slice(b"0\r\n\r\n");
                 } else {
                     c.cout.append(&mut rest);
                 }
+                self.ended(i, "complete");
                 self.release_engine(i, false);
                 let c = self.conns[i].as_mut().expect("open");
                 c.phase = if keep && to == Framing::Chunked { Phase::Head } else { Phase::Closing };
@@ -1105,6 +1336,13 @@ impl Loop {
         self.settle(i);
     }
 
+    /** Tells the policy how its exchange ended (once). */
+    fn ended(&mut self, i: usize, outcome: &'static str) {
+        if let Some(token) = self.conns[i].as_mut().and_then(|c| c.token.take()) {
+            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome) });
+        }
+    }
+
     /** Applies the policy's decisions; one whose connection has gone meanwhile is dropped. */
     fn decided(&mut self) {
         let mut count = [0u8; 8];
@@ -1116,15 +1354,19 @@ impl Loop {
             };
             let Some(i) = self.admitting.remove(&token) else { continue };
             let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
-            if c.gen != token || !matches!(c.phase, Phase::Admitting { .. }) {
+            if c.token != Some(token) || !matches!(c.phase, Phase::Admitting { .. }) {
                 continue;
             }
             let Phase::Admitting { req, body } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
             match d {
-                Decision::Forward { upstream_fields, client_fields, body: replaced, .. } => {
+                Decision::Forward { upstream_fields, client_fields, body: replaced, strip_usage, .. } => {
                     self.send(i, req, replaced.unwrap_or(body), upstream_fields, client_fields);
+                    if let Some(c) = self.conns[i].as_mut() {
+                        c.strip_usage = strip_usage;
+                    }
                 }
                 Decision::Answer { response, .. } => {
+                    c.token = None;
                     c.cout.extend_from_slice(&response);
                     if !req.keep_alive() {
                         c.phase = Phase::Closing;
@@ -1160,7 +1402,10 @@ impl Loop {
 
     fn close(&mut self, i: usize) {
         let Some(c) = self.conns.get_mut(i).and_then(Option::take) else { return };
-        self.admitting.remove(&c.gen);
+        if let Some(token) = c.token {
+            self.admitting.remove(&token);
+            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End("client_abort") });
+        }
         // Dropping the streams closes them, which also takes them out of the epoll set.
         drop(c);
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -1313,6 +1558,41 @@ mod tests {
         let req = head("POST /v1/completions HTTP/1.1\r\nX-Request-Id: evil\r\nContent-Length: 0\r\n\r\n");
         let text = String::from_utf8(upstream_head(&req, "e:1", 0, &[("x-request-id".into(), "r1".into())])).unwrap();
         assert_eq!(text, "POST /v1/completions HTTP/1.1\r\nhost: e:1\r\ncontent-length: 0\r\nx-request-id: r1\r\nvia: 1.1 infertel\r\n\r\n");
+    }
+
+    #[test]
+    fn usage_chunk_table() {
+        let cases: [(&str, bool); 10] = [
+            ("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\n", true),
+            ("data: { \"choices\" : [ ] , \"usage\" : { } }\r\n\r\n", true),
+            ("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":3}}\n\n", false),
+            ("data: {\"choices\":[],\"usage\":null}\n\n", false),
+            ("data: {\"usage\":{\"a\":1}}\n\n", false),
+            ("data: [DONE]\n\n", false),
+            ("data: {\"x\":{\"choices\":[],\"usage\":{}}}\n\n", false),
+            ("data: {\"note\":\"\\\"choices\\\":[]\",\"choices\":[],\"usage\":{}}\n\n", true),
+            ("data: {\"choices\":[],\"usage\":{}\n\n", false),
+            ("event: x\ndata: {\"choices\":[],\ndata: \"usage\":{}}\n\n", true),
+        ];
+        for (event, want) in cases {
+            assert_eq!(is_usage_chunk(event.as_bytes()), want, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn usage_strip_at_every_split() {
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
+        let input = format!("{content}{usage}data: [DONE]\n\n");
+        for step in 1..=input.len() {
+            let mut s = UsageStrip::default();
+            let mut out = Vec::new();
+            for piece in input.as_bytes().chunks(step) {
+                s.push(piece, &mut out);
+            }
+            s.finish(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{content}data: [DONE]\n\n"), "pieces of {step}");
+        }
     }
 
     #[test]

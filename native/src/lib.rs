@@ -392,6 +392,11 @@ unsafe fn type_of(env: napi_env, v: napi_value) -> c_int {
     t
 }
 
+unsafe fn bool_of(env: napi_env, v: napi_value) -> bool {
+    let mut b = false;
+    type_of(env, v) == NAPI_BOOLEAN && napi_get_value_bool(env, v, &mut b) == 0 && b
+}
+
 unsafe fn number_of(env: napi_env, v: napi_value) -> Option<f64> {
     let mut x = 0.0;
     (type_of(env, v) == NAPI_NUMBER && napi_get_value_double(env, v, &mut x) == 0).then_some(x)
@@ -443,14 +448,16 @@ struct Policy(napi_threadsafe_function);
 unsafe impl Send for Policy {}
 
 impl Policy {
-    fn hand(&self, batch: Vec<edge::Admission>) {
-        let data = Box::into_raw(Box::new(batch)) as *mut std::ffi::c_void;
+    fn hand(&self, requests: Vec<edge::Admission>, seen: Vec<edge::Tap>) {
+        let data = Box::into_raw(Box::new((requests, seen))) as *mut std::ffi::c_void;
         // Non-blocking: the queue is unbounded, and each connection has at most one request with the policy.
         if unsafe { napi_call_threadsafe_function(self.0, data, 0) } != 0 {
-            drop(unsafe { Box::from_raw(data as *mut Vec<edge::Admission>) });
+            drop(unsafe { Box::from_raw(data as *mut Batch) });
         }
     }
 }
+
+type Batch = (Vec<edge::Admission>, Vec<edge::Tap>);
 
 impl Drop for Policy {
     fn drop(&mut self) {
@@ -459,29 +466,50 @@ impl Drop for Policy {
     }
 }
 
-/// On the main thread: the batch as an array of { token, method, target, headers: [name, value, ...], body: Buffer }.
+unsafe fn buffer(env: napi_env, bytes: &[u8]) -> napi_value {
+    let mut v = std::ptr::null_mut();
+    let mut out = std::ptr::null_mut();
+    napi_create_buffer_copy(env, bytes.len(), bytes.as_ptr() as *const std::ffi::c_void, &mut out, &mut v);
+    v
+}
+
+/**
+ * On the main thread: policy(requests, seen). requests: { token, at, method, target, headers:
+ * [name, value, ...], body: Buffer }; seen: { token, at, kind: 'head' | 'data' | 'end', status,
+ * headers, data: Buffer, outcome }.
+ */
 unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut std::ffi::c_void, data: *mut std::ffi::c_void) {
-    let batch = Box::from_raw(data as *mut Vec<edge::Admission>);
+    let (requests, seen) = *Box::from_raw(data as *mut Batch);
     if env.is_null() || func.is_null() {
         return;
     }
     let js = Js { env };
-    let keys = js.keys(["token", "method", "target", "headers", "body"]);
-    let items = batch
-        .into_iter()
-        .map(|a| {
-            let headers = js.array(a.headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
-            let mut body = std::ptr::null_mut();
-            let mut out = std::ptr::null_mut();
-            napi_create_buffer_copy(env, a.body.len(), a.body.as_ptr() as *const std::ffi::c_void, &mut out, &mut body);
-            js.object_with(&keys, [js.num(a.token as f64), js.str(&a.method), js.str(&a.target), headers, body])
-        })
-        .collect();
-    let arr = js.array(items);
+    let flat = |headers: &[(String, String)]| js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
+    let keys = js.keys(["token", "at", "method", "target", "headers", "body"]);
+    let requests = js.array(
+        requests
+            .into_iter()
+            .map(|a| js.object_with(&keys, [js.num(a.token as f64), js.num(a.at_ms), js.str(&a.method), js.str(&a.target), flat(&a.headers), buffer(env, &a.body)]))
+            .collect(),
+    );
+    let tap_keys = js.keys(["token", "at", "kind", "status", "headers", "data", "outcome"]);
+    let seen = js.array(
+        seen.into_iter()
+            .map(|t| {
+                let (kind, status, headers, data, outcome) = match &t.what {
+                    edge::Seen::Head { status, headers } => ("head", js.num(*status as f64), flat(headers), js.null(), js.null()),
+                    edge::Seen::Data(d) => ("data", js.null(), js.null(), buffer(env, d), js.null()),
+                    edge::Seen::End(o) => ("end", js.null(), js.null(), js.null(), js.str(o)),
+                };
+                js.object_with(&tap_keys, [js.num(t.token as f64), js.num(t.at_ms), js.str(kind), status, headers, data, outcome])
+            })
+            .collect(),
+    );
     let mut undefined = std::ptr::null_mut();
     napi_get_undefined(env, &mut undefined);
+    let argv = [requests, seen];
     let mut result = std::ptr::null_mut();
-    napi_call_function(env, undefined, func, 1, &arr, &mut result);
+    napi_call_function(env, undefined, func, 2, argv.as_ptr(), &mut result);
 }
 
 unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> napi_value {
@@ -498,7 +526,7 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
             // The data path's threads do not keep Node running; whoever started it does.
             napi_unref_threadsafe_function(env, tsfn);
             let p = Policy(tsfn);
-            cfg.admit = Some(Box::new(move |batch| p.hand(batch)));
+            cfg.admit = Some(Box::new(move |requests, seen| p.hand(requests, seen)));
         }
         let e = edge::Edge::start(cfg).map_err(|_| "edge_start_failed")?;
         let address = e.local.to_string();
@@ -555,10 +583,10 @@ fn edge_decide(id: f64, d: edge::Decision) -> bool {
     }
 }
 
-/// edgeForward(id, token, upstreamFields, clientFields, body?): send the request on, with these fields.
+/// edgeForward(id, token, upstreamFields, clientFields, body?, stripUsage?): send the request on, with these fields.
 unsafe extern "C" fn js_edge_forward(env: napi_env, info: napi_callback_info) -> napi_value {
     let js = Js { env };
-    let [id, token, up, client, body] = args::<5>(env, info);
+    let [id, token, up, client, body, strip] = args::<6>(env, info);
     let ok = catch_unwind(AssertUnwindSafe(|| {
         let (Some(id), Some(token)) = (number_of(env, id), number_of(env, token)) else { return false };
         let d = edge::Decision::Forward {
@@ -566,6 +594,7 @@ unsafe extern "C" fn js_edge_forward(env: napi_env, info: napi_callback_info) ->
             upstream_fields: edge::fields_of(&string_of(env, up).unwrap_or_default()),
             client_fields: edge::fields_of(&string_of(env, client).unwrap_or_default()),
             body: bytes_of(env, body),
+            strip_usage: bool_of(env, strip),
         };
         edge_decide(id, d)
     }))

@@ -42,6 +42,7 @@ pub type napi_async_execute_callback = Option<unsafe extern "C" fn(napi_env, *mu
 pub type napi_async_complete_callback = Option<unsafe extern "C" fn(napi_env, napi_status, *mut c_void)>;
 
 /// napi_valuetype values used here.
+pub const NAPI_BOOLEAN: c_int = 2;
 pub const NAPI_NUMBER: c_int = 3;
 pub const NAPI_FUNCTION: c_int = 7;
 pub const NAPI_STRING: c_int = 4;
@@ -76,6 +77,7 @@ extern "C" {
     pub fn napi_create_function(env: napi_env, name: *const c_char, length: usize, cb: napi_callback, data: *mut c_void, result: *mut napi_value) -> napi_status;
     pub fn napi_get_cb_info(env: napi_env, info: napi_callback_info, argc: *mut usize, argv: *mut napi_value, this_arg: *mut napi_value, data: *mut *mut c_void) -> napi_status;
     pub fn napi_typeof(env: napi_env, value: napi_value, result: *mut c_int) -> napi_status;
+    pub fn napi_get_value_bool(env: napi_env, value: napi_value, result: *mut bool) -> napi_status;
     pub fn napi_get_value_double(env: napi_env, value: napi_value, result: *mut f64) -> napi_status;
     pub fn napi_get_value_string_utf8(env: napi_env, value: napi_value, buf: *mut c_char, bufsize: usize, result: *mut usize) -> napi_status;
     pub fn napi_create_promise(env: napi_env, deferred: *mut napi_deferred, promise: *mut napi_value) -> napi_status;

@@ -7,7 +7,9 @@ import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { type EdgeRequest, type EdgeStats, loadAddon } from '../../agent/gpu/addon.js';
+import { type EdgeRequest, type EdgeSeen, type EdgeStats, loadAddon } from '../../agent/gpu/addon.js';
+import { openAiHandler, type SeenRequest } from '../../agent/demo/sim-openai.js';
+import { inspectBody, routeOf } from '../../agent/proxy/routes.js';
 import { eventually, sleep } from '../helpers.js';
 
 const loaded = loadAddon();
@@ -31,7 +33,12 @@ class Engine {
   }
 }
 
-function edgeStart(target: string, maxBody = 32 * 1024 * 1024, timeoutMs = 30_000, policy?: (requests: EdgeRequest[]) => void): { id: number; base: string } {
+function edgeStart(
+  target: string,
+  maxBody = 32 * 1024 * 1024,
+  timeoutMs = 30_000,
+  policy?: (requests: EdgeRequest[], seen: EdgeSeen[]) => void,
+): { id: number; base: string } {
   if (!loaded.ok) throw new Error('no addon');
   const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs}`, policy);
   return { id: e.id, base: `http://${e.address}` };
@@ -354,8 +361,10 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
     if (!loaded.ok) return;
     const addon = loaded.addon;
     const asked: EdgeRequest[] = [];
+    const seenByPolicy: EdgeSeen[] = [];
     let id = -1;
-    const policy = (requests: EdgeRequest[]) => {
+    const policy = (requests: EdgeRequest[], seen: EdgeSeen[]) => {
+      seenByPolicy.push(...seen);
       for (const r of requests) {
         asked.push(r);
         if (r.target === '/refused') addon.edgeAnswer(id, r.token, 'HTTP/1.1 429 Too Many Requests\r\ncontent-length: 4\r\n\r\nslow');
@@ -393,6 +402,19 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       assert.equal(seen.headers?.['content-length'], String('{"replaced":true}'.length));
       assert.equal(a.headers['x-request-id'], `r-${first.token}`);
       assert.equal(a.body.toString(), 'ok');
+      // What the policy is told of the answer, in order, on the clock of process.hrtime.
+      const nowMs = Number(process.hrtime.bigint()) / 1e6;
+      await eventually(async () => seenByPolicy.some((x) => x.kind === 'end'), 2000, 'the end of the answer');
+      const mine = seenByPolicy.filter((x) => x.token === first.token);
+      assert.deepEqual(
+        mine.map((x) => x.kind),
+        ['head', 'data', 'end'],
+      );
+      assert.equal(mine[0]?.status, 200);
+      assert.equal(mine[1]?.data?.toString(), 'ok');
+      assert.equal(mine[2]?.outcome, 'complete');
+      assert.ok(first.at <= (mine[0]?.at ?? 0) && (mine[0]?.at ?? 0) <= (mine[2]?.at ?? 0));
+      assert.ok(Math.abs(nowMs - first.at) < 5000, `${first.at} is not on the clock of process.hrtime (${nowMs})`);
 
       const before = engine.requests;
       const refused = await request(p.base, '/refused', { method: 'POST', body: '{}' });
@@ -414,6 +436,47 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       await sleep(400);
       assert.equal(engine.requests, before);
       assert.equal(stats(p.id).clientAbort, aborts + 1);
+      const late = asked.find((r) => r.target === '/late');
+      assert.deepEqual(
+        seenByPolicy.filter((x) => x.token === late?.token).map((x) => x.outcome),
+        ['client_abort'],
+      );
+    } finally {
+      addon.edgeStop(p.id);
+    }
+  });
+
+  it('takes the usage chunk it asked for out of the stream, and leaves it in for a client that asked', async () => {
+    if (!loaded.ok) return;
+    const addon = loaded.addon;
+    const seen: SeenRequest[] = [];
+    engine.handler = openAiHandler({ models: ['m'], ttftMs: 5, itlMs: 5, tokens: 3 }, seen);
+    let id = -1;
+    const p = edgeStart(target, 1024 * 1024, 30_000, (requests, _seen) => {
+      for (const r of requests) {
+        const facts = inspectBody(routeOf(r.target), r.body, r.method);
+        addon.edgeForward(id, r.token, '', '', facts.body, facts.usageInjected);
+      }
+    });
+    id = p.id;
+    try {
+      const events = (a: Answer) => a.body.toString().split('\n\n').filter(Boolean);
+      const plain = await request(p.base, '/v1/chat/completions', { method: 'POST', body: '{"model":"m","stream":true,"messages":[]}' });
+      assert.deepEqual(JSON.parse(seen.at(-1)?.body ?? '{}').stream_options, { include_usage: true });
+      assert.equal(events(plain).filter((e) => e.includes('"usage"')).length, 0);
+      assert.equal(events(plain).at(-1), 'data: [DONE]');
+      const asked = await request(p.base, '/v1/chat/completions', {
+        method: 'POST',
+        body: '{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}',
+      });
+      const usage = events(asked).filter((e) => e.includes('"usage"'));
+      assert.equal(usage.length, 1);
+      assert.deepEqual(JSON.parse(usage[0]?.slice('data: '.length) ?? '{}').choices, []);
+      // Everything else is the same stream.
+      assert.deepEqual(
+        events(asked).filter((e) => !e.includes('"usage"')),
+        events(plain),
+      );
     } finally {
       addon.edgeStop(p.id);
     }
