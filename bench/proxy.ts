@@ -129,6 +129,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
   const edge = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port], 'ignore') : undefined;
   const edgePolicy = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port, '--policy'], 'ignore') : undefined;
+  const edgeTell = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port, '--tell'], 'ignore') : undefined;
   const port = 21000 + Math.floor(Math.random() * 4000);
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
@@ -142,7 +143,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say();
     say(
-      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path is infertel's own first step off the JS event loop (`native/src/edge.rs`, in the addon, tested in `test/proxy/native-edge.test.ts`): one epoll thread that parses HTTP/1.1 and applies the proxy's forwarding rules, pooling engine connections, but measures nothing yet and is not yet what `--proxy-listen` runs. In the row after it, each request also makes the hop to JS and back before it is sent, and JS does the request-side work the Node proxy does (`bench/serve-native-edge.ts --policy`: the route, the tenant from the key's SHA-256, the body read with include_usage injected and its usage chunk taken out again in the loop, a request id), and every read of the answer goes to JS with its time, where the Node proxy's stream observer reads it; metrics, request logs and traces are not fed from it yet.",
+      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path is infertel's own first step off the JS event loop (`native/src/edge.rs`, in the addon, tested in `test/proxy/native-edge.test.ts`): one epoll thread that parses HTTP/1.1 and applies the proxy's forwarding rules, pooling engine connections, but measures nothing yet and is not yet what `--proxy-listen` runs. In the row after it, each request also makes the hop to JS and back before it is sent, and JS does the request-side work the Node proxy does (`bench/serve-native-edge.ts --policy`: the route, the tenant from the key's SHA-256, the body read with include_usage injected and its usage chunk taken out again in the loop, a request id), and every read of the answer goes to JS with its time, where the Node proxy's stream observer reads it; metrics, request logs and traces are not fed from it yet. In the row after that, the loop sends each request at once, with its request id and include_usage done there, and JS is told after (`--tell`: the same tenant lookup and body read, off the way to the first byte), and reads its stream as before.",
     );
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
@@ -158,13 +159,15 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     await load(nodeRelayUrl, 50, 1000, {});
     if (edge) await load(edge.line, 50, 1000, {});
     if (edgePolicy) await load(edgePolicy.line, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'nativeEdgePolicy' | 'anchor' | 'proxy' | 'proxyImageFlags';
+    if (edgeTell) await load(edgeTell.line, 50, 1000, {});
+    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'nativeEdgePolicy' | 'nativeEdgeTell' | 'anchor' | 'proxy' | 'proxyImageFlags';
     const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
       ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
       ...(edgePolicy ? [['nativeEdgePolicy', edgePolicy.line, edgePolicy.child.pid] as const] : []),
+      ...(edgeTell ? [['nativeEdgeTell', edgeTell.line, edgeTell.child.pid] as const] : []),
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
       ['proxyImageFlags', imageProxy, imageAgent.pid],
@@ -182,6 +185,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         nodeFloor: empty(),
         nativeEdge: empty(),
         nativeEdgePolicy: empty(),
+        nativeEdgeTell: empty(),
         anchor: empty(),
         proxy: empty(),
         proxyImageFlags: empty(),
@@ -212,6 +216,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         ['nodeFloor', 'Node floor: Node byte relay'],
         ['nativeEdge', 'native data path: HTTP/1.1 framing only, nothing measured'],
         ['nativeEdgePolicy', 'native data path, each request through JS and its stream read there'],
+        ['nativeEdgeTell', 'native data path, JS told of each request after it is sent, its stream read there'],
         ['anchor', 'anchor: bare pipe proxy'],
         ['proxy', 'through infertel'],
         ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],
@@ -268,6 +273,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     nodeRelay.kill();
     edge?.child.kill();
     edgePolicy?.child.kill();
+    edgeTell?.child.kill();
     if ('path' in built) removeRelay(built.path);
     engine.kill();
     client.destroy();

@@ -1,6 +1,9 @@
 // Child process for the benchmark and tests: the native data path (native/src/edge.rs) in front of
 // the engine at argv[2] (a port on 127.0.0.1), alone in its process. Prints its URL.
 //
+// With `--tell`, the loop sends each request at once (its request id and include_usage done there)
+// and JS learns of it after, doing the same tenant lookup and body read, and reads its stream.
+//
 // With `--policy`, every request makes the hop to JS and back before it is sent, and JS does the
 // request-side work the Node proxy does per request: the route, the tenant (the key's SHA-256
 // looked up), the body read for `model` and with include_usage injected (its usage chunk taken
@@ -20,9 +23,14 @@ if (!loaded.ok) {
 }
 const addon = loaded.addon;
 const [port, ...rest] = process.argv.slice(2);
-const withPolicy = rest.includes('--policy');
+const mode = rest.includes('--policy') ? 'wait' : rest.includes('--tell') ? 'tell' : undefined;
 const tenants = new TenantResolver([{ name: 'bench', keys: [hashKey('sk-bench')] }], 200);
 let id = -1;
+function headersOf(flat: string[]): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) headers[(flat[i] ?? '').toLowerCase()] = flat[i + 1] ?? '';
+  return headers;
+}
 const GAP_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000];
 const open = new Map<number, { route: Route; strip: boolean; observer?: StreamObserver }>();
 const policy: NonNullable<Parameters<typeof addon.edgeStart>[1]> = (requests, seen) => {
@@ -39,9 +47,14 @@ const policy: NonNullable<Parameters<typeof addon.edgeStart>[1]> = (requests, se
     }
   }
   for (const r of requests) {
-    const headers: Record<string, string> = {};
-    for (let i = 0; i + 1 < r.headers.length; i += 2) headers[(r.headers[i] ?? '').toLowerCase()] = r.headers[i + 1] ?? '';
-    const tenant = tenants.resolve(headers);
+    if (!r.waits) {
+      // Sent already, with its request id and include_usage done in the loop: JS only learns of it.
+      tenants.resolve(headersOf(r.headers));
+      inspectBody(routeOf(r.target), r.body, r.method);
+      open.set(r.token, { route: routeOf(r.target), strip: r.usageInjected });
+      continue;
+    }
+    const tenant = tenants.resolve(headersOf(r.headers));
     const facts = inspectBody(routeOf(r.target), r.body, r.method);
     const requestId = randomUUID();
     open.set(r.token, { route: routeOf(r.target), strip: facts.usageInjected });
@@ -55,7 +68,7 @@ const policy: NonNullable<Parameters<typeof addon.edgeStart>[1]> = (requests, se
     );
   }
 };
-const started = addon.edgeStart(`127.0.0.1:0 127.0.0.1:${port} ${32 * 1024 * 1024} 30000`, withPolicy ? policy : undefined);
+const started = addon.edgeStart(`127.0.0.1:0 127.0.0.1:${port} ${32 * 1024 * 1024} 30000 ${mode ?? 'wait'}`, mode ? policy : undefined);
 id = started.id;
 process.stdout.write(`http://${started.address}\n`);
 // The data path runs on its own thread; this keeps the process (and it) alive.

@@ -52,6 +52,12 @@ export interface EdgeRequest {
   token: number;
   /** When its head was complete: CLOCK_MONOTONIC in ms, the clock of process.hrtime. */
   at: number;
+  /** It waits for edgeForward or edgeAnswer; false when the loop sent it already (`tell`). */
+  waits: boolean;
+  /** The request id the loop sent, when it did not wait. */
+  requestId: string | null;
+  /** The loop asked the engine for a usage chunk the client did not ask for (when it did not wait). */
+  usageInjected: boolean;
   method: string;
   target: string;
   headers: string[];

@@ -49,6 +49,7 @@ extern "C" {
     fn close(fd: i32) -> i32;
     fn eventfd(initval: u32, flags: i32) -> i32;
     fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    fn getrandom(buf: *mut u8, len: usize, flags: u32) -> isize;
     fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
 }
@@ -107,11 +108,23 @@ pub struct Config {
      * turn of the loop) and waits for its Decision, given back through Edge::decide.
      */
     pub admit: Option<Admit>,
+    /**
+     * With a policy: false, each request waits for its Decision; true, the loop sends each request
+     * at once (request id and include_usage done here) and the policy is told after, unless the
+     * body needs JS to rewrite it.
+     */
+    pub tell_after: bool,
 }
 
 /** A complete request, waiting for the policy's Decision. */
 pub struct Admission {
     pub token: u64,
+    /** Whether the request waits for a Decision (else it was sent already). */
+    pub waits: bool,
+    /** The request id sent (when it did not wait). */
+    pub request_id: String,
+    /** The loop asked the engine for usage the client did not ask for (when it did not wait). */
+    pub usage_injected: bool,
     /** When its head was complete (as Tap::at_ms). */
     pub at_ms: f64,
     pub method: String,
@@ -228,6 +241,7 @@ impl Edge {
         let stop = Arc::new(AtomicBool::new(false));
         let mut lp = Loop {
             admit: cfg.admit,
+            tell_after: cfg.tell_after,
             inbox: inbox.clone(),
             admitting: std::collections::HashMap::new(),
             pending: Vec::new(),
@@ -575,7 +589,9 @@ fn skip_value(j: &[u8], i: usize) -> Option<usize> {
             while k < j.len() && !matches!(j[k], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
                 k += 1;
             }
-            (k > i).then_some(k)
+            let token = &j[i..k];
+            let number = token.iter().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+            (!token.is_empty() && (number || matches!(token, b"true" | b"false" | b"null"))).then_some(k)
         }
     }
 }
@@ -597,34 +613,95 @@ pub fn is_usage_chunk(event: &[u8]) -> bool {
         }
     }
     let j = data.as_bytes();
+    let Some(m) = members(j) else { return false };
+    let choices_empty = m.iter().any(|(k, v)| *k == b"choices" && j[v.start] == b'[' && skip_ws(j, v.start + 1) == v.end - 1);
+    let usage = m.iter().any(|(k, v)| *k == b"usage" && j[v.start] == b'{');
+    choices_empty && usage
+}
+
+/** The members of one JSON object (each key without its quotes, and its value's range), or None when `j` is not one object. */
+pub fn members(j: &[u8]) -> Option<Vec<(&[u8], std::ops::Range<usize>)>> {
     let mut i = skip_ws(j, 0);
     if j.get(i) != Some(&b'{') {
-        return false;
+        return None;
     }
-    let (mut choices_empty, mut usage) = (false, false);
     i = skip_ws(j, i + 1);
-    while j.get(i) == Some(&b'"') {
-        let Some(key_end) = skip_string(j, i) else { return false };
+    let mut out = Vec::new();
+    if j.get(i) == Some(&b'}') {
+        return (skip_ws(j, i + 1) == j.len()).then_some(out);
+    }
+    loop {
+        if j.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(j, i)?;
         let key = &j[i + 1..key_end - 1];
         i = skip_ws(j, key_end);
         if j.get(i) != Some(&b':') {
-            return false;
+            return None;
         }
         i = skip_ws(j, i + 1);
-        let Some(end) = skip_value(j, i) else { return false };
-        match key {
-            b"choices" => choices_empty = j[i] == b'[' && skip_ws(j, i + 1) == end - 1,
-            b"usage" => usage = j[i] == b'{',
-            _ => {}
-        }
+        let end = skip_value(j, i)?;
+        out.push((key, i..end));
         i = skip_ws(j, end);
         match j.get(i) {
             Some(b',') => i = skip_ws(j, i + 1),
-            Some(b'}') => return choices_empty && usage && skip_ws(j, i + 1) == j.len(),
-            _ => return false,
+            Some(b'}') => return (skip_ws(j, i + 1) == j.len()).then_some(out),
+            _ => return None,
         }
     }
-    false
+}
+
+/** What to do about `include_usage` for a request, as the Node proxy's inspectBody decides it. */
+#[derive(Debug, PartialEq)]
+pub enum UsagePlan {
+    /** Not a streamed chat or text completion, or the client asked for usage itself. */
+    Leave,
+    /** The body with `stream_options.include_usage` added (the client named no `stream_options`). */
+    Inject(Vec<u8>),
+    /** The client's `stream_options` lacks `include_usage: true`: JS rewrites the body. */
+    AskJs,
+}
+
+pub fn usage_plan(method: &str, target: &str, body: &[u8]) -> UsagePlan {
+    let path = target.split('?').next().unwrap_or("");
+    if method != "POST" || !matches!(path, "/v1/chat/completions" | "/v1/completions") {
+        return UsagePlan::Leave;
+    }
+    let Some(m) = members(body) else { return UsagePlan::Leave };
+    if !m.iter().any(|(k, v)| *k == b"stream" && &body[v.clone()] == b"true") {
+        return UsagePlan::Leave;
+    }
+    match m.iter().find(|(k, _)| *k == b"stream_options") {
+        Some((_, v)) => match members(&body[v.clone()]) {
+            Some(opts) if opts.iter().any(|(k, ov)| *k == b"include_usage" && &body[v.start + ov.start..v.start + ov.end] == b"true") => UsagePlan::Leave,
+            _ => UsagePlan::AskJs,
+        },
+        None => {
+            let close = body.iter().rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).unwrap_or(0);
+            let mut out = Vec::with_capacity(body.len() + 40);
+            out.extend_from_slice(&body[..close]);
+            out.extend_from_slice(b",\"stream_options\":{\"include_usage\":true}");
+            out.extend_from_slice(&body[close..]);
+            UsagePlan::Inject(out)
+        }
+    }
+}
+
+/** The client's `x-request-id` when it is a plain token (as the Node proxy's requestIdOf), else a new UUID. */
+pub fn request_id(headers: &[(String, String)]) -> String {
+    let given = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-request-id")).map(|(_, v)| v.as_str());
+    if let Some(v) = given {
+        if (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+            return v.to_string();
+        }
+    }
+    let mut r = [0u8; 16];
+    unsafe { getrandom(r.as_mut_ptr(), 16, 0) };
+    r[6] = (r[6] & 0x0f) | 0x40;
+    r[8] = (r[8] & 0x3f) | 0x80;
+    let h: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /** A partial SSE event held back longer than this is passed on as it is (no event is that large). */
@@ -814,6 +891,7 @@ struct Loop {
     stats: Arc<Stats>,
     scratch: Vec<u8>,
     admit: Option<Admit>,
+    tell_after: bool,
     inbox: Arc<Inbox>,
     /** Requests with the policy, by token (the connection's gen). */
     admitting: std::collections::HashMap<u64, usize>,
@@ -976,12 +1054,7 @@ impl Loop {
 
     /** Moves connection `i` as far as its buffers allow, writes what it can, and sets its epoll interest. */
     fn settle(&mut self, i: usize) {
-        loop {
-            match self.step(i) {
-                Step::Progress => continue,
-                Step::Wait => break,
-            }
-        }
+        self.advance(i);
         let Some(c) = self.conns[i].as_mut() else { return };
         if !c.cout.is_empty() && flush(&mut c.client, &mut c.cout).is_err() {
             return self.close(i);
@@ -1021,6 +1094,11 @@ impl Loop {
         if up_fd.is_some() {
             c.up_interest = Some(up_want);
         }
+    }
+
+    /** Steps connection `i`'s exchange until its buffers allow no more. */
+    fn advance(&mut self, i: usize) {
+        while let Step::Progress = self.step(i) {}
     }
 
     /** One move of connection `i`'s exchange, from what its buffers hold. */
@@ -1103,7 +1181,23 @@ impl Loop {
                 self.next_token += 1;
                 let token = self.next_token;
                 c.token = Some(token);
-                self.pending.push(Admission { token, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
+                let plan = if self.tell_after { usage_plan(&req.start[0], &req.start[1], &body) } else { UsagePlan::AskJs };
+                if plan != UsagePlan::AskJs {
+                    let request_id = request_id(&req.headers);
+                    let (sent, usage_injected) = match plan {
+                        UsagePlan::Inject(b) => (b, true),
+                        _ => (body.clone(), false),
+                    };
+                    let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
+                    self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected, at_ms: c.head_at_ms, method, target, headers, body });
+                    let id_field = vec![("x-request-id".to_string(), request_id)];
+                    let step = self.send(i, req, sent, id_field.clone(), id_field);
+                    if let Some(c) = self.conns[i].as_mut() {
+                        c.strip_usage = usage_injected;
+                    }
+                    return step;
+                }
+                self.pending.push(Admission { token, waits: true, request_id: String::new(), usage_injected: false, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
                 c.phase = Phase::Admitting { req, body };
                 self.admitting.insert(token, i);
                 Step::Wait
@@ -1316,12 +1410,7 @@ impl Loop {
 
     fn engine_broke(&mut self, i: usize) {
         // What arrived before the end is relayed first.
-        loop {
-            match self.step(i) {
-                Step::Progress => continue,
-                Step::Wait => break,
-            }
-        }
+        self.advance(i);
         let Some(c) = self.conns[i].as_mut() else { return };
         match &c.phase {
             Phase::Waiting { .. } => {
@@ -1592,6 +1681,43 @@ mod tests {
             }
             s.finish(&mut out);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{content}data: [DONE]\n\n"), "pieces of {step}");
+        }
+    }
+
+    #[test]
+    fn usage_plan_table() {
+        let chat = "/v1/chat/completions";
+        let cases: [(&str, &str, &str, Option<&str>); 9] = [
+            ("POST", chat, "{\"model\":\"m\",\"stream\":true}", Some("{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}")),
+            ("POST", "/v1/completions?x=1", "{\"stream\": true }\n", Some("{\"stream\": true ,\"stream_options\":{\"include_usage\":true}}\n")),
+            ("POST", chat, "{\"stream\":false}", None),
+            ("POST", chat, "{\"stream\":\"true\"}", None),
+            ("POST", chat, "{\"stream\":true,\"stream_options\":{\"include_usage\":true}}", None),
+            ("POST", "/v1/embeddings", "{\"stream\":true}", None),
+            ("GET", chat, "{\"stream\":true}", None),
+            ("POST", chat, "{\"stream\":true,", None),
+            ("POST", chat, "{\"stream\":true,\"x\":tru}", None),
+        ];
+        for (method, target, body, want) in cases {
+            let want = match want {
+                Some(b) => UsagePlan::Inject(b.as_bytes().to_vec()),
+                None => UsagePlan::Leave,
+            };
+            assert_eq!(usage_plan(method, target, body.as_bytes()), want, "{method} {target} {body}");
+        }
+        assert_eq!(usage_plan("POST", chat, b"{\"stream\":true,\"stream_options\":{\"include_usage\":false}}"), UsagePlan::AskJs);
+        assert_eq!(usage_plan("POST", chat, b"{\"stream\":true,\"stream_options\":{}}"), UsagePlan::AskJs);
+    }
+
+    #[test]
+    fn request_id_keeps_a_plain_token_and_makes_up_the_rest() {
+        let h = |v: &str| vec![("X-Request-Id".to_string(), v.to_string())];
+        assert_eq!(request_id(&h("abc-1.2:3_x")), "abc-1.2:3_x");
+        for crafted in ["", "a b", "x\u{7f}", &"a".repeat(129)] {
+            let id = request_id(&h(crafted));
+            assert_eq!(id.len(), 36, "{crafted:?} gave {id}");
+            assert_eq!(&id[14..15], "4");
+            assert_ne!(id, request_id(&h(crafted)), "two made-up ids are the same");
         }
     }
 

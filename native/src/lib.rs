@@ -432,14 +432,19 @@ unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
     number_of(env, args::<1>(env, info)[0])
 }
 
-/// `listen target maxBodyBytes upstreamTimeoutMs`, space-separated (the TS wrapper writes it).
+/// `listen target maxBodyBytes upstreamTimeoutMs [wait|tell]`, space-separated (the TS wrapper writes it).
 fn edge_config(spec: &str) -> Option<edge::Config> {
     let mut parts = spec.split(' ');
     let listen = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let max_body = parts.next()?.parse().ok()?;
     let timeout_ms: u64 = parts.next()?.parse().ok()?;
-    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None })
+    let tell_after = match parts.next() {
+        None | Some("wait") => false,
+        Some("tell") => true,
+        Some(_) => return None,
+    };
+    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None, tell_after })
 }
 
 /// The policy's JS function, callable from the loop's thread (Node-API queues each call to the main thread).
@@ -485,11 +490,15 @@ unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut
     }
     let js = Js { env };
     let flat = |headers: &[(String, String)]| js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
-    let keys = js.keys(["token", "at", "method", "target", "headers", "body"]);
+    let keys = js.keys(["token", "at", "waits", "requestId", "usageInjected", "method", "target", "headers", "body"]);
     let requests = js.array(
         requests
             .into_iter()
-            .map(|a| js.object_with(&keys, [js.num(a.token as f64), js.num(a.at_ms), js.str(&a.method), js.str(&a.target), flat(&a.headers), buffer(env, &a.body)]))
+            .map(|a| {
+                let request_id = if a.waits { js.null() } else { js.str(&a.request_id) };
+                let values = [js.num(a.token as f64), js.num(a.at_ms), js.bool(a.waits), request_id, js.bool(a.usage_injected), js.str(&a.method), js.str(&a.target), flat(&a.headers), buffer(env, &a.body)];
+                js.object_with(&keys, values)
+            })
             .collect(),
     );
     let tap_keys = js.keys(["token", "at", "kind", "status", "headers", "data", "outcome"]);

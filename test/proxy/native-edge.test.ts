@@ -38,9 +38,10 @@ function edgeStart(
   maxBody = 32 * 1024 * 1024,
   timeoutMs = 30_000,
   policy?: (requests: EdgeRequest[], seen: EdgeSeen[]) => void,
+  mode: 'wait' | 'tell' = 'wait',
 ): { id: number; base: string } {
   if (!loaded.ok) throw new Error('no addon');
-  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs}`, policy);
+  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs} ${mode}`, policy);
   return { id: e.id, base: `http://${e.address}` };
 }
 
@@ -478,6 +479,54 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
         events(asked).filter((e) => !e.includes('"usage"')),
         events(plain),
       );
+    } finally {
+      addon.edgeStop(p.id);
+    }
+  });
+
+  it('told after: sends each request at once with its request id and include_usage done in the loop, and tells the policy after; a body it cannot rewrite waits', async () => {
+    if (!loaded.ok) return;
+    const addon = loaded.addon;
+    const seen: SeenRequest[] = [];
+    engine.handler = openAiHandler({ models: ['m'], ttftMs: 5, itlMs: 5, tokens: 3 }, seen);
+    const told: EdgeRequest[] = [];
+    let id = -1;
+    const p = edgeStart(
+      target,
+      1024 * 1024,
+      30_000,
+      (requests) => {
+        for (const r of requests) {
+          told.push(r);
+          if (!r.waits) continue;
+          const facts = inspectBody(routeOf(r.target), r.body, r.method);
+          addon.edgeForward(id, r.token, 'x-request-id: from-js', 'x-request-id: from-js', facts.body, facts.usageInjected);
+        }
+      },
+      'tell',
+    );
+    id = p.id;
+    try {
+      const events = (a: Answer) => a.body.toString().split('\n\n').filter(Boolean);
+      const body = '{"model":"m","stream":true,"messages":[]}';
+      const a = await request(p.base, '/v1/chat/completions', { method: 'POST', body, headers: { 'x-request-id': 'given-1' } });
+      assert.equal(a.headers['x-request-id'], 'given-1');
+      assert.equal(seen.at(-1)?.headers['x-request-id'], 'given-1');
+      assert.deepEqual(JSON.parse(seen.at(-1)?.body ?? '{}').stream_options, { include_usage: true });
+      assert.equal(events(a).filter((e) => e.includes('"usage"')).length, 0);
+      await eventually(async () => told.length === 1, 2000, 'the policy to be told');
+      assert.deepEqual(
+        { waits: told[0]?.waits, requestId: told[0]?.requestId, usageInjected: told[0]?.usageInjected, body: told[0]?.body.toString() },
+        { waits: false, requestId: 'given-1', usageInjected: true, body },
+      );
+      const crafted = await request(p.base, '/v1/models', { headers: { 'x-request-id': 'has space' } });
+      assert.match(String(crafted.headers['x-request-id']), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      // The client's stream_options without include_usage: JS rewrites the body, so the request waits for it.
+      const waited = await request(p.base, '/v1/chat/completions', { method: 'POST', body: '{"model":"m","stream":true,"stream_options":{},"messages":[]}' });
+      assert.equal(waited.headers['x-request-id'], 'from-js');
+      assert.equal(told.at(-1)?.waits, true);
+      assert.deepEqual(JSON.parse(seen.at(-1)?.body ?? '{}').stream_options, { include_usage: true });
+      assert.equal(events(waited).filter((e) => e.includes('"usage"')).length, 0);
     } finally {
       addon.edgeStop(p.id);
     }
