@@ -258,7 +258,7 @@ impl Edge {
             freed: Vec::new(),
             idle: Vec::new(),
             deadlines: BinaryHeap::new(),
-            next_gen: 0,
+            next_exchange: 0,
             stats: stats.clone(),
             scratch: vec![0; READ_SIZE],
         };
@@ -855,8 +855,8 @@ struct Conn {
     /** The interest last given to epoll for each side; None while not registered. */
     client_interest: Option<u32>,
     up_interest: Option<u32>,
-    /** Tells this connection's deadlines from those of an earlier one in the same slot. */
-    gen: u64,
+    /** The exchange in progress, numbered across the loop (0 before the first): a deadline belongs to one exchange. */
+    exchange: u64,
     /** Fields the policy adds to the client's answer to the current request. */
     client_extra: Vec<(String, String)>,
     /** The policy asked the engine for a usage chunk the client did not ask for: take it out of an SSE answer. */
@@ -886,14 +886,15 @@ struct Loop {
     /** Slots closed during this batch of events: reused only after it, so no later event of the batch reaches a new connection. */
     freed: Vec<usize>,
     idle: Vec<TcpStream>,
+    /** (when, slot, exchange) */
     deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    next_gen: u64,
+    next_exchange: u64,
     stats: Arc<Stats>,
     scratch: Vec<u8>,
     admit: Option<Admit>,
     tell_after: bool,
     inbox: Arc<Inbox>,
-    /** Requests with the policy, by token (the connection's gen). */
+    /** Requests with the policy: token to slot. */
     admitting: std::collections::HashMap<u64, usize>,
     /** Requests to hand the policy at the end of this turn of the loop. */
     pending: Vec<Admission>,
@@ -980,7 +981,6 @@ impl Loop {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
-            self.next_gen += 1;
             self.conns[slot] = Some(Conn {
                 client,
                 cin: Vec::new(),
@@ -991,7 +991,7 @@ impl Loop {
                 phase: Phase::Head,
                 client_interest: None,
                 up_interest: None,
-                gen: self.next_gen,
+                exchange: 0,
                 client_extra: Vec::new(),
                 strip_usage: false,
                 strip: None,
@@ -1011,7 +1011,10 @@ impl Loop {
             if flags & EPOLLOUT != 0 && flush(up, &mut c.uout).is_err() {
                 return self.engine_broke(i);
             }
-            if flags & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP) != 0 && c.cout.len() < HIGH_WATER {
+            // A hang-up is reported whatever the interest: what the engine left is read even past HIGH_WATER
+            // (no more than its socket buffer), or the event would come back on every turn.
+            let hung_up = flags & (EPOLLHUP | EPOLLERR) != 0;
+            if (flags & (EPOLLIN | EPOLLRDHUP) != 0 && c.cout.len() < HIGH_WATER) || hung_up {
                 match read_into(up, scratch, &mut c.uin) {
                     Ok(0) => return self.engine_ended(i),
                     Ok(_) => {}
@@ -1032,12 +1035,11 @@ impl Loop {
             if flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && matches!(c.phase, Phase::Head | Phase::Body { .. } | Phase::Draining) {
                 match read_into(&mut c.client, scratch, &mut c.cin) {
                     Ok(0) => {
+                        // The client has closed its side: a partial request is abandoned, and no answer would be read.
                         if let Phase::Body { .. } = c.phase {
                             self.stats.client_abort.fetch_add(1, Ordering::Relaxed);
                         }
-                        if matches!(c.phase, Phase::Draining) || c.cin.is_empty() || matches!(c.phase, Phase::Body { .. }) {
-                            return self.close(i);
-                        }
+                        return self.close(i);
                     }
                     Ok(_) => {
                         if matches!(c.phase, Phase::Draining) {
@@ -1292,8 +1294,9 @@ impl Loop {
         refusal(&mut c.cout, 413, "Payload Too Large", "request body too large", true);
         c.cin.clear();
         c.phase = Phase::Draining;
-        let gen = c.gen;
-        self.deadlines.push(Reverse((Instant::now() + DRAIN_FOR, i, gen)));
+        self.next_exchange += 1;
+        c.exchange = self.next_exchange;
+        self.deadlines.push(Reverse((Instant::now() + DRAIN_FOR, i, c.exchange)));
         Step::Wait
     }
 
@@ -1327,8 +1330,9 @@ impl Loop {
         c.up = Some(up);
         c.up_interest = None;
         c.phase = Phase::Waiting { method: req.start[0].clone(), keep: req.keep_alive(), http10: req.start[2] == "HTTP/1.0" };
-        let gen = c.gen;
-        self.deadlines.push(Reverse((Instant::now() + self.upstream_timeout, i, gen)));
+        self.next_exchange += 1;
+        c.exchange = self.next_exchange;
+        self.deadlines.push(Reverse((Instant::now() + self.upstream_timeout, i, c.exchange)));
         Step::Progress
     }
 
@@ -1469,13 +1473,13 @@ impl Loop {
     /** Acts on deadlines that have passed: an engine that has not answered, a refused body's drain. */
     fn expire(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((at, i, gen))) = self.deadlines.peek().copied() {
+        while let Some(Reverse((at, i, exchange))) = self.deadlines.peek().copied() {
             if at > now {
                 break;
             }
             self.deadlines.pop();
             let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { continue };
-            if c.gen != gen {
+            if c.exchange != exchange {
                 continue;
             }
             match c.phase {

@@ -484,7 +484,11 @@ unsafe fn buffer(env: napi_env, bytes: &[u8]) -> napi_value {
  * headers, data: Buffer, outcome }.
  */
 unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut std::ffi::c_void, data: *mut std::ffi::c_void) {
-    let (requests, seen) = *Box::from_raw(data as *mut Batch);
+    let batch = *Box::from_raw(data as *mut Batch);
+    let _ = catch_unwind(AssertUnwindSafe(|| hand_to_js(env, func, batch)));
+}
+
+unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen): Batch) {
     if env.is_null() || func.is_null() {
         return;
     }
@@ -563,7 +567,10 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
 
 unsafe extern "C" fn js_edge_stats(env: napi_env, info: napi_callback_info) -> napi_value {
     let js = Js { env };
-    let id = number_arg(env, info).unwrap_or(-1.0);
+    catch_unwind(AssertUnwindSafe(|| edge_stats(&js, number_arg(env, info).unwrap_or(-1.0)))).unwrap_or_else(|_| js.null())
+}
+
+fn edge_stats(js: &Js, id: f64) -> napi_value {
     let all = edges();
     let Some(Some(e)) = (id >= 0.0).then(|| all.get(id as usize)).flatten() else { return js.null() };
     let s = &e.stats;

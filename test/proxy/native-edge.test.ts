@@ -347,6 +347,39 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
     }
   });
 
+  it('times each request on a kept connection from its own start, not the first one', async () => {
+    const own = edgeStart(target, 1024, 600);
+    try {
+      let delay = 0;
+      engine.handler = (_req, res) => void setTimeout(() => res.end('ok'), delay);
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      assert.equal((await request(own.base, '/v1/models', { agent })).status, 200);
+      await sleep(300);
+      // 450 ms is inside this request's 600 ms, and ends after the first request's would have.
+      delay = 450;
+      const second = await request(own.base, '/v1/models', { agent });
+      agent.destroy();
+      assert.equal(second.status, 200);
+      assert.equal(stats(own.id).engineConnections, 1);
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+    }
+  });
+
+  it('closes a connection whose client sent part of a head and then its end', async () => {
+    const closedAfter = await new Promise<number>((resolve) => {
+      const t0 = performance.now();
+      const s = net.connect(Number(new URL(edge.base).port), '127.0.0.1', () => s.end('GET /v1/models HTTP/1.1\r\nHost: x'));
+      s.resume();
+      s.on('close', () => resolve(performance.now() - t0));
+      setTimeout(() => {
+        s.destroy();
+        resolve(Number.POSITIVE_INFINITY);
+      }, 2000);
+    });
+    assert.ok(closedAfter < 1000, `still open after ${closedAfter} ms`);
+  });
+
   it('refuses a malformed request head with 400 and goes on answering', async () => {
     const raw = await new Promise<string>((resolve) => {
       const s = net.connect(Number(new URL(edge.base).port), '127.0.0.1', () => s.write('GET / HTTP/1.1\r\nBad Name: x\r\n\r\n'));
