@@ -34,18 +34,7 @@ function headersOf(flat: string[]): Record<string, string> {
 const GAP_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000];
 const open = new Map<number, { route: Route; strip: boolean; observer?: StreamObserver }>();
 const policy: NonNullable<Parameters<typeof addon.edgeStart>[1]> = (requests, seen) => {
-  for (const s of seen) {
-    const o = open.get(s.token);
-    if (!o) continue;
-    if (s.kind === 'head') {
-      const ct = s.headers?.[(s.headers?.findIndex((h, i) => i % 2 === 0 && h.toLowerCase() === 'content-type') ?? -2) + 1];
-      o.observer = new StreamObserver(o.route, bodyKind(o.route, ct), o.strip, GAP_BOUNDS_MS, 32);
-    } else if (s.kind === 'data' && s.data) o.observer?.push(s.data, s.at);
-    else if (s.kind === 'end') {
-      o.observer?.finish();
-      open.delete(s.token);
-    }
-  }
+  // Requests first: an end told in the same batch may be that of a request handed over in it.
   for (const r of requests) {
     if (!r.waits) {
       // Sent already, with its request id and include_usage done in the loop: JS only learns of it.
@@ -66,6 +55,18 @@ const policy: NonNullable<Parameters<typeof addon.edgeStart>[1]> = (requests, se
       facts.body,
       facts.usageInjected,
     );
+  }
+  for (const s of seen) {
+    const o = open.get(s.token);
+    if (!o) continue;
+    if (s.kind === 'head') {
+      const ct = s.headers?.[(s.headers?.findIndex((h, i) => i % 2 === 0 && h.toLowerCase() === 'content-type') ?? -2) + 1];
+      o.observer = new StreamObserver(o.route, bodyKind(o.route, ct), o.strip, GAP_BOUNDS_MS, 32);
+    } else if (s.kind === 'data' && s.data) o.observer?.push(s.data, s.at);
+    else if (s.kind === 'end') {
+      o.observer?.finish();
+      open.delete(s.token);
+    }
   }
 };
 const started = addon.edgeStart(`127.0.0.1:0 127.0.0.1:${port} ${32 * 1024 * 1024} 30000 ${mode ?? 'wait'}`, mode ? policy : undefined);
