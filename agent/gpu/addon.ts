@@ -45,6 +45,8 @@ export interface EdgeStats {
   engineReset: number;
   clientAbort: number;
   engineConnections: number;
+  overloaded: number;
+  policyTimeout: number;
 }
 
 /** A complete request that the native data path hands its policy (headers as name, value, name, ...). */
@@ -73,7 +75,7 @@ export interface EdgeSeen {
   headers: string[] | null;
   /** Body bytes as the engine sent them, before any strip. */
   data: Buffer | null;
-  outcome: 'complete' | 'engine_reset' | 'client_abort' | 'upstream_timeout' | 'upstream_refused' | null;
+  outcome: 'complete' | 'engine_reset' | 'client_abort' | 'upstream_timeout' | 'upstream_refused' | 'policy_timeout' | null;
 }
 
 export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };

@@ -114,6 +114,8 @@ pub struct Config {
      * body needs JS to rewrite it.
      */
     pub tell_after: bool,
+    /** Requests in progress at once (with the policy, with the engine or streaming); past it, 503. */
+    pub max_concurrent: usize,
 }
 
 /** A complete request, waiting for the policy's Decision. */
@@ -151,7 +153,7 @@ pub enum Seen {
     Head { status: u16, headers: Vec<(String, String)> },
     /** Body bytes as the engine sent them (chunked coding removed; nothing stripped yet). */
     Data(Vec<u8>),
-    /** The exchange is over: complete, engine_reset, client_abort, upstream_timeout or upstream_refused. */
+    /** The exchange is over: complete, engine_reset, client_abort, upstream_timeout, upstream_refused or policy_timeout. */
     End(&'static str),
 }
 
@@ -207,6 +209,8 @@ pub struct Stats {
     pub engine_reset: AtomicU64,
     pub client_abort: AtomicU64,
     pub engine_connections: AtomicU64,
+    pub overloaded: AtomicU64,
+    pub policy_timeout: AtomicU64,
 }
 
 pub struct Edge {
@@ -242,6 +246,7 @@ impl Edge {
         let mut lp = Loop {
             admit: cfg.admit,
             tell_after: cfg.tell_after,
+            max_concurrent: cfg.max_concurrent,
             inbox: inbox.clone(),
             admitting: std::collections::HashMap::new(),
             pending: Vec::new(),
@@ -893,6 +898,7 @@ struct Loop {
     scratch: Vec<u8>,
     admit: Option<Admit>,
     tell_after: bool,
+    max_concurrent: usize,
     inbox: Arc<Inbox>,
     /** Requests with the policy: token to slot. */
     admitting: std::collections::HashMap<u64, usize>,
@@ -1177,6 +1183,16 @@ impl Loop {
                     return Step::Wait;
                 }
                 let Phase::Body { req, body, .. } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
+                if self.in_progress() >= self.max_concurrent {
+                    self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    let c = self.conns[i].as_mut().expect("open");
+                    refusal(&mut c.cout, 503, "Service Unavailable", "proxy overloaded", !req.keep_alive());
+                    if !req.keep_alive() {
+                        c.phase = Phase::Closing;
+                    }
+                    return Step::Progress;
+                }
+                let c = self.conns[i].as_mut().expect("open");
                 if self.admit.is_none() {
                     return self.send(i, req, body, Vec::new(), Vec::new());
                 }
@@ -1202,6 +1218,10 @@ impl Loop {
                 self.pending.push(Admission { token, waits: true, request_id: String::new(), usage_injected: false, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
                 c.phase = Phase::Admitting { req, body };
                 self.admitting.insert(token, i);
+                // A policy that does not answer within the engine's timeout does not hold the client for ever.
+                self.next_exchange += 1;
+                c.exchange = self.next_exchange;
+                self.deadlines.push(Reverse((Instant::now() + self.upstream_timeout, i, c.exchange)));
                 Step::Wait
             }
             Phase::Waiting { .. } => {
@@ -1429,6 +1449,11 @@ impl Loop {
         self.settle(i);
     }
 
+    /** Requests between a complete body and the end of their answer. */
+    fn in_progress(&self) -> usize {
+        self.conns.iter().flatten().filter(|c| matches!(c.phase, Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. })).count()
+    }
+
     /** Tells the policy how its exchange ended (once). */
     fn ended(&mut self, i: usize, outcome: &'static str) {
         if let Some(token) = self.conns[i].as_mut().and_then(|c| c.token.take()) {
@@ -1488,6 +1513,20 @@ impl Loop {
                     self.settle(i);
                 }
                 Phase::Draining => self.close(i),
+                Phase::Admitting { .. } => {
+                    self.stats.policy_timeout.fetch_add(1, Ordering::Relaxed);
+                    let c = self.conns[i].as_mut().expect("open");
+                    if let Some(token) = c.token {
+                        self.admitting.remove(&token);
+                    }
+                    let Phase::Admitting { req, .. } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
+                    refusal(&mut c.cout, 503, "Service Unavailable", "the proxy did not decide in time", !req.keep_alive());
+                    if !req.keep_alive() {
+                        c.phase = Phase::Closing;
+                    }
+                    self.ended(i, "policy_timeout");
+                    self.settle(i);
+                }
                 _ => {}
             }
         }

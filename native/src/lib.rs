@@ -432,7 +432,7 @@ unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
     number_of(env, args::<1>(env, info)[0])
 }
 
-/// `listen target maxBodyBytes upstreamTimeoutMs [wait|tell]`, space-separated (the TS wrapper writes it).
+/// `listen target maxBodyBytes upstreamTimeoutMs [wait|tell [maxConcurrent]]`, space-separated (the TS wrapper writes it).
 fn edge_config(spec: &str) -> Option<edge::Config> {
     let mut parts = spec.split(' ');
     let listen = parts.next()?.to_string();
@@ -444,7 +444,12 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
         Some("tell") => true,
         Some(_) => return None,
     };
-    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None, tell_after })
+    // proxy.maxConcurrent's default.
+    let max_concurrent = match parts.next() {
+        None => 4096,
+        Some(n) => n.parse().ok()?,
+    };
+    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None, tell_after, max_concurrent })
 }
 
 /// The policy's JS function, callable from the loop's thread (Node-API queues each call to the main thread).
@@ -585,6 +590,8 @@ fn edge_stats(js: &Js, id: f64) -> napi_value {
     js.set(o, "engineReset\0", get(&s.engine_reset));
     js.set(o, "clientAbort\0", get(&s.client_abort));
     js.set(o, "engineConnections\0", get(&s.engine_connections));
+    js.set(o, "overloaded\0", get(&s.overloaded));
+    js.set(o, "policyTimeout\0", get(&s.policy_timeout));
     o
 }
 

@@ -39,9 +39,10 @@ function edgeStart(
   timeoutMs = 30_000,
   policy?: (requests: EdgeRequest[], seen: EdgeSeen[]) => void,
   mode: 'wait' | 'tell' = 'wait',
+  maxConcurrent = 4096,
 ): { id: number; base: string } {
   if (!loaded.ok) throw new Error('no addon');
-  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs} ${mode}`, policy);
+  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs} ${mode} ${maxConcurrent}`, policy);
   return { id: e.id, base: `http://${e.address}` };
 }
 
@@ -378,6 +379,61 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       }, 2000);
     });
     assert.ok(closedAfter < 1000, `still open after ${closedAfter} ms`);
+  });
+
+  it('answers 503 past proxy.maxConcurrent requests in progress, and again once one ends', async () => {
+    const own = edgeStart(target, 1024, 30_000, undefined, 'wait', 1);
+    try {
+      let finishFirst: () => void = () => undefined;
+      engine.handler = (req, res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.write('data: {"n":1}\n\n');
+        if (req.url === '/held') finishFirst = () => void res.end('data: [DONE]\n\n');
+        else res.end('data: [DONE]\n\n');
+      };
+      const held = request(own.base, '/held');
+      await eventually(async () => stats(own.id).requests === 1, 2000, 'the first request');
+      await sleep(100);
+      const refused = await request(own.base, '/v1/models');
+      assert.equal(refused.status, 503);
+      assert.match(refused.body.toString(), /proxy overloaded/);
+      assert.equal(stats(own.id).overloaded, 1);
+      finishFirst();
+      assert.equal((await held).status, 200);
+      assert.equal((await request(own.base, '/v1/models')).status, 200);
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+    }
+  });
+
+  it('answers 503 when the policy does not decide within the timeout, tells it so, and the engine never sees the request', async () => {
+    const told: EdgeSeen[] = [];
+    const asked: EdgeRequest[] = [];
+    const own = edgeStart(
+      target,
+      1024,
+      300,
+      (requests, seen) => {
+        asked.push(...requests);
+        told.push(...seen);
+      },
+      'wait',
+    );
+    try {
+      const before = engine.requests;
+      const t0 = performance.now();
+      const a = await Promise.race([
+        request(own.base, '/v1/chat/completions', { method: 'POST', body: '{}' }),
+        sleep(3000).then(() => Promise.reject(new Error('no answer within 3 s: the request is held for ever'))),
+      ]);
+      assert.equal(a.status, 503);
+      assert.ok(performance.now() - t0 >= 290, 'answered before the timeout');
+      assert.equal(engine.requests, before);
+      assert.equal(stats(own.id).policyTimeout, 1);
+      await eventually(async () => told.some((x) => x.outcome === 'policy_timeout' && x.token === asked[0]?.token), 2000, 'the policy to be told');
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+    }
   });
 
   it('refuses a malformed request head with 400 and goes on answering', async () => {
