@@ -763,6 +763,14 @@ fn write_head(out: &mut Vec<u8>, start: &str, fields: &[(String, String)]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/** Sets each of `extra`, in place of any field of the same name. */
+fn set_fields(fields: &mut Vec<(String, String)>, extra: &[(String, String)]) {
+    for (k, v) in extra {
+        fields.retain(|(f, _)| !f.eq_ignore_ascii_case(k));
+        fields.push((k.clone(), v.clone()));
+    }
+}
+
 fn via(mut prior: Vec<String>) -> (String, String) {
     prior.push(VIA.to_string());
     ("via".to_string(), prior.join(", "))
@@ -776,10 +784,7 @@ pub fn upstream_head(req: &Head, host: &str, body_len: usize, extra: &[(String, 
     if has_body {
         fields.push(("content-length".to_string(), body_len.to_string()));
     }
-    for (k, v) in extra {
-        fields.retain(|(f, _)| !f.eq_ignore_ascii_case(k));
-        fields.push((k.clone(), v.clone()));
-    }
+    set_fields(&mut fields, extra);
     fields.push(via(prior));
     let mut out = Vec::with_capacity(512 + body_len);
     write_head(&mut out, &format!("{} {} HTTP/1.1", req.start[0], req.start[1]), &fields);
@@ -789,10 +794,7 @@ pub fn upstream_head(req: &Head, host: &str, body_len: usize, extra: &[(String, 
 /** The head the client gets for the engine's `res`, and how its body is framed to the client. */
 pub fn client_head(res: &Head, upstream: Framing, client_keep_alive: bool, client_http10: bool, extra: &[(String, String)]) -> (Vec<u8>, Framing, bool) {
     let (mut fields, prior) = res.end_to_end(&["content-length"]);
-    for (k, v) in extra {
-        fields.retain(|(f, _)| !f.eq_ignore_ascii_case(k));
-        fields.push((k.clone(), v.clone()));
-    }
+    set_fields(&mut fields, extra);
     fields.push(via(prior));
     let (framing, keep) = match upstream {
         Framing::None => {

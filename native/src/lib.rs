@@ -59,21 +59,7 @@ impl Backend {
 const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
 unsafe fn string_arg(env: napi_env, info: napi_callback_info) -> Option<String> {
-    let mut argc: usize = 1;
-    let mut argv = [std::ptr::null_mut(); 1];
-    if napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut()) != 0 || argc == 0 {
-        return None;
-    }
-    let mut t: c_int = 0;
-    if napi_typeof(env, argv[0], &mut t) != 0 || t != NAPI_STRING {
-        return None;
-    }
-    let mut len: usize = 0;
-    napi_get_value_string_utf8(env, argv[0], std::ptr::null_mut(), 0, &mut len);
-    let mut buf = vec![0u8; len + 1];
-    napi_get_value_string_utf8(env, argv[0], buf.as_mut_ptr() as *mut c_char, buf.len(), &mut len);
-    buf.truncate(len);
-    String::from_utf8(buf).ok()
+    string_of(env, args::<1>(env, info)[0])
 }
 
 /** What an init's work returned: its info object, or (code, message, the library's return code). */

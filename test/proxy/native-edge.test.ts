@@ -95,6 +95,13 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
     edge = edgeStart(target);
   });
 
+  /** The engine as the OpenAI-compatible stand-in (three tokens, 5 ms apart); what it was sent. */
+  function streamingEngine(): SeenRequest[] {
+    const seen: SeenRequest[] = [];
+    engine.handler = openAiHandler({ models: ['m'], ttftMs: 5, itlMs: 5, tokens: 3 }, seen);
+    return seen;
+  }
+
   after(() => {
     if (loaded.ok) loaded.addon.edgeStop(edge.id);
     engine.server.closeAllConnections();
@@ -540,8 +547,7 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
   it('takes the usage chunk it asked for out of the stream, and leaves it in for a client that asked', async () => {
     if (!loaded.ok) return;
     const addon = loaded.addon;
-    const seen: SeenRequest[] = [];
-    engine.handler = openAiHandler({ models: ['m'], ttftMs: 5, itlMs: 5, tokens: 3 }, seen);
+    const seen = streamingEngine();
     let id = -1;
     const p = edgeStart(target, 1024 * 1024, 30_000, (requests, _seen) => {
       for (const r of requests) {
@@ -576,8 +582,7 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
   it('told after: sends each request at once with its request id and include_usage done in the loop, and tells the policy after; a body it cannot rewrite waits', async () => {
     if (!loaded.ok) return;
     const addon = loaded.addon;
-    const seen: SeenRequest[] = [];
-    engine.handler = openAiHandler({ models: ['m'], ttftMs: 5, itlMs: 5, tokens: 3 }, seen);
+    const seen = streamingEngine();
     const told: EdgeRequest[] = [];
     let id = -1;
     const p = edgeStart(
