@@ -3,61 +3,27 @@
 // a usage chunk it takes back out. It measures each request at the edge and records it once in
 // the metrics, the request log and a trace. Streams are never buffered beyond one SSE event.
 
-import { randomUUID } from 'node:crypto';
 import http, { type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import https from 'node:https';
-import type { Tracer } from '@opentelemetry/api';
-import type { GpuSummary } from '../export/summary.js';
-import type { ProxyMetrics, StreamEnd } from './metrics.js';
-import type { ServedModels } from './models.js';
-import { gpuField, type RequestLog } from './request-log.js';
-import { inspectBody, routeOf, type RequestFacts, type Route } from './routes.js';
+import {
+  type Exchange,
+  ExchangeRecorder,
+  askLimiter,
+  noteAdmission,
+  type OwnAnswer,
+  openExchange,
+  type ProxyDeps,
+  type ProxyEvent,
+  type ProxyOptions,
+  rateLimited,
+  refusal,
+  type RequestProxy,
+  VIA,
+} from './exchange.js';
+import { rateLimitHeaders, type Admission } from './limits.js';
+import { inspectBody, routeOf, type RequestFacts } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
-import { contextBucket, type ProxyTrace, RequestTrace, type Timeline, UntracedRequest } from './trace.js';
-import { rateLimitHeaders, remainingRatios, type Admission, type Limiter, type TenantLimits } from './limits.js';
-import type { Tenant, TenantResolver } from './tenants.js';
 import { StreamValidator } from './validator.js';
-import type { Logger } from '../logger.js';
-
-export interface ProxyOptions {
-  listen: string;
-  target: string;
-  maxBodyBytes: number;
-  upstreamTimeoutMs: number;
-  traceTokenEvery: number;
-  maxConcurrent: number;
-  /** streamValidator.stallAfter: a gap between stream events longer than this is a stall. */
-  stallAfterMs: number;
-}
-
-/** What the proxy counts about itself (infertel_proxy_events_total{event}). */
-export type ProxyEvent =
-  | 'malformed_body'
-  | 'body_too_large'
-  | 'upstream_refused'
-  | 'upstream_timeout'
-  | 'engine_reset'
-  | 'client_abort'
-  | 'overloaded'
-  | 'usage_injected'
-  | 'rate_limited';
-
-export interface ProxyDeps {
-  tenants: TenantResolver;
-  models: ServedModels;
-  metrics: ProxyMetrics;
-  requestLog: RequestLog;
-  /** Undefined when tracing is off: no spans are made, the incoming trace context is passed on. */
-  tracer: Tracer | undefined;
-  gpu: () => GpuSummary;
-  /** Called after each request is recorded (the exposition's data changed). */
-  onRecord: () => void;
-  workerId: string;
-  /** Where stream violations are logged (once per request, never with content). */
-  log?: Logger;
-  /** Rate limits; undefined when none is configured. */
-  limits?: { limiter: Limiter; of(tenant: string): TenantLimits };
-}
 
 /** RFC 9110 §7.6.1: connection-specific fields, never forwarded (plus those the Connection field names). */
 const HOP_BY_HOP = new Set([
@@ -71,18 +37,6 @@ const HOP_BY_HOP = new Set([
   'transfer-encoding',
   'upgrade',
 ]);
-const VIA = '1.1 infertel';
-/** gen_ai.operation.name of each measured route (OTel GenAI semantic conventions). */
-const OPERATION: Partial<Record<Route, string>> = {
-  '/v1/chat/completions': 'chat',
-  '/v1/responses': 'chat',
-  '/v1/completions': 'text_completion',
-  '/generate': 'text_completion',
-  '/generate_stream': 'text_completion',
-  '/v1/embeddings': 'embeddings',
-};
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
 /** The fixed hop-by-hop set, plus what the Connection header names (a copy only then: most requests name none beyond it). */
 function hopByHop(headers: IncomingHttpHeaders): ReadonlySet<string> {
   let named: Set<string> | undefined;
@@ -104,13 +58,6 @@ function endToEnd(headers: IncomingHttpHeaders, drop: readonly string[]): Outgoi
   }
   out.via = headers.via ? `${headers.via}, ${VIA}` : VIA;
   return out;
-}
-
-/** The incoming request id when it is a plain token, else a new one (a crafted id never reaches a header or log). */
-export function requestIdOf(headers: IncomingHttpHeaders): string {
-  const v = headers['x-request-id'];
-  const s = Array.isArray(v) ? v[0] : v;
-  return s && REQUEST_ID.test(s) ? s : randomUUID();
 }
 
 type BodyRead = { ok: true; body: Buffer } | { ok: false; reason: 'too_large' | 'aborted' };
@@ -142,30 +89,13 @@ function readBody(req: IncomingMessage, max: number): Promise<BodyRead> {
   });
 }
 
-/** Everything known about one request by the time it ends. */
-interface Exchange {
-  requestId: string;
-  route: Route;
-  tenant: Tenant;
-  facts: RequestFacts | undefined;
-  model: string;
-  received: number;
-  admitted: number;
-  sent: number | undefined;
-  upstreamEnded: number | undefined;
-  observer: StreamObserver | undefined;
-  validator: StreamValidator | undefined;
-  status: number | undefined;
-  error: string | undefined;
-  streamEnd: StreamEnd | undefined;
-  trace: ProxyTrace;
-  sloClass: string | undefined;
-  recorded: boolean;
-  admission: Admission | undefined;
-  upstream: http.ClientRequest | undefined;
+/** An exchange of the Node data path: with its request to the engine, to cancel when the client leaves. */
+interface NodeExchange extends Exchange {
+  upstream?: http.ClientRequest;
 }
 
-export class InlineProxy {
+export class InlineProxy implements RequestProxy {
+  readonly dataPath = 'node' as const;
   readonly events: Partial<Record<ProxyEvent, number>> = {};
   private server: Server | undefined;
   private open = 0;
@@ -173,6 +103,7 @@ export class InlineProxy {
   private readonly to: { protocol: string; hostname: string; port: string; host: string; basePath: string; mod: typeof http | typeof https };
   private readonly agent: http.Agent;
   private readonly gapBounds: number[];
+  private readonly recorder: ExchangeRecorder;
 
   constructor(
     private readonly opts: ProxyOptions,
@@ -190,6 +121,7 @@ export class InlineProxy {
     // noDelay: a chunk of a stream is sent the moment it is written, never held for Nagle.
     this.agent = new this.to.mod.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, noDelay: true });
     this.gapBounds = deps.metrics.gapBoundsMs();
+    this.recorder = new ExchangeRecorder(deps, opts.traceTokenEvery);
   }
 
   get openRequests(): number {
@@ -241,58 +173,18 @@ export class InlineProxy {
     this.agent.destroy();
   }
 
-  private refuse(res: ServerResponse, ex: Exchange, status: number, message: string, close = false): void {
-    ex.status = status;
+  private answer(res: ServerResponse, a: OwnAnswer, close = false): void {
     if (res.headersSent) return;
-    const body = JSON.stringify({ error: { message, type: 'infertel_proxy', request_id: ex.requestId } });
-    const headers: OutgoingHttpHeaders = {
-      'content-type': 'application/json',
-      'content-length': Buffer.byteLength(body),
-      'x-request-id': ex.requestId,
-      via: VIA,
-    };
-    if (close) headers.connection = 'close';
-    res.writeHead(status, headers);
-    res.end(body);
+    res.writeHead(a.status, close ? { ...a.headers, connection: 'close' } : a.headers);
+    res.end(a.body);
+  }
+
+  private refuse(res: ServerResponse, ex: Exchange, status: number, message: string, close = false): void {
+    this.answer(res, refusal(ex, status, message), close);
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
-    const received = performance.now();
-    const route = routeOf(req.url);
-    const tenant = this.deps.tenants.resolve(req.headers);
-    const requestId = requestIdOf(req.headers);
-    const sloHeader = req.headers['x-slo-class'];
-    const sloClass = typeof sloHeader === 'string' && /^[a-z0-9_-]{1,32}$/i.test(sloHeader) ? sloHeader : tenant.sloClass;
-    const ex: Exchange = {
-      requestId,
-      route,
-      tenant,
-      facts: undefined,
-      model: '',
-      received,
-      admitted: performance.now(),
-      sent: undefined,
-      upstreamEnded: undefined,
-      observer: undefined,
-      validator: undefined,
-      status: undefined,
-      error: undefined,
-      streamEnd: undefined,
-      trace: this.deps.tracer
-        ? new RequestTrace(this.deps.tracer, req.headers, received, {
-            'http.request.method': req.method ?? 'GET',
-            'http.route': route,
-            route,
-            tenant: tenant.label,
-            worker_id: this.deps.workerId,
-            'infertel.request_id': requestId,
-          })
-        : new UntracedRequest(req.headers),
-      sloClass,
-      recorded: false,
-      admission: undefined,
-      upstream: undefined,
-    };
+    const ex: NodeExchange = openExchange(this.deps, req.headers, req.method ?? 'GET', routeOf(req.url), performance.now());
     this.open++;
     res.on('close', () => {
       this.open--;
@@ -304,28 +196,19 @@ export class InlineProxy {
         this.count('client_abort');
         ex.upstream?.destroy();
       }
-      this.finish(ex);
+      this.recorder.finish(ex, performance.now());
     });
-    const limits = this.deps.limits;
-    const pending = limits?.limiter.admit(tenant.name, limits.of(tenant.name));
+    const pending = askLimiter(this.deps, ex);
     if (!(pending instanceof Promise)) {
       this.admitted(req, res, ex, pending);
       return;
     }
-    pending.then(
-      (a) => this.admitted(req, res, ex, a),
-      () => this.admitted(req, res, ex, undefined),
-    );
+    void pending.then((a) => this.admitted(req, res, ex, a));
   }
 
   /** After the rate limiter: refuse (429, or 503 when its backend is down and it fails closed), or read and forward. */
-  private admitted(req: IncomingMessage, res: ServerResponse, ex: Exchange, a: Admission | undefined): void {
-    ex.admitted = performance.now();
-    if (a) {
-      ex.admission = a;
-      if (a.refusedBy) this.deps.metrics.recordRateLimited(ex.tenant.label, a.refusedBy);
-      this.deps.metrics.recordRemaining(ex.tenant.label, remainingRatios(a));
-    }
+  private admitted(req: IncomingMessage, res: ServerResponse, ex: NodeExchange, a: Admission | undefined): void {
+    noteAdmission(this.deps, ex, a, performance.now());
     if (ex.recorded || res.destroyed) {
       // The client left while the limiter answered.
       a?.release(undefined);
@@ -339,7 +222,8 @@ export class InlineProxy {
     if (a && !a.allowed) {
       ex.error = `rate_limited: ${a.refusedBy}`;
       this.count('rate_limited');
-      this.rateLimited(res, ex, a);
+      ex.model = this.deps.models.resolve(undefined);
+      this.answer(res, rateLimited(ex, a));
       return;
     }
     if (this.open > this.opts.maxConcurrent) {
@@ -368,30 +252,7 @@ export class InlineProxy {
     });
   }
 
-  /** 429 in OpenAI's shape, with Retry-After and the x-ratelimit-* headers. */
-  private rateLimited(res: ServerResponse, ex: Exchange, a: Admission): void {
-    ex.status = 429;
-    ex.model = this.deps.models.resolve(undefined);
-    const body = JSON.stringify({
-      error: {
-        message: `Rate limit reached for ${a.refusedBy} (tenant ${ex.tenant.label}); retry after ${a.retryAfterSeconds}s.`,
-        type: a.refusedBy,
-        param: null,
-        code: 'rate_limit_exceeded',
-      },
-    });
-    res.writeHead(429, {
-      'content-type': 'application/json',
-      'content-length': Buffer.byteLength(body),
-      'retry-after': String(a.retryAfterSeconds),
-      'x-request-id': ex.requestId,
-      via: VIA,
-      ...rateLimitHeaders(a),
-    });
-    res.end(body);
-  }
-
-  private tooLarge(req: IncomingMessage, res: ServerResponse, ex: Exchange): void {
+  private tooLarge(req: IncomingMessage, res: ServerResponse, ex: NodeExchange): void {
     this.count('body_too_large');
     ex.error = 'request body too large';
     ex.model = this.deps.models.resolve(undefined);
@@ -399,7 +260,7 @@ export class InlineProxy {
     this.refuse(res, ex, 413, `request body over ${this.opts.maxBodyBytes} bytes`, true);
   }
 
-  private forward(req: IncomingMessage, res: ServerResponse, ex: Exchange, facts: RequestFacts): http.ClientRequest {
+  private forward(req: IncomingMessage, res: ServerResponse, ex: NodeExchange, facts: RequestFacts): http.ClientRequest {
     const headers = endToEnd(req.headers, ['host', 'content-length', 'x-request-id', 'traceparent', 'tracestate']);
     const to = this.to;
     headers.host = to.host;
@@ -496,117 +357,5 @@ export class InlineProxy {
     ures.on('error', () => {
       // Handled by 'close' (an aborted response always closes).
     });
-  }
-
-  /** Counts a stream's violations by kind and logs them once for the request; undefined when there are none. */
-  private validated(ex: Exchange, validator: StreamValidator, ended: number, model: string): string[] | undefined {
-    validator.end(ended);
-    if (!validator.found.size) return undefined;
-    const kinds = [...validator.found];
-    this.deps.metrics.recordViolations(model, kinds);
-    this.deps.log?.warn(
-      { event: 'stream_violation', request_id: ex.requestId, model, route: ex.route, tenant: ex.tenant.label, kinds },
-      'stream broke the SSE contract',
-    );
-    return kinds;
-  }
-
-  /** Records a finished request once: metrics (always), request log (sampled), trace. */
-  private finish(ex: Exchange): void {
-    if (ex.recorded) return;
-    ex.recorded = true;
-    const ended = performance.now();
-    const obs = ex.observer;
-    const e2eMs = ended - ex.received;
-    const ttftMs = obs?.firstContentAt !== undefined ? obs.firstContentAt - ex.received : undefined;
-    const completion = obs?.completionTokens();
-    const prompt = obs?.usage?.promptTokens;
-    const status = ex.status;
-    const ok2xx = status !== undefined && status >= 200 && status < 300;
-    const usageExpected = ex.route !== 'other' && ok2xx;
-    const usageUnknown = usageExpected && (ex.route === '/v1/embeddings' ? prompt === undefined : completion === undefined);
-    const model = ex.model || this.deps.models.resolve(undefined);
-    const traceId = ex.trace.sampledTraceId();
-    const violations = ex.validator ? this.validated(ex, ex.validator, ended, model) : undefined;
-    ex.admission?.release(prompt !== undefined || completion !== undefined ? (prompt ?? 0) + (completion ?? 0) : undefined);
-    this.deps.metrics.record(
-      {
-        model,
-        route: ex.route,
-        tenant: ex.tenant.label,
-        status,
-        e2eMs,
-        ttftMs,
-        gapCounts: obs?.gapCounts,
-        gapSumMs: obs?.gapSumMs ?? 0,
-        promptTokens: prompt,
-        completionTokens: completion,
-        usageUnknown,
-        streamEnd: ex.streamEnd,
-        traceId,
-      },
-      Date.now(),
-    );
-    this.deps.onRecord();
-    const isError = !ok2xx || ex.error !== undefined;
-    const tpotMs = completion !== undefined && completion > 1 && ttftMs !== undefined ? (e2eMs - ttftMs) / (completion - 1) : undefined;
-    const error = ex.error ?? (ok2xx ? undefined : `upstream status ${status}`);
-    const round = (v: number | undefined) => (v === undefined ? null : Math.round(v * 1000) / 1000);
-    const facts = ex.facts;
-    if (this.deps.requestLog.sampled(isError)) {
-      const promptHash = this.deps.requestLog.hash(facts?.promptMaterial);
-      this.deps.requestLog.write({
-        event: 'inference',
-        status: isError ? 'error' : 'success',
-        timestamp: new Date(performance.timeOrigin + ex.received).toISOString(),
-        request_id: ex.requestId,
-        ...(traceId ? { trace_id: traceId } : {}),
-        tenant: ex.tenant.label,
-        model,
-        route: ex.route,
-        code: status ?? null,
-        stream: facts?.stream ?? false,
-        latency_ms: round(e2eMs)!,
-        ttft_ms: round(ttftMs),
-        tpot_ms: round(tpotMs),
-        prompt_tokens: prompt ?? null,
-        tokens_generated: completion ?? null,
-        tokens_per_second: completion !== undefined && e2eMs > 0 ? round(completion / (e2eMs / 1000)) : null,
-        max_new_tokens: facts?.maxNewTokens ?? null,
-        temperature: facts?.temperature ?? null,
-        ...(ex.sloClass ? { slo_class: ex.sloClass } : {}),
-        ...(promptHash ? { prompt_hash: promptHash } : {}),
-        gpu: gpuField(this.deps.gpu()),
-        error: error ?? null,
-        ...(violations ? { stream_violations: violations } : {}),
-      });
-    }
-    if (!ex.trace.traced) return;
-    const timeline: Timeline = {
-      received: ex.received,
-      admitted: ex.admitted,
-      sent: ex.sent,
-      firstContent: obs?.firstContentAt,
-      lastContent: obs?.lastContentAt,
-      upstreamEnded: ex.upstreamEnded,
-      ended,
-      marks: obs?.marks ?? [],
-      markEvery: this.opts.traceTokenEvery,
-    };
-    ex.trace.finish(
-      timeline,
-      {
-        model,
-        'gen_ai.request.model': model,
-        ...(OPERATION[ex.route] ? { 'gen_ai.operation.name': OPERATION[ex.route] } : {}),
-        ...(prompt !== undefined ? { prefill_len: prompt, 'gen_ai.usage.input_tokens': prompt } : {}),
-        ...(completion !== undefined ? { generated_len: completion, 'gen_ai.usage.output_tokens': completion } : {}),
-        context_bucket: contextBucket(prompt),
-        ...(ex.sloClass ? { slo_class: ex.sloClass } : {}),
-        'http.response.status_code': status ?? 0,
-        ...(ttftMs !== undefined ? { 'gen_ai.server.time_to_first_token': ttftMs / 1000 } : {}),
-      },
-      error,
-    );
   }
 }

@@ -820,15 +820,22 @@ pub fn client_head(res: &Head, upstream: Framing, client_keep_alive: bool, clien
     (out, framing, keep)
 }
 
-/** A short JSON error of the proxy's own, as the Node proxy writes it. */
-fn refusal(out: &mut Vec<u8>, status: u16, reason: &str, message: &str, close: bool) {
-    let body = format!("{{\"error\":{{\"message\":\"{message}\",\"type\":\"infertel_proxy\"}}}}");
-    let fields = vec![
+/**
+ * A short JSON error of the proxy's own, as the Node proxy writes it. `request_id` is a plain token
+ * (request_id() makes it so), which needs no JSON escaping.
+ */
+fn refusal(out: &mut Vec<u8>, status: u16, reason: &str, message: &str, close: bool, request_id: Option<&str>) {
+    let id = request_id.map(|r| format!(",\"request_id\":\"{r}\"")).unwrap_or_default();
+    let body = format!("{{\"error\":{{\"message\":\"{message}\",\"type\":\"infertel_proxy\"{id}}}}}");
+    let mut fields = vec![
         ("content-type".to_string(), "application/json".to_string()),
         ("content-length".to_string(), body.len().to_string()),
         ("via".to_string(), VIA.to_string()),
         ("connection".to_string(), if close { "close" } else { "keep-alive" }.to_string()),
     ];
+    if let Some(r) = request_id {
+        fields.push(("x-request-id".to_string(), r.to_string()));
+    }
     write_head(out, &format!("HTTP/1.1 {status} {reason}"), &fields);
     out.extend_from_slice(body.as_bytes());
 }
@@ -1120,7 +1127,7 @@ impl Loop {
                 let Some(end) = head_end(&c.cin) else {
                     if c.cin.len() > MAX_HEAD {
                         self.stats.bad_request.fetch_add(1, Ordering::Relaxed);
-                        refusal(&mut c.cout, 431, "Request Header Fields Too Large", "request head too large", true);
+                        refusal(&mut c.cout, 431, "Request Header Fields Too Large", "request head too large", true, None);
                         c.phase = Phase::Closing;
                         return Step::Progress;
                     }
@@ -1132,12 +1139,12 @@ impl Loop {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 let Some((req, framing)) = parsed.and_then(|r| r.request_framing().ok().map(|f| (r, f))) else {
                     self.stats.bad_request.fetch_add(1, Ordering::Relaxed);
-                    refusal(&mut c.cout, 400, "Bad Request", "malformed request", true);
+                    refusal(&mut c.cout, 400, "Bad Request", "malformed request", true, None);
                     c.phase = Phase::Closing;
                     return Step::Progress;
                 };
                 if matches!(framing, Framing::Length(n) if n > max_body as u64) {
-                    return self.too_large(i);
+                    return self.too_large(i, req);
                 }
                 if req.tokens("expect").any(|t| t == "100-continue") {
                     c.cout.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -1167,7 +1174,7 @@ impl Loop {
                         match fed {
                             Err(_) => {
                                 self.stats.bad_request.fetch_add(1, Ordering::Relaxed);
-                                refusal(&mut c.cout, 400, "Bad Request", "malformed chunked body", true);
+                                refusal(&mut c.cout, 400, "Bad Request", "malformed chunked body", true, None);
                                 c.phase = Phase::Closing;
                                 return Step::Progress;
                             }
@@ -1176,7 +1183,8 @@ impl Loop {
                             }
                         }
                         if over {
-                            return self.too_large(i);
+                            let Phase::Body { req, .. } = std::mem::replace(&mut c.phase, Phase::Draining) else { unreachable!() };
+                            return self.too_large(i, req);
                         }
                         dechunk.done()
                     }
@@ -1187,8 +1195,9 @@ impl Loop {
                 let Phase::Body { req, body, .. } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
                 if self.in_progress() >= self.max_concurrent {
                     self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    let request_id = self.told_refused(i, &req, "overloaded");
                     let c = self.conns[i].as_mut().expect("open");
-                    refusal(&mut c.cout, 503, "Service Unavailable", "proxy overloaded", !req.keep_alive());
+                    refusal(&mut c.cout, 503, "Service Unavailable", "proxy overloaded", !req.keep_alive(), Some(&request_id));
                     if !req.keep_alive() {
                         c.phase = Phase::Closing;
                     }
@@ -1228,16 +1237,16 @@ impl Loop {
             }
             Phase::Waiting { .. } => {
                 let Some(end) = head_end(&c.uin) else {
-                    return if c.uin.len() > MAX_HEAD { self.engine_failed(i, false) } else { Step::Wait };
+                    return if c.uin.len() > MAX_HEAD { self.engine_failed(i, "upstream_bad_answer") } else { Step::Wait };
                 };
-                let Some(res) = parse_head(&c.uin[..end]) else { return self.engine_failed(i, false) };
+                let Some(res) = parse_head(&c.uin[..end]) else { return self.engine_failed(i, "upstream_bad_answer") };
                 c.uin.drain(..end);
                 // 1xx interim answers (the engine's own 100 Continue) are not passed on: the body is already sent.
                 if (100..200).contains(&res.status()) && res.status() != 101 {
                     return Step::Progress;
                 }
                 let Phase::Waiting { method, keep, http10 } = &c.phase else { unreachable!() };
-                let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, false) };
+                let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, "upstream_bad_answer") };
                 let engine_keep = res.keep_alive() && from != Framing::UntilClose;
                 if let Some(token) = c.token {
                     self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Head { status: res.status(), headers: res.headers.clone() } });
@@ -1310,10 +1319,29 @@ impl Loop {
         }
     }
 
-    fn too_large(&mut self, i: usize) -> Step {
+    /**
+     * A request the loop answers itself (413, 503 overloaded): the policy is told of it and of its
+     * end at once, so it is counted like any other. Returns the request id its answer carries.
+     */
+    fn told_refused(&mut self, i: usize, req: &Head, outcome: &'static str) -> String {
+        let request_id = request_id(&req.headers);
+        if self.admit.is_some() {
+            self.next_token += 1;
+            let token = self.next_token;
+            let at_ms = self.conns[i].as_ref().map_or(0.0, |c| c.head_at_ms);
+            let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
+            self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected: false, at_ms, method, target, headers, body: Vec::new() });
+            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome) });
+        }
+        request_id
+    }
+
+    fn too_large(&mut self, i: usize, req: Head) -> Step {
         self.stats.body_too_large.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.told_refused(i, &req, "body_too_large");
+        let message = format!("request body over {} bytes", self.max_body);
         let c = self.conns[i].as_mut().expect("open");
-        refusal(&mut c.cout, 413, "Payload Too Large", "request body too large", true);
+        refusal(&mut c.cout, 413, "Payload Too Large", &message, true, Some(&request_id));
         c.cin.clear();
         c.phase = Phase::Draining;
         self.next_exchange += 1;
@@ -1332,8 +1360,8 @@ impl Loop {
                         self.stats.engine_connections.fetch_add(1, Ordering::Relaxed);
                         break u;
                     }
-                    Ok(_) => return self.engine_failed(i, false),
-                    Err(e) => return self.engine_failed(i, e.kind() == io::ErrorKind::TimedOut),
+                    Ok(_) => return self.engine_failed(i, "upstream_refused"),
+                    Err(e) => return self.engine_failed(i, if e.kind() == io::ErrorKind::TimedOut { "upstream_timeout" } else { "upstream_refused" }),
                 }
             };
             // Readable while idle means the engine closed it (or broke the protocol): not reusable.
@@ -1374,17 +1402,22 @@ impl Loop {
         }
     }
 
-    /** The engine failed before its answer's head: 504 or 502, and the client connection carries on. */
-    fn engine_failed(&mut self, i: usize, timed_out: bool) -> Step {
-        self.ended(i, if timed_out { "upstream_timeout" } else { "upstream_refused" });
+    /**
+     * The engine failed before its answer's head: 504 or 502, and the client connection carries on.
+     * `outcome`, as the policy is told it: upstream_timeout, upstream_refused (no connection),
+     * upstream_reset (closed before its head) or upstream_bad_answer (a head that is not HTTP/1.1).
+     */
+    fn engine_failed(&mut self, i: usize, outcome: &'static str) -> Step {
+        self.ended(i, outcome);
         self.release_engine(i, false);
         let c = self.conns[i].as_mut().expect("open");
-        if timed_out {
+        let request_id = c.client_extra.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone());
+        if outcome == "upstream_timeout" {
             self.stats.upstream_timeout.fetch_add(1, Ordering::Relaxed);
-            refusal(&mut c.cout, 504, "Gateway Timeout", "the engine did not answer in time", false);
+            refusal(&mut c.cout, 504, "Gateway Timeout", "the engine did not answer in time", false, request_id.as_deref());
         } else {
             self.stats.upstream_refused.fetch_add(1, Ordering::Relaxed);
-            refusal(&mut c.cout, 502, "Bad Gateway", "the engine is unavailable", false);
+            refusal(&mut c.cout, 502, "Bad Gateway", "the engine is unavailable", false, request_id.as_deref());
         }
         c.phase = Phase::Head;
         Step::Progress
@@ -1440,7 +1473,7 @@ impl Loop {
         let Some(c) = self.conns[i].as_mut() else { return };
         match &c.phase {
             Phase::Waiting { .. } => {
-                self.engine_failed(i, false);
+                self.engine_failed(i, "upstream_reset");
             }
             Phase::Streaming { to, .. } => {
                 let to = *to;
@@ -1511,7 +1544,7 @@ impl Loop {
             }
             match c.phase {
                 Phase::Waiting { .. } => {
-                    self.engine_failed(i, true);
+                    self.engine_failed(i, "upstream_timeout");
                     self.settle(i);
                 }
                 Phase::Draining => self.close(i),
@@ -1522,7 +1555,7 @@ impl Loop {
                         self.admitting.remove(&token);
                     }
                     let Phase::Admitting { req, .. } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
-                    refusal(&mut c.cout, 503, "Service Unavailable", "the proxy did not decide in time", !req.keep_alive());
+                    refusal(&mut c.cout, 503, "Service Unavailable", "the proxy did not decide in time", !req.keep_alive(), None);
                     if !req.keep_alive() {
                         c.phase = Phase::Closing;
                     }

@@ -203,7 +203,10 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       const a = await request(capped.base, '/v1/chat/completions', { method: 'POST', body: big }).catch((e: Error) => e);
       assert.ok(!(a instanceof Error), `the client saw ${a}`);
       assert.equal(a.status, 413);
-      assert.match(a.body.toString(), /request body too large/);
+      assert.match(a.body.toString(), /request body over 1048576 bytes/);
+      const id = a.headers['x-request-id'];
+      assert.match(String(id), /^[0-9a-f-]{36}$/, 'the refusal carries a request id');
+      assert.equal(JSON.parse(a.body.toString()).error.request_id, id);
       const chunked = await new Promise<number>((resolve, reject) => {
         const req = http.request(`${capped.base}/v1/chat/completions`, { method: 'POST' }, (res) => {
           res.resume();
