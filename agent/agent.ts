@@ -28,7 +28,10 @@ import { ConfigError } from './config/load.js';
 import { agentTracer, startTracing, type Tracing } from './tracing/otel.js';
 import { Upstream } from './upstream.js';
 import { VERSION } from './version.js';
+import type { ProxyDeps, RequestProxy } from './proxy/exchange.js';
+import { NativeProxy, nativeUnfit } from './proxy/native-proxy.js';
 import { InlineProxy } from './proxy/proxy.js';
+import { type GpuAddon, loadAddon } from './gpu/addon.js';
 import { ProxyMetrics } from './proxy/metrics.js';
 import { ServedModels } from './proxy/models.js';
 import { RequestLog } from './proxy/request-log.js';
@@ -53,6 +56,17 @@ export interface AgentDeps {
 }
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
+
+/** The addon to carry the proxy's bytes, or why the Node data path carries them (proxy.dataPath). */
+export function dataPathOf(choice: 'auto' | 'native' | 'node', target: string): { addon?: GpuAddon; reason?: string } {
+  if (choice === 'node') return {};
+  const unfit = nativeUnfit(target);
+  if (unfit) return { reason: unfit };
+  const loaded = loadAddon();
+  if (!loaded.ok) return { reason: loaded.reason };
+  if (typeof loaded.addon.edgeStart !== 'function') return { reason: 'the addon predates the native data path (rebuild it)' };
+  return { addon: loaded.addon };
+}
 
 /** Whether a scraped URL is the engine the proxy forwards to (same port on the same or a loopback host). */
 export function sameEngine(scrapeUrl: string, proxyTarget: string): boolean {
@@ -109,7 +123,7 @@ export class Agent {
   private server: Server | undefined;
   private lastRequests = 0;
   private lastRequestAt: number | undefined;
-  readonly proxy: InlineProxy | undefined;
+  readonly proxy: RequestProxy | undefined;
   readonly proxyMetrics: ProxyMetrics | undefined;
   private readonly requestLog: RequestLog | undefined;
   private readonly rateLimiter: Limiter | undefined;
@@ -222,37 +236,41 @@ export class Agent {
       const limits = rateLimitsOf(config, this.now, deps.log, () => proxyMetrics.recordBackendError('redis'));
       this.rateLimiter = limits?.limiter;
       const pod = process.env.POD_NAME ?? hostname();
-      this.proxy = new InlineProxy(
-        {
-          listen: p.listen!,
-          target: p.target!,
-          maxBodyBytes: p.maxBodyBytes,
-          upstreamTimeoutMs: p.upstreamTimeout,
-          traceTokenEvery: p.traceTokenEvery,
-          maxConcurrent: p.maxConcurrent,
-          stallAfterMs: config.streamValidator.stallAfter,
+      const path = dataPathOf(p.dataPath, p.target!);
+      if (!path.addon) {
+        if (p.dataPath === 'native') throw new ConfigError([`proxy.dataPath: native is not available here (${path.reason})`]);
+        if (path.reason) deps.log.info({ component: 'proxy', data_path: 'node', reason: path.reason }, 'proxy: on the Node data path');
+      }
+      const proxyOptions = {
+        listen: p.listen!,
+        target: p.target!,
+        maxBodyBytes: p.maxBodyBytes,
+        upstreamTimeoutMs: p.upstreamTimeout,
+        traceTokenEvery: p.traceTokenEvery,
+        maxConcurrent: p.maxConcurrent,
+        stallAfterMs: config.streamValidator.stallAfter,
+      };
+      const proxyDeps: ProxyDeps = {
+        tenants,
+        models: new ServedModels(p.target!, () => config.upstreams.find((u) => u.model)?.model ?? config.model ?? 'unknown', this.now),
+        metrics: this.proxyMetrics,
+        requestLog: this.requestLog,
+        tracer: config.tracing.endpoint !== undefined ? agentTracer(VERSION) : undefined,
+        gpu: () => this.gpu?.summary() ?? NO_GPU,
+        onRecord: () => {
+          this.dataVersion++;
+          this.lastRequestAt = this.now();
         },
-        {
-          tenants,
-          models: new ServedModels(p.target!, () => config.upstreams.find((u) => u.model)?.model ?? config.model ?? 'unknown', this.now),
-          metrics: this.proxyMetrics,
-          requestLog: this.requestLog,
-          tracer: config.tracing.endpoint !== undefined ? agentTracer(VERSION) : undefined,
-          gpu: () => this.gpu?.summary() ?? NO_GPU,
-          onRecord: () => {
-            this.dataVersion++;
-            this.lastRequestAt = this.now();
-          },
-          workerId: pod,
-          log: deps.log.child({ component: 'proxy' }),
-          limits,
-        },
-      );
+        workerId: pod,
+        log: deps.log.child({ component: 'proxy' }),
+        limits,
+      };
+      this.proxy = path.addon ? new NativeProxy(proxyOptions, proxyDeps, path.addon) : new InlineProxy(proxyOptions, proxyDeps);
       const proxy = this.proxy;
       const requestLog = this.requestLog;
       this.metrics.addCounts(
         'infertel_proxy_events_total',
-        'Inline proxy events by kind: malformed_body, body_too_large, upstream_refused, upstream_timeout, engine_reset, client_abort, overloaded, usage_injected, rate_limited.',
+        'Inline proxy events by kind: malformed_body, body_too_large, upstream_refused, upstream_timeout, engine_reset, client_abort, overloaded, usage_injected, rate_limited, policy_timeout.',
         'event',
         () => proxy.events,
       );
@@ -468,6 +486,7 @@ export class Agent {
       await this.rateLimiter?.ready?.();
       try {
         await this.proxy.start();
+        this.log.info({ component: 'proxy', listen: this.proxy.address(), data_path: this.proxy.dataPath }, 'proxy listening');
       } catch (err) {
         throw new ConfigError([
           `proxy.listen: cannot listen on ${this.config.proxy.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,

@@ -193,6 +193,11 @@ export const configSchema = z.strictObject({
       traceTokenEvery: z.number().int().min(1).default(32),
       /** Concurrent proxied requests; above it the answer is 503 (counted). */
       maxConcurrent: z.number().int().min(1).default(4096),
+      /**
+       * What carries the bytes: `native`, the addon's loop (native/src/edge.rs); `node`, Node's HTTP
+       * stack; `auto`, native when the addon is built and the target is plain http with no base path.
+       */
+      dataPath: z.enum(['auto', 'native', 'node']).default('auto'),
     })
     .prefault({}),
   /** Tenants of the proxy: an API key's SHA-256 (`infertel hash-key`) names its tenant. */

@@ -47,6 +47,8 @@ export interface EdgeStats {
   engineConnections: number;
   overloaded: number;
   policyTimeout: number;
+  /** Ends told to the policy, counted before the answer's last bytes are written. */
+  endsTold: number;
 }
 
 /** A complete request that the native data path hands its policy (headers as name, value, name, ...). */
@@ -60,6 +62,8 @@ export interface EdgeRequest {
   requestId: string | null;
   /** The loop asked the engine for a usage chunk the client did not ask for (when it did not wait). */
   usageInjected: boolean;
+  /** The loop answered it itself (413, 503 overloaded) without reading its body; its end follows in the same batch. */
+  answered: boolean;
   method: string;
   target: string;
   headers: string[];

@@ -71,6 +71,11 @@ export interface RequestProxy {
   address(): string;
   engineAnswering(): boolean;
   listening(): boolean;
+  /**
+   * Resolves once every request whose answer a client has had is recorded (the native loop tells
+   * this side of each end just after the answer's last bytes go out); within `timeoutMs` at most.
+   */
+  settled(timeoutMs?: number): Promise<void>;
 }
 
 export const VIA = '1.1 infertel';

@@ -162,6 +162,11 @@ export class InlineProxy implements RequestProxy {
     return this.server?.listening ?? false;
   }
 
+  /** Each request is recorded when its response closes, before the client can act on it. */
+  settled(): Promise<void> {
+    return Promise.resolve();
+  }
+
   async stop(): Promise<void> {
     this.deps.models.stop();
     const server = this.server;

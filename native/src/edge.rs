@@ -127,6 +127,8 @@ pub struct Admission {
     pub request_id: String,
     /** The loop asked the engine for usage the client did not ask for (when it did not wait). */
     pub usage_injected: bool,
+    /** The loop answered it itself (413, 503 overloaded) without reading its body; its end follows. */
+    pub answered: bool,
     /** When its head was complete (as Tap::at_ms). */
     pub at_ms: f64,
     pub method: String,
@@ -211,6 +213,11 @@ pub struct Stats {
     pub engine_connections: AtomicU64,
     pub overloaded: AtomicU64,
     pub policy_timeout: AtomicU64,
+    /**
+     * Ends told to the policy, counted before the answer's last bytes are written: once a client
+     * has its answer, this count includes it, and the policy can tell when it has caught up.
+     */
+    pub ends_told: AtomicU64,
 }
 
 pub struct Edge {
@@ -777,8 +784,30 @@ fn via(mut prior: Vec<String>) -> (String, String) {
 }
 
 /** The head the engine gets for `req` with a body of `body_len` bytes. */
+/**
+ * A W3C traceparent the engine may join: version 00 exactly (a later version's prefix is read as
+ * 00 and its extra fields kept), a trace id and a parent id not all zero, lower-case hex.
+ */
+pub fn valid_traceparent(v: &str) -> bool {
+    let v = v.trim();
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let p: Vec<&str> = v.split('-').collect();
+    if p.len() < 4 || p[0].len() != 2 || p[1].len() != 32 || p[2].len() != 16 || p[3].len() != 2 {
+        return false;
+    }
+    if !p[..4].iter().all(|s| hex(s)) || p[0] == "ff" || (p[0] == "00" && p.len() != 4) {
+        return false;
+    }
+    p[1].bytes().any(|b| b != b'0') && p[2].bytes().any(|b| b != b'0')
+}
+
 pub fn upstream_head(req: &Head, host: &str, body_len: usize, extra: &[(String, String)]) -> Vec<u8> {
     let (mut fields, prior) = req.end_to_end(&["host", "content-length", "expect"]);
+    // An invalid trace context is not passed on, nor the tracestate that rides with it (as the Node proxy's propagator does).
+    let parents: Vec<&str> = fields.iter().filter(|(k, _)| k.eq_ignore_ascii_case("traceparent")).map(|(_, v)| v.as_str()).collect();
+    if !parents.is_empty() && !(parents.len() == 1 && valid_traceparent(parents[0])) {
+        fields.retain(|(k, _)| !k.eq_ignore_ascii_case("traceparent") && !k.eq_ignore_ascii_case("tracestate"));
+    }
     fields.insert(0, ("host".to_string(), host.to_string()));
     let has_body = body_len > 0 || req.get("content-length").is_some() || req.get("transfer-encoding").is_some();
     if has_body {
@@ -1218,7 +1247,7 @@ impl Loop {
                         _ => (body.clone(), false),
                     };
                     let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
-                    self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected, at_ms: c.head_at_ms, method, target, headers, body });
+                    self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected, answered: false, at_ms: c.head_at_ms, method, target, headers, body });
                     let id_field = vec![("x-request-id".to_string(), request_id)];
                     let step = self.send(i, req, sent, id_field.clone(), id_field);
                     if let Some(c) = self.conns[i].as_mut() {
@@ -1226,7 +1255,7 @@ impl Loop {
                     }
                     return step;
                 }
-                self.pending.push(Admission { token, waits: true, request_id: String::new(), usage_injected: false, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
+                self.pending.push(Admission { token, waits: true, request_id: String::new(), usage_injected: false, answered: false, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
                 c.phase = Phase::Admitting { req, body };
                 self.admitting.insert(token, i);
                 // A policy that does not answer within the engine's timeout does not hold the client for ever.
@@ -1330,8 +1359,9 @@ impl Loop {
             let token = self.next_token;
             let at_ms = self.conns[i].as_ref().map_or(0.0, |c| c.head_at_ms);
             let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
-            self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected: false, at_ms, method, target, headers, body: Vec::new() });
+            self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected: false, answered: true, at_ms, method, target, headers, body: Vec::new() });
             self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome) });
+            self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
         request_id
     }
@@ -1352,6 +1382,8 @@ impl Loop {
 
     /** Sends the request to an engine connection (an idle one the engine has not closed, else a new one). */
     fn send(&mut self, i: usize, req: Head, body: Vec<u8>, upstream_fields: Vec<(String, String)>, client_fields: Vec<(String, String)>) -> Step {
+        // Set first: a 502 for an engine that cannot be reached carries the request id too.
+        self.conns[i].as_mut().expect("open").client_extra = client_fields;
         let up = loop {
             let Some(u) = self.idle.pop() else {
                 match TcpStream::connect_timeout(&self.target, self.upstream_timeout) {
@@ -1372,7 +1404,6 @@ impl Loop {
         };
         let c = self.conns[i].as_mut().expect("open");
         c.uout = upstream_head(&req, &self.host, body.len(), &upstream_fields);
-        c.client_extra = client_fields;
         c.strip_usage = false;
         c.strip = None;
         c.uout.extend_from_slice(&body);
@@ -1493,6 +1524,7 @@ impl Loop {
     fn ended(&mut self, i: usize, outcome: &'static str) {
         if let Some(token) = self.conns[i].as_mut().and_then(|c| c.token.take()) {
             self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome) });
+            self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1572,6 +1604,7 @@ impl Loop {
         if let Some(token) = c.token {
             self.admitting.remove(&token);
             self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End("client_abort") });
+            self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
         // Dropping the streams closes them, which also takes them out of the epoll set.
         drop(c);
@@ -1785,6 +1818,30 @@ mod tests {
         }
         assert_eq!(usage_plan("POST", chat, b"{\"stream\":true,\"stream_options\":{\"include_usage\":false}}"), UsagePlan::AskJs);
         assert_eq!(usage_plan("POST", chat, b"{\"stream\":true,\"stream_options\":{}}"), UsagePlan::AskJs);
+    }
+
+    #[test]
+    fn traceparent_table() {
+        for (v, ok) in [
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", true),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", true),
+            ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", true),
+            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", false),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", false),
+            ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false),
+            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", false),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", false),
+            ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(valid_traceparent(v), ok, "{v}");
+        }
+        let req = head("GET / HTTP/1.1\r\ntraceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01\r\ntracestate: v=1\r\n\r\n");
+        let text = String::from_utf8(upstream_head(&req, "e:1", 0, &[])).unwrap();
+        assert!(!text.contains("traceparent") && !text.contains("tracestate"), "{text}");
+        let req = head("GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: v=1\r\n\r\n");
+        let text = String::from_utf8(upstream_head(&req, "e:1", 0, &[])).unwrap();
+        assert!(text.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: v=1"), "{text}");
     }
 
     #[test]

@@ -485,13 +485,13 @@ unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen): Batch) {
     }
     let js = Js { env };
     let flat = |headers: &[(String, String)]| js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
-    let keys = js.keys(["token", "at", "waits", "requestId", "usageInjected", "method", "target", "headers", "body"]);
+    let keys = js.keys(["token", "at", "waits", "requestId", "usageInjected", "answered", "method", "target", "headers", "body"]);
     let requests = js.array(
         requests
             .into_iter()
             .map(|a| {
                 let request_id = if a.waits { js.null() } else { js.str(&a.request_id) };
-                let values = [js.num(a.token as f64), js.num(a.at_ms), js.bool(a.waits), request_id, js.bool(a.usage_injected), js.str(&a.method), js.str(&a.target), flat(&a.headers), buffer(env, &a.body)];
+                let values = [js.num(a.token as f64), js.num(a.at_ms), js.bool(a.waits), request_id, js.bool(a.usage_injected), js.bool(a.answered), js.str(&a.method), js.str(&a.target), flat(&a.headers), buffer(env, &a.body)];
                 js.object_with(&keys, values)
             })
             .collect(),
@@ -578,6 +578,7 @@ fn edge_stats(js: &Js, id: f64) -> napi_value {
     js.set(o, "engineConnections\0", get(&s.engine_connections));
     js.set(o, "overloaded\0", get(&s.overloaded));
     js.set(o, "policyTimeout\0", get(&s.policy_timeout));
+    js.set(o, "endsTold\0", get(&s.ends_told));
     o
 }
 

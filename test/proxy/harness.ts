@@ -9,6 +9,12 @@ import { createLogger } from '../../agent/logger.js';
 import { hashKey } from '../../agent/proxy/tenants.js';
 import { getText } from '../helpers.js';
 
+/**
+ * The data path the harness's proxy runs on: the agent's default (auto: native where the addon is
+ * built), unless a suite re-run for the other path (node-path.test.ts) names it.
+ */
+export const DATA_PATH = (process.env.INFERTEL_TEST_PROXY_DATA_PATH ?? 'auto') as 'auto' | 'native' | 'node';
+
 export const ACME_KEY = 'sk-acme-0123456789abcdef';
 export const GLOBEX_KEY = 'sk-globex-fedcba9876543210';
 
@@ -40,7 +46,7 @@ export async function startHarness(extra: Record<string, unknown> = {}, sim: Par
   try {
     const config = validateConfig({
       listen: '127.0.0.1:0',
-      proxy: { listen: '127.0.0.1:0', target: engine.url, ...((extra.proxy as object | undefined) ?? {}) },
+      proxy: { listen: '127.0.0.1:0', target: engine.url, dataPath: DATA_PATH, ...((extra.proxy as object | undefined) ?? {}) },
       tenants: [
         { name: 'acme', keys: [hashKey(ACME_KEY)] },
         { name: 'globex', keys: [hashKey(GLOBEX_KEY)], sloClass: 'batch' },
@@ -56,7 +62,7 @@ export async function startHarness(extra: Record<string, unknown> = {}, sim: Par
     await engine.close();
     throw err;
   }
-  return {
+  const harness: Harness = {
     agent,
     engine,
     proxy: `http://${agent.proxy!.address()}`,
@@ -64,15 +70,22 @@ export async function startHarness(extra: Record<string, unknown> = {}, sim: Par
     requestLogs: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
     agentLogs: () => agentLines.join('\n'),
     async metrics(format = 'text') {
+      await agent.proxy?.settled();
       return (await getText(`http://${agent.address()}/metrics`, format === 'openmetrics' ? { accept: 'application/openmetrics-text; version=1.0.0' } : {}))
         .body;
     },
     async close() {
+      open.delete(harness.proxy);
       await agent.stop();
       await engine.close();
     },
   };
+  open.set(harness.proxy, harness);
+  return harness;
 }
+
+/** The harnesses running now, by proxy base URL. */
+const open = new Map<string, Harness>();
 
 /** Sum of every sample of `name` whose labels contain all of `match` (name{...} lines only). */
 export function sumOf(body: string, name: string, match: Record<string, string> = {}): number {
@@ -86,12 +99,17 @@ export function sumOf(body: string, name: string, match: Record<string, string> 
   return total;
 }
 
-/** POST JSON through the proxy; returns status, headers and the whole body text. */
+/**
+ * POST JSON through the proxy; returns status, headers and the whole body text, once the request is
+ * recorded (on the native data path the record follows the answer by a turn of its loop).
+ */
 export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; text: string }> {
   const r = await fetch(url, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...headers },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
-  return { status: r.status, headers: r.headers, text: await r.text() };
+  const text = await r.text();
+  for (const [base, h] of open) if (url.startsWith(base)) await h.agent.proxy?.settled();
+  return { status: r.status, headers: r.headers, text };
 }

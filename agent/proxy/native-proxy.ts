@@ -1,0 +1,294 @@
+// The inline proxy on the native data path (native/src/edge.rs): the addon's loop reads and writes
+// every byte on its own thread, and this side is told, in batches, of each request and of what the
+// engine answered and when (CLOCK_MONOTONIC times taken in the loop). From those it measures and
+// records each request exactly as the Node proxy does (exchange.ts), so the metrics, request log
+// and trace do not depend on which path carried the bytes.
+//
+// Without rate limits or tracing nothing needs deciding per request: the loop sends each request at
+// once (`tell`), with its request id and include_usage done there, and JS learns of it after. With
+// either, each request waits for JS (`wait`): the limiter answers, and the trace context the engine
+// joins is made here.
+
+import type { IncomingHttpHeaders } from 'node:http';
+import type { EdgeRequest, EdgeSeen, GpuAddon } from '../gpu/addon.js';
+import {
+  askLimiter,
+  type Exchange,
+  ExchangeRecorder,
+  noteAdmission,
+  type OwnAnswer,
+  openExchange,
+  type ProxyDeps,
+  type ProxyEvent,
+  type ProxyOptions,
+  rateLimited,
+  refusal,
+  type RequestProxy,
+} from './exchange.js';
+import { type Admission, rateLimitHeaders } from './limits.js';
+import { inspectBody, routeOf } from './routes.js';
+import { bodyKind, StreamObserver } from './stream.js';
+import { StreamValidator } from './validator.js';
+
+/** Why the native data path cannot carry a target, or undefined when it can. */
+export function nativeUnfit(target: string): string | undefined {
+  const t = new URL(target);
+  if (t.protocol !== 'http:') return 'the target is not plain http (the loop speaks plain TCP to the engine)';
+  if (t.pathname.replace(/\/+$/, '') !== '') return 'the target has a base path (the loop forwards the request target as it came)';
+  return undefined;
+}
+
+interface NativeExchange extends Exchange {
+  /** The loop asked the engine for a usage chunk the client did not ask for (and takes it out). */
+  stripUsage: boolean;
+}
+
+/** Reason phrases of the answers this side writes itself. */
+const REASON: Record<number, string> = { 429: 'Too Many Requests', 503: 'Service Unavailable' };
+
+/** An HTTP/1.1 response as bytes, for edgeAnswer. */
+function wire(a: OwnAnswer): string {
+  let head = `HTTP/1.1 ${a.status} ${REASON[a.status] ?? 'Error'}\r\n`;
+  for (const k in a.headers) head += `${k}: ${a.headers[k]}\r\n`;
+  return `${head}\r\n${a.body}`;
+}
+
+/** Header fields for edgeForward: `name: value` lines (the loop refuses any that would smuggle another). */
+function fieldLines(fields: Record<string, string>): string {
+  let out = '';
+  for (const k in fields) out += `${out ? '\r\n' : ''}${k}: ${fields[k]}`;
+  return out;
+}
+
+/** The loop's [name, value, ...] as Node's IncomingHttpHeaders: names lower-cased, repeats joined. */
+function headersOf(flat: string[]): IncomingHttpHeaders {
+  const headers: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const k = (flat[i] as string).toLowerCase();
+    const v = flat[i + 1] as string;
+    headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
+  }
+  return headers;
+}
+
+/** How an exchange the loop ended without a complete answer is recorded. */
+const FAILED: Record<string, { status: number; error: string; event?: ProxyEvent }> = {
+  upstream_timeout: { status: 504, error: 'upstream_timeout', event: 'upstream_timeout' },
+  upstream_refused: { status: 502, error: 'upstream_unavailable: ECONNREFUSED', event: 'upstream_refused' },
+  upstream_reset: { status: 502, error: 'upstream_unavailable: ECONNRESET', event: 'upstream_refused' },
+  upstream_bad_answer: { status: 502, error: 'upstream_unavailable: bad_response', event: 'upstream_refused' },
+  body_too_large: { status: 413, error: 'request body too large', event: 'body_too_large' },
+  overloaded: { status: 503, error: 'proxy overloaded', event: 'overloaded' },
+  policy_timeout: { status: 503, error: 'policy_timeout', event: 'policy_timeout' },
+};
+
+export class NativeProxy implements RequestProxy {
+  readonly dataPath = 'native' as const;
+  readonly events: Partial<Record<ProxyEvent, number>> = {};
+  private edge: { id: number; address: string } | undefined;
+  private readonly open = new Map<number, NativeExchange>();
+  private readonly recorder: ExchangeRecorder;
+  private readonly gapBounds: number[];
+  /** CLOCK_MONOTONIC ms minus performance.now(): the loop's times on this side's clock (both read the same clock). */
+  private readonly clockOffset: number;
+  private readonly waits: boolean;
+  /** Ends the loop told of, as its endsTold counts them. */
+  private endsSeen = 0;
+
+  constructor(
+    private readonly opts: ProxyOptions,
+    private readonly deps: ProxyDeps,
+    private readonly addon: GpuAddon,
+  ) {
+    this.recorder = new ExchangeRecorder(deps, opts.traceTokenEvery);
+    this.gapBounds = deps.metrics.gapBoundsMs();
+    this.clockOffset = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+    this.waits = deps.limits !== undefined || deps.tracer !== undefined;
+  }
+
+  get openRequests(): number {
+    return this.open.size;
+  }
+
+  private count(e: ProxyEvent): void {
+    this.events[e] = (this.events[e] ?? 0) + 1;
+  }
+
+  async start(): Promise<void> {
+    const t = new URL(this.opts.target);
+    const target = `${t.hostname}:${t.port || '80'}`;
+    const spec = [this.opts.listen, target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent];
+    try {
+      this.edge = this.addon.edgeStart(spec.join(' '), (requests, seen) => this.batch(requests, seen));
+    } catch {
+      // The loop says only that it did not start; binding is what fails once the spec is valid.
+      throw new Error('the address is in use or not on this machine');
+    }
+    await this.deps.models.start();
+  }
+
+  address(): string {
+    return this.edge?.address ?? 'null';
+  }
+
+  engineAnswering(): boolean {
+    return this.deps.models.engineAnswering();
+  }
+
+  listening(): boolean {
+    return this.edge !== undefined;
+  }
+
+  async settled(timeoutMs = 2000): Promise<void> {
+    const until = performance.now() + timeoutMs;
+    while (this.edge && performance.now() < until) {
+      const told = this.addon.edgeStats(this.edge.id)?.endsTold ?? 0;
+      if (this.endsSeen >= told) return;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.deps.models.stop();
+    if (this.edge) this.addon.edgeStop(this.edge.id);
+    this.edge = undefined;
+    this.open.clear();
+  }
+
+  /** One turn of the loop: requests first, since an end in the same batch may be that of a request in it. */
+  private batch(requests: EdgeRequest[], seen: EdgeSeen[]): void {
+    for (const r of requests) this.arrived(r);
+    for (const s of seen) this.saw(s);
+  }
+
+  private arrived(r: EdgeRequest): void {
+    const headers = headersOf(r.headers);
+    const route = routeOf(r.target);
+    const received = r.at - this.clockOffset;
+    const base = openExchange(this.deps, headers, r.method, route, received, r.requestId ?? undefined);
+    const ex: NativeExchange = Object.assign(base, { stripUsage: r.usageInjected });
+    this.open.set(r.token, ex);
+    if (r.answered) {
+      // Refused by the loop (413, 503), its end follows in this batch: no body was read.
+      ex.model = this.deps.models.resolve(undefined);
+      return;
+    }
+    if (!r.waits) {
+      // Sent already: learn what it asked.
+      ex.sent = received;
+      this.inspect(ex, r);
+      return;
+    }
+    const pending = askLimiter(this.deps, ex);
+    if (pending instanceof Promise) void pending.then((a) => this.decide(r, ex, a));
+    else this.decide(r, ex, pending);
+  }
+
+  private inspect(ex: NativeExchange, r: EdgeRequest): Buffer {
+    const facts = inspectBody(ex.route, r.body, r.method);
+    ex.facts = facts;
+    if (facts.malformed) this.count('malformed_body');
+    if (facts.usageInjected || ex.stripUsage) this.count('usage_injected');
+    ex.model = this.deps.models.resolve(facts.requestedModel);
+    return facts.body;
+  }
+
+  /** After the rate limiter, for a request that waits: answer it here (429, 503) or send it on. */
+  private decide(r: EdgeRequest, ex: NativeExchange, a: Admission | undefined): void {
+    noteAdmission(this.deps, ex, a, performance.now());
+    const edge = this.edge;
+    if (ex.recorded || !edge) {
+      // The client left while the limiter answered.
+      a?.release(undefined);
+      return;
+    }
+    if (a?.unavailable) {
+      ex.error = 'rate_limiter_unavailable';
+      ex.model = this.deps.models.resolve(undefined);
+      this.answer(r.token, ex, refusal(ex, 503, 'rate limiter unavailable'));
+      return;
+    }
+    if (a && !a.allowed) {
+      ex.error = `rate_limited: ${a.refusedBy}`;
+      this.count('rate_limited');
+      ex.model = this.deps.models.resolve(undefined);
+      this.answer(r.token, ex, rateLimited(ex, a));
+      return;
+    }
+    const body = this.inspect(ex, r);
+    ex.stripUsage = ex.facts?.usageInjected ?? false;
+    ex.sent = performance.now();
+    const t = new URL(this.opts.target);
+    const upstream = { 'x-request-id': ex.requestId, ...ex.trace.startUpstream(ex.sent, { 'server.address': t.hostname, 'url.path': ex.route }) };
+    const client = { 'x-request-id': ex.requestId, ...(a ? rateLimitHeaders(a) : {}) };
+    this.addon.edgeForward(edge.id, r.token, fieldLines(upstream), fieldLines(client), body === r.body ? undefined : body, ex.stripUsage);
+  }
+
+  /** Answers a waiting request here; the loop tells no end of it, so it is recorded now. */
+  private answer(token: number, ex: NativeExchange, a: OwnAnswer): void {
+    if (this.edge) this.addon.edgeAnswer(this.edge.id, token, wire(a));
+    this.open.delete(token);
+    this.recorder.finish(ex, performance.now());
+  }
+
+  private saw(s: EdgeSeen): void {
+    if (s.kind === 'end') this.endsSeen++;
+    const ex = this.open.get(s.token);
+    if (!ex) return;
+    const at = s.at - this.clockOffset;
+    if (s.kind === 'head') {
+      const status = s.status ?? 502;
+      ex.status = status;
+      this.deps.models.noteAnswer();
+      const flat = s.headers ?? [];
+      let contentType: string | undefined;
+      for (let i = 0; i + 1 < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === 'content-type') contentType = flat[i + 1];
+      // An error body is no first token: only 2xx answers are read for content and usage.
+      const kind = status >= 200 && status < 300 ? bodyKind(ex.route, contentType) : 'opaque';
+      ex.validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
+      ex.observer = new StreamObserver(ex.route, kind, ex.stripUsage && kind === 'sse', this.gapBounds, this.opts.traceTokenEvery, ex.validator);
+      return;
+    }
+    if (s.kind === 'data') {
+      if (s.data) ex.observer?.push(s.data, at);
+      return;
+    }
+    this.open.delete(s.token);
+    this.ended(ex, s.outcome ?? 'complete', at);
+    this.recorder.finish(ex, at);
+  }
+
+  private ended(ex: NativeExchange, outcome: string, at: number): void {
+    if (outcome === 'complete') {
+      ex.upstreamEnded = at;
+      ex.observer?.finish();
+      return;
+    }
+    if (outcome === 'engine_reset') {
+      ex.upstreamEnded = at;
+      ex.streamEnd = 'engine_reset';
+      ex.error = 'engine_reset';
+      this.count('engine_reset');
+      ex.observer?.finish();
+      return;
+    }
+    if (outcome === 'client_abort') {
+      ex.streamEnd ??= 'client_abort';
+      ex.error ??= 'client_abort';
+      if (ex.status === undefined) ex.status = 499;
+      this.count('client_abort');
+      return;
+    }
+    const failed = FAILED[outcome];
+    if (!failed) return;
+    ex.status = failed.status;
+    ex.error = failed.error;
+    if (failed.event) this.count(failed.event);
+    if (outcome === 'upstream_timeout') ex.streamEnd = 'upstream_timeout';
+    if (outcome.startsWith('upstream_')) {
+      ex.upstreamEnded = at;
+      this.deps.models.noteFailure();
+    }
+    if (!ex.model) ex.model = this.deps.models.resolve(undefined);
+  }
+}
