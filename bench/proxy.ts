@@ -1,15 +1,16 @@
 // Request-level mode: what the inline proxy adds, measured next to direct access to the same
 // stand-in engine in the same run. On the machine: the load (this one), the engine, and the paths
-// to it (a C relay, a Node relay, a bare Node proxy, the agent's proxy with two sets of Node
-// flags), one in use at a time.
+// to it (a C relay, a Node relay, the native loop alone, a bare Node proxy, and the agent's proxy
+// on each of its data paths), one in use at a time.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 import { loadAddon } from '../agent/gpu/addon.js';
-import { IMAGE_NODE_FLAGS } from './node-flags.js';
 import { buildRelay, removeRelay } from './relay.js';
 import { firstLine, pct, spawnNode } from './stats.js';
 
@@ -98,13 +99,40 @@ async function load(base: string, concurrency: number, ms: number, headers: Reco
   return { ttfb, chunks, chunksPerSecond: chunksInWindow / (ms / 1000), roundChunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
 }
 
-/** The agent with its proxy on `port + 1`, as the chart runs it in proxy mode unless told otherwise (no tracing). */
-function startAgent(engineUrl: string, port: number, nodeFlags = PROXY_NODE_OPTIONS.split(' ')): ChildProcess {
+/**
+ * The agent with its proxy on `port + 1`, as the chart runs it in proxy mode (its Node flags, no
+ * tracing), on the data path `config` names (none: the default, native where the addon is built).
+ */
+function startAgent(engineUrl: string, port: number, config?: string): ChildProcess {
   return spawn(
     process.execPath,
-    [...nodeFlags, CLI, 'run', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${port + 1}`, '--proxy-target', engineUrl, '--log-level', 'error'],
+    [
+      ...PROXY_NODE_OPTIONS.split(' '),
+      CLI,
+      'run',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--proxy-listen',
+      `127.0.0.1:${port + 1}`,
+      '--proxy-target',
+      engineUrl,
+      '--log-level',
+      'error',
+      ...(config ? ['--config', config] : []),
+    ],
     { stdio: 'ignore', env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: '' } },
   );
+}
+
+/** Memory per open stream through `proxyBase`: RSS of `pid` idle, then with 1000 streams open (a chunk every 2.5 s). */
+async function memoryPerStream(proxyBase: string, pid: number): Promise<{ idle: number; busy: number; held: Promise<unknown> }> {
+  await load(proxyBase, 20, 1000, {});
+  await new Promise((r) => setTimeout(r, 1000));
+  const idle = rssMiB(pid);
+  const held: Array<Promise<unknown>> = [];
+  for (let i = 0; i < 1000; i++) held.push(stream(proxyBase, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, BODY).catch(() => undefined));
+  await new Promise((r) => setTimeout(r, 2000));
+  return { idle, busy: rssMiB(pid), held: Promise.all(held) };
 }
 
 async function waitReady(port: number): Promise<void> {
@@ -128,22 +156,24 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const relayUrl = relay ? await firstLine(relay) : undefined;
   const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
   const edge = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port], 'ignore') : undefined;
-  const edgePolicy = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port, '--policy'], 'ignore') : undefined;
-  const edgeTell = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port, '--tell'], 'ignore') : undefined;
   const port = 21000 + Math.floor(Math.random() * 4000);
+  const dir = mkdtempSync(join(tmpdir(), 'infertel-bench-'));
+  const nodePathConfig = join(dir, 'node-path.yaml');
+  writeFileSync(nodePathConfig, 'proxy:\n  dataPath: node\n');
   const agent = startAgent(engineUrl, port);
   const proxy = `http://127.0.0.1:${port + 1}`;
-  const imageAgent = startAgent(engineUrl, port + 4, IMAGE_NODE_FLAGS);
-  const imageProxy = `http://127.0.0.1:${port + 5}`;
+  const nodeAgent = startAgent(engineUrl, port + 4, nodePathConfig);
+  const nodeProxy = `http://127.0.0.1:${port + 5}`;
   await waitReady(port);
   await waitReady(port + 4);
+  const dataPath = loadAddon().ok ? 'native' : 'node';
   try {
     say(
-      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. Throughput is the events received in a 3 s window once every client has started; "whole rounds" is the older measure, all events over the time until the slowest client finishes. In the rows marked "staggered", client i of 200 starts i/200 of a request's length (340 ms) late; in the others all start at once and, as the stand-in's timing has no jitter, stay in lock-step. "Through infertel" runs with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`); the row after it with the image's (\`${IMAGE_NODE_FLAGS.join(' ')}\`).`,
+      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. Throughput is the events received in a 3 s window once every client has started; "whole rounds" is the older measure, all events over the time until the slowest client finishes. In the rows marked "staggered", client i of 200 starts i/200 of a request's length (340 ms) late; in the others all start at once and, as the stand-in's timing has no jitter, stay in lock-step. "Through infertel" is \`infertel run --proxy-listen … --proxy-target …\` as it runs by default (here on its ${dataPath} data path), with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`), measuring every request into its metrics and sampled request log; the row after it is the same agent with \`proxy.dataPath: node\`, Node's HTTP stack carrying the bytes.`,
     );
     say();
     say(
-      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path is infertel's own first step off the JS event loop (`native/src/edge.rs`, in the addon, tested in `test/proxy/native-edge.test.ts`): one epoll thread that parses HTTP/1.1 and applies the proxy's forwarding rules, pooling engine connections, but measures nothing yet and is not yet what `--proxy-listen` runs. In the row after it, each request also makes the hop to JS and back before it is sent, and JS does the request-side work the Node proxy does (`bench/serve-native-edge.ts --policy`: the route, the tenant from the key's SHA-256, the body read with include_usage injected and its usage chunk taken out again in the loop, a request id), and every read of the answer goes to JS with its time, where the Node proxy's stream observer reads it; metrics, request logs and traces are not fed from it yet. In the row after that, the loop sends each request at once, with its request id and include_usage done there, and JS is told after (`--tell`: the same tenant lookup and body read, off the way to the first byte), and reads its stream as before.",
+      "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path alone is the addon's loop (`native/src/edge.rs`) in a process of its own with no JS side (`bench/serve-native-edge.ts`): HTTP/1.1 parsed and the proxy's forwarding rules applied, engine connections pooled, nothing measured; what infertel adds over it is the JS side that measures and records each request.",
     );
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
@@ -152,25 +182,21 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say('|---|---|---|---|---|---|---|---|---|---|---|');
     await load(proxy, 50, 1000, {});
-    await load(imageProxy, 50, 1000, {});
+    await load(nodeProxy, 50, 1000, {});
     await load(pipeUrl, 50, 1000, {});
     await load(engineUrl, 50, 1000, {});
     if (relayUrl) await load(relayUrl, 50, 1000, {});
     await load(nodeRelayUrl, 50, 1000, {});
     if (edge) await load(edge.line, 50, 1000, {});
-    if (edgePolicy) await load(edgePolicy.line, 50, 1000, {});
-    if (edgeTell) await load(edgeTell.line, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'nativeEdgePolicy' | 'nativeEdgeTell' | 'anchor' | 'proxy' | 'proxyImageFlags';
+    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyNodePath';
     const paths: Array<readonly [PathName, string, number | undefined]> = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
       ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
-      ...(edgePolicy ? [['nativeEdgePolicy', edgePolicy.line, edgePolicy.child.pid] as const] : []),
-      ...(edgeTell ? [['nativeEdgeTell', edgeTell.line, edgeTell.child.pid] as const] : []),
       ['anchor', pipeUrl, pipe.pid],
       ['proxy', proxy, agent.pid],
-      ['proxyImageFlags', imageProxy, imageAgent.pid],
+      ['proxyNodePath', nodeProxy, nodeAgent.pid],
     ];
     for (const [concurrency, tokens, staggerMs] of [
       [1, 2, 0],
@@ -184,11 +210,9 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         floor: empty(),
         nodeFloor: empty(),
         nativeEdge: empty(),
-        nativeEdgePolicy: empty(),
-        nativeEdgeTell: empty(),
         anchor: empty(),
         proxy: empty(),
-        proxyImageFlags: empty(),
+        proxyNodePath: empty(),
       };
       for (let round = 0; round < 3; round++) {
         for (const [name, base, pid] of paths) {
@@ -214,12 +238,10 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       for (const [name, label] of [
         ['floor', 'floor: C byte relay'],
         ['nodeFloor', 'Node floor: Node byte relay'],
-        ['nativeEdge', 'native data path: HTTP/1.1 framing only, nothing measured'],
-        ['nativeEdgePolicy', 'native data path, each request through JS and its stream read there'],
-        ['nativeEdgeTell', 'native data path, JS told of each request after it is sent, its stream read there'],
+        ['nativeEdge', 'native data path alone: HTTP/1.1 framing, nothing measured'],
         ['anchor', 'anchor: bare pipe proxy'],
-        ['proxy', 'through infertel'],
-        ['proxyImageFlags', "through infertel, the image's scrape-mode Node flags"],
+        ['proxy', `through infertel (default: ${dataPath} data path)`],
+        ['proxyNodePath', 'through infertel, proxy.dataPath: node'],
       ] as const) {
         if (!rows[name].ttfb.length) continue;
         const p = summary(name);
@@ -232,48 +254,39 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     say();
     say('Targets (issue 8): added p50 ≤ 0.3 ms and p99 ≤ 1 ms at 200 streams; proxied throughput ≥ 95% of direct. Envoy adds well under a millisecond.');
     say();
-    // Memory per open stream, in a fresh agent: 1000 streams held open (a chunk every 2.5 s).
-    const mem = startAgent(engineUrl, port + 2);
-    await waitReady(port + 2);
-    const memProxy = `http://127.0.0.1:${port + 3}`;
-    await load(memProxy, 20, 1000, {});
-    await new Promise((r) => setTimeout(r, 1000));
-    const before = rssMiB(mem.pid!);
-    const held: Array<Promise<unknown>> = [];
-    for (let i = 0; i < 1000; i++) held.push(stream(memProxy, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, BODY).catch(() => undefined));
-    await new Promise((r) => setTimeout(r, 2000));
-    const during = rssMiB(mem.pid!);
-    const open = Number(/^infertel_proxy_open_requests (\S+)/m.exec(await (await fetch(`http://127.0.0.1:${port + 2}/metrics`)).text())?.[1]);
-    say(
-      `Memory per open stream (a fresh agent with the proxy-mode flags, after a warm-up): RSS ${before.toFixed(1)} MiB idle, ${during.toFixed(1)} MiB with ${open} streams open: ${(((during - before) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream (both sockets, the stream observer and validator).`,
-    );
-    say();
-    await Promise.all(held);
-    mem.kill();
-    if (edge) {
-      // The same for the native data path, in a process of its own (its RSS includes the Node runtime that loads it).
-      await load(edge.line, 20, 1000, {});
-      await new Promise((r) => setTimeout(r, 1000));
-      const idle = rssMiB(edge.child.pid!);
-      const open: Array<Promise<unknown>> = [];
-      for (let i = 0; i < 1000; i++) open.push(stream(edge.line, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, BODY).catch(() => undefined));
-      await new Promise((r) => setTimeout(r, 2000));
-      const busy = rssMiB(edge.child.pid!);
+    // Memory per open stream, in a fresh agent on each data path, and the loop alone: 1000 streams held open.
+    for (const [label, config, at] of [
+      [`infertel (default: ${dataPath} data path)`, undefined, port + 2],
+      ['infertel, proxy.dataPath: node', nodePathConfig, port + 6],
+    ] as const) {
+      const mem = startAgent(engineUrl, at, config);
+      await waitReady(at);
+      const m = await memoryPerStream(`http://127.0.0.1:${at + 1}`, mem.pid!);
+      const open = Number(/^infertel_proxy_open_requests (\S+)/m.exec(await (await fetch(`http://127.0.0.1:${at}/metrics`)).text())?.[1]);
       say(
-        `Memory per open stream, native data path (framing only): RSS ${idle.toFixed(1)} MiB idle, ${busy.toFixed(1)} MiB with 1000 streams open: ${(((busy - idle) * 1024) / 1000).toFixed(1)} KiB per stream (both sockets and their buffers).`,
+        `Memory per open stream, ${label} (a fresh agent with the proxy-mode flags, after a warm-up): RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with ${open} streams open: ${(((m.busy - m.idle) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream.`,
       );
       say();
-      await Promise.all(open);
+      await m.held;
+      mem.kill();
+    }
+    if (edge) {
+      // The loop alone, in a process of its own (its RSS includes the Node runtime that loads it).
+      const m = await memoryPerStream(edge.line, edge.child.pid!);
+      say(
+        `Memory per open stream, native data path alone: RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream (both sockets and their buffers).`,
+      );
+      say();
+      await m.held;
     }
   } finally {
     agent.kill();
-    imageAgent.kill();
+    nodeAgent.kill();
+    rmSync(dir, { recursive: true, force: true });
     pipe.kill();
     relay?.kill();
     nodeRelay.kill();
     edge?.child.kill();
-    edgePolicy?.child.kill();
-    edgeTell?.child.kill();
     if ('path' in built) removeRelay(built.path);
     engine.kill();
     client.destroy();

@@ -70,7 +70,8 @@ describe('proxy: traces and exemplars (OTLP http/json)', () => {
         authorization: `Bearer ${ACME_KEY}`,
         traceparent: `00-${incomingTrace}-00f067aa0ba902b7-01`,
         'x-sim-tokens': '70',
-        'x-sim-itl-ms': '1',
+        // Far enough apart that no two events arrive in one read (a read is one chunk to the observer).
+        'x-sim-itl-ms': '5',
         'x-slo-class': 'interactive',
       },
     );
