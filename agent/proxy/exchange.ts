@@ -41,7 +41,8 @@ export type ProxyEvent =
   | 'overloaded'
   | 'usage_injected'
   | 'rate_limited'
-  | 'policy_timeout';
+  | 'policy_timeout'
+  | 'internal_error';
 
 export interface ProxyDeps {
   tenants: TenantResolver;

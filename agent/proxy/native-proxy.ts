@@ -117,13 +117,18 @@ export class NativeProxy implements RequestProxy {
   async start(): Promise<void> {
     const t = new URL(this.opts.target);
     const target = `${t.hostname}:${t.port || '80'}`;
-    const spec = [this.opts.listen, target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent];
-    try {
-      this.edge = this.addon.edgeStart(spec.join(' '), (requests, seen) => this.batch(requests, seen));
-    } catch {
-      // The loop says only that it did not start; binding is what fails once the spec is valid.
-      throw new Error('the address is in use or not on this machine');
+    const rest = [target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent].join(' ');
+    // An empty host means every address, as Node's listen() takes it: IPv6 and IPv4 where the machine has IPv6.
+    const listens = this.opts.listen.startsWith(':') ? [`[::]${this.opts.listen}`, `0.0.0.0${this.opts.listen}`] : [this.opts.listen];
+    for (const listen of listens) {
+      try {
+        this.edge = this.addon.edgeStart(`${listen} ${rest}`, (requests, seen) => this.batch(requests, seen));
+        break;
+      } catch {
+        // The loop says only that it did not start; binding is what fails once the spec is valid.
+      }
     }
+    if (!this.edge) throw new Error('the address is in use or not on this machine');
     await this.deps.models.start();
   }
 
@@ -155,10 +160,25 @@ export class NativeProxy implements RequestProxy {
     this.open.clear();
   }
 
-  /** One turn of the loop: requests first, since an end in the same batch may be that of a request in it. */
+  /**
+   * What the loop saw since the last batch: requests first, since an end in the same batch may be
+   * that of a request in it. An error in one item is counted and logged, and the rest go on: an
+   * exception thrown out of here would reach Node's uncaughtException and end the agent.
+   */
   private batch(requests: EdgeRequest[], seen: EdgeSeen[]): void {
-    for (const r of requests) this.arrived(r);
-    for (const s of seen) this.saw(s);
+    for (const r of requests) this.guarded(() => this.arrived(r));
+    for (const s of seen) this.guarded(() => this.saw(s));
+  }
+
+  private guarded(work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.count('internal_error');
+      // The message only: an error built from request data must not carry it into the log.
+      if ((this.events.internal_error ?? 0) <= 10)
+        this.deps.log?.error({ event: 'proxy_internal_error', error: (err as Error).name }, 'proxy: a request could not be recorded');
+    }
   }
 
   private arrived(r: EdgeRequest): void {
@@ -180,7 +200,7 @@ export class NativeProxy implements RequestProxy {
       return;
     }
     const pending = askLimiter(this.deps, ex);
-    if (pending instanceof Promise) void pending.then((a) => this.decide(r, ex, a));
+    if (pending instanceof Promise) void pending.then((a) => this.guarded(() => this.decide(r, ex, a)));
     else this.decide(r, ex, pending);
   }
 

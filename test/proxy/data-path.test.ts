@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadAddon } from '../../agent/gpu/addon.js';
 import { nativeUnfit } from '../../agent/proxy/native-proxy.js';
-import { startHarness } from './harness.js';
+import { post, startHarness, sumOf } from './harness.js';
 
 const built = loadAddon().ok;
 
@@ -57,5 +57,38 @@ describe('proxy.dataPath', () => {
       startHarness({ proxy: { dataPath: 'native', target: 'https://127.0.0.1:9' } }),
       /proxy\.dataPath: native is not available here \(the target is not plain http/,
     );
+  });
+
+  it('native: an error while recording one request is counted and the proxy goes on answering', { skip: !built && 'the addon is not built' }, async () => {
+    const h = await startHarness({ proxy: { dataPath: 'native' } });
+    try {
+      const metrics = h.agent.proxyMetrics!;
+      const record = metrics.record.bind(metrics);
+      metrics.record = () => {
+        throw new Error('recording failed');
+      };
+      const first = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'a' });
+      assert.equal(first.status, 200);
+      metrics.record = record;
+      const second = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'b' });
+      assert.equal(second.status, 200);
+      const m = await h.metrics();
+      assert.equal(sumOf(m, 'infertel_proxy_events_total', { event: 'internal_error' }), 1);
+      assert.equal(sumOf(m, 'inference_requests_total', { route: '/v1/completions' }), 1, 'the second request is recorded');
+      assert.match(h.agentLogs(), /"event":"proxy_internal_error"/);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('native: an empty listen host listens on every address, as the Node proxy does', { skip: !built && 'the addon is not built' }, async () => {
+    const h = await startHarness({ proxy: { dataPath: 'native', listen: ':0' } });
+    try {
+      const port = h.agent.proxy!.address().split(':').at(-1);
+      const r = await post(`http://127.0.0.1:${port}/v1/completions`, { model: 'sim-llama', prompt: 'a' });
+      assert.equal(r.status, 200);
+    } finally {
+      await h.close();
+    }
   });
 });
