@@ -6,4 +6,6 @@ process.env.INFERTEL_TEST_PROXY_DATA_PATH = 'node';
 await import('./proxy.test.js');
 await import('./edges.test.js');
 await import('./limits.test.js');
+await import('./redis.test.js');
 await import('./tracing.test.js');
+await import('./canary.test.js');
