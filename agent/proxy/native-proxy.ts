@@ -194,9 +194,10 @@ export class NativeProxy implements RequestProxy {
       return;
     }
     if (!r.waits) {
-      // Sent already: learn what it asked.
+      // Sent already: learn what it asked. The loop's own reading of the body decided include_usage.
       ex.sent = received;
       this.inspect(ex, r);
+      if (ex.stripUsage) this.count('usage_injected');
       return;
     }
     const pending = askLimiter(this.deps, ex);
@@ -208,7 +209,6 @@ export class NativeProxy implements RequestProxy {
     const facts = inspectBody(ex.route, r.body, r.method);
     ex.facts = facts;
     if (facts.malformed) this.count('malformed_body');
-    if (facts.usageInjected || ex.stripUsage) this.count('usage_injected');
     ex.model = this.deps.models.resolve(facts.requestedModel);
     return facts.body;
   }
@@ -237,6 +237,7 @@ export class NativeProxy implements RequestProxy {
     }
     const body = this.inspect(ex, r);
     ex.stripUsage = ex.facts?.usageInjected ?? false;
+    if (ex.stripUsage) this.count('usage_injected');
     ex.sent = performance.now();
     const t = new URL(this.opts.target);
     const upstream = { 'x-request-id': ex.requestId, ...ex.trace.startUpstream(ex.sent, { 'server.address': t.hostname, 'url.path': ex.route }) };

@@ -63,6 +63,7 @@ describe('proxy: streams', () => {
     assert.equal(sumOf(m, 'inference_inter_token_latency_ms_count', acme), 7);
     assert.equal(sumOf(m, 'inference_ttft_ms_count', acme), 1);
     assert.ok(sumOf(m, 'inference_ttft_ms_sum', acme) >= 30);
+    assert.equal(sumOf(m, 'infertel_proxy_events_total', { event: 'usage_injected' }), 1);
     const line = h.requestLogs().find((l) => l.request_id === r.headers.get('x-request-id'))!;
     assertSchema(line);
     assert.equal(line.event, 'inference');
@@ -83,7 +84,9 @@ describe('proxy: streams', () => {
     assert.equal(usage.usage.completion_tokens, 8);
     const seen = lastSeen(h, (s) => s.url === '/v1/chat/completions')!;
     assert.equal(seen.body, JSON.stringify(body));
-    assert.equal(sumOf(await h.metrics(), 'tokens_generated_total', { tenant: 'globex' }), 8);
+    const m = await h.metrics();
+    assert.equal(sumOf(m, 'tokens_generated_total', { tenant: 'globex' }), 8);
+    assert.equal(sumOf(m, 'infertel_proxy_events_total', { event: 'usage_injected' }), 1, 'nothing injected for a client that asked');
   });
 
   it('names tenants: Bearer, x-api-key, api-key; anonymous without a key; unknown for a key of no tenant', async () => {
