@@ -6,6 +6,6 @@ process.env.INFERTEL_TEST_PROXY_DATA_PATH = 'node';
 await import('./proxy.test.js');
 await import('./edges.test.js');
 await import('./limits.test.js');
-await import('./redis.test.js');
+await import('./fail-closed.test.js');
 await import('./tracing.test.js');
 await import('./canary.test.js');
