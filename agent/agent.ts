@@ -57,6 +57,9 @@ export interface AgentDeps {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 
+/** How long a scrape waits for the native proxy's records of answers already given (they follow by up to 2 ms). */
+const SCRAPE_SETTLE_MS = 50;
+
 /** The addon to carry the proxy's bytes, or why the Node data path carries them (proxy.dataPath). */
 export function dataPathOf(choice: 'auto' | 'native' | 'node', target: string): { addon?: GpuAddon; reason?: string } {
   if (choice === 'node') return {};
@@ -475,6 +478,8 @@ export class Agent {
           status: this.config.ui.enabled ? () => this.statusDocument() : undefined,
           subscribeStatus: this.config.ui.enabled ? (listener) => this.subscribeStatus(listener) : undefined,
           onStreamRefused: () => this.metrics.errors.report('status_streams_full'),
+          // Bounded: a scrape waits at most this long for the proxy's records to catch up.
+          settled: this.proxy ? () => this.proxy!.settled(SCRAPE_SETTLE_MS) : undefined,
         }),
         this.config.listen,
       );

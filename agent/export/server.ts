@@ -27,6 +27,11 @@ export interface ServerDeps {
   subscribeStatus?: (listener: (json: string) => void) => () => void;
   /** Told when a status stream is refused because MAX_STATUS_STREAMS are open. */
   onStreamRefused?: () => void;
+  /**
+   * Resolves once every proxied request whose answer is complete is recorded (the native data
+   * path records a moment after the answer): a scrape then counts every request answered before it.
+   */
+  settled?: () => Promise<void>;
 }
 
 /** Open status streams at most (each is a socket and a listener; the page needs one per tab). */
@@ -74,6 +79,7 @@ export function createApp(deps: ServerDeps): express.Express {
   app.disable('x-powered-by');
   app.disable('etag');
   app.get('/metrics', async (req, res) => {
+    await deps.settled?.();
     const kind = negotiate(req.headers.accept, req.query.format);
     if (kind === 'json') {
       res.setHeader('Content-Type', 'application/json; charset=utf-8');

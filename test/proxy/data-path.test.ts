@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadAddon } from '../../agent/gpu/addon.js';
+import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
+import { freePort, getText, spawnAgent } from '../helpers.js';
 import { nativeUnfit } from '../../agent/proxy/native-proxy.js';
 import { post, startHarness, sumOf } from './harness.js';
 
@@ -89,6 +91,30 @@ describe('proxy.dataPath', () => {
       assert.equal(r.status, 200);
     } finally {
       await h.close();
+    }
+  });
+
+  it('native: a scrape counts every request answered before it (the records follow the answers by a moment)', {
+    skip: !built && 'the addon is not built',
+  }, async () => {
+    // The agent in its own process, as a scraper meets it: a client reads /metrics the moment it has its answer.
+    const engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 2 });
+    const proxyPort = await freePort();
+    const agent = await spawnAgent(['--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url]);
+    try {
+      for (let i = 1; i <= 100; i++) {
+        const r = await fetch(`http://127.0.0.1:${proxyPort}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: '{"model":"m","prompt":"a"}',
+        });
+        await r.text();
+        const m = (await getText(`${agent.base}/metrics`)).body;
+        assert.equal(sumOf(m, 'inference_requests_total', { route: '/v1/completions' }), i, `scrape after answer ${i}`);
+      }
+    } finally {
+      await agent.stop();
+      await engine.close();
     }
   });
 });
