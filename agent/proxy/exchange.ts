@@ -163,6 +163,21 @@ export function openExchange(
   };
 }
 
+/**
+ * Runs `work` (recording a request); an exception is counted as internal_error and logged by its
+ * name only (a message built from request data must not reach the log). Thrown out of an event
+ * handler or the native loop's callback, it would end the agent.
+ */
+export function guarded(events: Partial<Record<ProxyEvent, number>>, log: Logger | undefined, work: () => void): void {
+  try {
+    work();
+  } catch (err) {
+    const n = (events.internal_error ?? 0) + 1;
+    events.internal_error = n;
+    if (n <= 10) log?.error({ event: 'proxy_internal_error', error: (err as Error).name }, 'proxy: a request could not be recorded');
+  }
+}
+
 /** The rate limiter's answer for the exchange's tenant: undefined without limits, and when its backend failed. */
 export function askLimiter(deps: ProxyDeps, ex: Exchange): Admission | undefined | Promise<Admission | undefined> {
   const limits = deps.limits;

@@ -15,6 +15,7 @@ import {
   askLimiter,
   type Exchange,
   ExchangeRecorder,
+  guarded,
   noteAdmission,
   type OwnAnswer,
   openExchange,
@@ -174,14 +175,7 @@ export class NativeProxy implements RequestProxy {
   }
 
   private guarded(work: () => void): void {
-    try {
-      work();
-    } catch (err) {
-      this.count('internal_error');
-      // The message only: an error built from request data must not carry it into the log.
-      if ((this.events.internal_error ?? 0) <= 10)
-        this.deps.log?.error({ event: 'proxy_internal_error', error: (err as Error).name }, 'proxy: a request could not be recorded');
-    }
+    guarded(this.events, this.deps.log, work);
   }
 
   private arrived(r: EdgeRequest): void {

@@ -8,6 +8,7 @@ import https from 'node:https';
 import {
   type Exchange,
   ExchangeRecorder,
+  guarded,
   askLimiter,
   noteAdmission,
   type OwnAnswer,
@@ -201,7 +202,7 @@ export class InlineProxy implements RequestProxy {
         this.count('client_abort');
         ex.upstream?.destroy();
       }
-      this.recorder.finish(ex, performance.now());
+      guarded(this.events, this.deps.log, () => this.recorder.finish(ex, performance.now()));
     });
     const pending = askLimiter(this.deps, ex);
     if (!(pending instanceof Promise)) {

@@ -61,27 +61,30 @@ describe('proxy.dataPath', () => {
     );
   });
 
-  it('native: an error while recording one request is counted and the proxy goes on answering', { skip: !built && 'the addon is not built' }, async () => {
-    const h = await startHarness({ proxy: { dataPath: 'native' } });
-    try {
-      const metrics = h.agent.proxyMetrics!;
-      const record = metrics.record.bind(metrics);
-      metrics.record = () => {
-        throw new Error('recording failed');
-      };
-      const first = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'a' });
-      assert.equal(first.status, 200);
-      metrics.record = record;
-      const second = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'b' });
-      assert.equal(second.status, 200);
-      const m = await h.metrics();
-      assert.equal(sumOf(m, 'infertel_proxy_events_total', { event: 'internal_error' }), 1);
-      assert.equal(sumOf(m, 'inference_requests_total', { route: '/v1/completions' }), 1, 'the second request is recorded');
-      assert.match(h.agentLogs(), /"event":"proxy_internal_error"/);
-    } finally {
-      await h.close();
-    }
-  });
+  for (const path of ['native', 'node'] as const)
+    it(`${path}: an error while recording one request is counted and the proxy goes on answering`, {
+      skip: path === 'native' && !built && 'the addon is not built',
+    }, async () => {
+      const h = await startHarness({ proxy: { dataPath: path } });
+      try {
+        const metrics = h.agent.proxyMetrics!;
+        const record = metrics.record.bind(metrics);
+        metrics.record = () => {
+          throw new Error('recording failed');
+        };
+        const first = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'a' });
+        assert.equal(first.status, 200);
+        metrics.record = record;
+        const second = await post(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: 'b' });
+        assert.equal(second.status, 200);
+        const m = await h.metrics();
+        assert.equal(sumOf(m, 'infertel_proxy_events_total', { event: 'internal_error' }), 1);
+        assert.equal(sumOf(m, 'inference_requests_total', { route: '/v1/completions' }), 1, 'the second request is recorded');
+        assert.match(h.agentLogs(), /"event":"proxy_internal_error"/);
+      } finally {
+        await h.close();
+      }
+    });
 
   it('native: an empty listen host listens on every address, as the Node proxy does', { skip: !built && 'the addon is not built' }, async () => {
     const h = await startHarness({ proxy: { dataPath: 'native', listen: ':0' } });
