@@ -41,9 +41,15 @@ describe('status page in Chromium', { skip: !CHROMIUM && 'no chromium (apt-get i
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
     const port = await freePort();
     base = `http://127.0.0.1:${port}`;
-    demo = spawn(process.execPath, [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--interval', '1s', '--engines', 'vllm,tgi,sglang'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    // A free port for the demo's proxy too: its default (9401) may be taken on a shared machine.
+    const proxyPort = await freePort();
+    demo = spawn(
+      process.execPath,
+      [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--interval', '1s', '--engines', 'vllm,tgi,sglang'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     await eventually(async () => (await getText(`${base}/readyz`).catch(() => ({ status: 0 }))).status === 200, 15_000, 'demo ready');
   });
 
