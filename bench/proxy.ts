@@ -3,7 +3,7 @@
 // to it (a C relay, a Node relay, the native loop alone, a bare Node proxy, and the agent's proxy
 // on each of its data paths), one in use at a time.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 import { loadAddon } from '../agent/gpu/addon.js';
-import { buildRelay, removeRelay } from './relay.js';
+import { buildTool, removeTool } from './relay.js';
 import { firstLine, pct, spawnNode } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
@@ -135,6 +135,85 @@ async function memoryPerStream(proxyBase: string, pid: number): Promise<{ idle: 
   return { idle, busy: rssMiB(pid), held: Promise.all(held) };
 }
 
+const TABLE_HEAD =
+  '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct | whole rounds |';
+const TABLE_RULE = '|---|---|---|---|---|---|---|---|---|---|---|';
+
+type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyNodePath';
+/** A path under test: its name, its base URL, and the pid of the process in the path (none for direct). */
+type PathUnderLoad = readonly [PathName, string, number | undefined];
+type LoadResult = { ttfb: number[]; chunks: number; chunksPerSecond: number; roundChunksPerSecond: number };
+type Load = (base: string, concurrency: number, ms: number, headers: Record<string, string>, staggerMs: number) => Promise<LoadResult>;
+
+/** The load of `bench/native/load.c` (built at `path`), measured as `load` measures. */
+function cLoad(path: string): Load {
+  return (base, concurrency, ms, headers, staggerMs) =>
+    new Promise((resolve, reject) => {
+      const args = [new URL(base).port, String(concurrency), String(staggerMs), String(ms), headers['x-sim-tokens'] ?? '16'];
+      execFile(path, args, { maxBuffer: 64 << 20 }, (err, stdout) => {
+        if (err) return reject(err);
+        const r = JSON.parse(stdout) as { ttfb: number[]; chunks: number; chunksInWindow: number; elapsedMs: number; errors: number };
+        if (r.errors) return reject(new Error(`${r.errors} failed requests through ${base}`));
+        resolve({ ttfb: r.ttfb, chunks: r.chunks, chunksPerSecond: r.chunksInWindow / (ms / 1000), roundChunksPerSecond: r.chunks / (r.elapsedMs / 1000) });
+      });
+    });
+}
+
+/**
+ * One table's rows: for each [streams, tokens, staggerMs], 3 rounds of every path in turn (so a
+ * drift of the machine reaches them all alike), then a row per path against direct.
+ */
+async function measurePaths(
+  paths: PathUnderLoad[],
+  scenarios: Array<readonly [number, number, number]>,
+  run: Load,
+  dataPath: string,
+  say: (s?: string) => void,
+): Promise<void> {
+  for (const [concurrency, tokens, staggerMs] of scenarios) {
+    const rows = new Map<PathName, { ttfb: number[]; cps: number[]; roundCps: number[]; cpu: number; chunks: number }>();
+    for (let round = 0; round < 3; round++) {
+      for (const [name, base, pid] of paths) {
+        const c0 = pid ? cpuMs(pid) : 0;
+        const r = await run(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) }, staggerMs);
+        const row = rows.get(name) ?? { ttfb: [], cps: [], roundCps: [], cpu: 0, chunks: 0 };
+        rows.set(name, row);
+        row.ttfb.push(...r.ttfb);
+        row.cps.push(r.chunksPerSecond);
+        row.roundCps.push(r.roundChunksPerSecond);
+        row.chunks += r.chunks;
+        if (pid) row.cpu += cpuMs(pid) - c0;
+      }
+    }
+    const summary = (name: PathName) => {
+      const r = rows.get(name);
+      if (!r) return undefined;
+      const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+      return { p50: pct(r.ttfb, 50), p99: pct(r.ttfb, 99), cps: mean(r.cps), roundCps: mean(r.roundCps), usPerChunk: (r.cpu * 1000) / r.chunks };
+    };
+    const streams = staggerMs ? `${concurrency}, staggered` : String(concurrency);
+    const d = summary('direct');
+    if (!d) throw new Error('no direct path measured');
+    say(`| ${streams} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
+    const anchor = summary('anchor');
+    for (const [name, label] of [
+      ['floor', 'floor: C byte relay'],
+      ['nodeFloor', 'Node floor: Node byte relay'],
+      ['nativeEdge', 'native data path alone: HTTP/1.1 framing, nothing measured'],
+      ['anchor', 'anchor: bare pipe proxy'],
+      ['proxy', `through infertel (default: ${dataPath} data path)`],
+      ['proxyNodePath', 'through infertel, proxy.dataPath: node'],
+    ] as const) {
+      const p = summary(name);
+      if (!p) continue;
+      const ratio = anchor ? `${((p.p50 - d.p50) / (anchor.p50 - d.p50)).toFixed(2)}x` : '';
+      say(
+        `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${p.usPerChunk.toFixed(1)} µs | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
+      );
+    }
+  }
+}
+
 async function waitReady(port: number): Promise<void> {
   for (let i = 0; i < 100; i++) {
     try {
@@ -146,12 +225,67 @@ async function waitReady(port: number): Promise<void> {
   }
 }
 
+/**
+ * The quiet setting: the C stand-in engine, and in front of it a fresh process for each path that
+ * has one (the relay, the loop alone, the anchor, infertel on each data path, agents on ports
+ * `port` and `port + 2`), measured with the C load. Undefined, with why, where cc is missing.
+ */
+async function startQuiet(
+  relayPath: string | undefined,
+  withEdge: boolean,
+  port: number,
+  nodePathConfig: string,
+): Promise<{ paths: PathUnderLoad[]; load: Load; stop: () => void } | { why: string }> {
+  const engineBuilt = buildTool('engine');
+  const loadBuilt = buildTool('load');
+  const built = [engineBuilt, loadBuilt].flatMap((b) => ('path' in b ? [b.path] : []));
+  if (!('path' in engineBuilt) || !('path' in loadBuilt)) {
+    for (const path of built) removeTool(path);
+    return { why: 'why' in engineBuilt ? engineBuilt.why : 'why' in loadBuilt ? loadBuilt.why : '' };
+  }
+  const children: ChildProcess[] = [];
+  const start = async (command: string, args: string[]) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(child);
+    return { child, line: await firstLine(child) };
+  };
+  const engine = await start(engineBuilt.path, []);
+  const enginePort = new URL(engine.line).port;
+  const relay = relayPath ? await start(relayPath, [enginePort]) : undefined;
+  const edge = withEdge ? await start(process.execPath, [NATIVE_EDGE, enginePort]) : undefined;
+  const pipe = await start(process.execPath, [PIPE_PROXY, engine.line]);
+  const agent = startAgent(engine.line, port);
+  const nodeAgent = startAgent(engine.line, port + 2, nodePathConfig);
+  children.push(agent, nodeAgent);
+  await waitReady(port);
+  await waitReady(port + 2);
+  const paths: PathUnderLoad[] = [
+    ['direct', engine.line, undefined],
+    ...(relay ? [['floor', relay.line, relay.child.pid] as const] : []),
+    ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
+    ['anchor', pipe.line, pipe.child.pid],
+    ['proxy', `http://127.0.0.1:${port + 1}`, agent.pid],
+    ['proxyNodePath', `http://127.0.0.1:${port + 3}`, nodeAgent.pid],
+  ];
+  const load = cLoad(loadBuilt.path);
+  // Warm-up, as for the Node load: JIT and connection pools.
+  for (const [, base] of paths) await load(base, 50, 1000, {}, 0);
+  return {
+    paths,
+    load,
+    stop: () => {
+      for (const c of children) c.kill();
+      for (const path of built) removeTool(path);
+    },
+  };
+}
+
 export async function benchProxy(say: (s?: string) => void): Promise<void> {
   say('### Inline proxy (request-level mode): added latency, throughput and memory per stream');
   say();
   const { child: engine, line: engineUrl } = await spawnNode([ENGINE], 'ignore');
   const { child: pipe, line: pipeUrl } = await spawnNode([PIPE_PROXY, engineUrl], 'ignore');
-  const built = buildRelay();
+  const built = buildTool('relay');
   const relay = 'path' in built ? spawn(built.path, [new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] }) : undefined;
   const relayUrl = relay ? await firstLine(relay) : undefined;
   const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
@@ -167,6 +301,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   await waitReady(port);
   await waitReady(port + 4);
   const dataPath = loadAddon().ok ? 'native' : 'node';
+  let quiet: Awaited<ReturnType<typeof startQuiet>> | undefined;
   try {
     say(
       `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. Throughput is the events received in a 3 s window once every client has started; "whole rounds" is the older measure, all events over the time until the slowest client finishes. In the rows marked "staggered", client i of 200 starts i/200 of a request's length (340 ms) late; in the others all start at once and, as the stand-in's timing has no jitter, stay in lock-step. "Through infertel" is \`infertel run --proxy-listen … --proxy-target …\` as it runs by default (here on its ${dataPath} data path), with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`), measuring every request into its metrics and sampled request log; the row after it is the same agent with \`proxy.dataPath: node\`, Node's HTTP stack carrying the bytes.`,
@@ -177,10 +312,8 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     );
     say();
     if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
-    say(
-      '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct | whole rounds |',
-    );
-    say('|---|---|---|---|---|---|---|---|---|---|---|');
+    say(TABLE_HEAD);
+    say(TABLE_RULE);
     await load(proxy, 50, 1000, {});
     await load(nodeProxy, 50, 1000, {});
     await load(pipeUrl, 50, 1000, {});
@@ -188,8 +321,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     if (relayUrl) await load(relayUrl, 50, 1000, {});
     await load(nodeRelayUrl, 50, 1000, {});
     if (edge) await load(edge.line, 50, 1000, {});
-    type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyNodePath';
-    const paths: Array<readonly [PathName, string, number | undefined]> = [
+    const paths: PathUnderLoad[] = [
       ['direct', engineUrl, undefined],
       ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
       ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
@@ -198,58 +330,42 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       ['proxy', proxy, agent.pid],
       ['proxyNodePath', nodeProxy, nodeAgent.pid],
     ];
-    for (const [concurrency, tokens, staggerMs] of [
-      [1, 2, 0],
-      [20, 16, 0],
-      [200, 16, 0],
-      [200, 16, 340],
-    ] as const) {
-      const empty = () => ({ ttfb: [] as number[], cps: [] as number[], roundCps: [] as number[], cpu: 0, chunks: 0 });
-      const rows: Record<PathName, ReturnType<typeof empty>> = {
-        direct: empty(),
-        floor: empty(),
-        nodeFloor: empty(),
-        nativeEdge: empty(),
-        anchor: empty(),
-        proxy: empty(),
-        proxyNodePath: empty(),
-      };
-      for (let round = 0; round < 3; round++) {
-        for (const [name, base, pid] of paths) {
-          const c0 = pid ? cpuMs(pid) : 0;
-          const r = await load(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) }, staggerMs);
-          const row = rows[name];
-          row.ttfb.push(...r.ttfb);
-          row.cps.push(r.chunksPerSecond);
-          row.roundCps.push(r.roundChunksPerSecond);
-          row.chunks += r.chunks;
-          if (pid) row.cpu += cpuMs(pid) - c0;
-        }
-      }
-      const summary = (name: PathName) => {
-        const r = rows[name];
-        const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-        return { p50: pct(r.ttfb, 50), p99: pct(r.ttfb, 99), cps: mean(r.cps), roundCps: mean(r.roundCps), usPerChunk: (r.cpu * 1000) / r.chunks };
-      };
-      const streams = staggerMs ? `${concurrency}, staggered` : String(concurrency);
-      const d = summary('direct');
-      say(`| ${streams} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
-      const anchorAdded = summary('anchor').p50 - d.p50;
-      for (const [name, label] of [
-        ['floor', 'floor: C byte relay'],
-        ['nodeFloor', 'Node floor: Node byte relay'],
-        ['nativeEdge', 'native data path alone: HTTP/1.1 framing, nothing measured'],
-        ['anchor', 'anchor: bare pipe proxy'],
-        ['proxy', `through infertel (default: ${dataPath} data path)`],
-        ['proxyNodePath', 'through infertel, proxy.dataPath: node'],
-      ] as const) {
-        if (!rows[name].ttfb.length) continue;
-        const p = summary(name);
-        const ratio = `${((p.p50 - d.p50) / anchorAdded).toFixed(2)}x`;
-        say(
-          `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${p.usPerChunk.toFixed(1)} µs | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
-        );
-      }
+    await measurePaths(
+      paths,
+      [
+        [1, 2, 0],
+        [20, 16, 0],
+        [200, 16, 0],
+        [200, 16, 340],
+      ],
+      load,
+      dataPath,
+      say,
+    );
+    quiet = await startQuiet('path' in built ? built.path : undefined, edge !== undefined, port + 8, nodePathConfig);
+    if ('why' in quiet) {
+      say();
+      say(`(The rows with the C stand-in engine and load are left out: ${quiet.why}.)`);
+    } else {
+      say();
+      say(
+        `The same paths in front of the C stand-in engine (\`bench/native/engine.c\`: the same timing and events, on one epoll thread), under the C load (\`bench/native/load.c\`: one epoll thread, keep-alive connections, as wrk or Nighthawk apply load). The Node stand-in and the Node load above each take about a third of a core at 200 streams (on two cores), and their own event loops queue the role chunk behind other streams' chunks; here both take a few percent, so what is left is mostly what each path adds. Each path is a fresh process of its own in front of this engine (infertel with the same flags as above).`,
+      );
+      say();
+      say(TABLE_HEAD);
+      say(TABLE_RULE);
+      await measurePaths(
+        quiet.paths,
+        [
+          [200, 16, 0],
+          [200, 16, 340],
+        ],
+        quiet.load,
+        dataPath,
+        say,
+      );
+      quiet.stop();
+      quiet = undefined;
     }
     say();
     say('Targets (issue 8): added p50 ≤ 0.3 ms and p99 ≤ 1 ms at 200 streams; proxied throughput ≥ 95% of direct. Envoy adds well under a millisecond.');
@@ -280,6 +396,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       await m.held;
     }
   } finally {
+    if (quiet && 'stop' in quiet) quiet.stop();
     agent.kill();
     nodeAgent.kill();
     rmSync(dir, { recursive: true, force: true });
@@ -287,7 +404,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     relay?.kill();
     nodeRelay.kill();
     edge?.child.kill();
-    if ('path' in built) removeRelay(built.path);
+    if ('path' in built) removeTool(built.path);
     engine.kill();
     client.destroy();
   }

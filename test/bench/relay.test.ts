@@ -10,11 +10,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { buildRelay, removeRelay } from '../../bench/relay.js';
+import { buildTool, removeTool } from '../../bench/relay.js';
 import { firstLine } from '../../bench/stats.js';
 import { eventually, sleep } from '../helpers.js';
 
-const built = buildRelay();
+const built = buildTool('relay');
 const NODE_RELAY = fileURLToPath(new URL('../../bench/serve-net-relay.js', import.meta.url));
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -53,7 +53,7 @@ const relays: Array<{ name: string; skip: string | false; start: (enginePort: nu
 ];
 
 after(() => {
-  if ('path' in built) removeRelay(built.path);
+  if ('path' in built) removeTool(built.path);
 });
 
 for (const { name, skip, start } of relays)
