@@ -171,7 +171,11 @@ export async function main(argv: string[], signals: Signals): Promise<void> {
         proxyListen: string;
         load: string;
       }) => {
-        await runDemo(flags, signals);
+        try {
+          await runDemo(flags, signals);
+        } catch (err) {
+          configFailure(err);
+        }
       },
     );
 

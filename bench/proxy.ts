@@ -349,7 +349,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     } else {
       say();
       say(
-        `The same paths in front of the C stand-in engine (\`bench/native/engine.c\`: the same timing and events, on one epoll thread), under the C load (\`bench/native/load.c\`: one epoll thread, keep-alive connections, as wrk or Nighthawk apply load). The Node stand-in and the Node load above each take about a third of a core at 200 streams (on two cores), and their own event loops queue the role chunk behind other streams' chunks; here both take a few percent, so what is left is mostly what each path adds. Each path is a fresh process of its own in front of this engine (infertel with the same flags as above).`,
+        `The same paths in front of the C stand-in engine (\`bench/native/engine.c\`: the same timing and events, on one epoll thread), under the C load (\`bench/native/load.c\`: one epoll thread, keep-alive connections, as wrk or Nighthawk apply load). At 200 streams the Node stand-in and the Node load above each take about a third of a core of the two, and their own event loops queue the role chunk behind other streams' chunks; these two take about a tenth of a core each, so less of what is measured is theirs. Each path is a fresh process of its own in front of this engine (infertel with the same flags as above).`,
       );
       say();
       say(TABLE_HEAD);

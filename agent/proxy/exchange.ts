@@ -73,8 +73,8 @@ export interface RequestProxy {
   engineAnswering(): boolean;
   listening(): boolean;
   /**
-   * Resolves once every request whose answer a client has had is recorded (the native loop tells
-   * this side of each end just after the answer's last bytes go out); within `timeoutMs` at most.
+   * Resolves once every request whose answer a client has had is recorded (the native loop counts
+   * each end it tells this side before the answer's last bytes go out); within `timeoutMs` at most.
    */
   settled(timeoutMs?: number): Promise<void>;
 }

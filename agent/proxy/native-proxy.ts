@@ -93,7 +93,8 @@ export class NativeProxy implements RequestProxy {
   /** CLOCK_MONOTONIC ms minus performance.now(): the loop's times on this side's clock (both read the same clock). */
   private readonly clockOffset: number;
   private readonly waits: boolean;
-  /** The target's host name, read once (URL getters cost a few µs each, on every request). */
+  /** The target, parsed once (URL getters cost a few µs each, and its host name is read on every request). */
+  private readonly target: URL;
   private readonly targetHost: string;
   /** Ends the loop told of, as its endsTold counts them. */
   private endsSeen = 0;
@@ -107,7 +108,8 @@ export class NativeProxy implements RequestProxy {
     this.gapBounds = deps.metrics.gapBoundsMs();
     this.clockOffset = Number(process.hrtime.bigint()) / 1e6 - performance.now();
     this.waits = deps.limits !== undefined || deps.tracer !== undefined;
-    this.targetHost = new URL(opts.target).hostname;
+    this.target = new URL(opts.target);
+    this.targetHost = this.target.hostname;
   }
 
   get openRequests(): number {
@@ -119,8 +121,7 @@ export class NativeProxy implements RequestProxy {
   }
 
   async start(): Promise<void> {
-    const t = new URL(this.opts.target);
-    const target = `${t.hostname}:${t.port || '80'}`;
+    const target = `${this.targetHost}:${this.target.port || '80'}`;
     const rest = [target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent].join(' ');
     // An empty host means every address, as Node's listen() takes it: IPv6 and IPv4 where the machine has IPv6.
     const listens = this.opts.listen.startsWith(':') ? [`[::]${this.opts.listen}`, `0.0.0.0${this.opts.listen}`] : [this.opts.listen];

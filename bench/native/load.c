@@ -1,8 +1,8 @@
 /*
  * The proxy bench's load in C, as wrk or Nighthawk would apply it: one thread, epoll, each client
- * a keep-alive connection streaming one request after another. The Node load (bench/proxy.ts)
- * spends about a core of this 2-core machine on itself, so its numbers carry the queueing that its
- * own CPU causes; this one spends a tenth of that, and measures what a path adds with less of it.
+ * a keep-alive connection streaming one request after another. At 200 streams the Node load
+ * (bench/proxy.ts) spends about a third of a core of this 2-core machine on itself, and its own
+ * event loop delays what it reads; this one spends under a tenth of a core.
  *
  * usage: load PORT CLIENTS STAGGER_MS WINDOW_MS TOKENS
  *   Client i starts i/CLIENTS of STAGGER_MS late; each sends

@@ -200,6 +200,26 @@ describe('infertel demo --engines', () => {
     assert.notEqual(code, 0);
     assert.match(err, /--engines: unknown mistralrs; choose from vllm, tgi, sglang, llamacpp/);
   });
+
+  it('a bad flag or a taken port is a configuration error naming the key (exit 2), not a stack trace', async () => {
+    const taken = await startServer((_req, res) => res.end());
+    try {
+      for (const [args, key] of [
+        [['--interval', 'bogus', '--listen', '127.0.0.1:0'], /interval: must be a duration/],
+        [['--listen', taken.url.replace('http://', ''), '--proxy-listen', 'off'], /listen: cannot listen on .* \(EADDRINUSE\)/],
+      ] as const) {
+        const child = spawn(process.execPath, [CLI, 'demo', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+        let err = '';
+        child.stderr!.on('data', (d) => (err += d));
+        const code = await new Promise<number | null>((r) => child.once('exit', r));
+        assert.equal(code, 2, err);
+        assert.match(err, key);
+        assert.doesNotMatch(err, /\n\s+at /, 'a stack trace');
+      }
+    } finally {
+      await taken.close();
+    }
+  });
 });
 
 describe('real captures served as upstreams (../shared/fixtures)', { skip: !sharedFixturesPresent() && 'no ../shared/fixtures' }, () => {

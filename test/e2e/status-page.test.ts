@@ -43,18 +43,24 @@ describe('status page in Chromium', { skip: !CHROMIUM && 'no chromium (apt-get i
     base = `http://127.0.0.1:${port}`;
     // A free port for the demo's proxy too: its default (9401) may be taken on a shared machine.
     const proxyPort = await freePort();
+    // stdout is not read here: left as an unread pipe, the demo's request lines would fill it and block it.
     demo = spawn(
       process.execPath,
       [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--interval', '1s', '--engines', 'vllm,tgi,sglang'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
+      { stdio: ['ignore', 'ignore', 'pipe'] },
     );
-    await eventually(async () => (await getText(`${base}/readyz`).catch(() => ({ status: 0 }))).status === 200, 15_000, 'demo ready');
+    let stderr = '';
+    demo.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    // A demo that exits at start fails the suite with what it said, instead of a wait for readiness.
+    const exited = new Promise<string>((r) => demo.once('exit', (code) => r(`the demo exited (${code}) before it was ready: ${stderr}`)));
+    const ready = eventually(async () => (await getText(`${base}/readyz`).catch(() => ({ status: 0 }))).status === 200, 15_000, 'demo ready');
+    const early = await Promise.race([ready.then(() => undefined), exited]);
+    if (early !== undefined) throw new Error(early);
   });
 
   after(async () => {
     await browser?.close();
+    if (demo.exitCode !== null || demo.signalCode !== null) return;
     await new Promise<void>((r) => {
       demo.once('exit', () => r());
       demo.kill('SIGTERM');
