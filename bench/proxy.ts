@@ -228,7 +228,7 @@ async function waitReady(port: number): Promise<void> {
 /**
  * The quiet setting: the C stand-in engine, and in front of it a fresh process for each path that
  * has one (the relay, the loop alone, the anchor, infertel on each data path, agents on ports
- * `port` and `port + 2`), measured with the C load. Undefined, with why, where cc is missing.
+ * `port` and `port + 2`), measured with the C load; or why not, where cc is missing or fails.
  */
 async function startQuiet(
   relayPath: string | undefined,
@@ -244,40 +244,42 @@ async function startQuiet(
     return { why: 'why' in engineBuilt ? engineBuilt.why : 'why' in loadBuilt ? loadBuilt.why : '' };
   }
   const children: ChildProcess[] = [];
+  const stop = () => {
+    for (const c of children) c.kill();
+    for (const path of built) removeTool(path);
+  };
   const start = async (command: string, args: string[]) => {
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
     children.push(child);
     return { child, line: await firstLine(child) };
   };
-  const engine = await start(engineBuilt.path, []);
-  const enginePort = new URL(engine.line).port;
-  const relay = relayPath ? await start(relayPath, [enginePort]) : undefined;
-  const edge = withEdge ? await start(process.execPath, [NATIVE_EDGE, enginePort]) : undefined;
-  const pipe = await start(process.execPath, [PIPE_PROXY, engine.line]);
-  const agent = startAgent(engine.line, port);
-  const nodeAgent = startAgent(engine.line, port + 2, nodePathConfig);
-  children.push(agent, nodeAgent);
-  await waitReady(port);
-  await waitReady(port + 2);
-  const paths: PathUnderLoad[] = [
-    ['direct', engine.line, undefined],
-    ...(relay ? [['floor', relay.line, relay.child.pid] as const] : []),
-    ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
-    ['anchor', pipe.line, pipe.child.pid],
-    ['proxy', `http://127.0.0.1:${port + 1}`, agent.pid],
-    ['proxyNodePath', `http://127.0.0.1:${port + 3}`, nodeAgent.pid],
-  ];
-  const load = cLoad(loadBuilt.path);
-  // Warm-up, as for the Node load: JIT and connection pools.
-  for (const [, base] of paths) await load(base, 50, 1000, {}, 0);
-  return {
-    paths,
-    load,
-    stop: () => {
-      for (const c of children) c.kill();
-      for (const path of built) removeTool(path);
-    },
-  };
+  try {
+    const engine = await start(engineBuilt.path, []);
+    const enginePort = new URL(engine.line).port;
+    const relay = relayPath ? await start(relayPath, [enginePort]) : undefined;
+    const edge = withEdge ? await start(process.execPath, [NATIVE_EDGE, enginePort]) : undefined;
+    const pipe = await start(process.execPath, [PIPE_PROXY, engine.line]);
+    const agent = startAgent(engine.line, port);
+    const nodeAgent = startAgent(engine.line, port + 2, nodePathConfig);
+    children.push(agent, nodeAgent);
+    await waitReady(port);
+    await waitReady(port + 2);
+    const paths: PathUnderLoad[] = [
+      ['direct', engine.line, undefined],
+      ...(relay ? [['floor', relay.line, relay.child.pid] as const] : []),
+      ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
+      ['anchor', pipe.line, pipe.child.pid],
+      ['proxy', `http://127.0.0.1:${port + 1}`, agent.pid],
+      ['proxyNodePath', `http://127.0.0.1:${port + 3}`, nodeAgent.pid],
+    ];
+    const load = cLoad(loadBuilt.path);
+    // Warm-up, as for the Node load: JIT and connection pools.
+    for (const [, base] of paths) await load(base, 50, 1000, {}, 0);
+    return { paths, load, stop };
+  } catch (err) {
+    stop();
+    throw err;
+  }
 }
 
 export async function benchProxy(say: (s?: string) => void): Promise<void> {

@@ -128,6 +128,14 @@ static void body_bytes(struct client *c, const char *p, size_t n, double t) {
   }
 }
 
+/* Takes up to c->remaining body bytes of the n at p (a chunk's, or a Content-Length body's); returns how many. */
+static size_t take_body(struct client *c, const char *p, size_t n, double t) {
+  size_t take = n < (size_t)c->remaining ? n : (size_t)c->remaining;
+  body_bytes(c, p, take, t);
+  c->remaining -= (long)take;
+  return take;
+}
+
 /* Reads the head's fields that frame the body. */
 static void head_done(struct client *c, const char *head) {
   c->phase = DONE;
@@ -169,14 +177,10 @@ static int feed(struct client *c, const char *p, size_t n, double t) {
         }
         break;
       }
-      case CHUNK_DATA: {
-        size_t take = n - i < (size_t)c->remaining ? n - i : (size_t)c->remaining;
-        body_bytes(c, p + i, take, t);
-        i += take;
-        c->remaining -= (long)take;
+      case CHUNK_DATA:
+        i += take_body(c, p + i, n - i, t);
         if (!c->remaining) c->phase = CHUNK_CRLF;
         break;
-      }
       case CHUNK_CRLF:
         if (p[i++] == '\n') c->phase = CHUNK_SIZE;
         break;
@@ -191,14 +195,10 @@ static int feed(struct client *c, const char *p, size_t n, double t) {
         }
         break;
       }
-      case LENGTH_BODY: {
-        size_t take = n - i < (size_t)c->remaining ? n - i : (size_t)c->remaining;
-        body_bytes(c, p + i, take, t);
-        i += take;
-        c->remaining -= (long)take;
+      case LENGTH_BODY:
+        i += take_body(c, p + i, n - i, t);
         if (!c->remaining) c->phase = DONE;
         break;
-      }
       default:
         i = n;
     }
