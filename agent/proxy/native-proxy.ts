@@ -171,12 +171,8 @@ export class NativeProxy implements RequestProxy {
    * exception thrown out of here would reach Node's uncaughtException and end the agent.
    */
   private batch(requests: EdgeRequest[], seen: EdgeSeen[]): void {
-    for (const r of requests) this.guarded(() => this.arrived(r));
-    for (const s of seen) this.guarded(() => this.saw(s));
-  }
-
-  private guarded(work: () => void): void {
-    guarded(this.events, this.deps.log, work);
+    for (const r of requests) guarded(this.events, this.deps.log, () => this.arrived(r));
+    for (const s of seen) guarded(this.events, this.deps.log, () => this.saw(s));
   }
 
   private arrived(r: EdgeRequest): void {
@@ -199,7 +195,7 @@ export class NativeProxy implements RequestProxy {
       return;
     }
     const pending = askLimiter(this.deps, ex);
-    if (pending instanceof Promise) void pending.then((a) => this.guarded(() => this.decide(r, ex, a)));
+    if (pending instanceof Promise) void pending.then((a) => guarded(this.events, this.deps.log, () => this.decide(r, ex, a)));
     else this.decide(r, ex, pending);
   }
 
