@@ -407,7 +407,7 @@ export class Agent {
   private async afterCycle(): Promise<void> {
     this.dataVersion++;
     this.normalizer.advance(this.now(), this.minInterval() * 0.9);
-    if (this.gpu) this.efficiency.advance(this.now(), this.measured(), this.minInterval() * 0.9);
+    if (this.gpu) this.efficiency.advance(this.now(), this.measured(), this.minInterval() * 0.9, (model) => this.normalizer.readingTime(model));
     const requests =
       this.normalizer
         .snapshot()

@@ -22,7 +22,13 @@ const VLLM =
   '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine="0",model_name="llama"} 1.0\n' +
   '# TYPE http_requests_total counter\nhttp_requests_total{handler="/v1/completions",method="POST",status="2xx"} 7.0\n';
 
-function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel: string | undefined, globalModel: string | undefined) {
+function upstreamOf(
+  body: string,
+  flavor: 'vllm' | 'tgi' | 'auto',
+  upstreamModel: string | undefined,
+  globalModel: string | undefined,
+  clock: { ms: number; answerTakesMs: number } = { ms: 0, answerTakesMs: 0 },
+) {
   const catalogue = buildCatalogue('ms');
   const policy = makeLabelPolicy([], 128, ['model', 'model_name']);
   const normalizer = new Normalizer(catalogue, {
@@ -33,7 +39,13 @@ function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel
     limiter: new SeriesLimiter({ perMetric: 100, total: 1000 }),
     guardCounts: newGuardCounts(),
   });
-  const source: Source = { name: 'u', scrape: async () => resultOfParse(parseExposition(body), body.length) };
+  const source: Source = {
+    name: 'u',
+    scrape: async () => {
+      clock.ms += clock.answerTakesMs;
+      return resultOfParse(parseExposition(body), body.length);
+    },
+  };
   const cfg: UpstreamConfig = {
     name: 'u',
     url: 'http://127.0.0.1:1/metrics',
@@ -61,7 +73,7 @@ function upstreamOf(body: string, flavor: 'vllm' | 'tgi' | 'auto', upstreamModel
     defaultModel: globalModel,
     gpuTelemetry: () => false,
     staleAfterScrapes: 3,
-    now: () => 0,
+    now: () => clock.ms,
   });
   return { up, normalizer, logs, metrics };
 }
@@ -84,6 +96,16 @@ describe('model resolution per upstream', () => {
   it('then the global model (the info endpoint is down here), then unknown', async () => {
     assert.deepEqual(await modelsOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\n', 'tgi', undefined, 'global-model'), ['global-model']);
     assert.deepEqual(await modelsOf('# TYPE tgi_queue_size gauge\ntgi_queue_size 2\n', 'tgi', undefined, undefined), ['unknown']);
+  });
+});
+
+describe('when a scrape read the engine', () => {
+  it('is when the engine was asked, not when its answer had been read (rates run between readings)', async () => {
+    const clock = { ms: 5_000, answerTakesMs: 700 };
+    const { up, normalizer } = upstreamOf(VLLM, 'vllm', undefined, undefined, clock);
+    assert.equal(await up.cycle(new AbortController().signal), true);
+    assert.equal(clock.ms, 5_700, 'the answer came 700 ms after the scrape was sent');
+    assert.equal(normalizer.readingTime('llama'), 5_000);
   });
 });
 

@@ -34,10 +34,12 @@ interface Engine {
   preemptions: number;
   promptTokens: number;
   generationTokens: number;
-  /** --enable-mfu-metrics estimates, per GPU (one GPU per engine here). */
+  /** --enable-mfu-metrics estimates, per GPU (one GPU per engine here): the work done so far. */
   flops: number;
   readBytes: number;
   writeBytes: number;
+  /** Work of the requests that arrived, not done yet: a GPU does it at a bounded rate. */
+  todo: { flops: number; readBytes: number; writeBytes: number };
   success: Record<(typeof REASONS)[number], number>;
   hist: Record<string, Hist>;
 }
@@ -49,6 +51,32 @@ export interface VllmSimOptions {
   /** Requests per second per engine. */
   rate: number;
   seed: number;
+}
+
+/**
+ * What one simulated GPU sustains: 60% of an H100's dense BF16 peak and 75% of its HBM bandwidth.
+ * A request's work is counted as it is done, never faster: one long prompt counted whole when it
+ * arrived would show a 300 ms window with more FLOPs than the GPU can do. The traffic averages
+ * about a fifth of this, so the work waiting to be done drains between bursts.
+ */
+const SUSTAINED_FLOPS_PER_S = 0.6 * 989e12;
+const SUSTAINED_BYTES_PER_S = 0.75 * 3.35e12;
+
+/** Moves `dt` seconds of the engine's waiting work into its counters. */
+function doWork(e: Engine, dt: number): void {
+  const flops = Math.min(e.todo.flops, SUSTAINED_FLOPS_PER_S * dt);
+  e.flops += flops;
+  e.todo.flops -= flops;
+  const waiting = e.todo.readBytes + e.todo.writeBytes;
+  if (waiting <= 0) return;
+  // Reads and writes share the bandwidth in the proportion they wait.
+  const share = Math.min(1, (SUSTAINED_BYTES_PER_S * dt) / waiting);
+  const read = e.todo.readBytes * share;
+  const write = e.todo.writeBytes * share;
+  e.readBytes += read;
+  e.writeBytes += write;
+  e.todo.readBytes -= read;
+  e.todo.writeBytes -= write;
 }
 
 export class VllmSim {
@@ -84,6 +112,7 @@ export class VllmSim {
       flops: 0,
       readBytes: 0,
       writeBytes: 0,
+      todo: { flops: 0, readBytes: 0, writeBytes: 0 },
       success: { abort: 0, error: 0, length: 0, stop: 0 },
       hist: {
         time_to_first_token_seconds: new Hist(TTFT),
@@ -134,9 +163,9 @@ export class VllmSim {
         e.generationTokens += gen;
         // An 8B model: 2 x 8e9 FLOP a token; decode reads the 16 GB of weights once a step for a
         // batch of ~32; each token's KV (128 KiB) is written once.
-        e.flops += 2 * 8e9 * (prompt + gen);
-        e.readBytes += gen * 5e8 + prompt * 1e6;
-        e.writeBytes += (prompt + gen) * 131072;
+        e.todo.flops += 2 * 8e9 * (prompt + gen);
+        e.todo.readBytes += gen * 5e8 + prompt * 1e6;
+        e.todo.writeBytes += (prompt + gen) * 131072;
         e.prefixQueries += prompt;
         e.prefixHits += cached;
         const reason = r() < 0.02 ? 'abort' : r() < 0.25 ? 'length' : 'stop';
@@ -148,6 +177,7 @@ export class VllmSim {
         const key = `${handler}|POST|${status}`;
         this.http[key] = (this.http[key] ?? 0) + 1;
       }
+      doWork(e, dt);
       e.running = Math.round(dt > 0 ? busy / dt : 0);
       e.waiting = Math.max(0, Math.round(e.running > 24 ? (e.running - 24) * r() * 2 : r() < 0.1 ? 1 : 0));
       e.kvUsage = Math.min(1, 0.05 + e.running * 0.018 + r() * 0.02);

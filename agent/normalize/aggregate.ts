@@ -77,7 +77,7 @@ export function aggregate(sources: Iterable<ReadonlyMap<string, SourceState>>, e
       if (!a) continue;
       familyOf(m).series.push({ labels: ex.labels, value: m.aggregate === 'avg' ? a.value / a.n : a.value, hist: undefined });
     } else {
-      familyOf(m).series.push({ labels: ex.labels, value: ex.retiredValue + (a?.value ?? 0), hist: undefined });
+      familyOf(m).series.push({ labels: ex.labels, value: ex.retiredValue + (a?.value ?? 0), hist: undefined, sources: a?.n ?? 0 });
     }
   }
   return byMetric;

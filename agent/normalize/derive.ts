@@ -19,9 +19,16 @@ export class Derivations {
   /**
    * Advances the derived values to `nowMs` from the aggregated families. `minRateInterval`
    * (seconds) keeps a rate from being taken over a sliver of time when several upstreams finish
-   * close together. A derived series whose inputs are gone is dropped.
+   * close together. A derived series whose inputs are gone is dropped. `readAt` gives, per model,
+   * when its counters were read: a per-second rate runs from one reading to the next (`nowMs`
+   * stands in where it says nothing).
    */
-  update(byMetric: ReadonlyMap<string, CanonicalFamily>, nowMs: number, minRateInterval: number): void {
+  update(
+    byMetric: ReadonlyMap<string, CanonicalFamily>,
+    nowMs: number,
+    minRateInterval: number,
+    readAt: (model: string) => number | undefined = () => undefined,
+  ): void {
     const live = new Set<string>();
     const nowS = nowMs / 1000;
     for (const metric of this.catalogue.metrics) {
@@ -50,10 +57,13 @@ export class Derivations {
           let memory = this.memory.get(key);
           if (!memory) this.memory.set(key, (memory = new Map()));
           const inputsKey = inputs.join(SEP);
-          const den = denom ? denom.value : nowS;
+          const model = labelsRec.model;
+          const readS = model === undefined ? undefined : readAt(model);
+          const atS = readS === undefined ? nowS : readS / 1000;
+          const den = denom ? denom.value : atS;
           const prev = memory.get(inputsKey);
-          if (prev && nowS - prev.t < minRateInterval) continue;
-          memory.set(inputsKey, { num: s.value, den, t: nowS });
+          if (prev && atS - prev.t < minRateInterval) continue;
+          memory.set(inputsKey, { num: s.value, den, t: atS });
           if (!prev) continue;
           const dDen = den - prev.den;
           if (dDen <= 0) continue;

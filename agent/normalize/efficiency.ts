@@ -1,8 +1,9 @@
 // Efficiency joins: series that need the GPU and the engine at once, which a per-pod sidecar holds
 // and no exporter does (dcgm-exporter has no engine data, the engines no NVML). They are derived
-// from canonical series after each engine cycle, over the interval since the previous one, like
-// the normaliser's rates: energy per generated token, model FLOP utilisation and memory bandwidth
-// utilisation against the GPU model's peak, and KV cache bytes on each GPU.
+// from canonical series after each engine cycle, like the normaliser's rates (over the time between
+// two readings of the engine's counters, not between the agent's cycles): energy per generated
+// token, model FLOP utilisation and memory bandwidth utilisation against the GPU model's peak, and
+// KV cache bytes on each GPU.
 
 import type { CanonicalMetric, Catalogue } from '../catalogue/catalogue.js';
 import type { CanonicalFamily, CanonicalSeries } from './normalizer.js';
@@ -77,15 +78,24 @@ interface Totals {
   tokens: Map<string, number>;
   flops: Map<string, number>;
   bytes: Map<string, number>;
+  /** Per model: the engine ranks whose per-GPU counters add up in flops and bytes. */
+  ranks: Map<string, number>;
+}
+
+/** One model's FLOP and byte counters at the start of its utilisation window, and when they were read. */
+interface Reading {
+  atMs: number;
+  flops: number | undefined;
+  bytes: number | undefined;
 }
 
 export class EfficiencyJoin {
-  private prev: Totals | undefined;
   /** The totals at the last new GPU energy reading, and what that window gave. */
   private energyPoint: Totals | undefined;
   private lastEnergyPerToken: Array<{ model: string; value: number }> = [];
-  /** The utilisation ratios of the last window long enough to measure. */
-  private rates: Array<[string, string, number]> = [];
+  /** Per model: where its current utilisation window starts, and the ratios of its last window long enough to measure. */
+  private readonly windows = new Map<string, Reading>();
+  private readonly rates = new Map<string, Array<[string, number]>>();
   private current: CanonicalFamily[] = [];
   private readonly metrics: Map<string, CanonicalMetric>;
 
@@ -97,12 +107,13 @@ export class EfficiencyJoin {
   }
 
   /**
-   * Moves the windows with `families` (the canonical series now): the utilisation ratios over the
-   * time since the last point at least `minSeconds` old, energy per token at each new GPU energy
-   * reading. A counter that went down in between (a reset the normaliser could not bridge) skips
-   * that window.
+   * Moves the windows with `families` (the canonical series now): each model's utilisation ratios
+   * over the time since its last reading at least `minSeconds` older, energy per token at each new
+   * GPU energy reading. `readAt` says when a model's engine counters were read (`nowMs` stands in
+   * where it says nothing): the counters moved between readings, not between the agent's cycles. A
+   * counter that went down in between (a reset the normaliser could not bridge) skips that window.
    */
-  advance(nowMs: number, families: readonly CanonicalFamily[], minSeconds: number): void {
+  advance(nowMs: number, families: readonly CanonicalFamily[], minSeconds: number, readAt: (model: string) => number | undefined = () => undefined): void {
     const fam = (name: string) => families.find((f) => f.metric.name === name);
     const energyFam = fam('gpu_energy_joules_total');
     const bytes = sumBy(fam('inference_estimated_read_bytes_per_gpu_total'), 'model');
@@ -114,6 +125,7 @@ export class EfficiencyJoin {
       tokens: sumBy(fam('tokens_generated_total'), 'model'),
       flops: sumBy(fam('inference_estimated_flops_per_gpu_total'), 'model'),
       bytes,
+      ranks: ranksBy(fam('inference_estimated_flops_per_gpu_total'), fam('inference_estimated_read_bytes_per_gpu_total')),
     };
     const out = new Map<string, CanonicalSeries[]>();
     const put = (metric: string, model: string, value: number) => {
@@ -124,33 +136,51 @@ export class EfficiencyJoin {
     };
     this.energyWindow(nowMs, now, memoryByModel(fam('gpu_process_mem_bytes')));
     for (const e of this.lastEnergyPerToken) put('energy_per_token_joules', e.model, e.value);
-    const prev = this.prev;
-    if (!prev || (nowMs - prev.atMs) / 1000 >= minSeconds) {
-      this.prev = now;
-      this.rates = [];
-      if (prev) {
-        const seconds = (nowMs - prev.atMs) / 1000;
-        const names = (fam('gpu_info')?.series ?? []).map((s) => label(s, 'name') ?? '');
-        const peak = podPeak(names, this.override);
-        for (const [model, flops] of now.flops) {
-          const before = prev.flops.get(model);
-          if (peak.tflops !== undefined && before !== undefined && flops >= before)
-            this.rates.push(['model_flops_utilization_ratio', model, (flops - before) / seconds / (peak.tflops * 1e12)]);
-        }
-        for (const [model, b] of now.bytes) {
-          const before = prev.bytes.get(model);
-          if (peak.gbs !== undefined && before !== undefined && b >= before)
-            this.rates.push(['memory_bandwidth_utilization_ratio', model, (b - before) / seconds / (peak.gbs * 1e9)]);
-        }
-      }
-    }
-    for (const [metric, model, value] of this.rates) put(metric, model, value);
+    const names = (fam('gpu_info')?.series ?? []).map((s) => label(s, 'name') ?? '');
+    this.utilisation(now, podPeak(names, this.override), minSeconds, readAt);
+    for (const [model, ratios] of this.rates) for (const [metric, value] of ratios) put(metric, model, value);
     const kv = kvBytes(fam);
     if (kv.length) out.set('kv_cache_bytes', kv);
     this.current = [...out].flatMap(([name, series]) => {
       const metric = this.metrics.get(name);
       return metric ? [{ metric, series }] : [];
     });
+  }
+
+  /** Each model's FLOP and bandwidth utilisation, over the time between two readings of its counters. */
+  private utilisation(
+    now: Totals,
+    peak: { tflops: number | undefined; gbs: number | undefined },
+    minSeconds: number,
+    readAt: (model: string) => number | undefined,
+  ): void {
+    const models = new Set([...now.flops.keys(), ...now.bytes.keys()]);
+    for (const model of this.windows.keys()) {
+      if (models.has(model)) continue;
+      this.windows.delete(model);
+      this.rates.delete(model);
+    }
+    for (const model of models) {
+      const reading: Reading = { atMs: readAt(model) ?? now.atMs, flops: now.flops.get(model), bytes: now.bytes.get(model) };
+      const start = this.windows.get(model);
+      if (!start) {
+        this.windows.set(model, reading);
+        continue;
+      }
+      const seconds = (reading.atMs - start.atMs) / 1000;
+      if (seconds < minSeconds || seconds <= 0) continue;
+      this.windows.set(model, reading);
+      const ratios: Array<[string, number]> = [];
+      // Each rank counts its own GPUs' work: the pod's per-GPU rate is their mean.
+      const ranks = Math.max(1, now.ranks.get(model) ?? 1);
+      const rate = (after: number | undefined, before: number | undefined) =>
+        after !== undefined && before !== undefined && after >= before ? (after - before) / seconds / ranks : undefined;
+      const flops = rate(reading.flops, start.flops);
+      if (peak.tflops !== undefined && flops !== undefined) ratios.push(['model_flops_utilization_ratio', flops / (peak.tflops * 1e12)]);
+      const bandwidth = rate(reading.bytes, start.bytes);
+      if (peak.gbs !== undefined && bandwidth !== undefined) ratios.push(['memory_bandwidth_utilization_ratio', bandwidth / (peak.gbs * 1e9)]);
+      this.rates.set(model, ratios);
+    }
   }
 
   /**
@@ -199,6 +229,17 @@ export class EfficiencyJoin {
   families(): CanonicalFamily[] {
     return this.current;
   }
+}
+
+/** Per model, the engine series (data-parallel ranks) behind its per-GPU counters: the most any of them has. */
+function ranksBy(...families: Array<CanonicalFamily | undefined>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const fam of families)
+    for (const s of fam?.series ?? []) {
+      const model = label(s, 'model');
+      if (model !== undefined && s.sources !== undefined) out.set(model, Math.max(out.get(model) ?? 0, s.sources));
+    }
+  return out;
 }
 
 /** GPU memory per device and model, from processes whose `process` label names a model. */

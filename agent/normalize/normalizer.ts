@@ -19,6 +19,11 @@ export interface CanonicalSeries {
   labels: Array<[string, string]>;
   value: number;
   hist: HistData | undefined;
+  /**
+   * Counters read from engines: how many engine series add up to it now (an engine's data-parallel
+   * ranks each report their own); a per-GPU counter over this many is one GPU's.
+   */
+  sources?: number;
   /** Per bucket (the last is +Inf): the trace of one request that landed there (proxy histograms, OpenMetrics only). */
   exemplars?: ReadonlyArray<{ traceId: string; value: number; timestampSec: number } | undefined> | undefined;
 }
@@ -41,6 +46,12 @@ export interface UpstreamView {
   defaultModel: string;
   /** Catalogue metrics not read from this upstream (the inline proxy measures them in front of it). */
   skip?: ReadonlySet<string> | undefined;
+  /**
+   * When the engine was asked for these readings (the scrape's send time). Rates over its counters
+   * run from one reading to the next: the agent's own cycle times lag the readings by however long
+   * the answer took to arrive and be read, and that lag differs from one cycle to the next.
+   */
+  readAtMs?: number | undefined;
 }
 
 export interface NormalizerOptions {
@@ -110,6 +121,8 @@ export class Normalizer {
   private snapshotCache: CanonicalFamily[] | undefined;
   /** Data changed since the derived metrics were last advanced. */
   private dirty = false;
+  /** Per upstream: when its last ingested readings were taken, and the models they fed. */
+  private readonly readings = new Map<string, { atMs: number; models: Set<string> }>();
 
   constructor(
     private readonly catalogue: Catalogue,
@@ -134,6 +147,7 @@ export class Normalizer {
     }
     let states = this.sources.get(up.name);
     if (!states) this.sources.set(up.name, (states = new Map()));
+    const fedModels = new Set<string>();
     for (const metric of this.catalogue.metrics) {
       if (metric.needs || !metric.sources || up.skip?.has(metric.name)) continue;
       metric.sources.forEach((spec, specIndex) => {
@@ -145,10 +159,14 @@ export class Normalizer {
         for (const famName of spec.from ?? (spec.field !== undefined ? [spec.field] : [])) {
           const fam = index.get(famName);
           if (!fam) continue;
-          for (const m of this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats, served)) served.add(m);
+          for (const m of this.ingestSource(up, states!, metric, spec, `${specIndex}`, fam, cycle, stats, served)) {
+            served.add(m);
+            fedModels.add(m);
+          }
         }
       });
     }
+    if (up.readAtMs !== undefined) this.readings.set(up.name, { atMs: up.readAtMs, models: fedModels });
     this.sweep(up.name, cycle);
     this.changed();
     return stats;
@@ -497,8 +515,18 @@ export class Normalizer {
   advance(nowMs: number, minRateInterval: number): void {
     if (!this.dirty) return;
     this.dirty = false;
-    this.derivations.update(this.aggregate(), nowMs, minRateInterval);
+    this.derivations.update(this.aggregate(), nowMs, minRateInterval, (model) => this.readingTime(model));
     this.snapshotCache = undefined;
+  }
+
+  /**
+   * When the engine readings behind a model's series were taken: the latest among the upstreams
+   * that fed it in their last scrape; undefined when no scrape said (the caller's clock stands in).
+   */
+  readingTime(model: string): number | undefined {
+    let at: number | undefined;
+    for (const r of this.readings.values()) if (r.models.has(model) && (at === undefined || r.atMs > at)) at = r.atMs;
+    return at;
   }
 
   /** The canonical families: aggregated series and the derived values of the last `advance`. Pure. */

@@ -70,6 +70,7 @@ export class EngineCycle {
     const { normalizer } = this.deps;
     const result: CycleResult = { outcome: 'error', detail: undefined, bytes: 0, parseErrors: 0, rejected: {}, canonicalSeries: 0, passthrough: undefined };
     try {
+      const askedAt = this.deps.now();
       const res = await this.source.scrape(signal);
       Object.assign(result, { outcome: res.outcome, detail: res.detail, bytes: res.bytes, parseErrors: res.parseErrors, rejected: res.rejected });
       if (res.outcome !== 'ok') {
@@ -86,7 +87,7 @@ export class EngineCycle {
         const payloadModel = adapter.payloadModel(res.families);
         await this.resolveInfo(adapter, res.families, payloadModel, signal);
         await nextTurn();
-        const view = { ...normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), skip: this.deps.proxied };
+        const view = { ...normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), skip: this.deps.proxied, readAtMs: askedAt };
         const stats = normalizer.ingest(view, canonicalInput(adapter, res.families));
         result.canonicalSeries = stats.series;
         result.parseErrors += stats.incompleteHistograms;

@@ -160,6 +160,58 @@ describe('efficiency joins', () => {
     // 6e14 FLOP over the 6 s since the first point, on an H100: 1e14 / 9.89e14.
     assert.ok(Math.abs(value(short, 'model_flops_utilization_ratio')! - 1e14 / 9.89e14) < 1e-12);
   });
+
+  it("MFU and bandwidth run between the readings of the engine, not between the agent's cycles", () => {
+    const j = new EfficiencyJoin(cat, NO_OVERRIDE);
+    const readAt = new Map([['m', 0]]);
+    // The first answer was read 1.5 s after the engine was asked, the next at once.
+    j.advance(1_500, families({ energy: [0, 0], tokens: { m: 0 }, flops: 0, read: 0, write: 0 }), 5, (model) => readAt.get(model));
+    readAt.set('m', 10_000);
+    j.advance(10_000, families({ energy: [0, 0], tokens: { m: 0 }, flops: 9.89e15, read: 1.675e11, write: 1.675e11 }), 5, (model) => readAt.get(model));
+    // 9.89e15 FLOP over the 10 s between the readings on an H100 (989 TFLOP/s) is 1.0 exactly;
+    // over the agent's 8.5 s it would be 1.18, above what the GPU can do.
+    assert.ok(Math.abs(value(j, 'model_flops_utilization_ratio')! - 1) < 1e-12, String(value(j, 'model_flops_utilization_ratio')));
+    assert.ok(Math.abs(value(j, 'memory_bandwidth_utilization_ratio')! - 0.01) < 1e-12);
+    j.advance(12_000, families({ energy: [0, 0], tokens: { m: 0 }, flops: 9.99e15, read: 1.7e11, write: 1.7e11 }), 5, (model) => readAt.get(model));
+    assert.ok(Math.abs(value(j, 'model_flops_utilization_ratio')! - 1) < 1e-12, 'no new reading: the last window stands');
+
+    // Two models read at different times each get their own window.
+    const two = new EfficiencyJoin(cat, NO_OVERRIDE);
+    const flops = (m: number, n: number): CanonicalFamily[] => [
+      ...families({ energy: [0, 0], tokens: { m: 0, n: 0 } }),
+      family('inference_estimated_flops_per_gpu_total', [
+        [{ model: 'm' }, m],
+        [{ model: 'n' }, n],
+      ]),
+    ];
+    const times = new Map([
+      ['m', 0],
+      ['n', 3_000],
+    ]);
+    two.advance(3_000, flops(0, 0), 5, (model) => times.get(model));
+    times.set('m', 10_000);
+    times.set('n', 8_000);
+    two.advance(10_000, flops(9.89e14, 9.89e14), 5, (model) => times.get(model));
+    assert.ok(Math.abs(value(two, 'model_flops_utilization_ratio', 'm')! - 0.1) < 1e-12, 'm: 10 s');
+    assert.ok(Math.abs(value(two, 'model_flops_utilization_ratio', 'n')! - 0.2) < 1e-12, 'n: 5 s');
+  });
+
+  it("per-GPU counters summed over an engine's data-parallel ranks give one GPU's share: their mean", () => {
+    const j = new EfficiencyJoin(cat, NO_OVERRIDE);
+    const ranked = (flops: number, bytes: number, sources: number): CanonicalFamily[] => [
+      ...families({ energy: [0, 0], tokens: { m: 0 } }),
+      { metric: cat.byName.get('inference_estimated_flops_per_gpu_total')!, series: [{ labels: [['model', 'm']], value: flops, hist: undefined, sources }] },
+      {
+        metric: cat.byName.get('inference_estimated_read_bytes_per_gpu_total')!,
+        series: [{ labels: [['model', 'm']], value: bytes, hist: undefined, sources }],
+      },
+    ];
+    j.advance(0, ranked(0, 0, 2), 5);
+    // Two ranks, each 9.89e14 FLOP and 3.35e10 bytes on its own H100 in 10 s: 0.1 and 0.001 each.
+    j.advance(10_000, ranked(2 * 9.89e14, 2 * 3.35e10, 2), 5);
+    assert.ok(Math.abs(value(j, 'model_flops_utilization_ratio')! - 0.1) < 1e-12, String(value(j, 'model_flops_utilization_ratio')));
+    assert.ok(Math.abs(value(j, 'memory_bandwidth_utilization_ratio')! - 0.001) < 1e-12);
+  });
 });
 
 describe('kv_cache_bytes: usage x the pool on one GPU, on each GPU the pod sees', () => {

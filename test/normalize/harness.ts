@@ -11,7 +11,8 @@ import { canonicalInput } from '../../agent/sources/adapter.js';
 export interface Harness {
   n: Normalizer;
   limiter: SeriesLimiter;
-  ingest(flavor: Flavor, text: string, upstream?: string, model?: string, format?: InputFormat): void;
+  /** `readAtMs`: when the engine was asked for `text` (the scrape's send time). */
+  ingest(flavor: Flavor, text: string, upstream?: string, model?: string, format?: InputFormat, readAtMs?: number): void;
   fail(upstream: string): void;
   snapshot(nowMs?: number): CanonicalFamily[];
   /** Value of the one series of `metric` whose labels include `labels`; undefined if none. */
@@ -34,10 +35,10 @@ export function harness(opts: { profile?: UnitProfile; histograms?: 'rebucket' |
   const h: Harness = {
     n,
     limiter,
-    ingest(flavor, text, upstream = 'u1', model, format = 'text') {
+    ingest(flavor, text, upstream = 'u1', model, format = 'text', readAtMs) {
       const fam = parseExposition(text, format).families;
       const a = FLAVOR_TABLE[flavor];
-      n.ingest(normaliserView(a, upstream, model ?? a.payloadModel(fam) ?? 'unknown'), canonicalInput(a, fam));
+      n.ingest({ ...normaliserView(a, upstream, model ?? a.payloadModel(fam) ?? 'unknown'), readAtMs }, canonicalInput(a, fam));
     },
     fail: (u) => n.markFailed(u),
     snapshot: (nowMs) => {

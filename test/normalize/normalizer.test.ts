@@ -412,6 +412,23 @@ describe('normaliser: real captures (../shared/fixtures)', { skip: !sharedFixtur
   });
 });
 
+describe('normaliser: how many engine series add up to a counter', () => {
+  it('each canonical counter says how many live source series it sums (a per-GPU counter over two data-parallel ranks)', () => {
+    const h = harness();
+    const flops = (values: number[]) =>
+      `# TYPE vllm:estimated_flops_per_gpu_total counter\n${values.map((v, i) => `vllm:estimated_flops_per_gpu_total{engine="${i}",model_name="m"} ${v}\n`).join('')}`;
+    h.ingest('vllm', flops([10, 30]));
+    const series = () => h.snapshot().find((f) => f.metric.name === 'inference_estimated_flops_per_gpu_total')?.series[0];
+    assert.equal(series()?.value, 40);
+    assert.equal(series()?.sources, 2);
+    h.ingest('vllm', flops([20]));
+    h.ingest('vllm', flops([20]));
+    h.ingest('vllm', flops([20]));
+    assert.equal(series()?.sources, 1, 'a rank gone for staleAfterScrapes (3) scrapes no longer counts');
+    assert.equal(series()?.value, 50, 'and what it had counted stays in the sum');
+  });
+});
+
 describe('normaliser: simulated vLLM V1 with two engines', () => {
   it('every canonical vLLM metric appears', () => {
     const sim = new VllmSim({ model: 'm', engines: 2, maxModelLen: 32768, rate: 20, seed: 1 }, 0);
@@ -467,5 +484,32 @@ describe('derived metrics advance only when told (snapshot() is pure)', () => {
     h.ingest('vllm', gen(400));
     h.n.advance(1_020_000 + 50_000, 1);
     assert.equal(rate(), 100 / 60, 'measured from the last advance that took a sample');
+  });
+
+  it("a rate runs from one reading of the engine to the next, not between the agent's cycles", () => {
+    const h = harness();
+    const decode = (model: string) =>
+      h.n
+        .snapshot()
+        .find((f) => f.metric.name === 'tokens_per_second')
+        ?.series.find((s) => s.labels.some(([k, v]) => k === 'model' && v === model) && s.labels.some(([k, v]) => k === 'phase' && v === 'decode'))?.value;
+    h.ingest('vllm', vllmV1({ running: [1], gen: [100] }), 'u1', undefined, 'text', 1_000_000);
+    // The first answer was read 300 ms after the engine was asked, the second at once: the agent's
+    // cycles are 9.7 s apart, the readings 10 s.
+    h.n.advance(1_000_300, 1);
+    h.ingest('vllm', vllmV1({ running: [1], gen: [300] }), 'u1', undefined, 'text', 1_010_000);
+    h.n.advance(1_010_000, 1);
+    assert.equal(decode('llama'), 20, '(300 - 100) tokens / 10 s between the readings, not 200 / 9.7 s');
+    assert.equal(h.n.readingTime('llama'), 1_010_000);
+    assert.equal(h.n.readingTime('absent'), undefined, "no reading names it: the caller's clock stands in");
+
+    // A second upstream with its own model and its own reading times; neither moves the other's.
+    h.ingest('vllm', vllmV1({ running: [1], gen: [0], model: 'other' }), 'u2', undefined, 'text', 1_002_000);
+    h.n.advance(1_012_000, 1);
+    h.ingest('vllm', vllmV1({ running: [1], gen: [50], model: 'other' }), 'u2', undefined, 'text', 1_007_000);
+    h.n.advance(1_013_000, 1);
+    assert.equal(decode('other'), 10, "50 tokens over the 5 s between u2's readings");
+    assert.equal(h.n.readingTime('other'), 1_007_000);
+    assert.equal(h.n.readingTime('llama'), 1_010_000, 'u1 was not read again');
   });
 });
