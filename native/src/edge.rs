@@ -1257,7 +1257,9 @@ impl Loop {
                     return Step::Wait;
                 }
                 let Phase::Body { req, body, .. } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
-                if self.in_progress() >= self.max_concurrent {
+                // Each connection holds at most one request in progress: with fewer connection
+                // slots than the limit there is nothing to count, and the count is per request.
+                if self.conns.len() >= self.max_concurrent && self.in_progress() >= self.max_concurrent {
                     self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
                     let request_id = self.told_refused(i, &req, "overloaded");
                     let c = self.conns[i].as_mut().expect("open");
