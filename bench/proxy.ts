@@ -139,7 +139,7 @@ const TABLE_HEAD =
   '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct | whole rounds |';
 const TABLE_RULE = '|---|---|---|---|---|---|---|---|---|---|---|';
 
-type PathName = 'direct' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyNodePath';
+type PathName = 'direct' | 'directAgain' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyNodePath';
 /** A path under test: its name, its base URL, and the pid of the process in the path (none for direct). */
 type PathUnderLoad = readonly [PathName, string, number | undefined];
 type LoadResult = { ttfb: number[]; chunks: number; chunksPerSecond: number; roundChunksPerSecond: number };
@@ -197,6 +197,7 @@ async function measurePaths(
     say(`| ${streams} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
     const anchor = summary('anchor');
     for (const [name, label] of [
+      ['directAgain', "direct again: the instrument's own spread"],
       ['floor', 'floor: C byte relay'],
       ['nodeFloor', 'Node floor: Node byte relay'],
       ['nativeEdge', 'native data path alone: HTTP/1.1 framing, nothing measured'],
@@ -206,9 +207,12 @@ async function measurePaths(
     ] as const) {
       const p = summary(name);
       if (!p) continue;
-      const ratio = anchor ? `${((p.p50 - d.p50) / (anchor.p50 - d.p50)).toFixed(2)}x` : '';
+      // Direct again has no process of its own to charge CPU to, and no anchor ratio to speak of.
+      const inPath = name !== 'directAgain';
+      const ratio = anchor && inPath ? `${((p.p50 - d.p50) / (anchor.p50 - d.p50)).toFixed(2)}x` : '';
+      const cpu = inPath ? `${p.usPerChunk.toFixed(1)} µs` : '';
       say(
-        `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${p.usPerChunk.toFixed(1)} µs | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
+        `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${cpu} | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
       );
     }
   }
@@ -226,9 +230,58 @@ async function waitReady(port: number): Promise<void> {
 }
 
 /**
- * The quiet setting: the C stand-in engine, and in front of it a fresh process for each path that
- * has one (the relay, the loop alone, the anchor, infertel on each data path, agents on ports
- * `port` and `port + 2`), measured with the C load; or why not, where cc is missing or fails.
+ * Every path in front of the engine at `engineUrl`, each a fresh process of its own: the C relay
+ * (when built), the Node relay (`nodeFloor`), the loop alone (`edge`), the anchor, and infertel on
+ * each data path (agents on `port` and `port + 2`, their proxies one above). Direct is measured
+ * twice, as two paths: what the second adds is the instrument's own spread. Each is warmed up
+ * with `warm` (JIT and connection pools) before it is returned.
+ */
+async function startPaths(
+  engineUrl: string,
+  opts: { relayPath: string | undefined; edge: boolean; nodeFloor: boolean; port: number; nodePathConfig: string },
+  warm: Load,
+): Promise<{ paths: PathUnderLoad[]; stop: () => void }> {
+  const children: ChildProcess[] = [];
+  const stop = () => {
+    for (const c of children) c.kill();
+  };
+  const start = async (command: string, args: string[]) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.push(child);
+    return { child, line: await firstLine(child) };
+  };
+  try {
+    const enginePort = new URL(engineUrl).port;
+    const relay = opts.relayPath ? await start(opts.relayPath, [enginePort]) : undefined;
+    const nodeRelay = opts.nodeFloor ? await start(process.execPath, [NODE_RELAY, enginePort]) : undefined;
+    const edge = opts.edge ? await start(process.execPath, [NATIVE_EDGE, enginePort]) : undefined;
+    const pipe = await start(process.execPath, [PIPE_PROXY, engineUrl]);
+    const agent = startAgent(engineUrl, opts.port);
+    const nodeAgent = startAgent(engineUrl, opts.port + 2, opts.nodePathConfig);
+    children.push(agent, nodeAgent);
+    await waitReady(opts.port);
+    await waitReady(opts.port + 2);
+    const paths: PathUnderLoad[] = [
+      ['direct', engineUrl, undefined],
+      ['directAgain', engineUrl, undefined],
+      ...(relay ? [['floor', relay.line, relay.child.pid] as const] : []),
+      ...(nodeRelay ? [['nodeFloor', nodeRelay.line, nodeRelay.child.pid] as const] : []),
+      ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
+      ['anchor', pipe.line, pipe.child.pid],
+      ['proxy', `http://127.0.0.1:${opts.port + 1}`, agent.pid],
+      ['proxyNodePath', `http://127.0.0.1:${opts.port + 3}`, nodeAgent.pid],
+    ];
+    for (const [name, base] of paths) if (name !== 'directAgain') await warm(base, 50, 1000, {}, 0);
+    return { paths, stop };
+  } catch (err) {
+    stop();
+    throw err;
+  }
+}
+
+/**
+ * The quiet setting: the C stand-in engine, the paths in front of it (`startPaths`, no Node relay),
+ * and the C load; or why not, where cc is missing or fails.
  */
 async function startQuiet(
   relayPath: string | undefined,
@@ -243,39 +296,18 @@ async function startQuiet(
     for (const path of built) removeTool(path);
     return { why: 'why' in engineBuilt ? engineBuilt.why : 'why' in loadBuilt ? loadBuilt.why : '' };
   }
-  const children: ChildProcess[] = [];
+  const engine = spawn(engineBuilt.path, [], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let started: { stop: () => void } | undefined;
   const stop = () => {
-    for (const c of children) c.kill();
+    started?.stop();
+    engine.kill();
     for (const path of built) removeTool(path);
   };
-  const start = async (command: string, args: string[]) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
-    children.push(child);
-    return { child, line: await firstLine(child) };
-  };
   try {
-    const engine = await start(engineBuilt.path, []);
-    const enginePort = new URL(engine.line).port;
-    const relay = relayPath ? await start(relayPath, [enginePort]) : undefined;
-    const edge = withEdge ? await start(process.execPath, [NATIVE_EDGE, enginePort]) : undefined;
-    const pipe = await start(process.execPath, [PIPE_PROXY, engine.line]);
-    const agent = startAgent(engine.line, port);
-    const nodeAgent = startAgent(engine.line, port + 2, nodePathConfig);
-    children.push(agent, nodeAgent);
-    await waitReady(port);
-    await waitReady(port + 2);
-    const paths: PathUnderLoad[] = [
-      ['direct', engine.line, undefined],
-      ...(relay ? [['floor', relay.line, relay.child.pid] as const] : []),
-      ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
-      ['anchor', pipe.line, pipe.child.pid],
-      ['proxy', `http://127.0.0.1:${port + 1}`, agent.pid],
-      ['proxyNodePath', `http://127.0.0.1:${port + 3}`, nodeAgent.pid],
-    ];
     const load = cLoad(loadBuilt.path);
-    // Warm-up, as for the Node load: JIT and connection pools.
-    for (const [, base] of paths) await load(base, 50, 1000, {}, 0);
-    return { paths, load, stop };
+    const paths = await startPaths(await firstLine(engine), { relayPath, edge: withEdge, nodeFloor: false, port, nodePathConfig }, load);
+    started = paths;
+    return { paths: paths.paths, load, stop };
   } catch (err) {
     stop();
     throw err;
@@ -286,23 +318,15 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   say('### Inline proxy (request-level mode): added latency, throughput and memory per stream');
   say();
   const { child: engine, line: engineUrl } = await spawnNode([ENGINE], 'ignore');
-  const { child: pipe, line: pipeUrl } = await spawnNode([PIPE_PROXY, engineUrl], 'ignore');
   const built = buildTool('relay');
-  const relay = 'path' in built ? spawn(built.path, [new URL(engineUrl).port], { stdio: ['ignore', 'pipe', 'ignore'] }) : undefined;
-  const relayUrl = relay ? await firstLine(relay) : undefined;
-  const { child: nodeRelay, line: nodeRelayUrl } = await spawnNode([NODE_RELAY, new URL(engineUrl).port], 'ignore');
-  const edge = loadAddon().ok ? await spawnNode([NATIVE_EDGE, new URL(engineUrl).port], 'ignore') : undefined;
+  const relayPath = 'path' in built ? built.path : undefined;
+  const withEdge = loadAddon().ok;
   const port = 21000 + Math.floor(Math.random() * 4000);
   const dir = mkdtempSync(join(tmpdir(), 'infertel-bench-'));
   const nodePathConfig = join(dir, 'node-path.yaml');
   writeFileSync(nodePathConfig, 'proxy:\n  dataPath: node\n');
-  const agent = startAgent(engineUrl, port);
-  const proxy = `http://127.0.0.1:${port + 1}`;
-  const nodeAgent = startAgent(engineUrl, port + 4, nodePathConfig);
-  const nodeProxy = `http://127.0.0.1:${port + 5}`;
-  await waitReady(port);
-  await waitReady(port + 4);
-  const dataPath = loadAddon().ok ? 'native' : 'node';
+  const dataPath = withEdge ? 'native' : 'node';
+  let main: { paths: PathUnderLoad[]; stop: () => void } | undefined;
   let quiet: Awaited<ReturnType<typeof startQuiet>> | undefined;
   try {
     say(
@@ -313,25 +337,11 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path alone is the addon's loop (`native/src/edge.rs`) in a process of its own with no JS side (`bench/serve-native-edge.ts`): HTTP/1.1 parsed and the proxy's forwarding rules applied, engine connections pooled, nothing measured; what infertel adds over it is the JS side that measures and records each request.",
     );
     say();
-    if (!relay) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
+    if (!relayPath) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
     say(TABLE_HEAD);
     say(TABLE_RULE);
-    await load(proxy, 50, 1000, {});
-    await load(nodeProxy, 50, 1000, {});
-    await load(pipeUrl, 50, 1000, {});
-    await load(engineUrl, 50, 1000, {});
-    if (relayUrl) await load(relayUrl, 50, 1000, {});
-    await load(nodeRelayUrl, 50, 1000, {});
-    if (edge) await load(edge.line, 50, 1000, {});
-    const paths: PathUnderLoad[] = [
-      ['direct', engineUrl, undefined],
-      ...(relayUrl && relay ? [['floor', relayUrl, relay.pid] as const] : []),
-      ['nodeFloor', nodeRelayUrl, nodeRelay.pid],
-      ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
-      ['anchor', pipeUrl, pipe.pid],
-      ['proxy', proxy, agent.pid],
-      ['proxyNodePath', nodeProxy, nodeAgent.pid],
-    ];
+    main = await startPaths(engineUrl, { relayPath, edge: withEdge, nodeFloor: true, port, nodePathConfig }, load);
+    const paths = main.paths;
     await measurePaths(
       paths,
       [
@@ -344,7 +354,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       dataPath,
       say,
     );
-    quiet = await startQuiet('path' in built ? built.path : undefined, edge !== undefined, port + 8, nodePathConfig);
+    quiet = await startQuiet(relayPath, withEdge, port + 8, nodePathConfig);
     if ('why' in quiet) {
       say();
       say(`(The rows with the C stand-in engine and load are left out: ${quiet.why}.)`);
@@ -374,7 +384,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     say();
     // Memory per open stream, in a fresh agent on each data path, and the loop alone: 1000 streams held open.
     for (const [label, config, at] of [
-      [`infertel (default: ${dataPath} data path)`, undefined, port + 2],
+      [`infertel (default: ${dataPath} data path)`, undefined, port + 4],
       ['infertel, proxy.dataPath: node', nodePathConfig, port + 6],
     ] as const) {
       const mem = startAgent(engineUrl, at, config);
@@ -388,9 +398,10 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       await m.held;
       mem.kill();
     }
+    const edge = paths.find(([name]) => name === 'nativeEdge');
     if (edge) {
       // The loop alone, in a process of its own (its RSS includes the Node runtime that loads it).
-      const m = await memoryPerStream(edge.line, edge.child.pid!);
+      const m = await memoryPerStream(edge[1], edge[2]!);
       say(
         `Memory per open stream, native data path alone: RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream (both sockets and their buffers).`,
       );
@@ -399,13 +410,8 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     }
   } finally {
     if (quiet && 'stop' in quiet) quiet.stop();
-    agent.kill();
-    nodeAgent.kill();
+    main?.stop();
     rmSync(dir, { recursive: true, force: true });
-    pipe.kill();
-    relay?.kill();
-    nodeRelay.kill();
-    edge?.child.kill();
     if ('path' in built) removeTool(built.path);
     engine.kill();
     client.destroy();
