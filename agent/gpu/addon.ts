@@ -27,7 +27,7 @@ export interface GpuAddon {
   amdInit(libPath?: string | null): AmdInitInfo;
   amdPoll(): Promise<GpuPoll>;
   amdShutdown(): boolean;
-  edgeStart(spec: string, policy?: (requests: EdgeRequest[], seen: EdgeSeen[]) => void): { id: number; address: string };
+  edgeStart(spec: string, policy?: (requests: EdgeRequest[], seen: EdgeTaps) => void): { id: number; address: string };
   edgeForward(id: number, token: number, upstreamFields: string, clientFields: string, body?: Buffer | string, stripUsage?: boolean): boolean;
   edgeAnswer(id: number, token: number, response: Buffer | string): boolean;
   edgeStats(id: number): EdgeStats | null;
@@ -70,7 +70,48 @@ export interface EdgeRequest {
   body: Buffer;
 }
 
-/** What the native data path saw of an answer its policy let through, and when (as EdgeRequest.at). */
+export type EdgeOutcome = 'complete' | 'engine_reset' | 'client_abort' | 'upstream_timeout' | 'upstream_refused' | 'policy_timeout';
+
+/** Kinds in EdgeTaps.index. */
+export const TAP_HEAD = 0;
+export const TAP_DATA = 1;
+export const TAP_END = 2;
+
+/**
+ * What the native data path saw of the answers its policy let through since the last batch, in
+ * order, packed: a batch carries tens of data reads, and they come as four numbers and a slice of
+ * one Buffer each rather than as an object with a Buffer of its own.
+ */
+export interface EdgeTaps {
+  /** Four numbers per thing seen: its kind (TAP_HEAD, TAP_DATA, TAP_END), token, when (as EdgeRequest.at), and for data its byte count. */
+  index: Float64Array;
+  /** The data, end to end in the order of `index`: body bytes as the engine sent them, before any strip. */
+  bytes: Buffer;
+  /** For each head its status and headers, for each end its outcome, in the order of `index`. */
+  notes: Array<{ status: number; headers: string[] } | { outcome: EdgeOutcome }>;
+}
+
+/** EdgeTaps unpacked, one object per thing seen (for tests and tools; the proxy reads the packed form). */
+export function seenOf(taps: EdgeTaps): EdgeSeen[] {
+  const out: EdgeSeen[] = [];
+  let offset = 0;
+  let note = 0;
+  for (let i = 0; i + 3 < taps.index.length; i += 4) {
+    const [kind, token, at, length] = [taps.index[i], taps.index[i + 1], taps.index[i + 2], taps.index[i + 3]] as number[];
+    const base = { token: token!, at: at!, status: null, headers: null, data: null, outcome: null };
+    if (kind === TAP_DATA) {
+      out.push({ ...base, kind: 'data', data: taps.bytes.subarray(offset, offset + length!) });
+      offset += length!;
+    } else {
+      const n = taps.notes[note++];
+      if (kind === TAP_HEAD && n && 'status' in n) out.push({ ...base, kind: 'head', status: n.status, headers: n.headers });
+      else if (n && 'outcome' in n) out.push({ ...base, kind: 'end', outcome: n.outcome });
+    }
+  }
+  return out;
+}
+
+/** One thing the native data path saw of an answer its policy let through, and when (as EdgeRequest.at). */
 export interface EdgeSeen {
   token: number;
   at: number;
@@ -79,7 +120,7 @@ export interface EdgeSeen {
   headers: string[] | null;
   /** Body bytes as the engine sent them, before any strip. */
   data: Buffer | null;
-  outcome: 'complete' | 'engine_reset' | 'client_abort' | 'upstream_timeout' | 'upstream_refused' | 'policy_timeout' | null;
+  outcome: EdgeOutcome | null;
 }
 
 export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };

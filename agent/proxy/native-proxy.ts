@@ -10,7 +10,7 @@
 // joins is made here.
 
 import type { IncomingHttpHeaders } from 'node:http';
-import type { EdgeRequest, EdgeSeen, GpuAddon } from '../gpu/addon.js';
+import { type EdgeOutcome, type EdgeRequest, type EdgeTaps, type GpuAddon, TAP_DATA, TAP_HEAD } from '../gpu/addon.js';
 import {
   askLimiter,
   type Exchange,
@@ -170,9 +170,25 @@ export class NativeProxy implements RequestProxy {
    * that of a request in it. An error in one item is counted and logged, and the rest go on: an
    * exception thrown out of here would reach Node's uncaughtException and end the agent.
    */
-  private batch(requests: EdgeRequest[], seen: EdgeSeen[]): void {
+  private batch(requests: EdgeRequest[], seen: EdgeTaps): void {
     for (const r of requests) guarded(this.events, this.deps.log, () => this.arrived(r));
-    for (const s of seen) guarded(this.events, this.deps.log, () => this.saw(s));
+    const { index, bytes, notes } = seen;
+    let offset = 0;
+    let note = 0;
+    for (let i = 0; i + 3 < index.length; i += 4) {
+      const kind = index[i];
+      const token = index[i + 1] as number;
+      const at = (index[i + 2] as number) - this.clockOffset;
+      if (kind === TAP_DATA) {
+        const data = bytes.subarray(offset, offset + (index[i + 3] as number));
+        offset += data.length;
+        guarded(this.events, this.deps.log, () => this.sawData(token, at, data));
+        continue;
+      }
+      const n = notes[note++];
+      if (kind === TAP_HEAD && n && 'status' in n) guarded(this.events, this.deps.log, () => this.sawHead(token, n.status, n.headers));
+      else if (n && 'outcome' in n) guarded(this.events, this.deps.log, () => this.sawEnd(token, at, n.outcome));
+    }
   }
 
   private arrived(r: EdgeRequest): void {
@@ -245,30 +261,31 @@ export class NativeProxy implements RequestProxy {
     this.recorder.finish(ex, performance.now());
   }
 
-  private saw(s: EdgeSeen): void {
-    if (s.kind === 'end') this.endsSeen++;
-    const ex = this.open.get(s.token);
+  /** The engine's head: what its body is, and so how it is read. */
+  private sawHead(token: number, status: number, flat: string[]): void {
+    const ex = this.open.get(token);
     if (!ex) return;
-    const at = s.at - this.clockOffset;
-    if (s.kind === 'head') {
-      const status = s.status ?? 502;
-      ex.status = status;
-      this.deps.models.noteAnswer();
-      const flat = s.headers ?? [];
-      let contentType: string | undefined;
-      for (let i = 0; i + 1 < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === 'content-type') contentType = flat[i + 1];
-      // An error body is no first token: only 2xx answers are read for content and usage.
-      const kind = status >= 200 && status < 300 ? bodyKind(ex.route, contentType) : 'opaque';
-      ex.validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
-      ex.observer = new StreamObserver(ex.route, kind, ex.stripUsage && kind === 'sse', this.gapBounds, this.opts.traceTokenEvery, ex.validator);
-      return;
-    }
-    if (s.kind === 'data') {
-      if (s.data) ex.observer?.push(s.data, at);
-      return;
-    }
-    this.open.delete(s.token);
-    this.ended(ex, s.outcome ?? 'complete', at);
+    ex.status = status;
+    this.deps.models.noteAnswer();
+    let contentType: string | undefined;
+    for (let i = 0; i + 1 < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === 'content-type') contentType = flat[i + 1];
+    // An error body is no first token: only 2xx answers are read for content and usage.
+    const kind = status >= 200 && status < 300 ? bodyKind(ex.route, contentType) : 'opaque';
+    ex.validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
+    ex.observer = new StreamObserver(ex.route, kind, ex.stripUsage && kind === 'sse', this.gapBounds, this.opts.traceTokenEvery, ex.validator);
+  }
+
+  /** Body bytes as the engine sent them, at `at` (this side's clock); the data is a view of the batch's buffer. */
+  private sawData(token: number, at: number, data: Buffer): void {
+    this.open.get(token)?.observer?.push(data, at);
+  }
+
+  private sawEnd(token: number, at: number, outcome: EdgeOutcome): void {
+    this.endsSeen++;
+    const ex = this.open.get(token);
+    if (!ex) return;
+    this.open.delete(token);
+    this.ended(ex, outcome, at);
     this.recorder.finish(ex, at);
   }
 

@@ -167,7 +167,8 @@ export class StreamObserver {
     if (this.kind === 'opaque') return chunk;
     if (this.kind === 'json') {
       if (this.firstContentAt === undefined) this.contentAt(t);
-      if (this.jsonBytes + chunk.length <= MAX_JSON_COPY) this.jsonCopy.push(chunk);
+      // A copy: the chunk may be a view of a larger buffer (the native loop's batch) that it would keep alive.
+      if (this.jsonBytes + chunk.length <= MAX_JSON_COPY) this.jsonCopy.push(Buffer.from(chunk));
       this.jsonBytes += chunk.length;
       return chunk;
     }

@@ -158,7 +158,7 @@ pub struct Admission {
  * Hands the policy, once per turn of the loop, the requests that became complete and what
  * happened to the answers of those it let through.
  */
-pub type Admit = Box<dyn Fn(Vec<Admission>, Vec<Tap>) + Send>;
+pub type Admit = Box<dyn Fn(Vec<Admission>, Vec<Tap>, Vec<u8>) + Send>;
 
 /** What the loop saw of one answer, and when (CLOCK_MONOTONIC, in ms, as Node's process.hrtime). */
 pub struct Tap {
@@ -170,8 +170,12 @@ pub struct Tap {
 pub enum Seen {
     /** The engine's head. */
     Head { status: u16, headers: Vec<(String, String)> },
-    /** Body bytes as the engine sent them (chunked coding removed; nothing stripped yet). */
-    Data(Vec<u8>),
+    /**
+     * This many body bytes as the engine sent them (chunked coding removed; nothing stripped yet):
+     * the next ones in the batch's bytes, where each turn's data lies end to end (one buffer for the
+     * policy, not one per read).
+     */
+    Data(usize),
     /** The exchange is over: complete, engine_reset, client_abort, upstream_timeout, upstream_refused or policy_timeout. */
     End(&'static str),
 }
@@ -279,6 +283,7 @@ impl Edge {
             admitting: std::collections::HashMap::new(),
             pending: Vec::new(),
             taps: Vec::new(),
+            tap_bytes: Vec::new(),
             next_token: 0,
             epfd,
             listener,
@@ -968,6 +973,8 @@ struct Loop {
     pending: Vec<Admission>,
     /** What was seen of answers this turn, for the policy. */
     taps: Vec<Tap>,
+    /** The bytes of this turn's Data taps, end to end. */
+    tap_bytes: Vec<u8>,
     next_token: u64,
 }
 
@@ -1032,7 +1039,7 @@ impl Loop {
             let urgent = self.pending.iter().any(|a| a.waits);
             if (urgent || now >= next_hand) && (!self.pending.is_empty() || !self.taps.is_empty()) {
                 if let Some(admit) = &self.admit {
-                    admit(std::mem::take(&mut self.pending), std::mem::take(&mut self.taps));
+                    admit(std::mem::take(&mut self.pending), std::mem::take(&mut self.taps), std::mem::take(&mut self.tap_bytes));
                 }
                 next_hand = now + HAND_EVERY;
             }
@@ -1361,7 +1368,8 @@ impl Loop {
                     if n > 0 || !c.tapped {
                         c.tap_left -= n;
                         c.tapped = true;
-                        self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Data(data[..n].to_vec()) });
+                        self.tap_bytes.extend_from_slice(&data[..n]);
+                        self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Data(n) });
                     }
                 }
                 if let Some(strip) = c.strip.as_mut() {

@@ -444,8 +444,8 @@ struct Policy(napi_threadsafe_function);
 unsafe impl Send for Policy {}
 
 impl Policy {
-    fn hand(&self, requests: Vec<edge::Admission>, seen: Vec<edge::Tap>) {
-        let data = Box::into_raw(Box::new((requests, seen))) as *mut std::ffi::c_void;
+    fn hand(&self, requests: Vec<edge::Admission>, seen: Vec<edge::Tap>, bytes: Vec<u8>) {
+        let data = Box::into_raw(Box::new((requests, seen, bytes))) as *mut std::ffi::c_void;
         // Non-blocking: the queue is unbounded, and each connection has at most one request with the policy.
         if unsafe { napi_call_threadsafe_function(self.0, data, 0) } != 0 {
             drop(unsafe { Box::from_raw(data as *mut Batch) });
@@ -453,7 +453,7 @@ impl Policy {
     }
 }
 
-type Batch = (Vec<edge::Admission>, Vec<edge::Tap>);
+type Batch = (Vec<edge::Admission>, Vec<edge::Tap>, Vec<u8>);
 
 impl Drop for Policy {
     fn drop(&mut self) {
@@ -469,17 +469,57 @@ unsafe fn buffer(env: napi_env, bytes: &[u8]) -> napi_value {
     v
 }
 
+/// napi_typedarray_type's napi_float64_array.
+const NAPI_FLOAT64_ARRAY: c_int = 8;
+
 /**
  * On the main thread: policy(requests, seen). requests: { token, at, method, target, headers:
- * [name, value, ...], body: Buffer }; seen: { token, at, kind: 'head' | 'data' | 'end', status,
- * headers, data: Buffer, outcome }.
+ * [name, value, ...], body: Buffer }; seen: { index: Float64Array, bytes: Buffer, notes }, where
+ * index holds four numbers per thing seen (kind 0 head, 1 data, 2 end; token; at; the data's byte
+ * count), bytes the data end to end, and notes each head's { status, headers } and each end's
+ * { outcome } in order. A batch carries tens of data reads: a number each in index and a slice of
+ * one Buffer, where each was an object with a Buffer of its own.
  */
 unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut std::ffi::c_void, data: *mut std::ffi::c_void) {
     let batch = *Box::from_raw(data as *mut Batch);
     let _ = catch_unwind(AssertUnwindSafe(|| hand_to_js(env, func, batch)));
 }
 
-unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen): Batch) {
+/** The taps' index as a Float64Array (four numbers each), and the notes of heads and ends. */
+unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
+    let env = js.env;
+    let flat = |headers: &[(String, String)]| js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
+    let head_keys = js.keys(["status", "headers"]);
+    let end_keys = js.keys(["outcome"]);
+    let mut notes = Vec::new();
+    let mut numbers = Vec::with_capacity(taps.len() * 4);
+    for t in taps {
+        let (kind, length) = match &t.what {
+            edge::Seen::Head { status, headers } => {
+                notes.push(js.object_with(&head_keys, [js.num(*status as f64), flat(headers)]));
+                (0.0, 0.0)
+            }
+            edge::Seen::Data(n) => (1.0, *n as f64),
+            edge::Seen::End(o) => {
+                notes.push(js.object_with(&end_keys, [js.str(o)]));
+                (2.0, 0.0)
+            }
+        };
+        numbers.extend_from_slice(&[kind, t.token as f64, t.at_ms, length]);
+    }
+    let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
+    let mut array_buffer = std::ptr::null_mut();
+    napi_create_arraybuffer(env, numbers.len() * 8, &mut store, &mut array_buffer);
+    if !store.is_null() && !numbers.is_empty() {
+        std::ptr::copy_nonoverlapping(numbers.as_ptr(), store as *mut f64, numbers.len());
+    }
+    let mut index = std::ptr::null_mut();
+    napi_create_typedarray(env, NAPI_FLOAT64_ARRAY, numbers.len(), array_buffer, 0, &mut index);
+    let keys = js.keys(["index", "bytes", "notes"]);
+    js.object_with(&keys, [index, buffer(env, bytes), js.array(notes)])
+}
+
+unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): Batch) {
     if env.is_null() || func.is_null() {
         return;
     }
@@ -496,19 +536,7 @@ unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen): Batch) {
             })
             .collect(),
     );
-    let tap_keys = js.keys(["token", "at", "kind", "status", "headers", "data", "outcome"]);
-    let seen = js.array(
-        seen.into_iter()
-            .map(|t| {
-                let (kind, status, headers, data, outcome) = match &t.what {
-                    edge::Seen::Head { status, headers } => ("head", js.num(*status as f64), flat(headers), js.null(), js.null()),
-                    edge::Seen::Data(d) => ("data", js.null(), js.null(), buffer(env, d), js.null()),
-                    edge::Seen::End(o) => ("end", js.null(), js.null(), js.null(), js.str(o)),
-                };
-                js.object_with(&tap_keys, [js.num(t.token as f64), js.num(t.at_ms), js.str(kind), status, headers, data, outcome])
-            })
-            .collect(),
-    );
+    let seen = seen_to_js(&js, &seen, &bytes);
     let mut undefined = std::ptr::null_mut();
     napi_get_undefined(env, &mut undefined);
     let argv = [requests, seen];
@@ -530,7 +558,7 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
             // The data path's threads do not keep Node running; whoever started it does.
             napi_unref_threadsafe_function(env, tsfn);
             let p = Policy(tsfn);
-            cfg.admit = Some(Box::new(move |requests, seen| p.hand(requests, seen)));
+            cfg.admit = Some(Box::new(move |requests, seen, bytes| p.hand(requests, seen, bytes)));
         }
         let e = edge::Edge::start(cfg).map_err(|_| "edge_start_failed")?;
         let address = e.local.to_string();

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { type EdgeRequest, type EdgeSeen, type EdgeStats, loadAddon } from '../../agent/gpu/addon.js';
+import { type EdgeRequest, type EdgeSeen, type EdgeStats, type EdgeTaps, loadAddon, seenOf, TAP_DATA } from '../../agent/gpu/addon.js';
 import { openAiHandler, type SeenRequest } from '../../agent/demo/sim-openai.js';
 import { inspectBody, routeOf } from '../../agent/proxy/routes.js';
 import { eventually, sleep } from '../helpers.js';
@@ -42,7 +42,10 @@ function edgeStart(
   maxConcurrent = 4096,
 ): { id: number; base: string } {
   if (!loaded.ok) throw new Error('no addon');
-  const e = loaded.addon.edgeStart(`127.0.0.1:0 ${target} ${maxBody} ${timeoutMs} ${mode} ${maxConcurrent}`, policy);
+  const e = loaded.addon.edgeStart(
+    `127.0.0.1:0 ${target} ${maxBody} ${timeoutMs} ${mode} ${maxConcurrent}`,
+    policy && ((requests, taps) => policy(requests, seenOf(taps))),
+  );
   return { id: e.id, base: `http://${e.address}` };
 }
 
@@ -586,6 +589,49 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       );
     } finally {
       addon.edgeStop(p.id);
+    }
+  });
+
+  it('hands what it saw packed: four numbers each, every data read end to end in one buffer per batch, a note per head and end', async () => {
+    if (!loaded.ok) return;
+    const addon = loaded.addon;
+    const batches: EdgeTaps[] = [];
+    engine.handler = (req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const n = Number(req.url?.slice(1));
+      let i = 0;
+      const next = () => {
+        if (i === 3) return void res.end(`data: ${n}-end\n\n`);
+        res.write(`data: ${n}-${i++}\n\n`);
+        setTimeout(next, 5);
+      };
+      next();
+    };
+    const started = addon.edgeStart(`127.0.0.1:0 ${target} 1024 30000 tell`, (_requests, taps) => batches.push(taps));
+    const base = `http://${started.address}`;
+    try {
+      const answers = await Promise.all([1, 2, 3, 4, 5].map((n) => request(base, `/${n}`)));
+      await eventually(async () => batches.flatMap(seenOf).filter((s) => s.kind === 'end').length === 5, 2000, 'five ends');
+      for (const b of batches) {
+        assert.equal(b.index.length % 4, 0);
+        const kinds = [...b.index].filter((_, i) => i % 4 === 0);
+        const dataBytes = [...b.index].filter((_, i) => i % 4 === 3).reduce((a, v) => a + v, 0);
+        assert.equal(dataBytes, b.bytes.length, 'the data byte counts add up to the batch buffer');
+        assert.equal(b.notes.length, kinds.filter((k) => k !== TAP_DATA).length, 'a note for each head and end');
+      }
+      // Each request's data, put together from the batches in order, is what its client received.
+      const seen = batches.flatMap(seenOf);
+      const tokens = [...new Set(seen.map((s) => s.token))];
+      assert.equal(tokens.length, 5);
+      const bodies = tokens.map((t) => Buffer.concat(seen.filter((s) => s.token === t && s.kind === 'data').map((s) => s.data as Buffer)).toString());
+      assert.deepEqual(bodies.sort(), answers.map((a) => a.body.toString()).sort());
+      for (const t of tokens) {
+        const kinds = seen.filter((s) => s.token === t).map((s) => s.kind);
+        assert.equal(kinds[0], 'head');
+        assert.equal(kinds.at(-1), 'end');
+      }
+    } finally {
+      addon.edgeStop(started.id);
     }
   });
 
