@@ -20,8 +20,8 @@ export interface CanonicalSeries {
   value: number;
   hist: HistData | undefined;
   /**
-   * Counters read from engines: how many engine series add up to it now (an engine's data-parallel
-   * ranks each report their own); a per-GPU counter over this many is one GPU's.
+   * Counters the normaliser aggregates: how many live source series add up to it now. An engine's
+   * data-parallel ranks each report their own, so a per-GPU counter over this many is one GPU's.
    */
   sources?: number;
   /** Per bucket (the last is +Inf): the trace of one request that landed there (proxy histograms, OpenMetrics only). */
