@@ -91,23 +91,43 @@ export interface EdgeTaps {
   notes: Array<{ status: number; headers: string[] } | { outcome: EdgeOutcome }>;
 }
 
-/** EdgeTaps unpacked, one object per thing seen (for tests and tools; the proxy reads the packed form). */
-export function seenOf(taps: EdgeTaps): EdgeSeen[] {
-  const out: EdgeSeen[] = [];
+/** What to do with each thing in an EdgeTaps batch; `data` is a view of the batch's buffer. */
+export interface TapVisitor {
+  head(token: number, at: number, status: number, headers: string[]): void;
+  data(token: number, at: number, data: Buffer): void;
+  end(token: number, at: number, outcome: EdgeOutcome): void;
+}
+
+/** Walks a batch in order, without an object per thing seen. */
+export function walkTaps(taps: EdgeTaps, visit: TapVisitor): void {
+  const { index, bytes, notes } = taps;
   let offset = 0;
   let note = 0;
-  for (let i = 0; i + 3 < taps.index.length; i += 4) {
-    const [kind, token, at, length] = [taps.index[i], taps.index[i + 1], taps.index[i + 2], taps.index[i + 3]] as number[];
-    const base = { token: token!, at: at!, status: null, headers: null, data: null, outcome: null };
+  for (let i = 0; i + 3 < index.length; i += 4) {
+    const kind = index[i];
+    const token = index[i + 1] as number;
+    const at = index[i + 2] as number;
     if (kind === TAP_DATA) {
-      out.push({ ...base, kind: 'data', data: taps.bytes.subarray(offset, offset + length!) });
-      offset += length!;
-    } else {
-      const n = taps.notes[note++];
-      if (kind === TAP_HEAD && n && 'status' in n) out.push({ ...base, kind: 'head', status: n.status, headers: n.headers });
-      else if (n && 'outcome' in n) out.push({ ...base, kind: 'end', outcome: n.outcome });
+      const data = bytes.subarray(offset, offset + (index[i + 3] as number));
+      offset += data.length;
+      visit.data(token, at, data);
+      continue;
     }
+    const n = notes[note++];
+    if (kind === TAP_HEAD && n && 'status' in n) visit.head(token, at, n.status, n.headers);
+    else if (kind === TAP_END && n && 'outcome' in n) visit.end(token, at, n.outcome);
   }
+}
+
+/** EdgeTaps unpacked, one object per thing seen (for tests and tools; the proxy walks the packed form). */
+export function seenOf(taps: EdgeTaps): EdgeSeen[] {
+  const out: EdgeSeen[] = [];
+  const base = { status: null, headers: null, data: null, outcome: null };
+  walkTaps(taps, {
+    head: (token, at, status, headers) => out.push({ ...base, token, at, kind: 'head', status, headers }),
+    data: (token, at, data) => out.push({ ...base, token, at, kind: 'data', data }),
+    end: (token, at, outcome) => out.push({ ...base, token, at, kind: 'end', outcome }),
+  });
   return out;
 }
 

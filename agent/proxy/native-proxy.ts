@@ -10,7 +10,7 @@
 // joins is made here.
 
 import type { IncomingHttpHeaders } from 'node:http';
-import { type EdgeOutcome, type EdgeRequest, type EdgeTaps, type GpuAddon, TAP_DATA, TAP_HEAD } from '../gpu/addon.js';
+import { type EdgeOutcome, type EdgeRequest, type EdgeTaps, type GpuAddon, type TapVisitor, walkTaps } from '../gpu/addon.js';
 import {
   askLimiter,
   type Exchange,
@@ -172,24 +172,15 @@ export class NativeProxy implements RequestProxy {
    */
   private batch(requests: EdgeRequest[], seen: EdgeTaps): void {
     for (const r of requests) guarded(this.events, this.deps.log, () => this.arrived(r));
-    const { index, bytes, notes } = seen;
-    let offset = 0;
-    let note = 0;
-    for (let i = 0; i + 3 < index.length; i += 4) {
-      const kind = index[i];
-      const token = index[i + 1] as number;
-      const at = (index[i + 2] as number) - this.clockOffset;
-      if (kind === TAP_DATA) {
-        const data = bytes.subarray(offset, offset + (index[i + 3] as number));
-        offset += data.length;
-        guarded(this.events, this.deps.log, () => this.sawData(token, at, data));
-        continue;
-      }
-      const n = notes[note++];
-      if (kind === TAP_HEAD && n && 'status' in n) guarded(this.events, this.deps.log, () => this.sawHead(token, n.status, n.headers));
-      else if (n && 'outcome' in n) guarded(this.events, this.deps.log, () => this.sawEnd(token, at, n.outcome));
-    }
+    walkTaps(seen, this.visitor);
   }
+
+  /** What each thing the loop saw does, on this side's clock; each is guarded alone. */
+  private readonly visitor: TapVisitor = {
+    head: (token, _at, status, headers) => guarded(this.events, this.deps.log, () => this.sawHead(token, status, headers)),
+    data: (token, at, data) => guarded(this.events, this.deps.log, () => this.sawData(token, at - this.clockOffset, data)),
+    end: (token, at, outcome) => guarded(this.events, this.deps.log, () => this.sawEnd(token, at - this.clockOffset, outcome)),
+  };
 
   private arrived(r: EdgeRequest): void {
     const headers = headersOf(r.headers);

@@ -485,10 +485,14 @@ unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut
     let _ = catch_unwind(AssertUnwindSafe(|| hand_to_js(env, func, batch)));
 }
 
+/** Header fields as JS's flat [name, value, name, ...]. */
+fn flat(js: &Js, headers: &[(String, String)]) -> napi_value {
+    js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect())
+}
+
 /** The taps' index as a Float64Array (four numbers each), and the notes of heads and ends. */
 unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
     let env = js.env;
-    let flat = |headers: &[(String, String)]| js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
     let head_keys = js.keys(["status", "headers"]);
     let end_keys = js.keys(["outcome"]);
     let mut notes = Vec::new();
@@ -496,7 +500,7 @@ unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
     for t in taps {
         let (kind, length) = match &t.what {
             edge::Seen::Head { status, headers } => {
-                notes.push(js.object_with(&head_keys, [js.num(*status as f64), flat(headers)]));
+                notes.push(js.object_with(&head_keys, [js.num(*status as f64), flat(js, headers)]));
                 (0.0, 0.0)
             }
             edge::Seen::Data(n) => (1.0, *n as f64),
@@ -524,14 +528,13 @@ unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): B
         return;
     }
     let js = Js { env };
-    let flat = |headers: &[(String, String)]| js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect());
     let keys = js.keys(["token", "at", "waits", "requestId", "usageInjected", "answered", "method", "target", "headers", "body"]);
     let requests = js.array(
         requests
             .into_iter()
             .map(|a| {
                 let request_id = if a.waits { js.null() } else { js.str(&a.request_id) };
-                let values = [js.num(a.token as f64), js.num(a.at_ms), js.bool(a.waits), request_id, js.bool(a.usage_injected), js.bool(a.answered), js.str(&a.method), js.str(&a.target), flat(&a.headers), buffer(env, &a.body)];
+                let values = [js.num(a.token as f64), js.num(a.at_ms), js.bool(a.waits), request_id, js.bool(a.usage_injected), js.bool(a.answered), js.str(&a.method), js.str(&a.target), flat(&js, &a.headers), buffer(env, &a.body)];
                 js.object_with(&keys, values)
             })
             .collect(),
