@@ -32,6 +32,8 @@ export interface GpuAddon {
   edgeAnswer(id: number, token: number, response: Buffer | string): boolean;
   edgeStats(id: number): EdgeStats | null;
   edgeStop(id: number): boolean;
+  /** What the loop reads of one 2xx event stream (native/src/sse.rs), for the tests that hold it to stream.ts. */
+  sseRead(target: string, rules: string, bytes: Buffer, reads: string, endAt: number, outcome: string): Float64Array | null;
 }
 
 /** What the native data path counted (native/src/edge.rs). */
@@ -87,15 +89,19 @@ export interface EdgeTaps {
   index: Float64Array;
   /** The data, end to end in the order of `index`: body bytes as the engine sent them, before any strip. */
   bytes: Buffer;
-  /** For each head its status and headers, for each end its outcome, in the order of `index`. */
-  notes: Array<{ status: number; headers: string[] } | { outcome: EdgeOutcome }>;
+  /**
+   * For each head its status and headers, and whether the loop reads its body itself (then no data
+   * follows); for each end its outcome, and the loop's reading of the body (see LoopReading), in
+   * the order of `index`.
+   */
+  notes: Array<{ status: number; headers: string[]; read: boolean } | { outcome: EdgeOutcome; read: Float64Array | null }>;
 }
 
 /** What to do with each thing in an EdgeTaps batch; `data` is a view of the batch's buffer. */
 export interface TapVisitor {
-  head(token: number, at: number, status: number, headers: string[]): void;
+  head(token: number, at: number, status: number, headers: string[], read: boolean): void;
   data(token: number, at: number, data: Buffer): void;
-  end(token: number, at: number, outcome: EdgeOutcome): void;
+  end(token: number, at: number, outcome: EdgeOutcome, read: Float64Array | null): void;
 }
 
 /** Walks a batch in order, without an object per thing seen. */
@@ -114,19 +120,19 @@ export function walkTaps(taps: EdgeTaps, visit: TapVisitor): void {
       continue;
     }
     const n = notes[note++];
-    if (kind === TAP_HEAD && n && 'status' in n) visit.head(token, at, n.status, n.headers);
-    else if (kind === TAP_END && n && 'outcome' in n) visit.end(token, at, n.outcome);
+    if (kind === TAP_HEAD && n && 'status' in n) visit.head(token, at, n.status, n.headers, n.read);
+    else if (kind === TAP_END && n && 'outcome' in n) visit.end(token, at, n.outcome, n.read);
   }
 }
 
 /** EdgeTaps unpacked, one object per thing seen (for tests and tools; the proxy walks the packed form). */
 export function seenOf(taps: EdgeTaps): EdgeSeen[] {
   const out: EdgeSeen[] = [];
-  const base = { status: null, headers: null, data: null, outcome: null };
+  const base = { status: null, headers: null, data: null, outcome: null, read: null };
   walkTaps(taps, {
-    head: (token, at, status, headers) => out.push({ ...base, token, at, kind: 'head', status, headers }),
+    head: (token, at, status, headers, read) => out.push({ ...base, token, at, kind: 'head', status, headers, read }),
     data: (token, at, data) => out.push({ ...base, token, at, kind: 'data', data }),
-    end: (token, at, outcome) => out.push({ ...base, token, at, kind: 'end', outcome }),
+    end: (token, at, outcome, read) => out.push({ ...base, token, at, kind: 'end', outcome, read }),
   });
   return out;
 }
@@ -141,6 +147,8 @@ export interface EdgeSeen {
   /** Body bytes as the engine sent them, before any strip. */
   data: Buffer | null;
   outcome: EdgeOutcome | null;
+  /** A head's: whether the loop reads the body; an end's: the loop's reading of it (null: none). */
+  read: boolean | Float64Array | null;
 }
 
 export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: string };

@@ -14,10 +14,10 @@ import type { ProxyMetrics, StreamEnd } from './metrics.js';
 import type { ServedModels } from './models.js';
 import { gpuField, type RequestLog } from './request-log.js';
 import type { RequestFacts, Route } from './routes.js';
-import type { StreamObserver } from './stream.js';
+import type { BodyReading } from './stream.js';
 import type { Tenant, TenantResolver } from './tenants.js';
 import { contextBucket, type ProxyTrace, RequestTrace, type Timeline, UntracedRequest } from './trace.js';
-import type { StreamValidator } from './validator.js';
+import type { StreamFindings } from './validator.js';
 
 export interface ProxyOptions {
   listen: string;
@@ -110,8 +110,8 @@ export interface Exchange {
   admitted: number;
   sent: number | undefined;
   upstreamEnded: number | undefined;
-  observer: StreamObserver | undefined;
-  validator: StreamValidator | undefined;
+  observer: BodyReading | undefined;
+  validator: StreamFindings | undefined;
   status: number | undefined;
   error: string | undefined;
   streamEnd: StreamEnd | undefined;
@@ -246,7 +246,7 @@ export class ExchangeRecorder {
   ) {}
 
   /** Counts a stream's violations by kind and logs them once for the request; undefined when there are none. */
-  private validated(ex: Exchange, validator: StreamValidator, ended: number, model: string): string[] | undefined {
+  private validated(ex: Exchange, validator: StreamFindings, ended: number, model: string): string[] | undefined {
     validator.end(ended);
     if (!validator.found.size) return undefined;
     const kinds = [...validator.found];

@@ -37,7 +37,7 @@ export interface RequestRecord {
   e2eMs: number;
   ttftMs: number | undefined;
   /** Gaps between content chunks, as counts per bucket of the inter_token layout (bounded). */
-  gapCounts: number[] | undefined;
+  gapCounts: readonly number[] | undefined;
   gapSumMs: number;
   promptTokens: number | undefined;
   completionTokens: number | undefined;

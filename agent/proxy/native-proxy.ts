@@ -2,7 +2,9 @@
 // every byte on its own thread, and this side is told, in batches, of each request and of what the
 // engine answered and when (CLOCK_MONOTONIC times taken in the loop). From those it measures and
 // records each request exactly as the Node proxy does (exchange.ts), so the metrics, request log
-// and trace do not depend on which path carried the bytes.
+// and trace do not depend on which path carried the bytes. A 2xx event stream of a measured route
+// is read in the loop (native/src/sse.rs, stream.ts's rules) and told once, with its end; other
+// bodies come as the engine sent them and are read here.
 //
 // Without rate limits or tracing nothing needs deciding per request: the loop sends each request at
 // once (`tell`), with its request id and include_usage done there, and JS learns of it after. With
@@ -28,7 +30,7 @@ import {
 } from './exchange.js';
 import { type Admission, rateLimitHeaders } from './limits.js';
 import { inspectBody, routeOf } from './routes.js';
-import { bodyKind, StreamObserver } from './stream.js';
+import { bodyKind, LoopReading, StreamObserver } from './stream.js';
 import { StreamValidator } from './validator.js';
 
 /** Why the native data path cannot carry a target, or undefined when it can. */
@@ -42,6 +44,8 @@ export function nativeUnfit(target: string): string | undefined {
 interface NativeExchange extends Exchange {
   /** The loop asked the engine for a usage chunk the client did not ask for (and takes it out). */
   stripUsage: boolean;
+  /** A body read here, from the data the loop hands over (one the loop reads itself comes with its end). */
+  observed: StreamObserver | undefined;
 }
 
 /** Reason phrases of the answers this side writes itself. */
@@ -122,7 +126,10 @@ export class NativeProxy implements RequestProxy {
 
   async start(): Promise<void> {
     const target = `${this.targetHost}:${this.target.port || '80'}`;
-    const rest = [target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent].join(' ');
+    // The loop reads 2xx event streams itself: JS is told once per request, not per read. Marks are for span events only.
+    const markEvery = this.deps.tracer ? this.opts.traceTokenEvery : 0;
+    const read = `read:${this.opts.stallAfterMs}:${markEvery}:${this.gapBounds.join(',')}`;
+    const rest = [target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent, read].join(' ');
     // An empty host means every address, as Node's listen() takes it: IPv6 and IPv4 where the machine has IPv6.
     const listens = this.opts.listen.startsWith(':') ? [`[::]${this.opts.listen}`, `0.0.0.0${this.opts.listen}`] : [this.opts.listen];
     for (const listen of listens) {
@@ -177,9 +184,9 @@ export class NativeProxy implements RequestProxy {
 
   /** What each thing the loop saw does, on this side's clock; each is guarded alone. */
   private readonly visitor: TapVisitor = {
-    head: (token, _at, status, headers) => guarded(this.events, this.deps.log, () => this.sawHead(token, status, headers)),
+    head: (token, _at, status, headers, read) => guarded(this.events, this.deps.log, () => this.sawHead(token, status, headers, read)),
     data: (token, at, data) => guarded(this.events, this.deps.log, () => this.sawData(token, at - this.clockOffset, data)),
-    end: (token, at, outcome) => guarded(this.events, this.deps.log, () => this.sawEnd(token, at - this.clockOffset, outcome)),
+    end: (token, at, outcome, read) => guarded(this.events, this.deps.log, () => this.sawEnd(token, at - this.clockOffset, outcome, read)),
   };
 
   private arrived(r: EdgeRequest): void {
@@ -187,7 +194,7 @@ export class NativeProxy implements RequestProxy {
     const route = routeOf(r.target);
     const received = r.at - this.clockOffset;
     const base = openExchange(this.deps, headers, r.method, route, received, r.requestId ?? undefined);
-    const ex: NativeExchange = Object.assign(base, { stripUsage: r.usageInjected });
+    const ex: NativeExchange = Object.assign(base, { stripUsage: r.usageInjected, observed: undefined });
     this.open.set(r.token, ex);
     if (r.answered) {
       // Refused by the loop (413, 503), its end follows in this batch: no body was read.
@@ -252,30 +259,38 @@ export class NativeProxy implements RequestProxy {
     this.recorder.finish(ex, performance.now());
   }
 
-  /** The engine's head: what its body is, and so how it is read. */
-  private sawHead(token: number, status: number, flat: string[]): void {
+  /** The engine's head: what its body is, and so how it is read (`read`: the loop reads it). */
+  private sawHead(token: number, status: number, flat: string[], read: boolean): void {
     const ex = this.open.get(token);
     if (!ex) return;
     ex.status = status;
     this.deps.models.noteAnswer();
+    if (read) return;
     let contentType: string | undefined;
     for (let i = 0; i + 1 < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === 'content-type') contentType = flat[i + 1];
     // An error body is no first token: only 2xx answers are read for content and usage.
     const kind = status >= 200 && status < 300 ? bodyKind(ex.route, contentType) : 'opaque';
-    ex.validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
-    ex.observer = new StreamObserver(ex.route, kind, ex.stripUsage && kind === 'sse', this.gapBounds, this.opts.traceTokenEvery, ex.validator);
+    const validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
+    ex.validator = validator;
+    ex.observed = new StreamObserver(ex.route, kind, ex.stripUsage && kind === 'sse', this.gapBounds, this.opts.traceTokenEvery, validator);
+    ex.observer = ex.observed;
   }
 
   /** Body bytes as the engine sent them, at `at` (this side's clock); the data is a view of the batch's buffer. */
   private sawData(token: number, at: number, data: Buffer): void {
-    this.open.get(token)?.observer?.push(data, at);
+    this.open.get(token)?.observed?.push(data, at);
   }
 
-  private sawEnd(token: number, at: number, outcome: EdgeOutcome): void {
+  private sawEnd(token: number, at: number, outcome: EdgeOutcome, read: Float64Array | null): void {
     this.endsSeen++;
     const ex = this.open.get(token);
     if (!ex) return;
     this.open.delete(token);
+    if (read) {
+      const reading = new LoopReading(ex.route, read, this.gapBounds.length + 1, this.clockOffset);
+      ex.observer = reading;
+      ex.validator = reading;
+    }
     this.ended(ex, outcome, at);
     this.recorder.finish(ex, at);
   }
@@ -283,7 +298,7 @@ export class NativeProxy implements RequestProxy {
   private ended(ex: NativeExchange, outcome: string, at: number): void {
     if (outcome === 'complete') {
       ex.upstreamEnded = at;
-      ex.observer?.finish();
+      ex.observed?.finish();
       return;
     }
     if (outcome === 'engine_reset') {
@@ -291,7 +306,7 @@ export class NativeProxy implements RequestProxy {
       ex.streamEnd = 'engine_reset';
       ex.error = 'engine_reset';
       this.count('engine_reset');
-      ex.observer?.finish();
+      ex.observed?.finish();
       return;
     }
     if (outcome === 'client_abort') {

@@ -316,8 +316,9 @@ export class InlineProxy implements RequestProxy {
     // An error body is no first token: only 2xx responses are read for content and usage.
     const kind = status >= 200 && status < 300 ? bodyKind(ex.route, ures.headers['content-type']) : 'opaque';
     const strip = facts.usageInjected && kind === 'sse';
-    ex.validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
-    const obs = new StreamObserver(ex.route, kind, strip, this.gapBounds, this.opts.traceTokenEvery, ex.validator);
+    const validator = kind === 'sse' ? new StreamValidator(ex.route, this.opts.stallAfterMs) : undefined;
+    ex.validator = validator;
+    const obs = new StreamObserver(ex.route, kind, strip, this.gapBounds, this.opts.traceTokenEvery, validator);
     ex.observer = obs;
     ex.status = status;
     const headers = endToEnd(ures.headers, strip ? ['content-length'] : []);

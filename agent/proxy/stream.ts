@@ -5,7 +5,7 @@
 
 import { bucketIndex } from './metrics.js';
 import type { Route } from './routes.js';
-import type { StreamValidator } from './validator.js';
+import { type StreamFindings, type StreamValidator, VIOLATION_KINDS, type ViolationKind } from './validator.js';
 
 export interface Usage {
   promptTokens: number | undefined;
@@ -103,6 +103,78 @@ function numberOf(v: unknown): number | undefined {
   return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined;
 }
 
+/** What the recorder reads of an answer's body, however it was read: here (StreamObserver) or in the native loop (LoopReading). */
+export interface BodyReading {
+  readonly firstContentAt: number | undefined;
+  readonly lastContentAt: number | undefined;
+  /** Gaps between content reads, counted per bucket of the inter-token histogram (+Inf last). */
+  readonly gapCounts: readonly number[];
+  readonly gapSumMs: number;
+  readonly usage: Usage | undefined;
+  /** Times of every markEvery-th content read, for span events. */
+  readonly marks: readonly number[];
+  completionTokens(): number | undefined;
+}
+
+/** Output tokens: the usage's, else TGI's token events on a completed stream. */
+function completionTokensOf(route: Route, usage: Usage | undefined, sawEnd: boolean, tgiTokens: number): number | undefined {
+  if (usage?.completionTokens !== undefined) return usage.completionTokens;
+  if (route === '/generate_stream' && sawEnd) return tgiTokens;
+  return undefined;
+}
+
+/**
+ * A 2xx event stream the native loop read itself (native/src/sse.rs, StreamObserver's and the
+ * validator's rules over the same events), from the numbers it tells with the exchange's end.
+ * Those are, in order: first and last content time (NaN: none), content reads, the gap sum,
+ * whether a usage was read, its prompt and completion tokens (NaN: absent), TGI token events,
+ * whether the stream completed, four violation kinds in the order found (-1: none), the gap
+ * histogram's counts, then the marks. Times are the loop's CLOCK_MONOTONIC ms; `clockOffset`
+ * places them on performance.now()'s clock.
+ */
+export class LoopReading implements BodyReading, StreamFindings {
+  readonly firstContentAt: number | undefined;
+  readonly lastContentAt: number | undefined;
+  readonly contentChunks: number;
+  readonly gapCounts: number[];
+  readonly gapSumMs: number;
+  readonly usage: Usage | undefined;
+  readonly tgiTokens: number;
+  readonly sawEnd: boolean;
+  readonly marks: number[];
+  readonly found = new Set<ViolationKind>();
+
+  constructor(
+    private readonly route: Route,
+    n: Float64Array,
+    buckets: number,
+    clockOffset: number,
+  ) {
+    const defined = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? undefined : v);
+    const time = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? undefined : v - clockOffset);
+    this.firstContentAt = time(n[0]);
+    this.lastContentAt = time(n[1]);
+    this.contentChunks = n[2] ?? 0;
+    this.gapSumMs = n[3] ?? 0;
+    this.usage = n[4] === 1 ? { promptTokens: defined(n[5]), completionTokens: defined(n[6]) } : undefined;
+    this.tgiTokens = n[7] ?? 0;
+    this.sawEnd = n[8] === 1;
+    for (let k = 9; k < 13; k++) {
+      const kind = VIOLATION_KINDS[n[k] ?? -1];
+      if (kind) this.found.add(kind);
+    }
+    this.gapCounts = Array.from(n.subarray(13, 13 + buckets));
+    this.marks = Array.from(n.subarray(13 + buckets), (t) => t - clockOffset);
+  }
+
+  completionTokens(): number | undefined {
+    return completionTokensOf(this.route, this.usage, this.sawEnd, this.tgiTokens);
+  }
+
+  /** The loop ended the stream's checks when it ended the exchange. */
+  end(): void {}
+}
+
 export type BodyKind = 'sse' | 'json' | 'opaque';
 
 export function bodyKind(route: Route, contentType: string | undefined): BodyKind {
@@ -117,7 +189,7 @@ export function bodyKind(route: Route, contentType: string | undefined): BodyKin
  * Observes one response. push() returns the bytes to send to the client now; finish() returns
  * whatever is still held (an incomplete last event) and settles the usage.
  */
-export class StreamObserver {
+export class StreamObserver implements BodyReading {
   firstByteAt: number | undefined;
   firstContentAt: number | undefined;
   lastContentAt: number | undefined;
@@ -255,8 +327,6 @@ export class StreamObserver {
 
   /** Output tokens: the usage's, else TGI's token events on a completed stream. */
   completionTokens(): number | undefined {
-    if (this.usage?.completionTokens !== undefined) return this.usage.completionTokens;
-    if (this.route === '/generate_stream' && this.sawEnd) return this.tgiTokens;
-    return undefined;
+    return completionTokensOf(this.route, this.usage, this.sawEnd, this.tgiTokens);
   }
 }

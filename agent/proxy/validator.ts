@@ -13,11 +13,18 @@ interface ChoiceState {
   finished: boolean;
 }
 
+/** What the recorder reads of a stream's checks, however they were made: here (StreamValidator) or in the native loop. */
+export interface StreamFindings {
+  readonly found: ReadonlySet<ViolationKind>;
+  /** The stream ended at t (a stall up to then counts); later calls change nothing. */
+  end(t: number): void;
+}
+
 /**
  * One stream's checks. Each kind is reported at most once per stream: the metric counts streams
  * that broke a rule, not events, so one broken stream of ten thousand chunks is one violation.
  */
-export class StreamValidator {
+export class StreamValidator implements StreamFindings {
   readonly found = new Set<ViolationKind>();
   private lastEventAt: number | undefined;
   private done = false;

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::sse::{route_of, ReadingRules, Route, StreamReading};
+
 #[repr(C)]
 struct PollFd {
     fd: i32,
@@ -133,6 +135,11 @@ pub struct Config {
     pub tell_after: bool,
     /** Requests in progress at once (with the policy, with the engine or streaming); past it, 503. */
     pub max_concurrent: usize,
+    /**
+     * With a policy: read each 2xx event stream of a measured route here (sse.rs) and tell the
+     * policy what it read at its end, instead of handing it every read.
+     */
+    pub reading: Option<Arc<ReadingRules>>,
 }
 
 /** A complete request, waiting for the policy's Decision. */
@@ -168,16 +175,19 @@ pub struct Tap {
 }
 
 pub enum Seen {
-    /** The engine's head. */
-    Head { status: u16, headers: Vec<(String, String)> },
+    /** The engine's head; `read`: its body is read here (a StreamReading), and no Data follows. */
+    Head { status: u16, headers: Vec<(String, String)>, read: bool },
     /**
      * This many body bytes as the engine sent them (chunked coding removed; nothing stripped yet):
      * the next ones in the batch's bytes, where each turn's data lies end to end (one buffer for the
      * policy, not one per read).
      */
     Data(usize),
-    /** The exchange is over: complete, engine_reset, client_abort, upstream_timeout, upstream_refused or policy_timeout. */
-    End(&'static str),
+    /**
+     * The exchange is over: complete, engine_reset, client_abort, upstream_timeout, upstream_refused
+     * or policy_timeout; with what was read of a body read here (StreamReading::summary).
+     */
+    End(&'static str, Option<Vec<f64>>),
 }
 
 #[repr(C)]
@@ -279,6 +289,7 @@ impl Edge {
             admit: cfg.admit,
             tell_after: cfg.tell_after,
             max_concurrent: cfg.max_concurrent,
+            reading_rules: cfg.reading,
             inbox: inbox.clone(),
             admitting: std::collections::HashMap::new(),
             pending: Vec::new(),
@@ -939,6 +950,9 @@ struct Conn {
     /** Body bytes of the current answer still to copy for the policy, and whether any read was told yet. */
     tap_left: usize,
     tapped: bool,
+    /** The current request's route, and the reading of its answer when it is read here. */
+    route: Route,
+    reading: Option<StreamReading>,
 }
 
 enum Step {
@@ -966,6 +980,7 @@ struct Loop {
     admit: Option<Admit>,
     tell_after: bool,
     max_concurrent: usize,
+    reading_rules: Option<Arc<ReadingRules>>,
     inbox: Arc<Inbox>,
     /** Requests with the policy: token to slot. */
     admitting: std::collections::HashMap<u64, usize>,
@@ -1083,6 +1098,8 @@ impl Loop {
                 head_at_ms: 0.0,
                 tap_left: 0,
                 tapped: false,
+                route: Route::Other,
+                reading: None,
             });
             self.stats.open.fetch_add(1, Ordering::Relaxed);
             self.settle(slot);
@@ -1321,15 +1338,17 @@ impl Loop {
                 let Phase::Waiting { method, keep, http10 } = &c.phase else { unreachable!() };
                 let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, "upstream_bad_answer") };
                 let engine_keep = res.keep_alive() && from != Framing::UntilClose;
-                if let Some(token) = c.token {
-                    self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Head { status: res.status(), headers: res.headers.clone() } });
-                }
                 let sse = res.get("content-type").is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
                 let ok = (200..300).contains(&res.status());
+                let rules = self.reading_rules.as_ref().filter(|_| c.token.is_some() && sse && ok && c.route != Route::Other);
+                c.reading = rules.map(|r| StreamReading::new(c.route, r.clone()));
+                if let Some(token) = c.token {
+                    self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Head { status: res.status(), headers: res.headers.clone(), read: c.reading.is_some() } });
+                }
                 c.strip = (c.strip_usage && sse && ok).then(UsageStrip::default);
-                // The policy reads every event of a 2xx stream, a JSON body's usage up to a size, and nothing of an error body but its time.
-                c.tap_left = if !ok { 0 } else if sse { usize::MAX } else { MAX_TAPPED_BODY };
-                c.tapped = false;
+                // The policy reads every event of a 2xx stream (unless it is read here), a JSON body's usage up to a size, and nothing of an error body but its time.
+                c.tap_left = if !ok || c.reading.is_some() { 0 } else if sse { usize::MAX } else { MAX_TAPPED_BODY };
+                c.tapped = c.reading.is_some();
                 // A stripped body is shorter than the engine's length says: the client gets it chunked.
                 let client_from = if c.strip.is_some() && matches!(from, Framing::Length(_)) { Framing::Chunked } else { from };
                 let (head, to, keep) = client_head(&res, client_from, *keep, *http10, &c.client_extra);
@@ -1363,6 +1382,9 @@ impl Loop {
                         false
                     }
                 };
+                if let (Some(reading), false) = (c.reading.as_mut(), data.is_empty()) {
+                    reading.push(&data, monotonic_ms());
+                }
                 if let (Some(token), false) = (c.token, data.is_empty()) {
                     let n = data.len().min(c.tap_left);
                     if n > 0 || !c.tapped {
@@ -1414,7 +1436,7 @@ impl Loop {
             let at_ms = self.conns[i].as_ref().map_or(0.0, |c| c.head_at_ms);
             let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
             self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected: false, answered: true, at_ms, method, target, headers, body: Vec::new() });
-            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome) });
+            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome, None) });
             self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
         request_id
@@ -1460,6 +1482,8 @@ impl Loop {
         c.uout = upstream_head(&req, &self.host, body.len(), &upstream_fields);
         c.strip_usage = false;
         c.strip = None;
+        c.route = route_of(&req.start[1]);
+        c.reading = None;
         c.uout.extend_from_slice(&body);
         c.uin.clear();
         c.up = Some(up);
@@ -1530,6 +1554,9 @@ impl Loop {
             Phase::Streaming { from: Framing::UntilClose, to, keep, .. } => {
                 let (to, keep) = (*to, *keep);
                 let mut rest = std::mem::take(&mut c.uin);
+                if let (Some(reading), false) = (c.reading.as_mut(), rest.is_empty()) {
+                    reading.push(&rest, monotonic_ms());
+                }
                 if let Some(strip) = c.strip.as_mut() {
                     let mut kept = Vec::with_capacity(rest.len());
                     strip.push(&rest, &mut kept);
@@ -1576,8 +1603,18 @@ impl Loop {
 
     /** Tells the policy how its exchange ended (once). */
     fn ended(&mut self, i: usize, outcome: &'static str) {
-        if let Some(token) = self.conns[i].as_mut().and_then(|c| c.token.take()) {
-            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome) });
+        let Some(c) = self.conns[i].as_mut() else { return };
+        if let Some(token) = c.token.take() {
+            let at_ms = monotonic_ms();
+            let read = c.reading.take().map(|mut r| {
+                if matches!(outcome, "complete" | "engine_reset") {
+                    r.finish(at_ms);
+                } else {
+                    r.end(at_ms);
+                }
+                r.summary()
+            });
+            self.taps.push(Tap { token, at_ms, what: Seen::End(outcome, read) });
             self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1654,10 +1691,15 @@ impl Loop {
     }
 
     fn close(&mut self, i: usize) {
-        let Some(c) = self.conns.get_mut(i).and_then(Option::take) else { return };
+        let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) else { return };
         if let Some(token) = c.token {
             self.admitting.remove(&token);
-            self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End("client_abort") });
+            let at_ms = monotonic_ms();
+            let read = c.reading.take().map(|mut r| {
+                r.end(at_ms);
+                r.summary()
+            });
+            self.taps.push(Tap { token, at_ms, what: Seen::End("client_abort", read) });
             self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
         // Dropping the streams closes them, which also takes them out of the epoll set.

@@ -7,6 +7,7 @@ pub mod amdsmi;
 mod dl;
 pub mod edge;
 mod napi;
+pub mod sse;
 pub mod nvml;
 
 use napi::*;
@@ -418,7 +419,12 @@ unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
     number_of(env, args::<1>(env, info)[0])
 }
 
-/// `listen target maxBodyBytes upstreamTimeoutMs [wait|tell [maxConcurrent]]`, space-separated (the TS wrapper writes it).
+/**
+ * `listen target maxBodyBytes upstreamTimeoutMs [wait|tell [maxConcurrent [read:STALL_MS:MARK_EVERY:BOUND,BOUND,...]]]`,
+ * space-separated (the TS wrapper writes it). The last part has the loop read 2xx event streams
+ * itself (sse.rs): the stall limit, how often a content read's time is marked (0: never), and the
+ * inter-token histogram's bounds in ms.
+ */
 fn edge_config(spec: &str) -> Option<edge::Config> {
     let mut parts = spec.split(' ');
     let listen = parts.next()?.to_string();
@@ -435,7 +441,24 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
         None => 4096,
         Some(n) => n.parse().ok()?,
     };
-    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None, tell_after, max_concurrent })
+    let reading = match parts.next() {
+        None => None,
+        Some(r) => Some(std::sync::Arc::new(reading_rules(r)?)),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None, tell_after, max_concurrent, reading })
+}
+
+fn reading_rules(part: &str) -> Option<sse::ReadingRules> {
+    let mut fields = part.strip_prefix("read:")?.split(':');
+    let stall_after_ms: f64 = fields.next()?.parse().ok()?;
+    let mark_every = fields.next()?.parse().ok()?;
+    let bounds = fields.next()?;
+    let gap_bounds_ms = if bounds.is_empty() { Vec::new() } else { bounds.split(',').map(|b| b.parse().ok()).collect::<Option<Vec<f64>>>()? };
+    let sorted = gap_bounds_ms.windows(2).all(|w| w[0] < w[1]) && gap_bounds_ms.iter().all(|b| b.is_finite());
+    (sorted && stall_after_ms >= 0.0 && fields.next().is_none()).then_some(sse::ReadingRules { gap_bounds_ms, mark_every, stall_after_ms })
 }
 
 /// The policy's JS function, callable from the loop's thread (Node-API queues each call to the main thread).
@@ -490,35 +513,41 @@ fn flat(js: &Js, headers: &[(String, String)]) -> napi_value {
     js.array(headers.iter().flat_map(|(k, v)| [js.str(k), js.str(v)]).collect())
 }
 
-/** The taps' index as a Float64Array (four numbers each), and the notes of heads and ends. */
-unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
-    let env = js.env;
-    let head_keys = js.keys(["status", "headers"]);
-    let end_keys = js.keys(["outcome"]);
-    let mut notes = Vec::new();
-    let mut numbers = Vec::with_capacity(taps.len() * 4);
-    for t in taps {
-        let (kind, length) = match &t.what {
-            edge::Seen::Head { status, headers } => {
-                notes.push(js.object_with(&head_keys, [js.num(*status as f64), flat(js, headers)]));
-                (0.0, 0.0)
-            }
-            edge::Seen::Data(n) => (1.0, *n as f64),
-            edge::Seen::End(o) => {
-                notes.push(js.object_with(&end_keys, [js.str(o)]));
-                (2.0, 0.0)
-            }
-        };
-        numbers.extend_from_slice(&[kind, t.token as f64, t.at_ms, length]);
-    }
+unsafe fn float64_array(env: napi_env, numbers: &[f64]) -> napi_value {
     let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
     let mut array_buffer = std::ptr::null_mut();
     napi_create_arraybuffer(env, numbers.len() * 8, &mut store, &mut array_buffer);
     if !store.is_null() && !numbers.is_empty() {
         std::ptr::copy_nonoverlapping(numbers.as_ptr(), store as *mut f64, numbers.len());
     }
-    let mut index = std::ptr::null_mut();
-    napi_create_typedarray(env, NAPI_FLOAT64_ARRAY, numbers.len(), array_buffer, 0, &mut index);
+    let mut array = std::ptr::null_mut();
+    napi_create_typedarray(env, NAPI_FLOAT64_ARRAY, numbers.len(), array_buffer, 0, &mut array);
+    array
+}
+
+/** The taps' index as a Float64Array (four numbers each), and the notes of heads and ends. */
+unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
+    let env = js.env;
+    let head_keys = js.keys(["status", "headers", "read"]);
+    let end_keys = js.keys(["outcome", "read"]);
+    let mut notes = Vec::new();
+    let mut numbers = Vec::with_capacity(taps.len() * 4);
+    for t in taps {
+        let (kind, length) = match &t.what {
+            edge::Seen::Head { status, headers, read } => {
+                notes.push(js.object_with(&head_keys, [js.num(*status as f64), flat(js, headers), js.bool(*read)]));
+                (0.0, 0.0)
+            }
+            edge::Seen::Data(n) => (1.0, *n as f64),
+            edge::Seen::End(o, read) => {
+                let read = read.as_deref().map_or_else(|| js.null(), |r| float64_array(env, r));
+                notes.push(js.object_with(&end_keys, [js.str(o), read]));
+                (2.0, 0.0)
+            }
+        };
+        numbers.extend_from_slice(&[kind, t.token as f64, t.at_ms, length]);
+    }
+    let index = float64_array(env, &numbers);
     let keys = js.keys(["index", "bytes", "notes"]);
     js.object_with(&keys, [index, buffer(env, bytes), js.array(notes)])
 }
@@ -667,6 +696,39 @@ unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> na
     js.bool(stopped)
 }
 
+/**
+ * sseRead(target, rules, bytes, reads, endAt, outcome): what the loop reads of one event stream
+ * (StreamReading::summary), for the test that holds it to stream.ts. `rules` is edgeStart's
+ * `read:` part; `reads` is `LENGTH@TIME` per read, space-separated, over `bytes` end to end.
+ */
+unsafe extern "C" fn js_sse_read(env: napi_env, info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let [target, rules, bytes, reads, end_at, outcome] = args::<6>(env, info);
+    let summary = catch_unwind(AssertUnwindSafe(|| {
+        let rules = reading_rules(&string_of(env, rules)?)?;
+        let bytes = bytes_of(env, bytes)?;
+        let mut r = sse::StreamReading::new(sse::route_of(&string_of(env, target)?), std::sync::Arc::new(rules));
+        let mut offset = 0usize;
+        for read in string_of(env, reads)?.split_whitespace() {
+            let (n, t) = read.split_once('@')?;
+            let n: usize = n.parse().ok()?;
+            r.push(bytes.get(offset..offset + n)?, t.parse().ok()?);
+            offset += n;
+        }
+        let end_at = number_of(env, end_at)?;
+        if matches!(string_of(env, outcome)?.as_str(), "complete" | "engine_reset") {
+            r.finish(end_at);
+        } else {
+            r.end(end_at);
+        }
+        Some(r.summary())
+    }));
+    match summary {
+        Ok(Some(s)) => float64_array(env, &s),
+        _ => js.null(),
+    }
+}
+
 unsafe fn export(env: napi_env, exports: napi_value, name: &'static str, cb: unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value) {
     let mut f = std::ptr::null_mut();
     napi_create_function(env, name.as_ptr() as *const c_char, name.len() - 1, Some(cb), std::ptr::null_mut(), &mut f);
@@ -687,6 +749,7 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     export(env, exports, "edgeStop\0", js_edge_stop);
     export(env, exports, "edgeForward\0", js_edge_forward);
     export(env, exports, "edgeAnswer\0", js_edge_answer);
+    export(env, exports, "sseRead\0", js_sse_read);
     exports
 }
 
