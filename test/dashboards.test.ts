@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { stringify } from 'yaml';
-import { promtoolPath, REPO_ROOT } from './helpers.js';
+import { promtoolPath, REPO_ROOT, tempDir } from './helpers.js';
 
 const DIR = join(REPO_ROOT, 'config/dashboards');
 const files = readdirSync(DIR)
@@ -46,7 +45,7 @@ describe('dashboards', () => {
       d.panels.flatMap((p) => p.targets.map((t, i) => ({ record: `dashboard:${d.uid.replace(/-/g, '_')}:${i}`, expr: promql(t.expr) }))),
     );
     assert.ok(rules.length > 30);
-    const f = join(mkdtempSync(join(tmpdir(), 'infertel-dash-')), 'exprs.yaml');
+    const f = join(tempDir('infertel-dash-'), 'exprs.yaml');
     writeFileSync(f, stringify({ groups: [{ name: 'dashboards', rules }] }));
     const r = spawnSync('promtool', ['check', 'rules', f], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stdout + r.stderr);

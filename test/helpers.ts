@@ -2,7 +2,7 @@
 
 import type { GpuPoll, GpuProbe } from '../agent/gpu/probe.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
@@ -14,6 +14,22 @@ import { createLogger, type Logger } from '../agent/logger.js';
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 export const SHARED_FIXTURES = fileURLToPath(new URL('../../../shared/fixtures/upstream/', import.meta.url));
+
+const madeDirs: string[] = [];
+
+/**
+ * A new folder under the system's temporary folder, removed when this test file's process exits
+ * (each file runs in a process of its own), so runs leave nothing behind.
+ */
+export function tempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  if (madeDirs.push(dir) === 1) {
+    process.on('exit', () => {
+      for (const d of madeDirs) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  return dir;
+}
 
 export function sharedFixturesPresent(): boolean {
   return existsSync(SHARED_FIXTURES);
@@ -159,7 +175,7 @@ let fakeNvml: string | undefined;
 /** Compile test/fixtures/fake-nvml/fake_nvml.c into a libnvidia-ml.so.1 (once per process). */
 export function buildFakeNvmlLibrary(): string {
   if (fakeNvml) return fakeNvml;
-  const dir = mkdtempSync(join(tmpdir(), 'infertel-fakenvml-'));
+  const dir = tempDir('infertel-fakenvml-');
   const out = join(dir, 'libnvidia-ml.so.1');
   const r = spawnSync(
     'gcc',
@@ -180,7 +196,7 @@ const fakeAmdSmi = new Map<string, string>();
 export function buildFakeAmdSmiLibrary(generation: '24' | '26'): string {
   const cached = fakeAmdSmi.get(generation);
   if (cached) return cached;
-  const dir = mkdtempSync(join(tmpdir(), `infertel-fakeamdsmi${generation}-`));
+  const dir = tempDir(`infertel-fakeamdsmi${generation}-`);
   const out = join(dir, 'libamd_smi.so');
   const header = join(REPO_ROOT, `test/fixtures/amdsmi/amdsmi-${generation}.h`);
   const r = spawnSync(

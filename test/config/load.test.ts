@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig, parseUpstreamSpec, validateConfig } from '../../agent/config/load.js';
 import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
-import { REPO_ROOT, runCli, startServer } from '../helpers.js';
+import { REPO_ROOT, runCli, startServer, tempDir } from '../helpers.js';
 
 function tmpFile(text: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'infertel-cfg-'));
+  const dir = tempDir('infertel-cfg-');
   const f = join(dir, 'c.yaml');
   writeFileSync(f, text);
   return f;

@@ -2,10 +2,9 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gunzipSync } from 'node:zlib';
@@ -24,10 +23,11 @@ import {
   startServer,
   type AgentProcess,
   type TestServer,
+  tempDir,
 } from '../helpers.js';
 
 function writeConfig(obj: unknown): string {
-  const dir = mkdtempSync(join(tmpdir(), 'infertel-e2e-'));
+  const dir = tempDir('infertel-e2e-');
   const f = join(dir, 'config.yaml');
   writeFileSync(f, JSON.stringify(obj));
   return f;
@@ -252,7 +252,7 @@ describe('e2e: scraping manners', () => {
       if (req.headers.authorization !== 'Bearer s3cret') return void res.writeHead(401).end('no');
       res.writeHead(200).end('# TYPE tgi_queue_size gauge\ntgi_queue_size 4\n');
     });
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-auth-'));
+    const dir = tempDir('infertel-auth-');
     writeFileSync(join(dir, 'token'), 's3cret\n');
     const file = writeConfig({
       interval: '200ms',
@@ -282,7 +282,7 @@ describe('e2e: scraping manners', () => {
 
 describe('e2e: TLS and basic auth toward the upstream', { skip: spawnSync('openssl', ['version']).status !== 0 && 'openssl not on PATH' }, () => {
   it('scrapes an HTTPS upstream with a CA file and basic auth read from a file', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-tls-'));
+    const dir = tempDir('infertel-tls-');
     const r = spawnSync(
       'openssl',
       [

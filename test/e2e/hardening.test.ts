@@ -2,12 +2,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { writeFileSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FetchError } from '../../agent/net/http-client.js';
 import { tgi } from '../../agent/sources/engines/tgi.js';
-import { eventually, getText, sampleValue, spawnAgent, startServer } from '../helpers.js';
+import { eventually, getText, sampleValue, spawnAgent, startServer, tempDir } from '../helpers.js';
 
 async function lookupFails(handler: Parameters<typeof startServer>[0]): Promise<{ err: unknown; ms: number; rssGrowth: number }> {
   const server = await startServer(handler);
@@ -67,7 +66,7 @@ describe('e2e: secrets stay out of logs, /readyz and /metrics', () => {
     const closed = await startServer(() => {});
     const closedUrl = `http://admin:s3cret-CANARY@127.0.0.1:${closed.port}/metrics`;
     await closed.close();
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-sec-'));
+    const dir = tempDir('infertel-sec-');
     const file = join(dir, 'c.yaml');
     writeFileSync(
       file,

@@ -4,12 +4,11 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser } from 'playwright-core';
-import { CLI, eventually, freePort, getText, REPO_ROOT, sleep, spawnAgent, startServer } from '../helpers.js';
+import { CLI, eventually, freePort, getText, REPO_ROOT, sleep, spawnAgent, startServer, tempDir } from '../helpers.js';
 
 const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
 const ARTIFACTS = join(REPO_ROOT, 'test/artifacts');
@@ -202,7 +201,7 @@ describe('status stream', () => {
 
 describe('status page off switch', () => {
   it('ui.enabled: false serves neither the page nor its data', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'infertel-ui-')), 'ui-off.yaml');
+    const file = join(tempDir('infertel-ui-'), 'ui-off.yaml');
     writeFileSync(file, 'ui:\n  enabled: false\n');
     const agent = await spawnAgent(['--config', file]);
     try {

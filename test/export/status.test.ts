@@ -3,15 +3,14 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { HISTORY_FRAMES, HISTORY_SERIES, StatusHistory, type StatusInputs } from '../../agent/export/status.js';
 import { quantileAcross } from '../../agent/normalize/rebucket.js';
 import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
 import type { CanonicalFamily } from '../../agent/normalize/normalizer.js';
-import { promtoolPath } from '../helpers.js';
+import { promtoolPath, tempDir } from '../helpers.js';
 import { rng } from '../../agent/demo/sim-common.js';
 
 const catalogue = buildCatalogue('ms');
@@ -39,7 +38,7 @@ describe('status quantiles against promtool', { skip: !promtoolPath() && 'no pro
         );
       }
     }
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-quantiles-'));
+    const dir = tempDir('infertel-quantiles-');
     const file = join(dir, 'quantiles.test.yaml');
     writeFileSync(
       file,

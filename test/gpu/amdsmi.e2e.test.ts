@@ -4,21 +4,20 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { gpuRecords, metricToDevice, quantity } from '../../agent/gpu/amd-smi-probe.js';
 import { visibleDevices } from '../../agent/gpu/visible.js';
 import { emptyDevice } from '../../agent/gpu/probe.js';
-import { addonBuilt, buildFakeAmdSmiLibrary, cargoAvailable, eventually, getText, REPO_ROOT, sampleValue, spawnAgent } from '../helpers.js';
+import { addonBuilt, buildFakeAmdSmiLibrary, cargoAvailable, eventually, getText, REPO_ROOT, sampleValue, spawnAgent, tempDir } from '../helpers.js';
 
 const skip = !addonBuilt() && 'the GPU addon is not built (no cargo)';
 const GIB = 1024 ** 3;
 const MIB = 1024 ** 2;
 
 function gpuConfig(extra: Record<string, unknown> = {}): string {
-  const f = join(mkdtempSync(join(tmpdir(), 'infertel-amd-')), 'c.yaml');
+  const f = join(tempDir('infertel-amd-'), 'c.yaml');
   writeFileSync(f, JSON.stringify({ gpu: { interval: '200ms', timeout: '150ms', ...extra } }));
   return f;
 }
@@ -247,7 +246,7 @@ describe('AMD SMI: the addon against the header text', () => {
       const layout = new RegExp(`Abi::${variant} => Layout \\{([^}]*)\\}`).exec(rust)?.[1];
       assert.ok(layout, `Layout of ${variant}`);
       const want = Object.fromEntries([...layout.matchAll(/(\w+): (\d+)/g)].map((m) => [m[1], Number(m[2])]));
-      const dir = mkdtempSync(join(tmpdir(), 'infertel-offsets-'));
+      const dir = tempDir('infertel-offsets-');
       const c = join(dir, 'offsets.c');
       writeFileSync(
         c,

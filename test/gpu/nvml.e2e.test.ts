@@ -1,17 +1,16 @@
 // The built CLI and the built addon against the fake libnvidia-ml.so.1 compiled from C.
 
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
-import { addonBuilt, buildFakeNvmlLibrary, cargoAvailable, eventually, getText, REPO_ROOT, sampleValue, spawnAgent } from '../helpers.js';
+import { addonBuilt, buildFakeNvmlLibrary, cargoAvailable, eventually, getText, REPO_ROOT, sampleValue, spawnAgent, tempDir } from '../helpers.js';
 
 const skip = !addonBuilt() && 'the NVML addon is not built (no cargo)';
 
 function gpuConfig(extra: Record<string, unknown> = {}): string {
-  const f = join(mkdtempSync(join(tmpdir(), 'infertel-gpu-')), 'c.yaml');
+  const f = join(tempDir('infertel-gpu-'), 'c.yaml');
   writeFileSync(f, JSON.stringify({ gpu: { interval: '200ms', timeout: '150ms', ...extra } }));
   return f;
 }
@@ -106,7 +105,7 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   });
 
   it('a hung NVML call leaves /metrics answering at its normal latency; the poll times out and values go stale', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-hang-'));
+    const dir = tempDir('infertel-hang-');
     const hangFile = join(dir, 'hang');
     const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], {
       FAKE_NVML_SLEEP_MS: '3000',
@@ -219,7 +218,7 @@ describe('GPU e2e: infertel run --nvml-library <fake>', { skip }, () => {
   });
 
   it('critical XID events are counted per device and code', async () => {
-    const xidFile = join(mkdtempSync(join(tmpdir(), 'infertel-xid-')), 'xids');
+    const xidFile = join(tempDir('infertel-xid-'), 'xids');
     writeFileSync(xidFile, '');
     const agent = await spawnAgent(['--config', gpuConfig(), '--nvml-library', buildFakeNvmlLibrary()], { FAKE_NVML_XID_FILE: xidFile });
     try {

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
-import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { buildCatalogue } from '../../agent/catalogue/catalogue.js';
@@ -16,7 +15,7 @@ import { makeLabelPolicy, newGuardCounts } from '../../agent/guard/labels.js';
 import { Normalizer } from '../../agent/normalize/normalizer.js';
 import { visibleDevices } from '../../agent/gpu/visible.js';
 import { createLogger } from '../../agent/logger.js';
-import { fakeProbe } from '../helpers.js';
+import { fakeProbe, tempDir } from '../helpers.js';
 
 const dev = (index: number, uuid: string) => ({ ...emptyDevice(index), uuid });
 const four = [dev(0, 'GPU-aaaa'), dev(1, 'GPU-bbbb'), dev(2, 'GPU-cccc'), dev(3, 'GPU-dddd')];
@@ -73,7 +72,7 @@ describe('process attribution', () => {
 
 describe('OOM log tail', () => {
   it('counts new CUDA OOM lines only, with the device when the line names it, across truncation', () => {
-    const f = join(mkdtempSync(join(tmpdir(), 'infertel-oom-')), 'engine.log');
+    const f = join(tempDir('infertel-oom-'), 'engine.log');
     writeFileSync(f, 'old: torch.OutOfMemoryError: CUDA out of memory. GPU 0\n');
     const t = new OomTail(f);
     assert.deepEqual(t.read(), [], 'history before start is not counted');
@@ -115,9 +114,9 @@ describe('nvidia-smi fallback mapping', () => {
 describe('nvidia-smi fallback prerequisites', () => {
   it('needs lspci as well as nvidia-smi (systeminformation reads GPUs only through lspci)', async () => {
     const { smiUnavailable } = await import('../../agent/gpu/smi-probe.js');
-    const { mkdtempSync, symlinkSync } = await import('node:fs');
+    const { symlinkSync } = await import('node:fs');
     const { REPO_ROOT } = await import('../helpers.js');
-    const onlySmi = mkdtempSync(join(tmpdir(), 'infertel-smi-'));
+    const onlySmi = tempDir('infertel-smi-');
     symlinkSync(join(REPO_ROOT, 'test/fixtures/fake-smi/nvidia-smi'), join(onlySmi, 'nvidia-smi'));
     const saved = process.env.PATH;
     try {

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Ajv from 'ajv';
 import { parse as parseYaml } from 'yaml';
 import { mutatePod } from '../../agent/webhook/mutate.js';
-import { REPO_ROOT } from '../helpers.js';
+import { REPO_ROOT, tempDir } from '../helpers.js';
 import { CHART, findRenderer, manifests, mask, type Manifest } from './render.js';
 
 const renderer = findRenderer();
@@ -117,7 +116,7 @@ describe(`helm chart (${renderer?.name ?? 'no renderer'})`, { skip }, () => {
     [' (request-level mode)', ' "proxyPort" 8001', { 'infertel.io/proxy-port': '8001' }],
   ] as const) {
     it(`the infertel.sidecar named template renders the same container the webhook injects${what}`, () => {
-      const dir = mkdtempSync(join(tmpdir(), 'infertel-chart-'));
+      const dir = tempDir('infertel-chart-');
       cpSync(CHART, dir, { recursive: true });
       writeFileSync(
         join(dir, 'templates/example-vllm.yaml'),

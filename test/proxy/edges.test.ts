@@ -4,21 +4,20 @@
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
 import { hashKey } from '../../agent/proxy/tenants.js';
-import { eventually, freePort, getText, spawnAgent, startServer } from '../helpers.js';
+import { eventually, freePort, getText, spawnAgent, startServer, tempDir } from '../helpers.js';
 import { ACME_KEY, post, startHarness, sumOf, type Harness } from './harness.js';
 
 describe('proxy from the built CLI', () => {
   it('INFERTEL_PROXY_LISTEN and INFERTEL_PROXY_TARGET turn it on; request lines on stdout carry event and request_id', async () => {
     const engine = await startSimOpenAi({ models: ['cli-model'], ttftMs: 5, itlMs: 2, tokens: 4 });
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-proxy-'));
+    const dir = tempDir('infertel-proxy-');
     const config = join(dir, 'config.yaml');
     writeFileSync(config, `tenants:\n  - name: acme\n    keys: ["${hashKey(ACME_KEY)}"]\nrequestLog:\n  sampleSuccess: 1\n`);
     const proxyPort = await freePort();
@@ -167,7 +166,7 @@ describe('proxy delivery and sinks', () => {
   });
 
   it('requestLog.path writes to a file rotated by size (pino-roll), and prompt_hash is the HMAC under the secret file', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-reqlog-'));
+    const dir = tempDir('infertel-reqlog-');
     const secret = 'a-deployment-secret-of-32-bytes!';
     writeFileSync(join(dir, 'secret'), secret);
     const h = await startHarness({ requestLog: { path: join(dir, 'requests.log'), maxSize: '1k', maxFiles: 3, hashSecretFile: join(dir, 'secret') } });

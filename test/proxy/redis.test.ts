@@ -5,14 +5,13 @@
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startSimOpenAi, type SimOpenAi } from '../../agent/demo/sim-openai.js';
 import { hashKey } from '../../agent/proxy/tenants.js';
-import { eventually, freePort, getText, spawnAgent, type AgentProcess } from '../helpers.js';
+import { eventually, freePort, getText, spawnAgent, type AgentProcess, tempDir } from '../helpers.js';
 import { post, sumOf } from './harness.js';
 
 const REDIS = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout.trim();
@@ -62,7 +61,7 @@ describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not
     redisPort = await freePort();
     redis = await startRedis(redisPort);
     engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 1 });
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-redis-'));
+    const dir = tempDir('infertel-redis-');
     const config = join(dir, 'config.yaml');
     writeFileSync(
       config,

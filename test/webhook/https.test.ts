@@ -2,13 +2,12 @@
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { MAX_IN_FLIGHT, MAX_QUEUED, MAX_REVIEW_BYTES } from '../../agent/webhook/server.js';
-import { CLI, eventually, freePort } from '../helpers.js';
+import { CLI, eventually, freePort, tempDir } from '../helpers.js';
 
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
 
@@ -112,7 +111,7 @@ function holdOpen(port: number): { req: import('node:http').ClientRequest; statu
 
 describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PATH' }, () => {
   it('answers a real AdmissionReview with a JSONPatch, and reloads a rotated certificate', { timeout: 60_000 }, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'infertel-wh-'));
+    const dir = tempDir('infertel-wh-');
     const first = makeCert(dir, 'first');
     const second = makeCert(dir, 'second');
     const certFile = join(dir, 'tls.crt');
