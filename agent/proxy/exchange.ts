@@ -243,6 +243,8 @@ export class ExchangeRecorder {
   constructor(
     private readonly deps: ProxyDeps,
     private readonly traceTokenEvery: number,
+    /** The proxy's event counts, where a record that fails later is counted (internal_error). */
+    private readonly events: Partial<Record<ProxyEvent, number>>,
   ) {}
 
   /** Counts a stream's violations by kind and logs them once for the request; undefined when there are none. */
@@ -261,8 +263,15 @@ export class ExchangeRecorder {
   /** `ended`: when the exchange was over, in performance.now() ms. */
   finish(ex: Exchange, ended: number): void {
     if (ex.recorded) return;
-    ex.recorded = true;
     const deps = this.deps;
+    const requested = ex.facts?.requestedModel;
+    const first = requested !== undefined ? deps.models.firstFetch() : undefined;
+    if (first) {
+      // Arrived before the engine's model list did: its label waits for the list, so a served name is not recorded as the fallback.
+      void first.then(() => guarded(this.events, this.deps.log, () => this.finish(ex, ended)));
+      return;
+    }
+    ex.recorded = true;
     const obs = ex.observer;
     const e2eMs = ended - ex.received;
     const ttftMs = obs?.firstContentAt !== undefined ? obs.firstContentAt - ex.received : undefined;
@@ -272,7 +281,8 @@ export class ExchangeRecorder {
     const ok2xx = status !== undefined && status >= 200 && status < 300;
     const usageExpected = ex.route !== 'other' && ok2xx;
     const usageUnknown = usageExpected && (ex.route === '/v1/embeddings' ? prompt === undefined : completion === undefined);
-    const model = ex.model || deps.models.resolve(undefined);
+    // Judged again now: the list may have come (or changed) since the request arrived.
+    const model = requested !== undefined && deps.models.serves(requested) ? requested : ex.model || deps.models.resolve(undefined);
     const traceId = ex.trace.sampledTraceId();
     const violations = ex.validator ? this.validated(ex, ex.validator, ended, model) : undefined;
     ex.admission?.release(prompt !== undefined || completion !== undefined ? (prompt ?? 0) + (completion ?? 0) : undefined);

@@ -64,6 +64,8 @@ export class ServedModels {
   private failedAt: number | undefined;
   private inFlight: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** The first fetch, until it has settled: before it, a requested name cannot be judged. */
+  private first: Promise<void> | undefined;
 
   constructor(
     private readonly target: string,
@@ -75,7 +77,24 @@ export class ServedModels {
   start(): Promise<void> {
     this.timer = setInterval(() => void this.refresh(), REFRESH_MS);
     this.timer.unref();
-    return this.refresh();
+    const first = this.refresh().finally(() => {
+      this.first = undefined;
+    });
+    this.first = first;
+    return first;
+  }
+
+  /**
+   * While the first fetch is out (the proxy listens before it answers, at most two 2 s timeouts),
+   * the promise of it: a request that named a model is labelled once the list is known.
+   */
+  firstFetch(): Promise<void> | undefined {
+    return this.first;
+  }
+
+  /** Whether the engine serves a model of this name (as its list last said). */
+  serves(name: string): boolean {
+    return this.models.includes(name);
   }
 
   stop(): void {
@@ -128,7 +147,7 @@ export class ServedModels {
 
   /** The label for a request's model field. */
   resolve(requested: string | undefined): string {
-    if (requested !== undefined && this.models.includes(requested)) return requested;
+    if (requested !== undefined && this.serves(requested)) return requested;
     if (requested !== undefined && this.now() - this.fetchedAt > MISS_REFRESH_MS) void this.refresh();
     return this.models[0] ?? this.fallback();
   }

@@ -108,7 +108,7 @@ export class NativeProxy implements RequestProxy {
     private readonly deps: ProxyDeps,
     private readonly addon: GpuAddon,
   ) {
-    this.recorder = new ExchangeRecorder(deps, opts.traceTokenEvery);
+    this.recorder = new ExchangeRecorder(deps, opts.traceTokenEvery, this.events);
     this.gapBounds = deps.metrics.gapBoundsMs();
     this.clockOffset = Number(process.hrtime.bigint()) / 1e6 - performance.now();
     this.waits = deps.limits !== undefined || deps.tracer !== undefined;

@@ -122,7 +122,7 @@ export class InlineProxy implements RequestProxy {
     // noDelay: a chunk of a stream is sent the moment it is written, never held for Nagle.
     this.agent = new this.to.mod.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, noDelay: true });
     this.gapBounds = deps.metrics.gapBoundsMs();
-    this.recorder = new ExchangeRecorder(deps, opts.traceTokenEvery);
+    this.recorder = new ExchangeRecorder(deps, opts.traceTokenEvery, this.events);
   }
 
   get openRequests(): number {

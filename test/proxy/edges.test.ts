@@ -51,6 +51,61 @@ describe('proxy from the built CLI', () => {
     }
   });
 
+  it('a request that arrives before the engine has listed its models is labelled by the list once it comes', async () => {
+    // The engine lists its models 1.5 s late (inside the proxy's 2 s fetch timeout); the proxy listens before the list comes, as at a pod's start.
+    let listed = false;
+    const engine = await startServer((req, res) => {
+      if (req.url === '/v1/models') {
+        setTimeout(() => {
+          listed = true;
+          res.setHeader('content-type', 'application/json');
+          res.end(JSON.stringify({ object: 'list', data: [{ id: 'slow-model' }] }));
+        }, 1500);
+        return;
+      }
+      req.resume();
+      req.on('end', () => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ choices: [{ text: 'a' }], usage: { prompt_tokens: 3, completion_tokens: 1 } }));
+      });
+    });
+    const dir = tempDir('infertel-early-');
+    const config = join(dir, 'config.yaml');
+    writeFileSync(config, 'requestLog:\n  sampleSuccess: 1\n');
+    const proxyPort = await freePort();
+    const agent = await spawnAgent(['--config', config, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url]);
+    try {
+      const answered = await eventually(
+        async () => {
+          try {
+            return await post(`http://127.0.0.1:${proxyPort}/v1/completions`, { model: 'slow-model', prompt: 'x' });
+          } catch {
+            return undefined;
+          }
+        },
+        1400,
+        'the proxy answering',
+      );
+      assert.equal(answered.status, 200);
+      assert.equal(listed, false, 'the request was answered before the engine listed its models');
+      const line = await eventually(
+        async () =>
+          agent
+            .output()
+            .split('\n')
+            .find((l) => l.includes('"event":"inference"')),
+        5000,
+        'a request line on stdout',
+      );
+      assert.equal(JSON.parse(line).model, 'slow-model');
+      const metrics = (await getText(`${agent.base}/metrics`)).body;
+      assert.equal(sumOf(metrics, 'inference_requests_total', { model: 'slow-model' }), 1);
+    } finally {
+      await agent.stop();
+      await engine.close();
+    }
+  });
+
   it('--proxy-listen without --proxy-target is a configuration error naming the key', async () => {
     const { runCli } = await import('../helpers.js');
     const r = runCli(['run', '--proxy-listen', '127.0.0.1:0']);
