@@ -435,13 +435,14 @@ impl Validator {
         self.last_event_at = Some(t);
     }
 
-    fn on_data(&mut self, data: &[u8], doc: Option<&J>, t: f64) {
+    /** An event's data: `[DONE]` (is_done), else its JSON when it parsed (None: not JSON). */
+    fn on_data(&mut self, is_done: bool, doc: Option<&J>, t: f64) {
         self.gap_to(t);
         if self.done {
             self.add(AFTER_DONE);
             return;
         }
-        if trimmed_is(data, "[DONE]") {
+        if is_done {
             self.done = true;
             if self.choices.values().any(|c| !c.finished) {
                 self.add(OUT_OF_ORDER);
@@ -676,7 +677,7 @@ impl StreamReading {
     /** One read's bytes, at `t`: its complete events are read, a partial last one is held. */
     pub fn push(&mut self, data: &[u8], t: f64) {
         self.held.extend_from_slice(data);
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
         let mut content = false;
         let mut start = 0;
         while let Some(end) = event_end(&held[start..]) {
@@ -684,9 +685,12 @@ impl StreamReading {
             start += end;
         }
         // Past the limit the partial event is passed on unread, as stream.ts does.
-        if held.len() - start <= MAX_PARTIAL_EVENT {
-            self.held = held[start..].to_vec();
+        if held.len() - start > MAX_PARTIAL_EVENT {
+            held.clear();
+        } else {
+            held.drain(..start);
         }
+        self.held = held;
         if content {
             self.content_at(t);
         }
@@ -703,14 +707,14 @@ impl StreamReading {
         };
         if trimmed_is(&data, "[DONE]") {
             self.saw_end = true;
-            self.validator.on_data(&data, None, t);
+            self.validator.on_data(true, None, t);
             return false;
         }
         let Some(doc) = parse(&data) else {
-            self.validator.on_data(&data, None, t);
+            self.validator.on_data(false, None, t);
             return false;
         };
-        self.validator.on_data(&data, Some(&doc), t);
+        self.validator.on_data(false, Some(&doc), t);
         let f = read_event(self.route, &doc);
         if f.tgi_token {
             self.tgi_tokens += 1;

@@ -14,6 +14,19 @@ import { hashKey } from '../../agent/proxy/tenants.js';
 import { eventually, freePort, getText, spawnAgent, startServer, tempDir } from '../helpers.js';
 import { ACME_KEY, post, startHarness, sumOf, type Harness } from './harness.js';
 
+/** The first request line (`"event":"inference"`) the agent wrote on stdout. */
+function requestLine(agent: { output(): string }): Promise<string> {
+  return eventually(
+    async () =>
+      agent
+        .output()
+        .split('\n')
+        .find((l) => l.includes('"event":"inference"')),
+    5000,
+    'a request line on stdout',
+  );
+}
+
 describe('proxy from the built CLI', () => {
   it('INFERTEL_PROXY_LISTEN and INFERTEL_PROXY_TARGET turn it on; request lines on stdout carry event and request_id', async () => {
     const engine = await startSimOpenAi({ models: ['cli-model'], ttftMs: 5, itlMs: 2, tokens: 4 });
@@ -29,15 +42,7 @@ describe('proxy from the built CLI', () => {
         { authorization: `Bearer ${ACME_KEY}` },
       );
       assert.equal(r.status, 200);
-      const line = await eventually(
-        async () =>
-          agent
-            .output()
-            .split('\n')
-            .find((l) => l.includes('"event":"inference"')),
-        5000,
-        'a request line on stdout',
-      );
+      const line = await requestLine(agent);
       const doc = JSON.parse(line);
       assert.equal(doc.request_id, r.headers.get('x-request-id'));
       assert.equal(doc.tenant, 'acme');
@@ -88,15 +93,7 @@ describe('proxy from the built CLI', () => {
       );
       assert.equal(answered.status, 200);
       assert.equal(listed, false, 'the request was answered before the engine listed its models');
-      const line = await eventually(
-        async () =>
-          agent
-            .output()
-            .split('\n')
-            .find((l) => l.includes('"event":"inference"')),
-        5000,
-        'a request line on stdout',
-      );
+      const line = await requestLine(agent);
       assert.equal(JSON.parse(line).model, 'slow-model');
       const metrics = (await getText(`${agent.base}/metrics`)).body;
       assert.equal(sumOf(metrics, 'inference_requests_total', { model: 'slow-model' }), 1);
