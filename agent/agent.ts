@@ -27,6 +27,7 @@ import type { Source } from './sources/source.js';
 import { ConfigError } from './config/load.js';
 import { agentTracer, startTracing, type Tracing } from './tracing/otel.js';
 import { Upstream } from './upstream.js';
+import { boundAddress } from './net/bound.js';
 import { VERSION } from './version.js';
 import type { ProxyDeps, RequestProxy } from './proxy/exchange.js';
 import { NativeProxy, nativeUnfit } from './proxy/native-proxy.js';
@@ -487,11 +488,11 @@ export class Agent {
       // A port in use or an address this machine does not have is a configuration problem.
       throw new ConfigError([`listen: cannot listen on ${this.config.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`]);
     }
+    this.log.info({ component: 'http', listen: this.address() }, 'listening');
     if (this.proxy) {
       await this.rateLimiter?.ready?.();
       try {
         await this.proxy.start();
-        this.log.info({ component: 'proxy', listen: this.proxy.address(), data_path: this.proxy.dataPath }, 'proxy listening');
       } catch (err) {
         throw new ConfigError([
           `proxy.listen: cannot listen on ${this.config.proxy.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
@@ -514,10 +515,14 @@ export class Agent {
     );
   }
 
+  /** HOST:PORT of /metrics as bound: with port 0 in the config, the port the system chose. */
   address(): string {
-    const a = this.server?.address();
-    if (!a || typeof a === 'string') return String(a);
-    return `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    return boundAddress(this.server);
+  }
+
+  /** HOST:PORT of the inline proxy as bound, when it runs. */
+  proxyAddress(): string | undefined {
+    return this.proxy?.address();
   }
 
   async stop(): Promise<void> {

@@ -68,29 +68,57 @@ export async function freePort(): Promise<number> {
 export interface AgentProcess {
   child: ChildProcess;
   base: string;
+  /** The inline proxy's origin, when the agent was started with one. */
+  proxyBase: string | undefined;
   output(): string;
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; ms: number }>;
 }
 
-/** Spawn the built CLI and wait until its /healthz answers. */
+/** The address of the first JSON log line with this message, if one has been written. */
+export function loggedListen(out: string, msg: string): string | undefined {
+  for (const line of out.split('\n')) {
+    if (!line.startsWith('{') || !line.includes(`"msg":"${msg}"`)) continue;
+    try {
+      const listen = (JSON.parse(line) as { listen?: unknown }).listen;
+      if (typeof listen === 'string') return listen;
+    } catch {
+      /* a line still being written */
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Spawn the built CLI and wait until its /healthz answers, and its proxy listens when it has one.
+ * Unless the caller names them, both listen on port 0 and the ports come from the agent's own log:
+ * a port found free beforehand can be taken by another process (or the agent's other listener) before the agent binds it.
+ */
 export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<AgentProcess> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [CLI, 'run', '--listen', `127.0.0.1:${port}`, ...args], {
+  const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
+  const child = spawn(process.execPath, [CLI, 'run', ...listen, ...args], {
     env: { ...process.env, INFERTEL_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
-  const base = `http://127.0.0.1:${port}`;
+  const flagAt = args.indexOf('--proxy-listen');
+  const proxyListen = flagAt >= 0 ? args[flagAt + 1] : env.INFERTEL_PROXY_LISTEN;
+  const wantsProxy = proxyListen !== undefined && proxyListen !== 'off';
+  let base: string | undefined;
+  let proxyBase: string | undefined;
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${out}`);
-    try {
-      const r = await fetch(`${base}/healthz`);
-      if (r.ok) break;
-    } catch {
-      /* not listening yet */
+    base ??= loggedListen(out, 'listening');
+    if (wantsProxy) proxyBase ??= loggedListen(out, 'proxy listening');
+    if (base && (proxyBase || !wantsProxy)) {
+      try {
+        const r = await fetch(`http://${base}/healthz`);
+        if (r.ok) break;
+      } catch {
+        /* not answering yet */
+      }
     }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
@@ -100,7 +128,8 @@ export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): P
   }
   return {
     child,
-    base,
+    base: `http://${base}`,
+    proxyBase: proxyBase && `http://${proxyBase}`,
     output: () => out,
     stop(signal: NodeJS.Signals = 'SIGTERM') {
       const t0 = Date.now();
@@ -112,6 +141,58 @@ export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): P
       });
     },
   };
+}
+
+export interface DemoProcess {
+  child: ChildProcess;
+  base: string;
+  /** The demo proxy's origin, unless it was started with --proxy-listen off. */
+  proxyBase: string | undefined;
+  output(): string;
+  /** SIGTERM, and the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/**
+ * Spawn `infertel demo` with both listeners on port 0 (unless the caller names them) and read the
+ * origins from the demo's own announcement, which prints the bound addresses.
+ */
+export async function spawnDemo(args: string[], timeoutMs = 15_000): Promise<DemoProcess> {
+  const ports = [
+    ...(args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0']),
+    ...(args.includes('--proxy-listen') ? [] : ['--proxy-listen', '127.0.0.1:0']),
+  ];
+  const child = spawn(process.execPath, [CLI, 'demo', ...ports, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const proxyAt = args.indexOf('--proxy-listen');
+  const proxyOff = proxyAt >= 0 && args[proxyAt + 1] === 'off';
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`the demo exited ${child.exitCode} before it was ready: ${out.slice(-4000)}`);
+    const base = /agent, readiness: +(http:\/\/\S+)\/readyz/.exec(out)?.[1];
+    const proxyBase = /in front of the simulated vLLM: (http:\/\/\S+)\/v1\/chat\/completions/.exec(out)?.[1];
+    if (base && (proxyBase || proxyOff)) {
+      return {
+        child,
+        base,
+        proxyBase,
+        output: () => out,
+        stop: () =>
+          new Promise((r) => {
+            if (child.exitCode !== null) return r(child.exitCode);
+            child.once('exit', r);
+            child.kill('SIGTERM');
+          }),
+      };
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`the demo did not announce itself: ${out.slice(-4000)}`);
+    }
+    await sleep(50);
+  }
 }
 
 export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; stdout: string; stderr: string } {

@@ -194,8 +194,9 @@ export async function runDemo(
     await closeAll();
     throw err;
   });
-  const base = `http://${flags.listen}`;
-  const proxyBase = `http://${flags.proxyListen}`;
+  // The bound addresses, not the flags: with port 0 the system chooses the ports.
+  const base = `http://${agent.address()}`;
+  const proxyBase = `http://${agent.proxyAddress()}`;
   const load = proxyOn && loadPerSecond > 0 ? startLoad(proxyBase, DEMO_VLLM_MODEL, loadPerSecond) : undefined;
   const proxyLines = proxyOn
     ? [

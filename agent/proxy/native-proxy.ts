@@ -141,6 +141,8 @@ export class NativeProxy implements RequestProxy {
       }
     }
     if (!this.edge) throw new Error('the address is in use or not on this machine');
+    // Said before the first model list comes: requests are taken from now on, and recorded once the list is known.
+    this.deps.log?.info({ listen: this.address(), data_path: this.dataPath }, 'proxy listening');
     await this.deps.models.start();
   }
 

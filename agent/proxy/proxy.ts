@@ -21,6 +21,7 @@ import {
   type RequestProxy,
   VIA,
 } from './exchange.js';
+import { boundAddress } from '../net/bound.js';
 import { rateLimitHeaders, type Admission } from './limits.js';
 import { inspectBody, routeOf, type RequestFacts } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
@@ -145,14 +146,13 @@ export class InlineProxy implements RequestProxy {
         resolve();
       });
     });
-    // The served models are known before the first request is labelled (or the engine said nothing).
+    // Said before the first model list comes: requests are taken from now on, and recorded once the list is known.
+    this.deps.log?.info({ listen: this.address(), data_path: this.dataPath }, 'proxy listening');
     await this.deps.models.start();
   }
 
   address(): string {
-    const a = this.server?.address();
-    if (!a || typeof a === 'string') return String(a);
-    return `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    return boundAddress(this.server);
   }
 
   engineAnswering(): boolean {

@@ -4,26 +4,16 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { CLI, eventually, freePort, getText, SHARED_FIXTURES, sampleValue, sharedFixturesPresent, spawnAgent, startServer } from '../helpers.js';
+import { CLI, eventually, getText, SHARED_FIXTURES, sampleValue, sharedFixturesPresent, spawnAgent, spawnDemo, startServer } from '../helpers.js';
 
 describe('infertel demo', () => {
   it('serves canonical series of both simulated engines and simulated GPUs, and stops on SIGTERM', async () => {
-    const port = await freePort();
-    const proxyPort = await freePort();
-    const child = spawn(
-      process.execPath,
-      [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--interval', '300ms', '--load', '20'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    child.stderr!.on('data', (d) => (out += d));
+    const demo = await spawnDemo(['--interval', '300ms', '--load', '20']);
+    const out = () => demo.output();
     try {
       const body = await eventually(
         async () => {
-          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          const b = (await getText(`${demo.base}/metrics`)).body;
           return b.includes('flavor="tgi"') && b.includes('flavor="vllm"') && b.includes('tokens_per_second{') && b;
         },
         15_000,
@@ -32,11 +22,11 @@ describe('infertel demo', () => {
       assert.ok(sampleValue(body, 'inference_active_streams', 'model="meta-llama/Llama-3.1-8B-Instruct"') !== undefined);
       assert.ok(sampleValue(body, 'inference_requests_total', 'model="mistralai/Mistral-7B-Instruct-v0.3"', 'code="2xx"') !== undefined);
       assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="simulated"'), 1);
-      assert.match(out, /infertel demo is running/);
+      assert.match(out(), /infertel demo is running/);
       // Request-level mode: the proxy in front of the simulated vLLM, with several tenants of load.
       const withTenants = await eventually(
         async () => {
-          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          const b = (await getText(`${demo.base}/metrics`)).body;
           return ['acme', 'globex'].every((t) => b.includes(`tenant="${t}"`)) && /\ntokens_generated_total\{[^}]*tenant="acme"\} [1-9]/.test(b) && b;
         },
         15_000,
@@ -47,18 +37,32 @@ describe('infertel demo', () => {
         'TGI, not behind the proxy, keeps its own',
       );
       // A request log line and a trace line (one request in ten is traced, at 20 a second).
-      await eventually(async () => out.split('\n').some((l) => l.includes('"event":"inference"')), 15_000, 'request logs');
-      await eventually(async () => out.split('\n').some((l) => l.startsWith('trace ') && l.includes('router.admission')), 15_000, 'trace lines');
+      await eventually(
+        async () =>
+          out()
+            .split('\n')
+            .some((l) => l.includes('"event":"inference"')),
+        15_000,
+        'request logs',
+      );
+      await eventually(
+        async () =>
+          out()
+            .split('\n')
+            .some((l) => l.startsWith('trace ') && l.includes('router.admission')),
+        15_000,
+        'trace lines',
+      );
       // initech is the demo's rate-limited tenant (12 a minute; the load sends it about 2 a second).
       await eventually(
-        async () => /\nrate_limited_requests_total\{tenant="initech",limit="requests"\} [1-9]/.test((await getText(`http://127.0.0.1:${port}/metrics`)).body),
+        async () => /\nrate_limited_requests_total\{tenant="initech",limit="requests"\} [1-9]/.test((await getText(`${demo.base}/metrics`)).body),
         20_000,
         'initech rate-limited',
       );
       // The demo's canary counts to 20 on the simulated vLLM every 10 s and passes its checks.
       const withCanary = await eventually(
         async () => {
-          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          const b = (await getText(`${demo.base}/metrics`)).body;
           return /\ncanary_runs_total\{[^}]*result="ok"\} [1-9]/.test(b) && b;
         },
         20_000,
@@ -69,22 +73,19 @@ describe('infertel demo', () => {
       for (const m of withCanary.matchAll(/\ncanary_runs_total\{[^}]*result="([a-z_]+)"\}/g))
         assert.ok(['ok', 'timeout', 'ttft_exceeded', 'too_slow'].includes(m[1]!), `canary result ${m[1]}`);
       assert.equal(sampleValue(withCanary, 'canary_endpoint_up', 'endpoint="health"'), 1);
-      assert.match(out, /canaries: +every 10 s/);
-      const streamed = await fetch(`http://127.0.0.1:${proxyPort}/v1/chat/completions`, {
+      assert.match(out(), /canaries: +every 10 s/);
+      const streamed = await fetch(`${demo.proxyBase}/v1/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: 'Bearer sk-demo-acme-0001' },
         body: JSON.stringify({ model: 'meta-llama/Llama-3.1-8B-Instruct', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
       });
       assert.equal(streamed.status, 200);
       assert.match(await streamed.text(), /data: \[DONE\]/);
-      assert.match(out, /JSON summary: +http:\/\/127\.0\.0\.1:\d+\/metrics\?format=json/);
+      assert.match(out(), /JSON summary: +http:\/\/127\.0\.0\.1:\d+\/metrics\?format=json/);
     } finally {
       const t0 = Date.now();
-      const code = await new Promise<number | null>((r) => {
-        child.once('exit', r);
-        child.kill('SIGTERM');
-      });
-      assert.equal(code, 0, out.slice(-3000));
+      const code = await demo.stop();
+      assert.equal(code, 0, out().slice(-3000));
       assert.ok(Date.now() - t0 < 1500);
     }
   });
@@ -92,16 +93,11 @@ describe('infertel demo', () => {
 
 describe('infertel demo --engines', () => {
   it('adds simulated SGLang (tensor-parallel) and llama.cpp, each detected, with its model learned', async () => {
-    const port = await freePort();
-    const child = spawn(
-      process.execPath,
-      [CLI, 'demo', '--engines', 'vllm,sglang,llamacpp', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--gpus', '0', '--proxy-listen', 'off'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const demo = await spawnDemo(['--engines', 'vllm,sglang,llamacpp', '--interval', '300ms', '--gpus', '0', '--proxy-listen', 'off']);
     try {
       const body = await eventually(
         async () => {
-          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          const b = (await getText(`${demo.base}/metrics`)).body;
           return ['vllm', 'sglang', 'llamacpp'].every((f) => b.includes(`flavor="${f}"`)) && b.includes('model="qwen2.5-1.5b-instruct-q4_k_m.gguf"') && b;
         },
         15_000,
@@ -118,23 +114,17 @@ describe('infertel demo --engines', () => {
       assert.ok(!body.includes('llamacpp:predicted_tokens_seconds'));
       assert.match(body, /# TYPE llamacpp:n_tokens_max gauge\n/);
     } finally {
-      await new Promise<void>((r) => {
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      });
+      await demo.stop();
     }
   });
 
   it('vLLM alone on simulated H100s: energy per token, MFU and bandwidth utilisation are joined from GPU and engine counters', async () => {
-    const port = await freePort();
-    const child = spawn(process.execPath, [CLI, 'demo', '--engines', 'vllm', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--proxy-listen', 'off'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const demo = await spawnDemo(['--engines', 'vllm', '--interval', '300ms', '--proxy-listen', 'off']);
     const model = 'model="meta-llama/Llama-3.1-8B-Instruct"';
     try {
       const body = await eventually(
         async () => {
-          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          const b = (await getText(`${demo.base}/metrics`)).body;
           return (
             ['energy_per_token_joules', 'model_flops_utilization_ratio', 'memory_bandwidth_utilization_ratio'].every(
               (n) => sampleValue(b, n, model) !== undefined,
@@ -151,23 +141,17 @@ describe('infertel demo --engines', () => {
       const mfu = sampleValue(body, 'model_flops_utilization_ratio', model)!;
       assert.ok(mfu > 0 && mfu < 1, String(mfu));
     } finally {
-      await new Promise<void>((r) => {
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      });
+      await demo.stop();
     }
   });
 
   it('--gpus amd: simulated MI300Xs as amd<index>, and with vLLM and TGI sharing them each model gets its share of the energy', async () => {
-    const port = await freePort();
-    const child = spawn(process.execPath, [CLI, 'demo', '--gpus', 'amd', '--listen', `127.0.0.1:${port}`, '--interval', '300ms', '--proxy-listen', 'off'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const demo = await spawnDemo(['--gpus', 'amd', '--interval', '300ms', '--proxy-listen', 'off']);
     const models = ['model="meta-llama/Llama-3.1-8B-Instruct"', 'model="mistralai/Mistral-7B-Instruct-v0.3"'];
     try {
       const body = await eventually(
         async () => {
-          const b = (await getText(`http://127.0.0.1:${port}/metrics`)).body;
+          const b = (await getText(`${demo.base}/metrics`)).body;
           return models.every((m) => sampleValue(b, 'energy_per_token_joules', m) !== undefined) && b;
         },
         20_000,
@@ -179,16 +163,13 @@ describe('infertel demo --engines', () => {
         const jpt = sampleValue(body, 'energy_per_token_joules', m)!;
         assert.ok(jpt > 0 && Number.isFinite(jpt), `${m}: ${jpt}`);
       }
-      const s = JSON.parse((await getText(`http://127.0.0.1:${port}/metrics?format=json`)).body);
+      const s = JSON.parse((await getText(`${demo.base}/metrics?format=json`)).body);
       assert.deepEqual(
         s.gpu.devices.map((d: { device: string; vendor: string }) => `${d.device}/${d.vendor}`),
         ['amd0/amd', 'amd1/amd'],
       );
     } finally {
-      await new Promise<void>((r) => {
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      });
+      await demo.stop();
     }
   });
 

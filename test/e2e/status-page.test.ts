@@ -3,12 +3,11 @@
 // values, an upstream taken down turns red, and it fits. Screenshots go to test/artifacts/.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type Browser } from 'playwright-core';
-import { CLI, eventually, freePort, getText, REPO_ROOT, sleep, spawnAgent, startServer, tempDir } from '../helpers.js';
+import { type DemoProcess, eventually, getText, REPO_ROOT, sleep, spawnAgent, spawnDemo, startServer, tempDir } from '../helpers.js';
 
 const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
 const ARTIFACTS = join(REPO_ROOT, 'test/artifacts');
@@ -32,38 +31,21 @@ const sumOf = (body: string, name: string) =>
 
 describe('status page in Chromium', { skip: !CHROMIUM && 'no chromium (apt-get install chromium)' }, () => {
   let browser: Browser;
-  let demo: ReturnType<typeof spawn>;
+  let demo: DemoProcess | undefined;
   let base: string;
 
   before(async () => {
     mkdirSync(ARTIFACTS, { recursive: true });
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    // A free port for the demo's proxy too: its default (9401) may be taken on a shared machine.
-    const proxyPort = await freePort();
-    // stdout is not read here: left as an unread pipe, the demo's request lines would fill it and block it.
-    demo = spawn(
-      process.execPath,
-      [CLI, 'demo', '--listen', `127.0.0.1:${port}`, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--interval', '1s', '--engines', 'vllm,tgi,sglang'],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let stderr = '';
-    demo.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    // A demo that exits at start fails the suite with what it said, instead of a wait for readiness.
-    const exited = new Promise<string>((r) => demo.once('exit', (code) => r(`the demo exited (${code}) before it was ready: ${stderr}`)));
-    const ready = eventually(async () => (await getText(`${base}/readyz`).catch(() => ({ status: 0 }))).status === 200, 15_000, 'demo ready');
-    const early = await Promise.race([ready.then(() => undefined), exited]);
-    if (early !== undefined) throw new Error(early);
+    // Both listeners on port 0: the demo's default ports may be taken on a shared machine.
+    demo = await spawnDemo(['--interval', '1s', '--engines', 'vllm,tgi,sglang']);
+    base = demo.base;
+    await eventually(async () => (await getText(`${base}/readyz`).catch(() => ({ status: 0 }))).status === 200, 15_000, 'demo ready');
   });
 
   after(async () => {
     await browser?.close();
-    if (demo.exitCode !== null || demo.signalCode !== null) return;
-    await new Promise<void>((r) => {
-      demo.once('exit', () => r());
-      demo.kill('SIGTERM');
-    });
+    await demo?.stop();
   });
 
   it('is served with a CSP that allows no inline script and no other origin', async () => {

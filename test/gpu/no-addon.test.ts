@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { eventually, freePort, getText, REPO_ROOT, sampleValue } from '../helpers.js';
+import { eventually, getText, loggedListen, REPO_ROOT, sampleValue } from '../helpers.js';
 
 describe('without the NVML addon', () => {
   it('scripts/build-native.mjs succeeds and explains itself when cargo is missing', () => {
@@ -20,8 +20,7 @@ describe('without the NVML addon', () => {
     const root = mkdtempSync(join(REPO_ROOT, '.test-tmp', 'noaddon-'));
     try {
       for (const p of ['dist/agent', 'config', 'ui', 'package.json']) cpSync(join(REPO_ROOT, p), join(root, p), { recursive: true });
-      const port = await freePort();
-      const child = spawn(process.execPath, [join(root, 'dist/agent/main.js'), 'run', '--listen', `127.0.0.1:${port}`], {
+      const child = spawn(process.execPath, [join(root, 'dist/agent/main.js'), 'run', '--listen', '127.0.0.1:0'], {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, PATH: '/usr/bin:/bin' },
       });
@@ -29,7 +28,8 @@ describe('without the NVML addon', () => {
       child.stdout!.on('data', (d) => (out += d));
       child.stderr!.on('data', (d) => (out += d));
       try {
-        const body = await eventually(async () => (await getText(`http://127.0.0.1:${port}/metrics`)).body, 10_000, 'agent');
+        const listen = await eventually(async () => loggedListen(out, 'listening'), 10_000, 'the agent listening');
+        const body = await eventually(async () => (await getText(`http://${listen}/metrics`)).body, 10_000, 'agent');
         assert.equal(sampleValue(body, 'gpu_telemetry_source', 'source="none"'), 1);
         const lines = out.split('\n').filter((l) => l.includes('"no GPU telemetry"'));
         assert.equal(lines.length, 1);

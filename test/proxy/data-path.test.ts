@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadAddon } from '../../agent/gpu/addon.js';
 import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
-import { freePort, getText, spawnAgent } from '../helpers.js';
+import { getText, spawnAgent } from '../helpers.js';
 import { nativeUnfit } from '../../agent/proxy/native-proxy.js';
 import { post, startHarness, sumOf } from './harness.js';
 
@@ -102,11 +102,10 @@ describe('proxy.dataPath', () => {
   }, async () => {
     // The agent in its own process, as a scraper meets it: a client reads /metrics the moment it has its answer.
     const engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 2 });
-    const proxyPort = await freePort();
-    const agent = await spawnAgent(['--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url]);
+    const agent = await spawnAgent(['--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url]);
     try {
       for (let i = 1; i <= 100; i++) {
-        const r = await fetch(`http://127.0.0.1:${proxyPort}/v1/completions`, {
+        const r = await fetch(`${agent.proxyBase}/v1/completions`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: '{"model":"m","prompt":"a"}',

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
 import { hashKey } from '../../agent/proxy/tenants.js';
-import { eventually, freePort, getText, spawnAgent, startServer, tempDir } from '../helpers.js';
+import { eventually, getText, spawnAgent, startServer, tempDir } from '../helpers.js';
 import { ACME_KEY, post, startHarness, sumOf, type Harness } from './harness.js';
 
 /** The first request line (`"event":"inference"`) the agent wrote on stdout. */
@@ -33,11 +33,10 @@ describe('proxy from the built CLI', () => {
     const dir = tempDir('infertel-proxy-');
     const config = join(dir, 'config.yaml');
     writeFileSync(config, `tenants:\n  - name: acme\n    keys: ["${hashKey(ACME_KEY)}"]\nrequestLog:\n  sampleSuccess: 1\n`);
-    const proxyPort = await freePort();
-    const agent = await spawnAgent(['--config', config], { INFERTEL_PROXY_LISTEN: `127.0.0.1:${proxyPort}`, INFERTEL_PROXY_TARGET: engine.url });
+    const agent = await spawnAgent(['--config', config], { INFERTEL_PROXY_LISTEN: '127.0.0.1:0', INFERTEL_PROXY_TARGET: engine.url });
     try {
       const r = await post(
-        `http://127.0.0.1:${proxyPort}/v1/chat/completions`,
+        `${agent.proxyBase}/v1/chat/completions`,
         { model: 'cli-model', stream: true, messages: [{ role: 'user', content: 'x' }] },
         { authorization: `Bearer ${ACME_KEY}` },
       );
@@ -77,13 +76,12 @@ describe('proxy from the built CLI', () => {
     const dir = tempDir('infertel-early-');
     const config = join(dir, 'config.yaml');
     writeFileSync(config, 'requestLog:\n  sampleSuccess: 1\n');
-    const proxyPort = await freePort();
-    const agent = await spawnAgent(['--config', config, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url]);
+    const agent = await spawnAgent(['--config', config, '--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url]);
     try {
       const answered = await eventually(
         async () => {
           try {
-            return await post(`http://127.0.0.1:${proxyPort}/v1/completions`, { model: 'slow-model', prompt: 'x' });
+            return await post(`${agent.proxyBase}/v1/completions`, { model: 'slow-model', prompt: 'x' });
           } catch {
             return undefined;
           }

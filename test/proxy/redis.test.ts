@@ -20,26 +20,38 @@ const SKEWED_KEY = 'sk-skewed-tenant-0002';
 /** Preloaded into a pod to move its wall clock (Date.now) by ms: the pods then disagree by minutes. */
 const skewClock = (ms: number) => `--import=data:text/javascript,const%20n%3DDate.now%3BDate.now%3D()%3D%3En()%2B(${ms})%3B`;
 
+function pong(port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => {
+      s.end('PING\r\n');
+    });
+    s.on('data', (d) => {
+      resolve(String(d).startsWith('+PONG'));
+      s.destroy();
+    });
+    s.on('error', () => resolve(false));
+  });
+}
+
 async function startRedis(port: number): Promise<ChildProcess> {
   const child = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--enable-debug-command', 'yes'], {
     stdio: 'ignore',
   });
-  await eventually(
-    () =>
-      new Promise<boolean>((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.end('PING\r\n');
-        });
-        s.on('data', (d) => {
-          resolve(String(d).startsWith('+PONG'));
-          s.destroy();
-        });
-        s.on('error', () => resolve(false));
-      }),
-    5000,
-    'redis-server answering PING',
-  );
+  await eventually(async () => child.exitCode !== null || (await pong(port)), 5000, 'redis-server answering PING');
+  if (child.exitCode !== null) throw new Error(`redis-server exited ${child.exitCode} on port ${port}`);
   return child;
+}
+
+/** A port found free can be taken before redis-server binds it: then it is tried on another. */
+async function startRedisOnFreePort(): Promise<{ port: number; child: ChildProcess }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    try {
+      return { port, child: await startRedis(port) };
+    } catch (err) {
+      if (attempt === 3) throw err;
+    }
+  }
 }
 
 function stopRedis(child: ChildProcess): Promise<void> {
@@ -58,8 +70,7 @@ describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not
   const proxies: string[] = [];
 
   before(async () => {
-    redisPort = await freePort();
-    redis = await startRedis(redisPort);
+    ({ port: redisPort, child: redis } = await startRedisOnFreePort());
     engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 1 });
     const dir = tempDir('infertel-redis-');
     const config = join(dir, 'config.yaml');
@@ -76,14 +87,12 @@ describe('rate limits shared through Redis', { skip: !REDIS && 'redis-server not
     );
     // Pods 0 and 1 share the clock; pods 2 and 3 are three minutes ahead and behind it.
     for (const skew of [0, 0, 180_000, -180_000]) {
-      const proxyPort = await freePort();
-      agents.push(
-        await spawnAgent(['--config', config, '--proxy-listen', `127.0.0.1:${proxyPort}`, '--proxy-target', engine.url], {
-          INFERTEL_REDIS_URL: `redis://127.0.0.1:${redisPort}/0`,
-          ...(skew ? { NODE_OPTIONS: skewClock(skew) } : {}),
-        }),
-      );
-      proxies.push(`http://127.0.0.1:${proxyPort}`);
+      const agent = await spawnAgent(['--config', config, '--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url], {
+        INFERTEL_REDIS_URL: `redis://127.0.0.1:${redisPort}/0`,
+        ...(skew ? { NODE_OPTIONS: skewClock(skew) } : {}),
+      });
+      agents.push(agent);
+      proxies.push(agent.proxyBase!);
     }
   });
 
