@@ -7,7 +7,7 @@ import https from 'node:https';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { MAX_IN_FLIGHT, MAX_QUEUED, MAX_REVIEW_BYTES } from '../../agent/webhook/server.js';
-import { CLI, eventually, freePort, tempDir } from '../helpers.js';
+import { CLI, eventually, tempDir } from '../helpers.js';
 
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
 
@@ -120,17 +120,26 @@ describe('inject-webhook over HTTPS', { skip: !hasOpenssl && 'openssl not on PAT
     copyFileSync(first.key, keyFile);
     const cfgFile = join(dir, 'webhook.yaml');
     writeFileSync(cfgFile, 'image: registry.example/infertel:test\nnativeSidecar: false\nconfigMap: infertel-agent\n');
-    const port = await freePort();
     const child = spawn(
       process.execPath,
-      [CLI, 'inject-webhook', '--listen', `127.0.0.1:${port}`, '--tls-cert', certFile, '--tls-key', keyFile, '--config', cfgFile],
+      [CLI, 'inject-webhook', '--listen', '127.0.0.1:0', '--tls-cert', certFile, '--tls-key', keyFile, '--config', cfgFile],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (out += d));
     try {
-      await eventually(async () => out.includes('injection webhook listening'), 10_000, 'webhook start');
+      // Port 0: the webhook logs the port the system chose.
+      const started = await eventually(
+        async () =>
+          out
+            .split('\n')
+            .slice(0, -1)
+            .find((l) => l.includes('"injection webhook listening"')),
+        10_000,
+        'webhook start',
+      );
+      const port = (JSON.parse(started) as { port: number }).port;
       const review = {
         apiVersion: 'admission.k8s.io/v1',
         kind: 'AdmissionReview',
