@@ -274,7 +274,7 @@ export class Agent {
       const requestLog = this.requestLog;
       this.metrics.addCounts(
         'infertel_proxy_events_total',
-        'Inline proxy events by kind: malformed_body, body_too_large, upstream_refused, upstream_timeout, engine_reset, client_abort, overloaded, usage_injected, rate_limited, policy_timeout, internal_error.',
+        'Inline proxy events by kind: malformed_body, body_too_large, upstream_refused, upstream_timeout, engine_reset, client_abort, overloaded, usage_injected, rate_limited, policy_timeout, choices_untracked, internal_error.',
         'event',
         () => proxy.events,
       );

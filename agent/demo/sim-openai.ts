@@ -182,13 +182,23 @@ function respond(req: http.IncomingMessage, res: http.ServerResponse, record: Se
     return;
   }
   // OpenAI's wire order: a role-only chunk, content chunks, a finish_reason chunk, usage, [DONE].
-  if (path === '/v1/chat/completions')
+  if (path === '/v1/chat/completions') {
     event({
       id: 'chatcmpl-sim',
       object: 'chat.completion.chunk',
       model,
       choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }],
     });
+    // x-sim-extra-choices: N more choices (indices 1..N), each opened and finished at once, in one event.
+    const extra = Math.min(header(req, 'x-sim-extra-choices') ?? 0, 10_000);
+    if (extra > 0)
+      event({
+        id: 'chatcmpl-sim',
+        object: 'chat.completion.chunk',
+        model,
+        choices: Array.from({ length: extra }, (_, k) => ({ index: k + 1, delta: { role: 'assistant', content: '' }, finish_reason: 'stop' })),
+      });
+  }
   let i = 0;
   let stalled = false;
   const step = () => {

@@ -42,6 +42,7 @@ export type ProxyEvent =
   | 'usage_injected'
   | 'rate_limited'
   | 'policy_timeout'
+  | 'choices_untracked'
   | 'internal_error';
 
 export interface ProxyDeps {
@@ -243,13 +244,14 @@ export class ExchangeRecorder {
   constructor(
     private readonly deps: ProxyDeps,
     private readonly traceTokenEvery: number,
-    /** The proxy's event counts, where a record that fails later is counted (internal_error). */
+    /** The proxy's event counts, where the recording counts its own (internal_error, choices_untracked). */
     private readonly events: Partial<Record<ProxyEvent, number>>,
   ) {}
 
   /** Counts a stream's violations by kind and logs them once for the request; undefined when there are none. */
   private validated(ex: Exchange, validator: StreamFindings, ended: number, model: string): string[] | undefined {
     validator.end(ended);
+    if (validator.choicesUntracked) this.events.choices_untracked = (this.events.choices_untracked ?? 0) + 1;
     if (!validator.found.size) return undefined;
     const kinds = [...validator.found];
     this.deps.metrics.recordViolations(model, kinds);

@@ -128,8 +128,8 @@ function completionTokensOf(route: Route, usage: Usage | undefined, sawEnd: bool
  * validator's rules over the same events), from the numbers it tells with the exchange's end.
  * Those are, in order: first and last content time (NaN: none), content reads, the gap sum,
  * whether a usage was read, its prompt and completion tokens (NaN: absent), TGI token events,
- * whether the stream completed, four violation kinds in the order found (-1: none), the gap
- * histogram's counts, then the marks. Times are the loop's CLOCK_MONOTONIC ms; `clockOffset`
+ * whether the stream completed, four violation kinds in the order found (-1: none), whether
+ * choice indices went untracked, the gap histogram's counts, then the marks. Times are the loop's CLOCK_MONOTONIC ms; `clockOffset`
  * places them on performance.now()'s clock.
  */
 export class LoopReading implements BodyReading, StreamFindings {
@@ -143,6 +143,7 @@ export class LoopReading implements BodyReading, StreamFindings {
   readonly sawEnd: boolean;
   readonly marks: number[];
   readonly found = new Set<ViolationKind>();
+  readonly choicesUntracked: boolean;
 
   constructor(
     private readonly route: Route,
@@ -163,8 +164,9 @@ export class LoopReading implements BodyReading, StreamFindings {
       const kind = VIOLATION_KINDS[n[k] ?? -1];
       if (kind) this.found.add(kind);
     }
-    this.gapCounts = Array.from(n.subarray(13, 13 + buckets));
-    this.marks = Array.from(n.subarray(13 + buckets), (t) => t - clockOffset);
+    this.choicesUntracked = n[13] === 1;
+    this.gapCounts = Array.from(n.subarray(14, 14 + buckets));
+    this.marks = Array.from(n.subarray(14 + buckets), (t) => t - clockOffset);
   }
 
   completionTokens(): number | undefined {

@@ -8,6 +8,13 @@ import type { Route } from './routes.js';
 export const VIOLATION_KINDS = ['stall', 'invalid_json', 'out_of_order', 'after_done'] as const;
 export type ViolationKind = (typeof VIOLATION_KINDS)[number];
 
+/**
+ * Choice indices one stream's order checks follow (OpenAI caps `n` at 128). An index first seen
+ * past this many is not checked, and the stream is counted once (choices_untracked): an engine
+ * cannot grow a stream's state without bound.
+ */
+export const MAX_TRACKED_CHOICES = 256;
+
 interface ChoiceState {
   role: boolean;
   finished: boolean;
@@ -16,6 +23,8 @@ interface ChoiceState {
 /** What the recorder reads of a stream's checks, however they were made: here (StreamValidator) or in the native loop. */
 export interface StreamFindings {
   readonly found: ReadonlySet<ViolationKind>;
+  /** Whether the stream opened more choice indices than MAX_TRACKED_CHOICES (the rest went unchecked). */
+  readonly choicesUntracked: boolean;
   /** The stream ended at t (a stall up to then counts); later calls change nothing. */
   end(t: number): void;
 }
@@ -26,6 +35,7 @@ export interface StreamFindings {
  */
 export class StreamValidator implements StreamFindings {
   readonly found = new Set<ViolationKind>();
+  choicesUntracked = false;
   private lastEventAt: number | undefined;
   private done = false;
   private usageSeen = false;
@@ -103,6 +113,10 @@ export class StreamValidator implements StreamFindings {
       const index = typeof c.index === 'number' ? c.index : 0;
       let st = this.choices.get(index);
       if (!st) {
+        if (this.choices.size >= MAX_TRACKED_CHOICES) {
+          this.choicesUntracked = true;
+          continue;
+        }
         st = { role: false, finished: false };
         this.choices.set(index, st);
         // Chat streams open each choice with the assistant's role (OpenAI's wire contract).

@@ -403,6 +403,9 @@ pub const INVALID_JSON: u8 = 1;
 pub const OUT_OF_ORDER: u8 = 2;
 pub const AFTER_DONE: u8 = 3;
 
+/** validator.ts's MAX_TRACKED_CHOICES: an index first seen past this many is not checked. */
+const MAX_TRACKED_CHOICES: usize = 256;
+
 #[derive(Clone, Copy)]
 struct ChoiceState {
     finished: bool,
@@ -418,6 +421,8 @@ struct Validator {
     done: bool,
     usage_seen: bool,
     choices: std::collections::HashMap<u64, ChoiceState>,
+    /** More choice indices came than are tracked (counted as choices_untracked). */
+    choices_untracked: bool,
     ended: bool,
 }
 
@@ -516,6 +521,10 @@ impl Validator {
             let key = if index == 0.0 { 0 } else { index.to_bits() };
             let delta = c.get("delta");
             if !self.choices.contains_key(&key) {
+                if self.choices.len() >= MAX_TRACKED_CHOICES {
+                    self.choices_untracked = true;
+                    continue;
+                }
                 self.choices.insert(key, ChoiceState { finished: false });
                 if self.route == Route::Chat && !truthy(delta.and_then(|d| d.get("role"))) {
                     self.add(OUT_OF_ORDER);
@@ -652,7 +661,7 @@ impl StreamReading {
             saw_end: false,
             marks: Vec::new(),
             held: Vec::new(),
-            validator: Validator { route, stall_after_ms, found: Vec::new(), last_event_at: None, done: false, usage_seen: false, choices: Default::default(), ended: false },
+            validator: Validator { route, stall_after_ms, found: Vec::new(), last_event_at: None, done: false, usage_seen: false, choices: Default::default(), choices_untracked: false, ended: false },
         }
     }
 
@@ -746,7 +755,8 @@ impl StreamReading {
      * What JS records, as numbers: first and last content time (NaN: none), content reads, the
      * gap sum, whether a usage was read, its prompt and completion tokens (NaN: absent), TGI
      * token events, whether the stream completed, four violation kinds in the order found (-1:
-     * none), then the gap histogram's counts (one per bound and +Inf), then the marks.
+     * none), whether choice indices went untracked, then the gap histogram's counts (one per
+     * bound and +Inf), then the marks.
      */
     pub fn summary(&self) -> Vec<f64> {
         let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
@@ -765,6 +775,7 @@ impl StreamReading {
         for k in 0..4 {
             out.push(self.validator.found.get(k).map_or(-1.0, |&kind| f64::from(kind)));
         }
+        out.push(f64::from(u8::from(self.validator.choices_untracked)));
         out.extend_from_slice(&self.gap_counts);
         out.extend_from_slice(&self.marks);
         out
@@ -849,8 +860,9 @@ mod tests {
         r.finish(300.0);
         let s = r.summary();
         assert_eq!(s[0..4], [120.0, 140.0, 2.0, 20.0]);
-        assert_eq!(s[13..16], [0.0, 1.0, 0.0], "one gap of 20 ms, in the (10, 50] bucket");
-        assert_eq!(s[16..], [140.0], "the second content read is marked");
+        assert_eq!(s[13], 0.0, "one choice: none untracked");
+        assert_eq!(s[14..17], [0.0, 1.0, 0.0], "one gap of 20 ms, in the (10, 50] bucket");
+        assert_eq!(s[17..], [140.0], "the second content read is marked");
     }
 
     #[test]
@@ -862,6 +874,23 @@ mod tests {
         r.push(b"data: {}\n\nstray\n\n", 5002.0);
         r.end(5003.0);
         assert_eq!(r.summary()[9..13], [OUT_OF_ORDER as f64, STALL as f64, INVALID_JSON as f64, AFTER_DONE as f64]);
+    }
+
+    #[test]
+    fn choice_indices_past_the_cap_are_not_checked_and_are_flagged() {
+        let event = |choices: &str| format!("data: {{\"choices\":[{choices}]}}\n\n");
+        let opened: Vec<String> = (0..MAX_TRACKED_CHOICES).map(|i| format!("{{\"index\":{i},\"delta\":{{\"role\":\"assistant\"}}}}")).collect();
+        let mut r = StreamReading::new(Route::Chat, rules());
+        r.push(event(&opened.join(",")).as_bytes(), 0.0);
+        assert_eq!(r.summary()[13], 0.0, "exactly the cap: all tracked");
+        // One index past the cap, with no role, finished and then given content: out of order twice over, but not followed.
+        let past = MAX_TRACKED_CHOICES;
+        r.push(event(&format!("{{\"index\":{past},\"delta\":{{}},\"finish_reason\":\"stop\"}}")).as_bytes(), 1.0);
+        r.push(event(&format!("{{\"index\":{past},\"delta\":{{\"content\":\"late\"}}}}")).as_bytes(), 2.0);
+        r.end(3.0);
+        let s = r.summary();
+        assert_eq!(s[9], -1.0, "the untracked index is not checked");
+        assert_eq!(s[13], 1.0, "and the stream is flagged");
     }
 
     #[test]

@@ -91,6 +91,23 @@ describe('streaming validator: a table of streams', () => {
     ];
     for (const [what, route, pieces, want, endAt] of rows) assert.deepEqual(violations(route, pieces, 1000, endAt), want, what);
   });
+
+  it('follows the first 256 choice indices of a stream; one that opens more is flagged, and its further indices go unchecked', () => {
+    const opened = (n: number) => ev({ choices: Array.from({ length: n }, (_, i) => ({ index: i, delta: { role: 'assistant', content: '' } })) });
+    const finished = (n: number) => ev({ choices: Array.from({ length: n }, (_, i) => ({ index: i, delta: {}, finish_reason: 'stop' })) });
+    const content = (index: number, t: string) => ev({ choices: [{ index, delta: { content: t } }] });
+    const check = (bytes: string) => {
+      const v = new StreamValidator('/v1/chat/completions', 1000);
+      new StreamObserver('/v1/chat/completions', 'sse', false, [], 1000, v).push(Buffer.from(bytes), 0);
+      v.end(1);
+      return { found: [...v.found], untracked: v.choicesUntracked };
+    };
+    // Index 255 is the 256th: still followed, so content after its finish_reason is out of order.
+    assert.deepEqual(check(opened(256) + finished(256) + content(255, 'x') + done), { found: ['out_of_order'], untracked: false });
+    // Index 256 is one too many: no role, content after its finish_reason, yet nothing is found.
+    const past = ev({ choices: [{ index: 256, delta: {}, finish_reason: 'stop' }] });
+    assert.deepEqual(check(opened(256) + finished(256) + content(256, 'x') + past + content(256, 'late') + done), { found: [], untracked: true });
+  });
 });
 
 describe('streaming validator: proxied streams', () => {
@@ -130,6 +147,20 @@ describe('streaming validator: proxied streams', () => {
     const line = h.requestLogs().find((l) => l.request_id === stalled.headers.get('x-request-id'))!;
     assert.deepEqual(line.stream_violations, ['stall']);
     assert.equal(h.requestLogs().find((l) => l.request_id === clean.headers.get('x-request-id'))!.stream_violations, undefined);
+  });
+
+  it('a stream with more choice indices than are followed is counted once as choices_untracked, with no violation', async () => {
+    const events = async () => sumOf(await h.metrics(), 'infertel_proxy_events_total', { event: 'choices_untracked' });
+    const violationsBefore = sumOf(await h.metrics(), 'inference_stream_violations_total', {});
+    const before = await events();
+    // The stand-in's index 0 and N more, each opened with the role and finished at once.
+    assert.equal((await stream({ 'x-sim-extra-choices': '255' })).status, 200);
+    assert.equal(await events(), before, '256 choices: all followed');
+    const many = await stream({ 'x-sim-extra-choices': '300' });
+    assert.equal(many.status, 200);
+    assert.equal((many.text.match(/"index":/g) ?? []).length, 1 + 300 + 8 + 1, 'every choice reached the client');
+    assert.equal(await events(), before + 1);
+    assert.equal(sumOf(await h.metrics(), 'inference_stream_violations_total', {}), violationsBefore, 'a well-formed stream of many choices breaks no rule');
   });
 });
 

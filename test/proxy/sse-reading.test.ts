@@ -37,6 +37,7 @@ function shape(r: {
   marks: readonly number[];
   completionTokens(): number | undefined;
   found: ReadonlySet<string>;
+  choicesUntracked: boolean;
 }) {
   return {
     firstContentAt: r.firstContentAt,
@@ -48,6 +49,7 @@ function shape(r: {
     completionTokens: r.completionTokens(),
     marks: [...r.marks],
     found: [...r.found],
+    choicesUntracked: r.choicesUntracked,
   };
 }
 
@@ -57,7 +59,7 @@ function byJs(route: Route, reads: Read[], endAt: number, outcome: Outcome) {
   for (const r of reads) obs.push(r.bytes, r.at);
   if (outcome === 'complete' || outcome === 'engine_reset') obs.finish(endAt);
   else validator.end(endAt);
-  return shape({ ...obs, completionTokens: () => obs.completionTokens(), found: validator.found });
+  return shape({ ...obs, completionTokens: () => obs.completionTokens(), found: validator.found, choicesUntracked: validator.choicesUntracked });
 }
 
 function byLoop(route: Route, reads: Read[], endAt: number, outcome: Outcome) {
@@ -72,11 +74,16 @@ function byLoop(route: Route, reads: Read[], endAt: number, outcome: Outcome) {
   );
   assert.ok(numbers, 'the loop read the stream');
   const reading = new LoopReading(route, numbers, BOUNDS.length + 1, 0);
-  return shape({ ...reading, completionTokens: () => reading.completionTokens(), found: reading.found });
+  return shape({ ...reading, completionTokens: () => reading.completionTokens(), found: reading.found, choicesUntracked: reading.choicesUntracked });
 }
 
 const ev = (data: string) => `data: ${data}\n\n`;
 const chat = (delta: unknown, extra: Record<string, unknown> = {}) => ev(JSON.stringify({ choices: [{ index: 0, delta, ...extra }] }));
+/** One event opening choices 0..n-1 with the role, and one finishing them all. */
+const manyChoices = (n: number) => [
+  ev(JSON.stringify({ choices: Array.from({ length: n }, (_, index) => ({ index, delta: { role: 'assistant' } })) })),
+  ev(JSON.stringify({ choices: Array.from({ length: n }, (_, index) => ({ index, delta: {}, finish_reason: 'stop' })) })),
+];
 
 /** Streams whose every rule was chosen by hand: each names what it tries. */
 const TABLE: Array<[string, Route, Array<string | Buffer>]> = [
@@ -168,6 +175,18 @@ const TABLE: Array<[string, Route, Array<string | Buffer>]> = [
   ],
   ['an event left without its blank line', '/v1/completions', [ev('{"choices":[{"text":"a"}]}'), 'data: {"choices":[],"usage":{"completion_tokens":5}}']],
   ['stray bytes after [DONE]', '/v1/chat/completions', [chat({ role: 'assistant', content: 'a' }, { finish_reason: 'stop' }), ev('[DONE]'), 'junk\n\n']],
+  ['the 256th choice index is still followed', '/v1/chat/completions', [...manyChoices(256), chat({ content: 'x' }, { index: 255 }), ev('[DONE]')]],
+  [
+    'a 257th choice index is not followed, and the stream is flagged',
+    '/v1/chat/completions',
+    [
+      ...manyChoices(256),
+      chat({ content: 'x' }, { index: 256 }),
+      chat({}, { index: 256, finish_reason: 'stop' }),
+      chat({ content: 'y' }, { index: 256 }),
+      ev('[DONE]'),
+    ],
+  ],
 ];
 
 /** Strings as UTF-8; raw bytes (not UTF-8) are written as Buffers. */
