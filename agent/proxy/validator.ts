@@ -9,9 +9,9 @@ export const VIOLATION_KINDS = ['stall', 'invalid_json', 'out_of_order', 'after_
 export type ViolationKind = (typeof VIOLATION_KINDS)[number];
 
 /**
- * Choice indices one stream's order checks follow (OpenAI caps `n` at 128). An index first seen
- * past this many is not checked, and the stream is counted once (choices_untracked): an engine
- * cannot grow a stream's state without bound.
+ * Choice indices one stream's order checks follow, far above the `n` a client asks for. An index
+ * first seen past this many is not checked, and the stream is counted once (choices_untracked):
+ * an engine cannot grow a stream's state without bound.
  */
 export const MAX_TRACKED_CHOICES = 256;
 
