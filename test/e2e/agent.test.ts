@@ -170,13 +170,15 @@ describe('e2e: a label bomb under the image heap flags', () => {
     });
     const upstreams = [
       { name: 'healthy', url: `${engines.vllm.url}/metrics` },
-      { name: 'bomb', url: `${bombServer.url}/metrics`, flavor: 'tgi', model: 'm' },
+      // A 2 MB scrape of 50,000 new label values takes about 0.26 s on an idle machine: at the
+      // agent's 500 ms interval its timeout would be 450 ms, which a loaded CI machine has passed.
+      { name: 'bomb', url: `${bombServer.url}/metrics`, flavor: 'tgi', model: 'm', interval: '1s', timeout: '900ms' },
     ];
     const file = writeConfig({ interval: '500ms', upstreams, limits: { seriesPerMetric: 500 } });
     // The image's heap flags (Dockerfile NODE_OPTIONS): the RSS bound below is the one the chart's
     // memory limit is set from, on any Node version.
     agent = await spawnAgent(['--config', file], { NODE_OPTIONS: IMAGE_NODE_OPTIONS });
-    await sleep(4500);
+    await sleep(6000);
   });
   after(async () => {
     await agent?.stop();

@@ -125,10 +125,11 @@ describe('infertel demo --engines', () => {
       const body = await eventually(
         async () => {
           const b = (await getText(`${demo.base}/metrics`)).body;
+          // MFU is per engine window, and one in which the stand-in generated nothing truly reads 0: wait for a positive one.
           return (
-            ['energy_per_token_joules', 'model_flops_utilization_ratio', 'memory_bandwidth_utilization_ratio'].every(
-              (n) => sampleValue(b, n, model) !== undefined,
-            ) && b
+            ['energy_per_token_joules', 'memory_bandwidth_utilization_ratio'].every((n) => sampleValue(b, n, model) !== undefined) &&
+            (sampleValue(b, 'model_flops_utilization_ratio', model) ?? 0) > 0 &&
+            b
           );
         },
         15_000,
@@ -139,7 +140,7 @@ describe('infertel demo --engines', () => {
       const jpt = sampleValue(body, 'energy_per_token_joules', model)!;
       assert.ok(jpt > 0 && Number.isFinite(jpt), String(jpt));
       const mfu = sampleValue(body, 'model_flops_utilization_ratio', model)!;
-      assert.ok(mfu > 0 && mfu < 1, String(mfu));
+      assert.ok(mfu < 1, String(mfu));
     } finally {
       await demo.stop();
     }
