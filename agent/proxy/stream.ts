@@ -129,8 +129,8 @@ function completionTokensOf(route: Route, usage: Usage | undefined, sawEnd: bool
  * Those are, in order: first and last content time (NaN: none), content reads, the gap sum,
  * whether a usage was read, its prompt and completion tokens (NaN: absent), TGI token events,
  * whether the stream completed, four violation kinds in the order found (-1: none), whether
- * choice indices went untracked, the gap histogram's counts, then the marks. Times are the loop's CLOCK_MONOTONIC ms; `clockOffset`
- * places them on performance.now()'s clock.
+ * choice indices went untracked, the gap histogram's counts, then the marks. Times are the loop's
+ * CLOCK_MONOTONIC ms; `clockOffset` places them on performance.now()'s clock.
  */
 export class LoopReading implements BodyReading, StreamFindings {
   readonly firstContentAt: number | undefined;
