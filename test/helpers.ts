@@ -88,6 +88,40 @@ export function loggedListen(out: string, msg: string): string | undefined {
   return undefined;
 }
 
+/** The value after `flag` in `args`, if the flag is there. */
+function flagValue(args: string[], flag: string): string | undefined {
+  const at = args.indexOf(flag);
+  return at >= 0 ? args[at + 1] : undefined;
+}
+
+/**
+ * The built CLI with its output captured, once `ready` finds in that output what it waits for
+ * (polled every 50 ms); it fails with the output if the process exits first or the time runs out.
+ */
+async function spawnCli<T>(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs: number,
+  what: string,
+  ready: (out: string) => Promise<T | undefined> | T | undefined,
+): Promise<{ child: ChildProcess; output: () => string; found: T }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${what} exited ${child.exitCode} before it was ready: ${out.slice(-4000)}`);
+    const found = await ready(out);
+    if (found !== undefined) return { child, output: () => out, found };
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`${what} did not start: ${out.slice(-4000)}`);
+    }
+    await sleep(50);
+  }
+}
+
 /**
  * Spawn the built CLI and wait until its /healthz answers, and its proxy listens when it has one.
  * Unless the caller names them, both listen on port 0 and the ports come from the agent's own log:
@@ -95,42 +129,23 @@ export function loggedListen(out: string, msg: string): string | undefined {
  */
 export async function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<AgentProcess> {
   const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
-  const child = spawn(process.execPath, [CLI, 'run', ...listen, ...args], {
-    env: { ...process.env, INFERTEL_LOG_LEVEL: 'debug', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const flagAt = args.indexOf('--proxy-listen');
-  const proxyListen = flagAt >= 0 ? args[flagAt + 1] : env.INFERTEL_PROXY_LISTEN;
+  const proxyListen = flagValue(args, '--proxy-listen') ?? env.INFERTEL_PROXY_LISTEN;
   const wantsProxy = proxyListen !== undefined && proxyListen !== 'off';
-  let base: string | undefined;
-  let proxyBase: string | undefined;
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${out}`);
-    base ??= loggedListen(out, 'listening');
-    if (wantsProxy) proxyBase ??= loggedListen(out, 'proxy listening');
-    if (base && (proxyBase || !wantsProxy)) {
-      try {
-        const r = await fetch(`http://${base}/healthz`);
-        if (r.ok) break;
-      } catch {
-        /* not answering yet */
-      }
-    }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`agent did not start: ${out}`);
-    }
-    await sleep(50);
-  }
+  const { child, output, found } = await spawnCli(['run', ...listen, ...args], { INFERTEL_LOG_LEVEL: 'debug', ...env }, 10_000, 'the agent', async (out) => {
+    const base = loggedListen(out, 'listening');
+    const proxyBase = wantsProxy ? loggedListen(out, 'proxy listening') : undefined;
+    if (!base || (wantsProxy && !proxyBase)) return undefined;
+    const healthy = await fetch(`http://${base}/healthz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    return healthy ? { base, proxyBase } : undefined;
+  });
   return {
     child,
-    base: `http://${base}`,
-    proxyBase: proxyBase && `http://${proxyBase}`,
-    output: () => out,
+    base: `http://${found.base}`,
+    proxyBase: found.proxyBase && `http://${found.proxyBase}`,
+    output,
     stop(signal: NodeJS.Signals = 'SIGTERM') {
       const t0 = Date.now();
       return new Promise((resolve) => {
@@ -162,37 +177,23 @@ export async function spawnDemo(args: string[], timeoutMs = 15_000): Promise<Dem
     ...(args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0']),
     ...(args.includes('--proxy-listen') ? [] : ['--proxy-listen', '127.0.0.1:0']),
   ];
-  const child = spawn(process.execPath, [CLI, 'demo', ...ports, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const proxyAt = args.indexOf('--proxy-listen');
-  const proxyOff = proxyAt >= 0 && args[proxyAt + 1] === 'off';
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`the demo exited ${child.exitCode} before it was ready: ${out.slice(-4000)}`);
+  const proxyOff = flagValue(args, '--proxy-listen') === 'off';
+  const { child, output, found } = await spawnCli(['demo', ...ports, ...args], {}, timeoutMs, 'the demo', (out) => {
     const base = /agent, readiness: +(http:\/\/\S+)\/readyz/.exec(out)?.[1];
     const proxyBase = /in front of the simulated vLLM: (http:\/\/\S+)\/v1\/chat\/completions/.exec(out)?.[1];
-    if (base && (proxyBase || proxyOff)) {
-      return {
-        child,
-        base,
-        proxyBase,
-        output: () => out,
-        stop: () =>
-          new Promise((r) => {
-            if (child.exitCode !== null) return r(child.exitCode);
-            child.once('exit', r);
-            child.kill('SIGTERM');
-          }),
-      };
-    }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`the demo did not announce itself: ${out.slice(-4000)}`);
-    }
-    await sleep(50);
-  }
+    return base && (proxyBase || proxyOff) ? { base, proxyBase } : undefined;
+  });
+  return {
+    child,
+    ...found,
+    output,
+    stop: () =>
+      new Promise((r) => {
+        if (child.exitCode !== null) return r(child.exitCode);
+        child.once('exit', r);
+        child.kill('SIGTERM');
+      }),
+  };
 }
 
 export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; stdout: string; stderr: string } {
