@@ -13,7 +13,7 @@ import { type Admission, type Limiter, rateLimitHeaders, remainingRatios, type T
 import type { ProxyMetrics, StreamEnd } from './metrics.js';
 import type { ServedModels } from './models.js';
 import { gpuField, type RequestLog } from './request-log.js';
-import type { RequestFacts, Route } from './routes.js';
+import { promptMaterial, type RequestFacts, type Route } from './routes.js';
 import type { BodyReading } from './stream.js';
 import type { Tenant, TenantResolver } from './tenants.js';
 import { contextBucket, type ProxyTrace, RequestTrace, type Timeline, UntracedRequest } from './trace.js';
@@ -313,7 +313,7 @@ export class ExchangeRecorder {
     const round = (v: number | undefined) => (v === undefined ? null : Math.round(v * 1000) / 1000);
     const facts = ex.facts;
     if (deps.requestLog.sampled(isError)) {
-      const promptHash = deps.requestLog.hash(facts?.promptMaterial);
+      const promptHash = deps.requestLog.hash(promptMaterial(facts));
       deps.requestLog.write({
         event: 'inference',
         status: isError ? 'error' : 'success',

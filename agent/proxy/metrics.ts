@@ -73,9 +73,20 @@ export function bucketIndex(bounds: readonly number[], v: number): number {
 }
 
 const SEP = '\u0000';
+/**
+ * Label sets remembered with their series (a cache: cleared when full). Their values are model
+ * names the engine serves, tenants under the cap and fixed words, far fewer than this.
+ */
+const MAX_RESOLVED = 10_000;
 
 export class ProxyMetrics {
   private readonly series = new Map<string, Series>();
+  /**
+   * Each label set as given, before the guards, with its series and what guarding it counted: a
+   * request's labels repeat from one request to the next, and guarding and joining them again cost
+   * most of a record (profiled under load). A hit counts the same again, as guarding would.
+   */
+  private readonly resolved = new Map<string, { series: Series; truncated: number; redacted: number }>();
   private readonly metrics: Map<string, CanonicalMetric>;
   private cache: CanonicalFamily[] | undefined;
   /** Bumped on each record, so the exposition cache knows the data changed. */
@@ -103,6 +114,19 @@ export class ProxyMetrics {
 
   private seriesFor(name: string, labels: Record<string, string>): Series {
     const m = this.metric(name);
+    let raw = name;
+    for (const l of m.labels) {
+      const v = labels[l];
+      raw += v === undefined ? `${SEP}-` : `${SEP}+${v}`;
+    }
+    const known = this.resolved.get(raw);
+    if (known) {
+      this.guard.counts.truncated += known.truncated;
+      this.guard.counts.redacted += known.redacted;
+      return known.series;
+    }
+    const truncated = this.guard.counts.truncated;
+    const redacted = this.guard.counts.redacted;
     const pairs: Array<[string, string]> = [];
     for (const l of m.labels) {
       const v = labels[l];
@@ -110,16 +134,26 @@ export class ProxyMetrics {
     }
     let key = name + SEP + pairs.map((p) => p[1]).join(SEP);
     let s = this.series.get(key);
-    if (s) return s;
-    if (!this.guard.limiter.admit(m.exportName, key)) {
-      key = name + SEP + OVERFLOW_LABEL;
-      s = this.series.get(key);
-      if (s) return s;
-      pairs.length = 0;
-      pairs.push([OVERFLOW_LABEL, 'true']);
+    if (!s) {
+      if (!this.guard.limiter.admit(m.exportName, key)) {
+        // Not remembered: each refused lookup asks the limiter again, which counts it.
+        key = name + SEP + OVERFLOW_LABEL;
+        s = this.series.get(key);
+        if (s) return s;
+        pairs.length = 0;
+        pairs.push([OVERFLOW_LABEL, 'true']);
+        return this.created(m, key, pairs);
+      }
+      s = this.created(m, key, pairs);
     }
+    if (this.resolved.size >= MAX_RESOLVED) this.resolved.clear();
+    this.resolved.set(raw, { series: s, truncated: this.guard.counts.truncated - truncated, redacted: this.guard.counts.redacted - redacted });
+    return s;
+  }
+
+  private created(m: CanonicalMetric, key: string, pairs: Array<[string, string]>): Series {
     const bounds = m.bounds;
-    s = {
+    const s: Series = {
       labels: pairs,
       value: 0,
       hist: m.type === 'histogram' && bounds ? { bounds, cum: bounds.map(() => 0), count: 0, sum: 0 } : undefined,

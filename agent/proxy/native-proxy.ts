@@ -206,7 +206,7 @@ export class NativeProxy implements RequestProxy {
     if (!r.waits) {
       // Sent already: learn what it asked. The loop's own reading of the body decided include_usage.
       ex.sent = received;
-      this.inspect(ex, r);
+      this.inspect(ex, r, false);
       if (ex.stripUsage) this.count('usage_injected');
       return;
     }
@@ -215,8 +215,9 @@ export class NativeProxy implements RequestProxy {
     else this.decide(r, ex, pending);
   }
 
-  private inspect(ex: NativeExchange, r: EdgeRequest): Buffer {
-    const facts = inspectBody(ex.route, r.body, r.method);
+  /** `forward`: the body still goes to the engine from here (the request waited), so include_usage is added here. */
+  private inspect(ex: NativeExchange, r: EdgeRequest, forward: boolean): Buffer {
+    const facts = inspectBody(ex.route, r.body, r.method, forward);
     ex.facts = facts;
     if (facts.malformed) this.count('malformed_body');
     ex.model = this.deps.models.resolve(facts.requestedModel);
@@ -245,7 +246,7 @@ export class NativeProxy implements RequestProxy {
       this.answer(r.token, ex, rateLimited(ex, a));
       return;
     }
-    const body = this.inspect(ex, r);
+    const body = this.inspect(ex, r, true);
     ex.stripUsage = ex.facts?.usageInjected ?? false;
     if (ex.stripUsage) this.count('usage_injected');
     ex.sent = performance.now();

@@ -35,11 +35,14 @@ export interface RequestFacts {
   stream: boolean;
   maxNewTokens: number | undefined;
   temperature: number | undefined;
-  /** The prompt as sent, only for the keyed hash; never written anywhere. */
-  promptMaterial: string | undefined;
+  /**
+   * The prompt as sent (a string, or the parsed messages or input), only for the keyed hash and
+   * never written anywhere: made into text by promptMaterial() when a sampled log line needs it.
+   */
+  prompt: unknown;
   /** True when the proxy asked the engine for a usage chunk the client did not ask for. */
   usageInjected: boolean;
-  /** The body to forward (rewritten only to inject include_usage). */
+  /** The body to forward (rewritten only to inject include_usage, and only when asked to forward it). */
   body: Buffer;
   /** A measured route whose body is not a JSON object: forwarded untouched, counted. */
   malformed: boolean;
@@ -47,13 +50,23 @@ export interface RequestFacts {
 
 const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
 
-export function inspectBody(route: Route, body: Buffer, method: string | undefined): RequestFacts {
+/** The text the prompt hash is taken over: the prompt string, or the JSON of the messages or input. */
+export function promptMaterial(facts: RequestFacts | undefined): string | undefined {
+  const prompt = facts?.prompt;
+  return prompt === undefined ? undefined : typeof prompt === 'string' ? prompt : JSON.stringify(prompt);
+}
+
+/**
+ * What the request body says. `forward`: false when the body went to the engine already (the
+ * native loop sends it and adds include_usage itself), so no rewritten copy is made here.
+ */
+export function inspectBody(route: Route, body: Buffer, method: string | undefined, forward = true): RequestFacts {
   const facts: RequestFacts = {
     requestedModel: undefined,
     stream: route === '/generate_stream',
     maxNewTokens: undefined,
     temperature: undefined,
-    promptMaterial: undefined,
+    prompt: undefined,
     usageInjected: false,
     body,
     malformed: false,
@@ -75,18 +88,18 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
     const p = (d.parameters && typeof d.parameters === 'object' ? d.parameters : {}) as Record<string, unknown>;
     facts.maxNewTokens = num(p.max_new_tokens);
     facts.temperature = num(p.temperature);
-    facts.promptMaterial = typeof d.inputs === 'string' ? d.inputs : undefined;
+    facts.prompt = typeof d.inputs === 'string' ? d.inputs : undefined;
     return facts;
   }
   facts.requestedModel = typeof d.model === 'string' ? d.model : undefined;
   facts.stream = d.stream === true;
   facts.maxNewTokens = num(d.max_completion_tokens) ?? num(d.max_tokens) ?? num(d.max_output_tokens);
   facts.temperature = num(d.temperature);
-  const prompt = d.messages ?? d.prompt ?? d.input;
-  facts.promptMaterial = prompt === undefined ? undefined : typeof prompt === 'string' ? prompt : JSON.stringify(prompt);
+  facts.prompt = d.messages ?? d.prompt ?? d.input;
   const options = d.stream_options && typeof d.stream_options === 'object' ? (d.stream_options as Record<string, unknown>) : undefined;
   if (facts.stream && USAGE_OPTION_ROUTES.includes(route) && options?.include_usage !== true) {
     facts.usageInjected = true;
+    if (!forward) return facts;
     facts.body =
       (!('stream_options' in d) && withUsageOption(body)) || Buffer.from(JSON.stringify({ ...d, stream_options: { ...options, include_usage: true } }));
   }

@@ -123,6 +123,9 @@ function completionTokensOf(route: Route, usage: Usage | undefined, sawEnd: bool
   return undefined;
 }
 
+/** The findings of a stream without violations (shared: nothing adds to a LoopReading's findings). */
+const NONE_FOUND: ReadonlySet<ViolationKind> = new Set();
+
 /**
  * A 2xx event stream the native loop read itself (native/src/sse.rs, StreamObserver's and the
  * validator's rules over the same events), from the numbers it tells with the exchange's end.
@@ -142,7 +145,7 @@ export class LoopReading implements BodyReading, StreamFindings {
   readonly tgiTokens: number;
   readonly sawEnd: boolean;
   readonly marks: number[];
-  readonly found = new Set<ViolationKind>();
+  readonly found: ReadonlySet<ViolationKind>;
   readonly choicesUntracked: boolean;
 
   constructor(
@@ -151,22 +154,32 @@ export class LoopReading implements BodyReading, StreamFindings {
     buckets: number,
     clockOffset: number,
   ) {
-    const defined = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? undefined : v);
-    const time = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? undefined : v - clockOffset);
-    this.firstContentAt = time(n[0]);
-    this.lastContentAt = time(n[1]);
-    this.contentChunks = n[2] ?? 0;
-    this.gapSumMs = n[3] ?? 0;
-    this.usage = n[4] === 1 ? { promptTokens: defined(n[5]), completionTokens: defined(n[6]) } : undefined;
-    this.tgiTokens = n[7] ?? 0;
+    // Plain loops and no closures: one of these is made for every stream, on the thread the loop hands its batches to.
+    const first = n[0] as number;
+    const last = n[1] as number;
+    this.firstContentAt = Number.isNaN(first) ? undefined : first - clockOffset;
+    this.lastContentAt = Number.isNaN(last) ? undefined : last - clockOffset;
+    this.contentChunks = n[2] as number;
+    this.gapSumMs = n[3] as number;
+    const prompt = n[5] as number;
+    const completion = n[6] as number;
+    this.usage =
+      n[4] === 1 ? { promptTokens: Number.isNaN(prompt) ? undefined : prompt, completionTokens: Number.isNaN(completion) ? undefined : completion } : undefined;
+    this.tgiTokens = n[7] as number;
     this.sawEnd = n[8] === 1;
+    let found: Set<ViolationKind> | undefined;
     for (let k = 9; k < 13; k++) {
-      const kind = VIOLATION_KINDS[n[k] ?? -1];
-      if (kind) this.found.add(kind);
+      const kind = VIOLATION_KINDS[n[k] as number];
+      if (kind) (found ??= new Set()).add(kind);
     }
+    this.found = found ?? NONE_FOUND;
     this.choicesUntracked = n[13] === 1;
-    this.gapCounts = Array.from(n.subarray(14, 14 + buckets));
-    this.marks = Array.from(n.subarray(14 + buckets), (t) => t - clockOffset);
+    const gapCounts = new Array<number>(buckets);
+    for (let i = 0; i < buckets; i++) gapCounts[i] = n[14 + i] as number;
+    this.gapCounts = gapCounts;
+    const marks = new Array<number>(n.length - 14 - buckets);
+    for (let i = 0; i < marks.length; i++) marks[i] = (n[14 + buckets + i] as number) - clockOffset;
+    this.marks = marks;
   }
 
   completionTokens(): number | undefined {

@@ -10,7 +10,7 @@ import { sameEngine } from '../../agent/agent.js';
 import { validateConfig } from '../../agent/config/load.js';
 import { bucketIndex } from '../../agent/proxy/metrics.js';
 import { promptHash, scrubPii } from '../../agent/proxy/request-log.js';
-import { inspectBody, routeOf } from '../../agent/proxy/routes.js';
+import { inspectBody, promptMaterial, routeOf } from '../../agent/proxy/routes.js';
 import { StreamObserver, sseData } from '../../agent/proxy/stream.js';
 import { apiKeyOf, hashKey, keyFromStdin, TenantResolver } from '../../agent/proxy/tenants.js';
 import { CLI, runCli } from '../helpers.js';
@@ -64,6 +64,25 @@ describe('proxy units: request bodies', () => {
       assert.deepEqual(JSON.parse(f.body.toString()), { ...JSON.parse(sent), stream_options: { include_usage: true } });
     });
 
+  it('makes no forwarded copy when the body went on already (the native loop added include_usage itself)', () => {
+    const sent = b({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+    const f = inspectBody('/v1/chat/completions', sent, 'POST', false);
+    assert.equal(f.usageInjected, true, "still says the usage chunk is not the client's");
+    assert.equal(f.body, sent, 'the very same bytes, not a rewritten copy');
+    assert.equal(f.requestedModel, 'm');
+  });
+  it('hashes the prompt text as sent: the string, or the JSON of the messages or input', () => {
+    const messages = [{ role: 'user', content: 'Summarise "this"' }];
+    const rows: Array<[Parameters<typeof inspectBody>[0], string, string | undefined]> = [
+      ['/v1/chat/completions', JSON.stringify({ messages }), '[{"role":"user","content":"Summarise \\"this\\""}]'],
+      ['/v1/completions', JSON.stringify({ prompt: 'plain text' }), 'plain text'],
+      ['/v1/embeddings', JSON.stringify({ input: ['a', 'b'] }), '["a","b"]'],
+      ['/generate', JSON.stringify({ inputs: 'tgi text' }), 'tgi text'],
+      ['/v1/completions', JSON.stringify({ model: 'm' }), undefined],
+    ];
+    for (const [route, body, material] of rows) assert.equal(promptMaterial(inspectBody(route, Buffer.from(body), 'POST')), material, body);
+    assert.equal(promptMaterial(undefined), undefined);
+  });
   it('re-serialises when stream_options is there but not an object, so the key is never doubled', () => {
     const f = inspectBody('/v1/completions', b('{"stream":true,"stream_options":null}'), 'POST');
     assert.equal(f.body.toString(), '{"stream":true,"stream_options":{"include_usage":true}}');
