@@ -91,8 +91,9 @@ export interface EdgeTaps {
   bytes: Buffer;
   /**
    * For each head its status and headers, and whether the loop reads its body itself (then no data
-   * follows); for each end its outcome, and the loop's reading of the body (see LoopReading), in
-   * the order of `index`.
+   * follows, and no headers come: nothing reads them); for each end its outcome, and the loop's
+   * reading of the body (see LoopReading; the readings of a batch are views of one buffer), in the
+   * order of `index`.
    */
   notes: Array<{ status: number; headers: string[]; read: boolean } | { outcome: EdgeOutcome; read: Float64Array | null }>;
 }
@@ -155,11 +156,63 @@ export type AddonLoad = { ok: true; addon: GpuAddon } | { ok: false; reason: str
 
 let cached: AddonLoad | undefined;
 
+/**
+ * Requests as the addon hands them to the policy, packed (native/src/lib.rs, call_policy): four
+ * numbers per request in `index` (token, at, flags, header field count), its strings in order in
+ * `strings` (request id or "", method, target, then each field's name and value), a body each.
+ */
+export interface EdgeRequestBatch {
+  index: Float64Array;
+  strings: string[];
+  bodies: Buffer[];
+}
+
+const REQUEST_WAITS = 1;
+const REQUEST_USAGE_INJECTED = 2;
+const REQUEST_ANSWERED = 4;
+
+/** The batch's requests as objects: made here, where they cost less than properties set one by one from C. */
+export function requestsOf(batch: EdgeRequestBatch): EdgeRequest[] {
+  const { index, strings, bodies } = batch;
+  const out: EdgeRequest[] = [];
+  let s = 0;
+  for (let i = 0, r = 0; i + 3 < index.length; i += 4, r++) {
+    const flags = index[i + 2] as number;
+    const fields = 2 * (index[i + 3] as number);
+    const waits = (flags & REQUEST_WAITS) !== 0;
+    out.push({
+      token: index[i] as number,
+      at: index[i + 1] as number,
+      waits,
+      requestId: waits ? null : (strings[s] as string),
+      usageInjected: (flags & REQUEST_USAGE_INJECTED) !== 0,
+      answered: (flags & REQUEST_ANSWERED) !== 0,
+      method: strings[s + 1] as string,
+      target: strings[s + 2] as string,
+      headers: strings.slice(s + 3, s + 3 + fields),
+      body: bodies[r] as Buffer,
+    });
+    s += 3 + fields;
+  }
+  return out;
+}
+
+/** The addon as loaded: its policy is given packed requests. */
+type RawAddon = Omit<GpuAddon, 'edgeStart'> & {
+  edgeStart?: (spec: string, policy?: (requests: EdgeRequestBatch, seen: EdgeTaps) => void) => { id: number; address: string };
+};
+
 export function loadAddon(): AddonLoad {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   try {
-    cached = { ok: true, addon: require('../../../native/index.js') as GpuAddon };
+    const raw = require('../../../native/index.js') as RawAddon;
+    const { edgeStart: start, ...rest } = raw;
+    const edgeStart: GpuAddon['edgeStart'] | undefined =
+      start && ((spec, policy) => start(spec, policy && ((packed, seen) => policy(requestsOf(packed), seen))));
+    // An addon built before the native data path has no edgeStart, and the agent checks for one.
+    const addon = (edgeStart ? { ...rest, edgeStart } : rest) as GpuAddon;
+    cached = { ok: true, addon };
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     cached = {

@@ -496,12 +496,17 @@ unsafe fn buffer(env: napi_env, bytes: &[u8]) -> napi_value {
 const NAPI_FLOAT64_ARRAY: c_int = 8;
 
 /**
- * On the main thread: policy(requests, seen). requests: { token, at, method, target, headers:
- * [name, value, ...], body: Buffer }; seen: { index: Float64Array, bytes: Buffer, notes }, where
- * index holds four numbers per thing seen (kind 0 head, 1 data, 2 end; token; at; the data's byte
- * count), bytes the data end to end, and notes each head's { status, headers } and each end's
- * { outcome } in order. A batch carries tens of data reads: a number each in index and a slice of
- * one Buffer, where each was an object with a Buffer of its own.
+ * On the main thread: policy(requests, seen). requests: { index, strings, bodies }, packed: index
+ * holds four numbers per request (token; at; flags, 1 waits, 2 usage injected, 4 answered; its
+ * header fields' count), strings per request its request id ("" when it waits), method, target,
+ * then each field's name and value, and bodies a Buffer each (addon.ts makes the EdgeRequest
+ * objects). seen: { index: Float64Array, bytes: Buffer, notes }, where index holds four numbers
+ * per thing seen (kind 0 head, 1 data, 2 end; token; at; the data's byte count), bytes the data
+ * end to end, and notes each head's { status, headers } and each end's { outcome } in order. A
+ * batch carries tens of data reads: a number each in index and a slice of one Buffer, where each
+ * was an object with a Buffer of its own. Objects made here cost more than the same objects made
+ * in JS (each property set from C looks its key up and moves the object to a new shape), so a
+ * request is numbers and strings here.
  */
 unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut std::ffi::c_void, data: *mut std::ffi::c_void) {
     let batch = *Box::from_raw(data as *mut Batch);
@@ -525,22 +530,48 @@ unsafe fn float64_array(env: napi_env, numbers: &[f64]) -> napi_value {
     array
 }
 
-/** The taps' index as a Float64Array (four numbers each), and the notes of heads and ends. */
+/**
+ * The taps' index as a Float64Array (four numbers each), and the notes of heads and ends. A head
+ * whose body the loop reads carries no fields (nothing reads them); the ends' readings are views of
+ * one ArrayBuffer for the batch, not one each.
+ */
 unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
     let env = js.env;
     let head_keys = js.keys(["status", "headers", "read"]);
     let end_keys = js.keys(["outcome", "read"]);
+    let readings: Vec<f64> = taps.iter().flat_map(|t| match &t.what {
+        edge::Seen::End(_, Some(r)) => r.as_slice(),
+        _ => &[],
+    }).copied().collect();
+    let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
+    let mut readings_buffer = std::ptr::null_mut();
+    if !readings.is_empty() {
+        napi_create_arraybuffer(env, readings.len() * 8, &mut store, &mut readings_buffer);
+        if !store.is_null() {
+            std::ptr::copy_nonoverlapping(readings.as_ptr(), store as *mut f64, readings.len());
+        }
+    }
+    let mut offset = 0;
     let mut notes = Vec::new();
     let mut numbers = Vec::with_capacity(taps.len() * 4);
     for t in taps {
         let (kind, length) = match &t.what {
             edge::Seen::Head { status, headers, read } => {
-                notes.push(js.object_with(&head_keys, [js.num(*status as f64), flat(js, headers), js.bool(*read)]));
+                let fields = if *read { js.array(Vec::new()) } else { flat(js, headers) };
+                notes.push(js.object_with(&head_keys, [js.num(*status as f64), fields, js.bool(*read)]));
                 (0.0, 0.0)
             }
             edge::Seen::Data(n) => (1.0, *n as f64),
             edge::Seen::End(o, read) => {
-                let read = read.as_deref().map_or_else(|| js.null(), |r| float64_array(env, r));
+                let read = match read {
+                    Some(r) if !store.is_null() => {
+                        let mut view = std::ptr::null_mut();
+                        napi_create_typedarray(env, NAPI_FLOAT64_ARRAY, r.len(), readings_buffer, offset * 8, &mut view);
+                        offset += r.len();
+                        view
+                    }
+                    _ => js.null(),
+                };
                 notes.push(js.object_with(&end_keys, [js.str(o), read]));
                 (2.0, 0.0)
             }
@@ -552,22 +583,35 @@ unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
     js.object_with(&keys, [index, buffer(env, bytes), js.array(notes)])
 }
 
+/** Flags of a packed request (see call_policy). */
+const REQUEST_WAITS: f64 = 1.0;
+const REQUEST_USAGE_INJECTED: f64 = 2.0;
+const REQUEST_ANSWERED: f64 = 4.0;
+
 unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): Batch) {
     if env.is_null() || func.is_null() {
         return;
     }
     let js = Js { env };
-    let keys = js.keys(["token", "at", "waits", "requestId", "usageInjected", "answered", "method", "target", "headers", "body"]);
-    let requests = js.array(
-        requests
-            .into_iter()
-            .map(|a| {
-                let request_id = if a.waits { js.null() } else { js.str(&a.request_id) };
-                let values = [js.num(a.token as f64), js.num(a.at_ms), js.bool(a.waits), request_id, js.bool(a.usage_injected), js.bool(a.answered), js.str(&a.method), js.str(&a.target), flat(&js, &a.headers), buffer(env, &a.body)];
-                js.object_with(&keys, values)
-            })
-            .collect(),
-    );
+    let mut numbers = Vec::with_capacity(requests.len() * 4);
+    let mut strings = Vec::new();
+    let mut bodies = Vec::with_capacity(requests.len());
+    for a in &requests {
+        let flags = (if a.waits { REQUEST_WAITS } else { 0.0 })
+            + (if a.usage_injected { REQUEST_USAGE_INJECTED } else { 0.0 })
+            + (if a.answered { REQUEST_ANSWERED } else { 0.0 });
+        numbers.extend_from_slice(&[a.token as f64, a.at_ms, flags, a.headers.len() as f64]);
+        strings.push(js.str(if a.waits { "" } else { &a.request_id }));
+        strings.push(js.str(&a.method));
+        strings.push(js.str(&a.target));
+        for (k, v) in &a.headers {
+            strings.push(js.str(k));
+            strings.push(js.str(v));
+        }
+        bodies.push(buffer(env, &a.body));
+    }
+    let keys = js.keys(["index", "strings", "bodies"]);
+    let requests = js.object_with(&keys, [float64_array(env, &numbers), js.array(strings), js.array(bodies)]);
     let seen = seen_to_js(&js, &seen, &bytes);
     let mut undefined = std::ptr::null_mut();
     napi_get_undefined(env, &mut undefined);

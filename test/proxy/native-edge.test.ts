@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { type EdgeRequest, type EdgeSeen, type EdgeStats, type EdgeTaps, loadAddon, seenOf, TAP_DATA } from '../../agent/gpu/addon.js';
+import { type EdgeRequest, type EdgeSeen, type EdgeStats, type EdgeTaps, loadAddon, requestsOf, seenOf, TAP_DATA } from '../../agent/gpu/addon.js';
 import { openAiHandler, type SeenRequest } from '../../agent/demo/sim-openai.js';
 import { inspectBody, routeOf } from '../../agent/proxy/routes.js';
 import { eventually, sleep } from '../helpers.js';
@@ -87,6 +87,43 @@ function request(base: string, path: string, opts: http.RequestOptions & { body?
     req.end(opts.body);
   });
 }
+
+describe('native data path: packed requests', () => {
+  // Two requests as the addon packs them (native/src/lib.rs call_policy), written out by hand.
+  const batch = {
+    index: Float64Array.from([7, 1000.5, 2, 2, 8, 1001.25, 1 | 4, 0]),
+    strings: ['req-7', 'POST', '/v1/chat/completions', 'Authorization', 'Bearer k', 'X-Tag', 'a, b', '', 'GET', '/v1/models'],
+    bodies: [Buffer.from('{"stream":true}'), Buffer.alloc(0)],
+  };
+  const want: EdgeRequest[] = [
+    {
+      token: 7,
+      at: 1000.5,
+      waits: false,
+      requestId: 'req-7',
+      usageInjected: true,
+      answered: false,
+      method: 'POST',
+      target: '/v1/chat/completions',
+      headers: ['Authorization', 'Bearer k', 'X-Tag', 'a, b'],
+      body: Buffer.from('{"stream":true}'),
+    },
+    {
+      token: 8,
+      at: 1001.25,
+      waits: true,
+      requestId: null,
+      usageInjected: false,
+      answered: true,
+      method: 'GET',
+      target: '/v1/models',
+      headers: [],
+      body: Buffer.alloc(0),
+    },
+  ];
+  it('come out as EdgeRequest objects: flags, fields and the id of a request that waits', () => assert.deepEqual(requestsOf(batch), want));
+  it('an empty batch is no requests', () => assert.deepEqual(requestsOf({ index: new Float64Array(0), strings: [], bodies: [] }), []));
+});
 
 describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, () => {
   const engine = new Engine();
@@ -679,6 +716,50 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       assert.equal(events(waited).filter((e) => e.includes('"usage"')).length, 0);
     } finally {
       addon.edgeStop(p.id);
+    }
+  });
+
+  it('reads event streams in the loop: five ending in one batch each get their own reading, and their heads carry no fields', async () => {
+    if (!loaded.ok) return;
+    const addon = loaded.addon;
+    // Each stream sends its own number of content events and of completion tokens, and holds its end until all five are in, so the ends come together.
+    const held: Array<() => void> = [];
+    engine.handler = (req, res) => {
+      const n = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('n'));
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'x-engine-field': 'yes' });
+      for (let i = 0; i < n; i++) res.write(`data: {"choices":[{"index":0,"delta":{"content":"t${i}"}}]}\n\n`);
+      const usage = `data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":${n}}}\n\n`;
+      held.push(() => res.end(`${usage}data: [DONE]\n\n`));
+      if (held.length === 5) for (const end of held.splice(0)) end();
+    };
+    const batches: Array<{ heads: EdgeSeen[]; ends: EdgeSeen[] }> = [];
+    const tokenOf = new Map<number, number>();
+    const started = addon.edgeStart(`127.0.0.1:0 ${target} 1024 30000 tell 4096 read:30000:0:1,10,100`, (requests, taps) => {
+      for (const r of requests) tokenOf.set(r.token, Number(new URL(r.target, 'http://x').searchParams.get('n')));
+      const seen = seenOf(taps);
+      batches.push({ heads: seen.filter((s) => s.kind === 'head'), ends: seen.filter((s) => s.kind === 'end') });
+    });
+    try {
+      const counts = [1, 2, 3, 4, 5];
+      await Promise.all(counts.map((n) => request(`http://${started.address}`, `/v1/chat/completions?n=${n}`, { method: 'POST', body: '{"stream":true}' })));
+      await eventually(async () => batches.flatMap((b) => b.ends).length === 5, 2000, 'five ends');
+      const heads = batches.flatMap((b) => b.heads);
+      assert.deepEqual(
+        heads.map((h) => [h.read, h.headers]),
+        counts.map(() => [true, []]),
+      );
+      assert.ok(
+        batches.some((b) => b.ends.length >= 2),
+        'two readings or more in one batch (else the views of one buffer are not tried)',
+      );
+      // The seventh number of a reading is its usage's completion tokens: each stream's own, from its own view.
+      const completions = batches.flatMap((b) => b.ends).map((e) => [tokenOf.get(e.token), (e.read as Float64Array | null)?.[6]]);
+      assert.deepEqual(
+        completions.sort((a, b) => (a[0] ?? 0) - (b[0] ?? 0)),
+        counts.map((n) => [n, n]),
+      );
+    } finally {
+      addon.edgeStop(started.id);
     }
   });
 
