@@ -177,7 +177,7 @@ export class LoopReading implements BodyReading, StreamFindings {
     const gapCounts = new Array<number>(buckets);
     for (let i = 0; i < buckets; i++) gapCounts[i] = n[14 + i] as number;
     this.gapCounts = gapCounts;
-    const marks = new Array<number>(n.length - 14 - buckets);
+    const marks = new Array<number>(Math.max(0, n.length - 14 - buckets));
     for (let i = 0; i < marks.length; i++) marks[i] = (n[14 + buckets + i] as number) - clockOffset;
     this.marks = marks;
   }
