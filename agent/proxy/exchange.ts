@@ -106,6 +106,8 @@ export interface Exchange {
   route: Route;
   tenant: Tenant;
   facts: RequestFacts | undefined;
+  /** The keyed hash of the prompt, taken when the body was read (undefined without a secret or a prompt). */
+  promptHash: string | undefined;
   model: string;
   received: number;
   admitted: number;
@@ -138,6 +140,7 @@ export function openExchange(
     route,
     tenant,
     facts: undefined,
+    promptHash: undefined,
     model: '',
     received,
     admitted: received,
@@ -162,6 +165,17 @@ export function openExchange(
     recorded: false,
     admission: undefined,
   };
+}
+
+/**
+ * What the request body says, noted on the exchange. The prompt is hashed now, when there is a
+ * secret to hash it under, and then let go: a long prompt kept parsed until the stream ends would
+ * hold heap for every open request, where its hash is 76 characters.
+ */
+export function noteFacts(deps: ProxyDeps, ex: Exchange, facts: RequestFacts): void {
+  ex.facts = facts;
+  if (deps.requestLog.hashesPrompts) ex.promptHash = deps.requestLog.hash(promptMaterial(facts));
+  facts.prompt = undefined;
 }
 
 /**
@@ -313,7 +327,7 @@ export class ExchangeRecorder {
     const round = (v: number | undefined) => (v === undefined ? null : Math.round(v * 1000) / 1000);
     const facts = ex.facts;
     if (deps.requestLog.sampled(isError)) {
-      const promptHash = deps.requestLog.hash(promptMaterial(facts));
+      const promptHash = ex.promptHash;
       deps.requestLog.write({
         event: 'inference',
         status: isError ? 'error' : 'success',

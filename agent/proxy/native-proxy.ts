@@ -19,6 +19,7 @@ import {
   ExchangeRecorder,
   guarded,
   noteAdmission,
+  noteFacts,
   type OwnAnswer,
   openExchange,
   type ProxyDeps,
@@ -218,7 +219,7 @@ export class NativeProxy implements RequestProxy {
   /** `forward`: the body still goes to the engine from here (the request waited), so include_usage is added here. */
   private inspect(ex: NativeExchange, r: EdgeRequest, forward: boolean): Buffer {
     const facts = inspectBody(ex.route, r.body, r.method, forward);
-    ex.facts = facts;
+    noteFacts(this.deps, ex, facts);
     if (facts.malformed) this.count('malformed_body');
     ex.model = this.deps.models.resolve(facts.requestedModel);
     return facts.body;

@@ -11,6 +11,7 @@ import {
   guarded,
   askLimiter,
   noteAdmission,
+  noteFacts,
   type OwnAnswer,
   openExchange,
   type ProxyDeps,
@@ -249,7 +250,7 @@ export class InlineProxy implements RequestProxy {
         return;
       }
       const facts = inspectBody(ex.route, read.body, req.method);
-      ex.facts = facts;
+      noteFacts(this.deps, ex, facts);
       if (facts.malformed) this.count('malformed_body');
       if (facts.usageInjected) this.count('usage_injected');
       ex.model = this.deps.models.resolve(facts.requestedModel);

@@ -108,6 +108,11 @@ export class RequestLog {
     return yes;
   }
 
+  /** Whether prompts are hashed at all (requestLog.hashSecretFile is set). */
+  get hashesPrompts(): boolean {
+    return this.secret !== undefined;
+  }
+
   hash(material: string | undefined): string | undefined {
     return this.secret && material !== undefined ? promptHash(this.secret, material) : undefined;
   }

@@ -37,12 +37,16 @@ export interface RequestFacts {
   temperature: number | undefined;
   /**
    * The prompt as sent (a string, or the parsed messages or input), only for the keyed hash and
-   * never written anywhere: made into text by promptMaterial() when a sampled log line needs it.
+   * never written anywhere: made into text by promptMaterial(), hashed and let go once noted
+   * (exchange.ts, noteFacts).
    */
   prompt: unknown;
   /** True when the proxy asked the engine for a usage chunk the client did not ask for. */
   usageInjected: boolean;
-  /** The body to forward (rewritten only to inject include_usage, and only when asked to forward it). */
+  /**
+   * The body to forward (rewritten only to inject include_usage); empty when it is not forwarded
+   * from here, so an open stream does not hold its request body.
+   */
   body: Buffer;
   /** A measured route whose body is not a JSON object: forwarded untouched, counted. */
   malformed: boolean;
@@ -56,9 +60,11 @@ export function promptMaterial(facts: RequestFacts | undefined): string | undefi
   return prompt === undefined ? undefined : typeof prompt === 'string' ? prompt : JSON.stringify(prompt);
 }
 
+const NOTHING = Buffer.alloc(0);
+
 /**
  * What the request body says. `forward`: false when the body went to the engine already (the
- * native loop sends it and adds include_usage itself), so no rewritten copy is made here.
+ * native loop sends it and adds include_usage itself), so no copy is made or kept here.
  */
 export function inspectBody(route: Route, body: Buffer, method: string | undefined, forward = true): RequestFacts {
   const facts: RequestFacts = {
@@ -68,7 +74,7 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
     temperature: undefined,
     prompt: undefined,
     usageInjected: false,
-    body,
+    body: forward ? body : NOTHING,
     malformed: false,
   };
   if (route === 'other' || method !== 'POST') return facts;

@@ -3,17 +3,21 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { createHash, createHmac } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { buildCatalogue, proxySourced } from '../../agent/catalogue/catalogue.js';
 import { sameEngine } from '../../agent/agent.js';
 import { validateConfig } from '../../agent/config/load.js';
 import { bucketIndex } from '../../agent/proxy/metrics.js';
-import { promptHash, scrubPii } from '../../agent/proxy/request-log.js';
+import { promptHash, RequestLog, scrubPii } from '../../agent/proxy/request-log.js';
+import { type Exchange, noteFacts, type ProxyDeps } from '../../agent/proxy/exchange.js';
 import { inspectBody, promptMaterial, routeOf } from '../../agent/proxy/routes.js';
 import { StreamObserver, sseData } from '../../agent/proxy/stream.js';
 import { apiKeyOf, hashKey, keyFromStdin, TenantResolver } from '../../agent/proxy/tenants.js';
-import { CLI, runCli } from '../helpers.js';
+import { CLI, runCli, tempDir } from '../helpers.js';
 
 describe('proxy units: routes', () => {
   const cases: Array<[string, string]> = [
@@ -64,11 +68,11 @@ describe('proxy units: request bodies', () => {
       assert.deepEqual(JSON.parse(f.body.toString()), { ...JSON.parse(sent), stream_options: { include_usage: true } });
     });
 
-  it('makes no forwarded copy when the body went on already (the native loop added include_usage itself)', () => {
+  it('makes and keeps no body when it went on already (the native loop added include_usage itself)', () => {
     const sent = b({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] });
     const f = inspectBody('/v1/chat/completions', sent, 'POST', false);
     assert.equal(f.usageInjected, true, "still says the usage chunk is not the client's");
-    assert.equal(f.body, sent, 'the very same bytes, not a rewritten copy');
+    assert.equal(f.body.length, 0, 'neither a rewritten copy nor the bytes themselves are kept');
     assert.equal(f.requestedModel, 'm');
   });
   it('hashes the prompt text as sent: the string, or the JSON of the messages or input', () => {
@@ -307,6 +311,29 @@ describe('proxy units: redaction and buckets', () => {
     const want = createHmac('sha256', secret).update('hi').digest('hex');
     assert.equal(promptHash(secret, 'hi'), `hmac-sha256:${want}`);
     assert.notEqual(promptHash(secret, 'hi'), `hmac-sha256:${createHash('sha256').update('hi').digest('hex')}`);
+  });
+
+  it('hashes the prompt when the body is read and lets it go; without a secret it keeps nothing', () => {
+    const dir = tempDir('infertel-facts-');
+    const secretFile = join(dir, 'secret');
+    const secret = '0123456789abcdef0123456789abcdef';
+    writeFileSync(secretFile, secret);
+    const messages = [{ role: 'user', content: 'my SSN is 078-05-1120' }];
+    const body = Buffer.from(JSON.stringify({ model: 'm', messages }));
+    const sink = new PassThrough();
+    const rows: Array<[string, string | undefined, string | undefined]> = [
+      ['with a secret', secretFile, `hmac-sha256:${createHmac('sha256', secret).update(JSON.stringify(messages)).digest('hex')}`],
+      ['without one', undefined, undefined],
+    ];
+    for (const [what, hashSecretFile, want] of rows) {
+      const requestLog = new RequestLog({ sampleSuccess: 1, sampleError: 1, hashSecretFile, maxSize: '10m', maxFiles: 2 }, Math.random, sink);
+      const ex = { facts: undefined, promptHash: undefined } as unknown as Exchange;
+      const facts = inspectBody('/v1/chat/completions', body, 'POST');
+      noteFacts({ requestLog } as unknown as ProxyDeps, ex, facts);
+      assert.equal(ex.promptHash, want, what);
+      assert.equal(facts.prompt, undefined, `${what}: the parsed prompt is not kept`);
+      assert.equal(ex.facts, facts, what);
+    }
   });
 
   it('bucketIndex follows le: a value on a bound belongs to it', () => {
