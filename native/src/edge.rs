@@ -1013,7 +1013,23 @@ fn flush(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
         }
     }
     buf.drain(..done);
+    give_back_room(buf);
     Ok(())
+}
+
+/** Room an emptied buffer may keep for the next request or event; past it, the room is given back. */
+const KEEP_ROOM: usize = 16 * 1024;
+
+/**
+ * An emptied buffer that grew past KEEP_ROOM (a large request body, a slow client's backlog) gives
+ * its room back: a connection holding a long stream open would otherwise keep, for the stream's
+ * whole life, the room its request needed. Smaller buffers keep theirs, so small requests on a
+ * kept connection allocate nothing.
+ */
+fn give_back_room(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > KEEP_ROOM {
+        *buf = Vec::new();
+    }
 }
 
 impl Loop {
@@ -1248,6 +1264,7 @@ impl Loop {
                             return Step::Wait;
                         }
                         *body = c.cin.drain(..n as usize).collect();
+                        give_back_room(&mut c.cin);
                         true
                     }
                     Framing::Chunked => {
@@ -1268,6 +1285,7 @@ impl Loop {
                             }
                             Ok(used) => {
                                 c.cin.drain(..used);
+                                give_back_room(&mut c.cin);
                             }
                         }
                         if over {
@@ -1715,6 +1733,24 @@ mod tests {
 
     fn head(text: &str) -> Head {
         parse_head(text.as_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn an_emptied_buffer_gives_back_room_past_the_keep_limit_and_no_other_keeps_less() {
+        // (bytes left, room it had) -> at least this much room kept, at most this much.
+        let rows: [(usize, usize, usize, usize); 4] = [
+            (0, 64 * 1024, 0, 0),
+            (0, 8 * 1024, 8 * 1024, usize::MAX),
+            (1, 64 * 1024, 64 * 1024, usize::MAX),
+            (0, 16 * 1024, 16 * 1024, usize::MAX),
+        ];
+        for (left, room, min, max) in rows {
+            let mut buf: Vec<u8> = Vec::with_capacity(room);
+            buf.resize(left, b'x');
+            give_back_room(&mut buf);
+            assert!(buf.capacity() >= min && buf.capacity() <= max, "left {left}, room {room}: kept {}", buf.capacity());
+            assert_eq!(buf.len(), left);
+        }
     }
 
     #[test]
