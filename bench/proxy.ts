@@ -68,6 +68,12 @@ function stream(
 }
 
 const BODY = JSON.stringify({ model: 'bench-model', stream: true, messages: [{ role: 'user', content: 'Summarise the quarterly report in three lines.' }] });
+/** A request whose prompt is 64 KiB (a long retrieval-augmented prompt): what an open stream keeps of its request. */
+const LONG_PROMPT_BODY = JSON.stringify({
+  model: 'bench-model',
+  stream: true,
+  messages: [{ role: 'user', content: 'lorem ipsum '.repeat(5462).slice(0, 64 * 1024) }],
+});
 
 /**
  * `concurrency` clients each streaming back to back. Client i starts `i / concurrency` of
@@ -125,12 +131,12 @@ function startAgent(engineUrl: string, port: number, config?: string): ChildProc
 }
 
 /** Memory per open stream through `proxyBase`: RSS of `pid` idle, then with 1000 streams open (a chunk every 2.5 s). */
-async function memoryPerStream(proxyBase: string, pid: number): Promise<{ idle: number; busy: number; held: Promise<unknown> }> {
+async function memoryPerStream(proxyBase: string, pid: number, body = BODY): Promise<{ idle: number; busy: number; held: Promise<unknown> }> {
   await load(proxyBase, 20, 1000, {});
   await new Promise((r) => setTimeout(r, 1000));
   const idle = rssMiB(pid);
   const held: Array<Promise<unknown>> = [];
-  for (let i = 0; i < 1000; i++) held.push(stream(proxyBase, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, BODY).catch(() => undefined));
+  for (let i = 0; i < 1000; i++) held.push(stream(proxyBase, { 'x-sim-tokens': '3', 'x-sim-itl-ms': '2500' }, body).catch(() => undefined));
   await new Promise((r) => setTimeout(r, 2000));
   return { idle, busy: rssMiB(pid), held: Promise.all(held) };
 }
@@ -382,17 +388,18 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     say();
     say('Targets (issue 8): added p50 ≤ 0.3 ms and p99 ≤ 1 ms at 200 streams; proxied throughput ≥ 95% of direct. Envoy adds well under a millisecond.');
     say();
-    // Memory per open stream, in a fresh agent on each data path, and the loop alone: 1000 streams held open.
-    for (const [label, config, at] of [
-      [`infertel (default: ${dataPath} data path)`, undefined, port + 4],
-      ['infertel, proxy.dataPath: node', nodePathConfig, port + 6],
+    // Memory per open stream, in a fresh agent on each data path (and again with a long prompt on the default one), and the loop alone: 1000 streams held open.
+    for (const [label, config, at, body, what] of [
+      [`infertel (default: ${dataPath} data path)`, undefined, port + 4, BODY, ''],
+      ['infertel, proxy.dataPath: node', nodePathConfig, port + 6, BODY, ''],
+      [`infertel (default: ${dataPath} data path)`, undefined, port + 12, LONG_PROMPT_BODY, ', each request with a 64 KiB prompt'],
     ] as const) {
       const mem = startAgent(engineUrl, at, config);
       await waitReady(at);
-      const m = await memoryPerStream(`http://127.0.0.1:${at + 1}`, mem.pid!);
+      const m = await memoryPerStream(`http://127.0.0.1:${at + 1}`, mem.pid!, body);
       const open = Number(/^infertel_proxy_open_requests (\S+)/m.exec(await (await fetch(`http://127.0.0.1:${at}/metrics`)).text())?.[1]);
       say(
-        `Memory per open stream, ${label} (a fresh agent with the proxy-mode flags, after a warm-up): RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with ${open} streams open: ${(((m.busy - m.idle) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream.`,
+        `Memory per open stream, ${label} (a fresh agent with the proxy-mode flags, after a warm-up${what}): RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with ${open} streams open: ${(((m.busy - m.idle) * 1024) / Math.max(1, open)).toFixed(1)} KiB per stream.`,
       );
       say();
       await m.held;
