@@ -24,7 +24,7 @@ import {
 } from './exchange.js';
 import { boundAddress } from '../net/bound.js';
 import { rateLimitHeaders, type Admission } from './limits.js';
-import { inspectBody, routeOf, type RequestFacts } from './routes.js';
+import { inspectBody, NO_BODY, routeOf, type RequestFacts } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
 import { StreamValidator } from './validator.js';
 
@@ -309,6 +309,8 @@ export class InlineProxy implements RequestProxy {
       }
     });
     up.end(facts.body);
+    // Sent: an open stream need not hold its request body for its whole life.
+    facts.body = NO_BODY;
     return up;
   }
 

@@ -60,7 +60,8 @@ export function promptMaterial(facts: RequestFacts | undefined): string | undefi
   return prompt === undefined ? undefined : typeof prompt === 'string' ? prompt : JSON.stringify(prompt);
 }
 
-const NOTHING = Buffer.alloc(0);
+/** The body of facts whose body is not, or no longer, to be forwarded from here. */
+export const NO_BODY = Buffer.alloc(0);
 
 /**
  * What the request body says. `forward`: false when the body went to the engine already (the
@@ -74,7 +75,7 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
     temperature: undefined,
     prompt: undefined,
     usageInjected: false,
-    body: forward ? body : NOTHING,
+    body: forward ? body : NO_BODY,
     malformed: false,
   };
   if (route === 'other' || method !== 'POST') return facts;
