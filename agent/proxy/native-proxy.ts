@@ -30,7 +30,7 @@ import {
   type RequestProxy,
 } from './exchange.js';
 import { type Admission, rateLimitHeaders } from './limits.js';
-import { inspectBody, routeOf } from './routes.js';
+import { inspectBody, NO_BODY, routeOf } from './routes.js';
 import { bodyKind, LoopReading, StreamObserver } from './stream.js';
 import { StreamValidator } from './validator.js';
 
@@ -254,6 +254,8 @@ export class NativeProxy implements RequestProxy {
     const upstream = { 'x-request-id': ex.requestId, ...ex.trace.startUpstream(ex.sent, { 'server.address': this.targetHost, 'url.path': ex.route }) };
     const client = { 'x-request-id': ex.requestId, ...(a ? rateLimitHeaders(a) : {}) };
     this.addon.edgeForward(edge.id, r.token, fieldLines(upstream), fieldLines(client), body === r.body ? undefined : body, ex.stripUsage);
+    // Sent: an open stream need not hold its request body for its whole life.
+    if (ex.facts) ex.facts.body = NO_BODY;
   }
 
   /** Answers a waiting request here; the loop tells no end of it, so it is recorded now. */
