@@ -11,6 +11,7 @@ import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 import { loadAddon } from '../agent/gpu/addon.js';
+import { findGateway, type GatewayName, startGateway } from './gateways.js';
 import { buildTool, removeTool } from './relay.js';
 import { firstLine, pct, spawnNode } from './stats.js';
 
@@ -145,7 +146,14 @@ const TABLE_HEAD =
   '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct | whole rounds |';
 const TABLE_RULE = '|---|---|---|---|---|---|---|---|---|---|---|';
 
-type PathName = 'direct' | 'directAgain' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | 'proxy' | 'proxyNodePath';
+type PathName = 'direct' | 'directAgain' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | GatewayName | 'proxy' | 'proxyNodePath';
+/** The reference gateways this machine has (`bench/gateways.ts`), with their programs and versions. */
+type Gateways = Array<{ name: GatewayName; path: string; version: string }>;
+
+const GATEWAY_LABELS: Record<GatewayName, (version: string) => string> = {
+  nginx: (v) => `reference gateway: nginx ${v}, one worker, proxy_buffering off`,
+  haproxy: (v) => `reference gateway: HAProxy ${v}, one thread, http-no-delay`,
+};
 /** A path under test: its name, its base URL, and the pid of the process in the path (none for direct). */
 type PathUnderLoad = readonly [PathName, string, number | undefined];
 type LoadResult = { ttfb: number[]; chunks: number; chunksPerSecond: number; roundChunksPerSecond: number };
@@ -167,15 +175,19 @@ function cLoad(path: string): Load {
 
 /**
  * One table's rows: for each [streams, tokens, staggerMs], 3 rounds of every path in turn (so a
- * drift of the machine reaches them all alike), then a row per path against direct.
+ * drift of the machine reaches them all alike), then a row per path against direct. Returns, per
+ * scenario, what infertel added as a multiple of what each reference gateway added, for the lines
+ * under the table.
  */
 async function measurePaths(
   paths: PathUnderLoad[],
   scenarios: Array<readonly [number, number, number]>,
   run: Load,
   dataPath: string,
+  gateways: Gateways,
   say: (s?: string) => void,
-): Promise<void> {
+): Promise<string[]> {
+  const againstGateways: string[] = [];
   for (const [concurrency, tokens, staggerMs] of scenarios) {
     const rows = new Map<PathName, { ttfb: number[]; cps: number[]; roundCps: number[]; cpu: number; chunks: number }>();
     for (let round = 0; round < 3; round++) {
@@ -208,6 +220,7 @@ async function measurePaths(
       ['nodeFloor', 'Node floor: Node byte relay'],
       ['nativeEdge', 'native data path alone: HTTP/1.1 framing, nothing measured'],
       ['anchor', 'anchor: bare pipe proxy'],
+      ...gateways.map((g) => [g.name, GATEWAY_LABELS[g.name](g.version)] as const),
       ['proxy', `through infertel (default: ${dataPath} data path)`],
       ['proxyNodePath', 'through infertel, proxy.dataPath: node'],
     ] as const) {
@@ -221,7 +234,27 @@ async function measurePaths(
         `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${cpu} | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
       );
     }
+    const proxy = summary('proxy');
+    // A multiple of a gateway's added time means nothing where that time is inside the noise (zero or less).
+    const multiple = (ours: number, theirs: number) => (theirs > 0 ? `${(ours / theirs).toFixed(2)}x` : 'no multiple (it added nothing measurable)');
+    if (proxy)
+      for (const g of gateways) {
+        const theirs = summary(g.name);
+        if (!theirs) continue;
+        againstGateways.push(
+          `${concurrency === 1 ? '1 stream' : `${concurrency} streams`}${staggerMs ? ', staggered' : ''}, against ${g.name}: infertel added ${(proxy.p50 - d.p50).toFixed(2)} ms at p50 and ${(proxy.p99 - d.p99).toFixed(2)} ms at p99, ${g.name} ${(theirs.p50 - d.p50).toFixed(2)} ms and ${(theirs.p99 - d.p99).toFixed(2)} ms: ${multiple(proxy.p50 - d.p50, theirs.p50 - d.p50)} at p50, ${multiple(proxy.p99 - d.p99, theirs.p99 - d.p99)} at p99; proxy CPU per chunk ${proxy.usPerChunk.toFixed(1)} µs against ${theirs.usPerChunk.toFixed(1)} µs.`,
+        );
+      }
   }
+  return againstGateways;
+}
+
+/** The lines under a table: infertel against each reference gateway, per scenario. */
+function sayAgainstGateways(lines: string[], say: (s?: string) => void): void {
+  if (lines.length === 0) return;
+  say();
+  say('Through infertel (default data path) against the reference gateways in the same rounds:');
+  for (const line of lines) say(`- ${line}`);
 }
 
 async function waitReady(port: number): Promise<void> {
@@ -244,12 +277,14 @@ async function waitReady(port: number): Promise<void> {
  */
 async function startPaths(
   engineUrl: string,
-  opts: { relayPath: string | undefined; edge: boolean; nodeFloor: boolean; port: number; nodePathConfig: string },
+  opts: { relayPath: string | undefined; edge: boolean; nodeFloor: boolean; port: number; nodePathConfig: string; gateways: Gateways },
   warm: Load,
 ): Promise<{ paths: PathUnderLoad[]; stop: () => void }> {
   const children: ChildProcess[] = [];
+  const stopGateways: Array<() => void> = [];
   const stop = () => {
     for (const c of children) c.kill();
+    for (const s of stopGateways) s();
   };
   const start = async (command: string, args: string[]) => {
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'ignore'] });
@@ -262,6 +297,12 @@ async function startPaths(
     const nodeRelay = opts.nodeFloor ? await start(process.execPath, [NODE_RELAY, enginePort]) : undefined;
     const edge = opts.edge ? await start(process.execPath, [NATIVE_EDGE, enginePort]) : undefined;
     const pipe = await start(process.execPath, [PIPE_PROXY, engineUrl]);
+    const gateways: PathUnderLoad[] = [];
+    for (const g of opts.gateways) {
+      const started = await startGateway(g.name, g.path, Number(enginePort));
+      stopGateways.push(started.stop);
+      gateways.push([g.name, started.url, started.child.pid]);
+    }
     const agent = startAgent(engineUrl, opts.port);
     const nodeAgent = startAgent(engineUrl, opts.port + 2, opts.nodePathConfig);
     children.push(agent, nodeAgent);
@@ -274,6 +315,7 @@ async function startPaths(
       ...(nodeRelay ? [['nodeFloor', nodeRelay.line, nodeRelay.child.pid] as const] : []),
       ...(edge ? [['nativeEdge', edge.line, edge.child.pid] as const] : []),
       ['anchor', pipe.line, pipe.child.pid],
+      ...gateways,
       ['proxy', `http://127.0.0.1:${opts.port + 1}`, agent.pid],
       ['proxyNodePath', `http://127.0.0.1:${opts.port + 3}`, nodeAgent.pid],
     ];
@@ -294,6 +336,7 @@ async function startQuiet(
   withEdge: boolean,
   port: number,
   nodePathConfig: string,
+  gateways: Gateways,
 ): Promise<{ paths: PathUnderLoad[]; load: Load; stop: () => void } | { why: string }> {
   const engineBuilt = buildTool('engine');
   const loadBuilt = buildTool('load');
@@ -311,7 +354,7 @@ async function startQuiet(
   };
   try {
     const load = cLoad(loadBuilt.path);
-    const paths = await startPaths(await firstLine(engine), { relayPath, edge: withEdge, nodeFloor: false, port, nodePathConfig }, load);
+    const paths = await startPaths(await firstLine(engine), { relayPath, edge: withEdge, nodeFloor: false, port, nodePathConfig, gateways }, load);
     started = paths;
     return { paths: paths.paths, load, stop };
   } catch (err) {
@@ -327,6 +370,8 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const built = buildTool('relay');
   const relayPath = 'path' in built ? built.path : undefined;
   const withEdge = loadAddon().ok;
+  const foundGateways = (['nginx', 'haproxy'] as const).map((name) => ({ name, found: findGateway(name) }));
+  const gateways: Gateways = foundGateways.flatMap(({ name, found }) => ('path' in found ? [{ name, ...found }] : []));
   const port = 21000 + Math.floor(Math.random() * 4000);
   const dir = mkdtempSync(join(tmpdir(), 'infertel-bench-'));
   const nodePathConfig = join(dir, 'node-path.yaml');
@@ -343,12 +388,17 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       "The anchor is the least a Node proxy can do (`bench/serve-pipe-proxy.ts`: forward and pipe back, nothing parsed or measured, the same keep-alive and no-delay settings). The floor is less than any HTTP proxy can do (`bench/native/relay.c`: one thread, epoll, bytes copied between a client connection and its own engine connection, nothing parsed): what it adds over direct access is what one more process in the path costs on this machine. The Node floor is the same relay on `node:net` (`bench/serve-net-relay.ts`): what it adds is the least any Node program in the path costs, before it parses HTTP. The native data path alone is the addon's loop (`native/src/edge.rs`) in a process of its own with no JS side (`bench/serve-native-edge.ts`): HTTP/1.1 parsed and the proxy's forwarding rules applied, engine connections pooled, nothing measured; what infertel adds over it is the JS side that measures and records each request.",
     );
     say();
+    say(
+      "The reference gateways are production proxies from the machine's packages in front of the same engine (`bench/gateways.ts`, tested in `test/bench/gateways.test.ts`), set up as an operator sets them up for a streaming engine: one worker thread each, as infertel's data path has one loop thread; every event passed on as it comes (nginx's `proxy_buffering off`, HAProxy's `option http-no-delay`); engine connections kept alive and reused. Envoy, the gateway issue 8 names, has no Debian package.",
+    );
+    say();
     if (!relayPath) say(`(The floor row is left out: ${'why' in built ? built.why : ''}.)`);
+    for (const { name, found } of foundGateways) if ('why' in found) say(`(The ${name} row is left out: ${found.why}.)`);
     say(TABLE_HEAD);
     say(TABLE_RULE);
-    main = await startPaths(engineUrl, { relayPath, edge: withEdge, nodeFloor: true, port, nodePathConfig }, load);
+    main = await startPaths(engineUrl, { relayPath, edge: withEdge, nodeFloor: true, port, nodePathConfig, gateways }, load);
     const paths = main.paths;
-    await measurePaths(
+    const mainAgainst = await measurePaths(
       paths,
       [
         [1, 2, 0],
@@ -358,9 +408,11 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       ],
       load,
       dataPath,
+      gateways,
       say,
     );
-    quiet = await startQuiet(relayPath, withEdge, port + 8, nodePathConfig);
+    sayAgainstGateways(mainAgainst, say);
+    quiet = await startQuiet(relayPath, withEdge, port + 8, nodePathConfig, gateways);
     if ('why' in quiet) {
       say();
       say(`(The rows with the C stand-in engine and load are left out: ${quiet.why}.)`);
@@ -372,7 +424,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       say();
       say(TABLE_HEAD);
       say(TABLE_RULE);
-      await measurePaths(
+      const quietAgainst = await measurePaths(
         quiet.paths,
         [
           [200, 16, 0],
@@ -380,8 +432,10 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         ],
         quiet.load,
         dataPath,
+        gateways,
         say,
       );
+      sayAgainstGateways(quietAgainst, say);
       quiet.stop();
       quiet = undefined;
     }
@@ -411,6 +465,16 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       const m = await memoryPerStream(edge[1], edge[2]!);
       say(
         `Memory per open stream, native data path alone: RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream (both sockets and their buffers).`,
+      );
+      say();
+      await m.held;
+    }
+    for (const g of gateways) {
+      const at = paths.find(([name]) => name === g.name);
+      if (!at) continue;
+      const m = await memoryPerStream(at[1], at[2]!);
+      say(
+        `Memory per open stream, ${g.name} (one worker): RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream.`,
       );
       say();
       await m.held;
