@@ -174,8 +174,8 @@ function cLoad(path: string): Load {
 }
 
 /**
- * One table's rows: for each [streams, tokens, staggerMs], 3 rounds of every path in turn (so a
- * drift of the machine reaches them all alike), then a row per path against direct. Returns, per
+ * One table's rows: for each [streams, tokens, staggerMs], `rounds` rounds of every path in turn
+ * (so a drift of the machine reaches them all alike), then a row per path against direct. Returns, per
  * scenario, what infertel added as a multiple of what each reference gateway added, for the lines
  * under the table.
  */
@@ -186,11 +186,12 @@ async function measurePaths(
   dataPath: string,
   gateways: Gateways,
   say: (s?: string) => void,
+  rounds: number,
 ): Promise<string[]> {
   const againstGateways: string[] = [];
   for (const [concurrency, tokens, staggerMs] of scenarios) {
     const rows = new Map<PathName, { ttfb: number[]; cps: number[]; roundCps: number[]; cpu: number; chunks: number }>();
-    for (let round = 0; round < 3; round++) {
+    for (let round = 0; round < rounds; round++) {
       for (const [name, base, pid] of paths) {
         const c0 = pid ? cpuMs(pid) : 0;
         const r = await run(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) }, staggerMs);
@@ -248,6 +249,13 @@ async function measurePaths(
   }
   return againstGateways;
 }
+
+/**
+ * Rounds of each path in the quiet setting. One round in a few there reads a p99 two to four times
+ * the others' for whichever path it falls on (the machine's own hiccups), so with three rounds a
+ * path's p99 is mostly whether it drew one; six halve that draw's weight.
+ */
+const QUIET_ROUNDS = 6;
 
 /** The lines under a table: infertel against each reference gateway, per scenario. */
 function sayAgainstGateways(lines: string[], say: (s?: string) => void): void {
@@ -410,6 +418,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       dataPath,
       gateways,
       say,
+      3,
     );
     sayAgainstGateways(mainAgainst, say);
     quiet = await startQuiet(relayPath, withEdge, port + 8, nodePathConfig, gateways);
@@ -419,7 +428,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     } else {
       say();
       say(
-        `The same paths in front of the C stand-in engine (\`bench/native/engine.c\`: the same timing and events, on one epoll thread), under the C load (\`bench/native/load.c\`: one epoll thread, keep-alive connections, as wrk or Nighthawk apply load). At 200 streams the Node stand-in and the Node load above each take about a third of a core of the two, and their own event loops queue the role chunk behind other streams' chunks; these two take about a tenth of a core each, so less of what is measured is theirs. Each path is a fresh process of its own in front of this engine (infertel with the same flags as above).`,
+        `The same paths in front of the C stand-in engine (\`bench/native/engine.c\`: the same timing and events, on one epoll thread), under the C load (\`bench/native/load.c\`: one epoll thread, keep-alive connections, as wrk or Nighthawk apply load). At 200 streams the Node stand-in and the Node load above each take about a third of a core of the two, and their own event loops queue the role chunk behind other streams' chunks; these two take about a tenth of a core each, so less of what is measured is theirs. Each path is a fresh process of its own in front of this engine (infertel with the same flags as above), measured in ${QUIET_ROUNDS} rounds where the first table has 3: here the spread left is the machine's own, one round in a few reading a p99 two to four times the others' for whichever path it falls on.`,
       );
       say();
       say(TABLE_HEAD);
@@ -434,6 +443,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
         dataPath,
         gateways,
         say,
+        QUIET_ROUNDS,
       );
       sayAgainstGateways(quietAgainst, say);
       quiet.stop();
