@@ -30,7 +30,7 @@ import {
   type RequestProxy,
 } from './exchange.js';
 import { type Admission, rateLimitHeaders } from './limits.js';
-import { inspectBody, NO_BODY, routeOf } from './routes.js';
+import { inspectBody, routeOf } from './routes.js';
 import { bodyKind, LoopReading, StreamObserver } from './stream.js';
 import { StreamValidator } from './validator.js';
 
@@ -218,11 +218,11 @@ export class NativeProxy implements RequestProxy {
 
   /** `forward`: the body still goes to the engine from here (the request waited), so include_usage is added here. */
   private inspect(ex: NativeExchange, r: EdgeRequest, forward: boolean): Buffer {
-    const facts = inspectBody(ex.route, r.body, r.method, forward);
+    const { facts, body } = inspectBody(ex.route, r.body, r.method, forward);
     noteFacts(this.deps, ex, facts);
     if (facts.malformed) this.count('malformed_body');
     ex.model = this.deps.models.resolve(facts.requestedModel);
-    return facts.body;
+    return body;
   }
 
   /** After the rate limiter, for a request that waits: answer it here (429, 503) or send it on. */
@@ -254,8 +254,6 @@ export class NativeProxy implements RequestProxy {
     const upstream = { 'x-request-id': ex.requestId, ...ex.trace.startUpstream(ex.sent, { 'server.address': this.targetHost, 'url.path': ex.route }) };
     const client = { 'x-request-id': ex.requestId, ...(a ? rateLimitHeaders(a) : {}) };
     this.addon.edgeForward(edge.id, r.token, fieldLines(upstream), fieldLines(client), body === r.body ? undefined : body, ex.stripUsage);
-    // Sent: an open stream need not hold its request body for its whole life.
-    if (ex.facts) ex.facts.body = NO_BODY;
   }
 
   /** Answers a waiting request here; the loop tells no end of it, so it is recorded now. */

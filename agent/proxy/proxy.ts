@@ -24,7 +24,7 @@ import {
 } from './exchange.js';
 import { boundAddress } from '../net/bound.js';
 import { rateLimitHeaders, type Admission } from './limits.js';
-import { inspectBody, NO_BODY, routeOf, type RequestFacts } from './routes.js';
+import { inspectBody, routeOf, type RequestFacts } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
 import { StreamValidator } from './validator.js';
 
@@ -249,13 +249,13 @@ export class InlineProxy implements RequestProxy {
         if (read.reason === 'too_large') this.tooLarge(req, res, ex);
         return;
       }
-      const facts = inspectBody(ex.route, read.body, req.method);
+      const { facts, body } = inspectBody(ex.route, read.body, req.method);
       noteFacts(this.deps, ex, facts);
       if (facts.malformed) this.count('malformed_body');
       if (facts.usageInjected) this.count('usage_injected');
       ex.model = this.deps.models.resolve(facts.requestedModel);
       if (res.destroyed) return;
-      ex.upstream = this.forward(req, res, ex, facts);
+      ex.upstream = this.forward(req, res, ex, facts, body);
     });
   }
 
@@ -267,12 +267,12 @@ export class InlineProxy implements RequestProxy {
     this.refuse(res, ex, 413, `request body over ${this.opts.maxBodyBytes} bytes`, true);
   }
 
-  private forward(req: IncomingMessage, res: ServerResponse, ex: NodeExchange, facts: RequestFacts): http.ClientRequest {
+  private forward(req: IncomingMessage, res: ServerResponse, ex: NodeExchange, facts: RequestFacts, body: Buffer): http.ClientRequest {
     const headers = endToEnd(req.headers, ['host', 'content-length', 'x-request-id', 'traceparent', 'tracestate']);
     const to = this.to;
     headers.host = to.host;
     headers['x-request-id'] = ex.requestId;
-    if (facts.body.length || req.headers['content-length'] !== undefined) headers['content-length'] = facts.body.length;
+    if (body.length || req.headers['content-length'] !== undefined) headers['content-length'] = body.length;
     ex.sent = performance.now();
     Object.assign(headers, ex.trace.startUpstream(ex.sent, { 'server.address': to.hostname, 'url.path': ex.route }));
     const up = to.mod.request({
@@ -308,9 +308,7 @@ export class InlineProxy implements RequestProxy {
         this.refuse(res, ex, 502, 'the engine is unavailable');
       }
     });
-    up.end(facts.body);
-    // Sent: an open stream need not hold its request body for its whole life.
-    facts.body = NO_BODY;
+    up.end(body);
     return up;
   }
 

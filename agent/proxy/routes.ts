@@ -43,13 +43,19 @@ export interface RequestFacts {
   prompt: unknown;
   /** True when the proxy asked the engine for a usage chunk the client did not ask for. */
   usageInjected: boolean;
-  /**
-   * The body to forward (rewritten only to inject include_usage); empty when it is not forwarded
-   * from here, so an open stream does not hold its request body.
-   */
-  body: Buffer;
   /** A measured route whose body is not a JSON object: forwarded untouched, counted. */
   malformed: boolean;
+}
+
+/**
+ * What inspectBody finds, in two parts because they live for different times: the facts, which
+ * the exchange keeps for the stream's whole life, and the body to forward, which the caller sends
+ * and lets go, so an open stream never holds its request body.
+ */
+export interface Inspection {
+  facts: RequestFacts;
+  /** The body to forward (rewritten only to inject include_usage); empty when it is not forwarded from here. */
+  body: Buffer;
 }
 
 const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
@@ -60,14 +66,14 @@ export function promptMaterial(facts: RequestFacts | undefined): string | undefi
   return prompt === undefined ? undefined : typeof prompt === 'string' ? prompt : JSON.stringify(prompt);
 }
 
-/** The body of facts whose body is not, or no longer, to be forwarded from here. */
-export const NO_BODY = Buffer.alloc(0);
+/** The body to forward of a request whose body went to the engine already. */
+const NO_BODY = Buffer.alloc(0);
 
 /**
  * What the request body says. `forward`: false when the body went to the engine already (the
  * native loop sends it and adds include_usage itself), so no copy is made or kept here.
  */
-export function inspectBody(route: Route, body: Buffer, method: string | undefined, forward = true): RequestFacts {
+export function inspectBody(route: Route, body: Buffer, method: string | undefined, forward = true): Inspection {
   const facts: RequestFacts = {
     requestedModel: undefined,
     stream: route === '/generate_stream',
@@ -75,20 +81,20 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
     temperature: undefined,
     prompt: undefined,
     usageInjected: false,
-    body: forward ? body : NO_BODY,
     malformed: false,
   };
-  if (route === 'other' || method !== 'POST') return facts;
+  const unchanged: Inspection = { facts, body: forward ? body : NO_BODY };
+  if (route === 'other' || method !== 'POST') return unchanged;
   let doc: unknown;
   try {
     doc = JSON.parse(body.toString('utf8'));
   } catch {
     facts.malformed = true;
-    return facts;
+    return unchanged;
   }
   if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
     facts.malformed = true;
-    return facts;
+    return unchanged;
   }
   const d = doc as Record<string, unknown>;
   if (route === '/generate' || route === '/generate_stream') {
@@ -96,7 +102,7 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
     facts.maxNewTokens = num(p.max_new_tokens);
     facts.temperature = num(p.temperature);
     facts.prompt = typeof d.inputs === 'string' ? d.inputs : undefined;
-    return facts;
+    return unchanged;
   }
   facts.requestedModel = typeof d.model === 'string' ? d.model : undefined;
   facts.stream = d.stream === true;
@@ -106,9 +112,10 @@ export function inspectBody(route: Route, body: Buffer, method: string | undefin
   const options = d.stream_options && typeof d.stream_options === 'object' ? (d.stream_options as Record<string, unknown>) : undefined;
   if (facts.stream && USAGE_OPTION_ROUTES.includes(route) && options?.include_usage !== true) {
     facts.usageInjected = true;
-    if (!forward) return facts;
-    facts.body =
+    if (!forward) return unchanged;
+    const rewritten =
       (!('stream_options' in d) && withUsageOption(body)) || Buffer.from(JSON.stringify({ ...d, stream_options: { ...options, include_usage: true } }));
+    return { facts, body: rewritten };
   }
-  return facts;
+  return unchanged;
 }

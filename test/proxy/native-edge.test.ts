@@ -601,8 +601,8 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
     let id = -1;
     const p = edgeStart(target, 1024 * 1024, 30_000, (requests, _seen) => {
       for (const r of requests) {
-        const facts = inspectBody(routeOf(r.target), r.body, r.method);
-        addon.edgeForward(id, r.token, '', '', facts.body, facts.usageInjected);
+        const inspected = inspectBody(routeOf(r.target), r.body, r.method);
+        addon.edgeForward(id, r.token, '', '', inspected.body, inspected.facts.usageInjected);
       }
     });
     id = p.id;
@@ -686,8 +686,8 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
         for (const r of requests) {
           told.push(r);
           if (!r.waits) continue;
-          const facts = inspectBody(routeOf(r.target), r.body, r.method);
-          addon.edgeForward(id, r.token, 'x-request-id: from-js', 'x-request-id: from-js', facts.body, facts.usageInjected);
+          const inspected = inspectBody(routeOf(r.target), r.body, r.method);
+          addon.edgeForward(id, r.token, 'x-request-id: from-js', 'x-request-id: from-js', inspected.body, inspected.facts.usageInjected);
         }
       },
       'tell',

@@ -41,14 +41,14 @@ describe('proxy units: request bodies', () => {
   const b = (doc: unknown) => Buffer.from(typeof doc === 'string' ? doc : JSON.stringify(doc));
   it('injects include_usage only into streams that did not ask, keeping other stream_options', () => {
     const f = inspectBody('/v1/chat/completions', b({ model: 'm', stream: true, stream_options: { continuous_usage_stats: false }, messages: [] }), 'POST');
-    assert.equal(f.usageInjected, true);
+    assert.equal(f.facts.usageInjected, true);
     assert.deepEqual(JSON.parse(f.body.toString()).stream_options, { continuous_usage_stats: false, include_usage: true });
     const asked = b({ model: 'm', stream: true, stream_options: { include_usage: true } });
     const g = inspectBody('/v1/completions', asked, 'POST');
-    assert.equal(g.usageInjected, false);
+    assert.equal(g.facts.usageInjected, false);
     assert.equal(g.body, asked, 'the very same bytes');
-    assert.equal(inspectBody('/v1/chat/completions', b({ model: 'm' }), 'POST').usageInjected, false, 'not a stream');
-    assert.equal(inspectBody('/v1/responses', b({ model: 'm', stream: true }), 'POST').usageInjected, false, 'responses streams always end with usage');
+    assert.equal(inspectBody('/v1/chat/completions', b({ model: 'm' }), 'POST').facts.usageInjected, false, 'not a stream');
+    assert.equal(inspectBody('/v1/responses', b({ model: 'm', stream: true }), 'POST').facts.usageInjected, false, 'responses streams always end with usage');
   });
   // Without stream_options the client's bytes are kept and the option is added as the last member.
   const kept: Array<[string, string]> = [
@@ -63,7 +63,7 @@ describe('proxy units: request bodies', () => {
   for (const [sent, forwarded] of kept)
     it(`adds stream_options to ${JSON.stringify(sent)} in place`, () => {
       const f = inspectBody('/v1/completions', b(sent), 'POST');
-      assert.equal(f.usageInjected, true);
+      assert.equal(f.facts.usageInjected, true);
       assert.equal(f.body.toString(), forwarded);
       assert.deepEqual(JSON.parse(f.body.toString()), { ...JSON.parse(sent), stream_options: { include_usage: true } });
     });
@@ -71,9 +71,10 @@ describe('proxy units: request bodies', () => {
   it('makes and keeps no body when it went on already (the native loop added include_usage itself)', () => {
     const sent = b({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] });
     const f = inspectBody('/v1/chat/completions', sent, 'POST', false);
-    assert.equal(f.usageInjected, true, "still says the usage chunk is not the client's");
-    assert.equal(f.body.length, 0, 'neither a rewritten copy nor the bytes themselves are kept');
-    assert.equal(f.requestedModel, 'm');
+    assert.equal(f.facts.usageInjected, true, "still says the usage chunk is not the client's");
+    assert.equal(f.body.length, 0, 'no rewritten copy is made, and the bytes are not handed back');
+    assert.equal(f.facts.requestedModel, 'm');
+    assert.equal('body' in f.facts, false, 'what the exchange keeps holds no body');
   });
   it('hashes the prompt text as sent: the string, or the JSON of the messages or input', () => {
     const messages = [{ role: 'user', content: 'Summarise "this"' }];
@@ -84,7 +85,7 @@ describe('proxy units: request bodies', () => {
       ['/generate', JSON.stringify({ inputs: 'tgi text' }), 'tgi text'],
       ['/v1/completions', JSON.stringify({ model: 'm' }), undefined],
     ];
-    for (const [route, body, material] of rows) assert.equal(promptMaterial(inspectBody(route, Buffer.from(body), 'POST')), material, body);
+    for (const [route, body, material] of rows) assert.equal(promptMaterial(inspectBody(route, Buffer.from(body), 'POST').facts), material, body);
     assert.equal(promptMaterial(undefined), undefined);
   });
   it('re-serialises when stream_options is there but not an object, so the key is never doubled', () => {
@@ -101,15 +102,15 @@ describe('proxy units: request bodies', () => {
       ['/v1/chat/completions', { max_tokens: '9', temperature: 'hot' }, undefined, undefined],
     ];
     for (const [route, doc, max, temp] of rows) {
-      const f = inspectBody(route, b(doc), 'POST');
+      const { facts: f } = inspectBody(route, b(doc), 'POST');
       assert.equal(f.maxNewTokens, max, JSON.stringify(doc));
       assert.equal(f.temperature, temp, JSON.stringify(doc));
     }
   });
   it('marks malformed bodies of measured routes and leaves other routes unread', () => {
-    for (const raw of ['{"a":', '[1,2]', 'null', '"text"', '']) assert.equal(inspectBody('/v1/completions', b(raw), 'POST').malformed, true, raw);
-    assert.equal(inspectBody('other', b('{"a":'), 'POST').malformed, false);
-    assert.equal(inspectBody('/v1/completions', b('{"a":'), 'GET').malformed, false);
+    for (const raw of ['{"a":', '[1,2]', 'null', '"text"', '']) assert.equal(inspectBody('/v1/completions', b(raw), 'POST').facts.malformed, true, raw);
+    assert.equal(inspectBody('other', b('{"a":'), 'POST').facts.malformed, false);
+    assert.equal(inspectBody('/v1/completions', b('{"a":'), 'GET').facts.malformed, false);
   });
 });
 
@@ -328,7 +329,7 @@ describe('proxy units: redaction and buckets', () => {
     for (const [what, hashSecretFile, want] of rows) {
       const requestLog = new RequestLog({ sampleSuccess: 1, sampleError: 1, hashSecretFile, maxSize: '10m', maxFiles: 2 }, Math.random, sink);
       const ex = { facts: undefined, promptHash: undefined } as unknown as Exchange;
-      const facts = inspectBody('/v1/chat/completions', body, 'POST');
+      const { facts } = inspectBody('/v1/chat/completions', body, 'POST');
       noteFacts({ requestLog } as unknown as ProxyDeps, ex, facts);
       assert.equal(ex.promptHash, want, what);
       assert.equal(facts.prompt, undefined, `${what}: the parsed prompt is not kept`);
