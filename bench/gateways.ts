@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './stats.js';
 
 export type GatewayName = 'nginx' | 'haproxy';
 
@@ -91,17 +92,6 @@ export function findGateway(name: GatewayName): { path: string; version: string 
     if (v.status === 0) return { path, version: /(\d+\.\d+\.\d+)/.exec(`${v.stdout}${v.stderr}`)?.[1] ?? 'unknown' };
   }
   return { why: `${BINARIES[name]} is not installed` };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function accepting(port: number, child: ChildProcess, timeoutMs: number): Promise<void> {

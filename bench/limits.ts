@@ -2,22 +2,13 @@
 // script per admission), next to a bare Redis PING round trip measured in the same run.
 
 import { spawn, spawnSync } from 'node:child_process';
-import net from 'node:net';
 import { Redis } from 'ioredis';
 import { createLogger } from '../agent/logger.js';
 import { MemoryLimiter, type TenantLimits } from '../agent/proxy/limits.js';
 import { RedisLimiter } from '../agent/proxy/redis-limits.js';
-import { pct } from './stats.js';
+import { freePort, pct } from './stats.js';
 
 const LIMITS: TenantLimits = { limits: { requestsPerMinute: 1e9, tokensPerMinute: 1e12, concurrent: 1e6 }, shadow: false };
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 export async function benchLimits(say: (s?: string) => void): Promise<void> {
   say('### Rate-limit admission cost per request (5,000 sequential admissions each, one tenant)');

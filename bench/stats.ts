@@ -1,6 +1,7 @@
 // Helpers every bench shares: percentiles over samples, and the first line a child process prints.
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import net from 'node:net';
 
 /** The p-th percentile (nearest rank) of `values`; NaN for no values. */
 export function pct(values: number[], p: number): number {
@@ -40,6 +41,15 @@ export function firstLine(child: ChildProcess, timeoutMs = 10_000): Promise<stri
     child.once('exit', onExit);
     child.stdout!.on('data', onData);
   });
+}
+
+/** A loopback port free a moment ago, for a server that cannot report the port it took (redis-server, nginx, HAProxy). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
 }
 
 /** A Node child running `args`, with the first line it prints; its stderr goes to ours unless `stderr` is 'ignore'. */
