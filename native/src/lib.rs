@@ -539,17 +539,15 @@ unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
     let env = js.env;
     let head_keys = js.keys(["status", "headers", "read"]);
     let end_keys = js.keys(["outcome", "read"]);
-    let readings: Vec<f64> = taps.iter().flat_map(|t| match &t.what {
-        edge::Seen::End(_, Some(r)) => r.as_slice(),
-        _ => &[],
-    }).copied().collect();
+    // Sized first, so each end's reading is copied once, straight into the batch's ArrayBuffer.
+    let reading_count: usize = taps.iter().map(|t| match &t.what {
+        edge::Seen::End(_, Some(r)) => r.len(),
+        _ => 0,
+    }).sum();
     let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
     let mut readings_buffer = std::ptr::null_mut();
-    if !readings.is_empty() {
-        napi_create_arraybuffer(env, readings.len() * 8, &mut store, &mut readings_buffer);
-        if !store.is_null() {
-            std::ptr::copy_nonoverlapping(readings.as_ptr(), store as *mut f64, readings.len());
-        }
+    if reading_count > 0 {
+        napi_create_arraybuffer(env, reading_count * 8, &mut store, &mut readings_buffer);
     }
     let mut offset = 0;
     let mut notes = Vec::new();
@@ -565,6 +563,7 @@ unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
             edge::Seen::End(o, read) => {
                 let read = match read {
                     Some(r) if !store.is_null() => {
+                        std::ptr::copy_nonoverlapping(r.as_ptr(), (store as *mut f64).add(offset), r.len());
                         let mut view = std::ptr::null_mut();
                         napi_create_typedarray(env, NAPI_FLOAT64_ARRAY, r.len(), readings_buffer, offset * 8, &mut view);
                         offset += r.len();
