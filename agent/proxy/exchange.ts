@@ -179,6 +179,15 @@ export function noteFacts(deps: ProxyDeps, ex: Exchange, facts: RequestFacts): v
 }
 
 /**
+ * Once a proxy takes requests: says so, then waits for the first model list. Said before the list
+ * comes, since requests are taken from now on and recorded once it is known.
+ */
+export async function startedListening(deps: ProxyDeps, address: string, dataPath: string): Promise<void> {
+  deps.log?.info({ listen: address, data_path: dataPath }, 'proxy listening');
+  await deps.models.start();
+}
+
+/**
  * Runs `work` (recording a request); an exception is counted as internal_error and logged by its
  * name only (a message built from request data must not reach the log). Thrown out of an event
  * handler or the native loop's callback, it would end the agent.

@@ -28,6 +28,7 @@ import {
   rateLimited,
   refusal,
   type RequestProxy,
+  startedListening,
 } from './exchange.js';
 import { type Admission, rateLimitHeaders } from './limits.js';
 import { inspectBody, routeOf } from './routes.js';
@@ -142,9 +143,7 @@ export class NativeProxy implements RequestProxy {
       }
     }
     if (!this.edge) throw new Error('the address is in use or not on this machine');
-    // Said before the first model list comes: requests are taken from now on, and recorded once the list is known.
-    this.deps.log?.info({ listen: this.address(), data_path: this.dataPath }, 'proxy listening');
-    await this.deps.models.start();
+    await startedListening(this.deps, this.address(), this.dataPath);
   }
 
   address(): string {

@@ -20,6 +20,7 @@ import {
   rateLimited,
   refusal,
   type RequestProxy,
+  startedListening,
   VIA,
 } from './exchange.js';
 import { boundAddress } from '../net/bound.js';
@@ -147,9 +148,7 @@ export class InlineProxy implements RequestProxy {
         resolve();
       });
     });
-    // Said before the first model list comes: requests are taken from now on, and recorded once the list is known.
-    this.deps.log?.info({ listen: this.address(), data_path: this.dataPath }, 'proxy listening');
-    await this.deps.models.start();
+    await startedListening(this.deps, this.address(), this.dataPath);
   }
 
   address(): string {
