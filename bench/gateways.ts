@@ -85,7 +85,9 @@ const BINARIES: Record<GatewayName, string> = { nginx: 'nginx', haproxy: 'haprox
 
 /** The gateway's program and its version (e.g. `1.22.1`), or why there is none (not installed). */
 export function findGateway(name: GatewayName): { path: string; version: string } | { why: string } {
-  for (const dir of ['/usr/sbin', '/usr/local/sbin', '/usr/bin', '/usr/local/bin', ...(process.env.PATH ?? '').split(':')]) {
+  // The sbin folders first: Debian puts both programs there, and a user's PATH often lacks them.
+  const dirs = new Set(['/usr/sbin', '/usr/local/sbin', '/usr/bin', '/usr/local/bin', ...(process.env.PATH ?? '').split(':').filter(Boolean)]);
+  for (const dir of dirs) {
     const path = join(dir, BINARIES[name]);
     // nginx says its version on stderr, HAProxy on stdout.
     const v = spawnSync(path, ['-v'], { encoding: 'utf8' });

@@ -210,10 +210,10 @@ async function measurePaths(
       const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
       return { p50: pct(r.ttfb, 50), p99: pct(r.ttfb, 99), cps: mean(r.cps), roundCps: mean(r.roundCps), usPerChunk: (r.cpu * 1000) / r.chunks };
     };
-    const streams = staggerMs ? `${concurrency}, staggered` : String(concurrency);
+    const staggered = staggerMs ? ', staggered' : '';
     const d = summary('direct');
     if (!d) throw new Error('no direct path measured');
-    say(`| ${streams} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
+    say(`| ${concurrency}${staggered} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
     const anchor = summary('anchor');
     for (const [name, label] of [
       ['directAgain', "direct again: the instrument's own spread"],
@@ -232,7 +232,7 @@ async function measurePaths(
       const ratio = anchor && inPath ? `${((p.p50 - d.p50) / (anchor.p50 - d.p50)).toFixed(2)}x` : '';
       const cpu = inPath ? `${p.usPerChunk.toFixed(1)} µs` : '';
       say(
-        `| ${streams} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${cpu} | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
+        `| ${concurrency}${staggered} | ${label} | ${p.p50.toFixed(2)} ms | ${p.p99.toFixed(2)} ms | ${p.cps.toFixed(0)} | ${(p.p50 - d.p50).toFixed(2)} ms | ${(p.p99 - d.p99).toFixed(2)} ms | ${ratio} | ${cpu} | ${((p.cps / d.cps) * 100).toFixed(1)}% | ${((p.roundCps / d.roundCps) * 100).toFixed(1)}% |`,
       );
     }
     const proxy = summary('proxy');
@@ -243,7 +243,7 @@ async function measurePaths(
         const theirs = summary(g.name);
         if (!theirs) continue;
         againstGateways.push(
-          `${concurrency === 1 ? '1 stream' : `${concurrency} streams`}${staggerMs ? ', staggered' : ''}, against ${g.name}: infertel added ${(proxy.p50 - d.p50).toFixed(2)} ms at p50 and ${(proxy.p99 - d.p99).toFixed(2)} ms at p99, ${g.name} ${(theirs.p50 - d.p50).toFixed(2)} ms and ${(theirs.p99 - d.p99).toFixed(2)} ms: ${multiple(proxy.p50 - d.p50, theirs.p50 - d.p50)} at p50, ${multiple(proxy.p99 - d.p99, theirs.p99 - d.p99)} at p99; proxy CPU per chunk ${proxy.usPerChunk.toFixed(1)} µs against ${theirs.usPerChunk.toFixed(1)} µs.`,
+          `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, against ${g.name}: infertel added ${(proxy.p50 - d.p50).toFixed(2)} ms at p50 and ${(proxy.p99 - d.p99).toFixed(2)} ms at p99, ${g.name} ${(theirs.p50 - d.p50).toFixed(2)} ms and ${(theirs.p99 - d.p99).toFixed(2)} ms: ${multiple(proxy.p50 - d.p50, theirs.p50 - d.p50)} at p50, ${multiple(proxy.p99 - d.p99, theirs.p99 - d.p99)} at p99; proxy CPU per chunk ${proxy.usPerChunk.toFixed(1)} µs against ${theirs.usPerChunk.toFixed(1)} µs.`,
         );
       }
   }
@@ -469,22 +469,17 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       await m.held;
       mem.kill();
     }
-    const edge = paths.find(([name]) => name === 'nativeEdge');
-    if (edge) {
-      // The loop alone, in a process of its own (its RSS includes the Node runtime that loads it).
-      const m = await memoryPerStream(edge[1], edge[2]!);
+    // The loop alone is a process of its own: its RSS includes the Node runtime that loads it.
+    const heldOpen = [
+      ['nativeEdge', 'native data path alone', ' (both sockets and their buffers)'],
+      ...gateways.map((g) => [g.name, `${g.name} (one worker)`, ''] as const),
+    ] as const;
+    for (const [name, label, note] of heldOpen) {
+      const at = paths.find(([path]) => path === name);
+      if (!at?.[2]) continue;
+      const m = await memoryPerStream(at[1], at[2]);
       say(
-        `Memory per open stream, native data path alone: RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream (both sockets and their buffers).`,
-      );
-      say();
-      await m.held;
-    }
-    for (const g of gateways) {
-      const at = paths.find(([name]) => name === g.name);
-      if (!at) continue;
-      const m = await memoryPerStream(at[1], at[2]!);
-      say(
-        `Memory per open stream, ${g.name} (one worker): RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream.`,
+        `Memory per open stream, ${label}: RSS ${m.idle.toFixed(1)} MiB idle, ${m.busy.toFixed(1)} MiB with 1000 streams open: ${(((m.busy - m.idle) * 1024) / 1000).toFixed(1)} KiB per stream${note}.`,
       );
       say();
       await m.held;
