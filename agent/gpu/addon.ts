@@ -34,6 +34,8 @@ export interface GpuAddon {
   edgeStop(id: number): boolean;
   /** What the loop reads of one 2xx event stream (native/src/sse.rs), for the tests that hold it to stream.ts. */
   sseRead(target: string, rules: string, bytes: Buffer, reads: string, endAt: number, outcome: string): Float64Array | null;
+  /** Where each figure sits in what sseRead and the loop return (native/src/sse.rs's `slot`), by name. */
+  readingLayout(): Record<string, number>;
 }
 
 /** What the native data path counted (native/src/edge.rs). */

@@ -127,10 +127,31 @@ function completionTokensOf(route: Route, usage: Usage | undefined, sawEnd: bool
 const NONE_FOUND: ReadonlySet<ViolationKind> = new Set();
 
 /**
+ * Where each figure sits in the numbers the loop reads of a stream (native/src/sse.rs's `slot`,
+ * given by the addon's readingLayout(); a test holds the two equal).
+ */
+export const READING_LAYOUT = {
+  firstContentAt: 0,
+  lastContentAt: 1,
+  contentChunks: 2,
+  gapSumMs: 3,
+  usageRead: 4,
+  promptTokens: 5,
+  completionTokens: 6,
+  tgiTokens: 7,
+  sawEnd: 8,
+  found: 9,
+  foundKinds: 4,
+  choicesUntracked: 13,
+  gapCounts: 14,
+} as const;
+const AT = READING_LAYOUT;
+
+/**
  * A 2xx event stream the native loop read itself (native/src/sse.rs, StreamObserver's and the
- * validator's rules over the same events), from the numbers it tells with the exchange's end.
- * Those are, in order: first and last content time (NaN: none), content reads, the gap sum,
- * whether a usage was read, its prompt and completion tokens (NaN: absent), TGI token events,
+ * validator's rules over the same events), from the numbers it tells with the exchange's end, at
+ * the places READING_LAYOUT names: first and last content time (NaN: none), content reads, the gap
+ * sum, whether a usage was read, its prompt and completion tokens (NaN: absent), TGI token events,
  * whether the stream completed, four violation kinds in the order found (-1: none), whether
  * choice indices went untracked, the gap histogram's counts, then the marks. Times are the loop's
  * CLOCK_MONOTONIC ms; `clockOffset` places them on performance.now()'s clock.
@@ -155,30 +176,32 @@ export class LoopReading implements BodyReading, StreamFindings {
     clockOffset: number,
   ) {
     // Plain loops and no closures: one of these is made for every stream, on the thread the loop hands its batches to.
-    const first = n[0] as number;
-    const last = n[1] as number;
+    const first = n[AT.firstContentAt] as number;
+    const last = n[AT.lastContentAt] as number;
     this.firstContentAt = Number.isNaN(first) ? undefined : first - clockOffset;
     this.lastContentAt = Number.isNaN(last) ? undefined : last - clockOffset;
-    this.contentChunks = n[2] as number;
-    this.gapSumMs = n[3] as number;
-    const prompt = n[5] as number;
-    const completion = n[6] as number;
+    this.contentChunks = n[AT.contentChunks] as number;
+    this.gapSumMs = n[AT.gapSumMs] as number;
+    const prompt = n[AT.promptTokens] as number;
+    const completion = n[AT.completionTokens] as number;
     this.usage =
-      n[4] === 1 ? { promptTokens: Number.isNaN(prompt) ? undefined : prompt, completionTokens: Number.isNaN(completion) ? undefined : completion } : undefined;
-    this.tgiTokens = n[7] as number;
-    this.sawEnd = n[8] === 1;
+      n[AT.usageRead] === 1
+        ? { promptTokens: Number.isNaN(prompt) ? undefined : prompt, completionTokens: Number.isNaN(completion) ? undefined : completion }
+        : undefined;
+    this.tgiTokens = n[AT.tgiTokens] as number;
+    this.sawEnd = n[AT.sawEnd] === 1;
     let found: Set<ViolationKind> | undefined;
-    for (let k = 9; k < 13; k++) {
+    for (let k = AT.found; k < AT.found + AT.foundKinds; k++) {
       const kind = VIOLATION_KINDS[n[k] as number];
       if (kind) (found ??= new Set()).add(kind);
     }
     this.found = found ?? NONE_FOUND;
-    this.choicesUntracked = n[13] === 1;
+    this.choicesUntracked = n[AT.choicesUntracked] === 1;
     const gapCounts = new Array<number>(buckets);
-    for (let i = 0; i < buckets; i++) gapCounts[i] = n[14 + i] as number;
+    for (let i = 0; i < buckets; i++) gapCounts[i] = n[AT.gapCounts + i] as number;
     this.gapCounts = gapCounts;
-    const marks = new Array<number>(Math.max(0, n.length - 14 - buckets));
-    for (let i = 0; i < marks.length; i++) marks[i] = (n[14 + buckets + i] as number) - clockOffset;
+    const marks = new Array<number>(Math.max(0, n.length - AT.gapCounts - buckets));
+    for (let i = 0; i < marks.length; i++) marks[i] = (n[AT.gapCounts + buckets + i] as number) - clockOffset;
     this.marks = marks;
   }
 

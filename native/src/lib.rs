@@ -659,6 +659,13 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
     }
 }
 
+/** readingLayout(): where each figure sits in a stream's reading (sse.rs's `slot`), by name. */
+unsafe extern "C" fn js_reading_layout(env: napi_env, _info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let keys = js.keys(sse::slot::NAMED.map(|(name, _)| name));
+    js.object_with(&keys, sse::slot::NAMED.map(|(_, at)| js.num(at as f64)))
+}
+
 unsafe extern "C" fn js_edge_stats(env: napi_env, info: napi_callback_info) -> napi_value {
     let js = Js { env };
     catch_unwind(AssertUnwindSafe(|| edge_stats(&js, number_arg(env, info).unwrap_or(-1.0)))).unwrap_or_else(|_| js.null())
@@ -793,6 +800,7 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     export(env, exports, "edgeForward\0", js_edge_forward);
     export(env, exports, "edgeAnswer\0", js_edge_answer);
     export(env, exports, "sseRead\0", js_sse_read);
+    export(env, exports, "readingLayout\0", js_reading_layout);
     exports
 }
 

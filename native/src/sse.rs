@@ -644,6 +644,46 @@ pub struct StreamReading {
     validator: Validator,
 }
 
+
+/**
+ * Where each figure sits in StreamReading::summary. stream.ts's LoopReading reads them by the same
+ * names: the addon's readingLayout() gives this table to JS, and a test holds the two equal.
+ */
+pub mod slot {
+    pub const FIRST_CONTENT_AT: usize = 0;
+    pub const LAST_CONTENT_AT: usize = 1;
+    pub const CONTENT_CHUNKS: usize = 2;
+    pub const GAP_SUM_MS: usize = 3;
+    pub const USAGE_READ: usize = 4;
+    pub const PROMPT_TOKENS: usize = 5;
+    pub const COMPLETION_TOKENS: usize = 6;
+    pub const TGI_TOKENS: usize = 7;
+    pub const SAW_END: usize = 8;
+    /** The first of FOUND_KINDS violation kinds. */
+    pub const FOUND: usize = 9;
+    pub const FOUND_KINDS: usize = 4;
+    pub const CHOICES_UNTRACKED: usize = 13;
+    /** The first of the gap histogram's counts; the marks follow them. */
+    pub const GAP_COUNTS: usize = 14;
+
+    /** The table JS reads by name (camelCase, as stream.ts names them). */
+    pub const NAMED: [(&str, usize); 13] = [
+        ("firstContentAt", FIRST_CONTENT_AT),
+        ("lastContentAt", LAST_CONTENT_AT),
+        ("contentChunks", CONTENT_CHUNKS),
+        ("gapSumMs", GAP_SUM_MS),
+        ("usageRead", USAGE_READ),
+        ("promptTokens", PROMPT_TOKENS),
+        ("completionTokens", COMPLETION_TOKENS),
+        ("tgiTokens", TGI_TOKENS),
+        ("sawEnd", SAW_END),
+        ("found", FOUND),
+        ("foundKinds", FOUND_KINDS),
+        ("choicesUntracked", CHOICES_UNTRACKED),
+        ("gapCounts", GAP_COUNTS),
+    ];
+}
+
 impl StreamReading {
     pub fn new(route: Route, rules: std::sync::Arc<ReadingRules>) -> StreamReading {
         let buckets = rules.gap_bounds_ms.len() + 1;
@@ -752,30 +792,30 @@ impl StreamReading {
     }
 
     /**
-     * What JS records, as numbers: first and last content time (NaN: none), content reads, the
-     * gap sum, whether a usage was read, its prompt and completion tokens (NaN: absent), TGI
-     * token events, whether the stream completed, four violation kinds in the order found (-1:
-     * none), whether choice indices went untracked, then the gap histogram's counts (one per
-     * bound and +Inf), then the marks.
+     * What JS records, as numbers at the places `slot` names: first and last content time (NaN:
+     * none), content reads, the gap sum, whether a usage was read, its prompt and completion
+     * tokens (NaN: absent), TGI token events, whether the stream completed, four violation kinds
+     * in the order found (-1: none), whether choice indices went untracked, then the gap
+     * histogram's counts (one per bound and +Inf), then the marks.
      */
     pub fn summary(&self) -> Vec<f64> {
         let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        let flag = |b: bool| f64::from(u8::from(b));
         let (prompt, completion) = self.usage.unwrap_or((None, None));
-        let mut out = vec![
-            opt(self.first_content_at),
-            opt(self.last_content_at),
-            self.content_chunks as f64,
-            self.gap_sum_ms,
-            f64::from(u8::from(self.usage.is_some())),
-            opt(prompt),
-            opt(completion),
-            self.tgi_tokens as f64,
-            f64::from(u8::from(self.saw_end)),
-        ];
-        for k in 0..4 {
-            out.push(self.validator.found.get(k).map_or(-1.0, |&kind| f64::from(kind)));
+        let mut out = vec![0.0; slot::GAP_COUNTS];
+        out[slot::FIRST_CONTENT_AT] = opt(self.first_content_at);
+        out[slot::LAST_CONTENT_AT] = opt(self.last_content_at);
+        out[slot::CONTENT_CHUNKS] = self.content_chunks as f64;
+        out[slot::GAP_SUM_MS] = self.gap_sum_ms;
+        out[slot::USAGE_READ] = flag(self.usage.is_some());
+        out[slot::PROMPT_TOKENS] = opt(prompt);
+        out[slot::COMPLETION_TOKENS] = opt(completion);
+        out[slot::TGI_TOKENS] = self.tgi_tokens as f64;
+        out[slot::SAW_END] = flag(self.saw_end);
+        for k in 0..slot::FOUND_KINDS {
+            out[slot::FOUND + k] = self.validator.found.get(k).map_or(-1.0, |&kind| f64::from(kind));
         }
-        out.push(f64::from(u8::from(self.validator.choices_untracked)));
+        out[slot::CHOICES_UNTRACKED] = flag(self.validator.choices_untracked);
         out.extend_from_slice(&self.gap_counts);
         out.extend_from_slice(&self.marks);
         out

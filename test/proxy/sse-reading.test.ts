@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadAddon } from '../../agent/gpu/addon.js';
 import { MEASURED_ROUTES, type Route } from '../../agent/proxy/routes.js';
-import { LoopReading, StreamObserver } from '../../agent/proxy/stream.js';
+import { LoopReading, READING_LAYOUT, StreamObserver } from '../../agent/proxy/stream.js';
 import { StreamValidator } from '../../agent/proxy/validator.js';
 
 const loaded = loadAddon();
@@ -193,6 +193,11 @@ const TABLE: Array<[string, Route, Array<string | Buffer>]> = [
 const bytesOf = (e: string | Buffer) => (typeof e === 'string' ? Buffer.from(e) : e);
 
 describe('the loop reads event streams as stream.ts does', { skip }, () => {
+  it("stream.ts reads each figure where sse.rs puts it: the addon's layout by name", () => {
+    if (!loaded.ok) throw new Error('no addon');
+    assert.deepStrictEqual(loaded.addon.readingLayout(), { ...READING_LAYOUT });
+  });
+
   for (const [name, route, events] of TABLE) {
     it(name, () => {
       const whole = Buffer.concat(events.map(bytesOf));
