@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::sse::{route_of, ReadingRules, Route, StreamReading};
+use crate::sse::{route_of, skip_ws, string_end, value_end, ReadingRules, Route, StreamReading};
 
 #[repr(C)]
 struct PollFd {
@@ -587,64 +587,6 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-fn skip_ws(j: &[u8], mut i: usize) -> usize {
-    while i < j.len() && matches!(j[i], b' ' | b'\t' | b'\n' | b'\r') {
-        i += 1;
-    }
-    i
-}
-
-/** Index after the JSON string starting at `i` (at its quote). */
-fn skip_string(j: &[u8], mut i: usize) -> Option<usize> {
-    i += 1;
-    while i < j.len() {
-        match j[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/** Index after the JSON value starting at `i`. */
-fn skip_value(j: &[u8], i: usize) -> Option<usize> {
-    match *j.get(i)? {
-        b'"' => skip_string(j, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut k = i;
-            while k < j.len() {
-                match j[k] {
-                    b'"' => {
-                        k = skip_string(j, k)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(k + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                k += 1;
-            }
-            None
-        }
-        _ => {
-            let mut k = i;
-            while k < j.len() && !matches!(j[k], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                k += 1;
-            }
-            let token = &j[i..k];
-            let number = token.iter().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
-            (!token.is_empty() && (number || matches!(token, b"true" | b"false" | b"null"))).then_some(k)
-        }
-    }
-}
-
 /**
  * Whether an SSE event is the usage-only chunk of an OpenAI stream (what `include_usage` adds): its
  * data is one JSON object whose top level has `"choices": []` and a `usage` object.
@@ -668,7 +610,11 @@ pub fn is_usage_chunk(event: &[u8]) -> bool {
     choices_empty && usage
 }
 
-/** The members of one JSON object (each key without its quotes, and its value's range), or None when `j` is not one object. */
+/**
+ * The members of one JSON object (each key without its quotes, and its value's range), or None
+ * where `j` is not one object or JSON.parse would throw on it (sse.rs's reader: the Node proxy
+ * leaves such a body as it came).
+ */
 pub fn members(j: &[u8]) -> Option<Vec<(&[u8], std::ops::Range<usize>)>> {
     let mut i = skip_ws(j, 0);
     if j.get(i) != Some(&b'{') {
@@ -683,14 +629,14 @@ pub fn members(j: &[u8]) -> Option<Vec<(&[u8], std::ops::Range<usize>)>> {
         if j.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = skip_string(j, i)?;
+        let key_end = string_end(j, i)?;
         let key = &j[i + 1..key_end - 1];
         i = skip_ws(j, key_end);
         if j.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(j, i + 1);
-        let end = skip_value(j, i)?;
+        let end = value_end(j, i)?;
         out.push((key, i..end));
         i = skip_ws(j, end);
         match j.get(i) {
@@ -1930,7 +1876,7 @@ mod tests {
     #[test]
     fn usage_plan_table() {
         let chat = "/v1/chat/completions";
-        let cases: [(&str, &str, &str, Option<&str>); 9] = [
+        let cases: [(&str, &str, &str, Option<&str>); 13] = [
             ("POST", chat, "{\"model\":\"m\",\"stream\":true}", Some("{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}")),
             ("POST", "/v1/completions?x=1", "{\"stream\": true }\n", Some("{\"stream\": true ,\"stream_options\":{\"include_usage\":true}}\n")),
             ("POST", chat, "{\"stream\":false}", None),
@@ -1940,6 +1886,11 @@ mod tests {
             ("GET", chat, "{\"stream\":true}", None),
             ("POST", chat, "{\"stream\":true,", None),
             ("POST", chat, "{\"stream\":true,\"x\":tru}", None),
+            // Bodies JSON.parse throws on, so the Node proxy forwards them untouched: a leading zero, a raw control character, a bad escape, a trailing comma.
+            ("POST", chat, "{\"stream\":true,\"n\":01}", None),
+            ("POST", chat, "{\"stream\":true,\"x\":\"a\u{1}b\"}", None),
+            ("POST", chat, "{\"stream\":true,\"x\":\"\\q\"}", None),
+            ("POST", chat, "{\"stream\":true,\"x\":[1,]}", None),
         ];
         for (method, target, body, want) in cases {
             let want = match want {

@@ -156,7 +156,7 @@ fn decode(raw: &[u8]) -> Option<String> {
     Some(char::decode_utf16(units).map(|r| r.unwrap_or('\u{fffd}')).collect())
 }
 
-fn skip_ws(j: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(j: &[u8], mut i: usize) -> usize {
     while i < j.len() && matches!(j[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
     }
@@ -164,7 +164,7 @@ fn skip_ws(j: &[u8], mut i: usize) -> usize {
 }
 
 /** Index after the string whose quote is at `i`, by JSON's rules (no raw control characters, known escapes only). */
-fn string_end(j: &[u8], mut i: usize) -> Option<usize> {
+pub(crate) fn string_end(j: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
     loop {
         match *j.get(i)? {
@@ -282,6 +282,15 @@ fn skip_container(j: &[u8], i: usize) -> Option<(usize, bool)> {
                 _ => return None,
             }
         }
+    }
+}
+
+/** Index after the value at `i`, checked by JSON's grammar as `value` checks it, without building it. */
+pub(crate) fn value_end(j: &[u8], i: usize) -> Option<usize> {
+    match *j.get(i)? {
+        b'"' => string_end(j, i),
+        b'{' | b'[' => skip_container(j, i).map(|(end, _)| end),
+        _ => scalar_end(j, i),
     }
 }
 
