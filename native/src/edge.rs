@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::sse::{route_of, skip_ws, string_end, value_end, ReadingRules, Route, StreamReading};
+use crate::sse::{route_of, skip_ws, sse_data, string_end, value_end, ReadingRules, Route, StreamReading};
 
 #[repr(C)]
 struct PollFd {
@@ -592,18 +592,12 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
  * data is one JSON object whose top level has `"choices": []` and a `usage` object.
  */
 pub fn is_usage_chunk(event: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(event) else { return false };
-    let mut data = String::new();
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some(v) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
-        }
+    // An event that is not UTF-8 is not what the engine writes for usage: it reaches the client as sent.
+    if std::str::from_utf8(event).is_err() {
+        return false;
     }
-    let j = data.as_bytes();
+    let Some(data) = sse_data(event) else { return false };
+    let j = data.as_slice();
     let Some(m) = members(j) else { return false };
     let choices_empty = m.iter().any(|(k, v)| *k == b"choices" && j[v.start] == b'[' && skip_ws(j, v.start + 1) == v.end - 1);
     let usage = m.iter().any(|(k, v)| *k == b"usage" && j[v.start] == b'{');

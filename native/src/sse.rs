@@ -388,7 +388,7 @@ fn blank(bytes: &[u8]) -> bool {
 }
 
 /** An event's `data:` lines joined by LF, or None when it has none (stream.ts's sseData). */
-fn sse_data(event: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn sse_data(event: &[u8]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     for line in event.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
