@@ -111,7 +111,11 @@ pub enum LoadError {
 }
 
 fn ok(r: Status) -> Result<(), Status> {
-    if r == amdsmi::SUCCESS { Ok(()) } else { Err(r) }
+    if r == amdsmi::SUCCESS {
+        Ok(())
+    } else {
+        Err(r)
+    }
 }
 
 fn call<T>(f: Option<T>) -> Result<T, Status> {

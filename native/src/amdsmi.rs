@@ -89,7 +89,9 @@ impl Abi {
             // name[32]; pid @32; mem @40; engine_usage @48 (64 B); memory_usage @112: gtt, cpu, vram @128; container[32] @176; reserved → 224.
             Abi::Rocm6 => Layout { power_info_size: 68, current_socket_power: 0, average_socket_power: 4, proc_info_size: 224, proc_pid: 32, proc_vram: 128 },
             // name[256]; pid @256; mem @264; engine_usage @272; memory_usage @336: vram @352; container[256] @400; cu, evicted, reserved → 704.
-            Abi::Rocm7 => Layout { power_info_size: 192, current_socket_power: 8, average_socket_power: 12, proc_info_size: 704, proc_pid: 256, proc_vram: 352 },
+            Abi::Rocm7 => {
+                Layout { power_info_size: 192, current_socket_power: 8, average_socket_power: 12, proc_info_size: 704, proc_pid: 256, proc_vram: 352 }
+            }
         }
     }
 }
@@ -104,7 +106,11 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 /// The library writes UINT32_MAX (and UINT16_MAX for some activity fields) where it has no value.
 fn present(v: u32) -> Option<u32> {
-    if v == u32::MAX || v == u16::MAX as u32 { None } else { Some(v) }
+    if v == u32::MAX || v == u16::MAX as u32 {
+        None
+    } else {
+        Some(v)
+    }
 }
 
 /// Socket power in watts from an amdsmi_power_info_t: `current_socket_power` (MI300 and later),
@@ -302,31 +308,67 @@ mod tests {
     impl Mock {
         fn check(&self, h: Handle) -> Result<u32, Status> {
             let i = h.0 as u32;
-            if Some(i) == self.lost { Err(NOT_FOUND) } else { Ok(i) }
+            if Some(i) == self.lost {
+                Err(NOT_FOUND)
+            } else {
+                Ok(i)
+            }
         }
     }
 
     impl Api for Mock {
-        fn abi(&self) -> Abi { Abi::Rocm7 }
-        fn processors(&self) -> Result<Vec<Handle>, Status> { Ok(vec![Handle(0), Handle(1), Handle(2)]) }
-        fn market_name(&self, h: Handle) -> Result<String, Status> { self.check(h).map(|_| "AMD Instinct MI300X".into()) }
-        fn uuid(&self, h: Handle) -> Result<String, Status> { self.check(h).map(|i| format!("uuid-{i}")) }
-        fn bdf(&self, h: Handle) -> Result<u64, Status> { self.check(h).map(|i| (0x0c + 0x10 * i as u64) << 8) }
-        fn activity(&self, h: Handle) -> Result<(u32, u32), Status> { self.check(h).map(|i| (40 + i, u16::MAX as u32)) }
-        fn vram_total(&self, h: Handle) -> Result<u64, Status> { self.check(h).map(|_| 192 << 30) }
-        fn vram_used(&self, h: Handle) -> Result<u64, Status> { self.check(h).map(|_| 64 << 30) }
-        fn temperature(&self, h: Handle, sensor: u32) -> Result<i64, Status> { self.check(h).map(|_| if sensor == TEMP_EDGE { 45 } else { 61 }) }
+        fn abi(&self) -> Abi {
+            Abi::Rocm7
+        }
+        fn processors(&self) -> Result<Vec<Handle>, Status> {
+            Ok(vec![Handle(0), Handle(1), Handle(2)])
+        }
+        fn market_name(&self, h: Handle) -> Result<String, Status> {
+            self.check(h).map(|_| "AMD Instinct MI300X".into())
+        }
+        fn uuid(&self, h: Handle) -> Result<String, Status> {
+            self.check(h).map(|i| format!("uuid-{i}"))
+        }
+        fn bdf(&self, h: Handle) -> Result<u64, Status> {
+            self.check(h).map(|i| (0x0c + 0x10 * i as u64) << 8)
+        }
+        fn activity(&self, h: Handle) -> Result<(u32, u32), Status> {
+            self.check(h).map(|i| (40 + i, u16::MAX as u32))
+        }
+        fn vram_total(&self, h: Handle) -> Result<u64, Status> {
+            self.check(h).map(|_| 192 << 30)
+        }
+        fn vram_used(&self, h: Handle) -> Result<u64, Status> {
+            self.check(h).map(|_| 64 << 30)
+        }
+        fn temperature(&self, h: Handle, sensor: u32) -> Result<i64, Status> {
+            self.check(h).map(|_| if sensor == TEMP_EDGE { 45 } else { 61 })
+        }
         fn power_info(&self, h: Handle) -> Result<Vec<u8>, Status> {
             self.check(h)?;
-            if self.unsupported_power { Err(NOT_SUPPORTED) } else { Ok(power_bytes(Abi::Rocm7, 612, u32::MAX)) }
+            if self.unsupported_power {
+                Err(NOT_SUPPORTED)
+            } else {
+                Ok(power_bytes(Abi::Rocm7, 612, u32::MAX))
+            }
         }
-        fn power_cap_uw(&self, h: Handle) -> Result<u64, Status> { self.check(h).map(|_| 750_000_000) }
-        fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Status> { self.check(h).map(|_| if clock == CLK_GFX { 2100 } else { 1300 }) }
+        fn power_cap_uw(&self, h: Handle) -> Result<u64, Status> {
+            self.check(h).map(|_| 750_000_000)
+        }
+        fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Status> {
+            self.check(h).map(|_| if clock == CLK_GFX { 2100 } else { 1300 })
+        }
         fn ecc(&self, h: Handle) -> Result<(u64, u64), Status> {
             self.check(h)?;
-            if self.denied_ecc { Err(10) } else { Ok((3, 0)) }
+            if self.denied_ecc {
+                Err(10)
+            } else {
+                Ok((3, 0))
+            }
         }
-        fn energy(&self, h: Handle) -> Result<(u64, f32), Status> { self.check(h).map(|_| (655_360, 15.259)) }
+        fn energy(&self, h: Handle) -> Result<(u64, f32), Status> {
+            self.check(h).map(|_| (655_360, 15.259))
+        }
         fn processes(&self, h: Handle) -> Result<Vec<Vec<u8>>, Status> {
             self.check(h)?;
             let mut r = vec![0u8; 704];

@@ -153,7 +153,11 @@ macro_rules! required {
             $crate::dl::dlclose($lib);
             return Err($unavailable(format!("{} has no symbol {}", $what, $name)));
         }
-        std::mem::transmute::<*mut std::ffi::c_void, _>(p)
+        // The target type is the field's declared fn-pointer type, inferred at each use: naming it
+        // again here would be a second copy of the declaration to keep in step.
+        #[allow(clippy::missing_transmute_annotations)]
+        let f = std::mem::transmute::<*mut std::ffi::c_void, _>(p);
+        f
     }};
 }
 pub(crate) use required;
@@ -246,7 +250,11 @@ impl Library {
     pub fn error_text(&self, r: Ret) -> String {
         unsafe {
             let p = (self.error_string)(r);
-            if p.is_null() { nvml::error_name(r).to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+            if p.is_null() {
+                nvml::error_name(r).to_string()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
         }
     }
 
@@ -254,7 +262,11 @@ impl Library {
         let f = f?;
         let mut buf = [0 as c_char; 96];
         let r = unsafe { f(buf.as_mut_ptr(), buf.len() as c_uint) };
-        if r == nvml::SUCCESS { Some(c_buf_to_string(&buf)) } else { None }
+        if r == nvml::SUCCESS {
+            Some(c_buf_to_string(&buf))
+        } else {
+            None
+        }
     }
 
     pub fn driver_version(&self) -> Option<String> {
@@ -282,16 +294,26 @@ impl Library {
             let mut last_error = String::new();
             for d in devices {
                 let r = register(d.handle.0 as Dev, EVENT_XID_CRITICAL, set);
-                if r == nvml::SUCCESS { registered += 1 } else { last_error = format!("nvmlDeviceRegisterEvents(device {}): {}", d.index, self.error_text(r)) }
+                if r == nvml::SUCCESS {
+                    registered += 1
+                } else {
+                    last_error = format!("nvmlDeviceRegisterEvents(device {}): {}", d.index, self.error_text(r))
+                }
             }
-            if registered == 0 && !devices.is_empty() { Err(last_error) } else { Ok(()) }
+            if registered == 0 && !devices.is_empty() {
+                Err(last_error)
+            } else {
+                Ok(())
+            }
         }
     }
 
     pub fn close(&mut self) {
         unsafe {
             if !self.event_set.is_null() {
-                if let Some(free) = self.event_free { free(self.event_set); }
+                if let Some(free) = self.event_free {
+                    free(self.event_set);
+                }
                 self.event_set = std::ptr::null_mut();
             }
             (self.shutdown)();
@@ -308,7 +330,11 @@ fn call<T>(f: Option<T>) -> Result<T, Ret> {
 }
 
 fn ok(r: Ret) -> Result<(), Ret> {
-    if r == nvml::SUCCESS { Ok(()) } else { Err(r) }
+    if r == nvml::SUCCESS {
+        Ok(())
+    } else {
+        Err(r)
+    }
 }
 
 /// One `unsigned int` out-parameter getter (minor number, power, power limit).
@@ -439,12 +465,15 @@ impl Api for Library {
         let n = (count as usize).min(infos.len());
         // NVML writes 0xFFFFFFFF in the instance ids of a process on a GPU not in MIG mode.
         let instance = |id: c_uint| if id == c_uint::MAX { None } else { Some(id) };
-        Ok(infos[..n].iter().map(|p| ProcessInfo {
-            pid: p.pid,
-            used_memory: if p.used_gpu_memory == VALUE_NOT_AVAILABLE { None } else { Some(p.used_gpu_memory) },
-            gpu_instance_id: instance(p.gpu_instance_id),
-            compute_instance_id: instance(p.compute_instance_id),
-        }).collect())
+        Ok(infos[..n]
+            .iter()
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                used_memory: if p.used_gpu_memory == VALUE_NOT_AVAILABLE { None } else { Some(p.used_gpu_memory) },
+                gpu_instance_id: instance(p.gpu_instance_id),
+                compute_instance_id: instance(p.compute_instance_id),
+            })
+            .collect())
     }
     fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> {
         let f = call(self.event_wait)?;

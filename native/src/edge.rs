@@ -104,17 +104,8 @@ const EFD_CLOEXEC: i32 = 0o2000000;
 const EFD_NONBLOCK: i32 = 0o4000;
 const VIA: &str = "1.1 infertel";
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 9] =
+    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
 
 pub struct Config {
     pub listen: String,
@@ -261,11 +252,7 @@ pub struct Edge {
 
 impl Edge {
     pub fn start(cfg: Config) -> io::Result<Edge> {
-        let target = cfg
-            .target
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the target names no address"))?;
+        let target = cfg.target.to_socket_addrs()?.next().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the target names no address"))?;
         let listener = TcpListener::bind(cfg.listen.as_str())?;
         // listen() again on a listening socket only sets its backlog.
         if unsafe { listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
@@ -568,8 +555,7 @@ impl Dechunker {
                     if !after.is_empty() && !matches!(after[0], b';' | b' ' | b'\t') {
                         return Err("bad chunk size");
                     }
-                    let size = u64::from_str_radix(std::str::from_utf8(&line[..hex_len]).map_err(|_| "bad chunk size")?, 16)
-                        .map_err(|_| "bad chunk size")?;
+                    let size = u64::from_str_radix(std::str::from_utf8(&line[..hex_len]).map_err(|_| "bad chunk size")?, 16).map_err(|_| "bad chunk size")?;
                     self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
                 }
             }
@@ -782,7 +768,7 @@ pub fn upstream_head(req: &Head, host: &str, body_len: usize, extra: &[(String, 
     let (mut fields, prior) = req.end_to_end(&["host", "content-length", "expect"]);
     // An invalid trace context is not passed on, nor the tracestate that rides with it (as the Node proxy's propagator does).
     let parents: Vec<&str> = fields.iter().filter(|(k, _)| k.eq_ignore_ascii_case("traceparent")).map(|(_, v)| v.as_str()).collect();
-    if !parents.is_empty() && !(parents.len() == 1 && valid_traceparent(parents[0])) {
+    if !(parents.is_empty() || parents.len() == 1 && valid_traceparent(parents[0])) {
         fields.retain(|(k, _)| !k.eq_ignore_ascii_case("traceparent") && !k.eq_ignore_ascii_case("tracestate"));
     }
     fields.insert(0, ("host".to_string(), host.to_string()));
@@ -850,12 +836,31 @@ fn refusal(out: &mut Vec<u8>, status: u16, reason: &str, message: &str, close: b
 enum Phase {
     /** Reading a request head. */
     Head,
-    Body { req: Head, framing: Framing, dechunk: Dechunker, body: Vec<u8> },
+    Body {
+        req: Head,
+        framing: Framing,
+        dechunk: Dechunker,
+        body: Vec<u8>,
+    },
     /** With the policy, waiting for its Decision. */
-    Admitting { req: Head, body: Vec<u8> },
+    Admitting {
+        req: Head,
+        body: Vec<u8>,
+    },
     /** The request is with the engine; its answer's head has not come. */
-    Waiting { method: String, keep: bool, http10: bool },
-    Streaming { from: Framing, to: Framing, left: u64, dechunk: Dechunker, keep: bool, engine_keep: bool },
+    Waiting {
+        method: String,
+        keep: bool,
+        http10: bool,
+    },
+    Streaming {
+        from: Framing,
+        to: Framing,
+        left: u64,
+        dechunk: Dechunker,
+        keep: bool,
+        engine_keep: bool,
+    },
     /** After a 413: what the client still sends is read and dropped, so it sees the answer rather than a reset. */
     Draining,
     /** Sending what is queued, then closing. */
@@ -1266,7 +1271,18 @@ impl Loop {
                         _ => (body.clone(), false),
                     };
                     let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
-                    self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected, answered: false, at_ms: c.head_at_ms, method, target, headers, body });
+                    self.pending.push(Admission {
+                        token,
+                        waits: false,
+                        request_id: request_id.clone(),
+                        usage_injected,
+                        answered: false,
+                        at_ms: c.head_at_ms,
+                        method,
+                        target,
+                        headers,
+                        body,
+                    });
                     let id_field = vec![("x-request-id".to_string(), request_id)];
                     let step = self.send(i, req, sent, id_field.clone(), id_field);
                     if let Some(c) = self.conns[i].as_mut() {
@@ -1274,7 +1290,18 @@ impl Loop {
                     }
                     return step;
                 }
-                self.pending.push(Admission { token, waits: true, request_id: String::new(), usage_injected: false, answered: false, at_ms: c.head_at_ms, method: req.start[0].clone(), target: req.start[1].clone(), headers: req.headers.clone(), body: body.clone() });
+                self.pending.push(Admission {
+                    token,
+                    waits: true,
+                    request_id: String::new(),
+                    usage_injected: false,
+                    answered: false,
+                    at_ms: c.head_at_ms,
+                    method: req.start[0].clone(),
+                    target: req.start[1].clone(),
+                    headers: req.headers.clone(),
+                    body: body.clone(),
+                });
                 c.phase = Phase::Admitting { req, body };
                 self.admitting.insert(token, i);
                 // A policy that does not answer within the engine's timeout does not hold the client for ever.
@@ -1301,11 +1328,21 @@ impl Loop {
                 let rules = self.reading_rules.as_ref().filter(|_| c.token.is_some() && sse && ok && c.route != Route::Other);
                 c.reading = rules.map(|r| StreamReading::new(c.route, r.clone()));
                 if let Some(token) = c.token {
-                    self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::Head { status: res.status(), headers: res.headers.clone(), read: c.reading.is_some() } });
+                    self.taps.push(Tap {
+                        token,
+                        at_ms: monotonic_ms(),
+                        what: Seen::Head { status: res.status(), headers: res.headers.clone(), read: c.reading.is_some() },
+                    });
                 }
                 c.strip = (c.strip_usage && sse && ok).then(UsageStrip::default);
                 // The policy reads every event of a 2xx stream (unless it is read here), a JSON body's usage up to a size, and nothing of an error body but its time.
-                c.tap_left = if !ok || c.reading.is_some() { 0 } else if sse { usize::MAX } else { MAX_TAPPED_BODY };
+                c.tap_left = if !ok || c.reading.is_some() {
+                    0
+                } else if sse {
+                    usize::MAX
+                } else {
+                    MAX_TAPPED_BODY
+                };
                 c.tapped = c.reading.is_some();
                 // A stripped body is shorter than the engine's length says: the client gets it chunked.
                 let client_from = if c.strip.is_some() && matches!(from, Framing::Length(_)) { Framing::Chunked } else { from };
@@ -1393,7 +1430,18 @@ impl Loop {
             let token = self.next_token;
             let at_ms = self.conns[i].as_ref().map_or(0.0, |c| c.head_at_ms);
             let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
-            self.pending.push(Admission { token, waits: false, request_id: request_id.clone(), usage_injected: false, answered: true, at_ms, method, target, headers, body: Vec::new() });
+            self.pending.push(Admission {
+                token,
+                waits: false,
+                request_id: request_id.clone(),
+                usage_injected: false,
+                answered: true,
+                at_ms,
+                method,
+                target,
+                headers,
+                body: Vec::new(),
+            });
             self.taps.push(Tap { token, at_ms: monotonic_ms(), what: Seen::End(outcome, None) });
             self.stats.ends_told.fetch_add(1, Ordering::Relaxed);
         }
@@ -1678,12 +1726,8 @@ mod tests {
     #[test]
     fn an_emptied_buffer_gives_back_room_past_the_keep_limit_and_no_other_keeps_less() {
         // (bytes left, room it had) -> at least this much room kept, at most this much.
-        let rows: [(usize, usize, usize, usize); 4] = [
-            (0, 64 * 1024, 0, 0),
-            (0, 8 * 1024, 8 * 1024, usize::MAX),
-            (1, 64 * 1024, 64 * 1024, usize::MAX),
-            (0, 16 * 1024, 16 * 1024, usize::MAX),
-        ];
+        let rows: [(usize, usize, usize, usize); 4] =
+            [(0, 64 * 1024, 0, 0), (0, 8 * 1024, 8 * 1024, usize::MAX), (1, 64 * 1024, 64 * 1024, usize::MAX), (0, 16 * 1024, 16 * 1024, usize::MAX)];
         for (left, room, min, max) in rows {
             let mut buf: Vec<u8> = Vec::with_capacity(room);
             buf.resize(left, b'x');
@@ -1793,7 +1837,8 @@ mod tests {
 
     #[test]
     fn dechunker_table_at_every_split() {
-        let cases: [(&[u8], Result<(&[u8], bool), &str>); 6] = [
+        type Case<'a> = (&'a [u8], Result<(&'a [u8], bool), &'a str>);
+        let cases: [Case; 6] = [
             (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", Ok((b"hello world", true))),
             (b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n", Ok((b"hello", true))),
             (b"5\nhello\n0\n\n", Ok((b"hello", true))),

@@ -7,8 +7,8 @@ pub mod amdsmi;
 mod dl;
 pub mod edge;
 mod napi;
-pub mod sse;
 pub mod nvml;
+pub mod sse;
 
 use napi::*;
 use std::ffi::{c_char, c_int, c_void};
@@ -161,9 +161,32 @@ unsafe extern "C" fn poll_execute(_env: napi_env, data: *mut c_void) {
     work.result = Some(r.unwrap_or(Err("gpu_addon_internal")));
 }
 
-const DEVICE_KEYS: [&str; 24] = ["index", "minor", "uuid", "name", "pciBusId", "utilizationGpu", "utilizationMemory", "memoryTotalBytes",
-    "memoryUsedBytes", "memoryFreeBytes", "temperatureC", "temperatureHotspotC", "powerW", "powerLimitW", "smClockMhz", "memClockMhz",
-    "eccCorrected", "eccUncorrected", "throttleReasons", "energyJoules", "mig", "processes", "error", "fieldErrors"];
+const DEVICE_KEYS: [&str; 24] = [
+    "index",
+    "minor",
+    "uuid",
+    "name",
+    "pciBusId",
+    "utilizationGpu",
+    "utilizationMemory",
+    "memoryTotalBytes",
+    "memoryUsedBytes",
+    "memoryFreeBytes",
+    "temperatureC",
+    "temperatureHotspotC",
+    "powerW",
+    "powerLimitW",
+    "smClockMhz",
+    "memClockMhz",
+    "eccCorrected",
+    "eccUncorrected",
+    "throttleReasons",
+    "energyJoules",
+    "mig",
+    "processes",
+    "error",
+    "fieldErrors",
+];
 
 fn mig_js(js: &Js, m: &nvml::MigSample) -> napi_value {
     let o = js.object();
@@ -183,12 +206,24 @@ fn mig_js(js: &Js, m: &nvml::MigSample) -> napi_value {
 fn device_js(js: &Js, backend: Backend, k: &[napi_value; 24], d: &nvml::DeviceSample) -> napi_value {
     let f = |x: Option<u64>| x.map(|v| v as f64);
     let values = [
-        js.num(d.index as f64), js.opt_num(d.minor), js.opt_str(d.uuid.as_deref()), js.opt_str(d.name.as_deref()),
-        js.opt_str(d.pci_bus_id.as_deref()), js.opt_num(d.utilization_gpu), js.opt_num(d.utilization_memory),
-        js.opt_num(f(d.memory_total)), js.opt_num(f(d.memory_used)), js.opt_num(f(d.memory_free)), js.opt_num(d.temperature_c),
+        js.num(d.index as f64),
+        js.opt_num(d.minor),
+        js.opt_str(d.uuid.as_deref()),
+        js.opt_str(d.name.as_deref()),
+        js.opt_str(d.pci_bus_id.as_deref()),
+        js.opt_num(d.utilization_gpu),
+        js.opt_num(d.utilization_memory),
+        js.opt_num(f(d.memory_total)),
+        js.opt_num(f(d.memory_used)),
+        js.opt_num(f(d.memory_free)),
+        js.opt_num(d.temperature_c),
         js.opt_num(d.temperature_hotspot_c),
-        js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)), js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)),
-        js.opt_num(d.sm_clock_mhz), js.opt_num(d.mem_clock_mhz), js.opt_num(f(d.ecc_corrected)), js.opt_num(f(d.ecc_uncorrected)),
+        js.opt_num(d.power_mw.map(|mw| mw as f64 / 1000.0)),
+        js.opt_num(d.power_limit_mw.map(|mw| mw as f64 / 1000.0)),
+        js.opt_num(d.sm_clock_mhz),
+        js.opt_num(d.mem_clock_mhz),
+        js.opt_num(f(d.ecc_corrected)),
+        js.opt_num(f(d.ecc_uncorrected)),
         js.opt_num(f(d.throttle_reasons)),
         js.opt_num(d.energy_mj.map(|mj| mj as f64 / 1000.0)),
         match &d.mig {
@@ -196,14 +231,18 @@ fn device_js(js: &Js, backend: Backend, k: &[napi_value; 24], d: &nvml::DeviceSa
             None => js.null(),
         },
         match &d.processes {
-            Some(p) => js.array(p.iter().map(|p| {
-                let po = js.object();
-                js.set(po, "pid\0", js.num(p.pid as f64));
-                js.set(po, "usedMemoryBytes\0", js.opt_num(p.used_memory.map(|v| v as f64)));
-                js.set(po, "gpuInstanceId\0", js.opt_num(p.gpu_instance_id));
-                js.set(po, "computeInstanceId\0", js.opt_num(p.compute_instance_id));
-                po
-            }).collect()),
+            Some(p) => js.array(
+                p.iter()
+                    .map(|p| {
+                        let po = js.object();
+                        js.set(po, "pid\0", js.num(p.pid as f64));
+                        js.set(po, "usedMemoryBytes\0", js.opt_num(p.used_memory.map(|v| v as f64)));
+                        js.set(po, "gpuInstanceId\0", js.opt_num(p.gpu_instance_id));
+                        js.set(po, "computeInstanceId\0", js.opt_num(p.compute_instance_id));
+                        po
+                    })
+                    .collect(),
+            ),
             None => js.null(),
         },
         d.error.as_ref().map(|e| error_js(js, backend, e)).unwrap_or_else(|| js.null()),
@@ -230,12 +269,21 @@ unsafe extern "C" fn poll_complete(env: napi_env, _status: napi_status, data: *m
             let o = js.object();
             let keys = js.keys(DEVICE_KEYS);
             js.set(o, "devices\0", js.array(r.devices.iter().map(|d| device_js(&js, work.backend, &keys, d)).collect()));
-            js.set(o, "xids\0", js.array(r.xids.iter().map(|&(index, xid)| {
-                let x = js.object();
-                js.set(x, "index\0", js.num(index as f64));
-                js.set(x, "xid\0", js.num(xid as f64));
-                x
-            }).collect()));
+            js.set(
+                o,
+                "xids\0",
+                js.array(
+                    r.xids
+                        .iter()
+                        .map(|&(index, xid)| {
+                            let x = js.object();
+                            js.set(x, "index\0", js.num(index as f64));
+                            js.set(x, "xid\0", js.num(xid as f64));
+                            x
+                        })
+                        .collect(),
+                ),
+            );
             js.set(o, "elapsedUs\0", js.num(*us as f64));
             napi_resolve_deferred(env, work.deferred, o);
         }
@@ -303,10 +351,14 @@ fn amd_init_info(js: &Js, s: &AmdState) -> napi_value {
     js.set(o, "libPath\0", js.str(&s.lib.path));
     js.set(o, "deviceCount\0", js.num(s.handles.len() as f64));
     js.set(o, "libVersion\0", js.str(&s.lib.version));
-    js.set(o, "abi\0", js.str(match s.lib.abi {
-        amdsmi::Abi::Rocm6 => "rocm6",
-        amdsmi::Abi::Rocm7 => "rocm7",
-    }));
+    js.set(
+        o,
+        "abi\0",
+        js.str(match s.lib.abi {
+            amdsmi::Abi::Rocm6 => "rocm6",
+            amdsmi::Abi::Rocm7 => "rocm7",
+        }),
+    );
     o
 }
 
@@ -448,7 +500,16 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
     if parts.next().is_some() {
         return None;
     }
-    Some(edge::Config { listen, target, max_body, upstream_timeout: std::time::Duration::from_millis(timeout_ms), admit: None, tell_after, max_concurrent, reading })
+    Some(edge::Config {
+        listen,
+        target,
+        max_body,
+        upstream_timeout: std::time::Duration::from_millis(timeout_ms),
+        admit: None,
+        tell_after,
+        max_concurrent,
+        reading,
+    })
 }
 
 fn reading_rules(part: &str) -> Option<sse::ReadingRules> {
@@ -540,10 +601,13 @@ unsafe fn seen_to_js(js: &Js, taps: &[edge::Tap], bytes: &[u8]) -> napi_value {
     let head_keys = js.keys(["status", "headers", "read"]);
     let end_keys = js.keys(["outcome", "read"]);
     // Sized first, so each end's reading is copied once, straight into the batch's ArrayBuffer.
-    let reading_count: usize = taps.iter().map(|t| match &t.what {
-        edge::Seen::End(_, Some(r)) => r.len(),
-        _ => 0,
-    }).sum();
+    let reading_count: usize = taps
+        .iter()
+        .map(|t| match &t.what {
+            edge::Seen::End(_, Some(r)) => r.len(),
+            _ => 0,
+        })
+        .sum();
     let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
     let mut readings_buffer = std::ptr::null_mut();
     if reading_count > 0 {
@@ -627,7 +691,20 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
         if type_of(env, policy) == NAPI_FUNCTION {
             let mut tsfn = std::ptr::null_mut();
             let name = js.str("infertel-edge-policy");
-            if napi_create_threadsafe_function(env, policy, std::ptr::null_mut(), name, 0, 1, std::ptr::null_mut(), None, std::ptr::null_mut(), Some(call_policy), &mut tsfn) != 0 {
+            if napi_create_threadsafe_function(
+                env,
+                policy,
+                std::ptr::null_mut(),
+                name,
+                0,
+                1,
+                std::ptr::null_mut(),
+                None,
+                std::ptr::null_mut(),
+                Some(call_policy),
+                &mut tsfn,
+            ) != 0
+            {
                 return Err("edge_start_failed");
             }
             // The data path's threads do not keep Node running; whoever started it does.
@@ -786,6 +863,9 @@ unsafe fn export(env: napi_env, exports: napi_value, name: &'static str, cb: uns
 }
 
 /// Node looks this symbol up after dlopen (what NAPI_MODULE_INIT emits in C).
+///
+/// # Safety
+/// Called by Node only, once per environment, with that environment's `env` and `exports`.
 #[no_mangle]
 pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
     export(env, exports, "init\0", js_init);

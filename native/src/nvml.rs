@@ -331,53 +331,107 @@ mod tests {
         }
         fn check(&self, h: Handle) -> Result<u32, Ret> {
             let i = (h.0 - 100) as u32;
-            if Some(i) == self.lost { Err(ERROR_GPU_IS_LOST) } else { Ok(i) }
+            if Some(i) == self.lost {
+                Err(ERROR_GPU_IS_LOST)
+            } else {
+                Ok(i)
+            }
         }
     }
 
     impl Api for Mock {
-        fn device_count(&self) -> Result<u32, Ret> { Ok(self.count) }
-        fn handle(&self, index: u32) -> Result<Handle, Ret> { Ok(Handle(100 + index as usize)) }
-        fn name(&self, h: Handle) -> Result<String, Ret> { self.check(h).map(|_| "NVIDIA H100 80GB HBM3".into()) }
-        fn uuid(&self, h: Handle) -> Result<String, Ret> { self.check(h).map(|i| format!("GPU-{i}")) }
-        fn minor(&self, h: Handle) -> Result<u32, Ret> { self.check(h) }
-        fn pci_bus_id(&self, h: Handle) -> Result<String, Ret> { self.check(h).map(|i| format!("00000000:{:02X}:00.0", 0x18 + i)) }
+        fn device_count(&self) -> Result<u32, Ret> {
+            Ok(self.count)
+        }
+        fn handle(&self, index: u32) -> Result<Handle, Ret> {
+            Ok(Handle(100 + index as usize))
+        }
+        fn name(&self, h: Handle) -> Result<String, Ret> {
+            self.check(h).map(|_| "NVIDIA H100 80GB HBM3".into())
+        }
+        fn uuid(&self, h: Handle) -> Result<String, Ret> {
+            self.check(h).map(|i| format!("GPU-{i}"))
+        }
+        fn minor(&self, h: Handle) -> Result<u32, Ret> {
+            self.check(h)
+        }
+        fn pci_bus_id(&self, h: Handle) -> Result<String, Ret> {
+            self.check(h).map(|i| format!("00000000:{:02X}:00.0", 0x18 + i))
+        }
         fn utilization(&self, h: Handle) -> Result<Utilization, Ret> {
             // As on real drivers, a MIG device has no utilisation of its own.
-            if h.0 >= 1000 { return Err(ERROR_NOT_SUPPORTED); }
+            if h.0 >= 1000 {
+                return Err(ERROR_NOT_SUPPORTED);
+            }
             self.check(h).map(|i| Utilization { gpu: 30 + i, memory: 15 })
         }
-        fn memory(&self, h: Handle) -> Result<Memory, Ret> { self.check(h).map(|_| Memory { total: 80 << 30, free: 70 << 30, used: 10 << 30 }) }
-        fn temperature(&self, h: Handle) -> Result<u32, Ret> { self.check(h).map(|i| 40 + i) }
+        fn memory(&self, h: Handle) -> Result<Memory, Ret> {
+            self.check(h).map(|_| Memory { total: 80 << 30, free: 70 << 30, used: 10 << 30 })
+        }
+        fn temperature(&self, h: Handle) -> Result<u32, Ret> {
+            self.check(h).map(|i| 40 + i)
+        }
         fn power_mw(&self, h: Handle) -> Result<u32, Ret> {
             self.check(h)?;
-            if self.unsupported_power { Err(ERROR_NOT_SUPPORTED) } else { Ok(70_000) }
+            if self.unsupported_power {
+                Err(ERROR_NOT_SUPPORTED)
+            } else {
+                Ok(70_000)
+            }
         }
-        fn power_limit_mw(&self, h: Handle) -> Result<u32, Ret> { self.check(h).map(|_| 700_000) }
-        fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Ret> { self.check(h).map(|_| if clock == CLOCK_SM { 1980 } else { 2619 }) }
-        fn ecc_volatile(&self, h: Handle, t: u32) -> Result<u64, Ret> { self.check(h).map(|_| t as u64) }
-        fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret> { self.check(h).map(|_| 0x1) }
-        fn energy_mj(&self, h: Handle) -> Result<u64, Ret> { self.check(h).map(|_| 123_456_789) }
+        fn power_limit_mw(&self, h: Handle) -> Result<u32, Ret> {
+            self.check(h).map(|_| 700_000)
+        }
+        fn clock_mhz(&self, h: Handle, clock: u32) -> Result<u32, Ret> {
+            self.check(h).map(|_| if clock == CLOCK_SM { 1980 } else { 2619 })
+        }
+        fn ecc_volatile(&self, h: Handle, t: u32) -> Result<u64, Ret> {
+            self.check(h).map(|_| t as u64)
+        }
+        fn throttle_reasons(&self, h: Handle) -> Result<u64, Ret> {
+            self.check(h).map(|_| 0x1)
+        }
+        fn energy_mj(&self, h: Handle) -> Result<u64, Ret> {
+            self.check(h).map(|_| 123_456_789)
+        }
         fn mig_mode(&self, h: Handle) -> Result<u32, Ret> {
             self.check(h)?;
-            if self.mig_on_first && h.0 == 100 { Ok(MIG_ENABLED) } else { Err(ERROR_NOT_SUPPORTED) }
+            if self.mig_on_first && h.0 == 100 {
+                Ok(MIG_ENABLED)
+            } else {
+                Err(ERROR_NOT_SUPPORTED)
+            }
         }
-        fn max_mig_devices(&self, h: Handle) -> Result<u32, Ret> { self.check(h).map(|_| 7) }
+        fn max_mig_devices(&self, h: Handle) -> Result<u32, Ret> {
+            self.check(h).map(|_| 7)
+        }
         fn mig_handle(&self, _h: Handle, index: u32) -> Result<Handle, Ret> {
             // Instances at indexes 0 and 2; 1 is an empty slot.
-            if index == 0 || index == 2 { Ok(Handle(1000 + index as usize)) } else { Err(ERROR_NOT_FOUND) }
+            if index == 0 || index == 2 {
+                Ok(Handle(1000 + index as usize))
+            } else {
+                Err(ERROR_NOT_FOUND)
+            }
         }
-        fn gpu_instance_id(&self, h: Handle) -> Result<u32, Ret> { Ok(h.0 as u32 - 1000 + 1) }
-        fn compute_instance_id(&self, _h: Handle) -> Result<u32, Ret> { Ok(0) }
+        fn gpu_instance_id(&self, h: Handle) -> Result<u32, Ret> {
+            Ok(h.0 as u32 - 1000 + 1)
+        }
+        fn compute_instance_id(&self, _h: Handle) -> Result<u32, Ret> {
+            Ok(0)
+        }
         fn attributes(&self, _h: Handle) -> Result<Attributes, Ret> {
             Ok(Attributes { gpu_instance_slices: 1, compute_instance_slices: 1, memory_size_mb: 9984 })
         }
         fn processes(&self, h: Handle) -> Result<Vec<ProcessInfo>, Ret> {
             self.check(h)?;
-            if self.permission_denied_processes { return Err(4); }
+            if self.permission_denied_processes {
+                return Err(4);
+            }
             Ok(vec![ProcessInfo { pid: 42, used_memory: Some(1 << 30), gpu_instance_id: None, compute_instance_id: None }])
         }
-        fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> { Ok(self.xids.borrow_mut().pop()) }
+        fn next_xid(&self) -> Result<Option<(Handle, u64)>, Ret> {
+            Ok(self.xids.borrow_mut().pop())
+        }
     }
 
     #[test]

@@ -53,7 +53,10 @@ enum J<'a> {
     Arr(Vec<J<'a>>),
     Obj(Vec<(&'a [u8], J<'a>)>),
     /** A container below KEPT_DEPTH: only whether it is an array and has members. */
-    Deep { array: bool, empty: bool },
+    Deep {
+        array: bool,
+        empty: bool,
+    },
 }
 
 impl<'a> J<'a> {
@@ -610,7 +613,9 @@ fn read_event(route: Route, d: &J) -> Facts {
                         None | Some(J::Null) => c.get("message"),
                         some => some,
                     };
-                    let delta_content = delta.is_some_and(|x| x.truthy() && (non_empty(x.get("content")) || non_empty(x.get("reasoning_content")) || non_empty(x.get("tool_calls"))));
+                    let delta_content = delta.is_some_and(|x| {
+                        x.truthy() && (non_empty(x.get("content")) || non_empty(x.get("reasoning_content")) || non_empty(x.get("tool_calls")))
+                    });
                     if non_empty(c.get("text")) || delta_content {
                         f.content = true;
                     }
@@ -652,7 +657,6 @@ pub struct StreamReading {
     held: Vec<u8>,
     validator: Validator,
 }
-
 
 /**
  * Where each figure sits in StreamReading::summary. stream.ts's LoopReading reads them by the same
@@ -710,7 +714,17 @@ impl StreamReading {
             saw_end: false,
             marks: Vec::new(),
             held: Vec::new(),
-            validator: Validator { route, stall_after_ms, found: Vec::new(), last_event_at: None, done: false, usage_seen: false, choices: Default::default(), choices_untracked: false, ended: false },
+            validator: Validator {
+                route,
+                stall_after_ms,
+                found: Vec::new(),
+                last_event_at: None,
+                done: false,
+                usage_seen: false,
+                choices: Default::default(),
+                choices_untracked: false,
+                ended: false,
+            },
         }
     }
 
@@ -727,7 +741,7 @@ impl StreamReading {
         self.last_content_at = Some(t);
         self.content_chunks += 1;
         let every = self.rules.mark_every as u64;
-        if every > 0 && self.content_chunks % every == 0 && self.marks.len() < MAX_MARKS {
+        if every > 0 && self.content_chunks.is_multiple_of(every) && self.marks.len() < MAX_MARKS {
             self.marks.push(t);
         }
     }
@@ -851,8 +865,32 @@ mod tests {
             "\t\r\n{\"k\" : \"v\" }\n",
         ];
         let refused = [
-            "", "{", "[1,]", "{\"a\":1,}", "01", "1.", ".5", "+1", "1e", "-", "tru", "nul", "'a'", "\"a", "\"\\x\"", "\"\\u12\"", "\"a\u{1}\"", "{a:1}", "[1 2]",
-            "{} {}", "NaN", "Infinity", "[[[[[[[[[[1]]]]]]]]]", "{\"x\":[[[[[[[[{\"y\":[,]}]]]]]]]]}", "{\"x\":[[[[[[[[{\"y\" []}]]]]]]]]}", "\u{feff}{}",
+            "",
+            "{",
+            "[1,]",
+            "{\"a\":1,}",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "-",
+            "tru",
+            "nul",
+            "'a'",
+            "\"a",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"a\u{1}\"",
+            "{a:1}",
+            "[1 2]",
+            "{} {}",
+            "NaN",
+            "Infinity",
+            "[[[[[[[[[[1]]]]]]]]]",
+            "{\"x\":[[[[[[[[{\"y\":[,]}]]]]]]]]}",
+            "{\"x\":[[[[[[[[{\"y\" []}]]]]]]]]}",
+            "\u{feff}{}",
         ];
         for text in accepted {
             assert!(parse(text.as_bytes()).is_some(), "refused {text:?}");

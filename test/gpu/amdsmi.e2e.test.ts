@@ -243,7 +243,7 @@ describe('AMD SMI: the addon against the header text', () => {
       ['24', 'Rocm6'],
       ['26', 'Rocm7'],
     ] as const) {
-      const layout = new RegExp(`Abi::${variant} => Layout \\{([^}]*)\\}`).exec(rust)?.[1];
+      const layout = new RegExp(`Abi::${variant} => \\{?\\s*Layout \\{([^}]*)\\}`).exec(rust)?.[1];
       assert.ok(layout, `Layout of ${variant}`);
       const want = Object.fromEntries([...layout.matchAll(/(\w+): (\d+)/g)].map((m) => [m[1], Number(m[2])]));
       const dir = tempDir('infertel-offsets-');
