@@ -672,11 +672,57 @@ pub fn request_id(headers: &[(String, String)]) -> String {
         }
     }
     let mut r = [0u8; 16];
-    unsafe { getrandom(r.as_mut_ptr(), 16, 0) };
+    if !fill_random(&mut r) {
+        r = fallback_id_bytes();
+    }
+    uuid_v4(r)
+}
+
+/** Fills `buf` from getrandom(2); false when the kernel would not (ENOSYS, or an error on a fresh boot). */
+fn fill_random(buf: &mut [u8]) -> bool {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = unsafe { getrandom(buf[filled..].as_mut_ptr(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+    true
+}
+
+/**
+ * Bytes no other id from this process has had, where getrandom fails: a per-process counter and the
+ * monotonic clock. Unguessable they are not, but request ids only correlate, and must not collide.
+ */
+fn fallback_id_bytes() -> [u8; 16] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let started = *PROCESS_START.get_or_init(Instant::now);
+    let nanos = started.elapsed().as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
+    let mut r = [0u8; 16];
+    r[..8].copy_from_slice(&nanos.to_be_bytes());
+    r[8..].copy_from_slice(&n.to_be_bytes());
+    r
+}
+
+static PROCESS_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/** The RFC 9562 text form of 16 bytes, with the version 4 and variant bits set. */
+fn uuid_v4(mut r: [u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     r[6] = (r[6] & 0x0f) | 0x40;
     r[8] = (r[8] & 0x3f) | 0x80;
-    let h: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let mut out = String::with_capacity(36);
+    for (i, b) in r.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0x0f) as usize] as char);
+    }
+    out
 }
 
 /** A partial SSE event held back longer than this is passed on as it is (no event is that large). */
@@ -1976,6 +2022,18 @@ mod tests {
             assert_eq!(&id[14..15], "4");
             assert_ne!(id, request_id(&h(crafted)), "two made-up ids are the same");
         }
+    }
+
+    #[test]
+    fn uuid_text_form_and_the_fallback_when_getrandom_fails() {
+        // RFC 9562's layout, checked by hand: 8-4-4-4-12 hex digits, version nibble 4, variant 10xx.
+        let bytes: [u8; 16] = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88];
+        assert_eq!(uuid_v4(bytes), "01234567-89ab-4def-bfee-ddccbbaa9988");
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| uuid_v4(fallback_id_bytes())).collect();
+        assert_eq!(ids.len(), 1000, "the fallback repeated an id");
+        let mut buf = [0u8; 64];
+        assert!(fill_random(&mut buf) && buf.iter().any(|&b| b != 0));
     }
 
     #[test]
