@@ -240,14 +240,19 @@ async function measurePaths(
     // The pooled p99 above is mostly whether a path drew one of the machine's bad rounds; each round's
     // p99 against direct's in the same round shows how often that happens.
     const directRounds = rows.get('direct')?.roundP99 ?? [];
-    const perRound = (name: PathName) => {
+    const perRound = (name: PathName, shortName: string) => {
       const added = (rows.get(name)?.roundP99 ?? []).map((p99, round) => p99 - (directRounds[round] ?? NaN)).filter(Number.isFinite);
       if (added.length === 0) return undefined;
       const within = added.filter((a) => a <= P99_TARGET_MS).length;
-      return `${name === 'proxy' ? 'infertel' : name} ${pct(added, 50).toFixed(2)} ms (${Math.min(...added).toFixed(2)}-${Math.max(...added).toFixed(2)}; ${within} of ${added.length} rounds within ${P99_TARGET_MS} ms)`;
+      return `${shortName} ${pct(added, 50).toFixed(2)} ms (${Math.min(...added).toFixed(2)} to ${Math.max(...added).toFixed(2)} ms; ${within} of ${added.length} rounds within ${P99_TARGET_MS} ms)`;
     };
-    const roundPaths: PathName[] = ['proxy', 'nativeEdge', 'floor', ...gateways.map((g) => g.name)];
-    const perRoundLines = roundPaths.flatMap((name) => perRound(name) ?? []);
+    const roundPaths: Array<readonly [PathName, string]> = [
+      ['proxy', 'infertel'],
+      ['nativeEdge', 'the native loop alone'],
+      ['floor', 'the C byte relay'],
+      ...gateways.map((g) => [g.name, g.name] as const),
+    ];
+    const perRoundLines = roundPaths.flatMap(([name, shortName]) => perRound(name, shortName) ?? []);
     if (perRoundLines.length > 0)
       roundByRound.push(`${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, added p99 per round (median, range): ${perRoundLines.join('; ')}.`);
     const proxy = summary('proxy');
