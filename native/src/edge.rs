@@ -685,7 +685,8 @@ fn fill_random(buf: &mut [u8]) -> bool {
         let n = unsafe { getrandom(buf[filled..].as_mut_ptr(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
-        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // No bytes and no error would otherwise read a stale errno, and could spin.
             return false;
         }
     }
