@@ -175,13 +175,39 @@ export class NativeProxy implements RequestProxy {
   }
 
   /**
-   * What the loop saw since the last batch: requests first, since an end in the same batch may be
-   * that of a request in it. An error in one item is counted and logged, and the rest go on: an
-   * exception thrown out of here would reach Node's uncaughtException and end the agent.
+   * What the loop saw since the last batch, in the order it saw it: each request is taken up before
+   * anything seen after its head, and before anything of its own. So the end of a request that the
+   * loop saw before the next one arrived frees its tenant's concurrency slot before that one is
+   * admitted, as on the Node path. Taken up after, a client that keeps to its cap would be refused
+   * whenever its next request shared a batch with the end of its last.
+   *
+   * An error in one item is counted and logged, and the rest go on: an exception thrown out of here
+   * would reach Node's uncaughtException and end the agent.
    */
   private batch(requests: EdgeRequest[], seen: EdgeTaps): void {
-    for (const r of requests) guarded(this.events, this.deps.log, () => this.arrived(r));
-    walkTaps(seen, this.visitor);
+    let next = 0;
+    // Tokens rise in the order the loop hands requests over, so one whose token is at most a tap's came before it.
+    const arriveBefore = (token: number, at: number) => {
+      for (let r = requests[next]; r !== undefined && (r.at <= at || r.token <= token); r = requests[++next]) {
+        const arriving = r;
+        guarded(this.events, this.deps.log, () => this.arrived(arriving));
+      }
+    };
+    walkTaps(seen, {
+      head: (token, at, status, headers, read) => {
+        arriveBefore(token, at);
+        this.visitor.head(token, at, status, headers, read);
+      },
+      data: (token, at, data) => {
+        arriveBefore(token, at);
+        this.visitor.data(token, at, data);
+      },
+      end: (token, at, outcome, read) => {
+        arriveBefore(token, at);
+        this.visitor.end(token, at, outcome, read);
+      },
+    });
+    arriveBefore(Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY);
   }
 
   /** What each thing the loop saw does, on this side's clock; each is guarded alone. */

@@ -2,9 +2,12 @@
 // end to end.
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { describe, it } from 'node:test';
 import { validateConfig } from '../../agent/config/load.js';
+import { type EdgeRequest, type EdgeTaps, type GpuAddon, loadAddon } from '../../agent/gpu/addon.js';
 import { effectiveLimits, MemoryLimiter, openAiDuration, rateLimitHeaders, type TenantLimits } from '../../agent/proxy/limits.js';
+import { hashKey } from '../../agent/proxy/tenants.js';
 import { ACME_KEY, GLOBEX_KEY, post, startHarness, sumOf } from './harness.js';
 
 const tl = (limits: Partial<TenantLimits['limits']>, shadow = false): TenantLimits => ({
@@ -158,6 +161,99 @@ describe('rate limits: the proxy', () => {
       assert.equal(line.error, 'rate_limited: requests');
     } finally {
       await h.close();
+    }
+  });
+});
+
+/**
+ * Holds the native loop's hand-overs to the agent and passes them on merged, once per `windowMs`:
+ * what a busy loop does when several of its turns fall within one hand-over. Undone by the result.
+ */
+function coalesceHandOvers(addon: GpuAddon, windowMs: number): () => void {
+  const start = addon.edgeStart;
+  addon.edgeStart = (spec, policy) =>
+    start(
+      spec,
+      policy &&
+        (() => {
+          let held: Array<[EdgeRequest[], EdgeTaps]> = [];
+          const flush = () => {
+            const batches = held;
+            held = [];
+            const index = new Float64Array(batches.reduce((n, [, t]) => n + t.index.length, 0));
+            let at = 0;
+            for (const [, t] of batches) {
+              index.set(t.index, at);
+              at += t.index.length;
+            }
+            policy(
+              batches.flatMap(([r]) => r),
+              { index, bytes: Buffer.concat(batches.map(([, t]) => t.bytes)), notes: batches.flatMap(([, t]) => t.notes) },
+            );
+          };
+          return (requests: EdgeRequest[], seen: EdgeTaps) => {
+            if (held.length === 0) setTimeout(flush, windowMs);
+            // The loop reuses nothing it handed over, but a copy keeps the merge honest if it ever did.
+            held.push([requests, { index: seen.index.slice(), bytes: Buffer.from(seen.bytes), notes: [...seen.notes] }]);
+          };
+        })(),
+    );
+  return () => {
+    addon.edgeStart = start;
+  };
+}
+
+/** Sends `count` streaming requests on one connection, each as soon as the last answer's final bytes arrive; the status of each. */
+async function backToBack(proxy: string, key: string, count: number): Promise<number[]> {
+  const url = new URL(proxy);
+  const body = JSON.stringify({ model: 'sim-llama', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+  const request = `POST /v1/chat/completions HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\nauthorization: Bearer ${key}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  const socket = net.connect(Number(url.port), url.hostname);
+  const statuses: number[] = [];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let buffered = '';
+      socket.on('error', reject);
+      socket.on('close', () => reject(new Error(`closed after ${statuses.length} answers`)));
+      socket.on('data', (d) => {
+        buffered += d;
+        for (;;) {
+          const head = buffered.indexOf('\r\n\r\n');
+          if (head < 0) return;
+          const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(buffered)?.[1]);
+          const length = /\r\ncontent-length: *(\d+)/i.exec(buffered.slice(0, head));
+          // A stream ends with the last chunk; a refusal comes whole, with its length.
+          const end = length ? head + 4 + Number(length[1]) : buffered.indexOf('\r\n0\r\n\r\n', head) + 7;
+          if ((length && buffered.length < end) || (!length && end < 7)) return;
+          statuses.push(status);
+          buffered = buffered.slice(end);
+          if (statuses.length === count) return resolve();
+          socket.write(request);
+        }
+      });
+      socket.write(request);
+    });
+  } finally {
+    socket.destroy();
+  }
+  return statuses;
+}
+
+describe('rate limits: concurrency on the native data path', () => {
+  it('a client that keeps to its cap is admitted when its next request reaches the agent in one batch with the end of its last', async () => {
+    const loaded = loadAddon();
+    assert.ok(loaded.ok, 'the addon is built in CI');
+    const undo = coalesceHandOvers(loaded.addon, 30);
+    const h = await startHarness({ tenants: [{ name: 'acme', keys: [hashKey(ACME_KEY)], limits: { concurrent: 1 } }] }, { ttftMs: 2, itlMs: 1, tokens: 3 });
+    try {
+      const statuses = await backToBack(h.proxy, ACME_KEY, 12);
+      assert.deepEqual(statuses, Array(12).fill(200));
+      const m = await h.metrics();
+      assert.equal(sumOf(m, 'rate_limited_requests_total', { tenant: 'acme' }), 0);
+      assert.equal(sumOf(m, 'inference_requests_total', { tenant: 'acme', code: '2xx' }), 12);
+    } finally {
+      await h.close();
+      undo();
     }
   });
 });
