@@ -58,7 +58,7 @@ export interface AgentDeps {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 
-/** How long a scrape waits for the native proxy's records of answers already given (they follow by up to 2 ms). */
+/** How long a scrape waits for the native proxy's records of answers already given (they follow by up to 20 ms: edge.rs's HAND_EVERY). */
 const SCRAPE_SETTLE_MS = 50;
 
 /** The addon to carry the proxy's bytes, or why the Node data path carries them (proxy.dataPath). */
