@@ -498,6 +498,7 @@ export class Agent {
           `proxy.listen: cannot listen on ${this.config.proxy.listen} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
         ]);
       }
+      this.idleBookkeeping();
     }
     const gpuPolling = this.gpu?.start() ?? false;
     // The GPU source's state (its telemetry source, even "none") is there before its first poll.
@@ -513,6 +514,20 @@ export class Agent {
       { metrics: this.metrics, tracer: agentTracer(VERSION), log: this.log, now: this.now },
       (err, name) => this.metrics.errors.report('loop_run_threw', err, { upstream: name }),
     );
+  }
+
+  /**
+   * With the native data path and nothing to decide per request, this process's JS only records
+   * what the loop saw. Under SCHED_IDLE it never holds a CPU that the loop, the engine or a client
+   * could use, and the kernel places a woken client on its CPU rather than preempting the loop.
+   */
+  private idleBookkeeping(): void {
+    const proxy = this.proxy;
+    if (!(proxy instanceof NativeProxy) || proxy.waits || this.config.proxy.agentThreads !== 'idle') return;
+    const done = proxy.idleOtherThreads();
+    const fields = { component: 'proxy', agent_threads: 'idle', idled: done.idled, kept: done.kept };
+    if (done.failed) this.log.warn({ ...fields, failed: done.failed, err: done.error }, 'proxy: could not put every agent thread under SCHED_IDLE');
+    else this.log.info(fields, "proxy: the agent's own threads run under SCHED_IDLE (proxy.agentThreads)");
   }
 
   /** HOST:PORT of /metrics as bound: with port 0 in the config, the port the system chose. */

@@ -146,7 +146,15 @@ const TABLE_HEAD =
   '| concurrent streams | path | time to first byte p50 | p99 | chunks/s received | added p50 | added p99 | added p50 / anchor | proxy CPU per chunk | throughput / direct | whole rounds |';
 const TABLE_RULE = '|---|---|---|---|---|---|---|---|---|---|---|';
 
-type PathName = 'direct' | 'directAgain' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | GatewayName | 'proxy' | 'proxyNodePath';
+type PathName = 'direct' | 'directAgain' | 'floor' | 'nodeFloor' | 'nativeEdge' | 'anchor' | GatewayName | 'proxy' | 'proxyNormalThreads' | 'proxyNodePath';
+/** Config files for the agents that differ from the default in one key. */
+interface BenchConfigs {
+  /** proxy.dataPath: node */
+  nodePath: string;
+  /** proxy.agentThreads: normal */
+  normalThreads: string;
+}
+
 /** The reference gateways this machine has (`bench/gateways.ts`), with their programs and versions. */
 type Gateways = Array<{ name: GatewayName; path: string; version: string }>;
 
@@ -225,6 +233,7 @@ async function measurePaths(
       ['anchor', 'anchor: bare pipe proxy'],
       ...gateways.map((g) => [g.name, GATEWAY_LABELS[g.name](g.version)] as const),
       ['proxy', `through infertel (default: ${dataPath} data path)`],
+      ['proxyNormalThreads', 'through infertel, proxy.agentThreads: normal'],
       ['proxyNodePath', 'through infertel, proxy.dataPath: node'],
     ] as const) {
       const p = summary(name);
@@ -248,6 +257,7 @@ async function measurePaths(
     };
     const roundPaths: Array<readonly [PathName, string]> = [
       ['proxy', 'infertel'],
+      ['proxyNormalThreads', 'infertel with proxy.agentThreads: normal'],
       ['nativeEdge', 'the native loop alone'],
       ['floor', 'the C byte relay'],
       ...gateways.map((g) => [g.name, g.name] as const),
@@ -313,13 +323,14 @@ async function waitReady(port: number): Promise<void> {
 /**
  * Every path in front of the engine at `engineUrl`, each a fresh process of its own: the C relay
  * (when built), the Node relay (`nodeFloor`), the loop alone (`edge`), the anchor, and infertel on
- * each data path (agents on `port` and `port + 2`, their proxies one above). Direct is measured
+ * each data path and, on the native one, with `proxy.agentThreads: normal` (agents on `port`,
+ * `port + 2` and `port + 4`, their proxies one above). Direct is measured
  * twice, as two paths: what the second adds is the instrument's own spread. Each is warmed up
  * with `warm` (JIT and connection pools) before it is returned.
  */
 async function startPaths(
   engineUrl: string,
-  opts: { relayPath: string | undefined; edge: boolean; nodeFloor: boolean; port: number; nodePathConfig: string; gateways: Gateways },
+  opts: { relayPath: string | undefined; edge: boolean; nodeFloor: boolean; port: number; configs: BenchConfigs; gateways: Gateways },
   warm: Load,
 ): Promise<{ paths: PathUnderLoad[]; stop: () => void }> {
   const children: ChildProcess[] = [];
@@ -346,10 +357,13 @@ async function startPaths(
       gateways.push([g.name, started.url, started.child.pid]);
     }
     const agent = startAgent(engineUrl, opts.port);
-    const nodeAgent = startAgent(engineUrl, opts.port + 2, opts.nodePathConfig);
-    children.push(agent, nodeAgent);
+    const nodeAgent = startAgent(engineUrl, opts.port + 2, opts.configs.nodePath);
+    // Only on the native data path: on the Node one no thread is idled, so the row would repeat the default's.
+    const normalThreads = opts.edge ? startAgent(engineUrl, opts.port + 4, opts.configs.normalThreads) : undefined;
+    children.push(agent, nodeAgent, ...(normalThreads ? [normalThreads] : []));
     await waitReady(opts.port);
     await waitReady(opts.port + 2);
+    if (normalThreads) await waitReady(opts.port + 4);
     const paths: PathUnderLoad[] = [
       ['direct', engineUrl, undefined],
       ['directAgain', engineUrl, undefined],
@@ -359,6 +373,7 @@ async function startPaths(
       ['anchor', pipe.line, pipe.child.pid],
       ...gateways,
       ['proxy', `http://127.0.0.1:${opts.port + 1}`, agent.pid],
+      ...(normalThreads ? [['proxyNormalThreads', `http://127.0.0.1:${opts.port + 5}`, normalThreads.pid] as const] : []),
       ['proxyNodePath', `http://127.0.0.1:${opts.port + 3}`, nodeAgent.pid],
     ];
     for (const [name, base] of paths) if (name !== 'directAgain') await warm(base, 50, 1000, {}, 0);
@@ -377,7 +392,7 @@ async function startQuiet(
   relayPath: string | undefined,
   withEdge: boolean,
   port: number,
-  nodePathConfig: string,
+  configs: BenchConfigs,
   gateways: Gateways,
 ): Promise<{ paths: PathUnderLoad[]; load: Load; stop: () => void } | { why: string }> {
   const engineBuilt = buildTool('engine');
@@ -396,7 +411,7 @@ async function startQuiet(
   };
   try {
     const load = cLoad(loadBuilt.path);
-    const paths = await startPaths(await firstLine(engine), { relayPath, edge: withEdge, nodeFloor: false, port, nodePathConfig, gateways }, load);
+    const paths = await startPaths(await firstLine(engine), { relayPath, edge: withEdge, nodeFloor: false, port, configs, gateways }, load);
     started = paths;
     return { paths: paths.paths, load, stop };
   } catch (err) {
@@ -416,14 +431,15 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
   const gateways: Gateways = foundGateways.flatMap(({ name, found }) => ('path' in found ? [{ name, ...found }] : []));
   const port = 21000 + Math.floor(Math.random() * 4000);
   const dir = mkdtempSync(join(tmpdir(), 'infertel-bench-'));
-  const nodePathConfig = join(dir, 'node-path.yaml');
-  writeFileSync(nodePathConfig, 'proxy:\n  dataPath: node\n');
+  const configs: BenchConfigs = { nodePath: join(dir, 'node-path.yaml'), normalThreads: join(dir, 'normal-threads.yaml') };
+  writeFileSync(configs.nodePath, 'proxy:\n  dataPath: node\n');
+  writeFileSync(configs.normalThreads, 'proxy:\n  agentThreads: normal\n');
   const dataPath = withEdge ? 'native' : 'node';
   let main: { paths: PathUnderLoad[]; stop: () => void } | undefined;
   let quiet: Awaited<ReturnType<typeof startQuiet>> | undefined;
   try {
     say(
-      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. Throughput is the events received in a 3 s window once every client has started; "whole rounds" is the older measure, all events over the time until the slowest client finishes. In the rows marked "staggered", client i of 200 starts i/200 of a request's length (340 ms) late; in the others all start at once and, as the stand-in's timing has no jitter, stay in lock-step. "Through infertel" is \`infertel run --proxy-listen … --proxy-target …\` as it runs by default (here on its ${dataPath} data path), with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`), measuring every request into its metrics and sampled request log; the row after it is the same agent with \`proxy.dataPath: node\`, Node's HTTP stack carrying the bytes.`,
+      `Stand-in engine in its own process: a role chunk at once (OpenAI's first event), the first token after 20 ms, then chunks 20 ms apart (2 per stream in the one-stream row, 16 in the others); keep-alive clients; direct, anchor and proxied rounds alternate, 3 of each. Client, proxy and engine share the machine. Time to first byte is the role chunk's arrival. Throughput is the events received in a 3 s window once every client has started; "whole rounds" is the older measure, all events over the time until the slowest client finishes. In the rows marked "staggered", client i of 200 starts i/200 of a request's length (340 ms) late; in the others all start at once and, as the stand-in's timing has no jitter, stay in lock-step. "Through infertel" is \`infertel run --proxy-listen … --proxy-target …\` as it runs by default (here on its ${dataPath} data path), with the Node flags the chart gives a sidecar in proxy mode (\`${PROXY_NODE_OPTIONS}\`), measuring every request into its metrics and sampled request log; the rows after it are the same agent with \`proxy.agentThreads: normal\` (its threads left as started, where by default all but the loop run under SCHED_IDLE; native data path only) and with \`proxy.dataPath: node\`, Node's HTTP stack carrying the bytes.`,
     );
     say();
     say(
@@ -438,7 +454,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     for (const { name, found } of foundGateways) if ('why' in found) say(`(The ${name} row is left out: ${found.why}.)`);
     say(TABLE_HEAD);
     say(TABLE_RULE);
-    main = await startPaths(engineUrl, { relayPath, edge: withEdge, nodeFloor: true, port, nodePathConfig, gateways }, load);
+    main = await startPaths(engineUrl, { relayPath, edge: withEdge, nodeFloor: true, port, configs, gateways }, load);
     const paths = main.paths;
     const mainAgainst = await measurePaths(
       paths,
@@ -455,7 +471,7 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
       3,
     );
     sayUnderTable(mainAgainst, say);
-    quiet = await startQuiet(relayPath, withEdge, port + 8, nodePathConfig, gateways);
+    quiet = await startQuiet(relayPath, withEdge, port + 8, configs, gateways);
     if ('why' in quiet) {
       say();
       say(`(The rows with the C stand-in engine and load are left out: ${quiet.why}.)`);
@@ -488,9 +504,9 @@ export async function benchProxy(say: (s?: string) => void): Promise<void> {
     say();
     // Memory per open stream, in a fresh agent on each data path (and again with a long prompt on the default one), and the loop alone: 1000 streams held open.
     for (const [label, config, at, body, what] of [
-      [`infertel (default: ${dataPath} data path)`, undefined, port + 4, BODY, ''],
-      ['infertel, proxy.dataPath: node', nodePathConfig, port + 6, BODY, ''],
-      [`infertel (default: ${dataPath} data path)`, undefined, port + 12, LONG_PROMPT_BODY, ', each request with a 64 KiB prompt'],
+      [`infertel (default: ${dataPath} data path)`, undefined, port + 16, BODY, ''],
+      ['infertel, proxy.dataPath: node', configs.nodePath, port + 18, BODY, ''],
+      [`infertel (default: ${dataPath} data path)`, undefined, port + 20, LONG_PROMPT_BODY, ', each request with a 64 KiB prompt'],
     ] as const) {
       const mem = startAgent(engineUrl, at, config);
       await waitReady(at);

@@ -198,6 +198,12 @@ export const configSchema = z.strictObject({
        * stack; `auto`, native when the addon is built and the target is plain http with no base path.
        */
       dataPath: z.enum(['auto', 'native', 'node']).default('auto'),
+      /**
+       * How the agent's own threads are scheduled while the native data path needs nothing of them
+       * per request (no rate limits, no tracing): `idle`, SCHED_IDLE, so the loop, the engine and
+       * its clients get a busy CPU first; `normal`, as the agent was started.
+       */
+      agentThreads: z.enum(['idle', 'normal']).default('idle'),
     })
     .prefault({}),
   /** Tenants of the proxy: an API key's SHA-256 (`infertel hash-key`) names its tenant. */

@@ -12,7 +12,7 @@
 // joins is made here.
 
 import type { IncomingHttpHeaders } from 'node:http';
-import { type EdgeOutcome, type EdgeRequest, type EdgeTaps, type GpuAddon, type TapVisitor, walkTaps } from '../gpu/addon.js';
+import { type EdgeOutcome, type EdgeRequest, type EdgeTaps, type GpuAddon, type IdledThreads, type TapVisitor, walkTaps } from '../gpu/addon.js';
 import {
   askLimiter,
   type Exchange,
@@ -98,7 +98,8 @@ export class NativeProxy implements RequestProxy {
   private readonly gapBounds: number[];
   /** CLOCK_MONOTONIC ms minus performance.now(): the loop's times on this side's clock (both read the same clock). */
   private readonly clockOffset: number;
-  private readonly waits: boolean;
+  /** Requests wait for this side (rate limits or tracing): it is on the request path. */
+  readonly waits: boolean;
   /** The target, parsed once (URL getters cost a few µs each, and its host name is read on every request). */
   private readonly target: URL;
   private readonly targetHost: string;
@@ -144,6 +145,11 @@ export class NativeProxy implements RequestProxy {
     }
     if (!this.edge) throw new Error('the address is in use or not on this machine');
     await startedListening(this.deps, this.address(), this.dataPath);
+  }
+
+  /** Every thread of the process but the loop under SCHED_IDLE (proxy.agentThreads: idle). */
+  idleOtherThreads(): IdledThreads {
+    return this.addon.idleOtherThreads();
   }
 
   address(): string {

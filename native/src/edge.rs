@@ -304,7 +304,8 @@ impl Edge {
         lp.ctl(EPOLL_CTL_ADD, lp.listener.as_raw_fd(), EPOLLIN, LISTENER)?;
         lp.ctl(EPOLL_CTL_ADD, wake, EPOLLIN, WAKE)?;
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("infertel-edge".into()).spawn(move || {
+        // Spawned by the launcher, so the loop keeps its policy when the rest of the process is idled.
+        let thread = crate::sched::spawn_kept("infertel-edge", move || {
             lp.run(&flag);
             unsafe { close(lp.epfd) };
         })?;

@@ -8,6 +8,7 @@ mod dl;
 pub mod edge;
 mod napi;
 pub mod nvml;
+pub mod sched;
 pub mod sse;
 
 use napi::*;
@@ -824,6 +825,25 @@ unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> na
 }
 
 /**
+ * idleOtherThreads(): every thread but the data path's loops (and their launcher) under SCHED_IDLE
+ * (sched.rs). Returns { idled, kept, failed, error }, error the first refusal's text or null.
+ */
+unsafe extern "C" fn js_idle_other_threads(env: napi_env, _info: napi_callback_info) -> napi_value {
+    let js = Js { env };
+    let done = catch_unwind(sched::idle_all_but_kept).unwrap_or_else(|_| Err(std::io::Error::other("panicked"))).unwrap_or_else(|e| sched::Idled {
+        failed: 1,
+        error: Some(e.to_string()),
+        ..Default::default()
+    });
+    let o = js.object();
+    js.set(o, "idled\0", js.num(done.idled as f64));
+    js.set(o, "kept\0", js.num(done.kept as f64));
+    js.set(o, "failed\0", js.num(done.failed as f64));
+    js.set(o, "error\0", js.opt_str(done.error.as_deref()));
+    o
+}
+
+/**
  * sseRead(target, rules, bytes, reads, endAt, outcome): what the loop reads of one event stream
  * (StreamReading::summary), for the test that holds it to stream.ts. `rules` is edgeStart's
  * `read:` part; `reads` is `LENGTH@TIME` per read, space-separated, over `bytes` end to end.
@@ -868,6 +888,8 @@ unsafe fn export(env: napi_env, exports: napi_value, name: &'static str, cb: uns
 /// Called by Node only, once per environment, with that environment's `env` and `exports`.
 #[no_mangle]
 pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_value) -> napi_value {
+    // Before anything can be idled: see sched.rs. Failing here, the first edgeStart tries again.
+    let _ = sched::launcher();
     export(env, exports, "init\0", js_init);
     export(env, exports, "poll\0", js_poll);
     export(env, exports, "shutdown\0", js_shutdown);
@@ -881,6 +903,7 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
     export(env, exports, "edgeAnswer\0", js_edge_answer);
     export(env, exports, "sseRead\0", js_sse_read);
     export(env, exports, "readingLayout\0", js_reading_layout);
+    export(env, exports, "idleOtherThreads\0", js_idle_other_threads);
     exports
 }
 

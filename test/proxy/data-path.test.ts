@@ -3,14 +3,29 @@
 // and asking for native where it cannot run is a configuration error at start.
 
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { loadAddon } from '../../agent/gpu/addon.js';
 import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
-import { getText, spawnAgent } from '../helpers.js';
+import { getText, spawnAgent, tempDir } from '../helpers.js';
 import { nativeUnfit } from '../../agent/proxy/native-proxy.js';
 import { post, startHarness, sumOf } from './harness.js';
 
 const built = loadAddon().ok;
+
+const SCHED_OTHER = 0;
+const SCHED_IDLE = 5;
+
+/** Each thread of `pid` as [name, scheduling policy], from /proc (policy is stat's 41st field). */
+function threadPolicies(pid: number): Array<[string, number]> {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    // The name may hold spaces and parentheses: the fields after it start at its last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return [readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), Number(fields[41 - 3])];
+  });
+}
 
 describe('proxy.dataPath', () => {
   it('nativeUnfit: plain http with no base path is fit; https and a base path are not', () => {
@@ -119,4 +134,64 @@ describe('proxy.dataPath', () => {
       await engine.close();
     }
   });
+
+  it('native with nothing to decide per request: every agent thread but the loop and its launcher runs under SCHED_IDLE', {
+    skip: !built && 'the addon is not built',
+  }, async () => {
+    const engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 2 });
+    const agent = await spawnAgent(['--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url]);
+    try {
+      // Work for the threads libuv starts when first asked: they are started by an idled thread.
+      for (let i = 0; i < 3; i++) {
+        const r = await post(`${agent.proxyBase}/v1/completions`, { model: 'm', prompt: 'a' });
+        assert.equal(r.status, 200);
+        await getText(`${agent.base}/metrics`);
+      }
+      const threads = threadPolicies(agent.child.pid!);
+      const kept = threads.filter(([name]) => name === 'infertel-edge' || name === 'infertel-launch');
+      assert.deepEqual(kept.map(([name, policy]) => [name, policy]).sort(), [
+        ['infertel-edge', SCHED_OTHER],
+        ['infertel-launch', SCHED_OTHER],
+      ]);
+      const rest = threads.filter((t) => !kept.includes(t));
+      assert.ok(rest.length >= 5, `the main thread and V8's and libuv's workers: ${JSON.stringify(threads)}`);
+      assert.deepEqual(
+        rest.filter(([, policy]) => policy !== SCHED_IDLE),
+        [],
+        'every other thread is SCHED_IDLE',
+      );
+      assert.match(agent.output(), /"agent_threads":"idle"/);
+    } finally {
+      await agent.stop();
+      await engine.close();
+    }
+  });
+
+  for (const [what, config, env] of [
+    ['proxy.agentThreads: normal', 'proxy:\n  agentThreads: normal\n', {}],
+    ['tracing on (each request waits for JS)', '{}\n', { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9' }],
+  ] as const)
+    it(`native with ${what}: no thread is idled`, { skip: !built && 'the addon is not built' }, async () => {
+      const engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 2 });
+      const file = join(tempDir('infertel-threads-'), 'config.yaml');
+      writeFileSync(file, config);
+      const agent = await spawnAgent(['--config', file, '--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url], env);
+      try {
+        const r = await post(`${agent.proxyBase}/v1/completions`, { model: 'm', prompt: 'a' });
+        assert.equal(r.status, 200);
+        const threads = threadPolicies(agent.child.pid!);
+        assert.ok(
+          threads.some(([name]) => name === 'infertel-edge'),
+          'on the native data path',
+        );
+        assert.deepEqual(
+          threads.filter(([, policy]) => policy !== SCHED_OTHER),
+          [],
+        );
+        assert.doesNotMatch(agent.output(), /"agent_threads"/);
+      } finally {
+        await agent.stop();
+        await engine.close();
+      }
+    });
 });

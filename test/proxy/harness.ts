@@ -46,7 +46,8 @@ export async function startHarness(extra: Record<string, unknown> = {}, sim: Par
   try {
     const config = validateConfig({
       listen: '127.0.0.1:0',
-      proxy: { listen: '127.0.0.1:0', target: engine.url, dataPath: DATA_PATH, ...((extra.proxy as object | undefined) ?? {}) },
+      // The test runner's own threads are not idled (proxy.agentThreads): data-path.test.ts checks idling in a spawned agent.
+      proxy: { listen: '127.0.0.1:0', target: engine.url, dataPath: DATA_PATH, agentThreads: 'normal', ...((extra.proxy as object | undefined) ?? {}) },
       tenants: [
         { name: 'acme', keys: [hashKey(ACME_KEY)] },
         { name: 'globex', keys: [hashKey(GLOBEX_KEY)], sloClass: 'batch' },
