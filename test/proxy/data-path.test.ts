@@ -6,10 +6,11 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { loadAddon } from '../../agent/gpu/addon.js';
+import { type GpuAddon, loadAddon } from '../../agent/gpu/addon.js';
 import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
 import { getText, spawnAgent, tempDir } from '../helpers.js';
-import { nativeUnfit } from '../../agent/proxy/native-proxy.js';
+import type { ProxyDeps } from '../../agent/proxy/exchange.js';
+import { NativeProxy, nativeUnfit } from '../../agent/proxy/native-proxy.js';
 import { post, startHarness, sumOf } from './harness.js';
 
 const built = loadAddon().ok;
@@ -165,6 +166,21 @@ describe('proxy.dataPath', () => {
       await agent.stop();
       await engine.close();
     }
+  });
+
+  it('an addon built before idleOtherThreads idles nothing and says why, rather than failing the start', () => {
+    const options = {
+      listen: '127.0.0.1:0',
+      target: 'http://127.0.0.1:9',
+      maxBodyBytes: 1,
+      upstreamTimeoutMs: 1,
+      traceTokenEvery: 1,
+      maxConcurrent: 1,
+      stallAfterMs: 1,
+    };
+    const deps = { metrics: { gapBoundsMs: () => [] } } as unknown as ProxyDeps;
+    const proxy = new NativeProxy(options, deps, {} as GpuAddon);
+    assert.deepEqual(proxy.idleOtherThreads(), { idled: 0, kept: 0, failed: 1, error: 'the addon predates idleOtherThreads (rebuild it)' });
   });
 
   for (const [what, config, env] of [
