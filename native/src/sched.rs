@@ -3,9 +3,10 @@
 //! The data path's loop (edge.rs) carries every byte a client waits for. With no rate limits and no
 //! tracing, the rest of the process (Node's main thread, V8's and libuv's workers) only records what
 //! the loop saw, after the fact. `idle_all_but_kept` puts those threads under SCHED_IDLE, so a woken
-//! loop, engine or client never waits behind the bookkeeping. It also changes where a woken task is
-//! placed: the kernel counts a CPU that runs only SCHED_IDLE threads as free, so a client woken by
-//! the loop's write goes to the CPU running the bookkeeping instead of preempting the loop.
+//! loop, engine or client preempts the bookkeeping instead of waiting behind it. It also changes
+//! where a woken task is placed: the kernel counts a CPU that runs only SCHED_IDLE threads as free,
+//! so a client woken by the loop's write can go to the CPU running the bookkeeping instead of the
+//! loop's.
 //!
 //! A new thread takes its creator's policy, and an unprivileged thread cannot leave SCHED_IDLE (a
 //! pod's RLIMIT_NICE is 0). So the loops are not spawned by Node's main thread: a launcher thread,
@@ -59,9 +60,11 @@ pub fn launcher() -> io::Result<&'static Mutex<mpsc::Sender<Launch>>> {
         return Ok(l);
     }
     let (tx, rx) = mpsc::channel::<Launch>();
+    let (listed, is_listed) = mpsc::channel();
     std::thread::Builder::new().name("infertel-launch".into()).spawn(move || {
         let own = unsafe { gettid() };
         kept().push(own);
+        let _ = listed.send(());
         for l in rx {
             let (ready, started) = mpsc::channel();
             let job = l.job;
@@ -81,6 +84,8 @@ pub fn launcher() -> io::Result<&'static Mutex<mpsc::Sender<Launch>>> {
         // A launcher that lost the race to be the one kept has no sender left: it ends here.
         kept().retain(|t| *t != own);
     })?;
+    // Returned once the launcher is listed, so an idling that follows cannot reach it.
+    let _ = is_listed.recv();
     Ok(LAUNCHER.get_or_init(|| Mutex::new(tx)))
 }
 
