@@ -15,8 +15,7 @@
 //! request; answers 502 and 504 when the engine refuses or does not answer in time. Output to a
 //! client that reads slowly is bounded: past HIGH_WATER the engine is not read until it drains.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -296,7 +295,7 @@ impl Edge {
             free: Vec::new(),
             freed: Vec::new(),
             idle: Vec::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: BTreeSet::new(),
             next_exchange: 0,
             stats: stats.clone(),
             scratch: vec![0; READ_SIZE],
@@ -949,7 +948,12 @@ struct Conn {
     /** The current request's route, and the reading of its answer when it is read here. */
     route: Route,
     reading: Option<StreamReading>,
+    /** The current wait's entry in the loop's deadlines (an engine's answer, a policy's decision, a drain). */
+    deadline: Option<Deadline>,
 }
+
+/** (when, slot, exchange) */
+type Deadline = (Instant, usize, u64);
 
 enum Step {
     Progress,
@@ -968,8 +972,11 @@ struct Loop {
     /** Slots closed during this batch of events: reused only after it, so no later event of the batch reaches a new connection. */
     freed: Vec<usize>,
     idle: Vec<TcpStream>,
-    /** (when, slot, exchange) */
-    deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /**
+     * (when, slot, exchange): at most one per connection, taken out when its wait ends, so a
+     * finished exchange leaves nothing behind to wake the loop.
+     */
+    deadlines: BTreeSet<Deadline>,
     next_exchange: u64,
     stats: Arc<Stats>,
     scratch: Vec<u8>,
@@ -1041,8 +1048,9 @@ impl Loop {
         let mut events = vec![EpollEvent { events: 0, data: 0 }; 256];
         let mut next_hand = Instant::now();
         while !stop.load(Ordering::Acquire) {
-            let mut timeout = match self.deadlines.peek() {
-                Some(Reverse((at, _, _))) => at.saturating_duration_since(Instant::now()).as_millis().min(TICK_MS as u128) as i32,
+            let mut timeout = match self.deadlines.first() {
+                // Rounded up, as below: a deadline under 1 ms away would otherwise spin the loop until it passed.
+                Some((at, _, _)) => at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(TICK_MS as u128) as i32,
                 None => TICK_MS,
             };
             if !self.pending.is_empty() || !self.taps.is_empty() {
@@ -1112,6 +1120,7 @@ impl Loop {
                 tapped: false,
                 route: Route::Other,
                 reading: None,
+                deadline: None,
             });
             self.stats.open.fetch_add(1, Ordering::Relaxed);
             self.settle(slot);
@@ -1358,7 +1367,7 @@ impl Loop {
                 // A policy that does not answer within the engine's timeout does not hold the client for ever.
                 self.next_exchange += 1;
                 c.exchange = self.next_exchange;
-                self.deadlines.push(Reverse((Instant::now() + self.upstream_timeout, i, c.exchange)));
+                self.set_deadline(i, Instant::now() + self.upstream_timeout);
                 Step::Wait
             }
             Phase::Waiting { .. } => {
@@ -1370,6 +1379,9 @@ impl Loop {
                 // 1xx interim answers (the engine's own 100 Continue) are not passed on: the body is already sent.
                 if (100..200).contains(&res.status()) && res.status() != 101 {
                     return Step::Progress;
+                }
+                if let Some(due) = c.deadline.take() {
+                    self.deadlines.remove(&due);
                 }
                 let Phase::Waiting { method, keep, http10 } = &c.phase else { unreachable!() };
                 let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, "upstream_bad_answer") };
@@ -1509,7 +1521,7 @@ impl Loop {
         c.phase = Phase::Draining;
         self.next_exchange += 1;
         c.exchange = self.next_exchange;
-        self.deadlines.push(Reverse((Instant::now() + DRAIN_FOR, i, c.exchange)));
+        self.set_deadline(i, Instant::now() + DRAIN_FOR);
         Step::Wait
     }
 
@@ -1548,8 +1560,23 @@ impl Loop {
         c.phase = Phase::Waiting { method: req.start[0].clone(), keep: req.keep_alive(), http10: req.start[2] == "HTTP/1.0" };
         self.next_exchange += 1;
         c.exchange = self.next_exchange;
-        self.deadlines.push(Reverse((Instant::now() + self.upstream_timeout, i, c.exchange)));
+        self.set_deadline(i, Instant::now() + self.upstream_timeout);
         Step::Progress
+    }
+
+    /** Gives connection `i`'s current exchange its one deadline, in place of any it had. */
+    fn set_deadline(&mut self, i: usize, at: Instant) {
+        self.clear_deadline(i);
+        let c = self.conns[i].as_mut().expect("open");
+        let due = (at, i, c.exchange);
+        c.deadline = Some(due);
+        self.deadlines.insert(due);
+    }
+
+    fn clear_deadline(&mut self, i: usize) {
+        if let Some(due) = self.conns.get_mut(i).and_then(Option::as_mut).and_then(|c| c.deadline.take()) {
+            self.deadlines.remove(&due);
+        }
     }
 
     /** The exchange is over: its engine connection goes back to the pool when it can carry another request. */
@@ -1574,6 +1601,7 @@ impl Loop {
      * upstream_reset (closed before its head) or upstream_bad_answer (a head that is not HTTP/1.1).
      */
     fn engine_failed(&mut self, i: usize, outcome: &'static str) -> Step {
+        self.clear_deadline(i);
         self.ended(i, outcome);
         self.release_engine(i, false);
         let c = self.conns[i].as_mut().expect("open");
@@ -1691,6 +1719,9 @@ impl Loop {
                 continue;
             }
             let Phase::Admitting { req, body } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
+            if let Some(due) = c.deadline.take() {
+                self.deadlines.remove(&due);
+            }
             match d {
                 Decision::Forward { upstream_fields, client_fields, body: replaced, strip_usage, .. } => {
                     self.send(i, req, replaced.unwrap_or(body), upstream_fields, client_fields);
@@ -1713,12 +1744,15 @@ impl Loop {
     /** Acts on deadlines that have passed: an engine that has not answered, a refused body's drain. */
     fn expire(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((at, i, exchange))) = self.deadlines.peek().copied() {
+        while let Some(&(at, i, exchange)) = self.deadlines.first() {
             if at > now {
                 break;
             }
-            self.deadlines.pop();
-            let Some(c) = self.conns.get(i).and_then(Option::as_ref) else { continue };
+            self.deadlines.pop_first();
+            let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { continue };
+            if c.deadline == Some((at, i, exchange)) {
+                c.deadline = None;
+            }
             if c.exchange != exchange {
                 continue;
             }
@@ -1749,6 +1783,9 @@ impl Loop {
 
     fn close(&mut self, i: usize) {
         let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) else { return };
+        if let Some(due) = c.deadline {
+            self.deadlines.remove(&due);
+        }
         if let Some(token) = c.token {
             self.admitting.remove(&token);
             let at_ms = monotonic_ms();

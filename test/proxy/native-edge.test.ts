@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { type EdgeRequest, type EdgeSeen, type EdgeStats, type EdgeTaps, loadAddon, requestsOf, seenOf, TAP_DATA } from '../../agent/gpu/addon.js';
@@ -47,6 +48,23 @@ function edgeStart(
     policy && ((requests, taps) => policy(requests, seenOf(taps))),
   );
   return { id: e.id, base: `http://${e.address}` };
+}
+
+/** This process's loop threads (native/src/edge.rs names each infertel-edge). */
+function loopThreads(): string[] {
+  return readdirSync('/proc/self/task').filter((t) => {
+    try {
+      return readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'infertel-edge';
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** A thread's CPU time (ns) and how many times it was put on a CPU, from the kernel's schedstat. */
+function schedstat(tid: string): { cpuNs: number; runs: number } {
+  const fields = readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
+  return { cpuNs: fields[0] ?? Number.NaN, runs: fields[2] ?? Number.NaN };
 }
 
 function stats(id: number): EdgeStats {
@@ -420,6 +438,31 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       assert.equal(second.status, 200);
       assert.equal(stats(own.id).engineConnections, 1);
     } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+    }
+  });
+
+  it("lets an answered request's deadline go: an idle loop neither spins nor wakes when that deadline passes", async (t) => {
+    if (!existsSync('/proc/self/schedstat')) return t.skip('this kernel gives no schedstat to read a thread by');
+    const others = loopThreads();
+    const own = edgeStart(target, 1024, 200);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const [tid] = loopThreads().filter((x) => !others.includes(x));
+      assert.ok(tid, 'the new loop thread is listed');
+      engine.handler = (_req, res) => res.end('ok');
+      const started = performance.now();
+      for (let i = 0; i < 40; i++) assert.equal((await request(own.base, '/v1/models', { agent })).status, 200);
+      const from = schedstat(tid);
+      // Every request's 200 ms engine deadline passes in this wait, while its client connection stays open.
+      await sleep(Math.max(0, started + 200 - performance.now()) + 300);
+      const to = schedstat(tid);
+      // Left behind, each passing deadline woke the loop once (at least 40 runs), and one under 1 ms away
+      // made it spin until it passed (about 20 ms of CPU). Idle, the loop wakes every 100 ms.
+      assert.ok(to.runs - from.runs <= 15, `the loop ran ${to.runs - from.runs} times while idle`);
+      assert.ok(to.cpuNs - from.cpuNs < 5e6, `the loop used ${((to.cpuNs - from.cpuNs) / 1e6).toFixed(2)} ms of CPU while idle`);
+    } finally {
+      agent.destroy();
       if (loaded.ok) loaded.addon.edgeStop(own.id);
     }
   });
