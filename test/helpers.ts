@@ -2,7 +2,7 @@
 
 import type { GpuPoll, GpuProbe } from '../agent/gpu/probe.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import http from 'node:http';
@@ -10,6 +10,17 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { createLogger, type Logger } from '../agent/logger.js';
+
+/** Each thread of a process (`self`: this one) as its id and name, from /proc; one that ends meanwhile is left out. */
+export function threadsOf(pid: number | 'self'): Array<{ tid: string; name: string }> {
+  return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
+    try {
+      return [{ tid, name: readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() }];
+    } catch {
+      return [];
+    }
+  });
+}
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));

@@ -36,8 +36,8 @@ export interface GpuAddon {
   sseRead(target: string, rules: string, bytes: Buffer, reads: string, endAt: number, outcome: string): Float64Array | null;
   /** Where each figure sits in what sseRead and the loop return (native/src/sse.rs's `slot`), by name. */
   readingLayout(): Record<string, number>;
-  /** Every thread but the data path's loops under SCHED_IDLE (native/src/sched.rs). */
-  idleOtherThreads(): IdledThreads;
+  /** Every thread but the data path's loops under SCHED_IDLE (native/src/sched.rs); absent from an addon built before it. */
+  idleOtherThreads?(): IdledThreads;
 }
 
 /** What idleOtherThreads did; `error` is the first refusal's text. */

@@ -150,7 +150,7 @@ export class NativeProxy implements RequestProxy {
   /** Every thread of the process but the loop under SCHED_IDLE (proxy.agentThreads: idle). */
   idleOtherThreads(): IdledThreads {
     // An addon built before this existed still carries the bytes; the agent then says why nothing was idled.
-    if (typeof this.addon.idleOtherThreads !== 'function') return { idled: 0, kept: 0, failed: 1, error: 'the addon predates idleOtherThreads (rebuild it)' };
+    if (!this.addon.idleOtherThreads) return { idled: 0, kept: 0, failed: 1, error: 'the addon predates idleOtherThreads (rebuild it)' };
     return this.addon.idleOtherThreads();
   }
 

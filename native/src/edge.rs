@@ -1380,9 +1380,8 @@ impl Loop {
                 if (100..200).contains(&res.status()) && res.status() != 101 {
                     return Step::Progress;
                 }
-                if let Some(due) = c.deadline.take() {
-                    self.deadlines.remove(&due);
-                }
+                self.clear_deadline(i);
+                let c = self.conns[i].as_mut().expect("open");
                 let Phase::Waiting { method, keep, http10 } = &c.phase else { unreachable!() };
                 let Ok(from) = res.response_framing(method) else { return self.engine_failed(i, "upstream_bad_answer") };
                 let engine_keep = res.keep_alive() && from != Framing::UntilClose;
@@ -1719,9 +1718,7 @@ impl Loop {
                 continue;
             }
             let Phase::Admitting { req, body } = std::mem::replace(&mut c.phase, Phase::Head) else { unreachable!() };
-            if let Some(due) = c.deadline.take() {
-                self.deadlines.remove(&due);
-            }
+            self.clear_deadline(i);
             match d {
                 Decision::Forward { upstream_fields, client_fields, body: replaced, strip_usage, .. } => {
                     self.send(i, req, replaced.unwrap_or(body), upstream_fields, client_fields);
@@ -1730,6 +1727,7 @@ impl Loop {
                     }
                 }
                 Decision::Answer { response, .. } => {
+                    let c = self.conns[i].as_mut().expect("open");
                     c.token = None;
                     c.cout.extend_from_slice(&response);
                     if !req.keep_alive() {

@@ -3,12 +3,12 @@
 // and asking for native where it cannot run is a configuration error at start.
 
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { type GpuAddon, loadAddon } from '../../agent/gpu/addon.js';
 import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
-import { getText, spawnAgent, tempDir } from '../helpers.js';
+import { getText, spawnAgent, tempDir, threadsOf } from '../helpers.js';
 import type { ProxyDeps } from '../../agent/proxy/exchange.js';
 import { NativeProxy, nativeUnfit } from '../../agent/proxy/native-proxy.js';
 import { post, startHarness, sumOf } from './harness.js';
@@ -20,11 +20,11 @@ const SCHED_IDLE = 5;
 
 /** Each thread of `pid` as [name, scheduling policy], from /proc (policy is stat's 41st field). */
 function threadPolicies(pid: number): Array<[string, number]> {
-  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+  return threadsOf(pid).map(({ tid, name }) => {
     const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
     // The name may hold spaces and parentheses: the fields after it start at its last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return [readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim(), Number(fields[41 - 3])];
+    return [name, Number(fields[41 - 3])];
   });
 }
 

@@ -5,13 +5,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { type EdgeRequest, type EdgeSeen, type EdgeStats, type EdgeTaps, loadAddon, requestsOf, seenOf, TAP_DATA } from '../../agent/gpu/addon.js';
 import { openAiHandler, type SeenRequest } from '../../agent/demo/sim-openai.js';
 import { inspectBody, routeOf } from '../../agent/proxy/routes.js';
-import { eventually, sleep } from '../helpers.js';
+import { eventually, sleep, threadsOf } from '../helpers.js';
 
 const loaded = loadAddon();
 const skip = !loaded.ok && 'the native addon is not built (no cargo)';
@@ -52,13 +52,9 @@ function edgeStart(
 
 /** This process's loop threads (native/src/edge.rs names each infertel-edge). */
 function loopThreads(): string[] {
-  return readdirSync('/proc/self/task').filter((t) => {
-    try {
-      return readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'infertel-edge';
-    } catch {
-      return false;
-    }
-  });
+  return threadsOf('self')
+    .filter((t) => t.name === 'infertel-edge')
+    .map((t) => t.tid);
 }
 
 /** A thread's CPU time (ns) and how many times it was put on a CPU, from the kernel's schedstat. */
