@@ -54,6 +54,19 @@ extern "C" {
     fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
     fn listen(fd: i32, backlog: i32) -> i32;
+    fn memchr(s: *const u8, c: i32, n: usize) -> *const u8;
+    fn memmem(haystack: *const u8, haystack_len: usize, needle: *const u8, needle_len: usize) -> *const u8;
+}
+
+/** Where `byte` first occurs in `hay` (libc's memchr: every read of a stream is searched for line ends). */
+pub fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
+    let p = unsafe { memchr(hay.as_ptr(), i32::from(byte), hay.len()) };
+    (!p.is_null()).then(|| p as usize - hay.as_ptr() as usize)
+}
+
+/** Whether `needle` occurs in `hay` (libc's memmem). */
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !unsafe { memmem(hay.as_ptr(), hay.len(), needle.as_ptr(), needle.len()) }.is_null()
 }
 
 /**
@@ -566,14 +579,22 @@ impl Dechunker {
     }
 }
 
-/** The end of the first complete SSE event in `buf` (the index after its blank line), or None. */
+/**
+ * The end of the first complete SSE event in `buf` (the index after its blank line: LF LF or
+ * CRLF CRLF, whichever ends first), or None. One pass over the bytes: a read may hold many events,
+ * and each is found from where the last ended.
+ */
 pub fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(k) = find_byte(&buf[from..], b'\n') {
+        let i = from + k;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if i > 0 && buf[i - 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            _ => from = i + 1,
+        }
     }
+    None
 }
 
 /**
@@ -581,12 +602,17 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
  * data is one JSON object whose top level has `"choices": []` and a `usage` object.
  */
 pub fn is_usage_chunk(event: &[u8]) -> bool {
+    // Keys are compared as written, so an event without these bytes has no usage member: most
+    // events of a stream are content and end here, unparsed.
+    if !contains(event, b"\"usage\"") {
+        return false;
+    }
     // An event that is not UTF-8 is not what the engine writes for usage: it reaches the client as sent.
     if std::str::from_utf8(event).is_err() {
         return false;
     }
     let Some(data) = sse_data(event) else { return false };
-    let j = data.as_slice();
+    let j = &data[..];
     let Some(m) = members(j) else { return false };
     let choices_empty = m.iter().any(|(k, v)| *k == b"choices" && j[v.start] == b'[' && skip_ws(j, v.start + 1) == v.end - 1);
     let usage = m.iter().any(|(k, v)| *k == b"usage" && j[v.start] == b'{');
@@ -740,16 +766,15 @@ pub struct UsageStrip {
 
 impl UsageStrip {
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        self.held.extend_from_slice(data);
-        let mut start = 0;
-        while let Some(end) = event_end(&self.held[start..]) {
-            let event = &self.held[start..start + end];
-            if !is_usage_chunk(event) {
-                out.extend_from_slice(event);
-            }
-            start += end;
+        if self.held.is_empty() {
+            // The usual read: whole events, passed on without first being copied to be held.
+            let used = strip_events(data, out);
+            self.held.extend_from_slice(&data[used..]);
+        } else {
+            self.held.extend_from_slice(data);
+            let used = strip_events(&self.held, out);
+            self.held.drain(..used);
         }
-        self.held.drain(..start);
         if self.held.len() > MAX_PARTIAL_EVENT {
             out.append(&mut self.held);
         }
@@ -759,6 +784,19 @@ impl UsageStrip {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.held);
     }
+}
+
+/** Appends the complete events of `buf` but usage-only ones to `out`; returns the bytes they took. */
+fn strip_events(buf: &[u8], out: &mut Vec<u8>) -> usize {
+    let mut start = 0;
+    while let Some(end) = event_end(&buf[start..]) {
+        let event = &buf[start..start + end];
+        if !is_usage_chunk(event) {
+            out.extend_from_slice(event);
+        }
+        start += end;
+    }
+    start
 }
 
 /** Appends `data` as one chunk of chunked coding. */
@@ -1961,6 +1999,28 @@ mod tests {
         let req = head("POST /v1/completions HTTP/1.1\r\nX-Request-Id: evil\r\nContent-Length: 0\r\n\r\n");
         let text = String::from_utf8(upstream_head(&req, "e:1", 0, &[("x-request-id".into(), "r1".into())])).unwrap();
         assert_eq!(text, "POST /v1/completions HTTP/1.1\r\nhost: e:1\r\ncontent-length: 0\r\nx-request-id: r1\r\nvia: 1.1 infertel\r\n\r\n");
+    }
+
+    /** Every string of up to 8 bytes of `a`, CR and LF: the one pass finds what two separate searches find. */
+    #[test]
+    fn event_end_is_the_first_blank_line_of_either_kind() {
+        let by_two_searches = |buf: &[u8]| {
+            let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+            let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+            match (lf, crlf) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let buf: Vec<u8> = (0..len).map(|k| [b'a', b'\r', b'\n'][n / 3usize.pow(k) % 3]).collect();
+                assert_eq!(event_end(&buf), by_two_searches(&buf), "{buf:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, (0..=8).map(|k| 3usize.pow(k)).sum::<usize>());
     }
 
     #[test]

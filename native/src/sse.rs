@@ -10,7 +10,8 @@
 //! JavaScript's. Only the top levels are kept as values (the schemas read nothing deeper); deeper
 //! containers are checked and skipped without recursion, so no nesting can exhaust the stack.
 
-use crate::edge::event_end;
+use crate::edge::{event_end, find_byte};
+use std::borrow::Cow;
 
 /** The measured routes, as agent/proxy/routes.ts's routeOf matches them. */
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -122,7 +123,9 @@ fn count_of(v: Option<&J>) -> Option<f64> {
 
 /** Whether a string's raw bytes (escapes and all) decode to `want`. */
 fn raw_eq(raw: &[u8], want: &str) -> bool {
-    if !raw.contains(&b'\\') {
+    // `want` is always an ASCII name without a backslash, and an escape is longer than what it
+    // stands for: only raw bytes longer than `want` can decode to it.
+    if raw.len() <= want.len() || !raw.contains(&b'\\') {
         return raw == want.as_bytes();
     }
     decode(raw).is_some_and(|s| s == want)
@@ -382,7 +385,14 @@ fn js_space(c: char) -> bool {
     (c.is_whitespace() && c != '\u{85}') || c == '\u{feff}'
 }
 
+/** Whether `bytes`, trimmed as JS trims, are `want`, which starts with a byte that is not space. */
 fn trimmed_is(bytes: &[u8], want: &str) -> bool {
+    // Most data starts with `{`: an ASCII byte that is neither space nor want's first is decided here.
+    if let Some(&b) = bytes.first() {
+        if b.is_ascii() && !b.is_ascii_whitespace() && b != 0x0b && Some(&b) != want.as_bytes().first() {
+            return false;
+        }
+    }
     String::from_utf8_lossy(bytes).trim_matches(js_space) == want
 }
 
@@ -390,19 +400,29 @@ fn blank(bytes: &[u8]) -> bool {
     String::from_utf8_lossy(bytes).trim_matches(js_space).is_empty()
 }
 
-/** An event's `data:` lines joined by LF, or None when it has none (stream.ts's sseData). */
-pub(crate) fn sse_data(event: &[u8]) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for line in event.split(|b| *b == b'\n') {
+/**
+ * An event's `data:` lines joined by LF, or None when it has none (stream.ts's sseData). One line,
+ * as engines write each event, is borrowed rather than copied.
+ */
+pub(crate) fn sse_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut out: Option<Cow<[u8]>> = None;
+    let mut rest = event;
+    while !rest.is_empty() {
+        let (line, next) = match find_byte(rest, b'\n') {
+            Some(k) => (&rest[..k], &rest[k + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(v) = line.strip_prefix(b"data:") {
             let v = v.strip_prefix(b" ").unwrap_or(v);
             match out.as_mut() {
                 Some(o) => {
+                    let o = o.to_mut();
                     o.push(b'\n');
                     o.extend_from_slice(v);
                 }
-                None => out = Some(v.to_vec()),
+                None => out = Some(Cow::Borrowed(v)),
             }
         }
     }
@@ -748,23 +768,35 @@ impl StreamReading {
 
     /** One read's bytes, at `t`: its complete events are read, a partial last one is held. */
     pub fn push(&mut self, data: &[u8], t: f64) {
-        self.held.extend_from_slice(data);
-        let mut held = std::mem::take(&mut self.held);
         let mut content = false;
-        let mut start = 0;
-        while let Some(end) = event_end(&held[start..]) {
-            content |= self.on_event(&held[start..start + end], t);
-            start += end;
-        }
-        // Past the limit the partial event is passed on unread, as stream.ts does.
-        if held.len() - start > MAX_PARTIAL_EVENT {
-            held.clear();
+        let mut read_events = |reading: &mut StreamReading, buf: &[u8]| {
+            let mut start = 0;
+            while let Some(end) = event_end(&buf[start..]) {
+                content |= reading.on_event(&buf[start..start + end], t);
+                start += end;
+            }
+            start
+        };
+        if self.held.is_empty() {
+            // The usual read: whole events, read where they lie rather than copied to be held.
+            let used = read_events(self, data);
+            self.hold(&data[used..]);
         } else {
-            held.drain(..start);
+            let mut held = std::mem::take(&mut self.held);
+            held.extend_from_slice(data);
+            let used = read_events(self, &held);
+            self.hold(&held[used..]);
         }
-        self.held = held;
         if content {
             self.content_at(t);
+        }
+    }
+
+    /** Keeps a partial last event for the next read; past the limit it is passed on unread, as stream.ts does. */
+    fn hold(&mut self, partial: &[u8]) {
+        self.held.clear();
+        if partial.len() <= MAX_PARTIAL_EVENT {
+            self.held.extend_from_slice(partial);
         }
     }
 
@@ -848,6 +880,45 @@ impl StreamReading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimmed_is_trims_as_js_does() {
+        // Each expected value is node's `s.trim() === "[DONE]"`.
+        let cases: [(&str, bool); 12] = [
+            ("[DONE]", true),
+            (" [DONE] ", true),
+            ("\u{0b}[DONE]", true),
+            ("\u{a0}[DONE]", true),
+            ("\u{feff}[DONE]", true),
+            ("\u{85}[DONE]", false),
+            ("{\"a\":1}", false),
+            ("x[DONE]", false),
+            ("\u{1c}[DONE]", false),
+            ("\t\r\n\u{0c}[DONE]", true),
+            ("[DONE]\u{2028}", true),
+            ("", false),
+        ];
+        for (text, want) in cases {
+            assert_eq!(trimmed_is(text.as_bytes(), "[DONE]"), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn raw_eq_decodes_escaped_keys_only_when_they_can_match() {
+        // As JSON.parse reads the key: node -e 'JSON.parse("{\"ty\\u0070e\":1}")' has `type`.
+        let cases: [(&[u8], &str, bool); 7] = [
+            (b"type", "type", true),
+            (b"ty\\u0070e", "type", true),
+            (b"typ", "type", false),
+            (b"types", "type", false),
+            (b"\\u0074", "t", true),
+            (b"t\\n", "t", false),
+            (b"\xff\\n", "t", false),
+        ];
+        for (raw, want, expect) in cases {
+            assert_eq!(raw_eq(raw, want), expect, "{raw:?} {want}");
+        }
+    }
 
     #[test]
     fn parse_agrees_with_json_parse_table() {
