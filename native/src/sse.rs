@@ -777,26 +777,23 @@ impl StreamReading {
             }
             start
         };
-        if self.held.is_empty() {
+        let mut held = std::mem::take(&mut self.held);
+        if held.is_empty() {
             // The usual read: whole events, read where they lie rather than copied to be held.
             let used = read_events(self, data);
-            self.hold(&data[used..]);
+            held.extend_from_slice(&data[used..]);
         } else {
-            let mut held = std::mem::take(&mut self.held);
             held.extend_from_slice(data);
             let used = read_events(self, &held);
-            self.hold(&held[used..]);
+            held.drain(..used);
         }
+        // Past the limit the partial event is passed on unread, as stream.ts does.
+        if held.len() > MAX_PARTIAL_EVENT {
+            held.clear();
+        }
+        self.held = held;
         if content {
             self.content_at(t);
-        }
-    }
-
-    /** Keeps a partial last event for the next read; past the limit it is passed on unread, as stream.ts does. */
-    fn hold(&mut self, partial: &[u8]) {
-        self.held.clear();
-        if partial.len() <= MAX_PARTIAL_EVENT {
-            self.held.extend_from_slice(partial);
         }
     }
 
