@@ -59,13 +59,13 @@ extern "C" {
 }
 
 /** Where `byte` first occurs in `hay` (libc's memchr: every read of a stream is searched for line ends). */
-pub fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
+pub(crate) fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
     let p = unsafe { memchr(hay.as_ptr(), i32::from(byte), hay.len()) };
     (!p.is_null()).then(|| p as usize - hay.as_ptr() as usize)
 }
 
 /** Whether `needle` occurs in `hay` (libc's memmem). */
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !unsafe { memmem(hay.as_ptr(), hay.len(), needle.as_ptr(), needle.len()) }.is_null()
 }
 
