@@ -8,13 +8,14 @@ mod dl;
 pub mod edge;
 mod napi;
 pub mod nvml;
+mod returns;
 pub mod sched;
 pub mod sse;
 
 use napi::*;
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 struct State {
@@ -524,16 +525,21 @@ fn reading_rules(part: &str) -> Option<sse::ReadingRules> {
 }
 
 /// The policy's JS function, callable from the loop's thread (Node-API queues each call to the main thread).
-struct Policy(napi_threadsafe_function);
+struct Policy {
+    func: napi_threadsafe_function,
+    /** Batches JS has read, for the loop to free (returns.rs says why). */
+    spent: Arc<returns::Returns<Batch>>,
+}
 // SAFETY: a thread-safe function is made to be called from any thread; only the handle moves.
 unsafe impl Send for Policy {}
 
 impl Policy {
     fn hand(&self, requests: Vec<edge::Admission>, seen: Vec<edge::Tap>, bytes: Vec<u8>) {
-        let data = Box::into_raw(Box::new((requests, seen, bytes))) as *mut std::ffi::c_void;
+        self.spent.free_returned();
+        let node = self.spent.wrap((requests, seen, bytes));
         // Non-blocking: the queue is unbounded, and each connection has at most one request with the policy.
-        if unsafe { napi_call_threadsafe_function(self.0, data, 0) } != 0 {
-            drop(unsafe { Box::from_raw(data as *mut Batch) });
+        if unsafe { napi_call_threadsafe_function(self.func, node as *mut std::ffi::c_void, 0) } != 0 {
+            drop(unsafe { Box::from_raw(node) });
         }
     }
 }
@@ -543,7 +549,7 @@ type Batch = (Vec<edge::Admission>, Vec<edge::Tap>, Vec<u8>);
 impl Drop for Policy {
     fn drop(&mut self) {
         // The loop that called it has ended: Node may free the function.
-        unsafe { napi_release_threadsafe_function(self.0, 0) };
+        unsafe { napi_release_threadsafe_function(self.func, 0) };
     }
 }
 
@@ -571,8 +577,9 @@ const NAPI_FLOAT64_ARRAY: c_int = 8;
  * request is numbers and strings here.
  */
 unsafe extern "C" fn call_policy(env: napi_env, func: napi_value, _context: *mut std::ffi::c_void, data: *mut std::ffi::c_void) {
-    let batch = *Box::from_raw(data as *mut Batch);
-    let _ = catch_unwind(AssertUnwindSafe(|| hand_to_js(env, func, batch)));
+    let node = data as *mut returns::Node<Batch>;
+    let _ = catch_unwind(AssertUnwindSafe(|| hand_to_js(env, func, &(*node).value)));
+    returns::give_back(node);
 }
 
 /** Header fields as JS's flat [name, value, name, ...]. */
@@ -652,7 +659,7 @@ const REQUEST_WAITS: f64 = 1.0;
 const REQUEST_USAGE_INJECTED: f64 = 2.0;
 const REQUEST_ANSWERED: f64 = 4.0;
 
-unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): Batch) {
+unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): &Batch) {
     if env.is_null() || func.is_null() {
         return;
     }
@@ -660,7 +667,7 @@ unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): B
     let mut numbers = Vec::with_capacity(requests.len() * 4);
     let mut strings = Vec::new();
     let mut bodies = Vec::with_capacity(requests.len());
-    for a in &requests {
+    for a in requests {
         let flags = (if a.waits { REQUEST_WAITS } else { 0.0 })
             + (if a.usage_injected { REQUEST_USAGE_INJECTED } else { 0.0 })
             + (if a.answered { REQUEST_ANSWERED } else { 0.0 });
@@ -676,7 +683,7 @@ unsafe fn hand_to_js(env: napi_env, func: napi_value, (requests, seen, bytes): B
     }
     let keys = js.keys(["index", "strings", "bodies"]);
     let requests = js.object_with(&keys, [float64_array(env, &numbers), js.array(strings), js.array(bodies)]);
-    let seen = seen_to_js(&js, &seen, &bytes);
+    let seen = seen_to_js(&js, seen, bytes);
     let mut undefined = std::ptr::null_mut();
     napi_get_undefined(env, &mut undefined);
     let argv = [requests, seen];
@@ -710,7 +717,7 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
             }
             // The data path's threads do not keep Node running; whoever started it does.
             napi_unref_threadsafe_function(env, tsfn);
-            let p = Policy(tsfn);
+            let p = Policy { func: tsfn, spent: returns::Returns::new() };
             cfg.admit = Some(Box::new(move |requests, seen, bytes| p.hand(requests, seen, bytes)));
         }
         let e = edge::Edge::start(cfg).map_err(|_| "edge_start_failed")?;
