@@ -134,6 +134,11 @@ pub struct Config {
      */
     pub admit: Option<Admit>,
     /**
+     * Frees what the policy has given back of the batches it was handed; called on the loop's
+     * thread each turn, so that the thread that allocated a batch frees it (returns.rs says why).
+     */
+    pub free_returned: Option<Box<dyn Fn() + Send>>,
+    /**
      * With a policy: false, each request waits for its Decision; true, the loop sends each request
      * at once (request id and include_usage done here) and the policy is told after, unless the
      * body needs JS to rewrite it.
@@ -289,6 +294,7 @@ impl Edge {
         let stop = Arc::new(AtomicBool::new(false));
         let mut lp = Loop {
             admit: cfg.admit,
+            free_returned: cfg.free_returned,
             tell_after: cfg.tell_after,
             max_concurrent: cfg.max_concurrent,
             reading_rules: cfg.reading,
@@ -1019,6 +1025,7 @@ struct Loop {
     stats: Arc<Stats>,
     scratch: Vec<u8>,
     admit: Option<Admit>,
+    free_returned: Option<Box<dyn Fn() + Send>>,
     tell_after: bool,
     max_concurrent: usize,
     reading_rules: Option<Arc<ReadingRules>>,
@@ -1115,6 +1122,11 @@ impl Loop {
                     admit(std::mem::take(&mut self.pending), std::mem::take(&mut self.taps), std::mem::take(&mut self.tap_bytes));
                 }
                 next_hand = now + HAND_EVERY;
+            }
+            // Each turn rather than at each hand-over: once streams go quiet there may be no next
+            // hand-over for a while, and a batch of request bodies would wait for it.
+            if let Some(free) = &self.free_returned {
+                free();
             }
             self.free.append(&mut self.freed);
         }

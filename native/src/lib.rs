@@ -508,6 +508,7 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
         max_body,
         upstream_timeout: std::time::Duration::from_millis(timeout_ms),
         admit: None,
+        free_returned: None,
         tell_after,
         max_concurrent,
         reading,
@@ -535,7 +536,6 @@ unsafe impl Send for Policy {}
 
 impl Policy {
     fn hand(&self, requests: Vec<edge::Admission>, seen: Vec<edge::Tap>, bytes: Vec<u8>) {
-        self.spent.free_returned();
         let node = self.spent.wrap((requests, seen, bytes));
         // Non-blocking: the queue is unbounded, and each connection has at most one request with the policy.
         if unsafe { napi_call_threadsafe_function(self.func, node as *mut std::ffi::c_void, 0) } != 0 {
@@ -717,8 +717,12 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
             }
             // The data path's threads do not keep Node running; whoever started it does.
             napi_unref_threadsafe_function(env, tsfn);
-            let p = Policy { func: tsfn, spent: returns::Returns::new() };
+            let spent = returns::Returns::new();
+            let p = Policy { func: tsfn, spent: spent.clone() };
             cfg.admit = Some(Box::new(move |requests, seen, bytes| p.hand(requests, seen, bytes)));
+            cfg.free_returned = Some(Box::new(move || {
+                spent.free_returned();
+            }));
         }
         let e = edge::Edge::start(cfg).map_err(|_| "edge_start_failed")?;
         let address = e.local.to_string();
