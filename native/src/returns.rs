@@ -6,7 +6,7 @@
 //! times a batch, and the loop, allocating for its next request, waited on it: 30 waits of up to
 //! 0.19 ms in one 3 s window of 200 staggered streams (`perf trace -e futex` on the loop thread),
 //! and the agent runs JS under SCHED_IDLE, which any other thread preempts, lock held or not.
-//! Here JS only links a spent batch into a list, with one atomic exchange and no lock, and the loop
+//! Here JS only links a spent batch into a list, with a compare-and-swap and no lock, and the loop
 //! frees the list on its next turn.
 
 use std::ptr;
