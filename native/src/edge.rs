@@ -137,7 +137,7 @@ pub struct Config {
      * Frees what the policy has given back of the batches it was handed; called on the loop's
      * thread each turn, so that the thread that allocated a batch frees it (returns.rs says why).
      */
-    pub free_returned: Option<Box<dyn Fn() + Send>>,
+    pub free_returned: Option<FreeReturned>,
     /**
      * With a policy: false, each request waits for its Decision; true, the loop sends each request
      * at once (request id and include_usage done here) and the policy is told after, unless the
@@ -177,6 +177,9 @@ pub struct Admission {
  * happened to the answers of those it let through.
  */
 pub type Admit = Box<dyn Fn(Vec<Admission>, Vec<Tap>, Vec<u8>) + Send>;
+
+/** Frees on the loop's thread what the policy gave back (`Config::free_returned`). */
+pub type FreeReturned = Box<dyn Fn() + Send>;
 
 /** What the loop saw of one answer, and when (CLOCK_MONOTONIC, in ms, as Node's process.hrtime). */
 pub struct Tap {
@@ -1025,7 +1028,7 @@ struct Loop {
     stats: Arc<Stats>,
     scratch: Vec<u8>,
     admit: Option<Admit>,
-    free_returned: Option<Box<dyn Fn() + Send>>,
+    free_returned: Option<FreeReturned>,
     tell_after: bool,
     max_concurrent: usize,
     reading_rules: Option<Arc<ReadingRules>>,
