@@ -20,7 +20,7 @@ console.log(JSON.stringify({ woken, exposition: await metrics.text.metrics() }))
 `;
 
 describe('self-metrics when idle', () => {
-  it('the event-loop lag is still exported, and sampling it wakes the main thread at most ~10 times a second', (t) => {
+  it("the event-loop lag is still exported, and sampling it wakes the main thread well under prom-client's 100 times a second", (t) => {
     if (!existsSync('/proc/self/schedstat')) return t.skip('this kernel gives no schedstat to count runs by');
     const child = spawnSync(process.execPath, ['--input-type=module', '-e', IDLE_PROCESS], { encoding: 'utf8' });
     assert.equal(child.status, 0, child.stderr);
