@@ -103,7 +103,8 @@ async function load(base: string, concurrency: number, ms: number, headers: Reco
       }
     }),
   );
-  return { ttfb, chunks, chunksPerSecond: chunksInWindow / (ms / 1000), roundChunksPerSecond: chunks / ((performance.now() - t0) / 1000) };
+  const elapsedMs = performance.now() - t0;
+  return { ttfb, chunks, chunksPerSecond: chunksInWindow / (ms / 1000), roundChunksPerSecond: chunks / (elapsedMs / 1000), elapsedMs };
 }
 
 /**
@@ -164,7 +165,17 @@ const GATEWAY_LABELS: Record<GatewayName, (version: string) => string> = {
 };
 /** A path under test: its name, its base URL, and the pid of the process in the path (none for direct). */
 type PathUnderLoad = readonly [PathName, string, number | undefined];
-type LoadResult = { ttfb: number[]; chunks: number; chunksPerSecond: number; roundChunksPerSecond: number };
+type LoadResult = {
+  ttfb: number[];
+  chunks: number;
+  chunksPerSecond: number;
+  roundChunksPerSecond: number;
+  /** From the first client's start to the last one's last event. */
+  elapsedMs: number;
+  /** The C load's longest connect, and its longest request from first byte sent to last received. */
+  slowestConnectMs?: number;
+  slowestRequestMs?: number;
+};
 type Load = (base: string, concurrency: number, ms: number, headers: Record<string, string>, staggerMs: number) => Promise<LoadResult>;
 
 /** The load of `bench/native/load.c` (built at `path`), measured as `load` measures. */
@@ -174,9 +185,25 @@ function cLoad(path: string): Load {
       const args = [new URL(base).port, String(concurrency), String(staggerMs), String(ms), headers['x-sim-tokens'] ?? '16'];
       execFile(path, args, { maxBuffer: 64 << 20 }, (err, stdout) => {
         if (err) return reject(err);
-        const r = JSON.parse(stdout) as { ttfb: number[]; chunks: number; chunksInWindow: number; elapsedMs: number; errors: number };
+        const r = JSON.parse(stdout) as {
+          ttfb: number[];
+          chunks: number;
+          chunksInWindow: number;
+          elapsedMs: number;
+          errors: number;
+          slowestConnectMs: number;
+          slowestRequestMs: number;
+        };
         if (r.errors) return reject(new Error(`${r.errors} failed requests through ${base}`));
-        resolve({ ttfb: r.ttfb, chunks: r.chunks, chunksPerSecond: r.chunksInWindow / (ms / 1000), roundChunksPerSecond: r.chunks / (r.elapsedMs / 1000) });
+        resolve({
+          ttfb: r.ttfb,
+          chunks: r.chunks,
+          chunksPerSecond: r.chunksInWindow / (ms / 1000),
+          roundChunksPerSecond: r.chunks / (r.elapsedMs / 1000),
+          elapsedMs: r.elapsedMs,
+          slowestConnectMs: r.slowestConnectMs,
+          slowestRequestMs: r.slowestRequestMs,
+        });
       });
     });
 }
@@ -198,7 +225,9 @@ async function measurePaths(
 ): Promise<UnderTable> {
   const againstGateways: string[] = [];
   const roundByRound: string[] = [];
+  const longRounds: string[] = [];
   for (const [concurrency, tokens, staggerMs] of scenarios) {
+    const ends: Array<{ name: PathName; round: number; r: LoadResult }> = [];
     const rows = new Map<PathName, { ttfb: number[]; roundP99: number[]; cps: number[]; roundCps: number[]; cpu: number; chunks: number }>();
     for (let round = 0; round < rounds; round++) {
       for (const [name, base, pid] of paths) {
@@ -211,6 +240,7 @@ async function measurePaths(
         row.cps.push(r.chunksPerSecond);
         row.roundCps.push(r.roundChunksPerSecond);
         row.chunks += r.chunks;
+        ends.push({ name, round, r });
         if (pid) row.cpu += cpuMs(pid) - c0;
       }
     }
@@ -265,6 +295,20 @@ async function measurePaths(
     const perRoundLines = roundPaths.flatMap(([name, shortName]) => perRound(name, shortName) ?? []);
     if (perRoundLines.length > 0)
       roundByRound.push(`${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, added p99 per round (median, range): ${perRoundLines.join('; ')}.`);
+    // A round that ends late charges its path in "whole rounds" only; name it, with where the time went.
+    const directEnd = pct(
+      ends.filter((e) => e.name === 'direct').map((e) => e.r.elapsedMs),
+      50,
+    );
+    for (const { name, round, r } of ends.filter((e) => e.r.elapsedMs > directEnd + LONG_ROUND_MS)) {
+      const where =
+        r.slowestConnectMs === undefined
+          ? ''
+          : `, its slowest connect ${r.slowestConnectMs.toFixed(1)} ms and slowest request ${r.slowestRequestMs?.toFixed(1)} ms`;
+      longRounds.push(
+        `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, ${name}, round ${round + 1}: ${(r.elapsedMs / 1000).toFixed(2)} s against direct's median ${(directEnd / 1000).toFixed(2)} s${where}.`,
+      );
+    }
     const proxy = summary('proxy');
     // A multiple of a gateway's added time means nothing where that time is inside the noise (zero or less).
     const multiple = (ours: number, theirs: number) => (theirs > 0 ? `${(ours / theirs).toFixed(2)}x` : 'no multiple (it added nothing measurable)');
@@ -277,8 +321,11 @@ async function measurePaths(
         );
       }
   }
-  return { againstGateways, roundByRound };
+  return { againstGateways, roundByRound, longRounds };
 }
+
+/** How much longer than direct's median round a round may take before it is named under the table. */
+const LONG_ROUND_MS = 250;
 
 /** The request-level mode issue's target for added p99 to first byte. */
 const P99_TARGET_MS = 1;
@@ -286,6 +333,7 @@ const P99_TARGET_MS = 1;
 interface UnderTable {
   againstGateways: string[];
   roundByRound: string[];
+  longRounds: string[];
 }
 
 /**
@@ -296,7 +344,7 @@ interface UnderTable {
 const QUIET_ROUNDS = 6;
 
 /** The lines under a table: infertel against each reference gateway, then each path's rounds, per scenario. */
-function sayUnderTable({ againstGateways, roundByRound }: UnderTable, say: (s?: string) => void): void {
+function sayUnderTable({ againstGateways, roundByRound, longRounds }: UnderTable, say: (s?: string) => void): void {
   if (againstGateways.length > 0) {
     say();
     say('Through infertel (default data path) against the reference gateways in the same rounds:');
@@ -306,6 +354,12 @@ function sayUnderTable({ againstGateways, roundByRound }: UnderTable, say: (s?: 
     say();
     say("Round by round: each round's p99 less direct's p99 in the same round:");
     for (const line of roundByRound) say(`- ${line}`);
+  }
+  say();
+  if (longRounds.length === 0) say(`No round of any path ended more than ${LONG_ROUND_MS} ms after direct's median round.`);
+  else {
+    say(`Rounds that ended more than ${LONG_ROUND_MS} ms after direct's median round:`);
+    for (const line of longRounds) say(`- ${line}`);
   }
 }
 

@@ -8,7 +8,8 @@
  *   Client i starts i/CLIENTS of STAGGER_MS late; each sends
  *   POST /v1/chat/completions (stream: true, x-sim-tokens: TOKENS) until the window (WINDOW_MS,
  *   opening at STAGGER_MS) has closed, then finishes its request.
- * prints one JSON line: {"ttfb":[ms...],"chunks":N,"chunksInWindow":N,"elapsedMs":X,"errors":N}
+ * prints one JSON line: {"ttfb":[ms...],"chunks":N,"chunksInWindow":N,"elapsedMs":X,"errors":N,
+ *   "slowestConnectMs":X,"slowestRequestMs":X}
  *   ttfb: per request, ms from its first byte sent to the first byte of its response body;
  *   chunks: SSE events received (each ends in a blank line).
  */
@@ -35,7 +36,7 @@ enum phase { WAITING, CONNECTING, HEAD, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAI
 
 struct client {
   int fd;
-  double start_at, sent_at;
+  double start_at, connect_at, sent_at;
   enum phase phase;
   int got_body;
   long remaining;     /* bytes left in the chunk or the content-length body */
@@ -58,12 +59,16 @@ static size_t request_len;
 static double *ttfb;
 static size_t ttfb_len, ttfb_cap;
 static long chunks, chunks_in_window, errors;
+/* The longest connect and the longest request (first byte sent to last received): a round that ends
+ * late with nothing late in its ttfb was held up in one of these. */
+static double slowest_connect, slowest_request;
 static double window_from, window_to;
 
 static void send_request(struct client *c);
 
 /* Non-blocking, so that a connect the path is slow to take holds up no other client. */
 static void connect_client(struct client *c) {
+  c->connect_at = now_ms();
   c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -89,6 +94,8 @@ static void connected(struct client *c) {
     fprintf(stderr, "connect: %s\n", strerror(err));
     exit(1);
   }
+  double took = now_ms() - c->connect_at;
+  if (took > slowest_connect) slowest_connect = took;
   struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
   epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
   send_request(c);
@@ -264,6 +271,7 @@ int main(int argc, char **argv) {
         continue;
       }
       if (!feed(c, buf, (size_t)got, t)) continue;
+      if (t - c->sent_at > slowest_request) slowest_request = t - c->sent_at;
       if (t < window_to) {
         send_request(c);
       } else {
@@ -276,7 +284,8 @@ int main(int argc, char **argv) {
   }
   printf("{\"ttfb\":[");
   for (size_t i = 0; i < ttfb_len; i++) printf("%s%.4f", i ? "," : "", ttfb[i]);
-  printf("],\"chunks\":%ld,\"chunksInWindow\":%ld,\"elapsedMs\":%.1f,\"errors\":%ld}\n", chunks, chunks_in_window, now_ms() - t0,
-         errors);
+  printf("],\"chunks\":%ld,\"chunksInWindow\":%ld,\"elapsedMs\":%.1f,\"errors\":%ld,\"slowestConnectMs\":%.3f,"
+         "\"slowestRequestMs\":%.3f}\n",
+         chunks, chunks_in_window, now_ms() - t0, errors, slowest_connect, slowest_request);
   return 0;
 }

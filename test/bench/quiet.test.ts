@@ -26,6 +26,8 @@ interface LoadOut {
   chunksInWindow: number;
   elapsedMs: number;
   errors: number;
+  slowestConnectMs: number;
+  slowestRequestMs: number;
 }
 
 function runLoad(port: number, clients: number, staggerMs: number, windowMs: number, tokens: number): Promise<LoadOut> {
@@ -131,9 +133,11 @@ describe('bench: the C load', { skip }, () => {
   let port = 0;
   let served = 0;
   let delayMs = 0;
+  let tailMs = 0;
 
   before(async () => {
-    // Odd requests get a chunked body, even ones a Content-Length body: two events each, after a delay.
+    // Odd requests get a chunked body, even ones a Content-Length body: two events each, after a
+    // delay; a chunked body's second write comes tailMs after its first.
     server = http.createServer((req, res) => {
       req.resume();
       req.on('end', () => {
@@ -143,7 +147,7 @@ describe('bench: the C load', { skip }, () => {
           if (n % 2) {
             res.writeHead(200, { 'content-type': 'text/event-stream' });
             res.write(body.slice(0, 9));
-            res.end(body.slice(9));
+            setTimeout(() => res.end(body.slice(9)), tailMs);
           } else {
             res.writeHead(200, { 'content-type': 'text/event-stream', 'content-length': Buffer.byteLength(body) });
             res.end(body);
@@ -174,6 +178,18 @@ describe('bench: the C load', { skip }, () => {
     const out = await runLoad(port, 4, 0, 100, 16);
     assert.equal(out.errors, 0);
     for (const t of out.ttfb) assert.ok(t >= 39 && t < 1000, `ttfb ${t} ms for a 40 ms delay`);
+    assert.ok(out.slowestRequestMs >= 39, `slowest request ${out.slowestRequestMs} ms`);
+    assert.ok(out.slowestConnectMs >= 0 && out.slowestConnectMs < 1000, `slowest connect ${out.slowestConnectMs} ms`);
+  });
+
+  it('gives the slowest request from its first byte sent to its last received, past its first byte', async () => {
+    delayMs = 0;
+    tailMs = 200;
+    const out = await runLoad(port, 2, 0, 50, 16);
+    tailMs = 0;
+    assert.equal(out.errors, 0);
+    assert.ok(out.slowestRequestMs >= 199, `slowest request ${out.slowestRequestMs} ms for a 200 ms tail`);
+    assert.ok(Math.min(...out.ttfb) < 150, `ttfb ${out.ttfb.join(', ')} ms`);
   });
 
   it('counts a status other than 200 as an error', async () => {
