@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -54,6 +54,8 @@ extern "C" {
     fn read(fd: i32, buf: *mut u8, count: usize) -> isize;
     fn write(fd: i32, buf: *const u8, count: usize) -> isize;
     fn listen(fd: i32, backlog: i32) -> i32;
+    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    fn connect(fd: i32, addr: *const u8, len: u32) -> i32;
     fn memchr(s: *const u8, c: i32, n: usize) -> *const u8;
     fn memmem(haystack: *const u8, haystack_len: usize, needle: *const u8, needle_len: usize) -> *const u8;
 }
@@ -87,6 +89,12 @@ const EPOLL_CTL_ADD: i32 = 1;
 const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;
 const EPOLL_CLOEXEC: i32 = 0o2000000;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: i32 = 1;
+const SOCK_NONBLOCK: i32 = 0o4000;
+const SOCK_CLOEXEC: i32 = 0o2000000;
+const EINPROGRESS: i32 = 115;
 
 /** A request or response head larger than this is refused (Node's default is 16 KiB). */
 const MAX_HEAD: usize = 64 * 1024;
@@ -124,7 +132,7 @@ const HOP_BY_HOP: [&str; 9] =
 
 pub struct Config {
     pub listen: String,
-    /** The engine, `host:port`: in the same pod, so a connect returns at once (it is made in the loop). */
+    /** The engine, `host:port`, resolved once at start. */
     pub target: String,
     pub max_body: usize,
     pub upstream_timeout: Duration,
@@ -971,6 +979,8 @@ struct Conn {
     /** For the client, not yet written. */
     cout: Vec<u8>,
     up: Option<TcpStream>,
+    /** `up` is a connect the engine has not yet taken: nothing is written to it until it has. */
+    connecting: bool,
     uin: Vec<u8>,
     uout: Vec<u8>,
     phase: Phase,
@@ -1049,6 +1059,44 @@ fn read_into(s: &mut TcpStream, scratch: &mut [u8], buf: &mut Vec<u8>) -> io::Re
     let n = s.read(scratch)?;
     buf.extend_from_slice(&scratch[..n]);
     Ok(n)
+}
+
+/**
+ * Starts a connect to `to` and returns without waiting for it: the loop learns its end from the
+ * socket (writable, or an error). std's connects block, and a blocking one held up every
+ * connection of the loop for as long as the engine took to answer its SYN: a second or more when
+ * an engine's accept queue is full and the kernel drops the SYN until its retransmission.
+ */
+fn connect_started(to: &SocketAddr) -> io::Result<TcpStream> {
+    // struct sockaddr_in or sockaddr_in6, as <netinet/in.h> lays them out.
+    let mut addr = [0u8; 28];
+    let (family, len) = match to {
+        SocketAddr::V4(a) => {
+            addr[4..8].copy_from_slice(&a.ip().octets());
+            (AF_INET, 16)
+        }
+        SocketAddr::V6(a) => {
+            addr[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+            addr[8..24].copy_from_slice(&a.ip().octets());
+            addr[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
+            (AF_INET6, 28)
+        }
+    };
+    addr[0..2].copy_from_slice(&family.to_ne_bytes());
+    addr[2..4].copy_from_slice(&to.port().to_be_bytes());
+    let fd = unsafe { socket(i32::from(family), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Owned from here, so that an error below closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    if unsafe { connect(fd, addr.as_ptr(), len) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(stream)
 }
 
 /** Writes what it can of `buf` (the rest stays). Err when the peer is gone. */
@@ -1158,6 +1206,7 @@ impl Loop {
                 cin: Vec::new(),
                 cout: Vec::new(),
                 up: None,
+                connecting: false,
                 uin: Vec::new(),
                 uout: Vec::new(),
                 phase: Phase::Head,
@@ -1185,6 +1234,17 @@ impl Loop {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         if engine_side {
             let Some(up) = c.up.as_mut() else { return };
+            if c.connecting {
+                if flags & (EPOLLOUT | EPOLLERR | EPOLLHUP) == 0 {
+                    return;
+                }
+                if flags & (EPOLLERR | EPOLLHUP) != 0 || !matches!(up.take_error(), Ok(None)) {
+                    self.engine_failed(i, "upstream_refused");
+                    return self.settle(i);
+                }
+                c.connecting = false;
+                self.stats.engine_connections.fetch_add(1, Ordering::Relaxed);
+            }
             if flags & EPOLLOUT != 0 && flush(up, &mut c.uout).is_err() {
                 return self.engine_broke(i);
             }
@@ -1238,7 +1298,7 @@ impl Loop {
         if !c.cout.is_empty() && flush(&mut c.client, &mut c.cout).is_err() {
             return self.close(i);
         }
-        if let Some(up) = c.up.as_mut() {
+        if let (Some(up), false) = (c.up.as_mut(), c.connecting) {
             if !c.uout.is_empty() && flush(up, &mut c.uout).is_err() {
                 return self.engine_broke(i);
             }
@@ -1252,6 +1312,8 @@ impl Loop {
             Phase::Closing => 0,
         } | if c.cout.is_empty() { 0 } else { EPOLLOUT };
         let up_want = match c.up {
+            // Writable once the engine has taken the connect (an error is reported whatever the interest).
+            Some(_) if c.connecting => EPOLLOUT,
             Some(_) => (if c.cout.len() < HIGH_WATER { EPOLLIN | EPOLLRDHUP } else { 0 }) | if c.uout.is_empty() { 0 } else { EPOLLOUT },
             None => 0,
         };
@@ -1581,22 +1643,21 @@ impl Loop {
     fn send(&mut self, i: usize, req: Head, body: Vec<u8>, upstream_fields: Vec<(String, String)>, client_fields: Vec<(String, String)>) -> Step {
         // Set first: a 502 for an engine that cannot be reached carries the request id too.
         self.conns[i].as_mut().expect("open").client_extra = client_fields;
-        let up = loop {
+        // A connect still in progress ends in on_event; the request's deadline below covers it too (504).
+        let (up, connecting) = loop {
             let Some(u) = self.idle.pop() else {
-                match TcpStream::connect_timeout(&self.target, self.upstream_timeout) {
-                    Ok(u) if u.set_nonblocking(true).is_ok() => {
+                match connect_started(&self.target) {
+                    Ok(u) => {
                         let _ = u.set_nodelay(true);
-                        self.stats.engine_connections.fetch_add(1, Ordering::Relaxed);
-                        break u;
+                        break (u, true);
                     }
-                    Ok(_) => return self.engine_failed(i, "upstream_refused"),
-                    Err(e) => return self.engine_failed(i, if e.kind() == io::ErrorKind::TimedOut { "upstream_timeout" } else { "upstream_refused" }),
+                    Err(_) => return self.engine_failed(i, "upstream_refused"),
                 }
             };
             // Readable while idle means the engine closed it (or broke the protocol): not reusable.
             let mut p = PollFd { fd: u.as_raw_fd(), events: POLLIN | POLLRDHUP, revents: 0 };
             if unsafe { poll(&mut p, 1, 0) } == 0 {
-                break u;
+                break (u, false);
             }
         };
         let c = self.conns[i].as_mut().expect("open");
@@ -1608,6 +1669,7 @@ impl Loop {
         c.uout.extend_from_slice(&body);
         c.uin.clear();
         c.up = Some(up);
+        c.connecting = connecting;
         c.up_interest = None;
         c.phase = Phase::Waiting { method: req.start[0].clone(), keep: req.keep_alive(), http10: req.start[2] == "HTTP/1.0" };
         self.next_exchange += 1;
@@ -1635,6 +1697,7 @@ impl Loop {
     fn release_engine(&mut self, i: usize, reusable: bool) {
         let c = self.conns[i].as_mut().expect("open");
         let Some(up) = c.up.take() else { return };
+        c.connecting = false;
         let clean = reusable && c.uin.is_empty() && c.uout.is_empty();
         c.uin.clear();
         c.uout.clear();

@@ -3,6 +3,7 @@
 // ways, backpressure, keep-alive and 1,000 streams.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { existsSync, readFileSync } from 'node:fs';
@@ -352,6 +353,48 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
         loaded.addon.edgeStop(refused.id);
         loaded.addon.edgeStop(slow.id);
       }
+    }
+  });
+
+  it('waits for an engine that does not take its connect without holding up its other connections: their answers at once, 504 at the deadline', {
+    skip: !existsSync('/usr/bin/python3') && 'no python3',
+  }, async () => {
+    // An engine whose accept queue is full (listen(0) holds one connection; one is queued and
+    // never accepted): the kernel drops further SYNs, so a connect to it waits for retransmissions.
+    const full = spawn(
+      '/usr/bin/python3',
+      [
+        '-c',
+        [
+          'import socket, sys, time',
+          "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
+          'c = socket.create_connection(s.getsockname()); time.sleep(0.05)',
+          'print(s.getsockname()[1], flush=True); sys.stdin.read()',
+        ].join('\n'),
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    const port = Number(await new Promise<string>((r) => full.stdout.once('data', (d: Buffer) => r(d.toString().trim()))));
+    const stuck = edgeStart(`127.0.0.1:${port}`, 1024, 1500);
+    try {
+      const t0 = performance.now();
+      const waiting = request(stuck.base, '/v1/models');
+      await sleep(100);
+      // The loop answers this one itself (over the body cap): it must not wait for the connect above.
+      const t1 = performance.now();
+      const refused = await request(stuck.base, '/v1/chat/completions', { method: 'POST', body: Buffer.alloc(4096, 0x61) });
+      const refusedIn = performance.now() - t1;
+      assert.equal(refused.status, 413);
+      assert.ok(refusedIn < 500, `the 413 took ${refusedIn.toFixed(0)} ms while a connect was pending`);
+      const a = await waiting;
+      const waited = performance.now() - t0;
+      assert.equal(a.status, 504);
+      assert.ok(waited >= 1450 && waited < 3000, `504 after ${waited.toFixed(0)} ms for a 1500 ms deadline`);
+      assert.equal(stats(stuck.id).upstreamTimeout, 1);
+      assert.equal(stats(stuck.id).engineConnections, 0);
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(stuck.id);
+      full.kill();
     }
   });
 
