@@ -255,7 +255,7 @@ async function measurePaths(
     if (!d) throw new Error('no direct path measured');
     say(`| ${concurrency}${staggered} | direct | ${d.p50.toFixed(2)} ms | ${d.p99.toFixed(2)} ms | ${d.cps.toFixed(0)} | | | | | | |`);
     const anchor = summary('anchor');
-    for (const [name, label] of [
+    const labels: Array<readonly [PathName, string]> = [
       ['directAgain', "direct again: the instrument's own spread"],
       ['floor', 'floor: C byte relay'],
       ['nodeFloor', 'Node floor: Node byte relay'],
@@ -265,7 +265,8 @@ async function measurePaths(
       ['proxy', `through infertel (default: ${dataPath} data path)`],
       ['proxyNormalThreads', 'through infertel, proxy.agentThreads: normal'],
       ['proxyNodePath', 'through infertel, proxy.dataPath: node'],
-    ] as const) {
+    ];
+    for (const [name, label] of labels) {
       const p = summary(name);
       if (!p) continue;
       // Direct again has no process of its own to charge CPU to, and no anchor ratio to speak of.
@@ -295,7 +296,7 @@ async function measurePaths(
     const perRoundLines = roundPaths.flatMap(([name, shortName]) => perRound(name, shortName) ?? []);
     if (perRoundLines.length > 0)
       roundByRound.push(`${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, added p99 per round (median, range): ${perRoundLines.join('; ')}.`);
-    // A round that ends late charges its path in "whole rounds" only; name it, with where the time went.
+    // A round that ends late charges its path mostly in "whole rounds"; name it, with where the time went.
     const directEnd = pct(
       ends.filter((e) => e.name === 'direct').map((e) => e.r.elapsedMs),
       50,
@@ -306,7 +307,7 @@ async function measurePaths(
           ? ''
           : `, its slowest connect ${r.slowestConnectMs.toFixed(1)} ms and slowest request ${r.slowestRequestMs?.toFixed(1)} ms`;
       longRounds.push(
-        `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, ${name}, round ${round + 1}: ${(r.elapsedMs / 1000).toFixed(2)} s against direct's median ${(directEnd / 1000).toFixed(2)} s${where}.`,
+        `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, ${labels.find(([n]) => n === name)?.[1] ?? name}, round ${round + 1}: ${(r.elapsedMs / 1000).toFixed(2)} s against direct's median ${(directEnd / 1000).toFixed(2)} s${where}.`,
       );
     }
     const proxy = summary('proxy');
