@@ -178,6 +178,17 @@ type LoadResult = {
 };
 type Load = (base: string, concurrency: number, ms: number, headers: Record<string, string>, staggerMs: number) => Promise<LoadResult>;
 
+/** The JSON line `bench/native/load.c` prints (its header says what each field is). */
+export interface CLoadReport {
+  ttfb: number[];
+  chunks: number;
+  chunksInWindow: number;
+  elapsedMs: number;
+  errors: number;
+  slowestConnectMs: number;
+  slowestRequestMs: number;
+}
+
 /** The load of `bench/native/load.c` (built at `path`), measured as `load` measures. */
 function cLoad(path: string): Load {
   return (base, concurrency, ms, headers, staggerMs) =>
@@ -185,15 +196,7 @@ function cLoad(path: string): Load {
       const args = [new URL(base).port, String(concurrency), String(staggerMs), String(ms), headers['x-sim-tokens'] ?? '16'];
       execFile(path, args, { maxBuffer: 64 << 20 }, (err, stdout) => {
         if (err) return reject(err);
-        const r = JSON.parse(stdout) as {
-          ttfb: number[];
-          chunks: number;
-          chunksInWindow: number;
-          elapsedMs: number;
-          errors: number;
-          slowestConnectMs: number;
-          slowestRequestMs: number;
-        };
+        const r = JSON.parse(stdout) as CLoadReport;
         if (r.errors) return reject(new Error(`${r.errors} failed requests through ${base}`));
         resolve({
           ttfb: r.ttfb,

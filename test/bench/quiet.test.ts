@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
+import type { CLoadReport } from '../../bench/proxy.js';
 import { buildTool, removeTool } from '../../bench/relay.js';
 import { firstLine } from '../../bench/stats.js';
 import { readEvent, sseData } from '../../agent/proxy/stream.js';
@@ -20,17 +21,7 @@ after(() => {
   if ('path' in loadBuilt) removeTool(loadBuilt.path);
 });
 
-interface LoadOut {
-  ttfb: number[];
-  chunks: number;
-  chunksInWindow: number;
-  elapsedMs: number;
-  errors: number;
-  slowestConnectMs: number;
-  slowestRequestMs: number;
-}
-
-function runLoad(port: number, clients: number, staggerMs: number, windowMs: number, tokens: number): Promise<LoadOut> {
+function runLoad(port: number, clients: number, staggerMs: number, windowMs: number, tokens: number): Promise<CLoadReport> {
   return new Promise((resolve, reject) => {
     const args = [String(port), String(clients), String(staggerMs), String(windowMs), String(tokens)];
     execFile((loadBuilt as { path: string }).path, args, { maxBuffer: 1 << 24 }, (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout))));
