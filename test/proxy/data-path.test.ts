@@ -4,10 +4,12 @@
 
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { type GpuAddon, loadAddon } from '../../agent/gpu/addon.js';
-import { startSimOpenAi } from '../../agent/demo/sim-openai.js';
+import { openAiHandler, startSimOpenAi } from '../../agent/demo/sim-openai.js';
 import { getText, spawnAgent, tempDir, threadsOf } from '../helpers.js';
 import type { ProxyDeps } from '../../agent/proxy/exchange.js';
 import { NativeProxy, nativeUnfit } from '../../agent/proxy/native-proxy.js';
@@ -110,6 +112,32 @@ describe('proxy.dataPath', () => {
       assert.equal(r.status, 200);
     } finally {
       await h.close();
+    }
+  });
+
+  it('native: an IPv6 engine target is connected to and streamed from (the loop builds a sockaddr_in6)', {
+    skip: !built && 'the addon is not built',
+  }, async () => {
+    const engine = http.createServer(openAiHandler({ models: ['v6-model'], ttftMs: 1, itlMs: 1, tokens: 3 }));
+    await new Promise<void>((resolve) => engine.listen(0, '::1', resolve));
+    const { port } = engine.address() as AddressInfo;
+    const h = await startHarness({ proxy: { dataPath: 'native', target: `http://[::1]:${port}` } });
+    try {
+      assert.equal(h.agent.proxy?.dataPath, 'native');
+      const plain = await post(`${h.proxy}/v1/completions`, { model: 'v6-model', prompt: 'a' });
+      assert.equal(plain.status, 200, plain.text);
+      assert.equal((JSON.parse(plain.text) as { model: string }).model, 'v6-model');
+      const streamed = await post(`${h.proxy}/v1/chat/completions`, { model: 'v6-model', stream: true, messages: [{ role: 'user', content: 'a' }] });
+      assert.equal(streamed.status, 200, streamed.text);
+      // One content chunk per token the stand-in was told to send, then its finish chunk; the usage chunk the proxy asked for is stripped.
+      assert.equal(streamed.text.match(/"delta":\{"content":/g)?.length, 3, streamed.text);
+      assert.match(streamed.text, /"finish_reason":"length"/);
+      assert.doesNotMatch(streamed.text, /"usage"/);
+      assert.match(streamed.text, /data: \[DONE\]/);
+      assert.equal(sumOf(await h.metrics(), 'inference_requests_total', { code: '2xx' }), 2);
+    } finally {
+      await h.close();
+      await new Promise((resolve) => engine.close(resolve));
     }
   });
 
