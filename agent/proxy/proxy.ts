@@ -29,6 +29,14 @@ import { inspectBody, routeOf, type RequestFacts } from './routes.js';
 import { bodyKind, StreamObserver } from './stream.js';
 import { StreamValidator } from './validator.js';
 
+/**
+ * Connections the kernel queues before the proxy accepts them, as the native loop asks
+ * (native/src/edge.rs): Node's default of 511 has a burst of more connects than that, arriving
+ * while the event loop is busy, dropped and retried by the clients' SYN timer a second later. The
+ * kernel caps it at somaxconn.
+ */
+const LISTEN_BACKLOG = 4096;
+
 /** RFC 9110 §7.6.1: connection-specific fields, never forwarded (plus those the Connection field names). */
 const HOP_BY_HOP = new Set([
   'connection',
@@ -143,7 +151,7 @@ export class InlineProxy implements RequestProxy {
     const host = this.opts.listen.slice(0, idx).replace(/^\[(.*)\]$/, '$1');
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(Number(this.opts.listen.slice(idx + 1)), host || undefined, () => {
+      server.listen({ port: Number(this.opts.listen.slice(idx + 1)), host: host || undefined, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', reject);
         resolve();
       });

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { type GpuAddon, loadAddon } from '../../agent/gpu/addon.js';
@@ -140,6 +140,40 @@ describe('proxy.dataPath', () => {
       await new Promise((resolve) => engine.close(resolve));
     }
   });
+
+  for (const dataPath of ['node', 'native'] as const) {
+    it(`${dataPath}: a burst of connects while the proxy cannot accept is queued by the kernel, not dropped (listen backlog 4096)`, {
+      skip: dataPath === 'native' && !built && 'the addon is not built',
+    }, async () => {
+      const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+      const burst = 800;
+      // Node's default backlog (511) queues 512 connections; the kernel caps any backlog at somaxconn.
+      assert.ok(somaxconn > burst, `somaxconn ${somaxconn} would cap the backlog below the burst`);
+      const engine = await startSimOpenAi({ models: ['m'], ttftMs: 1, itlMs: 1, tokens: 2 });
+      const configFile = join(tempDir('infertel-backlog-'), 'config.yaml');
+      writeFileSync(configFile, `proxy:\n  dataPath: ${dataPath}\n`);
+      const agent = await spawnAgent(['--config', configFile, '--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url]);
+      const [host, port] = [new URL(agent.proxyBase!).hostname, Number(new URL(agent.proxyBase!).port)];
+      const sockets: net.Socket[] = [];
+      agent.child.kill('SIGSTOP');
+      try {
+        // Stopped, the agent accepts nothing: each handshake the kernel completes sits in the accept queue, and a SYN past the queue's bound is dropped.
+        let connected = 0;
+        for (let i = 0; i < burst; i++) {
+          const s = net.connect(port, host, () => connected++);
+          s.on('error', () => undefined);
+          sockets.push(s);
+        }
+        await new Promise((r) => setTimeout(r, 700));
+        assert.equal(connected, burst, `${connected} of ${burst} connects completed within 0.7 s`);
+      } finally {
+        agent.child.kill('SIGCONT');
+        for (const s of sockets) s.destroy();
+        await agent.stop();
+        await engine.close();
+      }
+    });
+  }
 
   it('native: a scrape counts every request answered before it (the records follow the answers by a moment)', {
     skip: !built && 'the addon is not built',
