@@ -132,7 +132,9 @@ export class NativeProxy implements RequestProxy {
     // The loop reads 2xx event streams itself: JS is told once per request, not per read. Marks are for span events only.
     const markEvery = this.deps.tracer ? this.opts.traceTokenEvery : 0;
     const read = `read:${this.opts.stallAfterMs}:${markEvery}:${this.gapBounds.join(',')}`;
-    const rest = [target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, this.waits ? 'wait' : 'tell', this.opts.maxConcurrent, read].join(' ');
+    // Told after, JS is handed of each body only the members it reads, and the prompt only when it hashes prompts.
+    const mode = this.waits ? 'wait' : this.deps.requestLog.hashesPrompts ? 'tell:prompt' : 'tell';
+    const rest = [target, this.opts.maxBodyBytes, this.opts.upstreamTimeoutMs, mode, this.opts.maxConcurrent, read].join(' ');
     // An empty host means every address, as Node's listen() takes it: IPv6 and IPv4 where the machine has IPv6.
     const listens = this.opts.listen.startsWith(':') ? [`[::]${this.opts.listen}`, `0.0.0.0${this.opts.listen}`] : [this.opts.listen];
     for (const listen of listens) {
@@ -238,7 +240,7 @@ export class NativeProxy implements RequestProxy {
       return;
     }
     if (!r.waits) {
-      // Sent already: learn what it asked. The loop's own reading of the body decided include_usage.
+      // Sent already: learn what it asked, from the members of the body the loop handed over. The loop's own reading of the body decided include_usage.
       ex.sent = received;
       this.inspect(ex, r, false);
       if (ex.stripUsage) this.count('usage_injected');

@@ -152,6 +152,11 @@ pub struct Config {
      * body needs JS to rewrite it.
      */
     pub tell_after: bool,
+    /**
+     * With tell_after: what the policy is handed of a request sent already keeps its prompt (for
+     * the prompt's keyed hash); else only the members it reads for facts (policy_body).
+     */
+    pub keep_prompt: bool,
     /** Requests in progress at once (with the policy, with the engine or streaming); past it, 503. */
     pub max_concurrent: usize,
     /**
@@ -307,6 +312,7 @@ impl Edge {
             admit: cfg.admit,
             free_returned: cfg.free_returned,
             tell_after: cfg.tell_after,
+            keep_prompt: cfg.keep_prompt,
             max_concurrent: cfg.max_concurrent,
             reading_rules: cfg.reading,
             inbox: inbox.clone(),
@@ -709,6 +715,43 @@ pub fn usage_plan(method: &str, target: &str, body: &[u8]) -> UsagePlan {
     }
 }
 
+/** Top-level members of a request body that routes.ts's inspectBody reads for the request's facts. */
+const FACT_KEYS: [&[u8]; 8] =
+    [b"model", b"stream", b"stream_options", b"max_completion_tokens", b"max_tokens", b"max_output_tokens", b"temperature", b"parameters"];
+/** The members its prompt hash is taken over (routes.ts's promptMaterial). */
+const PROMPT_KEYS: [&[u8]; 4] = [b"messages", b"prompt", b"input", b"inputs"];
+
+/**
+ * What the policy is handed of a body the loop has sent already. JS reads only a few members of it
+ * (FACT_KEYS, and the prompt when it hashes prompts), so it gets a JSON object of those alone: a
+ * long prompt is neither copied to JS nor parsed there, and no open stream's garbage holds one.
+ * Nothing for a request whose body JS does not read (not a POST to a measured route); the whole
+ * body where it is not one JSON object, which JS counts as malformed, as the Node proxy does. A key
+ * written with an escape is kept, since JSON.parse may read it as one of these.
+ */
+pub fn policy_body(method: &str, target: &str, body: &[u8], keep_prompt: bool) -> Vec<u8> {
+    if method != "POST" || route_of(target) == Route::Other {
+        return Vec::new();
+    }
+    let Some(m) = members(body) else { return body.to_vec() };
+    let mut out = vec![b'{'];
+    for (key, value) in m {
+        let wanted = FACT_KEYS.contains(&key) || (keep_prompt && PROMPT_KEYS.contains(&key)) || key.contains(&b'\\');
+        if !wanted {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(&body[value]);
+    }
+    out.push(b'}');
+    out
+}
+
 /** The client's `x-request-id` when it is a plain token (as the Node proxy's requestIdOf), else a new UUID. */
 pub fn request_id(headers: &[(String, String)]) -> String {
     let given = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-request-id")).map(|(_, v)| v.as_str());
@@ -1040,6 +1083,7 @@ struct Loop {
     admit: Option<Admit>,
     free_returned: Option<FreeReturned>,
     tell_after: bool,
+    keep_prompt: bool,
     max_concurrent: usize,
     reading_rules: Option<Arc<ReadingRules>>,
     inbox: Arc<Inbox>,
@@ -1441,9 +1485,10 @@ impl Loop {
                 let plan = if self.tell_after { usage_plan(&req.start[0], &req.start[1], &body) } else { UsagePlan::AskJs };
                 if plan != UsagePlan::AskJs {
                     let request_id = request_id(&req.headers);
+                    let told = policy_body(&req.start[0], &req.start[1], &body, self.keep_prompt);
                     let (sent, usage_injected) = match plan {
                         UsagePlan::Inject(b) => (b, true),
-                        _ => (body.clone(), false),
+                        _ => (body, false),
                     };
                     let (method, target, headers) = (req.start[0].clone(), req.start[1].clone(), req.headers.clone());
                     self.pending.push(Admission {
@@ -1456,7 +1501,7 @@ impl Loop {
                         method,
                         target,
                         headers,
-                        body,
+                        body: told,
                     });
                     let id_field = vec![("x-request-id".to_string(), request_id)];
                     let step = self.send(i, req, sent, id_field.clone(), id_field);
@@ -2212,6 +2257,54 @@ mod tests {
         assert_eq!(ids.len(), 1000, "the fallback repeated an id");
         let mut buf = [0u8; 64];
         assert!(fill_random(&mut buf) && buf.iter().any(|&b| b != 0));
+    }
+
+    #[test]
+    fn policy_body_keeps_only_what_js_reads() {
+        let chat = "/v1/chat/completions";
+        let long = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}],\"stream\":true,\"max_tokens\":7}}", "x".repeat(65536));
+        // (method, target, body, keep the prompt) -> what JS is handed, written out by hand.
+        let rows: [(&str, &str, &str, bool, &str); 12] = [
+            ("POST", chat, &long, false, "{\"model\":\"m\",\"stream\":true,\"max_tokens\":7}"),
+            ("POST", chat, "{\"model\":\"m\",\"messages\":[1],\"user\":\"u\"}", true, "{\"model\":\"m\",\"messages\":[1]}"),
+            // Duplicates stay in order, so JSON.parse still takes the last; values keep their spelling.
+            (
+                "POST",
+                "/v1/completions?x=1",
+                "{ \"temperature\" : 1.50 , \"model\":\"a\", \"model\":\"b\" }",
+                false,
+                "{\"temperature\":1.50,\"model\":\"a\",\"model\":\"b\"}",
+            ),
+            (
+                "POST",
+                "/v1/responses",
+                "{\"input\":\"p\",\"max_output_tokens\":3,\"stream_options\":{}}",
+                false,
+                "{\"max_output_tokens\":3,\"stream_options\":{}}",
+            ),
+            ("POST", "/v1/embeddings", "{\"input\":[\"a\",\"b\"],\"model\":\"e\"}", true, "{\"input\":[\"a\",\"b\"],\"model\":\"e\"}"),
+            (
+                "POST",
+                "/generate",
+                "{\"inputs\":\"p\",\"parameters\":{\"max_new_tokens\":5,\"temperature\":0.2}}",
+                false,
+                "{\"parameters\":{\"max_new_tokens\":5,\"temperature\":0.2}}",
+            ),
+            ("POST", "/generate_stream", "{\"inputs\":\"p\"}", true, "{\"inputs\":\"p\"}"),
+            // An escaped key may be one JS reads: kept.
+            ("POST", chat, "{\"mod\\u0065l\":\"m\",\"other\":1}", false, "{\"mod\\u0065l\":\"m\"}"),
+            ("POST", chat, "{}", false, "{}"),
+            // Not one object: handed whole, for JS to count as malformed.
+            ("POST", chat, "[{\"model\":\"m\"}]", false, "[{\"model\":\"m\"}]"),
+            ("POST", chat, "{\"model\":\"m\",", false, "{\"model\":\"m\","),
+            // JS reads no body of another route or method.
+            ("POST", "/v1/models", "{\"model\":\"m\"}", false, ""),
+        ];
+        for (method, target, body, keep, want) in rows {
+            let got = policy_body(method, target, body.as_bytes(), keep);
+            assert_eq!(String::from_utf8_lossy(&got), want, "{method} {target} {}", &body[..body.len().min(60)]);
+        }
+        assert!(policy_body("GET", chat, b"{\"model\":\"m\"}", true).is_empty());
     }
 
     #[test]

@@ -474,8 +474,9 @@ unsafe fn number_arg(env: napi_env, info: napi_callback_info) -> Option<f64> {
 }
 
 /**
- * `listen target maxBodyBytes upstreamTimeoutMs [wait|tell [maxConcurrent [read:STALL_MS:MARK_EVERY:BOUND,BOUND,...]]]`,
- * space-separated (the TS wrapper writes it). The last part has the loop read 2xx event streams
+ * `listen target maxBodyBytes upstreamTimeoutMs [wait|tell|tell:prompt [maxConcurrent [read:STALL_MS:MARK_EVERY:BOUND,BOUND,...]]]`,
+ * space-separated (the TS wrapper writes it). `tell:prompt`: as `tell`, and the policy is handed each
+ * sent request's prompt too (edge.rs's policy_body). The last part has the loop read 2xx event streams
  * itself (sse.rs): the stall limit, how often a content read's time is marked (0: never), and the
  * inter-token histogram's bounds in ms.
  */
@@ -485,9 +486,10 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
     let target = parts.next()?.to_string();
     let max_body = parts.next()?.parse().ok()?;
     let timeout_ms: u64 = parts.next()?.parse().ok()?;
-    let tell_after = match parts.next() {
-        None | Some("wait") => false,
-        Some("tell") => true,
+    let (tell_after, keep_prompt) = match parts.next() {
+        None | Some("wait") => (false, false),
+        Some("tell") => (true, false),
+        Some("tell:prompt") => (true, true),
         Some(_) => return None,
     };
     // proxy.maxConcurrent's default.
@@ -510,6 +512,7 @@ fn edge_config(spec: &str) -> Option<edge::Config> {
         admit: None,
         free_returned: None,
         tell_after,
+        keep_prompt,
         max_concurrent,
         reading,
     })

@@ -40,7 +40,7 @@ function edgeStart(
   maxBody = 32 * 1024 * 1024,
   timeoutMs = 30_000,
   policy?: (requests: EdgeRequest[], seen: EdgeSeen[]) => void,
-  mode: 'wait' | 'tell' = 'wait',
+  mode: 'wait' | 'tell' | 'tell:prompt' = 'wait',
   maxConcurrent = 4096,
 ): { id: number; base: string } {
   if (!loaded.ok) throw new Error('no addon');
@@ -777,7 +777,7 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
     id = p.id;
     try {
       const events = (a: Answer) => a.body.toString().split('\n\n').filter(Boolean);
-      const body = '{"model":"m","stream":true,"messages":[]}';
+      const body = '{"model":"m","stream":true,"messages":[{"role":"user","content":"a long prompt"}],"user":"u-1"}';
       const a = await request(p.base, '/v1/chat/completions', { method: 'POST', body, headers: { 'x-request-id': 'given-1' } });
       assert.equal(a.headers['x-request-id'], 'given-1');
       assert.equal(seen.at(-1)?.headers['x-request-id'], 'given-1');
@@ -786,8 +786,10 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       await eventually(async () => told.length === 1, 2000, 'the policy to be told');
       assert.deepEqual(
         { waits: told[0]?.waits, requestId: told[0]?.requestId, usageInjected: told[0]?.usageInjected, body: told[0]?.body.toString() },
-        { waits: false, requestId: 'given-1', usageInjected: true, body },
+        // The engine had the whole body; the policy gets only the members it reads (no prompt, since this mode hashes none).
+        { waits: false, requestId: 'given-1', usageInjected: true, body: '{"model":"m","stream":true}' },
       );
+      assert.equal(JSON.parse(seen.at(-1)?.body ?? '{}').messages[0].content, 'a long prompt');
       const crafted = await request(p.base, '/v1/models', { headers: { 'x-request-id': 'has space' } });
       assert.match(String(crafted.headers['x-request-id']), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
       // The client's stream_options without include_usage: JS rewrites the body, so the request waits for it.
@@ -796,6 +798,36 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       assert.equal(told.at(-1)?.waits, true);
       assert.deepEqual(JSON.parse(seen.at(-1)?.body ?? '{}').stream_options, { include_usage: true });
       assert.equal(events(waited).filter((e) => e.includes('"usage"')).length, 0);
+    } finally {
+      addon.edgeStop(p.id);
+    }
+  });
+
+  it('told after, with prompts hashed (tell:prompt): the policy gets the prompt members too; a body that is no JSON object comes whole', async () => {
+    if (!loaded.ok) return;
+    const addon = loaded.addon;
+    const seen = streamingEngine();
+    const told: EdgeRequest[] = [];
+    const p = edgeStart(target, 1024 * 1024, 30_000, (requests) => told.push(...requests), 'tell:prompt');
+    try {
+      const bodies = [
+        '{"model":"m","messages":[{"role":"user","content":"hi"}],"user":"u-1","temperature":0.5}',
+        '{"inputs":"p","parameters":{"max_new_tokens":2},"extra":[1,2]}',
+        '{"model":"m",',
+      ];
+      for (const [path, body] of [
+        ['/v1/chat/completions', bodies[0]],
+        ['/generate', bodies[1]],
+        ['/v1/completions', bodies[2]],
+      ] as const) {
+        await request(p.base, path, { method: 'POST', body });
+        assert.equal(seen.at(-1)?.body, body, 'the engine gets the body as sent');
+      }
+      await eventually(async () => told.length === 3, 2000, 'the policy to be told');
+      assert.deepEqual(
+        told.map((r) => r.body.toString()),
+        ['{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.5}', '{"inputs":"p","parameters":{"max_new_tokens":2}}', '{"model":"m",'],
+      );
     } finally {
       addon.edgeStop(p.id);
     }
