@@ -14,6 +14,7 @@ import { loadAddon } from '../agent/gpu/addon.js';
 import { findGateway, type GatewayName, startGateway } from './gateways.js';
 import { buildTool, removeTool } from './relay.js';
 import { firstLine, pct, spawnNode } from './stats.js';
+import { describeWaiting, type SocketState, watchRound } from './tcp-state.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
 const ENGINE = fileURLToPath(new URL('./serve-openai.js', import.meta.url));
@@ -230,12 +231,20 @@ async function measurePaths(
   const roundByRound: string[] = [];
   const longRounds: string[] = [];
   for (const [concurrency, tokens, staggerMs] of scenarios) {
-    const ends: Array<{ name: PathName; round: number; r: LoadResult }> = [];
+    const ends: Array<{ name: PathName; round: number; r: LoadResult; tcp: Array<[string, number]>; waiting?: SocketState[] }> = [];
+    const enginePort = new URL(paths.find(([n]) => n === 'direct')?.[1] ?? 'http://127.0.0.1:0').port;
     const rows = new Map<PathName, { ttfb: number[]; roundP99: number[]; cps: number[]; roundCps: number[]; cpu: number; chunks: number }>();
     for (let round = 0; round < rounds; round++) {
       for (const [name, base, pid] of paths) {
         const c0 = pid ? cpuMs(pid) : 0;
-        const r = await run(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) }, staggerMs);
+        // A round still running this long after its due end has its sockets looked at, while it waits.
+        const {
+          result: r,
+          tcp,
+          waiting,
+        } = await watchRound([new URL(base).port, enginePort], 3000 + staggerMs + OVERDUE_LOOK_MS, () =>
+          run(base, concurrency, 3000, { authorization: 'Bearer sk-bench', 'x-sim-tokens': String(tokens) }, staggerMs),
+        );
         const row = rows.get(name) ?? { ttfb: [], roundP99: [], cps: [], roundCps: [], cpu: 0, chunks: 0 };
         rows.set(name, row);
         row.ttfb.push(...r.ttfb);
@@ -243,7 +252,7 @@ async function measurePaths(
         row.cps.push(r.chunksPerSecond);
         row.roundCps.push(r.roundChunksPerSecond);
         row.chunks += r.chunks;
-        ends.push({ name, round, r });
+        ends.push({ name, round, r, tcp, ...(waiting ? { waiting } : {}) });
         if (pid) row.cpu += cpuMs(pid) - c0;
       }
     }
@@ -304,13 +313,18 @@ async function measurePaths(
       ends.filter((e) => e.name === 'direct').map((e) => e.r.elapsedMs),
       50,
     );
-    for (const { name, round, r } of ends.filter((e) => e.r.elapsedMs > directEnd + LONG_ROUND_MS)) {
+    for (const { name, round, r, tcp, waiting } of ends.filter((e) => e.r.elapsedMs > directEnd + LONG_ROUND_MS)) {
       const where =
         r.slowestConnectMs === undefined
           ? ''
           : `, its slowest connect ${r.slowestConnectMs.toFixed(1)} ms and slowest request ${r.slowestRequestMs?.toFixed(1)} ms`;
+      const kernel =
+        tcp.length === 0
+          ? '; no TCP retransmit, timeout or drop counted on the machine in that round'
+          : `; TCP counters in that round: ${tcp.map(([c, n]) => `${c} +${n}`).join(', ')}`;
+      const look = waiting ? `; ${OVERDUE_LOOK_MS / 1000} s past its due end, ${describeWaiting(waiting)}` : '';
       longRounds.push(
-        `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, ${labels.find(([n]) => n === name)?.[1] ?? name}, round ${round + 1}: ${(r.elapsedMs / 1000).toFixed(2)} s against direct's median ${(directEnd / 1000).toFixed(2)} s${where}.`,
+        `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, ${labels.find(([n]) => n === name)?.[1] ?? name}, round ${round + 1}: ${(r.elapsedMs / 1000).toFixed(2)} s against direct's median ${(directEnd / 1000).toFixed(2)} s${where}${kernel}${look}.`,
       );
     }
     const proxy = summary('proxy');
@@ -330,6 +344,8 @@ async function measurePaths(
 
 /** How much longer than direct's median round a round may take before it is named under the table. */
 const LONG_ROUND_MS = 250;
+/** How long past its due end (window and stagger) a round runs before its sockets are looked at. */
+const OVERDUE_LOOK_MS = 2500;
 
 /** The request-level mode issue's target for added p99 to first byte. */
 const P99_TARGET_MS = 1;
