@@ -181,8 +181,11 @@ int main(void) {
       }
       if (c->streaming && (next < 0 || c->next_at < next)) next = c->next_at;
     }
-    /* epoll_wait's timeout is in whole ms: rounded up, a chunk is at most 1 ms late, as with Node's timers. */
-    int timeout = next < 0 ? -1 : (int)(next - t) + 1;
+    /* epoll_wait's timeout is in whole ms: rounded up, a chunk is at most 1 ms late, as with Node's timers.
+     * A chunk still overdue after its step (an engine descheduled for over a token gap is behind by
+     * more than one) waits 0 ms: any negative timeout would block until the next event on a socket,
+     * and with no request coming, that held every stream until someone else's poll arrived. */
+    int timeout = next < 0 ? -1 : next <= t ? 0 : (int)(next - t) + 1;
     int k = epoll_wait(ep, events, 256, timeout);
     for (int e = 0; e < k; e++) {
       if (events[e].data.fd == -1) {

@@ -111,6 +111,19 @@ describe('bench: the C stand-in engine', { skip }, () => {
     assert.equal(notAsked.events.length, asked.events.length - 1);
   });
 
+  it('catches up on a stream it fell behind on (stopped for 200 ms) with no other request to wake it, and ends it', async () => {
+    const streamed = chat(port, agent, { model: 'bench-model', stream: true }, 20);
+    await new Promise((r) => setTimeout(r, 50));
+    engine.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 200));
+    engine.kill('SIGCONT');
+    // Resumed, each chunk is several gaps overdue: an engine that then waited on its sockets alone held the stream until another request came.
+    const ended = await Promise.race([streamed, new Promise<undefined>((r) => setTimeout(() => r(undefined), 3000))]);
+    assert.ok(ended, 'the stream did not end within 3 s of the engine resuming');
+    assert.equal(ended.events.length, 1 + 20 + 2);
+    assert.equal(ended.events.at(-1)?.data, '[DONE]');
+  });
+
   it('answers one request after another on one keep-alive connection', async () => {
     const a = await chat(port, agent, { model: 'bench-model', stream: true }, 1);
     const b = await chat(port, agent, { model: 'bench-model', stream: true }, 1);
