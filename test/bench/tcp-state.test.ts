@@ -67,13 +67,7 @@ describe('bench TCP state', () => {
 
   it('watchRound looks at the sockets of a round still running after its look time, and not of one that ended before it', async (t) => {
     if ((await socketsOn(['1'])) === undefined) return t.skip('ss (iproute2) is not installed');
-    const server = net.createServer({ pauseOnConnect: true });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const port = String((server.address() as net.AddressInfo).port);
-    const client = net.connect(Number(port), '127.0.0.1');
-    try {
-      await new Promise<void>((resolve) => client.once('connect', resolve));
-      client.write(Buffer.alloc(777, 'x'));
+    await withUnreadBytes(777, async (port) => {
       await new Promise((r) => setTimeout(r, 50));
       const quick = await watchRound([port], 300, async () => 'quick');
       assert.deepEqual([quick.result, quick.waiting], ['quick', undefined]);
@@ -84,22 +78,13 @@ describe('bench TCP state', () => {
         [[`127.0.0.1:${port}`, 777]],
       );
       assert.ok(Array.isArray(overdue.tcp));
-    } finally {
-      client.destroy();
-      server.close();
-    }
+    });
   });
 
   it("reads this machine's counters, and ss shows bytes a paused server has not read", async (t) => {
     const counters = tcpCounters();
     assert.ok(Number.isInteger(counters.TcpRetransSegs) && Number.isInteger(counters.TcpExtTCPTimeouts), JSON.stringify(counters).slice(0, 200));
-    const server = net.createServer({ pauseOnConnect: true });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const port = String((server.address() as net.AddressInfo).port);
-    const client = net.connect(Number(port), '127.0.0.1');
-    try {
-      await new Promise<void>((resolve) => client.once('connect', resolve));
-      client.write(Buffer.alloc(1234, 'x'));
+    await withUnreadBytes(1234, async (port) => {
       let text: string | undefined;
       let held: ReturnType<typeof waitingSockets> = [];
       for (let i = 0; i < 50 && !held.some((s) => s.recvQ === 1234); i++) {
@@ -113,9 +98,22 @@ describe('bench TCP state', () => {
         held.map((s) => [s.local, s.recvQ]),
         [[`127.0.0.1:${port}`, 1234]],
       );
-    } finally {
-      client.destroy();
-      server.close();
-    }
+    });
   });
 });
+
+// A server that never reads, so the bytes a client wrote sit in the server socket's Recv-Q.
+async function withUnreadBytes(bytes: number, look: (port: string) => Promise<void>): Promise<void> {
+  const server = net.createServer({ pauseOnConnect: true });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = String((server.address() as net.AddressInfo).port);
+  const client = net.connect(Number(port), '127.0.0.1');
+  try {
+    await new Promise<void>((resolve) => client.once('connect', resolve));
+    client.write(Buffer.alloc(bytes, 'x'));
+    await look(port);
+  } finally {
+    client.destroy();
+    server.close();
+  }
+}
