@@ -642,12 +642,15 @@ pub fn is_usage_chunk(event: &[u8]) -> bool {
     choices_empty && usage
 }
 
+/** One member of a JSON object: its key without the quotes, and its value's range in the object's text. */
+pub type Member<'a> = (&'a [u8], std::ops::Range<usize>);
+
 /**
  * The members of one JSON object (each key without its quotes, and its value's range), or None
  * where `j` is not one object or JSON.parse would throw on it (sse.rs's reader: the Node proxy
  * leaves such a body as it came).
  */
-pub fn members(j: &[u8]) -> Option<Vec<(&[u8], std::ops::Range<usize>)>> {
+pub fn members(j: &[u8]) -> Option<Vec<Member<'_>>> {
     let mut i = skip_ws(j, 0);
     if j.get(i) != Some(&b'{') {
         return None;
@@ -690,12 +693,24 @@ pub enum UsagePlan {
     AskJs,
 }
 
-pub fn usage_plan(method: &str, target: &str, body: &[u8]) -> UsagePlan {
+/**
+ * The top-level members of a body that usage_plan and policy_body read, parsed once for both: None
+ * for a request whose body neither reads (not a POST to a measured route), or that is not one object.
+ */
+pub fn request_members<'a>(method: &str, target: &str, body: &'a [u8]) -> Option<Vec<Member<'a>>> {
+    if method != "POST" || route_of(target) == Route::Other {
+        return None;
+    }
+    members(body)
+}
+
+/** `m` is request_members of the same request. */
+pub fn usage_plan(method: &str, target: &str, body: &[u8], m: Option<&[Member]>) -> UsagePlan {
     let path = target.split('?').next().unwrap_or("");
     if method != "POST" || !matches!(path, "/v1/chat/completions" | "/v1/completions") {
         return UsagePlan::Leave;
     }
-    let Some(m) = members(body) else { return UsagePlan::Leave };
+    let Some(m) = m else { return UsagePlan::Leave };
     if !m.iter().any(|(k, v)| *k == b"stream" && &body[v.clone()] == b"true") {
         return UsagePlan::Leave;
     }
@@ -727,16 +742,17 @@ const PROMPT_KEYS: [&[u8]; 4] = [b"messages", b"prompt", b"input", b"inputs"];
  * long prompt is neither copied to JS nor parsed there, and no open stream's garbage holds one.
  * Nothing for a request whose body JS does not read (not a POST to a measured route); the whole
  * body where it is not one JSON object, which JS counts as malformed, as the Node proxy does. A key
- * written with an escape is kept, since JSON.parse may read it as one of these.
+ * written with an escape is kept, since JSON.parse may read it as one of these. `m` is
+ * request_members of the same request.
  */
-pub fn policy_body(method: &str, target: &str, body: &[u8], keep_prompt: bool) -> Vec<u8> {
+pub fn policy_body(method: &str, target: &str, body: &[u8], m: Option<&[Member]>, keep_prompt: bool) -> Vec<u8> {
     if method != "POST" || route_of(target) == Route::Other {
         return Vec::new();
     }
-    let Some(m) = members(body) else { return body.to_vec() };
+    let Some(m) = m else { return body.to_vec() };
     let mut out = vec![b'{'];
     for (key, value) in m {
-        let wanted = FACT_KEYS.contains(&key) || (keep_prompt && PROMPT_KEYS.contains(&key)) || key.contains(&b'\\');
+        let wanted = FACT_KEYS.contains(key) || (keep_prompt && PROMPT_KEYS.contains(key)) || key.contains(&b'\\');
         if !wanted {
             continue;
         }
@@ -746,7 +762,7 @@ pub fn policy_body(method: &str, target: &str, body: &[u8], keep_prompt: bool) -
         out.push(b'"');
         out.extend_from_slice(key);
         out.extend_from_slice(b"\":");
-        out.extend_from_slice(&body[value]);
+        out.extend_from_slice(&body[value.clone()]);
     }
     out.push(b'}');
     out
@@ -1482,10 +1498,11 @@ impl Loop {
                 self.next_token += 1;
                 let token = self.next_token;
                 c.token = Some(token);
-                let plan = if self.tell_after { usage_plan(&req.start[0], &req.start[1], &body) } else { UsagePlan::AskJs };
+                let m = if self.tell_after { request_members(&req.start[0], &req.start[1], &body) } else { None };
+                let plan = if self.tell_after { usage_plan(&req.start[0], &req.start[1], &body, m.as_deref()) } else { UsagePlan::AskJs };
                 if plan != UsagePlan::AskJs {
                     let request_id = request_id(&req.headers);
-                    let told = policy_body(&req.start[0], &req.start[1], &body, self.keep_prompt);
+                    let told = policy_body(&req.start[0], &req.start[1], &body, m.as_deref(), self.keep_prompt);
                     let (sent, usage_injected) = match plan {
                         UsagePlan::Inject(b) => (b, true),
                         _ => (body, false),
@@ -2183,6 +2200,7 @@ mod tests {
 
     #[test]
     fn usage_plan_table() {
+        let plan = |method: &str, target: &str, body: &[u8]| usage_plan(method, target, body, request_members(method, target, body).as_deref());
         let chat = "/v1/chat/completions";
         let cases: [(&str, &str, &str, Option<&str>); 13] = [
             ("POST", chat, "{\"model\":\"m\",\"stream\":true}", Some("{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}")),
@@ -2205,10 +2223,10 @@ mod tests {
                 Some(b) => UsagePlan::Inject(b.as_bytes().to_vec()),
                 None => UsagePlan::Leave,
             };
-            assert_eq!(usage_plan(method, target, body.as_bytes()), want, "{method} {target} {body}");
+            assert_eq!(plan(method, target, body.as_bytes()), want, "{method} {target} {body}");
         }
-        assert_eq!(usage_plan("POST", chat, b"{\"stream\":true,\"stream_options\":{\"include_usage\":false}}"), UsagePlan::AskJs);
-        assert_eq!(usage_plan("POST", chat, b"{\"stream\":true,\"stream_options\":{}}"), UsagePlan::AskJs);
+        assert_eq!(plan("POST", chat, b"{\"stream\":true,\"stream_options\":{\"include_usage\":false}}"), UsagePlan::AskJs);
+        assert_eq!(plan("POST", chat, b"{\"stream\":true,\"stream_options\":{}}"), UsagePlan::AskJs);
     }
 
     #[test]
@@ -2261,6 +2279,8 @@ mod tests {
 
     #[test]
     fn policy_body_keeps_only_what_js_reads() {
+        let told =
+            |method: &str, target: &str, body: &[u8], keep: bool| policy_body(method, target, body, request_members(method, target, body).as_deref(), keep);
         let chat = "/v1/chat/completions";
         let long = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}],\"stream\":true,\"max_tokens\":7}}", "x".repeat(65536));
         // (method, target, body, keep the prompt) -> what JS is handed, written out by hand.
@@ -2301,10 +2321,10 @@ mod tests {
             ("POST", "/v1/models", "{\"model\":\"m\"}", false, ""),
         ];
         for (method, target, body, keep, want) in rows {
-            let got = policy_body(method, target, body.as_bytes(), keep);
+            let got = told(method, target, body.as_bytes(), keep);
             assert_eq!(String::from_utf8_lossy(&got), want, "{method} {target} {}", &body[..body.len().min(60)]);
         }
-        assert!(policy_body("GET", chat, b"{\"model\":\"m\"}", true).is_empty());
+        assert!(told("GET", chat, b"{\"model\":\"m\"}", true).is_empty());
     }
 
     #[test]
