@@ -1498,8 +1498,13 @@ impl Loop {
                 self.next_token += 1;
                 let token = self.next_token;
                 c.token = Some(token);
-                let m = if self.tell_after { request_members(&req.start[0], &req.start[1], &body) } else { None };
-                let plan = if self.tell_after { usage_plan(&req.start[0], &req.start[1], &body, m.as_deref()) } else { UsagePlan::AskJs };
+                let (m, plan) = if self.tell_after {
+                    let m = request_members(&req.start[0], &req.start[1], &body);
+                    let plan = usage_plan(&req.start[0], &req.start[1], &body, m.as_deref());
+                    (m, plan)
+                } else {
+                    (None, UsagePlan::AskJs)
+                };
                 if plan != UsagePlan::AskJs {
                     let request_id = request_id(&req.headers);
                     let told = policy_body(&req.start[0], &req.start[1], &body, m.as_deref(), self.keep_prompt);
