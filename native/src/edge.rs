@@ -86,7 +86,6 @@ const EPOLLERR: u32 = 0x8;
 const EPOLLHUP: u32 = 0x10;
 const EPOLLRDHUP: u32 = 0x2000;
 const EPOLL_CTL_ADD: i32 = 1;
-const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;
 const EPOLL_CLOEXEC: i32 = 0o2000000;
 const AF_INET: u16 = 2;
@@ -123,6 +122,12 @@ const HAND_EVERY: Duration = Duration::from_millis(20);
 const MAX_TAPPED_BODY: usize = 4 * 1024 * 1024;
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
+/**
+ * An idle engine connection's interest: anything readable on it is the engine closing it (or
+ * breaking the protocol), which takes it out of the pool at once. It is also what a connection
+ * reading an answer wants, so one that joins or leaves the pool is rarely given a new interest.
+ */
+const IDLE_WANT: u32 = EPOLLIN | EPOLLRDHUP;
 const EFD_CLOEXEC: i32 = 0o2000000;
 const EFD_NONBLOCK: i32 = 0o4000;
 const VIA: &str = "1.1 infertel";
@@ -330,6 +335,9 @@ impl Edge {
             conns: Vec::new(),
             free: Vec::new(),
             freed: Vec::new(),
+            up_owner: Vec::new(),
+            up_free: Vec::new(),
+            up_freed: Vec::new(),
             idle: Vec::new(),
             deadlines: BTreeSet::new(),
             next_exchange: 0,
@@ -776,11 +784,27 @@ pub fn request_id(headers: &[(String, String)]) -> String {
             return v.to_string();
         }
     }
-    let mut r = [0u8; 16];
-    if !fill_random(&mut r) {
-        r = fallback_id_bytes();
+    uuid_v4(random_id_bytes().unwrap_or_else(fallback_id_bytes))
+}
+
+/** 16 random bytes for an id, from a batch that one getrandom(2) call fills for 16 ids rather than a call per request. */
+fn random_id_bytes() -> Option<[u8; 16]> {
+    thread_local! {
+        static BATCH: std::cell::RefCell<([u8; 256], usize)> = const { std::cell::RefCell::new(([0; 256], 256)) };
     }
-    uuid_v4(r)
+    BATCH.with(|batch| {
+        let (bytes, used) = &mut *batch.borrow_mut();
+        if *used == bytes.len() {
+            if !fill_random(bytes) {
+                return None;
+            }
+            *used = 0;
+        }
+        let mut r = [0u8; 16];
+        r.copy_from_slice(&bytes[*used..*used + 16]);
+        *used += 16;
+        Some(r)
+    })
 }
 
 /** Fills `buf` from getrandom(2); false when the kernel would not (ENOSYS, or an error on a fresh boot). */
@@ -1038,6 +1062,8 @@ struct Conn {
     /** For the client, not yet written. */
     cout: Vec<u8>,
     up: Option<TcpStream>,
+    /** `up`'s engine socket slot, which its epoll token names (valid while `up` is set). */
+    up_slot: usize,
     /** `up` is a connect the engine has not yet taken: nothing is written to it until it has. */
     connecting: bool,
     uin: Vec<u8>,
@@ -1046,6 +1072,12 @@ struct Conn {
     /** The interest last given to epoll for each side; None while not registered. */
     client_interest: Option<u32>,
     up_interest: Option<u32>,
+    /**
+     * The client sent more while its request was still being answered (a pipelined request): its
+     * interest drops EPOLLIN until the answer is done. Until then, a connection keeps the interest
+     * it read its request with, so a request and its answer cost no epoll calls.
+     */
+    client_held: bool,
     /** The exchange in progress, numbered across the loop (0 before the first): a deadline belongs to one exchange. */
     exchange: u64,
     /** Fields the policy adds to the client's answer to the current request. */
@@ -1071,6 +1103,16 @@ struct Conn {
 /** (when, slot, exchange) */
 type Deadline = (Instant, usize, u64);
 
+/** An engine connection in the pool, registered with IDLE_WANT. */
+struct IdleEngine {
+    stream: TcpStream,
+    slot: usize,
+}
+
+fn engine_token(slot: usize) -> u64 {
+    ((slot as u64) << 1) | 1
+}
+
 enum Step {
     Progress,
     Wait,
@@ -1087,7 +1129,16 @@ struct Loop {
     free: Vec<usize>,
     /** Slots closed during this batch of events: reused only after it, so no later event of the batch reaches a new connection. */
     freed: Vec<usize>,
-    idle: Vec<TcpStream>,
+    /**
+     * Engine sockets by slot: the connection each serves, None while idle or closed. Epoll names an
+     * engine socket by its slot rather than by its client's connection, so a socket stays registered
+     * as it moves through the pool from one client to the next.
+     */
+    up_owner: Vec<Option<usize>>,
+    up_free: Vec<usize>,
+    /** Engine socket slots closed during this batch of events, reused only after it (as `freed`). */
+    up_freed: Vec<usize>,
+    idle: Vec<IdleEngine>,
     /**
      * (when, slot, exchange): at most one per connection, taken out when its wait ends, so a
      * finished exchange leaves nothing behind to wake the loop.
@@ -1112,6 +1163,12 @@ struct Loop {
     /** The bytes of this turn's Data taps, end to end. */
     tap_bytes: Vec<u8>,
     next_token: u64,
+}
+
+/** Whether the peer has sent something or hung up: for an idle engine connection, that it is not reusable. */
+fn readable_now(s: &TcpStream) -> bool {
+    let mut p = PollFd { fd: s.as_raw_fd(), events: POLLIN | POLLRDHUP, revents: 0 };
+    unsafe { poll(&mut p, 1, 0) != 0 }
 }
 
 /** Reads once into `scratch` and appends what came to `buf` (a read straight into `buf` would zero-fill its spare room first, on every read). */
@@ -1221,8 +1278,10 @@ impl Loop {
                     self.accept();
                 } else if token == WAKE {
                     self.decided();
+                } else if token & 1 == 1 {
+                    self.on_engine_event((token >> 1) as usize, flags);
                 } else {
-                    self.on_event((token >> 1) as usize, token & 1 == 1, flags);
+                    self.on_event((token >> 1) as usize, false, flags);
                 }
             }
             self.expire();
@@ -1240,6 +1299,7 @@ impl Loop {
                 free();
             }
             self.free.append(&mut self.freed);
+            self.up_free.append(&mut self.up_freed);
         }
         for i in 0..self.conns.len() {
             self.close(i);
@@ -1266,12 +1326,14 @@ impl Loop {
                 cin: Vec::new(),
                 cout: Vec::new(),
                 up: None,
+                up_slot: 0,
                 connecting: false,
                 uin: Vec::new(),
                 uout: Vec::new(),
                 phase: Phase::Head,
                 client_interest: None,
                 up_interest: None,
+                client_held: false,
                 exchange: 0,
                 client_extra: Vec::new(),
                 strip_usage: false,
@@ -1329,6 +1391,9 @@ impl Loop {
             if flags & EPOLLOUT != 0 && flush(&mut c.client, &mut c.cout).is_err() {
                 return self.close(i);
             }
+            if flags & EPOLLIN != 0 && matches!(c.phase, Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. }) {
+                c.client_held = true;
+            }
             if flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0 && matches!(c.phase, Phase::Head | Phase::Body { .. } | Phase::Draining) {
                 match read_into(&mut c.client, scratch, &mut c.cin) {
                     Ok(0) => {
@@ -1367,8 +1432,12 @@ impl Loop {
             return self.close(i);
         }
         let client_want = match c.phase {
-            Phase::Head | Phase::Body { .. } | Phase::Draining => EPOLLIN | EPOLLRDHUP,
-            Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. } => EPOLLRDHUP,
+            Phase::Head | Phase::Body { .. } | Phase::Draining => {
+                c.client_held = false;
+                EPOLLIN | EPOLLRDHUP
+            }
+            Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. } if c.client_held => EPOLLRDHUP,
+            Phase::Admitting { .. } | Phase::Waiting { .. } | Phase::Streaming { .. } => EPOLLIN | EPOLLRDHUP,
             Phase::Closing => 0,
         } | if c.cout.is_empty() { 0 } else { EPOLLOUT };
         let up_want = match c.up {
@@ -1380,6 +1449,7 @@ impl Loop {
         let (cfd, cgot) = (c.client.as_raw_fd(), c.client_interest);
         let up_fd = c.up.as_ref().map(|u| u.as_raw_fd());
         let ugot = c.up_interest;
+        let up_token = engine_token(c.up_slot);
         let token = (i as u64) << 1;
         // An interest of 0 stays registered (with no events) rather than being removed and added again.
         if cgot != Some(client_want) {
@@ -1387,7 +1457,7 @@ impl Loop {
         }
         if let Some(ufd) = up_fd {
             if ugot != Some(up_want) {
-                let _ = self.ctl(if ugot.is_none() { EPOLL_CTL_ADD } else { EPOLL_CTL_MOD }, ufd, up_want, token | 1);
+                let _ = self.ctl(if ugot.is_none() { EPOLL_CTL_ADD } else { EPOLL_CTL_MOD }, ufd, up_want, up_token);
             }
         }
         let c = self.conns[i].as_mut().expect("still open");
@@ -1711,22 +1781,24 @@ impl Loop {
         // Set first: a 502 for an engine that cannot be reached carries the request id too.
         self.conns[i].as_mut().expect("open").client_extra = client_fields;
         // A connect still in progress ends in on_event; the request's deadline below covers it too (504).
-        let (up, connecting) = loop {
+        let (up, slot, connecting) = loop {
             let Some(u) = self.idle.pop() else {
                 match connect_started(&self.target) {
                     Ok(u) => {
                         let _ = u.set_nodelay(true);
-                        break (u, true);
+                        break (u, self.new_engine_slot(), true);
                     }
                     Err(_) => return self.engine_failed(i, "upstream_refused"),
                 }
             };
-            // Readable while idle means the engine closed it (or broke the protocol): not reusable.
-            let mut p = PollFd { fd: u.as_raw_fd(), events: POLLIN | POLLRDHUP, revents: 0 };
-            if unsafe { poll(&mut p, 1, 0) } == 0 {
-                break (u, false);
+            // Epoll reports an idle connection the engine closed, but only at the loop's next wait: one
+            // closed since then would fail this request.
+            if !readable_now(&u.stream) {
+                break (u.stream, u.slot, false);
             }
+            self.drop_engine_slot(u.slot);
         };
+        self.up_owner[slot] = Some(i);
         let c = self.conns[i].as_mut().expect("open");
         c.uout = upstream_head(&req, &self.host, body.len(), &upstream_fields);
         c.strip_usage = false;
@@ -1736,8 +1808,9 @@ impl Loop {
         c.uout.extend_from_slice(&body);
         c.uin.clear();
         c.up = Some(up);
+        c.up_slot = slot;
         c.connecting = connecting;
-        c.up_interest = None;
+        c.up_interest = if connecting { None } else { Some(IDLE_WANT) };
         c.phase = Phase::Waiting { method: req.start[0].clone(), keep: req.keep_alive(), http10: req.start[2] == "HTTP/1.0" };
         self.next_exchange += 1;
         c.exchange = self.next_exchange;
@@ -1768,12 +1841,46 @@ impl Loop {
         let clean = reusable && c.uin.is_empty() && c.uout.is_empty();
         c.uin.clear();
         c.uout.clear();
-        let registered = c.up_interest.take().is_some();
-        if registered {
-            let _ = self.ctl(EPOLL_CTL_DEL, up.as_raw_fd(), 0, 0);
-        }
+        let (slot, interest) = (c.up_slot, c.up_interest.take());
         if clean && self.idle.len() < MAX_IDLE {
-            self.idle.push(up);
+            let op = if interest.is_none() { EPOLL_CTL_ADD } else { EPOLL_CTL_MOD };
+            if interest == Some(IDLE_WANT) || self.ctl(op, up.as_raw_fd(), IDLE_WANT, engine_token(slot)).is_ok() {
+                self.up_owner[slot] = None;
+                self.idle.push(IdleEngine { stream: up, slot });
+                return;
+            }
+        }
+        // Closing it also takes it out of the epoll set.
+        drop(up);
+        self.drop_engine_slot(slot);
+    }
+
+    fn new_engine_slot(&mut self) -> usize {
+        self.up_free.pop().unwrap_or_else(|| {
+            self.up_owner.push(None);
+            self.up_owner.len() - 1
+        })
+    }
+
+    /** The engine socket in `slot` is closed (or about to be). */
+    fn drop_engine_slot(&mut self, slot: usize) {
+        self.up_owner[slot] = None;
+        self.up_freed.push(slot);
+    }
+
+    /** An event on an engine socket: its connection's, or, for one in the pool, the engine closing it. */
+    fn on_engine_event(&mut self, slot: usize, flags: u32) {
+        match self.up_owner.get(slot) {
+            Some(Some(i)) => self.on_event(*i, true, flags),
+            Some(None) => {
+                let Some(at) = self.idle.iter().position(|u| u.slot == slot) else { return };
+                // An event reported before the socket joined the pool this turn is checked again.
+                if readable_now(&self.idle[at].stream) {
+                    drop(self.idle.swap_remove(at));
+                    self.drop_engine_slot(slot);
+                }
+            }
+            None => {}
         }
     }
 
@@ -1966,6 +2073,9 @@ impl Loop {
         let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) else { return };
         if let Some(due) = c.deadline {
             self.deadlines.remove(&due);
+        }
+        if c.up.is_some() {
+            self.drop_engine_slot(c.up_slot);
         }
         if let Some(token) = c.token {
             self.admitting.remove(&token);
@@ -2268,6 +2378,9 @@ mod tests {
             assert_eq!(&id[14..15], "4");
             assert_ne!(id, request_id(&h(crafted)), "two made-up ids are the same");
         }
+        // Across many batches of random bytes, no id is made twice.
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id(&[])).collect();
+        assert_eq!(ids.len(), 1000);
     }
 
     #[test]

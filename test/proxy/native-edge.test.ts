@@ -64,6 +64,18 @@ function schedstat(tid: string): { cpuNs: number; runs: number } {
   return { cpuNs: fields[0] ?? Number.NaN, runs: fields[2] ?? Number.NaN };
 }
 
+/** This machine's TCP sockets to `port` on loopback in CLOSE_WAIT (the engine closed, the local side not yet), by local port. */
+function halfClosedTo(port: number): string[] {
+  const CLOSE_WAIT = '08';
+  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((f) => f[2] === remote && f[3] === CLOSE_WAIT)
+    .map((f) => f[1] ?? '');
+}
+
 function stats(id: number): EdgeStats {
   if (!loaded.ok) throw new Error('no addon');
   const s = loaded.addon.edgeStats(id);
@@ -458,6 +470,62 @@ describe('native data path (request-level mode, HTTP/1.1 framing)', { skip }, ()
       assert.equal(s.requests, 50);
       assert.equal(s.engineConnections, 1);
     } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+    }
+  });
+
+  it('drops a pooled engine connection as soon as the engine closes it, and the next request takes a new one', async () => {
+    // An engine that closes each connection 100 ms after its answer, as one does at its keep-alive timeout.
+    const brief = http.createServer((req, res) => {
+      res.on('finish', () => setTimeout(() => req.socket.destroy(), 100));
+      res.end('ok');
+    });
+    await new Promise<void>((r) => brief.listen(0, '127.0.0.1', r));
+    const port = (brief.address() as net.AddressInfo).port;
+    const own = edgeStart(`127.0.0.1:${port}`);
+    try {
+      assert.equal((await request(own.base, '/v1/models')).body.toString(), 'ok');
+      await sleep(400);
+      // A pooled socket that the loop had not seen closed would wait here, half closed, until its next use.
+      assert.deepEqual(halfClosedTo(port), [], 'sockets to the engine left in CLOSE_WAIT');
+      assert.equal((await request(own.base, '/v1/models')).body.toString(), 'ok');
+      assert.equal(stats(own.id).engineConnections, 2);
+    } finally {
+      if (loaded.ok) loaded.addon.edgeStop(own.id);
+      brief.closeAllConnections();
+      brief.close();
+    }
+  });
+
+  it('answers pipelined requests in order, and the loop does not spin on the next request while the first is answered', async (t) => {
+    if (!existsSync('/proc/self/schedstat')) return t.skip('this kernel gives no schedstat to read a thread by');
+    const others = loopThreads();
+    const own = edgeStart(target);
+    const [tid] = loopThreads().filter((x) => !others.includes(x));
+    assert.ok(tid, 'the new loop thread is listed');
+    engine.handler = (req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write(`start ${req.url}\n`);
+      setTimeout(() => res.end(`end ${req.url}\n`), 300);
+    };
+    const socket = net.connect(Number(new URL(own.base).port), '127.0.0.1');
+    try {
+      let got = '';
+      socket.on('data', (d: Buffer) => (got += d.toString()));
+      await new Promise<void>((r) => socket.once('connect', () => r()));
+      const from = schedstat(tid);
+      socket.write('GET /a HTTP/1.1\r\nHost: x\r\n\r\n');
+      // The second request comes while the first is being answered, so the loop does not read it with the first.
+      await eventually(async () => got.includes('start /a'), 2000, 'the first answer starting');
+      socket.write('GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      await new Promise<void>((r) => socket.once('close', () => r()));
+      const to = schedstat(tid);
+      const order = [...got.matchAll(/(start|end) \/(a|b)/g)].map((m) => `${m[1]} ${m[2]}`);
+      assert.deepEqual(order, ['start a', 'end a', 'start b', 'end b']);
+      // About 0.6 s with the second request unread: a loop woken for it on every turn would use most of that.
+      assert.ok(to.cpuNs - from.cpuNs < 50e6, `the loop used ${((to.cpuNs - from.cpuNs) / 1e6).toFixed(2)} ms of CPU`);
+    } finally {
+      socket.destroy();
       if (loaded.ok) loaded.addon.edgeStop(own.id);
     }
   });
