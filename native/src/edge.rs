@@ -1061,9 +1061,7 @@ struct Conn {
     cin: Vec<u8>,
     /** For the client, not yet written. */
     cout: Vec<u8>,
-    up: Option<TcpStream>,
-    /** `up`'s engine socket slot, which its epoll token names (valid while `up` is set). */
-    up_slot: usize,
+    up: Option<EngineSocket>,
     /** `up` is a connect the engine has not yet taken: nothing is written to it until it has. */
     connecting: bool,
     uin: Vec<u8>,
@@ -1103,8 +1101,8 @@ struct Conn {
 /** (when, slot, exchange) */
 type Deadline = (Instant, usize, u64);
 
-/** An engine connection in the pool, registered with IDLE_WANT. */
-struct IdleEngine {
+/** A connection to the engine, and the slot its epoll token names (see Loop::up_owner). */
+struct EngineSocket {
     stream: TcpStream,
     slot: usize,
 }
@@ -1138,7 +1136,8 @@ struct Loop {
     up_free: Vec<usize>,
     /** Engine socket slots closed during this batch of events, reused only after it (as `freed`). */
     up_freed: Vec<usize>,
-    idle: Vec<IdleEngine>,
+    /** Engine connections in the pool, each registered with IDLE_WANT. */
+    idle: Vec<EngineSocket>,
     /**
      * (when, slot, exchange): at most one per connection, taken out when its wait ends, so a
      * finished exchange leaves nothing behind to wake the loop.
@@ -1326,7 +1325,6 @@ impl Loop {
                 cin: Vec::new(),
                 cout: Vec::new(),
                 up: None,
-                up_slot: 0,
                 connecting: false,
                 uin: Vec::new(),
                 uout: Vec::new(),
@@ -1355,7 +1353,7 @@ impl Loop {
         let scratch = &mut self.scratch[..];
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
         if engine_side {
-            let Some(up) = c.up.as_mut() else { return };
+            let Some(up) = c.up.as_mut().map(|u| &mut u.stream) else { return };
             if c.connecting {
                 if flags & (EPOLLOUT | EPOLLERR | EPOLLHUP) == 0 {
                     return;
@@ -1423,7 +1421,7 @@ impl Loop {
         if !c.cout.is_empty() && flush(&mut c.client, &mut c.cout).is_err() {
             return self.close(i);
         }
-        if let (Some(up), false) = (c.up.as_mut(), c.connecting) {
+        if let (Some(up), false) = (c.up.as_mut().map(|u| &mut u.stream), c.connecting) {
             if !c.uout.is_empty() && flush(up, &mut c.uout).is_err() {
                 return self.engine_broke(i);
             }
@@ -1447,15 +1445,14 @@ impl Loop {
             None => 0,
         };
         let (cfd, cgot) = (c.client.as_raw_fd(), c.client_interest);
-        let up_fd = c.up.as_ref().map(|u| u.as_raw_fd());
+        let up_fd = c.up.as_ref().map(|u| (u.stream.as_raw_fd(), engine_token(u.slot)));
         let ugot = c.up_interest;
-        let up_token = engine_token(c.up_slot);
         let token = (i as u64) << 1;
         // An interest of 0 stays registered (with no events) rather than being removed and added again.
         if cgot != Some(client_want) {
             let _ = self.ctl(if cgot.is_none() { EPOLL_CTL_ADD } else { EPOLL_CTL_MOD }, cfd, client_want, token);
         }
-        if let Some(ufd) = up_fd {
+        if let Some((ufd, up_token)) = up_fd {
             if ugot != Some(up_want) {
                 let _ = self.ctl(if ugot.is_none() { EPOLL_CTL_ADD } else { EPOLL_CTL_MOD }, ufd, up_want, up_token);
             }
@@ -1781,12 +1778,12 @@ impl Loop {
         // Set first: a 502 for an engine that cannot be reached carries the request id too.
         self.conns[i].as_mut().expect("open").client_extra = client_fields;
         // A connect still in progress ends in on_event; the request's deadline below covers it too (504).
-        let (up, slot, connecting) = loop {
+        let (up, connecting) = loop {
             let Some(u) = self.idle.pop() else {
                 match connect_started(&self.target) {
-                    Ok(u) => {
-                        let _ = u.set_nodelay(true);
-                        break (u, self.new_engine_slot(), true);
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        break (EngineSocket { stream, slot: self.new_engine_slot() }, true);
                     }
                     Err(_) => return self.engine_failed(i, "upstream_refused"),
                 }
@@ -1794,11 +1791,11 @@ impl Loop {
             // Epoll reports an idle connection the engine closed, but only at the loop's next wait: one
             // closed since then would fail this request.
             if !readable_now(&u.stream) {
-                break (u.stream, u.slot, false);
+                break (u, false);
             }
             self.drop_engine_slot(u.slot);
         };
-        self.up_owner[slot] = Some(i);
+        self.up_owner[up.slot] = Some(i);
         let c = self.conns[i].as_mut().expect("open");
         c.uout = upstream_head(&req, &self.host, body.len(), &upstream_fields);
         c.strip_usage = false;
@@ -1808,7 +1805,6 @@ impl Loop {
         c.uout.extend_from_slice(&body);
         c.uin.clear();
         c.up = Some(up);
-        c.up_slot = slot;
         c.connecting = connecting;
         c.up_interest = if connecting { None } else { Some(IDLE_WANT) };
         c.phase = Phase::Waiting { method: req.start[0].clone(), keep: req.keep_alive(), http10: req.start[2] == "HTTP/1.0" };
@@ -1841,18 +1837,18 @@ impl Loop {
         let clean = reusable && c.uin.is_empty() && c.uout.is_empty();
         c.uin.clear();
         c.uout.clear();
-        let (slot, interest) = (c.up_slot, c.up_interest.take());
+        let interest = c.up_interest.take();
         if clean && self.idle.len() < MAX_IDLE {
             let op = if interest.is_none() { EPOLL_CTL_ADD } else { EPOLL_CTL_MOD };
-            if interest == Some(IDLE_WANT) || self.ctl(op, up.as_raw_fd(), IDLE_WANT, engine_token(slot)).is_ok() {
-                self.up_owner[slot] = None;
-                self.idle.push(IdleEngine { stream: up, slot });
+            if interest == Some(IDLE_WANT) || self.ctl(op, up.stream.as_raw_fd(), IDLE_WANT, engine_token(up.slot)).is_ok() {
+                self.up_owner[up.slot] = None;
+                self.idle.push(up);
                 return;
             }
         }
+        self.drop_engine_slot(up.slot);
         // Closing it also takes it out of the epoll set.
         drop(up);
-        self.drop_engine_slot(slot);
     }
 
     fn new_engine_slot(&mut self) -> usize {
@@ -2074,8 +2070,8 @@ impl Loop {
         if let Some(due) = c.deadline {
             self.deadlines.remove(&due);
         }
-        if c.up.is_some() {
-            self.drop_engine_slot(c.up_slot);
+        if let Some(up) = &c.up {
+            self.drop_engine_slot(up.slot);
         }
         if let Some(token) = c.token {
             self.admitting.remove(&token);
