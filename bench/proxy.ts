@@ -13,7 +13,7 @@ import { PROXY_NODE_OPTIONS } from '../agent/webhook/mutate.js';
 import { loadAddon } from '../agent/gpu/addon.js';
 import { findGateway, type GatewayName, startGateway } from './gateways.js';
 import { buildTool, removeTool } from './relay.js';
-import { firstLine, pct, spawnNode } from './stats.js';
+import { addedMultiple, firstLine, pct, spawnNode } from './stats.js';
 import { describeWaiting, type SocketState, watchRound } from './tcp-state.js';
 
 const CLI = fileURLToPath(new URL('../agent/main.js', import.meta.url));
@@ -328,14 +328,12 @@ async function measurePaths(
       );
     }
     const proxy = summary('proxy');
-    // A multiple of a gateway's added time means nothing where that time is inside the noise (zero or less).
-    const multiple = (ours: number, theirs: number) => (theirs > 0 ? `${(ours / theirs).toFixed(2)}x` : 'no multiple (it added nothing measurable)');
     if (proxy)
       for (const g of gateways) {
         const theirs = summary(g.name);
         if (!theirs) continue;
         againstGateways.push(
-          `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, against ${g.name}: infertel added ${(proxy.p50 - d.p50).toFixed(2)} ms at p50 and ${(proxy.p99 - d.p99).toFixed(2)} ms at p99, ${g.name} ${(theirs.p50 - d.p50).toFixed(2)} ms and ${(theirs.p99 - d.p99).toFixed(2)} ms: ${multiple(proxy.p50 - d.p50, theirs.p50 - d.p50)} at p50, ${multiple(proxy.p99 - d.p99, theirs.p99 - d.p99)} at p99; proxy CPU per chunk ${proxy.usPerChunk.toFixed(1)} µs against ${theirs.usPerChunk.toFixed(1)} µs.`,
+          `${concurrency} stream${concurrency === 1 ? '' : 's'}${staggered}, against ${g.name}: infertel added ${(proxy.p50 - d.p50).toFixed(2)} ms at p50 and ${(proxy.p99 - d.p99).toFixed(2)} ms at p99, ${g.name} ${(theirs.p50 - d.p50).toFixed(2)} ms and ${(theirs.p99 - d.p99).toFixed(2)} ms: ${addedMultiple(proxy.p50 - d.p50, theirs.p50 - d.p50, g.name)} at p50, ${addedMultiple(proxy.p99 - d.p99, theirs.p99 - d.p99, g.name)} at p99; proxy CPU per chunk ${proxy.usPerChunk.toFixed(1)} µs against ${theirs.usPerChunk.toFixed(1)} µs.`,
         );
       }
   }

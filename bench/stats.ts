@@ -10,6 +10,16 @@ export function pct(values: number[], p: number): number {
 }
 
 /**
+ * infertel's added time as a multiple of a gateway's, as the bench words it. A multiple means
+ * nothing where either added time is inside the noise (zero or less), so the line then says whose.
+ */
+export function addedMultiple(ours: number, theirs: number, gateway: string): string {
+  if (theirs <= 0) return `no multiple (${gateway} added nothing measurable)`;
+  if (ours <= 0) return 'no multiple (infertel added nothing measurable)';
+  return `${(ours / theirs).toFixed(2)}x`;
+}
+
+/**
  * The first line `child` writes to stdout (its address, for the bench's servers). Rejects if the
  * child exits first or says nothing within `timeoutMs`, so a child that hangs at start fails the
  * bench instead of stalling it.
