@@ -58,8 +58,12 @@ export interface AgentDeps {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
 
-/** How long a scrape waits for the native proxy's records of answers already given (they follow by up to 20 ms: edge.rs's HAND_EVERY). */
-const SCRAPE_SETTLE_MS = 50;
+/**
+ * How long a scrape waits for the native proxy's records of answers already given. They follow by up
+ * to 20 ms (edge.rs's HAND_EVERY), but JS runs under SCHED_IDLE by default and on busy CPUs can take
+ * far longer to get to them; the wait ends as soon as they are in.
+ */
+const SCRAPE_SETTLE_MS = 500;
 
 /** The addon to carry the proxy's bytes, or why the Node data path carries them (proxy.dataPath). */
 export function dataPathOf(choice: 'auto' | 'native' | 'node', target: string): { addon?: GpuAddon; reason?: string } {
