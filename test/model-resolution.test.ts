@@ -124,6 +124,28 @@ describe('an engine no adapter maps', () => {
   });
 });
 
+describe("a scrape's canonical series and its passthrough", () => {
+  it('are recorded in the turn the normaliser takes the scrape in, so no /metrics between them pairs new series with the old passthrough', async () => {
+    const { up, normalizer } = upstreamOf(VLLM, 'vllm', undefined, undefined);
+    let recorded = false;
+    let recordedByTheNextTurn: boolean | undefined;
+    const ingest = normalizer.ingest.bind(normalizer);
+    // A /metrics request is served in a turn of its own: one queued as the normaliser takes the
+    // scrape finds the cycle recorded (its passthrough and the data version moved) or not.
+    normalizer.ingest = (...args: Parameters<typeof ingest>) => {
+      setImmediate(() => {
+        recordedByTheNextTurn = recorded;
+      });
+      return ingest(...args);
+    };
+    const ok = await up.cycle(new AbortController().signal);
+    recorded = true;
+    assert.equal(ok, true);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(recordedByTheNextTurn, true);
+  });
+});
+
 describe('rejected lines in a successful scrape', () => {
   it('are logged once (position and reason), not at every interval', async () => {
     const { up, logs } = upstreamOf(

@@ -1,5 +1,5 @@
 // One collection cycle of one engine: scrape, detect the engine, learn its model and version,
-// normalise, guard the passthrough. It returns what happened and imports nothing from export/:
+// guard the passthrough, normalise. It returns what happened and imports nothing from export/:
 // recording health and rendering are the loop's and the exporter's.
 
 import { setImmediate as nextTurn } from 'node:timers/promises';
@@ -82,20 +82,21 @@ export class EngineCycle {
         if (this.adapter) this.deps.log.info({ upstream: this.cfg.name, flavor: this.adapter.name }, 'detected engine flavor');
       }
       const adapter = this.adapter;
+      // One scan of the payload for the model it names, used twice below.
+      const payloadModel = adapter?.payloadModel(res.families);
+      if (adapter) await this.resolveInfo(adapter, res.families, payloadModel, signal);
+      await nextTurn();
+      result.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(passthroughInput(adapter, res.families, this.deps.gpuTelemetry())) : [];
+      await nextTurn();
+      // The normaliser is written last, with no turn after it: the loop records this scrape's
+      // passthrough and moves the data version in the same turn, so no /metrics rendered in
+      // between pairs this scrape's canonical series with the previous scrape's passthrough.
       if (adapter) {
-        // One scan of the payload for the model it names, used twice below.
-        const payloadModel = adapter.payloadModel(res.families);
-        await this.resolveInfo(adapter, res.families, payloadModel, signal);
-        await nextTurn();
         const view = { ...normaliserView(adapter, this.cfg.name, this.defaultModel(payloadModel)), skip: this.deps.proxied, readAtMs: askedAt };
         const stats = normalizer.ingest(view, canonicalInput(adapter, res.families));
         result.canonicalSeries = stats.series;
         result.parseErrors += stats.incompleteHistograms;
       }
-      await nextTurn();
-      result.passthrough = this.cfg.passthrough ? this.deps.passthroughGuard.apply(passthroughInput(adapter, res.families, this.deps.gpuTelemetry())) : [];
-      // Recording the result and rendering it come next, in a turn of their own.
-      await nextTurn();
     } catch (err) {
       result.outcome = 'error';
       result.detail = redactUrl((err as Error).message);
