@@ -131,7 +131,8 @@ describe("a scrape's canonical series and its passthrough", () => {
     let recordedByTheNextTurn: boolean | undefined;
     const ingest = normalizer.ingest.bind(normalizer);
     // A /metrics request is served in a turn of its own: one queued as the normaliser takes the
-    // scrape finds the cycle recorded (its passthrough and the data version moved) or not.
+    // scrape finds the cycle recorded (its passthrough stored; the agent moves the data version in
+    // that same turn, in Agent.collect) or not.
     normalizer.ingest = (...args: Parameters<typeof ingest>) => {
       setImmediate(() => {
         recordedByTheNextTurn = recorded;
