@@ -20,5 +20,15 @@ if (files.length === 0) {
 }
 // A test that hangs fails with its name after ten minutes (the longest, the output fuzz, takes about
 // four) instead of holding the whole run until CI's own limit.
-const res = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=600000', ...files], { stdio: 'inherit' });
+// Node's own reporter (spec on a terminal, and everywhere from Node 23; tap otherwise) and then the
+// list of what was skipped.
+const major = Number(process.versions.node.split('.')[0]);
+const reporter = process.stdout.isTTY || major >= 23 ? 'spec' : 'tap';
+const reporters = [
+  `--test-reporter=${reporter}`,
+  '--test-reporter-destination=stdout',
+  '--test-reporter=./scripts/skip-report.mjs',
+  '--test-reporter-destination=stdout',
+];
+const res = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=600000', ...reporters, ...files], { stdio: 'inherit' });
 process.exit(res.status ?? 1);
