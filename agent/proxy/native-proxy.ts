@@ -105,6 +105,8 @@ export class NativeProxy implements RequestProxy {
   private readonly targetHost: string;
   /** Ends the loop told of, as its endsTold counts them. */
   private endsSeen = 0;
+  /** Scrapes waiting in settled() for endsSeen to reach the count the loop had told when they asked. */
+  private readonly settleWaiters = new Set<{ told: number; wake: () => void }>();
 
   constructor(
     private readonly opts: ProxyOptions,
@@ -173,13 +175,27 @@ export class NativeProxy implements RequestProxy {
    * told after the call are not waited for: under steady traffic there always are some, and a
    * scrape would wait out its whole timeout each time.
    */
-  async settled(timeoutMs = 2000): Promise<void> {
-    if (!this.edge) return;
+  settled(timeoutMs = 2000): Promise<void> {
+    if (!this.edge) return Promise.resolve();
     const told = this.addon.edgeStats(this.edge.id)?.endsTold ?? 0;
-    const until = performance.now() + timeoutMs;
-    while (this.edge && this.endsSeen < told && performance.now() < until) {
-      await new Promise((r) => setTimeout(r, 1));
-    }
+    if (this.endsSeen >= told) return Promise.resolve();
+    return new Promise((resolve) => {
+      const waiter = {
+        told,
+        wake: () => {
+          clearTimeout(timer);
+          this.settleWaiters.delete(waiter);
+          resolve();
+        },
+      };
+      const timer = setTimeout(waiter.wake, timeoutMs);
+      this.settleWaiters.add(waiter);
+    });
+  }
+
+  /** Wakes the scrapes whose ends have all been recorded; with the loop stopped, every one. */
+  private wakeSettled(): void {
+    for (const waiter of this.settleWaiters) if (!this.edge || this.endsSeen >= waiter.told) waiter.wake();
   }
 
   async stop(): Promise<void> {
@@ -187,6 +203,7 @@ export class NativeProxy implements RequestProxy {
     if (this.edge) this.addon.edgeStop(this.edge.id);
     this.edge = undefined;
     this.open.clear();
+    this.wakeSettled();
   }
 
   /**
@@ -223,6 +240,7 @@ export class NativeProxy implements RequestProxy {
       },
     });
     arriveBefore(Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY);
+    if (this.settleWaiters.size > 0) this.wakeSettled();
   }
 
   /** What each thing the loop saw does, on this side's clock; each is guarded alone. */

@@ -104,6 +104,37 @@ describe('proxy.dataPath', () => {
       }
     });
 
+  it('native: a scrape right after the answers holds every one of them (the scrape waits for the loop to tell JS)', {
+    skip: !built && 'the addon is not built',
+  }, async () => {
+    const h = await startHarness({ proxy: { dataPath: 'native' } });
+    try {
+      for (const round of [1, 2, 3]) {
+        // Plain fetches: post() would wait for the records itself.
+        const answers = await Promise.all(
+          Array.from({ length: 20 }, async (_, i) => {
+            const r = await fetch(`${h.proxy}/v1/completions`, {
+              method: 'POST',
+              headers: { 'content-type': 'application/json' },
+              body: JSON.stringify({ model: 'sim-llama', prompt: `${round}-${i}` }),
+            });
+            await r.text();
+            return r.status;
+          }),
+        );
+        assert.deepEqual(new Set(answers), new Set([200]));
+        const m = await getText(`${h.base}/metrics`);
+        assert.equal(sumOf(m.body, 'inference_requests_total', { route: '/v1/completions' }), 20 * round, `round ${round}`);
+      }
+      // Not timing: with nothing told and unseen it returns at once, not after its 5 s bound.
+      const idle = performance.now();
+      await h.agent.proxy!.settled(5000);
+      assert.ok(performance.now() - idle < 2500, 'settled() waited with nothing to wait for');
+    } finally {
+      await h.close();
+    }
+  });
+
   it('native: an empty listen host listens on every address, as the Node proxy does', { skip: !built && 'the addon is not built' }, async () => {
     const h = await startHarness({ proxy: { dataPath: 'native', listen: ':0' } });
     try {
