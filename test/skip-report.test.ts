@@ -11,10 +11,14 @@ function skipReportOf(source: string): string {
   writeFileSync(file, source);
   // Without NODE_TEST_CONTEXT, which this runner sets, the child reports to its own reporter, not to ours.
   const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-  const res = spawnSync(process.execPath, ['--test', `--test-reporter=${join(REPO_ROOT, 'scripts/skip-report.mjs')}`, '--test-reporter-destination=stdout', file], {
-    encoding: 'utf8',
-    env,
-  });
+  const res = spawnSync(
+    process.execPath,
+    ['--test', `--test-reporter=${join(REPO_ROOT, 'scripts/skip-report.mjs')}`, '--test-reporter-destination=stdout', file],
+    {
+      encoding: 'utf8',
+      env,
+    },
+  );
   assert.equal(res.status, 0, res.stderr);
   return res.stdout;
 }
