@@ -13,7 +13,7 @@ import { openAiHandler, startSimOpenAi } from '../../agent/demo/sim-openai.js';
 import { getText, spawnAgent, tempDir, threadsOf } from '../helpers.js';
 import type { ProxyDeps } from '../../agent/proxy/exchange.js';
 import { NativeProxy, nativeUnfit } from '../../agent/proxy/native-proxy.js';
-import { post, startHarness, sumOf } from './harness.js';
+import { post, send, startHarness, sumOf } from './harness.js';
 
 const built = loadAddon().ok;
 
@@ -110,19 +110,11 @@ describe('proxy.dataPath', () => {
     const h = await startHarness({ proxy: { dataPath: 'native' } });
     try {
       for (const round of [1, 2, 3]) {
-        // Plain fetches: post() would wait for the records itself.
+        // send(), not post(), which would wait for the records itself.
         const answers = await Promise.all(
-          Array.from({ length: 20 }, async (_, i) => {
-            const r = await fetch(`${h.proxy}/v1/completions`, {
-              method: 'POST',
-              headers: { 'content-type': 'application/json' },
-              body: JSON.stringify({ model: 'sim-llama', prompt: `${round}-${i}` }),
-            });
-            await r.text();
-            return r.status;
-          }),
+          Array.from({ length: 20 }, (_, i) => send(`${h.proxy}/v1/completions`, { model: 'sim-llama', prompt: `${round}-${i}` })),
         );
-        assert.deepEqual(new Set(answers), new Set([200]));
+        assert.deepEqual(new Set(answers.map((a) => a.status)), new Set([200]));
         const m = await getText(`${h.base}/metrics`);
         assert.equal(sumOf(m.body, 'inference_requests_total', { route: '/v1/completions' }), 20 * round, `round ${round}`);
       }
@@ -219,12 +211,7 @@ describe('proxy.dataPath', () => {
     const agent = await spawnAgent(['--proxy-listen', '127.0.0.1:0', '--proxy-target', engine.url]);
     try {
       for (let i = 1; i <= 100; i++) {
-        const r = await fetch(`${agent.proxyBase}/v1/completions`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: '{"model":"m","prompt":"a"}',
-        });
-        await r.text();
+        await send(`${agent.proxyBase}/v1/completions`, '{"model":"m","prompt":"a"}');
         const m = (await getText(`${agent.base}/metrics`)).body;
         assert.equal(sumOf(m, 'inference_requests_total', { route: '/v1/completions' }), i, `scrape after answer ${i}`);
       }

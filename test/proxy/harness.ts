@@ -100,17 +100,22 @@ export function sumOf(body: string, name: string, match: Record<string, string> 
   return total;
 }
 
-/**
- * POST JSON through the proxy; returns status, headers and the whole body text, once the request is
- * recorded (on the native data path the record follows the answer by a turn of its loop).
- */
-export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; text: string }> {
+/** POST JSON; returns status, headers and the whole body text as soon as the answer is read. */
+export async function send(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; text: string }> {
   const r = await fetch(url, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...headers },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
-  const text = await r.text();
+  return { status: r.status, headers: r.headers, text: await r.text() };
+}
+
+/**
+ * POST JSON through the proxy, as send() does, returning once the request is recorded (on the
+ * native data path the record follows the answer by a turn of its loop).
+ */
+export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; text: string }> {
+  const answer = await send(url, body, headers);
   for (const [base, h] of open) if (url.startsWith(base)) await h.agent.proxy?.settled();
-  return { status: r.status, headers: r.headers, text };
+  return answer;
 }
