@@ -100,8 +100,15 @@ export function sumOf(body: string, name: string, match: Record<string, string> 
   return total;
 }
 
-/** POST JSON; returns status, headers and the whole body text as soon as the answer is read. */
-export async function send(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; text: string }> {
+/** An answer read whole: its status, headers and body text. */
+export interface Answer {
+  status: number;
+  headers: Headers;
+  text: string;
+}
+
+/** POST JSON; returns the answer as soon as it is read. */
+export async function send(url: string, body: unknown, headers: Record<string, string> = {}): Promise<Answer> {
   const r = await fetch(url, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...headers },
@@ -114,7 +121,7 @@ export async function send(url: string, body: unknown, headers: Record<string, s
  * POST JSON through the proxy, as send() does, returning once the request is recorded (on the
  * native data path the record follows the answer by a turn of its loop).
  */
-export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Headers; text: string }> {
+export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<Answer> {
   const answer = await send(url, body, headers);
   for (const [base, h] of open) if (url.startsWith(base)) await h.agent.proxy?.settled();
   return answer;
